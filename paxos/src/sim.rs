@@ -1,0 +1,963 @@
+//! A deterministic simulator for the Paxos core.
+//!
+//! It owns the clock, the network and the disks of five replicas. The network
+//! drops, duplicates, delays and reorders messages and can be partitioned
+//! (isolate the master, minority/majority splits, one-way loss, a bridge);
+//! replicas crash (losing whatever was not durable), restart, and pause (as
+//! under SIGSTOP: on resume they first catch up on the ticks they missed).
+//! Each replica's clock runs at its own rate, within `clock_drift_ppm`.
+//!
+//! After every event the simulator checks:
+//! - at most one value is chosen per slot (from a ledger of every durable
+//!   accept, not from what replicas claim);
+//! - every value a replica applies is the chosen one, and applied prefixes
+//!   agree (a hash chain per slot);
+//! - at most one running replica believes it holds a valid master lease;
+//! - no message carries more entries than the configured bound;
+//! - a restarted replica finds every chosen slot it had applied on its disk;
+//!
+//! and at the end of each fault period, with the faults healed and at least a
+//! majority up, that a new proposal is chosen within `liveness_ticks`
+//! (liveness). At the end every replica must catch up with everything chosen,
+//! so no acknowledged proposal is lost.
+//!
+//! Everything derives from one seed: the same seed replays the same run.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::message::Message;
+use crate::ready::{Envelope, Ready};
+use crate::replica::{ProposeError, Replica};
+use crate::rng::Rng;
+use crate::types::{Ballot, Durable, Entry, HardState, ReplicaId, Slot, Snapshot, Value};
+
+/// How a simulation run is shaped. `Options::default()` is the profile the
+/// test command runs for each seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Number of replicas.
+    pub replicas: u64,
+    /// Fault periods per run; each is followed by a heal and a liveness check.
+    pub fault_periods: u32,
+    /// Length of one fault period, in nominal ticks.
+    pub fault_period_ticks: u64,
+    /// After a heal, a new proposal must be chosen within this many ticks.
+    pub liveness_ticks: u64,
+    /// How far a replica's clock rate may differ from nominal, in parts per
+    /// million.
+    pub clock_drift_ppm: u64,
+    /// Keep this many events for the trace printed on a violation.
+    pub trace_events: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            replicas: 5,
+            fault_periods: 3,
+            fault_period_ticks: 400,
+            liveness_ticks: 400,
+            clock_drift_ppm: 20_000,
+            trace_events: 60,
+        }
+    }
+}
+
+/// A broken invariant, with what is needed to replay it.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// The seed of the run.
+    pub seed: u64,
+    /// Simulated time, in microseconds.
+    pub time_us: u64,
+    /// What went wrong.
+    pub message: String,
+    /// The last events before the violation, oldest first.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "seed {} at t={}us: {}", self.seed, self.time_us, self.message)?;
+        writeln!(f, "replay with: GAIOS_SEED={} cargo test -p gaios-paxos --test simulation", self.seed)?;
+        writeln!(f, "last events:")?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a successful run did, for the soak's summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Slots chosen.
+    pub chosen_slots: u64,
+    /// Client commands acknowledged (seen applied).
+    pub acknowledged: u64,
+    /// Masters elected (BecameMaster reports).
+    pub elections: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Pauses injected.
+    pub pauses: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Snapshots installed from another replica.
+    pub snapshots_installed: u64,
+    /// Messages delivered.
+    pub messages_delivered: u64,
+    /// The longest time from a heal to the first new chosen proposal, in ticks.
+    pub worst_recovery_ticks: u64,
+}
+
+/// Runs one seed with `options`.
+pub fn run(seed: u64, options: &Options) -> Result<Report, Violation> {
+    let mut sim = Simulation::new(seed, options.clone());
+    let result = sim.run_all();
+    result.map(|()| sim.report.clone())
+}
+
+/// Runs one seed with a custom configuration hook, for tests that break the
+/// protocol's configuration on purpose.
+pub fn run_with(seed: u64, options: &Options, adjust: &dyn Fn(&mut Config)) -> Result<Report, Violation> {
+    let mut sim = Simulation::new(seed, options.clone());
+    for node in &mut sim.nodes {
+        adjust(&mut node.config);
+    }
+    sim.restart_all_fresh();
+    let result = sim.run_all();
+    result.map(|()| sim.report.clone())
+}
+
+const TICK_US: u64 = 1_000;
+
+#[derive(Debug)]
+enum Event {
+    Tick { node: usize, incarnation: u64 },
+    Deliver { from: ReplicaId, to: usize, message: Message },
+    DiskDone { node: usize, incarnation: u64 },
+    Resume { node: usize },
+    Propose,
+    Nemesis,
+    Compact { node: usize, incarnation: u64 },
+}
+
+/// The application the simulator runs: it keeps a hash chain of applied
+/// values, so two replicas with the same hash at a slot applied the same
+/// prefix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct App {
+    applied: Slot,
+    hash: u64,
+}
+
+impl App {
+    fn encode(&self) -> Bytes {
+        let mut data = Vec::with_capacity(16);
+        data.extend_from_slice(&self.applied.to_be_bytes());
+        data.extend_from_slice(&self.hash.to_be_bytes());
+        Bytes::from(data)
+    }
+
+    fn decode(data: &[u8]) -> Option<App> {
+        let applied = u64::from_be_bytes(data.get(0..8)?.try_into().ok()?);
+        let hash = u64::from_be_bytes(data.get(8..16)?.try_into().ok()?);
+        Some(App { applied, hash })
+    }
+}
+
+fn chain(hash: u64, value: &Value) -> u64 {
+    // FNV-1a over the previous hash and the value.
+    let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ hash;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match value {
+        Value::Noop => eat(b"noop"),
+        Value::Batch(commands) => {
+            for command in commands {
+                eat(&(command.len() as u64).to_be_bytes());
+                eat(command);
+            }
+        }
+    }
+    h
+}
+
+/// What survives a crash.
+#[derive(Clone, Debug, Default)]
+struct Disk {
+    hard_state: HardState,
+    entries: BTreeMap<Slot, Entry>,
+    snapshot: Option<Snapshot>,
+    app: App,
+}
+
+struct Node {
+    id: ReplicaId,
+    config: Config,
+    core: Option<Replica>,
+    incarnation: u64,
+    disk: Disk,
+    app: App,
+    outstanding: Option<Ready>,
+    tick_period_us: u64,
+    paused_since: Option<u64>,
+    deferred: Vec<Event>,
+    last_compacted: Slot,
+    compact_every: u64,
+}
+
+struct Simulation {
+    seed: u64,
+    options: Options,
+    rng: Rng,
+    now_us: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    next_event: usize,
+    seq: u64,
+    nodes: Vec<Node>,
+    // Network faults.
+    blocked: BTreeSet<(ReplicaId, ReplicaId)>,
+    drop_per_mille: u64,
+    duplicate_per_mille: u64,
+    delay_us_max: u64,
+    faults_active: bool,
+    // Checkers' state.
+    ledger: BTreeMap<(Slot, Ballot), (Value, BTreeSet<ReplicaId>)>,
+    chosen: BTreeMap<Slot, Value>,
+    chain: BTreeMap<Slot, u64>,
+    next_command: u64,
+    proposed_at: BTreeMap<u64, u64>,
+    acknowledged: BTreeMap<u64, Slot>,
+    heal_time_us: Option<u64>,
+    trace: std::collections::VecDeque<String>,
+    report: Report,
+}
+
+fn violation(sim: &Simulation, message: String) -> Violation {
+    let mut trace: Vec<String> = sim.trace.iter().cloned().collect();
+    for node in &sim.nodes {
+        let state = match &node.core {
+            None => "down".to_string(),
+            Some(core) => format!("{:?}", core.status()),
+        };
+        let paused = if node.paused_since.is_some() { " (paused)" } else { "" };
+        trace.push(format!("replica {}{paused}: {state}", node.id));
+    }
+    Violation { seed: sim.seed, time_us: sim.now_us, message, trace }
+}
+
+impl Simulation {
+    fn new(seed: u64, options: Options) -> Self {
+        let mut rng = Rng::new(seed);
+        let members: Vec<ReplicaId> = (1..=options.replicas).collect();
+        // Vary the limits per seed so small windows, tiny messages and
+        // frequent snapshots all get exercised.
+        let slots_in_flight_max = [1, 3, 16, 64][rng.range(0, 3) as usize];
+        let entries_per_message_max = [1, 2, 8, 256][rng.range(0, 3) as usize];
+        let batch_commands_max = [1, 4, 64][rng.range(0, 2) as usize];
+        let mut nodes = Vec::new();
+        for &id in &members {
+            let mut config = Config::new(id, members.clone());
+            config.election_ticks_min = 10;
+            config.election_ticks_max = 20;
+            config.heartbeat_ticks = 2;
+            config.lease_ticks = 10;
+            config.lease_drift_ticks = 2;
+            config.accept_retry_ticks = 4;
+            config.catch_up_retry_ticks = 4;
+            config.slots_in_flight_max = slots_in_flight_max;
+            config.entries_per_message_max = entries_per_message_max;
+            config.batch_commands_max = batch_commands_max;
+            config.proposals_queued_max = 64;
+            nodes.push(Node {
+                id,
+                config,
+                core: None,
+                incarnation: 0,
+                disk: Disk::default(),
+                app: App::default(),
+                outstanding: None,
+                tick_period_us: TICK_US,
+                paused_since: None,
+                deferred: Vec::new(),
+                last_compacted: 0,
+                compact_every: rng.range(4, 40),
+            });
+        }
+        let mut sim = Simulation {
+            seed,
+            options,
+            rng,
+            now_us: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            seq: 0,
+            nodes,
+            blocked: BTreeSet::new(),
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+            delay_us_max: 500,
+            faults_active: false,
+            ledger: BTreeMap::new(),
+            chosen: BTreeMap::new(),
+            chain: BTreeMap::new(),
+            next_command: 1,
+            proposed_at: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
+            heal_time_us: None,
+            trace: std::collections::VecDeque::new(),
+            report: Report::default(),
+        };
+        sim.restart_all_fresh();
+        sim
+    }
+
+    fn restart_all_fresh(&mut self) {
+        self.queue.clear();
+        self.events.clear();
+        for index in 0..self.nodes.len() {
+            self.nodes[index].core = None;
+            // Construction cannot fail for a fresh disk with a valid config;
+            // an invalid config shows up as a violation in run_all.
+            let _ = self.start(index);
+        }
+    }
+
+    fn schedule(&mut self, delay_us: u64, event: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.seq += 1;
+        self.events.insert(id, event);
+        self.queue.push(Reverse((self.now_us + delay_us, self.seq, id)));
+    }
+
+    fn note(&mut self, line: String) {
+        if self.options.trace_events == 0 {
+            return;
+        }
+        if self.trace.len() == self.options.trace_events {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={} {line}", self.now_us));
+    }
+
+    fn run_all(&mut self) -> Result<(), Violation> {
+        for node in &self.nodes {
+            if node.core.is_none() {
+                return Err(violation(self, format!("replica {} failed to start", node.id)));
+            }
+        }
+        self.schedule(0, Event::Propose);
+        for _ in 0..self.options.fault_periods {
+            // Fault period.
+            self.faults_active = true;
+            self.drop_per_mille = self.rng.range(0, 100);
+            self.duplicate_per_mille = self.rng.range(0, 50);
+            self.delay_us_max = self.rng.range(200, 3_000);
+            let first = self.rng.range(0, 20) * TICK_US;
+            self.schedule(first, Event::Nemesis);
+            let end = self.now_us + self.options.fault_period_ticks * TICK_US;
+            self.run_until(end, |_| false)?;
+            // Heal and check liveness.
+            self.faults_active = false;
+            self.heal(false)?;
+            let healed_at = self.now_us;
+            self.heal_time_us = Some(healed_at);
+            let deadline = healed_at + self.options.liveness_ticks * TICK_US;
+            let first_command_after_heal = self.next_command;
+            let done = self.run_until(deadline, |sim| {
+                sim.acknowledged.range(first_command_after_heal..).next().is_some()
+            })?;
+            if !done {
+                return Err(violation(
+                    self,
+                    format!(
+                        "liveness: nothing proposed after the heal at t={healed_at}us was chosen within {} ticks",
+                        self.options.liveness_ticks
+                    ),
+                ));
+            }
+            let recovery = (self.now_us - healed_at) / TICK_US;
+            self.report.worst_recovery_ticks = self.report.worst_recovery_ticks.max(recovery);
+            self.heal_time_us = None;
+        }
+        // Final: everyone up and connected; every replica must catch up with
+        // everything chosen.
+        self.heal(true)?;
+        let deadline = self.now_us + self.options.liveness_ticks * 4 * TICK_US;
+        let done = self.run_until(deadline, |sim| {
+            let target = sim.chain.keys().next_back().copied().unwrap_or(0);
+            sim.nodes.iter().all(|n| n.app.applied >= target)
+        })?;
+        if !done {
+            let lagging: Vec<String> =
+                self.nodes.iter().map(|n| format!("{}@{}", n.id, n.app.applied)).collect();
+            return Err(violation(self, format!("replicas did not catch up: {}", lagging.join(" "))));
+        }
+        for node in &self.nodes {
+            let expected = self.chain.get(&node.app.applied).copied();
+            if expected != Some(node.app.hash) {
+                return Err(violation(self, format!("replica {} ends with a diverged state", node.id)));
+            }
+        }
+        // Every acknowledged command is in the chosen log.
+        for (command, slot) in &self.acknowledged {
+            let present = match self.chosen.get(slot) {
+                Some(Value::Batch(commands)) => commands.iter().any(|c| c[..] == command.to_be_bytes()),
+                _ => false,
+            };
+            if !present {
+                return Err(violation(self, format!("acknowledged command {command} lost from slot {slot}")));
+            }
+        }
+        self.report.chosen_slots = self.chosen.len() as u64;
+        self.report.acknowledged = self.acknowledged.len() as u64;
+        Ok(())
+    }
+
+    /// Runs events until `deadline_us` or until `stop` holds; returns whether
+    /// `stop` held.
+    fn run_until(&mut self, deadline_us: u64, stop: impl Fn(&Simulation) -> bool) -> Result<bool, Violation> {
+        while let Some(&Reverse((time, _, id))) = self.queue.peek() {
+            if stop(self) {
+                return Ok(true);
+            }
+            if time > deadline_us {
+                break;
+            }
+            self.queue.pop();
+            self.now_us = time;
+            let Some(event) = self.events.remove(&id) else { continue };
+            self.dispatch(event)?;
+            self.check_leases()?;
+        }
+        let stopped = stop(self);
+        self.now_us = self.now_us.max(deadline_us);
+        Ok(stopped)
+    }
+
+    fn dispatch(&mut self, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Tick { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation || self.nodes[node].core.is_none() {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_since.is_some() {
+                    // A paused process notices missed ticks on resume.
+                    return Ok(());
+                }
+                if let Some(core) = &mut self.nodes[node].core {
+                    core.tick();
+                }
+                let period = self.nodes[node].tick_period_us;
+                self.schedule(period, Event::Tick { node, incarnation });
+                self.drive(node)
+            }
+            Event::Deliver { from, to, message } => {
+                if self.nodes[to].core.is_none() {
+                    return Ok(());
+                }
+                if self.nodes[to].paused_since.is_some() {
+                    self.nodes[to].deferred.push(Event::Deliver { from, to, message });
+                    return Ok(());
+                }
+                self.report.messages_delivered += 1;
+                if let Some(core) = &mut self.nodes[to].core {
+                    core.step(from, message);
+                }
+                self.drive(to)
+            }
+            Event::DiskDone { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation || self.nodes[node].core.is_none() {
+                    return Ok(());
+                }
+                if self.nodes[node].paused_since.is_some() {
+                    self.nodes[node].deferred.push(Event::DiskDone { node, incarnation });
+                    return Ok(());
+                }
+                self.disk_done(node)?;
+                self.drive(node)
+            }
+            Event::Compact { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation && self.nodes[node].core.is_some() {
+                    self.compact(node);
+                }
+                Ok(())
+            }
+            Event::Resume { node } => self.resume(node),
+            Event::Propose => {
+                self.propose();
+                let gap = self.rng.range(300, 3_000);
+                self.schedule(gap, Event::Propose);
+                Ok(())
+            }
+            Event::Nemesis => {
+                if self.faults_active {
+                    self.nemesis()?;
+                    let gap = self.rng.range(20, 120) * TICK_US;
+                    self.schedule(gap, Event::Nemesis);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a `Ready` when the replica has one and no write is outstanding:
+    /// sends what may go now and starts the disk write.
+    fn drive(&mut self, index: usize) -> Result<(), Violation> {
+        loop {
+            let node = &mut self.nodes[index];
+            if node.outstanding.is_some() || node.paused_since.is_some() {
+                return Ok(());
+            }
+            let Some(core) = &mut node.core else { return Ok(()) };
+            if !core.has_ready() {
+                return Ok(());
+            }
+            let mut ready = core.ready();
+            let from = node.id;
+            let messages = std::mem::take(&mut ready.messages);
+            let needs_disk = !ready.nothing_to_persist();
+            node.outstanding = Some(ready);
+            for envelope in messages {
+                self.send(from, envelope)?;
+            }
+            if needs_disk {
+                let latency = self.rng.range(50, 1_500);
+                let incarnation = self.nodes[index].incarnation;
+                self.schedule(latency, Event::DiskDone { node: index, incarnation });
+                return Ok(());
+            }
+            self.disk_done(index)?;
+        }
+    }
+
+    /// The write of the outstanding `Ready` is durable: record it on the disk
+    /// and in the ledger, send what waited for it, apply, advance.
+    fn disk_done(&mut self, index: usize) -> Result<(), Violation> {
+        let Some(mut ready) = self.nodes[index].outstanding.take() else { return Ok(()) };
+        let id = self.nodes[index].id;
+        {
+            let disk = &mut self.nodes[index].disk;
+            if let Some(hard_state) = ready.hard_state {
+                disk.hard_state = hard_state;
+            }
+            for entry in &ready.entries {
+                disk.entries.insert(entry.slot, entry.clone());
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                disk.snapshot = Some(snapshot.clone());
+            }
+            if let Some(slot) = ready.compact_through {
+                disk.entries = disk.entries.split_off(&(slot + 1));
+            }
+        }
+        // The ledger: an Accepted notice leaving now means the acceptor holds
+        // the value durably.
+        let persisted: Vec<Message> = ready
+            .persisted_messages
+            .iter()
+            .map(|e| e.message.clone())
+            .chain(ready.self_messages.iter().cloned())
+            .collect();
+        let written: BTreeMap<(Slot, Ballot), Value> =
+            ready.entries.iter().map(|e| ((e.slot, e.ballot), e.value.clone())).collect();
+        for message in &persisted {
+            if let Message::Accepted { ballot, slots } = message {
+                for &slot in slots {
+                    // A slot acknowledged without a write was already chosen
+                    // here; it adds no new vote to the ledger.
+                    if let Some(value) = written.get(&(slot, *ballot)) {
+                        self.record_accept(id, *ballot, slot, value.clone())?;
+                    }
+                }
+            }
+        }
+        for envelope in std::mem::take(&mut ready.persisted_messages) {
+            self.send(id, envelope)?;
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            let Some(app) = App::decode(&snapshot.data) else {
+                return Err(violation(self, format!("replica {id} got an undecodable snapshot")));
+            };
+            if app.applied != snapshot.slot || self.chain.get(&snapshot.slot) != Some(&app.hash) {
+                return Err(violation(self, format!("replica {id} installed a snapshot that diverges at slot {}", snapshot.slot)));
+            }
+            self.nodes[index].app = app;
+            self.nodes[index].disk.app = app;
+            self.report.snapshots_installed += 1;
+            self.note(format!("replica {id} installed snapshot at slot {}", snapshot.slot));
+        }
+        for entry in &ready.committed {
+            self.apply(index, entry)?;
+        }
+        for change in &ready.role_changes {
+            if matches!(change, crate::ready::RoleChange::BecameMaster { .. }) {
+                self.report.elections += 1;
+            }
+            self.note(format!("replica {id}: {change:?}"));
+        }
+        if let Some(core) = &mut self.nodes[index].core {
+            core.advance(ready);
+        }
+        let node = &self.nodes[index];
+        if node.app.applied >= node.last_compacted + node.compact_every {
+            let incarnation = node.incarnation;
+            let delay = self.rng.range(0, 2_000);
+            self.schedule(delay, Event::Compact { node: index, incarnation });
+        }
+        Ok(())
+    }
+
+    fn record_accept(&mut self, acceptor: ReplicaId, ballot: Ballot, slot: Slot, value: Value) -> Result<(), Violation> {
+        let quorum = self.options.replicas as usize / 2 + 1;
+        let record = self.ledger.entry((slot, ballot)).or_insert_with(|| (value.clone(), BTreeSet::new()));
+        if record.0 != value {
+            return Err(violation(self, format!("two values accepted for slot {slot} in ballot {ballot}")));
+        }
+        record.1.insert(acceptor);
+        if record.1.len() >= quorum {
+            match self.chosen.get(&slot) {
+                Some(existing) if *existing != value => {
+                    return Err(violation(
+                        self,
+                        format!("safety: two different values chosen for slot {slot} (second in ballot {ballot})"),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.chosen.insert(slot, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, index: usize, entry: &Entry) -> Result<(), Violation> {
+        let id = self.nodes[index].id;
+        let app = self.nodes[index].app;
+        if entry.slot != app.applied + 1 {
+            return Err(violation(self, format!("replica {id} applied slot {} after {}", entry.slot, app.applied)));
+        }
+        match self.chosen.get(&entry.slot) {
+            Some(value) if *value == entry.value => {}
+            Some(_) => {
+                return Err(violation(self, format!("replica {id} applied a value for slot {} that is not the chosen one", entry.slot)));
+            }
+            None => {
+                return Err(violation(self, format!("replica {id} applied slot {} which no majority accepted", entry.slot)));
+            }
+        }
+        let hash = chain(app.hash, &entry.value);
+        match self.chain.get(&entry.slot) {
+            Some(&expected) if expected != hash => {
+                return Err(violation(self, format!("replica {id}'s applied prefix diverges at slot {}", entry.slot)));
+            }
+            Some(_) => {}
+            None => {
+                self.chain.insert(entry.slot, hash);
+            }
+        }
+        let app = App { applied: entry.slot, hash };
+        self.nodes[index].app = app;
+        self.nodes[index].disk.app = app;
+        if let Value::Batch(commands) = &entry.value {
+            for command in commands {
+                if let Some(bytes) = command.get(0..8) {
+                    let mut raw = [0u8; 8];
+                    raw.copy_from_slice(bytes);
+                    self.acknowledged.entry(u64::from_be_bytes(raw)).or_insert(entry.slot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let snapshot = Snapshot { slot: node.app.applied, data: node.app.encode() };
+        let Some(core) = &mut node.core else { return };
+        if core.compact(snapshot.clone()).is_ok() {
+            node.disk.snapshot = Some(snapshot);
+            node.last_compacted = node.app.applied;
+        }
+    }
+
+    fn send(&mut self, from: ReplicaId, envelope: Envelope) -> Result<(), Violation> {
+        let Envelope { to, message } = envelope;
+        let limit = self.nodes[0].config.entries_per_message_max;
+        let carried = match &message {
+            Message::Promise { entries, .. } | Message::Accept { entries, .. } | Message::CatchUp { entries } => {
+                entries.len()
+            }
+            Message::Accepted { slots, .. } => slots.len(),
+            _ => 0,
+        };
+        if carried > limit {
+            return Err(violation(self, format!("a {} from {from} carries {carried} entries, over the bound {limit}", message.kind())));
+        }
+        let Some(to_index) = self.nodes.iter().position(|n| n.id == to) else { return Ok(()) };
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.drop_per_mille, 1_000) {
+            return Ok(());
+        }
+        let copies = if self.rng.chance(self.duplicate_per_mille, 1_000) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = self.rng.range(20, self.delay_us_max);
+            self.schedule(delay, Event::Deliver { from, to: to_index, message: message.clone() });
+        }
+        Ok(())
+    }
+
+    /// Only a running replica can act on its lease; two valid at once would
+    /// let two masters answer reads.
+    fn check_leases(&self) -> Result<(), Violation> {
+        let holders: Vec<ReplicaId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.paused_since.is_none())
+            .filter(|n| n.core.as_ref().is_some_and(Replica::lease_valid))
+            .map(|n| n.id)
+            .collect();
+        if holders.len() > 1 {
+            return Err(violation(self, format!("replicas {holders:?} all believe they hold a valid master lease")));
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self) {
+        let command = self.next_command;
+        self.next_command += 1;
+        let data = Bytes::copy_from_slice(&command.to_be_bytes());
+        // Ask the replicas in a seeded order, following master hints, as a
+        // client library would.
+        let start = self.rng.range(0, self.nodes.len() as u64 - 1) as usize;
+        let mut target = start;
+        for _ in 0..self.nodes.len() {
+            let node = &mut self.nodes[target];
+            let next = match (&mut node.core, node.paused_since) {
+                (Some(core), None) => match core.propose(data.clone()) {
+                    Ok(()) => {
+                        self.proposed_at.insert(command, self.now_us);
+                        let _ = self.drive(target);
+                        return;
+                    }
+                    Err(ProposeError::NotMaster { master_hint: Some(hint) }) => {
+                        self.nodes.iter().position(|n| n.id == hint)
+                    }
+                    Err(_) => None,
+                },
+                _ => None,
+            };
+            target = next.filter(|&n| n != target).unwrap_or((target + 1) % self.nodes.len());
+        }
+    }
+
+    fn start(&mut self, index: usize) -> Result<(), Violation> {
+        let node = &mut self.nodes[index];
+        node.incarnation += 1;
+        node.outstanding = None;
+        node.deferred.clear();
+        node.paused_since = None;
+        node.app = node.disk.app;
+        node.last_compacted = node.disk.snapshot.as_ref().map_or(0, |s| s.slot);
+        let durable = Durable {
+            hard_state: node.disk.hard_state,
+            entries: node.disk.entries.values().cloned().collect(),
+            snapshot: node.disk.snapshot.clone(),
+            applied: node.disk.app.applied,
+        };
+        let mut config = node.config.clone();
+        config.seed = self.seed.wrapping_mul(31).wrapping_add(node.id * 1_000 + node.incarnation);
+        let drift = self.options.clock_drift_ppm;
+        let ppm = self.rng.range(0, 2 * drift) as i64 - drift as i64;
+        node.tick_period_us = (TICK_US as i64 + TICK_US as i64 * ppm / 1_000_000) as u64;
+        match Replica::new(config, durable) {
+            Ok(core) => node.core = Some(core),
+            Err(error) => {
+                let id = node.id;
+                return Err(violation(self, format!("replica {id} cannot restart from its disk: {error}")));
+            }
+        }
+        let incarnation = self.nodes[index].incarnation;
+        let first_tick = self.rng.range(1, TICK_US);
+        self.schedule(first_tick, Event::Tick { node: index, incarnation });
+        Ok(())
+    }
+
+    fn crash(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.core = None;
+        node.outstanding = None;
+        node.deferred.clear();
+        node.paused_since = None;
+        node.incarnation += 1;
+        self.report.crashes += 1;
+        let id = node.id;
+        self.note(format!("crash replica {id}"));
+    }
+
+    fn resume(&mut self, index: usize) -> Result<(), Violation> {
+        let Some(since) = self.nodes[index].paused_since.take() else { return Ok(()) };
+        let node = &mut self.nodes[index];
+        let missed = (self.now_us - since) / node.tick_period_us;
+        if let Some(core) = &mut node.core {
+            for _ in 0..missed {
+                core.tick();
+            }
+        }
+        let id = node.id;
+        let incarnation = node.incarnation;
+        let deferred = std::mem::take(&mut node.deferred);
+        let period = node.tick_period_us;
+        self.note(format!("resume replica {id} after {missed} missed ticks"));
+        self.schedule(period, Event::Tick { node: index, incarnation });
+        for event in deferred {
+            self.schedule(0, event);
+        }
+        self.drive(index)
+    }
+
+    fn master_index(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.core.as_ref().is_some_and(Replica::is_master))
+    }
+
+    fn nemesis(&mut self) -> Result<(), Violation> {
+        let n = self.nodes.len();
+        let down = self.nodes.iter().filter(|n| n.core.is_none()).count();
+        let pick = self.rng.range(0, 9);
+        match pick {
+            0 | 1 => {
+                // Crash the master or anyone; at most three down at once.
+                if down < 3 {
+                    let target = match (pick, self.master_index()) {
+                        (0, Some(m)) => m,
+                        _ => self.rng.range(0, n as u64 - 1) as usize,
+                    };
+                    if self.nodes[target].core.is_some() {
+                        self.crash(target);
+                    }
+                }
+            }
+            2 | 3 => {
+                let crashed: Vec<usize> = (0..n).filter(|&i| self.nodes[i].core.is_none()).collect();
+                if !crashed.is_empty() {
+                    let target = crashed[self.rng.range(0, crashed.len() as u64 - 1) as usize];
+                    let id = self.nodes[target].id;
+                    self.note(format!("restart replica {id}"));
+                    self.start(target)?;
+                }
+            }
+            4 => {
+                // Pause a replica (often the master) for longer than a lease.
+                let target = match self.master_index() {
+                    Some(m) if self.rng.chance(2, 3) => m,
+                    _ => self.rng.range(0, n as u64 - 1) as usize,
+                };
+                if self.nodes[target].core.is_some() && self.nodes[target].paused_since.is_none() {
+                    self.nodes[target].paused_since = Some(self.now_us);
+                    let lease = self.nodes[target].config.lease_ticks;
+                    let length = self.rng.range(1, 3 * lease) * TICK_US;
+                    let id = self.nodes[target].id;
+                    self.note(format!("pause replica {id} for {}us", length));
+                    self.report.pauses += 1;
+                    self.schedule(length, Event::Resume { node: target });
+                }
+            }
+            5..=7 => self.partition(pick),
+            _ => {
+                self.blocked.clear();
+                self.note("heal partitions".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn partition(&mut self, pick: u64) {
+        let ids: Vec<ReplicaId> = self.nodes.iter().map(|n| n.id).collect();
+        self.blocked.clear();
+        self.report.partitions += 1;
+        let master = self.master_index().map(|i| self.nodes[i].id);
+        match pick {
+            5 => {
+                // Isolate the master (or a random replica), both ways.
+                let lonely = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+                for &other in &ids {
+                    if other != lonely {
+                        self.blocked.insert((lonely, other));
+                        self.blocked.insert((other, lonely));
+                    }
+                }
+                self.note(format!("partition: isolate {lonely}"));
+            }
+            6 => {
+                // Split into a minority and a majority; the master sometimes in
+                // the minority. With a bridge, one replica sees both sides.
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = self.rng.range(0, i as u64) as usize;
+                    shuffled.swap(i, j);
+                }
+                let minority: BTreeSet<ReplicaId> = shuffled[..ids.len() / 2].iter().copied().collect();
+                let bridge = if self.rng.chance(1, 3) { Some(shuffled[ids.len() - 1]) } else { None };
+                for &a in &ids {
+                    for &b in &ids {
+                        let split = minority.contains(&a) != minority.contains(&b);
+                        if split && bridge != Some(a) && bridge != Some(b) {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+                self.note(format!("partition: minority {minority:?} bridge {bridge:?}"));
+            }
+            _ => {
+                // One-way loss: a replica (often the master) can send but not
+                // receive, or receive but not send.
+                let one = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+                let outbound = self.rng.chance(1, 2);
+                for &other in &ids {
+                    if other != one {
+                        if outbound {
+                            self.blocked.insert((one, other));
+                        } else {
+                            self.blocked.insert((other, one));
+                        }
+                    }
+                }
+                self.note(format!("partition: one-way loss at {one} (outbound: {outbound})"));
+            }
+        }
+    }
+
+    /// Ends a fault period: links healed, loss and duplication off, paused
+    /// replicas resumed, and all crashed replicas restarted (but up to two
+    /// unless `everyone`).
+    fn heal(&mut self, everyone: bool) -> Result<(), Violation> {
+        self.blocked.clear();
+        self.drop_per_mille = 0;
+        self.duplicate_per_mille = 0;
+        self.note("heal: links, pauses, restarts".to_string());
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].paused_since.is_some() {
+                self.resume(index)?;
+            }
+        }
+        let keep_down = if everyone { 0 } else { self.rng.range(0, 2) as usize };
+        let crashed: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].core.is_none()).collect();
+        for &index in crashed.iter().skip(keep_down) {
+            self.start(index)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! Runs the deterministic simulator over many seeds.
+//!
+//! - `cargo test -p gaios-paxos --test simulation` runs 500 seeds (the CI profile).
+//! - `GAIOS_SIM_SEEDS=<n>` runs `n` seeds instead (a longer soak).
+//! - `GAIOS_SEED=<n>` replays exactly seed `n` and prints its report.
+//! - `GAIOS_SIM_FIRST_SEED=<n>` starts the seed range at `n`.
+//!
+//! A failing seed prints the violation, the last events and the replay command.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gaios_paxos::sim::{self, Options, Report};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => panic!("{name} must be a whole number, not {value:?}"),
+    }
+}
+
+/// Runs `seeds` in parallel on every core and returns the first violation.
+fn run_seeds(first: u64, count: u64, options: &Options) -> (u64, Report, Option<String>) {
+    let next = AtomicU64::new(first);
+    let failure: Mutex<Option<(u64, String)>> = Mutex::new(None);
+    let totals: Mutex<(u64, Report)> = Mutex::new((0, Report::default()));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= first + count || failure.lock().is_ok_and(|f| f.is_some()) {
+                        return;
+                    }
+                    match sim::run(seed, options) {
+                        Ok(report) => {
+                            let mut totals = totals.lock().expect("totals lock");
+                            totals.0 += 1;
+                            let sum = &mut totals.1;
+                            sum.chosen_slots += report.chosen_slots;
+                            sum.acknowledged += report.acknowledged;
+                            sum.elections += report.elections;
+                            sum.crashes += report.crashes;
+                            sum.pauses += report.pauses;
+                            sum.partitions += report.partitions;
+                            sum.snapshots_installed += report.snapshots_installed;
+                            sum.messages_delivered += report.messages_delivered;
+                            sum.worst_recovery_ticks = sum.worst_recovery_ticks.max(report.worst_recovery_ticks);
+                        }
+                        Err(violation) => {
+                            let mut failure = failure.lock().expect("failure lock");
+                            if failure.as_ref().is_none_or(|(s, _)| seed < *s) {
+                                *failure = Some((seed, violation.to_string()));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (runs, report) = totals.into_inner().expect("totals lock");
+    (runs, report, failure.into_inner().expect("failure lock").map(|(_, text)| text))
+}
+
+#[test]
+fn simulation_seeds_keep_paxos_safe_and_live() {
+    let options = Options::default();
+    if let Some(seed) = env_u64("GAIOS_SEED") {
+        match sim::run(seed, &options) {
+            Ok(report) => println!("seed {seed}: ok {report:?}"),
+            Err(violation) => panic!("{violation}"),
+        }
+        return;
+    }
+    let count = env_u64("GAIOS_SIM_SEEDS").unwrap_or(500);
+    let first = env_u64("GAIOS_SIM_FIRST_SEED").unwrap_or(0);
+    let started = std::time::Instant::now();
+    let (runs, report, failure) = run_seeds(first, count, &options);
+    if let Some(text) = failure {
+        panic!("simulation found a violation:\n{text}");
+    }
+    println!(
+        "{runs} seeds ok in {:.1}s: {} slots chosen, {} commands acknowledged, {} elections, {} crashes, \
+         {} pauses, {} partitions, {} snapshots installed, {} messages; worst recovery after heal {} ticks",
+        started.elapsed().as_secs_f64(),
+        report.chosen_slots,
+        report.acknowledged,
+        report.elections,
+        report.crashes,
+        report.pauses,
+        report.partitions,
+        report.snapshots_installed,
+        report.messages_delivered,
+        report.worst_recovery_ticks,
+    );
+    assert_eq!(runs, count, "every seed ran");
+    assert!(report.acknowledged > 0 && report.elections > 0 && report.crashes > 0 && report.partitions > 0);
+    assert!(report.snapshots_installed > 0, "no run exercised snapshot hand-off");
+}
