@@ -134,6 +134,9 @@ struct Candidate {
     from_slot: Slot,
     /// Promises received, by acceptor.
     promises: BTreeMap<ReplicaId, PromiseParts>,
+    /// True once our own promise of `ballot` is durable; from then on the
+    /// prepare may be re-sent at any time.
+    ballot_durable: bool,
 }
 
 #[derive(Debug)]
@@ -148,6 +151,9 @@ struct Master {
     heartbeat_acks: BTreeMap<ReplicaId, u64>,
     last_heartbeat_tick: u64,
     lease_until: u64,
+    /// The last tick a majority was known to follow us: when we became
+    /// master, then the start of each lease.
+    quorum_tick: u64,
 }
 
 #[derive(Debug)]
@@ -253,6 +259,8 @@ impl Replica {
             Role::Follower | Role::Candidate(_) => {
                 if self.now >= self.election_deadline {
                     self.campaign();
+                } else {
+                    self.resend_prepares();
                 }
             }
         }
@@ -315,12 +323,15 @@ impl Replica {
 
     /// Starts phase 1 now instead of waiting for the election timeout.
     pub fn campaign(&mut self) {
-        self.reset_election_timer();
         if self.lease_blocks(self.config.id) {
             // Our own acceptor still honours another master's lease (or waits
-            // out its restart); it would refuse our ballot.
+            // out its restart) and would refuse our ballot: try again as soon
+            // as that lease runs out, with a little jitter against duels.
+            let jitter = self.rng.range(0, self.config.election_ticks_max - self.config.election_ticks_min);
+            self.election_deadline = self.lease_grant.until + jitter;
             return;
         }
+        self.reset_election_timer();
         if let Role::Master(_) = self.role {
             self.step_down();
         }
@@ -330,7 +341,8 @@ impl Replica {
         self.promised = ballot;
         self.hard_state_dirty = true;
         let from_slot = self.chosen_through + 1;
-        self.role = Role::Candidate(Candidate { ballot, from_slot, promises: BTreeMap::new() });
+        self.role =
+            Role::Candidate(Candidate { ballot, from_slot, promises: BTreeMap::new(), ballot_durable: false });
         // The ballot goes out only once it is durable, so a restart can never
         // reuse it with other values.
         for to in self.peers() {
@@ -574,6 +586,22 @@ impl Replica {
         }
     }
 
+    /// Candidate rule: re-send the prepare every tick to acceptors that have
+    /// not promised (it was lost, or refused while a lease ran), so a master
+    /// is elected as soon as the old master's lease allows.
+    fn resend_prepares(&mut self) {
+        let Role::Candidate(candidate) = &self.role else { return };
+        if !candidate.ballot_durable {
+            return;
+        }
+        let (ballot, from_slot) = (candidate.ballot, candidate.from_slot);
+        let missing: Vec<ReplicaId> =
+            self.peers().into_iter().filter(|p| !candidate.promises.contains_key(p)).collect();
+        for to in missing {
+            self.send(to, Message::Prepare { ballot, from_slot });
+        }
+    }
+
     /// Candidate rule for phase 1b: collect promises (every part of each); a
     /// majority makes us master.
     fn on_promise(&mut self, from: ReplicaId, ballot: Ballot, chosen_through: Slot, part: Promised) {
@@ -594,6 +622,9 @@ impl Replica {
             return;
         }
         promise.received.insert(part.part, part.entries);
+        if from == self.config.id {
+            candidate.ballot_durable = true;
+        }
         let complete = candidate.promises.values().filter(|p| p.received.len() == p.parts as usize).count();
         if complete >= quorum {
             self.become_master();
@@ -642,6 +673,7 @@ impl Replica {
             heartbeat_acks: BTreeMap::new(),
             last_heartbeat_tick: self.now,
             lease_until: 0,
+            quorum_tick: self.now,
         });
         self.master_hint = Some(self.config.id);
         self.out.role_changes.push(RoleChange::BecameMaster { ballot, recovered_through });
@@ -798,6 +830,14 @@ impl Replica {
 
     fn tick_master(&mut self) {
         let Role::Master(master) = &self.role else { return };
+        if self.now.saturating_sub(master.quorum_tick) > self.config.election_ticks_max {
+            // Check quorum: no majority acknowledged a heartbeat for an
+            // election timeout. Our heartbeats may still reach acceptors (a
+            // one-way partition) and keep their lease grants alive, which
+            // would block every other candidate; stop sending them.
+            self.step_down();
+            return;
+        }
         if self.now - master.last_heartbeat_tick >= self.config.heartbeat_ticks {
             self.send_heartbeats();
         }
@@ -874,6 +914,7 @@ impl Replica {
         ticks.sort_unstable_by(|a, b| b.cmp(a));
         let start = ticks[quorum - 1];
         master.lease_until = master.lease_until.max(start + lease_ticks);
+        master.quorum_tick = master.quorum_tick.max(start);
     }
 
     /// Accept rules shared by accepts and heartbeats: refuse a ballot below the
@@ -1114,3 +1155,7 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

@@ -232,6 +232,8 @@ struct Simulation {
     duplicate_per_mille: u64,
     delay_us_max: u64,
     faults_active: bool,
+    /// This seed's disk: a synced write takes up to this long.
+    disk_latency_us_max: u64,
     // Checkers' state.
     ledger: BTreeMap<(Slot, Ballot), (Value, BTreeSet<ReplicaId>)>,
     chosen: BTreeMap<Slot, Value>,
@@ -310,6 +312,7 @@ impl Simulation {
             duplicate_per_mille: 0,
             delay_us_max: 500,
             faults_active: false,
+            disk_latency_us_max: 0,
             ledger: BTreeMap::new(),
             chosen: BTreeMap::new(),
             chain: BTreeMap::new(),
@@ -320,6 +323,8 @@ impl Simulation {
             trace: std::collections::VecDeque::new(),
             report: Report::default(),
         };
+        // Fast (NVMe-like) to slow disks, per seed.
+        sim.disk_latency_us_max = [60, 300, 1_500][sim.rng.range(0, 2) as usize];
         sim.restart_all_fresh();
         sim
     }
@@ -365,7 +370,7 @@ impl Simulation {
             self.faults_active = true;
             self.drop_per_mille = self.rng.range(0, 100);
             self.duplicate_per_mille = self.rng.range(0, 50);
-            self.delay_us_max = self.rng.range(200, 3_000);
+            self.delay_us_max = self.rng.range(50, 3_000);
             let first = self.rng.range(0, 20) * TICK_US;
             self.schedule(first, Event::Nemesis);
             let end = self.now_us + self.options.fault_period_ticks * TICK_US;
@@ -535,7 +540,7 @@ impl Simulation {
                 self.send(from, envelope)?;
             }
             if needs_disk {
-                let latency = self.rng.range(50, 1_500);
+                let latency = self.rng.range(10, self.disk_latency_us_max);
                 let incarnation = self.nodes[index].incarnation;
                 self.schedule(latency, Event::DiskDone { node: index, incarnation });
                 return Ok(());

@@ -1,0 +1,383 @@
+//! Paper tests: one test per rule of the protocol, written init → act → check.
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::message::{Message, NackReason};
+use crate::ready::{Envelope, Ready, RoleChange};
+use crate::replica::{ProposeError, Replica};
+use crate::types::{Ballot, Durable, Entry, HardState, Snapshot, Value};
+
+const MEMBERS: [u64; 5] = [1, 2, 3, 4, 5];
+
+fn config(id: u64) -> Config {
+    let mut config = Config::new(id, MEMBERS.to_vec());
+    config.election_ticks_min = 10;
+    config.election_ticks_max = 10;
+    config.lease_ticks = 8;
+    config.lease_drift_ticks = 2;
+    config.heartbeat_ticks = 2;
+    config
+}
+
+/// A replica that already waited out the lease any restart imposes.
+fn replica(id: u64, durable: Durable) -> Replica {
+    let mut config = config(id);
+    // Keep the election timer out of the way; tests campaign explicitly.
+    config.election_ticks_min = 1_000;
+    config.election_ticks_max = 1_000;
+    let mut replica = Replica::new(config, durable).expect("valid config");
+    for _ in 0..8 {
+        replica.tick();
+    }
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+}
+
+/// Carries out a `Ready` as a driver would and returns it for inspection.
+fn persist(replica: &mut Replica) -> Ready {
+    let mut ready = replica.ready();
+    let inspect = Ready {
+        hard_state: ready.hard_state,
+        entries: ready.entries.clone(),
+        snapshot: ready.snapshot.clone(),
+        compact_through: ready.compact_through,
+        messages: ready.messages.clone(),
+        persisted_messages: ready.persisted_messages.clone(),
+        committed: ready.committed.clone(),
+        role_changes: ready.role_changes.clone(),
+        self_messages: Vec::new(),
+    };
+    ready.messages.clear();
+    replica.advance(ready);
+    inspect
+}
+
+/// Carries out a `Ready` whose contents the test does not inspect.
+fn settle(replica: &mut Replica) {
+    let _carried_out = persist(replica);
+}
+
+fn to(envelopes: &[Envelope], id: u64) -> Vec<&Message> {
+    envelopes.iter().filter(|e| e.to == id).map(|e| &e.message).collect()
+}
+
+fn batch(commands: &[&'static str]) -> Value {
+    Value::Batch(commands.iter().map(|c| Bytes::from_static(c.as_bytes())).collect())
+}
+
+/// Makes replica 1 master of ballot (1, 1) with empty promises from 2 and 3.
+fn master() -> Replica {
+    let mut r = replica(1, Durable::default());
+    r.campaign();
+    settle(&mut r);
+    let ballot = Ballot::new(1, 1);
+    for from in [2, 3] {
+        r.step(from, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
+    }
+    assert!(r.is_master());
+    settle(&mut r);
+    r
+}
+
+#[test]
+fn campaign_sends_prepare_only_after_its_ballot_is_durable() {
+    let mut r = replica(1, Durable::default());
+    r.campaign();
+    let ready = persist(&mut r);
+    let ballot = Ballot::new(1, 1);
+    assert_eq!(ready.hard_state, Some(HardState { promised: ballot, chosen_through: 0 }));
+    assert!(ready.messages.iter().all(|e| !matches!(e.message, Message::Prepare { .. })));
+    for peer in [2, 3, 4, 5] {
+        assert_eq!(to(&ready.persisted_messages, peer), vec![&Message::Prepare { ballot, from_slot: 1 }]);
+    }
+}
+
+#[test]
+fn acceptor_promises_a_higher_ballot_after_persisting_and_reports_what_it_accepted() {
+    let accepted = Entry { slot: 1, ballot: Ballot::new(1, 3), value: batch(&["a"]) };
+    let durable = Durable {
+        hard_state: HardState { promised: Ballot::new(1, 3), chosen_through: 0 },
+        entries: vec![accepted.clone()],
+        ..Durable::default()
+    };
+    let mut r = replica(2, durable);
+    let ballot = Ballot::new(2, 4);
+    r.step(4, Message::Prepare { ballot, from_slot: 1 });
+    let ready = persist(&mut r);
+    assert_eq!(ready.hard_state.map(|h| h.promised), Some(ballot));
+    assert!(to(&ready.messages, 4).is_empty(), "no promise before the write is durable");
+    assert_eq!(
+        to(&ready.persisted_messages, 4),
+        vec![&Message::Promise { ballot, chosen_through: 0, entries: vec![accepted], part: 0, parts: 1 }]
+    );
+}
+
+#[test]
+fn acceptor_refuses_a_ballot_lower_than_its_promise() {
+    let durable =
+        Durable { hard_state: HardState { promised: Ballot::new(5, 3), chosen_through: 0 }, ..Durable::default() };
+    let mut r = replica(2, durable);
+    r.step(4, Message::Prepare { ballot: Ballot::new(4, 4), from_slot: 1 });
+    r.step(4, Message::Accept { ballot: Ballot::new(4, 4), entries: vec![], chosen_through: 0 });
+    let ready = persist(&mut r);
+    assert_eq!(ready.hard_state, None);
+    let nack = Message::Nack { ballot: Ballot::new(4, 4), promised: Ballot::new(5, 3), reason: NackReason::HigherBallot };
+    assert_eq!(to(&ready.messages, 4), vec![&nack, &nack]);
+    assert!(ready.persisted_messages.is_empty());
+}
+
+#[test]
+fn acceptor_promises_no_other_replica_while_the_lease_it_granted_runs() {
+    let mut r = replica(2, Durable::default());
+    let master_ballot = Ballot::new(1, 1);
+    r.step(1, Message::Heartbeat { ballot: master_ballot, chosen_through: 0, sent_tick: 0 });
+    let ready = persist(&mut r);
+    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: master_ballot, sent_tick: 0 }]);
+    let candidate = Ballot::new(2, 3);
+    for _ in 0..7 {
+        r.tick();
+    }
+    r.step(3, Message::Prepare { ballot: candidate, from_slot: 1 });
+    let ready = persist(&mut r);
+    assert_eq!(
+        to(&ready.messages, 3),
+        vec![&Message::Nack { ballot: candidate, promised: master_ballot, reason: NackReason::LeaseHeld }]
+    );
+    r.tick(); // lease_ticks (8) after the heartbeat: the grant has run out.
+    r.step(3, Message::Prepare { ballot: candidate, from_slot: 1 });
+    let ready = persist(&mut r);
+    assert!(matches!(to(&ready.persisted_messages, 3)[..], [Message::Promise { ballot, .. }] if *ballot == candidate));
+}
+
+#[test]
+fn restarted_acceptor_waits_out_any_lease_it_may_have_granted() {
+    let mut r = Replica::new(config(2), Durable::default()).expect("valid config");
+    let candidate = Ballot::new(1, 3);
+    r.step(3, Message::Prepare { ballot: candidate, from_slot: 1 });
+    let ready = persist(&mut r);
+    assert!(matches!(to(&ready.messages, 3)[..], [Message::Nack { reason: NackReason::LeaseHeld, .. }]));
+    for _ in 0..8 {
+        r.tick();
+    }
+    r.step(3, Message::Prepare { ballot: candidate, from_slot: 1 });
+    let ready = persist(&mut r);
+    assert!(matches!(to(&ready.persisted_messages, 3)[..], [Message::Promise { .. }]));
+}
+
+#[test]
+fn new_master_reproposes_the_highest_ballot_value_and_fills_gaps_with_noops() {
+    let mut r = replica(1, Durable::default());
+    r.campaign();
+    settle(&mut r);
+    let ballot = Ballot::new(1, 1);
+    let old = Entry { slot: 1, ballot: Ballot::new(0, 2), value: batch(&["old"]) };
+    let newer = Entry { slot: 1, ballot: Ballot::new(0, 3), value: batch(&["newer"]) };
+    let third = Entry { slot: 3, ballot: Ballot::new(0, 2), value: batch(&["third"]) };
+    r.step(2, Message::Promise { ballot, chosen_through: 0, entries: vec![old, third.clone()], part: 0, parts: 1 });
+    assert!(!r.is_master(), "two of five promises are not a majority");
+    r.step(3, Message::Promise { ballot, chosen_through: 0, entries: vec![newer.clone()], part: 0, parts: 1 });
+    assert!(r.is_master());
+    let ready = persist(&mut r);
+    assert_eq!(ready.role_changes, vec![RoleChange::BecameMaster { ballot, recovered_through: 3 }]);
+    let expected = Message::Accept {
+        ballot,
+        entries: vec![
+            Entry { slot: 1, ballot, value: newer.value },
+            Entry { slot: 2, ballot, value: Value::Noop },
+            Entry { slot: 3, ballot, value: third.value },
+        ],
+        chosen_through: 0,
+    };
+    assert_eq!(to(&ready.messages, 4), vec![&expected, &Message::Heartbeat { ballot, chosen_through: 0, sent_tick: 8 }]);
+}
+
+#[test]
+fn promise_split_in_parts_counts_only_when_every_part_arrived() {
+    let mut r = replica(1, Durable::default());
+    r.campaign();
+    settle(&mut r);
+    let ballot = Ballot::new(1, 1);
+    let entry = |slot| Entry { slot, ballot: Ballot::new(0, 2), value: batch(&["x"]) };
+    r.step(2, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
+    r.step(3, Message::Promise { ballot, chosen_through: 0, entries: vec![entry(1)], part: 0, parts: 2 });
+    assert!(!r.is_master(), "replica 3's promise is incomplete");
+    r.step(3, Message::Promise { ballot, chosen_through: 0, entries: vec![entry(2)], part: 1, parts: 2 });
+    assert!(r.is_master());
+    assert_eq!(r.read_barrier(), Some(2));
+}
+
+#[test]
+fn a_slot_accepted_by_a_majority_is_chosen_and_committed_in_order() {
+    let mut r = master();
+    r.propose(Bytes::from_static(b"x")).expect("master accepts proposals");
+    let ready = persist(&mut r);
+    let ballot = Ballot::new(1, 1);
+    assert!(matches!(to(&ready.messages, 2)[..], [Message::Accept { entries, .. }] if entries.len() == 1 && entries[0].slot == 1));
+    assert!(ready.committed.is_empty());
+    r.step(2, Message::Accepted { ballot, slots: vec![1] });
+    assert_eq!(r.chosen_through(), 0, "self and one peer are two of five");
+    r.step(3, Message::Accepted { ballot, slots: vec![1] });
+    assert_eq!(r.chosen_through(), 1);
+    let ready = persist(&mut r);
+    assert_eq!(ready.committed, vec![Entry { slot: 1, ballot, value: batch(&["x"]) }]);
+    assert_eq!(ready.hard_state.map(|h| h.chosen_through), Some(1));
+}
+
+#[test]
+fn master_batches_commands_queued_between_readies_into_one_slot() {
+    let mut r = master();
+    for command in ["a", "b", "c"] {
+        r.propose(Bytes::from_static(command.as_bytes())).expect("accepted");
+    }
+    let ready = persist(&mut r);
+    let accepts: Vec<_> = to(&ready.messages, 2);
+    assert!(matches!(accepts[..], [Message::Accept { entries, .. }] if entries.len() == 1 && entries[0].value == batch(&["a", "b", "c"])));
+}
+
+#[test]
+fn master_keeps_at_most_the_window_of_slots_in_flight() {
+    let mut cfg = config(1);
+    cfg.slots_in_flight_max = 2;
+    cfg.batch_commands_max = 1;
+    cfg.election_ticks_min = 1_000;
+    cfg.election_ticks_max = 1_000;
+    let mut r = Replica::new(cfg, Durable::default()).expect("valid");
+    for _ in 0..8 {
+        r.tick();
+    }
+    r.campaign();
+    settle(&mut r);
+    let ballot = Ballot::new(1, 1);
+    for from in [2, 3] {
+        r.step(from, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
+    }
+    settle(&mut r);
+    for command in ["a", "b", "c", "d"] {
+        r.propose(Bytes::from_static(command.as_bytes())).expect("accepted");
+    }
+    let ready = persist(&mut r);
+    let slots: Vec<u64> = ready.entries.iter().map(|e| e.slot).collect();
+    assert_eq!(slots, vec![1, 2], "two slots in flight at most");
+    for from in [2, 3] {
+        r.step(from, Message::Accepted { ballot, slots: vec![1] });
+    }
+    let ready = persist(&mut r);
+    let slots: Vec<u64> = ready.entries.iter().map(|e| e.slot).collect();
+    assert_eq!(slots, vec![3], "slot 1 chosen frees one place");
+}
+
+#[test]
+fn proposals_are_refused_off_the_master_and_past_the_queue_bound() {
+    let mut follower = replica(2, Durable::default());
+    follower.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 0 });
+    assert_eq!(
+        follower.propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotMaster { master_hint: Some(1) })
+    );
+    let mut r = master();
+    let too_big = Bytes::from(vec![0u8; r.config().command_bytes_max + 1]);
+    assert!(matches!(r.propose(too_big), Err(ProposeError::CommandTooLarge { .. })));
+    let limit = r.config().proposals_queued_max;
+    for _ in 0..limit {
+        r.propose(Bytes::from_static(b"x")).expect("within the bound");
+    }
+    assert_eq!(r.propose(Bytes::from_static(b"x")), Err(ProposeError::QueueFull));
+}
+
+#[test]
+fn follower_learns_chosen_slots_accepted_in_the_masters_ballot_and_asks_for_the_rest() {
+    let stale = Entry { slot: 1, ballot: Ballot::new(1, 2), value: batch(&["stale"]) };
+    let durable =
+        Durable { hard_state: HardState { promised: Ballot::new(1, 2), chosen_through: 0 }, entries: vec![stale], ..Durable::default() };
+    let mut r = replica(3, durable);
+    let ballot = Ballot::new(2, 1);
+    let fresh = Entry { slot: 2, ballot, value: batch(&["fresh"]) };
+    r.step(1, Message::Accept { ballot, entries: vec![fresh.clone()], chosen_through: 2 });
+    let ready = persist(&mut r);
+    assert_eq!(r.chosen_through(), 0, "slot 1 holds an older ballot's value, which may not be the chosen one");
+    assert!(to(&ready.messages, 1).contains(&&Message::CatchUpRequest { from_slot: 1 }));
+    let chosen = Entry { slot: 1, ballot: Ballot::new(2, 1), value: batch(&["chosen"]) };
+    r.step(1, Message::CatchUp { entries: vec![chosen.clone()] });
+    r.step(1, Message::Heartbeat { ballot, chosen_through: 2, sent_tick: 9 });
+    let ready = persist(&mut r);
+    assert_eq!(r.chosen_through(), 2);
+    assert_eq!(ready.committed, vec![chosen, fresh]);
+}
+
+#[test]
+fn replica_behind_the_compacted_log_is_sent_the_snapshot() {
+    let mut r = master();
+    let ballot = Ballot::new(1, 1);
+    r.propose(Bytes::from_static(b"x")).expect("accepted");
+    settle(&mut r);
+    for from in [2, 3] {
+        r.step(from, Message::Accepted { ballot, slots: vec![1] });
+    }
+    settle(&mut r);
+    let snapshot = Snapshot { slot: 1, data: Bytes::from_static(b"state after slot 1") };
+    r.compact(snapshot.clone()).expect("slot 1 is applied");
+    let ready = persist(&mut r);
+    assert_eq!(ready.compact_through, Some(1));
+    r.step(4, Message::CatchUpRequest { from_slot: 1 });
+    let ready = persist(&mut r);
+    assert_eq!(to(&ready.messages, 4), vec![&Message::InstallSnapshot { snapshot: snapshot.clone() }]);
+
+    let mut lagging = replica(4, Durable::default());
+    lagging.step(1, Message::InstallSnapshot { snapshot: snapshot.clone() });
+    let ready = persist(&mut lagging);
+    assert_eq!(ready.snapshot, Some(snapshot));
+    assert_eq!(lagging.chosen_through(), 1);
+    assert_eq!(lagging.applied(), 1);
+}
+
+#[test]
+fn master_lease_runs_from_the_heartbeat_send_tick_minus_the_drift_margin() {
+    let mut r = master();
+    let ballot = Ballot::new(1, 1);
+    assert_eq!(r.lease_until(), None, "no heartbeat acknowledged by a majority yet");
+    // The self-acknowledgement of the heartbeat sent at tick 8 is in; two
+    // peers make a majority.
+    r.step(2, Message::HeartbeatAck { ballot, sent_tick: 8 });
+    assert_eq!(r.lease_until(), None);
+    r.tick();
+    r.tick();
+    r.step(3, Message::HeartbeatAck { ballot, sent_tick: 8 });
+    assert_eq!(r.lease_until(), Some(8 + 8 - 2));
+    for _ in 0..3 {
+        r.tick();
+    }
+    assert!(r.lease_valid(), "tick 13 is inside the lease");
+    r.tick();
+    assert!(!r.lease_valid(), "the lease ends (exclusive) at tick 14 without a newer acknowledged heartbeat");
+}
+
+#[test]
+fn master_steps_down_when_an_acceptor_promised_a_higher_ballot() {
+    let mut r = master();
+    let ballot = Ballot::new(1, 1);
+    r.step(2, Message::Nack { ballot, promised: Ballot::new(3, 4), reason: NackReason::HigherBallot });
+    assert!(!r.is_master());
+    let ready = persist(&mut r);
+    assert_eq!(ready.role_changes, vec![RoleChange::LostMastership { ballot }]);
+    assert!(matches!(r.propose(Bytes::from_static(b"x")), Err(ProposeError::NotMaster { .. })));
+}
+
+#[test]
+fn messages_from_strangers_or_with_borrowed_ballots_are_ignored() {
+    let mut r = replica(2, Durable::default());
+    r.step(9, Message::Prepare { ballot: Ballot::new(1, 9), from_slot: 1 });
+    r.step(3, Message::Prepare { ballot: Ballot::new(1, 4), from_slot: 1 });
+    r.step(3, Message::Accept { ballot: Ballot::new(1, 4), entries: vec![], chosen_through: 0 });
+    let ready = persist(&mut r);
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty());
+    assert_eq!(r.hard_state().promised, Ballot::ZERO);
+}
+
+#[test]
+fn restart_refuses_a_durable_state_missing_a_chosen_entry() {
+    let durable =
+        Durable { hard_state: HardState { promised: Ballot::new(1, 1), chosen_through: 2 }, ..Durable::default() };
+    assert!(Replica::new(config(1), durable).is_err());
+}
