@@ -270,6 +270,7 @@ impl Replica {
             }
         }
         self.drain_self_inbox();
+        self.check_invariants();
     }
 
     /// Handles a message from another replica. Messages from non-members, or
@@ -280,6 +281,7 @@ impl Replica {
         }
         self.handle(from, message);
         self.drain_self_inbox();
+        self.check_invariants();
     }
 
     /// Queues a command for the next free slot. Only the master accepts
@@ -398,6 +400,7 @@ impl Replica {
             self.handle(self.config.id, message);
         }
         self.drain_self_inbox();
+        self.check_invariants();
     }
 
     // ----------------------------------------------------------------------
@@ -1089,6 +1092,30 @@ impl Replica {
 
     // ----------------------------------------------------------------------
     // Roles and helpers.
+
+    /// States what must hold between any two inputs. A broken invariant is a
+    /// bug: debug builds (and so the simulator) stop at once.
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(self.log_start <= self.applied, "applied {} below the snapshot {}", self.applied, self.log_start);
+        assert!(self.applied <= self.chosen_through, "applied {} past chosen {}", self.applied, self.chosen_through);
+        assert!(self.log.keys().next().is_none_or(|&first| first > self.log_start), "log holds compacted slots");
+        for slot in self.applied + 1..=self.chosen_through {
+            assert!(self.log.contains_key(&slot), "chosen slot {slot} missing from the log");
+        }
+        if let Some(own) = self.own_ballot() {
+            assert_eq!(own.replica, self.config.id, "leading with another replica's ballot");
+            assert!(own <= self.promised, "leading with ballot {own} below our own promise {}", self.promised);
+        }
+        if let Role::Master(master) = &self.role {
+            assert!(master.next_slot > self.chosen_through, "next slot {} not past chosen", master.next_slot);
+            let open = self.chosen_through + 1..master.next_slot;
+            assert!(master.in_flight.keys().all(|s| open.contains(s)), "in-flight slot outside the open range");
+            assert!(master.queue.len() <= self.config.proposals_queued_max, "proposal queue over its bound");
+        }
+    }
 
     /// Gives up candidacy or mastership. A master's queued proposals are dropped.
     fn step_down(&mut self) {

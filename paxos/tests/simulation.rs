@@ -34,7 +34,22 @@ fn run_seeds(first: u64, count: u64, options: &Options) -> (u64, Report, Option<
                     if seed >= first + count || failure.lock().is_ok_and(|f| f.is_some()) {
                         return;
                     }
-                    match sim::run(seed, options) {
+                    // A broken invariant inside the core panics; report it
+                    // with its seed like any other violation.
+                    let outcome = std::panic::catch_unwind(|| sim::run(seed, options)).unwrap_or_else(|panic| {
+                        let text = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                            .unwrap_or_default();
+                        Err(sim::Violation {
+                            seed,
+                            time_us: 0,
+                            message: format!("the core panicked: {text}"),
+                            trace: Vec::new(),
+                        })
+                    });
+                    match outcome {
                         Ok(report) => {
                             let mut totals = totals.lock().expect("totals lock");
                             totals.0 += 1;
@@ -68,6 +83,7 @@ fn run_seeds(first: u64, count: u64, options: &Options) -> (u64, Report, Option<
 fn simulation_seeds_keep_paxos_safe_and_live() {
     let options = Options::default();
     if let Some(seed) = env_u64("GAIOS_SEED") {
+        // Replaying runs on this thread, so a panic shows its backtrace.
         match sim::run(seed, &options) {
             Ok(report) => println!("seed {seed}: ok {report:?}"),
             Err(violation) => panic!("{violation}"),
