@@ -19,8 +19,8 @@
 //!    [`Ready::compact_through`] durable in **one synced write**;
 //! 3. only then send [`Ready::persisted_messages`] (promises, accepted
 //!    notices, lease acknowledgements rest on that write);
-//! 4. install [`Ready::snapshot`] if present, then apply [`Ready::committed`]
-//!    in slot order;
+//! 4. if [`Ready::install_snapshot`], load [`Ready::snapshot`] into the
+//!    application; then apply [`Ready::committed`] in slot order;
 //! 5. call [`Replica::advance`] with the `Ready` (which also tells the replica
 //!    a snapshot it handed out is installed), before taking the next one.
 //!

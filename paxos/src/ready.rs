@@ -36,8 +36,8 @@ pub enum RoleChange {
 ///
 /// **The driver's duty, in one sentence:** send `messages` at once; make
 /// `hard_state`, `entries`, `snapshot` and `compact_through` durable in one
-/// synced write; only then send `persisted_messages`; install `snapshot` (if
-/// any) and apply `committed` in order; then call
+/// synced write; only then send `persisted_messages`; install `snapshot` if
+/// `install_snapshot` says so, and apply `committed` in order; then call
 /// [`crate::Replica::advance`] with this `Ready` before taking the next one.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be persisted, sent, applied and advanced"]
@@ -46,10 +46,14 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     /// Entries to write (insert or overwrite by slot).
     pub entries: Vec<Entry>,
-    /// A snapshot received from another replica: store it, drop the log at or
-    /// below its slot, and load it into the application before applying
-    /// `committed`.
+    /// A snapshot to store durably; the log at or below its slot goes (see
+    /// `compact_through`). It is either the application's own (after
+    /// [`crate::Replica::compact`]) or, when `install_snapshot` is true, one
+    /// received from another replica.
     pub snapshot: Option<Snapshot>,
+    /// True when `snapshot` came from another replica: load it into the
+    /// application before applying `committed`.
+    pub install_snapshot: bool,
     /// Delete every log entry at or below this slot (a snapshot covers them).
     pub compact_through: Option<Slot>,
     /// Messages that may go before the write above is durable.

@@ -319,6 +319,7 @@ impl Replica {
             return Ok(());
         }
         self.drop_log_through(snapshot.slot);
+        self.out.snapshot = Some(snapshot.clone());
         self.snapshot = Some(snapshot);
         Ok(())
     }
@@ -1080,6 +1081,7 @@ impl Replica {
             master.next_slot = master.next_slot.max(slot + 1);
         }
         self.out.snapshot = Some(snapshot.clone());
+        self.out.install_snapshot = true;
         self.snapshot = Some(snapshot);
     }
 

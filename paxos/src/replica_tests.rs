@@ -42,6 +42,7 @@ fn persist(replica: &mut Replica) -> Ready {
         hard_state: ready.hard_state,
         entries: ready.entries.clone(),
         snapshot: ready.snapshot.clone(),
+        install_snapshot: ready.install_snapshot,
         compact_through: ready.compact_through,
         messages: ready.messages.clone(),
         persisted_messages: ready.persisted_messages.clone(),
@@ -320,6 +321,8 @@ fn replica_behind_the_compacted_log_is_sent_the_snapshot() {
     r.compact(snapshot.clone()).expect("slot 1 is applied");
     let ready = persist(&mut r);
     assert_eq!(ready.compact_through, Some(1));
+    assert_eq!(ready.snapshot.as_ref(), Some(&snapshot), "the snapshot is stored with the compaction");
+    assert!(!ready.install_snapshot, "our own snapshot is not loaded back");
     r.step(4, Message::CatchUpRequest { from_slot: 1 });
     let ready = persist(&mut r);
     assert_eq!(to(&ready.messages, 4), vec![&Message::InstallSnapshot { snapshot: snapshot.clone() }]);
@@ -328,6 +331,7 @@ fn replica_behind_the_compacted_log_is_sent_the_snapshot() {
     lagging.step(1, Message::InstallSnapshot { snapshot: snapshot.clone() });
     let ready = persist(&mut lagging);
     assert_eq!(ready.snapshot, Some(snapshot));
+    assert!(ready.install_snapshot);
     assert_eq!(lagging.chosen_through(), 1);
     assert_eq!(lagging.applied(), 1);
 }

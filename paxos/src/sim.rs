@@ -496,8 +496,11 @@ impl Simulation {
                 self.drive(node)
             }
             Event::Compact { node, incarnation } => {
-                if self.nodes[node].incarnation == incarnation && self.nodes[node].core.is_some() {
-                    self.compact(node);
+                if self.nodes[node].incarnation == incarnation
+                    && self.nodes[node].core.is_some()
+                    && self.nodes[node].paused_since.is_none()
+                {
+                    return self.compact(node);
                 }
                 Ok(())
             }
@@ -593,7 +596,7 @@ impl Simulation {
         for envelope in std::mem::take(&mut ready.persisted_messages) {
             self.send(id, envelope)?;
         }
-        if let Some(snapshot) = &ready.snapshot {
+        if let Some(snapshot) = ready.snapshot.as_ref().filter(|_| ready.install_snapshot) {
             let Some(app) = App::decode(&snapshot.data) else {
                 return Err(violation(self, format!("replica {id} got an undecodable snapshot")));
             };
@@ -690,14 +693,16 @@ impl Simulation {
         Ok(())
     }
 
-    fn compact(&mut self, index: usize) {
+    fn compact(&mut self, index: usize) -> Result<(), Violation> {
         let node = &mut self.nodes[index];
         let snapshot = Snapshot { slot: node.app.applied, data: node.app.encode() };
-        let Some(core) = &mut node.core else { return };
-        if core.compact(snapshot.clone()).is_ok() {
-            node.disk.snapshot = Some(snapshot);
+        let Some(core) = &mut node.core else { return Ok(()) };
+        // The snapshot reaches the disk through the next Ready, atomically
+        // with the compaction of the log it covers.
+        if core.compact(snapshot).is_ok() {
             node.last_compacted = node.app.applied;
         }
+        self.drive(index)
     }
 
     fn send(&mut self, from: ReplicaId, envelope: Envelope) -> Result<(), Violation> {

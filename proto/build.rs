@@ -1,0 +1,20 @@
+//! Compiles the `.proto` files with a vendored `protoc`, so a fresh machine
+//! needs no protobuf compiler of its own.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // prost-build finds the compiler through `PROTOC`. `set_var` is `unsafe` in
+    // edition 2024 because of other threads; a build script has only this one.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("PROTOC", protoc);
+    }
+    let protos = ["gaios/v1/replica.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_protos(&protos, &["."])?;
+    Ok(())
+}
