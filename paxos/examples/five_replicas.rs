@@ -31,13 +31,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             replica.tick();
         }
         // Propose the next command to whoever is master, a few ticks apart.
-        if tick % 5 == 0 && next_command < commands.len() {
-            if let Some(master) = replicas.values_mut().find(|r| r.is_master()) {
-                let command = commands[next_command];
-                if master.propose(Bytes::from_static(command.as_bytes())).is_ok() {
-                    println!("tick {tick}: replica {} (master) proposes {command:?}", master.id());
-                    next_command += 1;
-                }
+        let master = replicas.values_mut().find(|r| r.is_master());
+        if let Some(master) = master.filter(|_| tick % 5 == 0 && next_command < commands.len()) {
+            let command = commands[next_command];
+            if master.propose(Bytes::from_static(command.as_bytes())).is_ok() {
+                println!("tick {tick}: replica {} (master) proposes {command:?}", master.id());
+                next_command += 1;
             }
         }
         // Deliver everything in flight, and drive every replica's Ready,

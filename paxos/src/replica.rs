@@ -264,10 +264,8 @@ impl Replica {
                 }
             }
         }
-        if self.chosen_through < self.known_chosen_through {
-            if let Some(master) = self.master_hint {
-                self.request_catch_up(master);
-            }
+        if let Some(master) = self.master_hint.filter(|_| self.chosen_through < self.known_chosen_through) {
+            self.request_catch_up(master);
         }
         self.drain_self_inbox();
         self.check_invariants();
@@ -999,10 +997,8 @@ impl Replica {
         if to == self.config.id {
             return;
         }
-        if let Some(sent) = self.catch_up_sent_tick {
-            if self.now - sent < self.config.catch_up_retry_ticks {
-                return;
-            }
+        if self.catch_up_sent_tick.is_some_and(|sent| self.now - sent < self.config.catch_up_retry_ticks) {
+            return;
         }
         self.catch_up_sent_tick = Some(self.now);
         self.send(to, Message::CatchUpRequest { from_slot: self.chosen_through + 1 });
