@@ -12,7 +12,9 @@
 //!   accept, not from what replicas claim);
 //! - every value a replica applies is the chosen one, and applied prefixes
 //!   agree (a hash chain per slot);
-//! - at most one running replica believes it holds a valid master lease;
+//! - at most one running replica believes it holds a valid master lease, and
+//!   one that may answer reads from its applied state (lease valid, read
+//!   barrier applied) has applied every write a master acknowledged;
 //! - no message carries more entries than the configured bound;
 //! - a restarted replica finds every chosen slot it had applied on its disk;
 //!
@@ -241,6 +243,8 @@ struct Simulation {
     next_command: u64,
     proposed_at: BTreeMap<u64, u64>,
     acknowledged: BTreeMap<u64, Slot>,
+    /// The highest slot a master applied (and so acknowledged to a client).
+    acked_through: Slot,
     heal_time_us: Option<u64>,
     trace: std::collections::VecDeque<String>,
     report: Report,
@@ -319,6 +323,7 @@ impl Simulation {
             next_command: 1,
             proposed_at: BTreeMap::new(),
             acknowledged: BTreeMap::new(),
+            acked_through: 0,
             heal_time_us: None,
             trace: std::collections::VecDeque::new(),
             report: Report::default(),
@@ -679,6 +684,10 @@ impl Simulation {
             }
         }
         let app = App { applied: entry.slot, hash };
+        if self.nodes[index].core.as_ref().is_some_and(Replica::is_master) {
+            // A master answers a write once it has applied it.
+            self.acked_through = self.acked_through.max(entry.slot);
+        }
         self.nodes[index].app = app;
         self.nodes[index].disk.app = app;
         if let Value::Batch(commands) = &entry.value {
@@ -731,8 +740,23 @@ impl Simulation {
     }
 
     /// Only a running replica can act on its lease; two valid at once would
-    /// let two masters answer reads.
+    /// let two masters answer reads. And a master that may answer a read from
+    /// its applied state (lease valid, read barrier applied) must already
+    /// have applied every write any master acknowledged: else the read is stale.
     fn check_leases(&self) -> Result<(), Violation> {
+        for node in self.nodes.iter().filter(|n| n.paused_since.is_none()) {
+            let Some(core) = &node.core else { continue };
+            let serves_reads = core.lease_valid() && core.read_barrier().is_some_and(|b| node.app.applied >= b);
+            if serves_reads && node.app.applied < self.acked_through {
+                return Err(violation(
+                    self,
+                    format!(
+                        "stale read: master {} would answer from slot {} but slot {} was acknowledged",
+                        node.id, node.app.applied, self.acked_through
+                    ),
+                ));
+            }
+        }
         let holders: Vec<ReplicaId> = self
             .nodes
             .iter()
