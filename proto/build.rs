@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         std::env::set_var("PROTOC", protoc);
     }
-    let protos = ["gaios/v1/replica.proto"];
+    let protos = ["gaios/v1/replica.proto", "gaios/v1/cell.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -5,3 +5,13 @@
 pub mod v1 {
     tonic::include_proto!("gaios.v1");
 }
+
+/// The client-facing cell service (`gaios.cell.v1`): master discovery and
+/// status. A package of its own so its names do not clash with `gaios.v1`.
+pub mod cell {
+    /// Version 1 of the cell service.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("gaios.cell.v1");
+    }
+}

@@ -1,13 +1,23 @@
 //! A Gaios replica: the driver around the sans-IO Paxos core and the IO it
 //! does on the core's behalf.
 //!
-//! For now it holds the two pieces every replica needs before it can talk to
-//! anyone: [`codec`], which turns the core's types into the protobuf records
-//! and messages of `gaios.v1` and back (rejecting malformed input with typed
-//! errors), and [`storage`], which keeps the acceptor's promises, log and
-//! snapshot in one RocksDB per replica and makes each `Ready` durable in one
-//! synced write. The transport, the namespace state machine and the client
-//! services build on these.
+//! - [`codec`] turns the core's types into the protobuf records and messages
+//!   of `gaios.v1` and back (rejecting malformed input with typed errors);
+//! - [`storage`] keeps the acceptor's promises, log and snapshot in one
+//!   RocksDB per replica and makes each `Ready` durable in one synced write;
+//! - [`transport`] carries protocol messages between replicas over the
+//!   `Replica.Exchange` gRPC stream, with bounded queues everywhere;
+//! - [`driver`] owns the core and the storage and runs the driver contract;
+//! - [`cell_service`] answers clients' `FindMaster` and `Status` calls;
+//! - [`config`] turns the command-line flags into a checked configuration.
+//!
+//! The `gaios-server` binary (`src/main.rs`) wires these together. The
+//! namespace state machine builds on them next.
 
+pub mod cell_service;
 pub mod codec;
+pub mod config;
+pub mod driver;
+pub mod namespace;
 pub mod storage;
+pub mod transport;

@@ -1,0 +1,231 @@
+//! A replica's configuration, from command-line flags.
+//!
+//! A cell is five replicas that each know all five: every replica is started
+//! with the same `--peer ID=PEER_ADDR=CLIENT_ADDR` list (itself included) and
+//! its own `--id`. Addresses are socket addresses (`127.0.0.1:7101`), so a
+//! replica binds exactly what it is given and nothing else.
+//!
+//! [`Args`] is what clap parses; [`ReplicaConfig::from_args`] checks it and
+//! fills in the defaults, so that a mistake (a replica not among the members,
+//! two members with one id) stops the replica before it opens its data.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use gaios_paxos::ReplicaId;
+
+/// The command-line flags of `gaios-server`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gaios-server", about = "One replica of a Gaios cell.", version)]
+pub struct Args {
+    /// This replica's id; must be one of the `--peer` ids.
+    #[arg(long)]
+    pub id: ReplicaId,
+    /// The directory holding this replica's RocksDB (created if absent).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The cell's name; recorded in the data directory, which refuses to be
+    /// used by another cell.
+    #[arg(long, default_value = "local")]
+    pub cell_id: String,
+    /// A member of the cell as `ID=PEER_ADDR=CLIENT_ADDR`; repeat for every
+    /// member, this replica included.
+    #[arg(long = "peer", required = true)]
+    pub peers: Vec<PeerSpec>,
+    /// Where to listen for other replicas; defaults to this replica's
+    /// `PEER_ADDR`.
+    #[arg(long)]
+    pub listen_peer: Option<SocketAddr>,
+    /// Where to listen for clients; defaults to this replica's `CLIENT_ADDR`.
+    #[arg(long)]
+    pub listen_client: Option<SocketAddr>,
+    /// The Paxos core's tick, in milliseconds; its timeouts (election, lease,
+    /// heartbeat) are counted in ticks.
+    #[arg(long, default_value_t = 50)]
+    pub tick_ms: u64,
+}
+
+/// One member of the cell as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The member's replica id.
+    pub id: ReplicaId,
+    /// Where other replicas reach it.
+    pub peer_address: SocketAddr,
+    /// Where clients reach it.
+    pub client_address: SocketAddr,
+}
+
+impl FromStr for PeerSpec {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::BadPeer(text.to_owned());
+        let mut parts = text.splitn(3, '=');
+        let (Some(id), Some(peer), Some(client)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        Ok(PeerSpec {
+            id: id.trim().parse().map_err(|_| bad())?,
+            peer_address: peer.trim().parse().map_err(|_| bad())?,
+            client_address: client.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Why the flags do not describe a working replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A `--peer` value is not `ID=PEER_ADDR=CLIENT_ADDR` with a numeric id
+    /// and two socket addresses.
+    #[error("bad --peer {0:?}: expected ID=PEER_ADDR=CLIENT_ADDR, e.g. 1=127.0.0.1:7101=127.0.0.1:7201")]
+    BadPeer(String),
+    /// The replica's own id is not among the `--peer` ids.
+    #[error("--id {0} is not among the --peer ids; list every member, this replica included")]
+    NotAMember(ReplicaId),
+    /// Two `--peer` entries share an id.
+    #[error("replica id {0} is given by more than one --peer")]
+    DuplicateId(ReplicaId),
+    /// Id 0 stands for "no replica" in the protocol.
+    #[error("replica id 0 is reserved; ids start at 1")]
+    ZeroId,
+    /// Two members share an address, which would route one's messages to the
+    /// other.
+    #[error("address {0} is given to more than one member")]
+    DuplicateAddress(SocketAddr),
+    /// A tick of 0 ms would spin; one over 10 s makes every timeout useless.
+    #[error("--tick-ms {0} is outside 1..=10000")]
+    BadTick(u64),
+    /// The cell name is empty.
+    #[error("--cell-id must not be empty")]
+    EmptyCellId,
+}
+
+/// A checked replica configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// This replica's id.
+    pub id: ReplicaId,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The cell's name.
+    pub cell_id: String,
+    /// Every member, this replica included, in id order.
+    pub members: Vec<PeerSpec>,
+    /// The address the peer (`Replica`) service binds.
+    pub listen_peer: SocketAddr,
+    /// The address the client (`Cell`) service binds.
+    pub listen_client: SocketAddr,
+    /// How often the Paxos core ticks.
+    pub tick: Duration,
+}
+
+impl ReplicaConfig {
+    /// Checks the flags: the replica is a member, ids and addresses are
+    /// distinct, the tick is sane. Listen addresses default to this
+    /// replica's own `--peer` entry.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        if args.cell_id.is_empty() {
+            return Err(ConfigError::EmptyCellId);
+        }
+        if args.tick_ms == 0 || args.tick_ms > 10_000 {
+            return Err(ConfigError::BadTick(args.tick_ms));
+        }
+        let mut members = args.peers;
+        members.sort_by_key(|peer| peer.id);
+        for pair in members.windows(2) {
+            if pair[0].id == pair[1].id {
+                return Err(ConfigError::DuplicateId(pair[0].id));
+            }
+        }
+        if members.iter().any(|peer| peer.id == 0) {
+            return Err(ConfigError::ZeroId);
+        }
+        let mut addresses: Vec<SocketAddr> =
+            members.iter().flat_map(|peer| [peer.peer_address, peer.client_address]).collect();
+        addresses.sort_unstable();
+        for pair in addresses.windows(2) {
+            if pair[0] == pair[1] {
+                return Err(ConfigError::DuplicateAddress(pair[0]));
+            }
+        }
+        let me = *members.iter().find(|peer| peer.id == args.id).ok_or(ConfigError::NotAMember(args.id))?;
+        Ok(ReplicaConfig {
+            id: args.id,
+            data_dir: args.data_dir,
+            cell_id: args.cell_id,
+            members,
+            listen_peer: args.listen_peer.unwrap_or(me.peer_address),
+            listen_client: args.listen_client.unwrap_or(me.client_address),
+            tick: Duration::from_millis(args.tick_ms),
+        })
+    }
+
+    /// The member ids, in id order, as the Paxos core wants them.
+    pub fn member_ids(&self) -> Vec<ReplicaId> {
+        self.members.iter().map(|peer| peer.id).collect()
+    }
+
+    /// The configured entry of member `id`, if it is one.
+    pub fn member(&self, id: ReplicaId) -> Option<&PeerSpec> {
+        self.members.iter().find(|peer| peer.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(extra: &[&str]) -> Result<ReplicaConfig, ConfigError> {
+        let mut argv = vec!["gaios-server", "--data-dir", "/tmp/x"];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| ConfigError::BadPeer(e.to_string()))?;
+        ReplicaConfig::from_args(args)
+    }
+
+    const THREE: [&str; 6] = [
+        "--peer",
+        "1=127.0.0.1:7101=127.0.0.1:7201",
+        "--peer",
+        "2=127.0.0.1:7102=127.0.0.1:7202",
+        "--peer",
+        "3=127.0.0.1:7103=127.0.0.1:7203",
+    ];
+
+    #[test]
+    fn listen_addresses_default_to_own_peer_entry() {
+        let mut argv = vec!["--id", "2"];
+        argv.extend_from_slice(&THREE);
+        let config = parse(&argv).expect("valid flags");
+        assert_eq!(config.listen_peer, "127.0.0.1:7102".parse().expect("address"));
+        assert_eq!(config.listen_client, "127.0.0.1:7202".parse().expect("address"));
+        assert_eq!(config.member_ids(), vec![1, 2, 3]);
+        assert_eq!(config.tick, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn self_must_be_a_member() {
+        let mut argv = vec!["--id", "4"];
+        argv.extend_from_slice(&THREE);
+        assert_eq!(parse(&argv), Err(ConfigError::NotAMember(4)));
+    }
+
+    #[test]
+    fn ids_and_addresses_must_be_distinct() {
+        let argv = ["--id", "1", "--peer", "1=127.0.0.1:1=127.0.0.1:2", "--peer", "1=127.0.0.1:3=127.0.0.1:4"];
+        assert_eq!(parse(&argv), Err(ConfigError::DuplicateId(1)));
+        let argv = ["--id", "1", "--peer", "1=127.0.0.1:1=127.0.0.1:2", "--peer", "2=127.0.0.1:2=127.0.0.1:4"];
+        assert_eq!(parse(&argv), Err(ConfigError::DuplicateAddress("127.0.0.1:2".parse().expect("address"))));
+    }
+
+    #[test]
+    fn malformed_peer_is_refused() {
+        assert!("1=127.0.0.1:7101".parse::<PeerSpec>().is_err());
+        assert!("x=127.0.0.1:7101=127.0.0.1:7201".parse::<PeerSpec>().is_err());
+        assert!("1=localhost=127.0.0.1:7201".parse::<PeerSpec>().is_err());
+    }
+}

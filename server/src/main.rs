@@ -1,0 +1,131 @@
+//! `gaios-server`: one replica of a Gaios cell.
+//!
+//! Opens the data directory, rebuilds the Paxos core from it, serves the
+//! peer protocol (`Replica`) and the client protocol (`Cell`) on their own
+//! addresses, and runs the driver loop until SIGTERM or ctrl-c.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use gaios_server::cell_service::CellService;
+use gaios_server::config::{Args, ReplicaConfig};
+use gaios_server::driver::Driver;
+use gaios_server::storage::{Identity, Storage};
+use gaios_server::transport::{Outbound, PeerService, TransportStats};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The driver's inbox: messages from peers waiting to be stepped. Beyond it
+/// the transport drops messages (Paxos tolerates loss).
+const INBOX_MAX: usize = 8192;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not for log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = ReplicaConfig::from_args(args).context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
+    let identity = Identity { cell_id: config.cell_id.clone(), replica_id: config.id };
+    let storage = Storage::open(&config.data_dir, &identity)
+        .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
+
+    // Bind first, so that a taken port fails the start instead of a task.
+    let peer_listener = TcpListener::bind(config.listen_peer)
+        .await
+        .with_context(|| format!("cannot listen for peers on {}", config.listen_peer))?;
+    let client_listener = TcpListener::bind(config.listen_client)
+        .await
+        .with_context(|| format!("cannot listen for clients on {}", config.listen_client))?;
+
+    let stats = Arc::new(TransportStats::default());
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
+    let peers: Vec<_> = config.members.iter().map(|peer| (peer.id, peer.peer_address)).collect();
+    let outbound = Outbound::start(config.id, &peers, stats.clone());
+    let paxos_config = gaios_paxos::Config::new(config.id, config.member_ids());
+    let (driver, status) = Driver::new(paxos_config, storage, inbox_rx, outbound, config.tick)
+        .context("cannot start the replica")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let peer_service = PeerService::new(config.id, config.member_ids(), inbox_tx, stats.clone());
+    let cell_service = CellService::new(config.cell_id.clone(), config.members.clone(), status, stats);
+
+    let mut peer_shutdown = shutdown_rx.clone();
+    let peer_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(peer_service.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async move {
+                let _ = peer_shutdown.wait_for(|stop| *stop).await;
+            }),
+    );
+    let mut client_shutdown = shutdown_rx.clone();
+    let client_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(cell_service.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), async move {
+                let _ = client_shutdown.wait_for(|stop| *stop).await;
+            }),
+    );
+    tracing::info!(
+        id = config.id,
+        cell = %config.cell_id,
+        peer = %config.listen_peer,
+        client = %config.listen_client,
+        data_dir = %config.data_dir.display(),
+        "replica started"
+    );
+
+    let mut driver_task = tokio::spawn(driver.run(shutdown_rx));
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+            (&mut driver_task).await
+        }
+        finished = &mut driver_task => {
+            let _ = shutdown_tx.send(true);
+            finished
+        }
+    };
+    let driver_result = outcome.context("the driver task panicked")?;
+    // The servers stop accepting at once; give open streams a moment.
+    let stop_servers = async {
+        let _ = peer_server.await;
+        let _ = client_server.await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), stop_servers).await.is_err() {
+        tracing::warn!("servers did not stop within 2 s; exiting anyway");
+    }
+    driver_result.context("the driver stopped")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or ctrl-c (SIGINT).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot wait for ctrl-c")?,
+    }
+    Ok(())
+}

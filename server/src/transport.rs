@@ -1,0 +1,379 @@
+//! The peer transport: protocol messages between the replicas of a cell over
+//! the `Replica.Exchange` gRPC stream.
+//!
+//! Inbound, [`PeerService`] serves `Exchange`: it decodes every message of
+//! every batch, drops (with a warning) what is malformed, misrouted or from a
+//! non-member, and hands the rest to the driver's inbox with `try_send`.
+//! Outbound, [`Outbound`] keeps one task per peer with a bounded queue; the
+//! task connects when it has something to send, streams the queue as
+//! batches, and reconnects with backoff when the stream breaks.
+//!
+//! Every queue here is bounded and every overflow drops a message and counts
+//! it. That is safe because Paxos tolerates lost messages (the core resends
+//! prepares, accepts and catch-up requests, and the master heartbeats), and
+//! it keeps a slow or dead peer from growing this replica's memory.
+//!
+//! Messages are bounded by [`MESSAGE_BYTES_MAX`] (16 MiB) in both directions.
+//! A batch is cut well below it, but a single `InstallSnapshot` carries a
+//! whole snapshot, so snapshots larger than that bound cannot be sent until
+//! they are split into chunks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gaios_paxos::{Message, ReplicaId};
+use gaios_proto::v1 as pb;
+use gaios_proto::v1::replica_client::ReplicaClient;
+use gaios_proto::v1::replica_server::{Replica as ReplicaRpc, ReplicaServer};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec;
+
+/// The largest gRPC message either side sends or accepts on the peer
+/// transport; see the module docs for what it means for snapshots.
+pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// The most messages queued for one peer; beyond it new messages are dropped.
+pub const PEER_QUEUE_MAX: usize = 4096;
+/// The most messages coalesced into one outbound batch.
+pub const BATCH_MESSAGES_MAX: usize = 256;
+/// The most encoded bytes coalesced into one outbound batch (a single larger
+/// message still goes alone, up to [`MESSAGE_BYTES_MAX`]).
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The first and the longest wait between connection attempts.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// See [`BACKOFF_MIN`].
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often an open connection is pinged (HTTP/2 PING) to notice a peer
+/// that disappeared without closing it.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection is dropped and
+/// re-made.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Batches waiting in a connection's request stream; the rest wait in the
+/// peer's queue.
+const STREAM_BATCHES_MAX: usize = 16;
+
+/// One decoded message for the driver.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The member that sent it.
+    pub from: ReplicaId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Counters of what the transport dropped, shared with the status service so
+/// that losses are visible instead of silent.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Inbound messages dropped because the driver's inbox was full.
+    pub inbox_dropped: AtomicU64,
+    /// Inbound messages dropped as malformed, misrouted or from a
+    /// non-member.
+    pub rejected: AtomicU64,
+    /// Outbound messages dropped because a peer's queue was full or the peer
+    /// was unreachable.
+    pub outbound_dropped: AtomicU64,
+}
+
+/// The `Replica` gRPC service: receives peers' batches and feeds the driver.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    id: ReplicaId,
+    members: Arc<[ReplicaId]>,
+    inbox: mpsc::Sender<Inbound>,
+    stats: Arc<TransportStats>,
+}
+
+impl PeerService {
+    /// A service for replica `id` of a cell with `members`, delivering into
+    /// the driver's bounded `inbox`.
+    pub fn new(
+        id: ReplicaId,
+        members: Vec<ReplicaId>,
+        inbox: mpsc::Sender<Inbound>,
+        stats: Arc<TransportStats>,
+    ) -> Self {
+        PeerService { id, members: members.into(), inbox, stats }
+    }
+
+    /// Wraps the service for tonic with explicit message-size bounds.
+    pub fn into_server(self) -> ReplicaServer<PeerService> {
+        ReplicaServer::new(self)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// Checks and decodes one message and offers it to the inbox; never
+    /// blocks and never panics on bad input.
+    fn deliver(&self, remote: Option<SocketAddr>, message: pb::PaxosMessage) {
+        let decoded = match codec::decode_message(message) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?remote, %error, "dropping malformed peer message");
+                return;
+            }
+        };
+        if decoded.to != self.id || decoded.from == self.id || !self.members.contains(&decoded.from) {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?remote, from = decoded.from, to = decoded.to, "dropping misrouted peer message");
+            return;
+        }
+        let inbound = Inbound { from: decoded.from, message: decoded.message };
+        match self.inbox.try_send(inbound) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = self.stats.inbox_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "driver inbox full; dropping peer messages");
+                }
+            }
+            // The driver has stopped; the process is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ReplicaRpc for PeerService {
+    type ExchangeStream = ReceiverStream<Result<pb::PaxosBatch, Status>>;
+
+    /// Reads the peer's batches until the stream ends. Nothing is sent back on
+    /// this stream (replies go over this replica's own connection to the
+    /// peer); the response stays open for as long as the request does.
+    async fn exchange(
+        &self,
+        request: Request<Streaming<pb::PaxosBatch>>,
+    ) -> Result<Response<Self::ExchangeStream>, Status> {
+        let remote = request.remote_addr();
+        let mut stream = request.into_inner();
+        let (keep_open, response) = mpsc::channel(1);
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(batch)) => {
+                        for message in batch.messages {
+                            service.deliver(remote, message);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(?remote, %status, "peer stream ended");
+                        break;
+                    }
+                }
+            }
+            drop(keep_open);
+        });
+        Ok(Response::new(ReceiverStream::new(response)))
+    }
+}
+
+/// The sending side: one bounded queue and one task per peer.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    id: ReplicaId,
+    peers: Arc<BTreeMap<ReplicaId, mpsc::Sender<pb::PaxosMessage>>>,
+    stats: Arc<TransportStats>,
+}
+
+impl Outbound {
+    /// Starts one sending task per peer (every member but `id`). Must be
+    /// called inside a tokio runtime; the tasks end when every clone of the
+    /// returned `Outbound` is dropped.
+    pub fn start(id: ReplicaId, peers: &[(ReplicaId, SocketAddr)], stats: Arc<TransportStats>) -> Self {
+        let mut senders = BTreeMap::new();
+        for &(peer, address) in peers.iter().filter(|(peer, _)| *peer != id) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            senders.insert(peer, tx);
+            tokio::spawn(peer_task(id, peer, address, rx, stats.clone()));
+        }
+        Outbound { id, peers: Arc::new(senders), stats }
+    }
+
+    /// Queues `message` for `to` without waiting; drops it (and counts the
+    /// drop) when the peer's queue is full or `to` is not a peer.
+    pub fn send(&self, to: ReplicaId, message: &Message) {
+        let Some(queue) = self.peers.get(&to) else {
+            tracing::warn!(to, "dropping message for a replica that is not a peer");
+            self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if queue.try_send(codec::encode_message(self.id, to, message)).is_err() {
+            let dropped = self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(to, dropped, "peer queue full; dropping messages");
+            }
+        }
+    }
+}
+
+/// Sends everything queued for `peer`, connecting when there is something to
+/// send and reconnecting with backoff after a failure.
+async fn peer_task(
+    id: ReplicaId,
+    peer: ReplicaId,
+    address: SocketAddr,
+    mut queue: mpsc::Receiver<pb::PaxosMessage>,
+    stats: Arc<TransportStats>,
+) {
+    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // A peer whose machine vanished sends no reset; pings find out.
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true),
+        Err(error) => {
+            tracing::error!(peer, %address, %error, "cannot build an endpoint for peer; not sending to it");
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    // Wait for something to send before connecting (lazy connection).
+    while let Some(first) = queue.recv().await {
+        match connect(&endpoint).await {
+            Ok((client, batches, responses)) => {
+                tracing::info!(id, peer, %address, "connected to peer");
+                backoff = BACKOFF_MIN;
+                stream_to_peer(first, &mut queue, client, batches, responses).await;
+                tracing::info!(id, peer, %address, "connection to peer lost; reconnecting");
+            }
+            Err(error) => {
+                tracing::debug!(peer, %address, %error, "cannot reach peer");
+                // What queued for an unreachable peer is stale by the time it
+                // could go; the core resends what still matters.
+                let mut dropped = 1;
+                while queue.try_recv().is_ok() {
+                    dropped += 1;
+                }
+                stats.outbound_dropped.fetch_add(dropped, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Why a connection to a peer could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The TCP or HTTP/2 connection failed.
+    #[error("connecting: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The peer refused the `Exchange` call.
+    #[error("opening the exchange stream: {0}")]
+    Rpc(#[from] Status),
+}
+
+type Connection = (ReplicaClient<Channel>, mpsc::Sender<pb::PaxosBatch>, Streaming<pb::PaxosBatch>);
+
+async fn connect(endpoint: &Endpoint) -> Result<Connection, ConnectError> {
+    let channel = endpoint.connect().await?;
+    let mut client = ReplicaClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let (batches, rx) = mpsc::channel(STREAM_BATCHES_MAX);
+    let responses = client.exchange(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((client, batches, responses))
+}
+
+/// Streams batches on one connection until it fails or the queue closes.
+async fn stream_to_peer(
+    first: pb::PaxosMessage,
+    queue: &mut mpsc::Receiver<pb::PaxosMessage>,
+    _client: ReplicaClient<Channel>,
+    batches: mpsc::Sender<pb::PaxosBatch>,
+    mut responses: Streaming<pb::PaxosBatch>,
+) {
+    let mut next = Some(first);
+    loop {
+        let first = match next.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                // The peer never sends on this stream; anything but a pending
+                // read means the connection is gone.
+                _ = responses.message() => return,
+            },
+        };
+        let mut bytes = first.encoded_len();
+        let mut batch = pb::PaxosBatch { messages: vec![first] };
+        while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(message) => {
+                    bytes += message.encoded_len();
+                    batch.messages.push(message);
+                }
+                Err(_) => break,
+            }
+        }
+        if batches.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gaios_paxos::Ballot;
+
+    fn service(capacity: usize) -> (PeerService, mpsc::Receiver<Inbound>, Arc<TransportStats>) {
+        let stats = Arc::new(TransportStats::default());
+        let (tx, rx) = mpsc::channel(capacity);
+        (PeerService::new(1, vec![1, 2, 3], tx, stats.clone()), rx, stats)
+    }
+
+    fn heartbeat(from: ReplicaId, to: ReplicaId) -> pb::PaxosMessage {
+        let message = Message::Heartbeat { ballot: Ballot::new(1, from), chosen_through: 0, sent_tick: 7 };
+        codec::encode_message(from, to, &message)
+    }
+
+    #[test]
+    fn a_member_message_reaches_the_inbox() {
+        let (service, mut inbox, stats) = service(4);
+        service.deliver(None, heartbeat(2, 1));
+        let inbound = inbox.try_recv().expect("delivered");
+        assert_eq!(inbound.from, 2);
+        assert!(matches!(inbound.message, Message::Heartbeat { sent_tick: 7, .. }));
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn malformed_misrouted_and_foreign_messages_are_dropped() {
+        let (service, mut inbox, stats) = service(4);
+        service.deliver(None, pb::PaxosMessage { from: 2, to: 1, body: None });
+        service.deliver(None, heartbeat(2, 3)); // not for us
+        service.deliver(None, heartbeat(9, 1)); // not a member
+        service.deliver(None, heartbeat(1, 1)); // claims to be us
+        assert!(inbox.try_recv().is_err());
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_full_inbox_drops_and_counts() {
+        let (service, mut inbox, stats) = service(1);
+        service.deliver(None, heartbeat(2, 1));
+        service.deliver(None, heartbeat(3, 1));
+        assert_eq!(inbox.try_recv().expect("first kept").from, 2);
+        assert!(inbox.try_recv().is_err());
+        assert_eq!(stats.inbox_dropped.load(Ordering::Relaxed), 1);
+    }
+}
