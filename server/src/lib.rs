@@ -18,6 +18,7 @@ pub mod cell_service;
 pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod locks;
 pub mod namespace;
 pub mod storage;
 pub mod transport;
