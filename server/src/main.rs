@@ -65,24 +65,9 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let peer_service = PeerService::new(config.id, config.member_ids(), inbox_tx, stats.clone());
     let cell_service = CellService::new(config.cell_id.clone(), config.members.clone(), status, stats);
 
-    let mut peer_shutdown = shutdown_rx.clone();
-    let peer_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(peer_service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async move {
-                let _ = peer_shutdown.wait_for(|stop| *stop).await;
-            }),
-    );
-    let mut client_shutdown = shutdown_rx.clone();
-    let client_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(cell_service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), async move {
-                let _ = client_shutdown.wait_for(|stop| *stop).await;
-            }),
-    );
+    let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
+    let peer_server = serve(builder().add_service(peer_service.into_server()), peer_listener, shutdown_rx.clone());
+    let client_server = serve(builder().add_service(cell_service.into_server()), client_listener, shutdown_rx.clone());
     tracing::info!(
         id = config.id,
         cell = %config.cell_id,
@@ -128,4 +113,15 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot wait for ctrl-c")?,
     }
     Ok(())
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    }))
 }
