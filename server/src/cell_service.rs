@@ -1,49 +1,87 @@
-//! The client-facing `Cell` gRPC service: master discovery and status.
+//! The client-facing `Cell` gRPC service.
 //!
-//! The handlers are thin: they read the latest [`ReplicaStatus`] the driver
-//! published and translate it, so a status call never waits for, or slows
-//! down, the Paxos loop. Every replica answers, master or not, which is how a
+//! `FindMaster` and `Status` read the latest [`ReplicaStatus`] the driver
+//! published, so every replica answers them, master or not, which is how a
 //! client finds the master by asking any replica.
+//!
+//! Everything else is the Chubby API, and only the master answers it:
+//! - a **write** is validated, proposed through the driver, and answered
+//!   once its command is chosen and applied (the outcome comes from the
+//!   state machine, and a retry with the same request number gets the same
+//!   one);
+//! - a **read** is answered from the master's applied state, only while it
+//!   holds the master lease and has applied everything chosen before its
+//!   mastership began ([`ReplicaStatus::can_serve_reads`]).
+//!
+//! Any other replica answers `UNAVAILABLE` with the master's address in the
+//! details. Handlers are thin: checks and error codes live in
+//! [`crate::state`] and [`crate::errors`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gaios_paxos::{Ballot, ReplicaId};
 use gaios_proto::cell::v1 as pb;
 use gaios_proto::cell::v1::cell_server::{Cell, CellServer};
-use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use gaios_proto::v1 as wire;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::PeerSpec;
 use crate::driver::{ReplicaStatus, Role};
-use crate::transport::{MESSAGE_BYTES_MAX, TransportStats};
+use crate::errors::{bad_path, failure_status, not_master, propose_status};
+use crate::locks::LOCK_DELAY_MS_MAX;
+use crate::namespace::{CONTENTS_BYTES_MAX, Path};
+use crate::shared::Shared;
+use crate::state::{CLIENT_NAME_BYTES_MAX, EVENT_MASK_ALL, Outcome, mode_from_proto};
+use crate::transport::TransportStats;
 
-/// Answers `FindMaster` and `Status` from the driver's published status.
+/// The largest message a client may send: a file's contents and the rest of
+/// the request (paths are at most 1 KiB).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = CONTENTS_BYTES_MAX + (64 << 10);
+/// The largest message the service sends: contents and stat, or a long
+/// directory listing.
+pub const CLIENT_RESPONSE_BYTES_MAX: usize = 16 << 20;
+/// The longest an `Acquire` waits for a lock.
+pub const ACQUIRE_WAIT_MS_MAX: u64 = 600_000;
+/// How long an `Acquire` with `wait_ms` 0 waits.
+pub const ACQUIRE_WAIT_MS_DEFAULT: u64 = 60_000;
+/// The most events in one KeepAlive message.
+pub const EVENTS_PER_MESSAGE_MAX: usize = 64;
+/// KeepAlive messages queued for one stream before the sender waits.
+const KEEPALIVE_QUEUE_MAX: usize = 16;
+
+/// Answers the `Cell` service; see the module docs.
 #[derive(Debug, Clone)]
 pub struct CellService {
     cell_id: String,
     members: Arc<[PeerSpec]>,
     status: watch::Receiver<ReplicaStatus>,
     stats: Arc<TransportStats>,
+    shared: Arc<Shared>,
 }
 
 impl CellService {
-    /// A service for the cell `cell_id` with `members`, reading `status`.
+    /// A service for the cell `cell_id` with `members`, reading `status` and
+    /// the driver's `shared` state.
     pub fn new(
         cell_id: String,
         members: Vec<PeerSpec>,
         status: watch::Receiver<ReplicaStatus>,
         stats: Arc<TransportStats>,
+        shared: Arc<Shared>,
     ) -> Self {
-        CellService { cell_id, members: members.into(), status, stats }
+        CellService { cell_id, members: members.into(), status, stats, shared }
     }
 
-    /// Wraps the service for tonic with explicit message-size bounds.
+    /// Wraps the service for tonic with explicit message-size bounds (a
+    /// larger request is refused with `RESOURCE_EXHAUSTED`).
     pub fn into_server(self) -> CellServer<CellService> {
         CellServer::new(self)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX)
     }
 
     fn client_address(&self, id: Option<ReplicaId>) -> String {
@@ -51,10 +89,102 @@ impl CellService {
             .map(|peer| peer.client_address.to_string())
             .unwrap_or_default()
     }
+
+    /// `Ok` if this replica may answer reads now, else the `UNAVAILABLE`
+    /// that sends the client to the master.
+    fn check_can_read(&self) -> Result<(), Status> {
+        let status = self.status.borrow().clone();
+        if status.can_serve_reads(Instant::now()) {
+            return Ok(());
+        }
+        let why = if status.role == Role::Master {
+            "this master cannot serve yet (its lease or its recovery is not complete)"
+        } else {
+            "this replica is not the master"
+        };
+        let master = if status.role == Role::Master { Some(status.id) } else { status.master };
+        Err(not_master(master, &self.client_address(master), why))
+    }
+
+    /// Proposes `kind` and returns its outcome, or the status of a failure.
+    async fn propose(&self, kind: wire::command::Kind) -> Result<Outcome, Status> {
+        let outcome = self.shared.propose(kind).await.map_err(|error| propose_status(&error, |id| self.client_address(id)))?;
+        match &outcome.result {
+            Some(wire::outcome::Result::Failure(failure)) => Err(failure_status(failure)),
+            Some(_) => Ok(outcome),
+            None => Err(Status::internal("the command had no outcome")),
+        }
+    }
+
+    /// Proposes a session's mutating call.
+    async fn call(&self, header: Option<pb::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
+        let header = header.ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
+        if header.session_id == 0 {
+            return Err(Status::invalid_argument("session_id 0 names no session"));
+        }
+        if header.request_number == 0 {
+            return Err(Status::invalid_argument("request numbers start at 1"));
+        }
+        let call = wire::SessionCall {
+            session_id: header.session_id,
+            request_number: header.request_number,
+            call: Some(call),
+        };
+        self.propose(wire::command::Kind::Call(call)).await
+    }
 }
 
 fn ballot(ballot: Ballot) -> Option<pb::Ballot> {
     (ballot != Ballot::ZERO).then_some(pb::Ballot { round: ballot.round, replica: ballot.replica })
+}
+
+fn handle_ref(handle: Option<pb::HandleRef>) -> Result<pb::HandleRef, Status> {
+    let handle = handle.ok_or_else(|| Status::invalid_argument("the handle is missing"))?;
+    if handle.session_id == 0 || handle.handle == 0 {
+        return Err(Status::invalid_argument("session_id and handle must be set"));
+    }
+    Ok(handle)
+}
+
+fn contents_fit(contents: &[u8]) -> Result<(), Status> {
+    if contents.len() > CONTENTS_BYTES_MAX {
+        return Err(Status::resource_exhausted(format!(
+            "contents of {} bytes exceed the limit of {CONTENTS_BYTES_MAX}",
+            contents.len()
+        )));
+    }
+    Ok(())
+}
+
+fn unexpected(outcome: &Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+fn expect_done(outcome: Outcome) -> Result<(), Status> {
+    match outcome.result {
+        Some(wire::outcome::Result::Done(_)) => Ok(()),
+        _ => Err(unexpected(&outcome)),
+    }
+}
+
+fn acquired_sequencer(outcome: &Outcome) -> Option<pb::Sequencer> {
+    match &outcome.result {
+        Some(wire::outcome::Result::Acquired(acquired)) => acquired.sequencer.clone(),
+        _ => None,
+    }
+}
+
+fn validate_acquire(request: &pb::AcquireRequest) -> Result<(), Status> {
+    if mode_from_proto(request.mode).is_none() {
+        return Err(Status::invalid_argument("lock mode must be LOCK_MODE_EXCLUSIVE or LOCK_MODE_SHARED"));
+    }
+    if request.handle == 0 {
+        return Err(Status::invalid_argument("handle must be set"));
+    }
+    if request.wait_ms > ACQUIRE_WAIT_MS_MAX {
+        return Err(Status::invalid_argument(format!("wait_ms over {ACQUIRE_WAIT_MS_MAX}")));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -83,6 +213,10 @@ impl Cell for CellService {
             Role::Candidate => pb::Role::Candidate,
             Role::Master => pb::Role::Master,
         };
+        let (sessions, nodes, locks_held) = {
+            let state = self.shared.state();
+            (state.session_count() as u64, state.node_count() as u64, state.locks_held() as u64)
+        };
         let lease_remaining_ms = status
             .lease_valid_until
             .map(|until| until.saturating_duration_since(Instant::now()).as_millis())
@@ -109,6 +243,323 @@ impl Cell for CellService {
                 .collect(),
             cell_id: self.cell_id.clone(),
             inbox_dropped: self.stats.inbox_dropped.load(Ordering::Relaxed),
+            sessions,
+            nodes,
+            locks_held,
+            snapshot_slot: status.snapshot_slot,
         }))
     }
+
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let request = request.into_inner();
+        if request.client_name.len() > CLIENT_NAME_BYTES_MAX {
+            return Err(Status::invalid_argument(format!("client_name over {CLIENT_NAME_BYTES_MAX} bytes")));
+        }
+        let create = wire::CreateSession { client_name: request.client_name };
+        let outcome = self.propose(wire::command::Kind::CreateSession(create)).await?;
+        let Some(wire::outcome::Result::SessionCreated(created)) = outcome.result else {
+            return Err(unexpected(&outcome));
+        };
+        self.shared.leases().insert(created.session_id, Instant::now() + self.shared.session_lease);
+        Ok(Response::new(pb::CreateSessionResponse {
+            session_id: created.session_id,
+            lease_ms: duration_ms(self.shared.session_lease),
+        }))
+    }
+
+    type KeepAliveStream = ReceiverStream<Result<pb::KeepAliveResponse, Status>>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let inbound = request.into_inner();
+        let (outbound, stream) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
+        tokio::spawn(self.clone().keep_alive_loop(inbound, outbound));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let session_id = request.into_inner().session_id;
+        if session_id == 0 {
+            return Err(Status::invalid_argument("session_id 0 names no session"));
+        }
+        let end = wire::EndSession { session_id, expired: false };
+        expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
+        self.shared.leases().remove(&session_id);
+        Ok(Response::new(pb::CloseSessionResponse {}))
+    }
+
+    async fn open(&self, request: Request<pb::OpenRequest>) -> Result<Response<pb::OpenResponse>, Status> {
+        let request = request.into_inner();
+        Path::parse(&request.path).map_err(|error| bad_path(&error))?;
+        contents_fit(&request.initial_contents)?;
+        if request.lock_delay_ms > LOCK_DELAY_MS_MAX {
+            return Err(Status::invalid_argument(format!("lock_delay_ms over {LOCK_DELAY_MS_MAX}")));
+        }
+        if request.event_mask & !EVENT_MASK_ALL != 0 {
+            return Err(Status::invalid_argument(format!("unknown bits in event_mask {:#x}", request.event_mask)));
+        }
+        if pb::NodeKind::try_from(request.kind).is_err() {
+            return Err(Status::invalid_argument(format!("unknown node kind {}", request.kind)));
+        }
+        let header = request.header;
+        let outcome = self.call(header, wire::session_call::Call::Open(request)).await?;
+        match outcome.result {
+            Some(wire::outcome::Result::Opened(opened)) => Ok(Response::new(opened)),
+            _ => Err(unexpected(&outcome)),
+        }
+    }
+
+    async fn close(&self, request: Request<pb::CloseRequest>) -> Result<Response<pb::CloseResponse>, Status> {
+        let request = request.into_inner();
+        let header = request.header;
+        expect_done(self.call(header, wire::session_call::Call::Close(request)).await?)?;
+        Ok(Response::new(pb::CloseResponse {}))
+    }
+
+    async fn get_contents_and_stat(
+        &self,
+        request: Request<pb::GetContentsAndStatRequest>,
+    ) -> Result<Response<pb::GetContentsAndStatResponse>, Status> {
+        let handle = handle_ref(request.into_inner().handle)?;
+        self.check_can_read()?;
+        let (contents, stat) =
+            self.shared.state().get_contents_and_stat(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+        Ok(Response::new(pb::GetContentsAndStatResponse { contents, stat: Some(stat) }))
+    }
+
+    async fn get_stat(&self, request: Request<pb::GetStatRequest>) -> Result<Response<pb::GetStatResponse>, Status> {
+        let handle = handle_ref(request.into_inner().handle)?;
+        self.check_can_read()?;
+        let stat = self.shared.state().get_stat(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+        Ok(Response::new(pb::GetStatResponse { stat: Some(stat) }))
+    }
+
+    async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirResponse>, Status> {
+        let handle = handle_ref(request.into_inner().handle)?;
+        self.check_can_read()?;
+        let (names, stat) = self.shared.state().read_dir(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+        Ok(Response::new(pb::ReadDirResponse { names, stat: Some(stat) }))
+    }
+
+    async fn set_contents(
+        &self,
+        request: Request<pb::SetContentsRequest>,
+    ) -> Result<Response<pb::SetContentsResponse>, Status> {
+        let request = request.into_inner();
+        contents_fit(&request.contents)?;
+        let header = request.header;
+        let outcome = self.call(header, wire::session_call::Call::SetContents(request)).await?;
+        match outcome.result {
+            Some(wire::outcome::Result::Written(written)) => Ok(Response::new(written)),
+            _ => Err(unexpected(&outcome)),
+        }
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let header = request.header;
+        expect_done(self.call(header, wire::session_call::Call::Delete(request)).await?)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+        let request = request.into_inner();
+        validate_acquire(&request)?;
+        let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        let header = request.header;
+        let handle = request.handle;
+        let outcome = self.call(header, wire::session_call::Call::Acquire(request)).await?;
+        if let Some(sequencer) = acquired_sequencer(&outcome) {
+            return Ok(Response::new(pb::AcquireResponse { sequencer: Some(sequencer) }));
+        }
+        if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
+            return Err(unexpected(&outcome));
+        }
+        let session_id = header.map_or(0, |h| h.session_id);
+        self.wait_for_lock(session_id, handle, deadline).await.map(Response::new)
+    }
+
+    async fn try_acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+        let request = request.into_inner();
+        validate_acquire(&request)?;
+        let header = request.header;
+        let outcome = self.call(header, wire::session_call::Call::TryAcquire(request)).await?;
+        match acquired_sequencer(&outcome) {
+            Some(sequencer) => Ok(Response::new(pb::AcquireResponse { sequencer: Some(sequencer) })),
+            None => Err(unexpected(&outcome)),
+        }
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let header = request.header;
+        expect_done(self.call(header, wire::session_call::Call::Release(request)).await?)?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn get_sequencer(
+        &self,
+        request: Request<pb::GetSequencerRequest>,
+    ) -> Result<Response<pb::GetSequencerResponse>, Status> {
+        let handle = handle_ref(request.into_inner().handle)?;
+        self.check_can_read()?;
+        let sequencer =
+            self.shared.state().get_sequencer(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+        Ok(Response::new(pb::GetSequencerResponse { sequencer: Some(sequencer) }))
+    }
+
+    async fn check_sequencer(
+        &self,
+        request: Request<pb::CheckSequencerRequest>,
+    ) -> Result<Response<pb::CheckSequencerResponse>, Status> {
+        let sequencer = request.into_inner().sequencer.ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
+        Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
+        if mode_from_proto(sequencer.mode).is_none() {
+            return Err(Status::invalid_argument("the sequencer's mode must be exclusive or shared"));
+        }
+        self.check_can_read()?;
+        Ok(Response::new(self.shared.state().check_sequencer(&sequencer)))
+    }
+
+    async fn set_sequencer(
+        &self,
+        request: Request<pb::SetSequencerRequest>,
+    ) -> Result<Response<pb::SetSequencerResponse>, Status> {
+        let request = request.into_inner();
+        let sequencer = request.sequencer.as_ref().ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
+        Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
+        let header = request.header;
+        expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
+        Ok(Response::new(pb::SetSequencerResponse {}))
+    }
+}
+
+impl CellService {
+    /// Waits until the queued `handle` holds its lock, the wait becomes
+    /// impossible (handle closed, session ended, node deleted), this replica
+    /// stops being a master that can serve, or `deadline` passes; then gives
+    /// up its place in line with a `CancelWait` command.
+    async fn wait_for_lock(&self, session_id: u64, handle: u64, deadline: Instant) -> Result<pb::AcquireResponse, Status> {
+        let mut applied = self.shared.watch_applied();
+        loop {
+            {
+                let state = self.shared.state();
+                if let Some(sequencer) = state.holding(session_id, handle) {
+                    return Ok(pb::AcquireResponse { sequencer: Some(sequencer) });
+                }
+                if !state.is_waiting(session_id, handle) {
+                    return Err(Status::failed_precondition(
+                        "the handle no longer waits for the lock (closed, session ended or node deleted)",
+                    ));
+                }
+            }
+            self.check_can_read()?;
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Wake on every applied batch, and at least every 100 ms to
+            // notice a lost lease.
+            let nap = (deadline - now).min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(nap, applied.changed()).await;
+        }
+        let cancel = wire::CancelWait { session_id, handle };
+        let outcome = self.propose(wire::command::Kind::CancelWait(cancel)).await?;
+        match acquired_sequencer(&outcome) {
+            // Granted just before the cancel was applied.
+            Some(sequencer) => Ok(pb::AcquireResponse { sequencer: Some(sequencer) }),
+            None => Err(Status::deadline_exceeded("the lock was not granted within wait_ms; no longer waiting")),
+        }
+    }
+
+    /// Serves one KeepAlive stream: each request extends the session's lease
+    /// and acknowledges events; events are pushed as they are applied.
+    async fn keep_alive_loop(
+        self,
+        mut inbound: Streaming<pb::KeepAliveRequest>,
+        outbound: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+    ) {
+        let mut session = None;
+        let mut sent_through = 0;
+        let mut applied = self.shared.watch_applied();
+        let lease_ms = duration_ms(self.shared.session_lease);
+        loop {
+            let answer = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => match self.keep_alive_once(&mut session, &request) {
+                        Ok(events) => {
+                            sent_through = sent_through.max(request.acknowledged_event);
+                            if let Some(last) = events.last() {
+                                sent_through = sent_through.max(last.number);
+                            }
+                            Ok(pb::KeepAliveResponse { lease_ms, events })
+                        }
+                        Err(status) => Err(status),
+                    },
+                    Ok(None) | Err(_) => return,
+                },
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(session_id) = session else { continue };
+                    let (events, open) = {
+                        let state = self.shared.state();
+                        (state.events_after(session_id, sent_through, EVENTS_PER_MESSAGE_MAX), state.has_session(session_id))
+                    };
+                    if let Some(last) = events.last() {
+                        sent_through = last.number;
+                        Ok(pb::KeepAliveResponse { lease_ms: 0, events })
+                    } else if !open {
+                        Err(Status::failed_precondition(format!("session {session_id} has ended (expired or closed)")))
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            let ended = answer.is_err();
+            if outbound.send(answer).await.is_err() || ended {
+                return;
+            }
+        }
+    }
+
+    /// One KeepAlive request: checks, extends the lease, trims and returns
+    /// the events the client has not acknowledged.
+    fn keep_alive_once(&self, session: &mut Option<u64>, request: &pb::KeepAliveRequest) -> Result<Vec<pb::Event>, Status> {
+        if request.session_id == 0 {
+            return Err(Status::invalid_argument("session_id 0 names no session"));
+        }
+        if session.is_some_and(|id| id != request.session_id) {
+            return Err(Status::invalid_argument("one KeepAlive stream serves one session"));
+        }
+        *session = Some(request.session_id);
+        self.check_can_read()?;
+        let events = {
+            let mut state = self.shared.state();
+            if !state.has_session(request.session_id) {
+                return Err(Status::failed_precondition(format!(
+                    "session {} has ended (expired or closed)",
+                    request.session_id
+                )));
+            }
+            state.acknowledge_events(request.session_id, request.acknowledged_event);
+            state.events_after(request.session_id, request.acknowledged_event, EVENTS_PER_MESSAGE_MAX)
+        };
+        self.shared.leases().insert(request.session_id, Instant::now() + self.shared.session_lease);
+        Ok(events)
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

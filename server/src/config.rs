@@ -45,7 +45,30 @@ pub struct Args {
     /// heartbeat) are counted in ticks.
     #[arg(long, default_value_t = 50)]
     pub tick_ms: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics` over plain HTTP);
+    /// no metrics endpoint when absent.
+    #[arg(long)]
+    pub listen_metrics: Option<SocketAddr>,
+    /// Take a snapshot of the state machine every this many applied slots,
+    /// so that the log can be truncated behind it.
+    #[arg(long, default_value_t = SNAPSHOT_EVERY_SLOTS_DEFAULT)]
+    pub snapshot_every_slots: u64,
+    /// How long a client session lives without a keep-alive, in
+    /// milliseconds.
+    #[arg(long, default_value_t = SESSION_LEASE_MS_DEFAULT)]
+    pub session_lease_ms: u64,
 }
+
+/// The default of `--snapshot-every-slots`.
+pub const SNAPSHOT_EVERY_SLOTS_DEFAULT: u64 = 10_000;
+/// The default of `--session-lease-ms`: Chubby's 12 s.
+pub const SESSION_LEASE_MS_DEFAULT: u64 = 12_000;
+/// The shortest session lease: below a second, a client's keep-alives
+/// would race its own lease across one master failover.
+pub const SESSION_LEASE_MS_MIN: u64 = 1_000;
+/// The longest session lease: ten minutes, beyond which a dead client
+/// holds its locks for too long.
+pub const SESSION_LEASE_MS_MAX: u64 = 600_000;
 
 /// One member of the cell as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +125,13 @@ pub enum ConfigError {
     /// The cell name is empty.
     #[error("--cell-id must not be empty")]
     EmptyCellId,
+    /// A snapshot every 0 slots means no interval at all.
+    #[error("--snapshot-every-slots must be at least 1")]
+    BadSnapshotInterval,
+    /// The session lease is outside the range a client can keep alive and
+    /// a dead client's locks can wait out.
+    #[error("--session-lease-ms {0} is outside {SESSION_LEASE_MS_MIN}..={SESSION_LEASE_MS_MAX}")]
+    BadSessionLease(u64),
 }
 
 /// A checked replica configuration.
@@ -121,11 +151,17 @@ pub struct ReplicaConfig {
     pub listen_client: SocketAddr,
     /// How often the Paxos core ticks.
     pub tick: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub listen_metrics: Option<SocketAddr>,
+    /// How many applied slots between two snapshots; at least 1.
+    pub snapshot_every_slots: u64,
+    /// How long a client session lives without a keep-alive.
+    pub session_lease: Duration,
 }
 
 impl ReplicaConfig {
     /// Checks the flags: the replica is a member, ids and addresses are
-    /// distinct, the tick is sane. Listen addresses default to this
+    /// distinct, the tick, snapshot interval and session lease are sane. Listen addresses default to this
     /// replica's own `--peer` entry.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         if args.cell_id.is_empty() {
@@ -133,6 +169,12 @@ impl ReplicaConfig {
         }
         if args.tick_ms == 0 || args.tick_ms > 10_000 {
             return Err(ConfigError::BadTick(args.tick_ms));
+        }
+        if args.snapshot_every_slots == 0 {
+            return Err(ConfigError::BadSnapshotInterval);
+        }
+        if !(SESSION_LEASE_MS_MIN..=SESSION_LEASE_MS_MAX).contains(&args.session_lease_ms) {
+            return Err(ConfigError::BadSessionLease(args.session_lease_ms));
         }
         let mut members = args.peers;
         members.sort_by_key(|peer| peer.id);
@@ -161,6 +203,9 @@ impl ReplicaConfig {
             listen_peer: args.listen_peer.unwrap_or(me.peer_address),
             listen_client: args.listen_client.unwrap_or(me.client_address),
             tick: Duration::from_millis(args.tick_ms),
+            listen_metrics: args.listen_metrics,
+            snapshot_every_slots: args.snapshot_every_slots,
+            session_lease: Duration::from_millis(args.session_lease_ms),
         })
     }
 
@@ -205,6 +250,50 @@ mod tests {
         assert_eq!(config.listen_client, "127.0.0.1:7202".parse().expect("address"));
         assert_eq!(config.member_ids(), vec![1, 2, 3]);
         assert_eq!(config.tick, Duration::from_millis(50));
+        assert_eq!(config.listen_metrics, None);
+        assert_eq!(config.snapshot_every_slots, SNAPSHOT_EVERY_SLOTS_DEFAULT);
+        assert_eq!(config.session_lease, Duration::from_millis(SESSION_LEASE_MS_DEFAULT));
+    }
+
+    #[test]
+    fn operations_flags_are_taken() {
+        let mut argv = vec![
+            "--id",
+            "1",
+            "--listen-metrics",
+            "127.0.0.1:7301",
+            "--snapshot-every-slots",
+            "1",
+            "--session-lease-ms",
+            "600000",
+        ];
+        argv.extend_from_slice(&THREE);
+        let config = parse(&argv).expect("valid flags");
+        assert_eq!(config.listen_metrics, Some("127.0.0.1:7301".parse().expect("address")));
+        assert_eq!(config.snapshot_every_slots, 1);
+        assert_eq!(config.session_lease, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn snapshot_interval_must_be_positive() {
+        let mut argv = vec!["--id", "1", "--snapshot-every-slots", "0"];
+        argv.extend_from_slice(&THREE);
+        assert_eq!(parse(&argv), Err(ConfigError::BadSnapshotInterval));
+    }
+
+    #[test]
+    fn session_lease_must_be_in_range() {
+        for (lease_ms, ok) in [("999", false), ("1000", true), ("600000", true), ("600001", false), ("0", false)] {
+            let mut argv = vec!["--id", "1", "--session-lease-ms", lease_ms];
+            argv.extend_from_slice(&THREE);
+            let outcome = parse(&argv);
+            if ok {
+                assert!(outcome.is_ok(), "{lease_ms}: {outcome:?}");
+            } else {
+                let expected = lease_ms.parse().expect("number");
+                assert_eq!(outcome, Err(ConfigError::BadSessionLease(expected)), "{lease_ms}");
+            }
+        }
     }
 
     #[test]

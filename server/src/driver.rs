@@ -11,22 +11,50 @@
 //!    on it: an acceptor that slept must first see its lease grants expire in
 //!    its own time, never act on stale time;
 //! 2. steps a bounded number of messages from the inbox;
-//! 3. while the core has a `Ready`: sends its `messages`, makes it durable
-//!    with one synced write, sends its `persisted_messages`, records the
-//!    committed slots, and advances the core;
-//! 4. publishes a [`ReplicaStatus`] for the cell service.
+//! 3. proposes a bounded batch of the commands the gRPC handlers queued
+//!    (see [`crate::shared`]);
+//! 4. while the core has a `Ready`: sends its `messages`, makes it durable
+//!    with one synced write, sends its `persisted_messages`, installs a
+//!    snapshot from another replica if there is one, applies the committed
+//!    commands to the state machine (handing each outcome to the call that
+//!    waits for it), and advances the core; every `snapshot_every_slots`
+//!    applied slots it snapshots the state and lets the core compact the log;
+//! 5. as master, does the master's duties: expires sessions whose lease ran
+//!    out and moves the clock when a lock-delay ends (both by proposing
+//!    commands), and after an election gives every session a fresh lease;
+//! 6. publishes a [`ReplicaStatus`] for the cell service.
 //!
-//! There is no namespace state machine yet: committed entries only move the
-//! applied slot kept here, and an installed snapshot is only noted.
+//! The applied state lives in memory and in snapshots. After a restart it is
+//! rebuilt from the last snapshot, and the core hands the chosen commands
+//! after it to be applied again; so the snapshot record, written in the same
+//! synced batch as the log compaction, *is* the applied state on disk, and
+//! applying adds no write of its own.
 
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gaios_paxos::{Ballot, Ready, Replica, ReplicaId, RoleChange, Slot, StartError};
-use tokio::sync::{mpsc, watch};
+use bytes::Bytes;
+use gaios_paxos::{Ballot, ProposeError as CoreProposeError, Ready, Replica, ReplicaId, RoleChange, Slot, Snapshot, StartError, Value};
+use gaios_proto::v1 as wire;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
+use crate::errors::ProposeError;
+use crate::metrics::Metrics;
+use crate::shared::{Proposal, Shared};
+use crate::state::{Outcome, SnapshotError, StateMachine};
 use crate::storage::{Storage, StorageError};
 use crate::transport::{Inbound, Outbound};
+
+/// The most queued commands proposed in one turn of the loop.
+pub const PROPOSALS_PER_TURN_MAX: usize = 1024;
+/// The most commands this master has proposed and not yet seen applied;
+/// beyond it handlers are told the master is overloaded.
+pub const PENDING_MAX: usize = 16_384;
+/// How often the master looks for expired sessions and ended lock-delays.
+pub const DUTY_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The most inbox messages stepped in one turn of the loop, so that ticks
 /// and `Ready`s are not starved by a flood of messages.
@@ -68,6 +96,32 @@ pub struct ReplicaStatus {
     pub installed_snapshot: Option<Slot>,
     /// When its master lease runs out (monotonic), if it holds one.
     pub lease_valid_until: Option<Instant>,
+    /// As master: the slot it must have applied before serving reads.
+    pub read_barrier: Option<Slot>,
+    /// The slot of its newest snapshot (taken or installed), 0 if none.
+    pub snapshot_slot: Slot,
+}
+
+impl ReplicaStatus {
+    /// Whether this replica may answer reads from its applied state now: it
+    /// is master, holds the master lease, and has applied everything chosen
+    /// before its mastership began.
+    pub fn can_serve_reads(&self, now: Instant) -> bool {
+        self.role == Role::Master
+            && self.lease_valid_until.is_some_and(|until| now < until)
+            && self.read_barrier.is_some_and(|barrier| self.applied >= barrier)
+    }
+}
+
+/// What the driver needs besides the core and its IO.
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// Snapshot the state (and compact the log) every this many slots.
+    pub snapshot_every_slots: u64,
+    /// How long a session lives without a KeepAlive.
+    pub session_lease: Duration,
+    /// Where to count.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the driver stopped.
@@ -82,6 +136,10 @@ pub enum DriverError {
     /// vote on state it may not have kept.
     #[error("storage failed: {0}")]
     Storage(#[from] StorageError),
+    /// A snapshot (from disk or from another replica) does not describe a
+    /// state this code could have made.
+    #[error("bad snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Owns the core and the storage of one replica; see the module docs.
@@ -93,25 +151,49 @@ pub struct Driver {
     outbound: Outbound,
     tick: Duration,
     status: watch::Sender<ReplicaStatus>,
-    /// The last slot "applied" (there is no state machine yet).
+    /// The last slot applied to the state machine.
     applied: Slot,
     installed_snapshot: Option<Slot>,
+    snapshot_slot: Slot,
+    shared: Arc<Shared>,
+    proposals: mpsc::Receiver<Proposal>,
+    options: DriverOptions,
+    /// Drawn at start, so that outcomes reach the calls of this process
+    /// only (never those of an earlier run with the same numbers).
+    incarnation: u64,
+    next_proposal: u64,
+    pending: BTreeMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
+    /// Master duties: sessions whose expiry is proposed, the lock-delay end
+    /// an `AdvanceTime` was proposed for, and when duties last ran.
+    expiries_proposed: BTreeSet<u64>,
+    advance_proposed_for: Option<u64>,
+    duties_at: Instant,
 }
 
 impl Driver {
-    /// Rebuilds the core from `storage` with `config` and returns the driver
-    /// and a receiver of its status snapshots.
+    /// Rebuilds the state machine and the core from `storage` with
+    /// `config`; returns the driver, a receiver of its status, and what it
+    /// shares with the gRPC handlers.
     pub fn new(
         config: gaios_paxos::Config,
         storage: Storage,
         inbox: mpsc::Receiver<Inbound>,
         outbound: Outbound,
         tick: Duration,
-    ) -> Result<(Driver, watch::Receiver<ReplicaStatus>), DriverError> {
-        let durable = storage.load()?;
-        let applied = durable.applied;
+        options: DriverOptions,
+    ) -> Result<(Driver, watch::Receiver<ReplicaStatus>, Arc<Shared>), DriverError> {
+        let mut durable = storage.load()?;
+        let (state, snapshot_slot) = match &durable.snapshot {
+            Some(snapshot) => (StateMachine::restore(&snapshot.data)?, snapshot.slot),
+            None => (StateMachine::new(), 0),
+        };
+        // The state is the snapshot's: the core must hand every chosen
+        // command after it to be applied again.
+        durable.applied = snapshot_slot;
         let replica = Replica::new(config, durable)?;
         let (status, status_rx) = watch::channel(status_of(&replica, None, Instant::now(), tick));
+        let (shared, proposals) = Shared::new(state, options.session_lease);
+        let shared = Arc::new(shared);
         let driver = Driver {
             replica,
             storage,
@@ -119,10 +201,20 @@ impl Driver {
             outbound,
             tick,
             status,
-            applied,
+            applied: snapshot_slot,
             installed_snapshot: None,
+            snapshot_slot,
+            shared: shared.clone(),
+            proposals,
+            options,
+            incarnation: incarnation(),
+            next_proposal: 1,
+            pending: BTreeMap::new(),
+            expiries_proposed: BTreeSet::new(),
+            advance_proposed_for: None,
+            duties_at: Instant::now(),
         };
-        Ok((driver, status_rx))
+        Ok((driver, status_rx, shared))
     }
 
     /// Runs the loop until `shutdown` turns true (or its sender is dropped),
@@ -143,6 +235,7 @@ impl Driver {
             tracing::info!(applied = self.applied, "driver started");
             loop {
                 let mut first = None;
+                let mut first_proposal = None;
                 tokio::select! {
                     biased;
                     changed = shutdown.changed() => {
@@ -155,6 +248,7 @@ impl Driver {
                         Some(message) => first = Some(message),
                         None => break,
                     },
+                    Some(proposal) = self.proposals.recv() => first_proposal = Some(proposal),
                 }
 
                 let now_promised = self.replica.hard_state().promised;
@@ -184,12 +278,31 @@ impl Driver {
                     stepped += 1;
                 }
 
-                // 3. The core's work.
+                // 3. Commands from the handlers.
+                if let Some(proposal) = first_proposal {
+                    self.propose(proposal);
+                }
+                for _ in 1..PROPOSALS_PER_TURN_MAX {
+                    let Ok(proposal) = self.proposals.try_recv() else { break };
+                    self.propose(proposal);
+                }
+
+                // 4. The core's work.
                 self.process_ready()?;
 
-                // 4. Status.
+                // 5. The master's duties.
+                if self.duties_at.elapsed() >= DUTY_INTERVAL {
+                    self.duties_at = Instant::now();
+                    self.master_duties();
+                    self.process_ready()?;
+                }
+
+                // 6. Status.
                 let last_tick_at = start + self.tick.saturating_mul(u32::try_from(ticks_delivered).unwrap_or(u32::MAX));
                 self.publish(last_tick_at);
+            }
+            for (_, reply) in std::mem::take(&mut self.pending) {
+                let _ = reply.send(Err(ProposeError::Indeterminate));
             }
             tracing::info!("driver stopped");
             Ok(())
@@ -207,34 +320,212 @@ impl Driver {
             }
             if !ready.nothing_to_persist() {
                 let storage = &self.storage;
+                let started = Instant::now();
                 tokio::task::block_in_place(|| storage.persist(&ready))?;
+                self.options.metrics.observe_fsync(started.elapsed());
             }
             for envelope in &ready.persisted_messages {
                 self.outbound.send(envelope.to, &envelope.message);
             }
+            if ready.install_snapshot {
+                if let Some(snapshot) = &ready.snapshot {
+                    let state = StateMachine::restore(&snapshot.data)?;
+                    *self.shared.state() = state;
+                    tracing::info!(slot = snapshot.slot, "installed a snapshot from another replica");
+                    self.installed_snapshot = Some(snapshot.slot);
+                    self.snapshot_slot = snapshot.slot;
+                    self.applied = self.applied.max(snapshot.slot);
+                }
+            }
+            self.apply(&ready.committed);
             for change in &ready.role_changes {
                 match change {
                     RoleChange::BecameMaster { ballot, recovered_through } => {
                         tracing::info!(%ballot, recovered_through, "became master");
+                        self.options.metrics.elections_total.inc();
+                        self.became_master(*ballot);
                     }
                     RoleChange::LostMastership { ballot } => {
                         tracing::info!(%ballot, "lost mastership");
+                        self.options.metrics.lost_mastership_total.inc();
+                        self.lost_mastership();
                     }
                 }
             }
-            if ready.install_snapshot {
-                if let Some(snapshot) = &ready.snapshot {
-                    tracing::info!(slot = snapshot.slot, "installed a snapshot from another replica");
-                    self.installed_snapshot = Some(snapshot.slot);
-                    self.applied = self.applied.max(snapshot.slot);
-                }
-            }
-            if let Some(last) = ready.committed.last() {
-                self.applied = last.slot;
-            }
             self.replica.advance(ready);
+            self.maybe_snapshot();
         }
         Ok(())
+    }
+
+    /// Applies chosen commands in slot order and answers the calls of this
+    /// process that wait for them.
+    fn apply(&mut self, committed: &[gaios_paxos::Entry]) {
+        let Some(last) = committed.last() else { return };
+        let mut state = self.shared.state();
+        for entry in committed {
+            if entry.slot <= self.applied {
+                continue;
+            }
+            if let Value::Batch(commands) = &entry.value {
+                self.options.metrics.observe_batch(commands.len());
+                for bytes in commands {
+                    let command = match wire::Command::decode(bytes.as_ref()) {
+                        Ok(command) => command,
+                        Err(error) => {
+                            // Every replica skips it alike; nobody waits
+                            // for it (a master encodes what it proposes).
+                            tracing::error!(slot = entry.slot, %error, "skipping a command that does not decode");
+                            continue;
+                        }
+                    };
+                    let outcome = state.apply(&command);
+                    self.options.metrics.applied_commands_total.inc();
+                    if command.proposer_incarnation == self.incarnation {
+                        if let Some(reply) = self.pending.remove(&command.proposal_number) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                }
+            }
+            self.applied = entry.slot;
+        }
+        self.options.metrics.chosen_slots_total.add(committed.len() as u64);
+        self.options.metrics.sessions.set(i64::try_from(state.session_count()).unwrap_or(i64::MAX));
+        self.options.metrics.locks_held.set(i64::try_from(state.locks_held()).unwrap_or(i64::MAX));
+        drop(state);
+        self.shared.applied_through(last.slot);
+    }
+
+    /// Snapshots the state and lets the core compact the log once
+    /// `snapshot_every_slots` slots were applied since the last snapshot.
+    fn maybe_snapshot(&mut self) {
+        if self.applied < self.snapshot_slot.saturating_add(self.options.snapshot_every_slots) {
+            return;
+        }
+        let data = self.shared.state().snapshot();
+        let slot = self.applied;
+        let bytes = data.len();
+        match self.replica.compact(Snapshot { slot, data }) {
+            Ok(()) => {
+                tracing::info!(slot, bytes, "took a snapshot");
+                self.snapshot_slot = slot;
+                self.options.metrics.snapshots_total.inc();
+            }
+            Err(error) => tracing::warn!(%error, "cannot take a snapshot"),
+        }
+    }
+
+    /// Queues a handler's command in the core, or answers why not.
+    fn propose(&mut self, proposal: Proposal) {
+        if self.pending.len() >= PENDING_MAX {
+            let _ = proposal.reply.send(Err(ProposeError::Overloaded));
+            return;
+        }
+        let number = self.next_proposal;
+        match self.propose_command(proposal.kind, number) {
+            Ok(()) => {
+                self.next_proposal += 1;
+                self.pending.insert(number, proposal.reply);
+            }
+            Err(error) => {
+                let _ = proposal.reply.send(Err(error));
+            }
+        }
+    }
+
+    fn propose_command(&mut self, kind: wire::command::Kind, number: u64) -> Result<(), ProposeError> {
+        let command = wire::Command {
+            proposer_incarnation: self.incarnation,
+            proposal_number: number,
+            now_ms: wall_clock_ms(),
+            kind: Some(kind),
+        };
+        self.options.metrics.proposals_total.inc();
+        self.replica.propose(Bytes::from(command.encode_to_vec())).map_err(|error| match error {
+            CoreProposeError::NotMaster { master_hint } => ProposeError::NotMaster { master: master_hint },
+            CoreProposeError::QueueFull => ProposeError::Overloaded,
+            CoreProposeError::CommandTooLarge { size_bytes, limit_bytes } => {
+                ProposeError::TooLarge { size_bytes, limit_bytes }
+            }
+            _ => ProposeError::Overloaded,
+        })
+    }
+
+    /// A new master: every session gets a fresh lease, counted from now, so
+    /// that a failover alone never expires a session; the log records the
+    /// failover (every session gets a master-failover event).
+    fn became_master(&mut self, ballot: Ballot) {
+        let deadline = Instant::now() + self.options.session_lease;
+        let sessions = self.shared.state().session_ids();
+        let mut leases = self.shared.leases();
+        leases.clear();
+        leases.extend(sessions.into_iter().map(|session| (session, deadline)));
+        drop(leases);
+        self.expiries_proposed.clear();
+        self.advance_proposed_for = None;
+        let took_over = wire::MasterTookOver { ballot_round: ballot.round, ballot_replica: ballot.replica };
+        // Number 0 is never pending: nobody waits for this command.
+        if let Err(error) = self.propose_command(wire::command::Kind::MasterTookOver(took_over), 0) {
+            tracing::warn!(%error, "cannot record the failover");
+        }
+    }
+
+    /// Calls waiting for commands hear that the outcome is unknown; the
+    /// session leases of this reign are forgotten.
+    fn lost_mastership(&mut self) {
+        for (_, reply) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(ProposeError::Indeterminate));
+        }
+        self.shared.leases().clear();
+        self.expiries_proposed.clear();
+        self.advance_proposed_for = None;
+    }
+
+    /// Expires sessions whose lease ran out and moves the clock when a
+    /// lock-delay ended, by proposing commands. Only a master that may serve
+    /// reads does this: its state is current and it knows the leases.
+    fn master_duties(&mut self) {
+        let status = status_of(&self.replica, None, Instant::now(), self.tick);
+        if status.role != Role::Master || self.replica.read_barrier().is_none_or(|barrier| self.applied < barrier) {
+            return;
+        }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut advance = None;
+        {
+            let state = self.shared.state();
+            let mut leases = self.shared.leases();
+            // Sessions this master has not seen a KeepAlive from yet (made
+            // by an earlier master, or just applied) get a lease from now.
+            for session in state.session_ids() {
+                leases.entry(session).or_insert(now + self.options.session_lease);
+            }
+            leases.retain(|session, _| state.has_session(*session));
+            self.expiries_proposed.retain(|session| state.has_session(*session));
+            for (&session, &deadline) in leases.iter() {
+                if deadline <= now && !self.expiries_proposed.contains(&session) {
+                    expired.push(session);
+                }
+            }
+            if let Some(end) = state.next_lock_delay_end_ms() {
+                if wall_clock_ms() >= end && self.advance_proposed_for != Some(end) {
+                    advance = Some(end);
+                }
+            }
+        }
+        for session in expired {
+            tracing::info!(session, "session lease ran out; expiring it");
+            let end = wire::EndSession { session_id: session, expired: true };
+            if self.propose_command(wire::command::Kind::EndSession(end), 0).is_ok() {
+                self.expiries_proposed.insert(session);
+            }
+        }
+        if let Some(end) = advance {
+            if self.propose_command(wire::command::Kind::AdvanceTime(wire::AdvanceTime {}), 0).is_ok() {
+                self.advance_proposed_for = Some(end);
+            }
+        }
     }
 
     /// Publishes the status if it changed; `last_tick_at` is when the core's
@@ -242,6 +533,7 @@ impl Driver {
     fn publish(&self, last_tick_at: Instant) {
         let mut status = status_of(&self.replica, self.installed_snapshot, last_tick_at, self.tick);
         status.applied = self.applied;
+        status.snapshot_slot = self.snapshot_slot;
         self.status.send_if_modified(|current| {
             if *current == status {
                 false
@@ -281,7 +573,25 @@ fn status_of(replica: &Replica, installed_snapshot: Option<Slot>, last_tick_at: 
         log_start: status.log_start,
         installed_snapshot,
         lease_valid_until,
+        read_barrier: replica.read_barrier(),
+        snapshot_slot: 0,
     }
+}
+
+/// The wall clock in ms since the Unix epoch, for the master's timestamps
+/// in commands (the state machine never reads a clock itself).
+fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A random number drawn at start (std's hasher keys are random per
+/// process), naming this run of the replica in the commands it proposes.
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish() | 1
 }
 
 #[cfg(test)]

@@ -132,6 +132,19 @@ impl Lock {
     }
 }
 
+/// One lock as a snapshot carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockRecord {
+    /// The locked node.
+    pub path: Path,
+    /// The holders: one exclusive, or any number shared.
+    pub holders: Vec<(Holder, LockMode)>,
+    /// The waiters in line order.
+    pub waiters: Vec<(Holder, LockMode)>,
+    /// The end of a running lock-delay; 0 if none.
+    pub delay_until_ms: u64,
+}
+
 /// Every lock that is held, waited for, or in its lock-delay, by node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockTable {
@@ -253,6 +266,90 @@ impl LockTable {
         let Some(lock) = self.locks.get(path) else { return Vec::new() };
         let exclusive = lock.exclusive.iter().map(|&h| (h, LockMode::Exclusive));
         exclusive.chain(lock.shared.iter().map(|&h| (h, LockMode::Shared))).collect()
+    }
+
+    /// The mode in which this handle holds the lock on `path`, if it does.
+    pub fn held_by(&self, path: &Path, session: SessionId, handle: u64) -> Option<LockMode> {
+        let lock = self.locks.get(path)?;
+        let same = |h: &Holder| h.session == session && h.handle == handle;
+        if lock.exclusive.as_ref().is_some_and(same) {
+            Some(LockMode::Exclusive)
+        } else if lock.shared.iter().any(same) {
+            Some(LockMode::Shared)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this handle waits in line for the lock on `path`.
+    pub fn is_waiting(&self, path: &Path, session: SessionId, handle: u64) -> bool {
+        self.locks
+            .get(path)
+            .is_some_and(|lock| lock.waiters.iter().any(|(h, _)| h.session == session && h.handle == handle))
+    }
+
+    /// Whether the lock on `path` is held in `mode` by anyone.
+    pub fn is_held_in(&self, path: &Path, mode: LockMode) -> bool {
+        self.locks.get(path).is_some_and(|lock| match mode {
+            LockMode::Exclusive => lock.exclusive.is_some(),
+            LockMode::Shared => !lock.shared.is_empty(),
+        })
+    }
+
+    /// How many holdings there are (an exclusive holder or each shared one).
+    pub fn held_count(&self) -> usize {
+        self.locks.values().map(|lock| usize::from(lock.exclusive.is_some()) + lock.shared.len()).sum()
+    }
+
+    /// Forgets the lock of a deleted node: holders and waiters lose it, and
+    /// a running lock-delay ends with the node. Returns who held or waited.
+    pub fn remove(&mut self, path: &Path) -> Vec<Holder> {
+        let Some(lock) = self.locks.remove(path) else { return Vec::new() };
+        let mut involved = lock.holders();
+        involved.extend(lock.waiters.iter().map(|(h, _)| *h));
+        involved
+    }
+
+    /// Every lock, in path order, for a snapshot.
+    pub fn records(&self) -> Vec<LockRecord> {
+        self.locks
+            .iter()
+            .map(|(path, lock)| LockRecord {
+                path: path.clone(),
+                holders: self.holders(path),
+                waiters: lock.waiters.iter().copied().collect(),
+                delay_until_ms: lock.delay_until_ms,
+            })
+            .collect()
+    }
+
+    /// Rebuilds a table from a snapshot's records, refusing records that
+    /// could not arise: two exclusive holders, exclusive and shared at once,
+    /// a handle twice in one lock, or a lock listed twice.
+    pub fn from_records(records: Vec<LockRecord>) -> Result<LockTable, String> {
+        let mut table = LockTable::new();
+        for record in records {
+            let mut lock = Lock { delay_until_ms: record.delay_until_ms, ..Lock::default() };
+            for (holder, mode) in record.holders {
+                if lock.involves(&holder) || !lock.is_free_for(mode) {
+                    return Err(format!("lock {} has conflicting holders", record.path));
+                }
+                lock.hold(holder, mode);
+            }
+            for (holder, mode) in record.waiters {
+                if lock.involves(&holder) {
+                    return Err(format!("lock {} lists a handle twice", record.path));
+                }
+                lock.waiters.push_back((holder, mode));
+            }
+            if lock.waiters.len() > WAITERS_PER_LOCK_MAX {
+                return Err(format!("lock {} has {} waiters", record.path, lock.waiters.len()));
+            }
+            if table.locks.insert(record.path.clone(), lock).is_some() {
+                return Err(format!("lock {} appears twice", record.path));
+            }
+        }
+        Ok(table)
     }
 
     /// Serves the line in order: the first waiter alone if exclusive, else

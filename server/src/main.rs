@@ -1,8 +1,9 @@
 //! `gaios-server`: one replica of a Gaios cell.
 //!
 //! Opens the data directory, rebuilds the Paxos core from it, serves the
-//! peer protocol (`Replica`) and the client protocol (`Cell`) on their own
-//! addresses, and runs the driver loop until SIGTERM or ctrl-c.
+//! peer protocol (`Replica`) and the client protocol (`Cell`, with gRPC
+//! health and reflection) on their own addresses, Prometheus metrics on a
+//! third if asked, and runs the driver loop until SIGTERM or ctrl-c.
 
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gaios_server::cell_service::CellService;
 use gaios_server::config::{Args, ReplicaConfig};
-use gaios_server::driver::Driver;
+use gaios_server::driver::{Driver, DriverOptions};
+use gaios_server::metrics::{Metrics, serve_metrics};
+use gaios_server::operations;
 use gaios_server::storage::{Identity, Storage};
 use gaios_server::transport::{Outbound, PeerService, TransportStats};
 use tokio::net::TcpListener;
@@ -52,40 +55,61 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let client_listener = TcpListener::bind(config.listen_client)
         .await
         .with_context(|| format!("cannot listen for clients on {}", config.listen_client))?;
+    let metrics_listener = match config.listen_metrics {
+        Some(address) => {
+            Some(TcpListener::bind(address).await.with_context(|| format!("cannot listen for metrics on {address}"))?)
+        }
+        None => None,
+    };
 
     let stats = Arc::new(TransportStats::default());
+    // The driver counts into it; the metrics endpoint renders it.
+    let metrics = Arc::new(Metrics::new(config.id, stats.clone()));
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let peers: Vec<_> = config.members.iter().map(|peer| (peer.id, peer.peer_address)).collect();
     let outbound = Outbound::start(config.id, &peers, stats.clone());
     let paxos_config = gaios_paxos::Config::new(config.id, config.member_ids());
-    let (driver, status) = Driver::new(paxos_config, storage, inbox_rx, outbound, config.tick)
+    let options = DriverOptions {
+        snapshot_every_slots: config.snapshot_every_slots,
+        session_lease: config.session_lease,
+        metrics: metrics.clone(),
+    };
+    let (driver, status, shared) = Driver::new(paxos_config, storage, inbox_rx, outbound, config.tick, options)
         .context("cannot start the replica")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let peer_service = PeerService::new(config.id, config.member_ids(), inbox_tx, stats.clone());
-    let cell_service = CellService::new(config.cell_id.clone(), config.members.clone(), status, stats);
+    let cell_service = CellService::new(config.cell_id.clone(), config.members.clone(), status, stats, shared);
 
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
     let peer_server = serve(builder().add_service(peer_service.into_server()), peer_listener, shutdown_rx.clone());
-    let client_server = serve(builder().add_service(cell_service.into_server()), client_listener, shutdown_rx.clone());
+    let (client_router, health) =
+        operations::client_router(builder()).await.context("cannot build the health and reflection services")?;
+    let client_server = serve(client_router.add_service(cell_service.into_server()), client_listener, shutdown_rx.clone());
+    let metrics_server =
+        metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone(), shutdown_rx.clone())));
     tracing::info!(
         id = config.id,
         cell = %config.cell_id,
         peer = %config.listen_peer,
         client = %config.listen_client,
+        metrics = ?config.listen_metrics,
         data_dir = %config.data_dir.display(),
         "replica started"
     );
 
     let mut driver_task = tokio::spawn(driver.run(shutdown_rx));
+    health.serving().await;
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
             signal?;
             tracing::info!("shutting down");
+            health.not_serving().await;
             let _ = shutdown_tx.send(true);
             (&mut driver_task).await
         }
         finished = &mut driver_task => {
+            health.not_serving().await;
             let _ = shutdown_tx.send(true);
             finished
         }
@@ -95,6 +119,9 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let stop_servers = async {
         let _ = peer_server.await;
         let _ = client_server.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
     };
     if tokio::time::timeout(std::time::Duration::from_secs(2), stop_servers).await.is_err() {
         tracing::warn!("servers did not stop within 2 s; exiting anyway");

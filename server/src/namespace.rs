@@ -20,7 +20,10 @@ pub const PATH_DEPTH_MAX: usize = 32;
 /// The most bytes a file's contents may have.
 pub const CONTENTS_BYTES_MAX: usize = 256 << 10;
 /// The most nodes the namespace holds, the root included.
-pub const NODES_MAX: usize = 1 << 20;
+pub const NODES_MAX: usize = 1 << 17;
+/// What a node costs in [`Namespace::footprint_bytes`] besides its path and
+/// contents: its stat and the map's bookkeeping, roughly.
+pub const NODE_OVERHEAD_BYTES: usize = 128;
 
 /// Identifies a client session; ephemeral nodes belong to one.
 pub type SessionId = u64;
@@ -248,6 +251,24 @@ pub enum NamespaceError {
 pub struct Namespace {
     nodes: BTreeMap<Path, Node>,
     next_instance: u64,
+    /// Paths, contents and per-node overhead, kept up to date by every
+    /// change so the state machine can bound its snapshot without a scan.
+    footprint_bytes: usize,
+}
+
+/// One node as a snapshot carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Its path.
+    pub path: Path,
+    /// Its metadata.
+    pub stat: Stat,
+    /// A file's contents.
+    pub contents: Bytes,
+}
+
+fn node_bytes(path: &Path, contents: &Bytes) -> usize {
+    NODE_OVERHEAD_BYTES + path.as_str().len() + contents.len()
 }
 
 impl Default for Namespace {
@@ -285,7 +306,86 @@ impl Namespace {
             },
             contents: Bytes::new(),
         };
-        Namespace { nodes: BTreeMap::from([(Path::root(), root)]), next_instance: 2 }
+        let footprint_bytes = node_bytes(&Path::root(), &root.contents);
+        Namespace { nodes: BTreeMap::from([(Path::root(), root)]), next_instance: 2, footprint_bytes }
+    }
+
+    /// Roughly how many bytes the namespace takes in a snapshot.
+    pub fn footprint_bytes(&self) -> usize {
+        self.footprint_bytes
+    }
+
+    /// The instance number the next created node gets.
+    pub fn next_instance(&self) -> u64 {
+        self.next_instance
+    }
+
+    /// Every node in path order, for a snapshot.
+    pub fn records(&self) -> impl Iterator<Item = NodeRecord> + '_ {
+        self.nodes.iter().map(|(path, node)| NodeRecord {
+            path: path.clone(),
+            stat: node.stat.clone(),
+            contents: node.contents.clone(),
+        })
+    }
+
+    /// Rebuilds a namespace from a snapshot's records, checking that they
+    /// form a tree: the root is a directory, every other node's parent is a
+    /// directory present in the records, children counts and sizes agree,
+    /// and no instance is at or above `next_instance`.
+    pub fn from_records(next_instance: u64, records: Vec<NodeRecord>) -> Result<Namespace, String> {
+        let mut nodes = BTreeMap::new();
+        let mut footprint_bytes = 0;
+        for record in records {
+            if record.stat.instance == 0 || record.stat.instance >= next_instance {
+                return Err(format!("{} has instance {} (next is {next_instance})", record.path, record.stat.instance));
+            }
+            if record.stat.contents_bytes != record.contents.len() as u64 || record.contents.len() > CONTENTS_BYTES_MAX {
+                return Err(format!("{} has {} bytes of contents", record.path, record.contents.len()));
+            }
+            if record.stat.kind == NodeKind::Directory && !record.contents.is_empty() {
+                return Err(format!("directory {} has contents", record.path));
+            }
+            footprint_bytes += node_bytes(&record.path, &record.contents);
+            let node = Node { stat: record.stat, contents: record.contents };
+            if nodes.insert(record.path.clone(), node).is_some() {
+                return Err(format!("{} appears twice", record.path));
+            }
+        }
+        if nodes.len() > NODES_MAX {
+            return Err(format!("{} nodes (limit {NODES_MAX})", nodes.len()));
+        }
+        match nodes.get(&Path::root()) {
+            Some(root) if root.stat.kind == NodeKind::Directory => {}
+            _ => return Err("the root directory is missing".to_string()),
+        }
+        let mut children: BTreeMap<&Path, u64> = BTreeMap::new();
+        for path in nodes.keys() {
+            if let Some((parent, _)) = path.split() {
+                match nodes.get(&parent) {
+                    Some(node) if node.stat.kind == NodeKind::Directory => {}
+                    _ => return Err(format!("{path} has no parent directory")),
+                }
+                let Some((parent_key, _)) = nodes.get_key_value(&parent) else { continue };
+                *children.entry(parent_key).or_default() += 1;
+            }
+        }
+        for (path, node) in &nodes {
+            let counted = children.get(path).copied().unwrap_or(0);
+            if node.stat.children != counted {
+                return Err(format!("{path} says {} children, has {counted}", node.stat.children));
+            }
+        }
+        Ok(Namespace { nodes, next_instance, footprint_bytes })
+    }
+
+    /// Sets a node's lock generation (the state machine hands out lock
+    /// generations from one cell-wide counter, so they never repeat for a
+    /// path even across deletion and re-creation).
+    pub fn set_lock_generation(&mut self, path: &Path, lock_generation: u64) -> Result<(), NamespaceError> {
+        let Some(node) = self.nodes.get_mut(path) else { return Err(NamespaceError::NotFound(path.clone())) };
+        node.stat.lock_generation = lock_generation;
+        Ok(())
     }
 
     /// How many nodes exist, the root included.
@@ -342,6 +442,7 @@ impl Namespace {
         if let Some(parent_node) = self.nodes.get_mut(&parent) {
             parent_node.stat.children += 1;
         }
+        self.footprint_bytes += node_bytes(path, &contents);
         self.nodes.insert(path.clone(), Node { stat: stat.clone(), contents });
         Ok((stat, vec![Change::ChildAdded { parent, path: path.clone() }]))
     }
@@ -355,7 +456,9 @@ impl Namespace {
             return Err(NamespaceError::NotEmpty(path.clone()));
         }
         let instance = node.stat.instance;
-        self.nodes.remove(path);
+        if let Some(removed) = self.nodes.remove(path) {
+            self.footprint_bytes -= node_bytes(path, &removed.contents);
+        }
         if let Some(parent_node) = self.nodes.get_mut(&parent) {
             parent_node.stat.children -= 1;
         }
@@ -391,6 +494,7 @@ impl Namespace {
         node.stat.checksum = checksum(&contents);
         node.stat.contents_bytes = contents.len() as u64;
         node.stat.modified_ms = now_ms;
+        self.footprint_bytes = self.footprint_bytes - node.contents.len() + contents.len();
         node.contents = contents;
         Ok((node.stat.clone(), vec![Change::ContentsModified { path: path.clone() }]))
     }

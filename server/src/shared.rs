@@ -1,0 +1,94 @@
+//! What the driver shares with the gRPC handlers: the applied state, the
+//! master's session leases, and the queue of commands to propose.
+//!
+//! The driver alone changes the applied state (by applying chosen
+//! commands); handlers read it under the lock, briefly, and send commands to
+//! the driver, which answers each once it is chosen and applied.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gaios_proto::v1 as wire;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::errors::ProposeError;
+use crate::namespace::SessionId;
+use crate::state::{Outcome, StateMachine};
+
+/// Commands waiting for the driver to propose them; beyond it handlers are
+/// told the master is overloaded.
+pub const PROPOSALS_QUEUED_MAX: usize = 8192;
+/// How long a handler waits for its command to be chosen and applied before
+/// it answers `UNAVAILABLE` (the command may still take effect; a retry with
+/// the same request number is safe).
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command for the driver to propose, and where to send its outcome.
+#[derive(Debug)]
+pub struct Proposal {
+    /// The command (the driver fills in the proposer and the time).
+    pub kind: wire::command::Kind,
+    /// Gets the outcome once the command is applied, or why it was not.
+    pub reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+}
+
+/// Shared between the driver and the handlers; see the module docs.
+#[derive(Debug)]
+pub struct Shared {
+    state: Mutex<StateMachine>,
+    leases: Mutex<BTreeMap<SessionId, Instant>>,
+    applied: watch::Sender<u64>,
+    proposals: mpsc::Sender<Proposal>,
+    /// How long a session lives without a KeepAlive.
+    pub session_lease: Duration,
+}
+
+impl Shared {
+    /// Shares `state`; returns the receiving end of the proposal queue for
+    /// the driver.
+    pub fn new(state: StateMachine, session_lease: Duration) -> (Shared, mpsc::Receiver<Proposal>) {
+        let (proposals, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let (applied, _) = watch::channel(0);
+        let shared = Shared { state: Mutex::new(state), leases: Mutex::new(BTreeMap::new()), applied, proposals, session_lease };
+        (shared, receiver)
+    }
+
+    /// The applied state. A poisoned lock (a panic while holding it) is
+    /// taken over: the state machine never panics halfway through a change
+    /// (`apply` does not panic), so the state is whole.
+    pub fn state(&self) -> MutexGuard<'_, StateMachine> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The master's session deadlines (not replicated): when each session's
+    /// lease runs out unless a KeepAlive extends it.
+    pub fn leases(&self) -> MutexGuard<'_, BTreeMap<SessionId, Instant>> {
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells waiters (acquirers, KeepAlive streams) that commands up to
+    /// `slot` were applied.
+    pub fn applied_through(&self, slot: u64) {
+        self.applied.send_replace(slot);
+    }
+
+    /// Wakes when more commands were applied.
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Proposes a command and waits until it is chosen and applied.
+    pub async fn propose(&self, kind: wire::command::Kind) -> Result<Outcome, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.proposals.try_send(Proposal { kind, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => ProposeError::Indeterminate,
+        })?;
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            // The driver dropped the reply (it stopped) or took too long.
+            Ok(Err(_)) | Err(_) => Err(ProposeError::Indeterminate),
+        }
+    }
+}
