@@ -18,6 +18,7 @@ use gaios_server::storage::{Identity, Storage};
 use gaios_server::transport::{Outbound, PeerService, TransportStats};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// The driver's inbox: messages from peers waiting to be stepped. Beyond it
@@ -148,7 +149,17 @@ fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+    // With its own listener tonic cannot set socket options, so every
+    // accepted connection gets TCP_NODELAY here: without it, Nagle's
+    // algorithm and the peer's delayed ACK hold back the last frames of an
+    // answer for up to 40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    });
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     }))
 }
