@@ -1,18 +1,25 @@
-//! A Gaios replica: the driver around the sans-IO Paxos core and the IO it
-//! does on the core's behalf.
+//! A Gaios replica: the replicated state machine, the driver around the
+//! sans-IO Paxos core, and the IO it does on the core's behalf.
 //!
+//! - [`namespace`], [`locks`] and [`state`] are the deterministic state
+//!   machine: nodes, sessions, handles, locks, sequencers, events and the
+//!   at-most-once window, changed only by applying commands in slot order;
 //! - [`codec`] turns the core's types into the protobuf records and messages
 //!   of `gaios.v1` and back (rejecting malformed input with typed errors);
 //! - [`storage`] keeps the acceptor's promises, log and snapshot in one
 //!   RocksDB per replica and makes each `Ready` durable in one synced write;
 //! - [`transport`] carries protocol messages between replicas over the
 //!   `Replica.Exchange` gRPC stream, with bounded queues everywhere;
-//! - [`driver`] owns the core and the storage and runs the driver contract;
-//! - [`cell_service`] answers clients' `FindMaster` and `Status` calls;
+//! - [`driver`] owns the core, the storage and the state machine and runs
+//!   the driver contract, the master's duties and snapshots;
+//! - [`shared`] is what the driver shares with the gRPC handlers;
+//! - [`cell_service`] answers clients' calls (the `Cell` service), with
+//!   [`errors`] deciding every status code;
+//! - [`metrics`] and [`operations`] serve Prometheus metrics, gRPC health and
+//!   reflection;
 //! - [`config`] turns the command-line flags into a checked configuration.
 //!
-//! The `gaios-server` binary (`src/main.rs`) wires these together. The
-//! namespace state machine builds on them next.
+//! The `gaios-server` binary (`src/main.rs`) wires these together.
 
 pub mod cell_service;
 pub mod codec;

@@ -36,7 +36,7 @@ pub const HANDLES_PER_SESSION_MAX: usize = 4096;
 pub const HANDLES_MAX: usize = 200_000;
 /// How many answers each session keeps for retries (the at-most-once
 /// window): the answers of its newest request numbers.
-pub const ANSWERS_PER_SESSION_MAX: usize = 256;
+pub const ANSWERS_PER_SESSION_MAX: usize = 64;
 /// Events kept per session until acknowledged; beyond it the oldest go (the
 /// client sees the gap in the numbers).
 pub const EVENTS_QUEUED_PER_SESSION_MAX: usize = 1024;
@@ -401,6 +401,7 @@ impl StateMachine {
 
     /// A session's mutating call, at most once per request number.
     fn session_call(&mut self, call: &wire::SessionCall) -> Outcome {
+        use wire::session_call::Call;
         let session_id = call.session_id;
         let number = call.request_number;
         let Some(session) = self.sessions.get(&session_id) else {
@@ -421,6 +422,12 @@ impl StateMachine {
                     session.highest_request
                 ),
             );
+        }
+        // A full state takes only calls that shrink it (their answers are a
+        // few bytes each, at most a window's worth per session).
+        let shrinks = matches!(call.call, Some(Call::Close(_) | Call::Release(_) | Call::Delete(_)));
+        if self.footprint_bytes() >= STATE_BYTES_MAX && !shrinks {
+            return failure(Code::ResourceExhausted, "the cell's state is full; close handles or delete nodes");
         }
         let outcome = self.execute(session_id, call);
         if let Some(session) = self.sessions.get_mut(&session_id) {

@@ -6,11 +6,11 @@
 //! |---|---|---|
 //! | `paxos` | `h` | the acceptor's [`HardState`] (`gaios.v1.HardState`) |
 //! | `paxos` | `l` + slot (8 bytes, big-endian) | one accepted [`Entry`](gaios_paxos::types::Entry) (`gaios.v1.Entry`); big-endian so keys sort by slot |
-//! | `state` | (next issue) | the applied namespace state |
+//! | `state` | (none yet) | reserved; the applied state is kept as the snapshot below |
 //! | `meta` | `identity` | the cell and replica that own the directory and the format version (`gaios.v1.DataDirIdentity`) |
 //! | `meta` | `snapshot` | the latest snapshot's slot and length (`gaios.v1.SnapshotMeta`) |
-//! | `meta` | `snapshot_data` | the latest snapshot's data, raw |
-//! | `meta` | `applied` | the last applied slot (8 bytes, big-endian), written by the state machine |
+//! | `meta` | `snapshot_data` | the latest snapshot's data, raw: the applied state (`gaios.v1.StateSnapshot`) at its slot |
+//! | `meta` | `applied` | an applied slot above the snapshot's, if a state machine records one (Gaios's does not: its state is rebuilt from the snapshot and the log after it) |
 //!
 //! # Write order
 //!

@@ -13,7 +13,9 @@
 //! prepares, accepts and catch-up requests, and the master heartbeats), and
 //! it keeps a slow or dead peer from growing this replica's memory.
 //!
-//! Messages are bounded by [`MESSAGE_BYTES_MAX`] (16 MiB) in both directions.
+//! Messages are bounded by [`MESSAGE_BYTES_MAX`] (64 MiB) in both directions:
+//! enough for a snapshot of the largest state the state machine accepts
+//! ([`crate::state::STATE_BYTES_MAX`], 48 MiB), which travels in one message.
 //! A batch is cut well below it, but a single `InstallSnapshot` carries a
 //! whole snapshot, so snapshots larger than that bound cannot be sent until
 //! they are split into chunks.
@@ -38,7 +40,7 @@ use crate::codec;
 
 /// The largest gRPC message either side sends or accepts on the peer
 /// transport; see the module docs for what it means for snapshots.
-pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// The most messages queued for one peer; beyond it new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
 /// The most messages coalesced into one outbound batch.
