@@ -377,15 +377,21 @@ impl Cell for CellService {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let header = request.header;
         let handle = request.handle;
-        let outcome = self.call(header, wire::session_call::Call::Acquire(request)).await?;
-        if let Some(sequencer) = acquired_sequencer(&outcome) {
-            return Ok(Response::new(pb::AcquireResponse { sequencer: Some(sequencer) }));
-        }
-        if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
-            return Err(unexpected(&outcome));
-        }
         let session_id = header.map_or(0, |h| h.session_id);
-        self.wait_for_lock(session_id, handle, deadline).await.map(Response::new)
+        // If this call ends any other way than with the lock, a definite
+        // refusal, or the wait given up (the client hung up, the command's
+        // fate is unknown, the master lost its lease), the handle must not
+        // stay in line and be granted a lock nobody knows of.
+        let mut guard = CancelWaitOnDrop { shared: Some(self.shared.clone()), session_id, handle };
+        let result = self.acquire_and_wait(header, request, deadline).await;
+        let settled = match &result {
+            Ok(_) => true,
+            Err(status) => status.code() != tonic::Code::Unavailable,
+        };
+        if settled {
+            guard.shared = None;
+        }
+        result.map(Response::new)
     }
 
     async fn try_acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
@@ -444,6 +450,26 @@ impl Cell for CellService {
 }
 
 impl CellService {
+    /// Proposes the `Acquire` and, if the handle was queued, waits for the
+    /// lock (see [`CellService::wait_for_lock`]).
+    async fn acquire_and_wait(
+        &self,
+        header: Option<pb::RequestHeader>,
+        request: pb::AcquireRequest,
+        deadline: Instant,
+    ) -> Result<pb::AcquireResponse, Status> {
+        let handle = request.handle;
+        let outcome = self.call(header, wire::session_call::Call::Acquire(request)).await?;
+        if let Some(sequencer) = acquired_sequencer(&outcome) {
+            return Ok(pb::AcquireResponse { sequencer: Some(sequencer) });
+        }
+        if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
+            return Err(unexpected(&outcome));
+        }
+        let session_id = header.map_or(0, |h| h.session_id);
+        self.wait_for_lock(session_id, handle, deadline).await
+    }
+
     /// Waits until the queued `handle` holds its lock, the wait becomes
     /// impossible (handle closed, session ended, node deleted), this replica
     /// stops being a master that can serve, or `deadline` passes; then gives
@@ -557,6 +583,25 @@ impl CellService {
         };
         self.shared.leases().insert(request.session_id, Instant::now() + self.shared.session_lease);
         Ok(events)
+    }
+}
+
+/// Proposes a `CancelWait` for a handle when dropped while armed.
+struct CancelWaitOnDrop {
+    shared: Option<Arc<Shared>>,
+    session_id: u64,
+    handle: u64,
+}
+
+impl Drop for CancelWaitOnDrop {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else { return };
+        let cancel = wire::CancelWait { session_id: self.session_id, handle: self.handle };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = shared.propose(wire::command::Kind::CancelWait(cancel)).await;
+            });
+        }
     }
 }
 

@@ -168,6 +168,10 @@ pub struct Driver {
     expiries_proposed: BTreeSet<u64>,
     advance_proposed_for: Option<u64>,
     duties_at: Instant,
+    /// Whether, at the last duties, this master could serve (and so hear
+    /// KeepAlives); on each change to true every session's deadline is
+    /// pushed to a full lease from then.
+    serving: bool,
 }
 
 impl Driver {
@@ -213,6 +217,7 @@ impl Driver {
             expiries_proposed: BTreeSet::new(),
             advance_proposed_for: None,
             duties_at: Instant::now(),
+            serving: false,
         };
         Ok((driver, status_rx, shared))
     }
@@ -318,6 +323,12 @@ impl Driver {
             for envelope in &ready.messages {
                 self.outbound.send(envelope.to, &envelope.message);
             }
+            // A snapshot from another replica is checked before it is made
+            // durable, so a bad one never replaces the good state on disk.
+            let installed = match (&ready.snapshot, ready.install_snapshot) {
+                (Some(snapshot), true) => Some((snapshot.slot, StateMachine::restore(&snapshot.data)?)),
+                _ => None,
+            };
             if !ready.nothing_to_persist() {
                 let storage = &self.storage;
                 let started = Instant::now();
@@ -327,15 +338,12 @@ impl Driver {
             for envelope in &ready.persisted_messages {
                 self.outbound.send(envelope.to, &envelope.message);
             }
-            if ready.install_snapshot {
-                if let Some(snapshot) = &ready.snapshot {
-                    let state = StateMachine::restore(&snapshot.data)?;
-                    *self.shared.state() = state;
-                    tracing::info!(slot = snapshot.slot, "installed a snapshot from another replica");
-                    self.installed_snapshot = Some(snapshot.slot);
-                    self.snapshot_slot = snapshot.slot;
-                    self.applied = self.applied.max(snapshot.slot);
-                }
+            if let Some((slot, state)) = installed {
+                *self.shared.state() = state;
+                tracing::info!(slot, "installed a snapshot from another replica");
+                self.installed_snapshot = Some(slot);
+                self.snapshot_slot = slot;
+                self.applied = self.applied.max(slot);
             }
             self.apply(&ready.committed);
             for change in &ready.role_changes {
@@ -435,10 +443,13 @@ impl Driver {
     }
 
     fn propose_command(&mut self, kind: wire::command::Kind, number: u64) -> Result<(), ProposeError> {
+        // Never stamp a time before the state's clock (this master's clock
+        // may be behind the last one's); the state would ignore it anyway.
+        let now_ms = wall_clock_ms().max(self.shared.state().now_ms());
         let command = wire::Command {
             proposer_incarnation: self.incarnation,
             proposal_number: number,
-            now_ms: wall_clock_ms(),
+            now_ms,
             kind: Some(kind),
         };
         self.options.metrics.proposals_total.inc();
@@ -452,16 +463,12 @@ impl Driver {
         })
     }
 
-    /// A new master: every session gets a fresh lease, counted from now, so
-    /// that a failover alone never expires a session; the log records the
-    /// failover (every session gets a master-failover event).
+    /// A new master: the log records the failover (every session gets a
+    /// master-failover event). Session leases start only once this master
+    /// can serve, and hear KeepAlives (see `master_duties`).
     fn became_master(&mut self, ballot: Ballot) {
-        let deadline = Instant::now() + self.options.session_lease;
-        let sessions = self.shared.state().session_ids();
-        let mut leases = self.shared.leases();
-        leases.clear();
-        leases.extend(sessions.into_iter().map(|session| (session, deadline)));
-        drop(leases);
+        self.shared.leases().clear();
+        self.serving = false;
         self.expiries_proposed.clear();
         self.advance_proposed_for = None;
         let took_over = wire::MasterTookOver { ballot_round: ballot.round, ballot_replica: ballot.replica };
@@ -478,24 +485,39 @@ impl Driver {
             let _ = reply.send(Err(ProposeError::Indeterminate));
         }
         self.shared.leases().clear();
+        self.serving = false;
         self.expiries_proposed.clear();
         self.advance_proposed_for = None;
     }
 
     /// Expires sessions whose lease ran out and moves the clock when a
     /// lock-delay ended, by proposing commands. Only a master that may serve
-    /// reads does this: its state is current and it knows the leases.
+    /// does this (it holds the master lease and its state is current), since
+    /// only then do clients' KeepAlives reach it. Each time it becomes able
+    /// to serve (after an election, or after its lease lapsed) every session
+    /// gets a full lease from that moment, so neither a failover nor a stall
+    /// of the master alone ever expires a session.
     fn master_duties(&mut self) {
-        let status = status_of(&self.replica, None, Instant::now(), self.tick);
-        if status.role != Role::Master || self.replica.read_barrier().is_none_or(|barrier| self.applied < barrier) {
+        let can_serve = self.replica.is_master()
+            && self.replica.lease_valid()
+            && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
+        if !can_serve {
+            self.serving = false;
             return;
         }
         let now = Instant::now();
+        let fresh = now + self.options.session_lease;
         let mut expired = Vec::new();
         let mut advance = None;
         {
             let state = self.shared.state();
             let mut leases = self.shared.leases();
+            if !self.serving {
+                self.serving = true;
+                for deadline in leases.values_mut() {
+                    *deadline = (*deadline).max(fresh);
+                }
+            }
             // Sessions this master has not seen a KeepAlive from yet (made
             // by an earlier master, or just applied) get a lease from now.
             for session in state.session_ids() {

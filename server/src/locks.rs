@@ -46,6 +46,9 @@ pub struct Grant {
     pub holder: Holder,
     /// The mode granted.
     pub mode: LockMode,
+    /// Whether nobody held the lock before this grant (it went from free to
+    /// held), which is when its lock generation moves on.
+    pub was_free: bool,
 }
 
 /// What `acquire` did.
@@ -149,6 +152,9 @@ pub struct LockRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockTable {
     locks: BTreeMap<Path, Lock>,
+    /// Derived: every running lock-delay by its end, so the earliest is
+    /// found without a scan.
+    delay_ends: BTreeSet<(u64, Path)>,
 }
 
 impl LockTable {
@@ -235,30 +241,29 @@ impl LockTable {
                 lock.shared.remove(&holder);
             }
             if delay_ms > 0 {
-                lock.delay_until_ms = lock.delay_until_ms.max(now_ms.saturating_add(delay_ms));
+                let until = lock.delay_until_ms.max(now_ms.saturating_add(delay_ms));
+                self.delay_ends.remove(&(lock.delay_until_ms, path.clone()));
+                lock.delay_until_ms = until;
+                self.delay_ends.insert((until, path.clone()));
             }
             grants.extend(self.grant_waiters(&path, now_ms));
         }
         grants
     }
 
-    /// Hands out locks whose lock-delay has passed by `now_ms` to their
-    /// waiters. The master proposes a command carrying the time when a
-    /// lock-delay it knows of runs out.
+    /// Ends the lock-delays that have passed by `now_ms` and hands those
+    /// locks to their waiters. The state machine calls it whenever its clock
+    /// passes [`next_delay_end_ms`](Self::next_delay_end_ms), and the master
+    /// proposes a command carrying the time when a lock-delay runs out.
     pub fn advance_time(&mut self, now_ms: u64) -> Vec<Grant> {
-        let due: Vec<Path> = self
-            .locks
-            .iter()
-            .filter(|(_, lock)| lock.delay_until_ms != 0 && lock.delay_until_ms <= now_ms)
-            .map(|(path, _)| path.clone())
-            .collect();
+        let due: Vec<Path> =
+            self.delay_ends.iter().take_while(|(until, _)| *until <= now_ms).map(|(_, path)| path.clone()).collect();
         due.iter().flat_map(|path| self.grant_waiters(path, now_ms)).collect()
     }
 
-    /// The earliest running lock-delay's end, so the master knows when to
-    /// propose `advance_time`.
-    pub fn next_delay_end_ms(&self, now_ms: u64) -> Option<u64> {
-        self.locks.values().map(|lock| lock.delay_until_ms).filter(|&until| until > now_ms).min()
+    /// The earliest end of a running lock-delay.
+    pub fn next_delay_end_ms(&self) -> Option<u64> {
+        self.delay_ends.first().map(|(until, _)| *until)
     }
 
     /// Who holds the lock on `path`, in which mode.
@@ -305,6 +310,7 @@ impl LockTable {
     /// a running lock-delay ends with the node. Returns who held or waited.
     pub fn remove(&mut self, path: &Path) -> Vec<Holder> {
         let Some(lock) = self.locks.remove(path) else { return Vec::new() };
+        self.delay_ends.remove(&(lock.delay_until_ms, path.clone()));
         let mut involved = lock.holders();
         involved.extend(lock.waiters.iter().map(|(h, _)| *h));
         involved
@@ -345,6 +351,9 @@ impl LockTable {
             if lock.waiters.len() > WAITERS_PER_LOCK_MAX {
                 return Err(format!("lock {} has {} waiters", record.path, lock.waiters.len()));
             }
+            if lock.delay_until_ms != 0 {
+                table.delay_ends.insert((lock.delay_until_ms, record.path.clone()));
+            }
             if table.locks.insert(record.path.clone(), lock).is_some() {
                 return Err(format!("lock {} appears twice", record.path));
             }
@@ -358,14 +367,18 @@ impl LockTable {
         let Some(lock) = self.locks.get_mut(path) else { return Vec::new() };
         let mut grants = Vec::new();
         if now_ms >= lock.delay_until_ms {
-            lock.delay_until_ms = 0;
+            if lock.delay_until_ms != 0 {
+                self.delay_ends.remove(&(lock.delay_until_ms, path.clone()));
+                lock.delay_until_ms = 0;
+            }
             while let Some(&(holder, mode)) = lock.waiters.front() {
                 if !lock.is_free_for(mode) {
                     break;
                 }
+                let was_free = lock.exclusive.is_none() && lock.shared.is_empty();
                 lock.waiters.pop_front();
                 lock.hold(holder, mode);
-                grants.push(Grant { path: path.clone(), holder, mode });
+                grants.push(Grant { path: path.clone(), holder, mode, was_free });
             }
         }
         if lock.is_idle() && lock.delay_until_ms == 0 {
@@ -416,7 +429,7 @@ mod tests {
         assert_eq!(table.try_acquire(&path(), holder(4), LockMode::Shared, 0), Err(LockError::Held(path())));
         assert_eq!(table.release(&path(), holder(1), 0), Ok(vec![]));
         let grants = table.release(&path(), holder(2), 0).expect("held");
-        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Exclusive }]);
+        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Exclusive, was_free: true }]);
     }
 
     #[test]
@@ -446,10 +459,11 @@ mod tests {
             table.try_acquire(&path(), holder(3), LockMode::Exclusive, 1_000),
             Err(LockError::LockDelay { path: path(), until_ms: 1_500 })
         );
-        assert_eq!(table.next_delay_end_ms(1_000), Some(1_500));
+        assert_eq!(table.next_delay_end_ms(), Some(1_500));
         assert_eq!(table.advance_time(1_499), vec![]);
         let grants = table.advance_time(1_500);
-        assert_eq!(grants, vec![Grant { path: path(), holder: holder(2), mode: LockMode::Exclusive }]);
+        assert_eq!(grants, vec![Grant { path: path(), holder: holder(2), mode: LockMode::Exclusive, was_free: true }]);
+        assert_eq!(table.next_delay_end_ms(), None, "the delay is over");
     }
 
     #[test]
@@ -461,7 +475,7 @@ mod tests {
         assert_eq!(table.session_ended(2, 0), vec![], "the waiter of session 2 leaves the line");
         let grants = table.release(&path(), holder(1), 0).expect("held");
         assert_eq!(grants.iter().map(|g| g.holder.session).collect::<Vec<_>>(), vec![3]);
-        assert_eq!(table.next_delay_end_ms(0), None);
+        assert_eq!(table.next_delay_end_ms(), None);
     }
 
     #[test]
@@ -487,7 +501,7 @@ mod tests {
         assert!(matches!(table.acquire(&path(), holder(2), LockMode::Exclusive, 0), Ok(Acquired::Queued { .. })));
         assert!(matches!(table.acquire(&path(), holder(3), LockMode::Shared, 0), Ok(Acquired::Queued { .. })));
         let grants = table.cancel_wait(&path(), holder(2), 0);
-        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Shared }]);
+        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Shared, was_free: false }]);
         assert_eq!(table.holders(&path()).len(), 2);
     }
 }

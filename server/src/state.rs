@@ -69,7 +69,7 @@ struct Handle {
 
 impl Handle {
     fn footprint_bytes(&self) -> usize {
-        HANDLE_OVERHEAD_BYTES + self.path.as_str().len()
+        HANDLE_OVERHEAD_BYTES + self.path.as_str().len() + self.sequencer.as_ref().map_or(0, |s| s.path.len())
     }
 }
 
@@ -282,7 +282,7 @@ impl StateMachine {
     /// When the earliest running lock-delay ends (state clock), so the master
     /// can propose an `AdvanceTime` then.
     pub fn next_lock_delay_end_ms(&self) -> Option<u64> {
-        self.locks.next_delay_end_ms(self.now_ms)
+        self.locks.next_delay_end_ms()
     }
 
     // ---------------------------------------------------------------------
@@ -293,6 +293,12 @@ impl StateMachine {
     /// command, however malformed: a bad one fails with a status code.
     pub fn apply(&mut self, command: &wire::Command) -> Outcome {
         self.now_ms = self.now_ms.max(command.now_ms);
+        // Any command whose time passes the end of a lock-delay hands that
+        // lock to its waiters first, so they are not stranded when other
+        // commands move the clock before the master's `AdvanceTime` does.
+        if self.locks.next_delay_end_ms().is_some_and(|end| end <= self.now_ms) {
+            self.advance_time();
+        }
         let Some(kind) = &command.kind else {
             return failure(Code::InvalidArgument, "empty command");
         };
@@ -343,9 +349,9 @@ impl StateMachine {
     /// expired), its waits dropped, its handles closed and its ephemeral
     /// nodes deleted, with the events all this causes for other sessions.
     fn end_session(&mut self, session_id: SessionId, expired: bool) -> Outcome {
-        let Some(session) = self.sessions.get(&session_id) else {
-            return failure(Code::NotFound, format!("session {session_id} is not open"));
-        };
+        // Ending an ended session is done already: a retried close, or an
+        // expiry proposed twice, changes nothing.
+        let Some(session) = self.sessions.get(&session_id) else { return done() };
         let handles: Vec<(u64, Path)> = session.handles.iter().map(|(&id, h)| (id, h.path.clone())).collect();
         if !expired {
             // A clean close gives its locks back at once, like `Release`:
@@ -615,6 +621,8 @@ impl StateMachine {
             Err(outcome) => return outcome,
         };
         let holder = self.holder(session_id, request.handle, handle.lock_delay_ms);
+        let was_free =
+            !self.locks.is_held_in(&handle.path, LockMode::Exclusive) && !self.locks.is_held_in(&handle.path, LockMode::Shared);
         let result = if wait {
             self.locks.acquire(&handle.path, holder, mode, self.now_ms)
         } else {
@@ -622,7 +630,7 @@ impl StateMachine {
         };
         match result {
             Ok(Acquired::Granted) => {
-                self.hand_out(vec![Grant { path: handle.path.clone(), holder, mode }]);
+                self.hand_out(vec![Grant { path: handle.path.clone(), holder, mode, was_free }]);
                 match self.holding(session_id, request.handle) {
                     Some(sequencer) => acquired(sequencer),
                     None => failure(Code::Internal, "granted lock not held"),
@@ -670,15 +678,21 @@ impl StateMachine {
         let Some(handle) = self.sessions.get_mut(&session_id).and_then(|s| s.handles.get_mut(&set.handle)) else {
             return failure(Code::NotFound, format!("no handle {}", set.handle));
         };
+        let before = handle.footprint_bytes();
         handle.sequencer = Some(sequencer.clone());
+        let after = handle.footprint_bytes();
+        self.sessions_bytes = self.sessions_bytes - before + after;
         done()
     }
 
-    /// Gives the lock to each grant's holder: an exclusive grant takes the
-    /// next cell-wide lock generation; watchers hear "lock acquired".
+    /// Gives the lock to each grant's holder. The lock generation takes the
+    /// next cell-wide number on every exclusive grant and whenever the lock
+    /// goes from free to held (so a shared holding's sequencer also goes
+    /// stale once the lock was free in between); watchers hear "lock
+    /// acquired".
     fn hand_out(&mut self, grants: Vec<Grant>) {
         for grant in grants {
-            if grant.mode == LockMode::Exclusive {
+            if grant.mode == LockMode::Exclusive || grant.was_free {
                 self.last_lock_generation += 1;
                 // The node exists: locks of deleted nodes are dropped.
                 let _ = self.namespace.set_lock_generation(&grant.path, self.last_lock_generation);

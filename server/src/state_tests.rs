@@ -137,9 +137,34 @@ fn shared_holders_coexist_and_keep_the_generation() {
     let hc = cell.handle(c, "/f");
     let sa = sequencer_of(&cell.acquire(a, ha, api::LockMode::Shared, false));
     let sb = sequencer_of(&cell.acquire(b, hb, api::LockMode::Shared, false));
-    assert_eq!((sa.lock_generation, sb.lock_generation), (0, 0));
+    // The first shared grant took the lock from free to held; the second
+    // joined it and shares its generation.
+    assert_eq!((sa.lock_generation, sb.lock_generation), (1, 1));
     assert_eq!(code_of(&cell.acquire(c, hc, api::LockMode::Exclusive, false)), Some(Code::FailedPrecondition));
     assert!(cell.state.check_sequencer(&sa).valid);
+    // Once the lock was free in between, an old shared sequencer is stale.
+    cell.call(a, Call::Release(api::ReleaseRequest { handle: ha, ..Default::default() }));
+    cell.call(b, Call::Release(api::ReleaseRequest { handle: hb, ..Default::default() }));
+    let again = sequencer_of(&cell.acquire(a, ha, api::LockMode::Shared, false));
+    assert_eq!(again.lock_generation, 2);
+    assert!(!cell.state.check_sequencer(&sb).valid);
+}
+
+#[test]
+fn any_command_past_a_lock_delay_hands_the_lock_to_its_waiter() {
+    let mut cell = Cell::new();
+    let (a, b) = (cell.session(), cell.session());
+    let ha = handle_of(&cell.open(a, "/lock", true, false, 0, 2_000));
+    cell.acquire(a, ha, api::LockMode::Exclusive, false);
+    let hb = cell.handle(b, "/lock");
+    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
+    cell.apply(Kind::EndSession(wire::EndSession { session_id: a, expired: true }));
+    assert!(cell.state.holding(b, hb).is_none());
+    // Not an AdvanceTime: some other command, stamped after the delay.
+    cell.now_ms += 2_000;
+    cell.session();
+    assert!(cell.state.holding(b, hb).is_some(), "the waiter was not stranded");
+    assert_eq!(cell.state.next_lock_delay_end_ms(), None);
 }
 
 #[test]
@@ -411,8 +436,11 @@ impl Model {
     }
 
     fn grant(&mut self, path: &str, session: SessionId, handle: u64, exclusive: bool) {
-        if exclusive {
+        let was_free = !self.exclusive.contains_key(path) && self.shared.get(path).is_none_or(BTreeSet::is_empty);
+        if exclusive || was_free {
             self.generations += 1;
+        }
+        if exclusive {
             self.exclusive.insert(path.to_string(), (session, handle));
         } else {
             self.shared.entry(path.to_string()).or_default().insert((session, handle));
