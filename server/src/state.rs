@@ -438,7 +438,9 @@ impl StateMachine {
         let outcome = self.execute(session_id, call);
         if let Some(session) = self.sessions.get_mut(&session_id) {
             self.sessions_bytes += answer_bytes(&outcome);
-            session.answers.insert(number, outcome.clone());
+            if let Some(replaced) = session.answers.insert(number, outcome.clone()) {
+                self.sessions_bytes -= answer_bytes(&replaced);
+            }
             session.highest_request = session.highest_request.max(number);
             while session.answers.len() > ANSWERS_PER_SESSION_MAX {
                 if let Some((_, old)) = session.answers.pop_first() {
