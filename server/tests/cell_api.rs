@@ -92,6 +92,31 @@ async fn the_master_is_killed_and_nothing_acknowledged_is_lost() {
     );
     let last = last.expect("written").stat.expect("stat");
 
+    // A handful of clients writing at once (each its own session and file).
+    let clients = 5u64;
+    let per_client = 100u64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut writer = cell.client();
+        tasks.push(tokio::spawn(async move {
+            let session = writer.create_session().await;
+            let handle = writer.open_file(session, 1, &format!("/load-{c}")).await;
+            for i in 0..per_client {
+                writer.set_contents(session, 2 + i, handle, b"0123456789").await.expect("concurrent write");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "figure: {clients} clients x {per_client} writes in {:.2} s = {:.0} writes/s",
+        elapsed.as_secs_f64(),
+        (clients * per_client) as f64 / elapsed.as_secs_f64()
+    );
+
     // Kill the master with SIGKILL.
     let killed = cell.index_of(first_master);
     cell.kill(killed);
