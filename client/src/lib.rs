@@ -1,2 +1,54 @@
-//! The Gaios client library and the `gaios` command-line tool. Empty until the
-//! client milestone (issue 4); nothing here is a feature yet.
+//! The Gaios client library: sessions, handles, locks with sequencers,
+//! fencing, and an election recipe, over the cell's gRPC API.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), gaios_client::Error> {
+//! use std::time::Duration;
+//! use gaios_client::{Client, LockMode, OpenOptions, Options};
+//!
+//! // Needs a running cell, e.g. `scripts/cell`.
+//! let cell: Vec<String> = (1..=5).map(|i| format!("127.0.0.1:720{i}")).collect();
+//! let client = Client::connect(&cell, Options::default()).await?;
+//! let config = client.open("/config", OpenOptions::new().create()).await?;
+//! config.set_contents("color = blue", None).await?;
+//! let lock = config.acquire(LockMode::Exclusive, Duration::from_secs(10)).await?;
+//! println!("holding {:?}", lock.sequencer());
+//! lock.release().await?;
+//! client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - **Connecting** ([`Client::connect`]): from any replica addresses; the
+//!   library finds the master, follows `UNAVAILABLE` redirects and reconnects
+//!   after a failover. Every attempt has a timeout, so a hung master is
+//!   noticed; calls retry until [`Options::call_deadline`].
+//! - **Sessions**: created on connect and kept alive in the background. When
+//!   the local lease runs out without an answer the session is in
+//!   [`SessionState::Jeopardy`]; after [`Options::grace_period`] without a
+//!   master it is [`SessionState::Expired`]. Mutating calls carry a request
+//!   number and are retried with the same one, so a failover never applies
+//!   them twice.
+//! - **Handles** ([`Handle`]): read, write (optionally compare-and-set on the
+//!   content generation), list, delete; [`Handle::events`] streams events,
+//!   with [`EventKind::Missed`] when the numbers show a gap and
+//!   [`EventKind::MasterFailover`] to re-validate caches.
+//! - **Locks** ([`Lock`]): exclusive or shared; a lock knows its sequencer
+//!   and tells when it is lost.
+//! - **Fencing** ([`Fence`]): for services that must reject stale holders.
+//! - **Election** ([`election`]): `campaign`, `resign`, `leader`, `observe`.
+
+mod client;
+pub mod election;
+mod error;
+mod fence;
+mod handle;
+
+pub use client::{Client, Event, EventKind, Options, SessionState, cell_status};
+pub use error::Error;
+pub use fence::{FENCE_LOCKS_MAX, Fence, FenceError};
+pub use gaios_proto::cell::v1::{Sequencer, Stat, StatusResponse};
+pub use handle::{Handle, Lock, LockMode, OpenOptions};
+
+/// The addresses of the development cell `scripts/cell` starts.
+pub const LOCAL_CELL: &str = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203,127.0.0.1:7204,127.0.0.1:7205";

@@ -7,13 +7,13 @@
 //! assertions are liveness deadlines; figures (writes per second, time from
 //! a master's death to the next write) are printed, not asserted.
 
-mod support;
+
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gaios_proto::cell::v1 as pb;
-use support::*;
+use gaios_tests::*;
 use tonic::Code;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

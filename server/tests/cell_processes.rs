@@ -11,11 +11,11 @@
 //! Each replica's log goes to `replica-<id>.log` in the test's temporary
 //! directory; a failure prints their tails.
 
-mod support;
+
 
 use std::time::Instant;
 
-use support::*;
+use gaios_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cell_elects_fails_over_and_rejoins() {

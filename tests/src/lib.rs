@@ -1,2 +1,502 @@
-//! End-to-end and chaos tests that run real `gaios-server` processes. Empty
-//! until the cell and chaos milestones (issues 3 and 5).
+//! End-to-end test support: a five-process cell and a small raw client,
+//! used by the cross-process tests of `gaios-server`, `gaios-client` and
+//! the chaos suite.
+//!
+//! [`Cell`] starts five real `gaios-server` processes on loopback ports,
+//! each with its own data directory in a temporary directory and its log in
+//! `replica-<id>.log` there; it can SIGKILL, SIGSTOP, SIGCONT and restart
+//! them. Dropping it kills and reaps every child still running.
+//!
+//! [`Client`] calls the `Cell` service on whichever replica is master: it
+//! follows `UNAVAILABLE` answers (their `NotMaster` details) and retries
+//! until a deadline, the way a client library would.
+
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1::cell_client::CellClient;
+use gaios_proto::cell::v1::{Role, StatusRequest, StatusResponse};
+use prost::Message as _;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// The workspace's binaries are built next to the test executables
+/// (`target/<profile>/`); the workspace test command builds them all. When a
+/// test crate runs alone and one is missing, it is built here first.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    if !path.exists() {
+        static BUILD: std::sync::Once = std::sync::Once::new();
+        BUILD.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
+            let status = Command::new(cargo)
+                .current_dir(workspace)
+                .args(["build", "--bins", "-p", "gaios-server", "-p", "gaios-client"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build of the binaries failed");
+        });
+    }
+    assert!(path.exists(), "{} is missing; run the workspace's tests (scripts/test)", path.display());
+    path
+}
+
+/// The replicas of a test cell.
+pub const REPLICAS: u64 = 5;
+/// How long the cell may take to elect its first master.
+pub const FIRST_MASTER_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the cell may take to elect a new master after a SIGKILL.
+pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a restarted replica may take to rejoin and catch up.
+pub const REJOIN_DEADLINE: Duration = Duration::from_secs(20);
+/// How often the tests poll the replicas.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long one status call may take.
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One replica's id and addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct Member {
+    /// Its id.
+    pub id: u64,
+    /// Where the other replicas reach it.
+    pub peer: SocketAddr,
+    /// Where clients reach it.
+    pub client: SocketAddr,
+}
+
+/// The five processes; see the module docs.
+pub struct Cell {
+    /// Data directories and logs.
+    pub dir: tempfile::TempDir,
+    /// The replicas.
+    pub members: Vec<Member>,
+    children: Vec<Option<Child>>,
+    extra_args: Vec<String>,
+}
+
+impl Cell {
+    /// Starts five replicas with default flags.
+    pub fn start() -> Cell {
+        Cell::start_with(&[])
+    }
+
+    /// Starts the cell with `extra_args` given to every replica.
+    pub fn start_with(extra_args: &[&str]) -> Cell {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        // Bind port 0 to find free ports, then release them for the replicas.
+        let listeners: Vec<TcpListener> =
+            (0..REPLICAS * 2).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
+        let addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("local address")).collect();
+        drop(listeners);
+        let members = (0..REPLICAS as usize)
+            .map(|i| Member { id: i as u64 + 1, peer: addresses[2 * i], client: addresses[2 * i + 1] })
+            .collect();
+        let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
+        let mut cell = Cell { dir, members, children: Vec::new(), extra_args };
+        for index in 0..REPLICAS as usize {
+            let child = cell.spawn(index);
+            cell.children.push(Some(child));
+        }
+        cell
+    }
+
+    /// Where replica `id` logs.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}.log"))
+    }
+
+    /// The index of replica `id` in `members`.
+    pub fn index_of(&self, id: u64) -> usize {
+        self.members.iter().position(|m| m.id == id).expect("a member")
+    }
+
+    fn spawn(&self, index: usize) -> Child {
+        let me = self.members[index];
+        let data_dir = self.dir.path().join(format!("data-{}", me.id));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(me.id))
+            .expect("open the replica's log file");
+        let mut command = Command::new(binary("gaios-server"));
+        command.arg("--id").arg(me.id.to_string()).arg("--data-dir").arg(&data_dir).arg("--cell-id").arg("test-cell");
+        for member in &self.members {
+            command.arg("--peer").arg(format!("{}={}={}", member.id, member.peer, member.client));
+        }
+        command.args(&self.extra_args);
+        command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().expect("clone the log file handle"));
+        command.spawn().expect("start gaios-server")
+    }
+
+    /// SIGKILLs the replica at `index` and reaps it.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the replica at `index` again on its data directory.
+    pub fn restart(&mut self, index: usize) {
+        assert!(self.children[index].is_none(), "replica {index} is still running");
+        let child = self.spawn(index);
+        self.children[index] = Some(child);
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to a running replica.
+    pub fn signal(&self, index: usize, signal: i32) {
+        if let Some(child) = &self.children[index] {
+            let pid = i32::try_from(child.id()).expect("a pid");
+            // SAFETY-free: `kill(2)` through libc, on our own child.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
+    /// The tails of every replica's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for member in &self.members {
+            let text = std::fs::read_to_string(self.log_path(member.id)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out.push_str(&format!("--- replica {} ---\n{}\n", member.id, tail.join("\n")));
+        }
+        out
+    }
+
+    /// A client of this cell.
+    pub fn client(&self) -> Client {
+        Client { addresses: self.members.iter().map(|m| m.client).collect(), master: None }
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        for index in 0..self.children.len() {
+            self.signal(index, libc::SIGCONT);
+        }
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+        }
+        // Reap, but never hang the test on a child that will not die.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in self.children.iter_mut().flatten() {
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// One replica's Status, or `None` if it does not answer in time.
+pub async fn status(address: SocketAddr) -> Option<StatusResponse> {
+    let call = async {
+        let mut client = CellClient::connect(format!("http://{address}")).await.ok()?;
+        client.status(StatusRequest {}).await.ok().map(tonic::Response::into_inner)
+    };
+    tokio::time::timeout(RPC_TIMEOUT, call).await.ok().flatten()
+}
+
+/// The statuses of the replicas at `indexes` that answered.
+pub async fn statuses(cell: &Cell, indexes: &[usize]) -> Vec<StatusResponse> {
+    let mut out = Vec::new();
+    for &index in indexes {
+        if let Some(status) = status(cell.members[index].client).await {
+            out.push(status);
+        }
+    }
+    out
+}
+
+/// The master's id if every replica at `indexes` answered, exactly one says
+/// it is master, and all the others name it.
+pub fn agreed_master(statuses: &[StatusResponse], expected: usize) -> Option<u64> {
+    if statuses.len() != expected {
+        return None;
+    }
+    let masters: Vec<&StatusResponse> = statuses.iter().filter(|s| s.role() == Role::Master).collect();
+    let [master] = masters.as_slice() else { return None };
+    statuses.iter().all(|s| s.master_id == master.id).then_some(master.id)
+}
+
+/// Waits until the replicas at `indexes` agree on a master.
+pub async fn wait_for_master(cell: &Cell, indexes: &[usize], deadline: Duration) -> Option<(u64, Vec<StatusResponse>)> {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        let now = statuses(cell, indexes).await;
+        if let Some(master) = agreed_master(&now, indexes.len()) {
+            return Some((master, now));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    None
+}
+
+/// Whether a data directory holds anything.
+pub fn data_dir_exists(path: &Path) -> bool {
+    path.read_dir().map(|mut entries| entries.next().is_some()).unwrap_or(false)
+}
+
+/// Calls the master, following redirects, until an answer that is not
+/// `UNAVAILABLE` (or a transport error) or until the deadline.
+pub struct Client {
+    addresses: Vec<SocketAddr>,
+    master: Option<SocketAddr>,
+}
+
+/// How long [`Client::call`] keeps retrying through elections.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
+impl Client {
+    async fn connect(address: SocketAddr) -> Option<CellClient<Channel>> {
+        let channel = tokio::time::timeout(RPC_TIMEOUT, Channel::from_shared(format!("http://{address}")).ok()?.connect())
+            .await
+            .ok()?
+            .ok()?;
+        Some(CellClient::new(channel))
+    }
+
+    /// Runs `call` against the master until it answers something other than
+    /// `UNAVAILABLE` or a transport failure; returns that answer.
+    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(CellClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let until = Instant::now() + CALL_DEADLINE;
+        let mut next = 0;
+        let mut last = Status::unavailable("no replica answered");
+        while Instant::now() < until {
+            let address = self.master.take().unwrap_or_else(|| {
+                next = (next + 1) % self.addresses.len();
+                self.addresses[next]
+            });
+            let Some(client) = Client::connect(address).await else { continue };
+            match tokio::time::timeout(Duration::from_secs(12), call(client)).await {
+                Ok(Ok(response)) => {
+                    self.master = Some(address);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) if status.code() == Code::Unavailable || status.code() == Code::Unknown => {
+                    if let Ok(details) = pb::NotMaster::decode(status.details()) {
+                        self.master = details.master_client_address.parse().ok().filter(|a| *a != address);
+                    }
+                    last = status;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(status)) => {
+                    self.master = Some(address);
+                    return Err(status);
+                }
+                Err(_) => last = Status::deadline_exceeded("the call did not answer in 12 s"),
+            }
+        }
+        Err(last)
+    }
+
+    /// The address the client last reached the master at.
+    pub fn master(&self) -> Option<SocketAddr> {
+        self.master
+    }
+
+    /// Starts a session.
+    pub async fn create_session(&mut self) -> u64 {
+        self.call(|mut c| async move { c.create_session(pb::CreateSessionRequest { client_name: "test".into() }).await })
+            .await
+            .expect("create a session")
+            .session_id
+    }
+
+    /// Opens a node.
+    pub async fn open(&mut self, session: u64, request_number: u64, request: pb::OpenRequest) -> Result<pb::OpenResponse, Status> {
+        let request = pb::OpenRequest { header: Some(pb::RequestHeader { session_id: session, request_number }), ..request };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.open(request).await }
+        })
+        .await
+    }
+
+    /// Opens a file, creating it if missing; returns the handle.
+    pub async fn open_file(&mut self, session: u64, request_number: u64, path: &str) -> u64 {
+        let request = pb::OpenRequest { path: path.into(), create: true, ..Default::default() };
+        self.open(session, request_number, request).await.expect("open a file").handle
+    }
+
+    /// Writes a file.
+    pub async fn set_contents(
+        &mut self,
+        session: u64,
+        request_number: u64,
+        handle: u64,
+        contents: &[u8],
+    ) -> Result<pb::SetContentsResponse, Status> {
+        let request = pb::SetContentsRequest {
+            header: Some(pb::RequestHeader { session_id: session, request_number }),
+            handle,
+            contents: contents.to_vec().into(),
+            if_content_generation: None,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.set_contents(request).await }
+        })
+        .await
+    }
+
+    /// Reads a file.
+    pub async fn contents(&mut self, session: u64, handle: u64) -> Result<pb::GetContentsAndStatResponse, Status> {
+        let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.get_contents_and_stat(request).await }
+        })
+        .await
+    }
+
+    /// Reads a stat.
+    pub async fn stat(&mut self, session: u64, handle: u64) -> Result<pb::Stat, Status> {
+        let request = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.get_stat(request).await }
+        })
+        .await
+        .map(|r| r.stat.unwrap_or_default())
+    }
+
+    /// Takes an exclusive lock (waits up to `wait_ms` if given, else tries).
+    pub async fn acquire(
+        &mut self,
+        session: u64,
+        request_number: u64,
+        handle: u64,
+        wait_ms: Option<u64>,
+    ) -> Result<pb::Sequencer, Status> {
+        let request = pb::AcquireRequest {
+            header: Some(pb::RequestHeader { session_id: session, request_number }),
+            handle,
+            mode: pb::LockMode::Exclusive as i32,
+            wait_ms: wait_ms.unwrap_or(0),
+        };
+        let waits = wait_ms.is_some();
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { if waits { c.acquire(request).await } else { c.try_acquire(request).await } }
+        })
+        .await
+        .map(|r| r.sequencer.unwrap_or_default())
+    }
+
+    /// Releases a lock.
+    pub async fn release(&mut self, session: u64, request_number: u64, handle: u64) -> Result<(), Status> {
+        let request = pb::ReleaseRequest { header: Some(pb::RequestHeader { session_id: session, request_number }), handle };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.release(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether a sequencer is current.
+    pub async fn check_sequencer(&mut self, sequencer: &pb::Sequencer) -> Result<bool, Status> {
+        let request = pb::CheckSequencerRequest { sequencer: Some(sequencer.clone()) };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.check_sequencer(request).await }
+        })
+        .await
+        .map(|r| r.valid)
+    }
+}
+
+/// Keeps `session` alive from a background task until dropped: a KeepAlive
+/// stream to the master, re-opened on the next master after a failover.
+/// Counts the events it receives.
+pub struct KeepAlive {
+    task: tokio::task::JoinHandle<()>,
+    /// Set when the cell said the session ended.
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KeepAlive {
+    /// Starts keeping `session` alive.
+    pub fn start(cell: &Cell, session: u64) -> KeepAlive {
+        let addresses: Vec<SocketAddr> = cell.members.iter().map(|m| m.client).collect();
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ended.clone();
+        let task = tokio::spawn(async move {
+            let mut next = 0;
+            let mut acknowledged = 0;
+            loop {
+                next = (next + 1) % addresses.len();
+                let Some(mut client) = Client::connect(addresses[next]).await else {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    continue;
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let _ = tx.try_send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged });
+                let Ok(response) = client.keep_alive(requests).await else {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    continue;
+                };
+                let mut responses = response.into_inner();
+                let mut ticker = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => {
+                            if tx.send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged }).await.is_err() {
+                                break;
+                            }
+                        }
+                        message = responses.message() => match message {
+                            Ok(Some(answer)) => {
+                                if let Some(last) = answer.events.last() {
+                                    acknowledged = acknowledged.max(last.number);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                if status.code() == Code::FailedPrecondition {
+                                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    return;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        KeepAlive { task, ended }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

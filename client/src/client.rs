@@ -1,0 +1,481 @@
+//! Connecting, the session and its KeepAlives, and calls that survive a
+//! master failover.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1::cell_client::CellClient;
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+use crate::error::{Error, is_retryable, master_hint};
+use crate::handle::{Handle, OpenOptions};
+
+/// How the library behaves; [`Options::default`] suits most applications.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// After the local lease runs out without an answer, how long calls
+    /// wait (and the session is in jeopardy) before the library declares
+    /// the session expired. Chubby's default, 45 s.
+    pub grace_period: Duration,
+    /// How long one attempt of a call may take before the library assumes
+    /// the replica hung and tries another (a hung master is noticed even
+    /// while requests keep flowing).
+    pub attempt_timeout: Duration,
+    /// How long a call keeps retrying through elections and failovers.
+    pub call_deadline: Duration,
+    /// A name for operators, kept with the session.
+    pub client_name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            grace_period: Duration::from_secs(45),
+            attempt_timeout: Duration::from_secs(5),
+            call_deadline: Duration::from_secs(45),
+            client_name: "gaios-client".to_string(),
+        }
+    }
+}
+
+/// The health of the session, as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// The lease is current: locks and cached data can be trusted.
+    Safe,
+    /// The local lease ran out without an answer from a master; calls wait
+    /// for the grace period. Locks may be lost; do not act on them.
+    Jeopardy,
+    /// The session ended; its locks and ephemeral nodes are gone.
+    Expired,
+}
+
+/// What happened, as delivered on a handle's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The file's contents were written.
+    ContentsModified,
+    /// The directory gained a child (named in the event's path).
+    ChildAdded,
+    /// The directory lost a child.
+    ChildRemoved,
+    /// A file in the directory was written.
+    ChildModified,
+    /// Somebody was granted the node's lock.
+    LockAcquired,
+    /// Somebody waits for a lock this handle holds.
+    ConflictingLockRequest,
+    /// The node was deleted; the handle is invalid.
+    HandleInvalid,
+    /// A new master took over: re-read what you cache.
+    MasterFailover,
+    /// Events were lost (the numbers jumped by more than one); re-read what
+    /// you cache. `count` is how many.
+    Missed {
+        /// How many events were missed.
+        count: u64,
+    },
+}
+
+/// One event of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its number in the session (the first event after a gap for
+    /// `Missed`).
+    pub number: u64,
+    /// The handle it is for; 0 for session-wide events.
+    pub handle: u64,
+    /// The node concerned, if any.
+    pub path: String,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Session events kept for slow receivers; beyond this a receiver sees a
+/// lag and is told with a `Missed` event.
+const EVENTS_BUFFERED_MAX: usize = 1024;
+/// The longest the library waits between two connection attempts.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long connecting to one replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) struct Inner {
+    addresses: Vec<String>,
+    pub(crate) options: Options,
+    master: Mutex<Option<(String, CellClient<Channel>)>>,
+    next_address: AtomicUsize,
+    pub(crate) session_id: u64,
+    next_request: AtomicU64,
+    pub(crate) state: watch::Sender<SessionState>,
+    pub(crate) events: broadcast::Sender<Event>,
+}
+
+/// A connection to a cell with one session, kept alive in the background
+/// until [`Client::close`] or drop.
+pub struct Client {
+    inner: Arc<Inner>,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("session_id", &self.inner.session_id).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the cell at `addresses` (`host:port` of any replicas),
+    /// finds the master, and starts a session.
+    pub async fn connect(addresses: &[String], options: Options) -> Result<Client, Error> {
+        if addresses.is_empty() {
+            return Err(Error::BadAddress(String::new()));
+        }
+        for address in addresses {
+            if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
+                return Err(Error::BadAddress(address.clone()));
+            }
+        }
+        let (state, _) = watch::channel(SessionState::Safe);
+        let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let mut inner = Inner {
+            addresses: addresses.to_vec(),
+            options,
+            master: Mutex::new(None),
+            next_address: AtomicUsize::new(0),
+            session_id: 0,
+            next_request: AtomicU64::new(1),
+            state,
+            events,
+        };
+        let name = inner.options.client_name.clone();
+        let created_at = Instant::now();
+        let created = inner
+            .call(move |mut cell| {
+                let request = pb::CreateSessionRequest { client_name: name.clone() };
+                async move { cell.create_session(request).await }
+            })
+            .await?;
+        inner.session_id = created.session_id;
+        let inner = Arc::new(inner);
+        let lease = Duration::from_millis(created.lease_ms);
+        let keepalive = tokio::spawn(keep_alive(inner.clone(), created_at + lease, lease));
+        Ok(Client { inner, keepalive })
+    }
+
+    /// The session's id.
+    pub fn session_id(&self) -> u64 {
+        self.inner.session_id
+    }
+
+    /// The session's state now, and changes to it: `Safe`, then `Jeopardy`
+    /// when the local lease runs out unanswered, then `Safe` again or
+    /// `Expired`.
+    pub fn session_state(&self) -> watch::Receiver<SessionState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Every event of the session (all handles), from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Opens (and perhaps creates) the node at `path`.
+    pub async fn open(&self, path: &str, options: OpenOptions) -> Result<Handle, Error> {
+        Handle::open(self.inner.clone(), path, options).await
+    }
+
+    /// Whether `sequencer` is current in the cell (the node exists with the
+    /// same instance and lock generation and its lock is held in that mode).
+    pub async fn check_sequencer(&self, sequencer: &pb::Sequencer) -> Result<bool, Error> {
+        self.inner.check_sequencer(sequencer).await
+    }
+
+    /// Every replica's view of the cell (those that answer within a
+    /// second), in the order of the addresses.
+    pub async fn status(&self) -> Vec<pb::StatusResponse> {
+        cell_status(&self.inner.addresses).await
+    }
+
+    /// Ends the session: locks are released and ephemeral nodes deleted.
+    pub async fn close(self) -> Result<(), Error> {
+        self.keepalive.abort();
+        let session_id = self.inner.session_id;
+        let result = self
+            .inner
+            .call(move |mut cell| async move { cell.close_session(pb::CloseSessionRequest { session_id }).await })
+            .await
+            .map(|_| ());
+        self.inner.state.send_replace(SessionState::Expired);
+        result
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+/// Asks every replica at `addresses` for its `Status` (one second each).
+pub async fn cell_status(addresses: &[String]) -> Vec<pb::StatusResponse> {
+    let mut out = Vec::new();
+    for address in addresses {
+        let call = async {
+            let mut cell = connect(address).await?;
+            cell.status(pb::StatusRequest {}).await.ok().map(Response::into_inner)
+        };
+        if let Ok(Some(status)) = tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+            out.push(status);
+        }
+    }
+    out
+}
+
+async fn connect(address: &str) -> Option<CellClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await.ok()?.ok()?;
+    Some(CellClient::new(channel).max_decoding_message_size(32 << 20))
+}
+
+impl Inner {
+    /// The request header of a new mutating call; retries of that call
+    /// reuse it, so the cell applies it at most once.
+    pub(crate) fn header(&self) -> Option<pb::RequestHeader> {
+        Some(pb::RequestHeader {
+            session_id: self.session_id,
+            request_number: self.next_request.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// A client of the replica believed to be master (or the next address
+    /// to try).
+    async fn master(&self) -> Option<(String, CellClient<Channel>)> {
+        let mut master = self.master.lock().await;
+        if let Some(current) = master.as_ref() {
+            return Some(current.clone());
+        }
+        let index = self.next_address.fetch_add(1, Ordering::Relaxed) % self.addresses.len();
+        let address = self.addresses[index].clone();
+        let cell = connect(&address).await?;
+        *master = Some((address.clone(), cell.clone()));
+        Some((address, cell))
+    }
+
+    /// Forgets `address` as master; `hint` (from a redirect) is tried next.
+    async fn forget(&self, address: &str, hint: Option<String>) {
+        let mut master = self.master.lock().await;
+        if master.as_ref().is_some_and(|(current, _)| current == address) {
+            *master = None;
+        }
+        if let Some(hint) = hint.filter(|hint| hint != address) {
+            if let Some(cell) = connect(&hint).await {
+                *master = Some((hint, cell));
+            }
+        }
+    }
+
+    /// Runs `call` against the master until it answers, following
+    /// redirects and retrying through failovers, with the attempt timeout.
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(CellClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_with(self.options.attempt_timeout, call).await
+    }
+
+    /// [`Inner::call`] with an explicit attempt timeout (for waits that may
+    /// legitimately take long).
+    pub(crate) async fn call_with<T, F, Fut>(&self, attempt_timeout: Duration, call: F) -> Result<T, Error>
+    where
+        F: Fn(CellClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.options.call_deadline;
+        let mut backoff = Duration::from_millis(20);
+        let mut last = String::from("no replica answered");
+        loop {
+            if self.session_id != 0 && *self.state.borrow() == SessionState::Expired {
+                return Err(Error::SessionExpired);
+            }
+            if let Some((address, cell)) = self.master().await {
+                match tokio::time::timeout(attempt_timeout, call(cell)).await {
+                    Ok(Ok(response)) => return Ok(response.into_inner()),
+                    Ok(Err(status)) if is_retryable(&status) => {
+                        last = format!("{address}: {}", status.message());
+                        self.forget(&address, master_hint(&status)).await;
+                    }
+                    Ok(Err(status)) => {
+                        let error = Error::from_status(&status);
+                        if error == Error::SessionExpired {
+                            self.state.send_replace(SessionState::Expired);
+                        }
+                        return Err(error);
+                    }
+                    Err(_) => {
+                        last = format!("{address} did not answer within {attempt_timeout:?}");
+                        self.forget(&address, None).await;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoMaster(last));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    pub(crate) async fn check_sequencer(&self, sequencer: &pb::Sequencer) -> Result<bool, Error> {
+        let request = pb::CheckSequencerRequest { sequencer: Some(sequencer.clone()) };
+        self.call(move |mut cell| {
+            let request = request.clone();
+            async move { cell.check_sequencer(request).await }
+        })
+        .await
+        .map(|answer| answer.valid)
+    }
+}
+
+/// The KeepAlive loop: a stream to the master, a request every quarter of
+/// the lease, the local lease counted conservatively from when each request
+/// was sent; jeopardy when it runs out, expiry after the grace period.
+async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) {
+    let interval = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(3));
+    // An answer later than this means the replica hung.
+    let answer_within = (lease / 2).max(Duration::from_millis(500));
+    let mut last_event = 0u64;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        if check_lease(&inner, lease_end) {
+            return;
+        }
+        let Some((address, mut cell)) = inner.master().await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        };
+        let (requests, receiver) = mpsc::channel(4);
+        let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+        let request = |acknowledged: u64| pb::KeepAliveRequest { session_id: inner.session_id, acknowledged_event: acknowledged };
+        let _ = requests.try_send(request(last_event));
+        sent.push_back(Instant::now());
+        let opened = tokio::time::timeout(answer_within, cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))).await;
+        let mut responses = match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => {
+                if ends_session(&status) {
+                    inner.state.send_replace(SessionState::Expired);
+                    return;
+                }
+                inner.forget(&address, master_hint(&status)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(_) => {
+                inner.forget(&address, None).await;
+                continue;
+            }
+        };
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if check_lease(&inner, lease_end) {
+                        return;
+                    }
+                    if sent.front().is_some_and(|at| at.elapsed() > answer_within) {
+                        break; // the master hung; find another
+                    }
+                    if requests.try_send(request(last_event)).is_ok() {
+                        sent.push_back(Instant::now());
+                    }
+                }
+                message = responses.message() => match message {
+                    Ok(Some(answer)) => {
+                        backoff = Duration::from_millis(20);
+                        if answer.lease_ms > 0 {
+                            if let Some(at) = sent.pop_front() {
+                                lease_end = lease_end.max(at + Duration::from_millis(answer.lease_ms));
+                                if *inner.state.borrow() == SessionState::Jeopardy {
+                                    inner.state.send_replace(SessionState::Safe);
+                                }
+                            }
+                        }
+                        for event in answer.events {
+                            deliver(&inner, &mut last_event, event);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        if ends_session(&status) {
+                            inner.state.send_replace(SessionState::Expired);
+                            return;
+                        }
+                        inner.forget(&address, master_hint(&status)).await;
+                        break;
+                    }
+                }
+            }
+        }
+        inner.forget(&address, None).await;
+    }
+}
+
+/// Moves the session to jeopardy or expiry as the local lease says;
+/// returns true once it expired.
+fn check_lease(inner: &Inner, lease_end: Instant) -> bool {
+    let now = Instant::now();
+    let state = *inner.state.borrow();
+    if state == SessionState::Expired {
+        return true;
+    }
+    if now >= lease_end + inner.options.grace_period {
+        inner.state.send_replace(SessionState::Expired);
+        return true;
+    }
+    if now >= lease_end && state == SessionState::Safe {
+        inner.state.send_replace(SessionState::Jeopardy);
+    }
+    false
+}
+
+fn ends_session(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition && status.message().contains("has ended")
+}
+
+/// Hands one event to the application, once, noting gaps.
+fn deliver(inner: &Inner, last: &mut u64, event: pb::Event) {
+    if event.number <= *last {
+        return; // a repeat after a reconnect
+    }
+    if event.number > *last + 1 && *last != 0 {
+        let count = event.number - *last - 1;
+        let _ = inner.events.send(Event { number: event.number, handle: 0, path: String::new(), kind: EventKind::Missed { count } });
+    }
+    *last = event.number;
+    let kind = match pb::EventKind::try_from(event.kind) {
+        Ok(pb::EventKind::ContentsModified) => EventKind::ContentsModified,
+        Ok(pb::EventKind::ChildAdded) => EventKind::ChildAdded,
+        Ok(pb::EventKind::ChildRemoved) => EventKind::ChildRemoved,
+        Ok(pb::EventKind::ChildModified) => EventKind::ChildModified,
+        Ok(pb::EventKind::LockAcquired) => EventKind::LockAcquired,
+        Ok(pb::EventKind::ConflictingLockRequest) => EventKind::ConflictingLockRequest,
+        Ok(pb::EventKind::HandleInvalid) => EventKind::HandleInvalid,
+        Ok(pb::EventKind::MasterFailover) => EventKind::MasterFailover,
+        _ => return,
+    };
+    let _ = inner.events.send(Event { number: event.number, handle: event.handle, path: event.path, kind });
+}
+

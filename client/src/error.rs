@@ -1,0 +1,109 @@
+//! The client's errors, rebuilt from the cell's status codes.
+
+use gaios_proto::cell::v1 as pb;
+use prost::Message as _;
+use tonic::{Code, Status};
+
+/// Why a call failed. The cell's status codes become variants; transient
+/// failures (no master, a failover) are retried inside the library until
+/// the call's deadline and surface as [`Error::NoMaster`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No node at the path, or no such handle.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A node already exists at the path.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The lock is held by someone else, or in its lock-delay.
+    #[error("lock held: {0}")]
+    LockHeld(String),
+    /// The call's precondition failed: a compare-and-set found another
+    /// generation, a handle is invalid, a sequencer is stale, a directory is
+    /// not empty.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A bad path or argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A limit of the cell was hit.
+    #[error("limit reached: {0}")]
+    ResourceExhausted(String),
+    /// The session ended (expired or closed); nothing more can be done with
+    /// it or its handles and locks.
+    #[error("the session has expired")]
+    SessionExpired,
+    /// No master answered before the deadline (no quorum, or an election
+    /// that took too long).
+    #[error("no master answered: {0}")]
+    NoMaster(String),
+    /// A wait (for a lock) ran out.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The addresses given do not parse.
+    #[error("bad cell address {0:?}")]
+    BadAddress(String),
+    /// Something the library did not expect from the cell.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    /// Classifies a status that ends a call (not one the library retries).
+    pub(crate) fn from_status(status: &Status) -> Error {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => Error::NotFound(message),
+            Code::AlreadyExists => Error::AlreadyExists(message),
+            // The cell's message names these two cases; everything else
+            // that is FAILED_PRECONDITION stays general.
+            Code::FailedPrecondition if message.contains(" is locked") || message.contains("lock-delay") => {
+                Error::LockHeld(message)
+            }
+            Code::FailedPrecondition if message.contains("has ended") => Error::SessionExpired,
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::ResourceExhausted | Code::OutOfRange => Error::ResourceExhausted(message),
+            Code::DeadlineExceeded => Error::Timeout(message),
+            Code::Unavailable => Error::NoMaster(message),
+            _ => Error::Unexpected(format!("{:?}: {message}", status.code())),
+        }
+    }
+}
+
+/// Whether the library should try again (another replica, a new master).
+pub(crate) fn is_retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted)
+        || (status.code() == Code::Internal && status.message().contains("h2"))
+}
+
+/// The master named in an `UNAVAILABLE` answer's details, if any.
+pub(crate) fn master_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable || status.details().is_empty() {
+        return None;
+    }
+    let details = pb::NotMaster::decode(status.details()).ok()?;
+    (!details.master_client_address.is_empty()).then_some(details.master_client_address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_become_typed_errors() {
+        assert_eq!(Error::from_status(&Status::not_found("x")), Error::NotFound("x".into()));
+        assert!(matches!(Error::from_status(&Status::failed_precondition("/a is locked")), Error::LockHeld(_)));
+        assert!(matches!(
+            Error::from_status(&Status::failed_precondition("/a is in its lock-delay until 5 ms")),
+            Error::LockHeld(_)
+        ));
+        assert_eq!(Error::from_status(&Status::failed_precondition("session 4 has ended")), Error::SessionExpired);
+        assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
+        let details = pb::NotMaster { master_id: 2, master_client_address: "127.0.0.1:7202".into() };
+        let status = Status::with_details(Code::Unavailable, "not master", details.encode_to_vec().into());
+        assert_eq!(master_hint(&status).as_deref(), Some("127.0.0.1:7202"));
+        assert!(is_retryable(&status));
+    }
+}
