@@ -1,0 +1,230 @@
+//! The client library against a real five-process cell: jeopardy and grace
+//! when the master is paused, expiry after the grace period, fencing with
+//! sequencers, the election recipe and handle events.
+//!
+//! The cells here run with `--session-lease-ms 2000` so leases, jeopardy
+//! and expiry play out in seconds; tests run one at a time.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gaios_client::{Client, Error, EventKind, Fence, FenceError, LockMode, OpenOptions, Options, SessionState, election};
+use gaios_tests::*;
+use tokio_stream::StreamExt as _;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn addresses(cell: &Cell) -> Vec<String> {
+    cell.members.iter().map(|m| m.client.to_string()).collect()
+}
+
+async fn ready(cell: &Cell) -> u64 {
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    match wait_for_master(cell, &all, FIRST_MASTER_DEADLINE).await {
+        Some((master, _)) => master,
+        None => panic!("no master\n{}", cell.logs()),
+    }
+}
+
+fn options(grace: Duration) -> Options {
+    Options {
+        grace_period: grace,
+        attempt_timeout: Duration::from_secs(1),
+        call_deadline: Duration::from_secs(20),
+        client_name: "client-test".into(),
+    }
+}
+
+/// Waits for the session to reach `wanted`, recording every state seen.
+async fn wait_state(
+    states: &mut tokio::sync::watch::Receiver<SessionState>,
+    seen: &mut Vec<SessionState>,
+    wanted: SessionState,
+    deadline: Duration,
+) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        let now = *states.borrow_and_update();
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        if now == wanted {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, states.changed()).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Pauses the master and two followers (no quorum is left, so no new
+/// master can be elected) and returns their indexes.
+fn pause_majority(cell: &Cell, master: u64) -> Vec<usize> {
+    let mut paused = vec![cell.index_of(master)];
+    paused.extend((0..REPLICAS as usize).filter(|&i| cell.members[i].id != master).take(2));
+    for &index in &paused {
+        cell.signal(index, libc::SIGSTOP);
+    }
+    paused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_pause_brings_jeopardy_then_safe_and_the_lock_is_kept() {
+    let _serial = serial();
+    let cell = Cell::start_with(&["--session-lease-ms", "2000"]);
+    let master = ready(&cell).await;
+    let client = Client::connect(&addresses(&cell), options(Duration::from_secs(15))).await.expect("connect");
+    let mut states = client.session_state();
+    let file = client.open("/lock", OpenOptions::new().create()).await.expect("open");
+    let lock = file.acquire(LockMode::Exclusive, Duration::from_secs(5)).await.expect("lock");
+
+    let paused = pause_majority(&cell, master);
+    let mut seen = Vec::new();
+    let jeopardy = wait_state(&mut states, &mut seen, SessionState::Jeopardy, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // well inside the 15 s grace period
+    for &index in &paused {
+        cell.signal(index, libc::SIGCONT);
+    }
+    assert!(jeopardy, "no jeopardy while no master could answer: {seen:?}\n{}", cell.logs());
+    let safe = wait_state(&mut states, &mut seen, SessionState::Safe, Duration::from_secs(15)).await;
+    assert!(safe, "not safe again after the pause: {seen:?}\n{}", cell.logs());
+    assert_eq!(seen, vec![SessionState::Safe, SessionState::Jeopardy, SessionState::Safe]);
+    assert!(!lock.is_lost());
+    assert!(client.check_sequencer(lock.sequencer()).await.expect("check"), "the lock is still held");
+    lock.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_longer_than_the_grace_period_expires_the_session_and_loses_the_lock() {
+    let _serial = serial();
+    let cell = Cell::start_with(&["--session-lease-ms", "2000"]);
+    let master = ready(&cell).await;
+    let client = Client::connect(&addresses(&cell), options(Duration::from_secs(2))).await.expect("connect");
+    let mut states = client.session_state();
+    let file = client.open("/lock", OpenOptions::new().create()).await.expect("open");
+    let lock = file.acquire(LockMode::Exclusive, Duration::from_secs(5)).await.expect("lock");
+
+    let paused = pause_majority(&cell, master);
+    let mut seen = Vec::new();
+    let expired = wait_state(&mut states, &mut seen, SessionState::Expired, Duration::from_secs(15)).await;
+    let lost = tokio::time::timeout(Duration::from_secs(1), lock.lost()).await.is_ok();
+    for &index in &paused {
+        cell.signal(index, libc::SIGCONT);
+    }
+    assert!(expired, "the session did not expire: {seen:?}\n{}", cell.logs());
+    assert_eq!(seen, vec![SessionState::Safe, SessionState::Jeopardy, SessionState::Expired]);
+    assert!(lost && lock.is_lost(), "the guard is lost with the session");
+    assert_eq!(file.stat().await.expect_err("the session is over"), Error::SessionExpired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_rejects_a_sequencer_older_than_one_it_has_seen() {
+    let _serial = serial();
+    let cell = Cell::start();
+    ready(&cell).await;
+    let one = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let two = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let fence = Fence::new();
+    let a = one.open("/resource-lock", OpenOptions::new().create()).await.expect("open");
+    let b = two.open("/resource-lock", OpenOptions::new().create()).await.expect("open");
+
+    let first = a.try_acquire(LockMode::Exclusive).await.expect("a locks");
+    let old = first.sequencer().clone();
+    fence.check_with_cell(&one, &old).await.expect("the holder passes the fence");
+    assert!(matches!(b.try_acquire(LockMode::Exclusive).await, Err(Error::LockHeld(_))));
+    first.release().await.expect("release");
+    let second = b.try_acquire(LockMode::Exclusive).await.expect("b locks");
+    fence.check(second.sequencer()).expect("the new holder passes");
+    assert!(second.sequencer().lock_generation > old.lock_generation);
+    match fence.check(&old) {
+        Err(FenceError::Stale { presented, seen, .. }) => assert_eq!((presented, seen), (old.lock_generation, second.sequencer().lock_generation)),
+        other => panic!("the old sequencer passed the fence: {other:?}"),
+    }
+    // A fresh fence, that has seen nothing, still refuses it through the cell.
+    assert!(matches!(Fence::new().check_with_cell(&one, &old).await, Err(FenceError::NotCurrent(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_recipe_hands_leadership_on_with_a_higher_generation() {
+    let _serial = serial();
+    let cell = Cell::start();
+    ready(&cell).await;
+    let alice = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let bob = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let watcher = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let mut observed = election::observe(&watcher, "/service-master");
+
+    let first = election::campaign(&alice, "/service-master", "alice:8080").await.expect("alice leads");
+    assert_eq!(election::leader(&watcher, "/service-master").await.expect("leader").as_deref(), Some(&b"alice:8080"[..]));
+    // Bob campaigns and waits; Alice resigns; Bob leads.
+    let bob_campaign = tokio::spawn(async move {
+        let leadership = election::campaign(&bob, "/service-master", "bob:8080").await;
+        (bob, leadership)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!bob_campaign.is_finished(), "bob must wait while alice leads");
+    let first_generation = first.sequencer().lock_generation;
+    first.resign().await.expect("resign");
+    let (_bob, second) = tokio::time::timeout(Duration::from_secs(10), bob_campaign).await.expect("bob in time").expect("join");
+    let second = second.expect("bob leads");
+    assert!(second.sequencer().lock_generation > first_generation);
+    assert_eq!(election::leader(&watcher, "/service-master").await.expect("leader").as_deref(), Some(&b"bob:8080"[..]));
+
+    // The observer saw alice, then bob (perhaps with nobody in between).
+    let mut values = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(left, observed.next()).await.expect("observe in time").expect("stream open");
+        let next = next.expect("observe");
+        let done = next.as_deref() == Some(&b"bob:8080"[..]);
+        values.push(next);
+        if done {
+            break;
+        }
+    }
+    let leaders: Vec<&[u8]> = values.iter().flatten().map(|v| v.as_ref()).collect();
+    assert_eq!(leaders.first(), Some(&&b"alice:8080"[..]), "{values:?}");
+    assert_eq!(leaders.last(), Some(&&b"bob:8080"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_events_arrive_in_order_and_a_failover_is_announced() {
+    let _serial = serial();
+    let mut cell = Cell::start();
+    let master = ready(&cell).await;
+    let writer = Client::connect(&addresses(&cell), options(Duration::from_secs(20))).await.expect("connect");
+    let reader = Client::connect(&addresses(&cell), options(Duration::from_secs(20))).await.expect("connect");
+    let mine = writer.open("/watched", OpenOptions::new().create()).await.expect("open");
+    let watched = reader.open("/watched", OpenOptions::new()).await.expect("open");
+    let mut events = watched.events();
+    for i in 0..3 {
+        mine.set_contents(format!("v{i}"), None).await.expect("write");
+    }
+    let mut numbers = Vec::new();
+    while numbers.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("event in time").expect("open");
+        assert_eq!(event.kind, EventKind::ContentsModified);
+        numbers.push(event.number);
+    }
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "numbered without gaps: {numbers:?}");
+
+    // Kill the master: the handle carries on and hears of the failover.
+    cell.kill(cell.index_of(master));
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.next()).await.expect("a failover event in time").expect("open");
+        if event.kind == EventKind::MasterFailover {
+            break;
+        }
+    }
+    mine.set_contents("after", None).await.expect("write after the failover");
+    let (contents, _) = watched.contents().await.expect("the reader's handle survived");
+    assert_eq!(&contents[..], b"after");
+}
