@@ -280,20 +280,34 @@ impl Handle {
     }
 
     /// This handle's events (and the session-wide ones: master failover,
-    /// missed events), as they arrive. The stream ends when the session
-    /// expires.
+    /// missed events), as they arrive. After a master failover the handle
+    /// is re-validated with the new master: if its node is gone, a
+    /// `HandleInvalid` follows the `MasterFailover`. The stream ends when the
+    /// session expires.
     pub fn events(&self) -> ReceiverStream<Event> {
         let mut events = self.inner.events.subscribe();
         let mut state = self.inner.state.subscribe();
         let id = self.id;
+        let this = self.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
                         Ok(event) if event.handle == id || event.handle == 0 => {
+                            let failover = event.kind == EventKind::MasterFailover;
+                            let number = event.number;
                             if tx.send(event).await.is_err() {
                                 return;
+                            }
+                            if failover {
+                                if let Err(Error::FailedPrecondition(_) | Error::NotFound(_)) = this.stat().await {
+                                    let path = this.path.clone();
+                                    let invalid = Event { number, handle: id, path, kind: EventKind::HandleInvalid };
+                                    if tx.send(invalid).await.is_err() {
+                                        return;
+                                    }
+                                }
                             }
                         }
                         Ok(_) => {}
