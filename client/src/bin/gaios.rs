@@ -509,34 +509,20 @@ fn event_kind_name(kind: &EventKind) -> &'static str {
 }
 
 async fn watch(client: &Client, path: &str, count: Option<u64>, output: Output) -> anyhow::Result<u8> {
-    // Listen before opening so that no event of the new handle slips by.
-    let mut events = client.events();
-    let mut state = client.session_state();
+    use tokio_stream::StreamExt as _;
     let handle = client.open(path, OpenOptions::new()).await.with_context(|| format!("cannot open {path}"))?;
+    // The library's stream re-validates the handle after a master failover.
+    let mut events = handle.events();
     eprintln!("gaios: watching {path}; ctrl-c stops");
     let mut seen = 0u64;
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     while count.is_none_or(|count| seen < count) {
         let event = tokio::select! {
             _ = &mut interrupt => return Ok(0),
-            changed = state.changed() => {
-                if changed.is_err() || *state.borrow() == SessionState::Expired {
-                    return Err(anyhow::Error::new(Error::SessionExpired).context(format!("stopped watching {path}")));
-                }
-                continue;
-            }
-            event = events.recv() => match event {
-                Ok(event) if event.handle == handle.id() || event.handle == 0 => event,
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(count)) => gaios_client::Event {
-                    number: 0,
-                    handle: handle.id(),
-                    path: String::new(),
-                    kind: EventKind::Missed { count },
-                },
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return Err(anyhow::Error::new(Error::SessionExpired).context(format!("stopped watching {path}")));
-                }
+            event = events.next() => match event {
+                Some(event) => event,
+                // The stream ends when the session expires.
+                None => return Err(anyhow::Error::new(Error::SessionExpired).context(format!("stopped watching {path}"))),
             },
         };
         seen += 1;
