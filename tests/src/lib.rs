@@ -10,7 +10,11 @@
 //! [`Client`] calls the `Cell` service on whichever replica is master: it
 //! follows `UNAVAILABLE` answers (their `NotMaster` details) and retries
 //! until a deadline, the way a client library would.
+pub mod proxy;
 
+pub mod linearizability;
+
+pub mod chaos;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -82,6 +86,9 @@ pub struct Cell {
     pub members: Vec<Member>,
     children: Vec<Option<Child>>,
     extra_args: Vec<String>,
+    /// The address replica `from` uses for replica `to`, when peer traffic
+    /// goes through a fault proxy.
+    peer_routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
 }
 
 impl Cell {
@@ -92,17 +99,33 @@ impl Cell {
 
     /// Starts the cell with `extra_args` given to every replica.
     pub fn start_with(extra_args: &[&str]) -> Cell {
-        let dir = tempfile::tempdir().expect("create a temporary directory");
+        Cell::start_on(extra_args, Cell::free_members(), std::collections::BTreeMap::new())
+    }
+
+    /// Picks free loopback ports for five replicas (bound and released, so
+    /// a proxy can be set up before the replicas start).
+    pub fn free_members() -> Vec<Member> {
         // Bind port 0 to find free ports, then release them for the replicas.
         let listeners: Vec<TcpListener> =
             (0..REPLICAS * 2).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
         let addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("local address")).collect();
         drop(listeners);
-        let members = (0..REPLICAS as usize)
+        (0..REPLICAS as usize)
             .map(|i| Member { id: i as u64 + 1, peer: addresses[2 * i], client: addresses[2 * i + 1] })
-            .collect();
+            .collect()
+    }
+
+    /// Starts the cell on `members` with peer traffic routed as `routes`
+    /// says: the address replica `from` uses for replica `to` (e.g. a fault
+    /// proxy's link); pairs not in `routes` connect directly.
+    pub fn start_on(
+        extra_args: &[&str],
+        members: Vec<Member>,
+        routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
+    ) -> Cell {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
         let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cell = Cell { dir, members, children: Vec::new(), extra_args };
+        let mut cell = Cell { dir, members, children: Vec::new(), extra_args, peer_routes: routes };
         for index in 0..REPLICAS as usize {
             let child = cell.spawn(index);
             cell.children.push(Some(child));
@@ -131,8 +154,11 @@ impl Cell {
         let mut command = Command::new(binary("gaios-server"));
         command.arg("--id").arg(me.id.to_string()).arg("--data-dir").arg(&data_dir).arg("--cell-id").arg("test-cell");
         for member in &self.members {
-            command.arg("--peer").arg(format!("{}={}={}", member.id, member.peer, member.client));
+            // Through the fault proxy's link me -> member when there is one.
+            let peer = self.peer_routes.get(&(me.id, member.id)).copied().unwrap_or(member.peer);
+            command.arg("--peer").arg(format!("{}={}={}", member.id, peer, member.client));
         }
+        command.arg("--listen-peer").arg(me.peer.to_string());
         command.args(&self.extra_args);
         command
             .env("RUST_LOG", "info")
@@ -155,6 +181,11 @@ impl Cell {
         assert!(self.children[index].is_none(), "replica {index} is still running");
         let child = self.spawn(index);
         self.children[index] = Some(child);
+    }
+
+    /// Whether the replica at `index` runs (was not killed).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.children[index].is_some()
     }
 
     /// Sends `signal` (e.g. `libc::SIGSTOP`) to a running replica.
