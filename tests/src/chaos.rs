@@ -352,6 +352,9 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     for worker in 0..3 {
         tasks.push(tokio::spawn(registers(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next()))));
     }
+    for reader in 0..2 {
+        tasks.push(tokio::spawn(pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next()))));
+    }
     let fence = Arc::new(Fence::new());
     for worker in 0..3 {
         tasks.push(tokio::spawn(fenced_locks(worker, addresses.clone(), recorder.clone(), stop.clone(), fence.clone())));
@@ -656,6 +659,68 @@ async fn registers(worker: usize, addresses: Vec<String>, recorder: Arc<Recorder
             }
         };
         lock(&recorder.registers).entry(path).or_default().push(Op { client: worker, invoke, complete, kind, result });
+    }
+    let _ = client.close().await;
+}
+
+/// Reads the register files straight from each replica in turn, without
+/// following redirects: a replica that is not the master must refuse, and
+/// one that was deposed (isolated, paused) must not answer from its stale
+/// state. Every answer goes into the register histories.
+async fn pinned_reads(reader: usize, addresses: Vec<String>, recorder: Arc<Recorder>, stop: watch::Receiver<bool>, mut rng: Rng) {
+    use gaios_proto::cell::v1 as pb;
+    let mut client = connect(&addresses).await;
+    let mut handles: BTreeMap<String, u64> = BTreeMap::new();
+    let mut channels: BTreeMap<usize, pb::cell_client::CellClient<tonic::transport::Channel>> = BTreeMap::new();
+    let mut next = 0usize;
+    while !*stop.borrow() {
+        let key = rng.below(REGISTER_FILES);
+        let period = recorder.start.elapsed().as_secs() / REGISTER_PERIOD_SECS;
+        let path = format!("/chaos/r{key}-{period}");
+        let handle = match handles.get(&path) {
+            Some(&handle) => handle,
+            None => match client.open(&path, OpenOptions::new().create().event_mask(0)).await {
+                Ok(handle) => {
+                    handles.insert(path.clone(), handle.id());
+                    handle.id()
+                }
+                Err(Error::SessionExpired) => {
+                    client = connect(&addresses).await;
+                    handles.clear();
+                    continue;
+                }
+                Err(_) => continue,
+            },
+        };
+        next = (next + 1) % addresses.len();
+        if !channels.contains_key(&next) {
+            let endpoint = format!("http://{}", addresses[next]);
+            if let Ok(Ok(cell)) = tokio::time::timeout(Duration::from_millis(500), pb::cell_client::CellClient::connect(endpoint)).await {
+                channels.insert(next, cell);
+            } else {
+                continue;
+            }
+        }
+        let Some(cell) = channels.get_mut(&next) else { continue };
+        let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: client.session_id(), handle }) };
+        let invoke = recorder.now();
+        match tokio::time::timeout(Duration::from_millis(500), cell.get_contents_and_stat(request)).await {
+            Ok(Ok(answer)) => {
+                let complete = recorder.now();
+                let answer = answer.into_inner();
+                let value = std::str::from_utf8(&answer.contents).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                let generation = answer.stat.map_or(0, |s| s.content_generation);
+                recorder.count("pinned-reads", Outcome::Ok);
+                let op = Op { client: reader, invoke, complete: Some(complete), kind: OpKind::Read, result: OpResult::Read { value, generation } };
+                lock(&recorder.registers).entry(path).or_default().push(op);
+            }
+            Ok(Err(_)) => recorder.count("pinned-reads", Outcome::Fail),
+            Err(_) => {
+                recorder.count("pinned-reads", Outcome::Fail);
+                channels.remove(&next);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = client.close().await;
 }
