@@ -33,9 +33,18 @@ use tonic::{Code, Status};
 /// (`target/<profile>/`); the workspace test command builds them all. When a
 /// test crate runs alone and one is missing, it is built here first.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    // `GAIOS_BIN_DIR` pins the binaries (a long chaos run uses copies, so
+    // rebuilding the workspace meanwhile does not change what it restarts).
+    let dir = match std::env::var_os("GAIOS_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            let here = exe.parent().expect("the executable's directory").to_path_buf();
+            // target/<profile>/deps/<test> -> target/<profile>; a binary such
+            // as gaios-chaos sits in target/<profile> itself.
+            if here.file_name().is_some_and(|name| name == "deps") { here.parent().map_or(here.clone(), Path::to_path_buf) } else { here }
+        }
+    };
     let path = dir.join(name);
     if !path.exists() {
         static BUILD: std::sync::Once = std::sync::Once::new();
