@@ -310,9 +310,11 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let lease = SESSION_LEASE_MS.to_string();
     // The proxy sits in front of every replica's real peer listener; each
     // replica reaches each other one through its own directed link.
-    let members = Cell::free_members();
+    let (members, reserved) = Cell::reserve_members();
     let targets: Vec<(u64, std::net::SocketAddr)> = members.iter().map(|m| (m.id, m.peer)).collect();
     let network = Network::start(&targets).await?;
+    // The proxy's links are bound; free the replicas' ports for them.
+    drop(reserved);
     let mut routes = BTreeMap::new();
     for from in &members {
         for to in &members {

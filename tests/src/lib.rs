@@ -111,17 +111,22 @@ impl Cell {
         Cell::start_on(extra_args, Cell::free_members(), std::collections::BTreeMap::new())
     }
 
-    /// Picks free loopback ports for five replicas (bound and released, so
-    /// a proxy can be set up before the replicas start).
+    /// Picks free loopback ports for five replicas (bound and released).
     pub fn free_members() -> Vec<Member> {
-        // Bind port 0 to find free ports, then release them for the replicas.
+        Cell::reserve_members().0
+    }
+
+    /// Picks free loopback ports for five replicas and keeps them bound
+    /// until the returned listeners are dropped, so that something else set
+    /// up meanwhile (a fault proxy's links) cannot take them.
+    pub fn reserve_members() -> (Vec<Member>, Vec<TcpListener>) {
         let listeners: Vec<TcpListener> =
             (0..REPLICAS * 2).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
         let addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("local address")).collect();
-        drop(listeners);
-        (0..REPLICAS as usize)
+        let members = (0..REPLICAS as usize)
             .map(|i| Member { id: i as u64 + 1, peer: addresses[2 * i], client: addresses[2 * i + 1] })
-            .collect()
+            .collect();
+        (members, listeners)
     }
 
     /// Starts the cell on `members` with peer traffic routed as `routes`
