@@ -276,11 +276,10 @@ impl Inner {
         if master.as_ref().is_some_and(|(current, _)| current == address) {
             *master = None;
         }
-        if let Some(hint) = hint.filter(|hint| hint != address) {
-            if let Some(cell) = connect(&hint).await {
+        if let Some(hint) = hint.filter(|hint| hint != address)
+            && let Some(cell) = connect(&hint).await {
                 *master = Some((hint, cell));
             }
-        }
     }
 
     /// Runs `call` against the master until it answers, following
@@ -405,14 +404,13 @@ async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) 
                 message = responses.message() => match message {
                     Ok(Some(answer)) => {
                         backoff = Duration::from_millis(20);
-                        if answer.lease_ms > 0 {
-                            if let Some(at) = sent.pop_front() {
+                        if answer.lease_ms > 0
+                            && let Some(at) = sent.pop_front() {
                                 lease_end = lease_end.max(at + Duration::from_millis(answer.lease_ms));
                                 if *inner.state.borrow() == SessionState::Jeopardy {
                                     inner.state.send_replace(SessionState::Safe);
                                 }
                             }
-                        }
                         for event in answer.events {
                             deliver(&inner, &mut last_event, event);
                         }

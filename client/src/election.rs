@@ -91,13 +91,11 @@ pub fn observe(client: &Client, path: &str) -> ReceiverStream<Result<Option<Byte
     let client_events = client.events();
     tokio::spawn(async move {
         let mut events = client_events;
-        let handle = loop {
-            match Handle::open(inner.clone(), &path, OpenOptions::new().create()).await {
-                Ok(handle) => break handle,
-                Err(error) => {
-                    let _ = tx.send(Err(error)).await;
-                    return;
-                }
+        let handle = match Handle::open(inner.clone(), &path, OpenOptions::new().create()).await {
+            Ok(handle) => handle,
+            Err(error) => {
+                let _ = tx.send(Err(error)).await;
+                return;
             }
         };
         let mut last: Option<Option<Bytes>> = None;

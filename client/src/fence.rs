@@ -83,15 +83,14 @@ impl Fence {
     pub fn check(&self, sequencer: &pb::Sequencer) -> Result<(), FenceError> {
         let mut highest = self.highest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let order = self.order.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(&(seen, _)) = highest.get(&sequencer.path) {
-            if sequencer.lock_generation < seen {
+        if let Some(&(seen, _)) = highest.get(&sequencer.path)
+            && sequencer.lock_generation < seen {
                 return Err(FenceError::Stale {
                     path: sequencer.path.clone(),
                     presented: sequencer.lock_generation,
                     seen,
                 });
             }
-        }
         highest.insert(sequencer.path.clone(), (sequencer.lock_generation, order));
         if highest.len() > FENCE_LOCKS_MAX {
             let oldest = highest.iter().min_by_key(|(_, (_, seen_at))| *seen_at).map(|(path, _)| path.clone());

@@ -167,7 +167,6 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.get_contents_and_stat(request).await }
             })
             .await?;
@@ -180,7 +179,6 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.get_stat(request).await }
             })
             .await?;
@@ -193,7 +191,6 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.read_dir(request).await }
             })
             .await?;
@@ -224,7 +221,6 @@ impl Handle {
         let request = pb::DeleteRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.delete(request).await }
             })
             .await
@@ -241,7 +237,6 @@ impl Handle {
         let answer = self
             .inner
             .call_with(attempt, move |mut cell| {
-                let request = request.clone();
                 async move { cell.acquire(request).await }
             })
             .await?;
@@ -254,7 +249,6 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.try_acquire(request).await }
             })
             .await?;
@@ -300,15 +294,14 @@ impl Handle {
                             if tx.send(event).await.is_err() {
                                 return;
                             }
-                            if failover {
-                                if let Err(Error::FailedPrecondition(_) | Error::NotFound(_)) = this.stat().await {
+                            if failover
+                                && let Err(Error::FailedPrecondition(_) | Error::NotFound(_)) = this.stat().await {
                                     let path = this.path.clone();
                                     let invalid = Event { number, handle: id, path, kind: EventKind::HandleInvalid };
                                     if tx.send(invalid).await.is_err() {
                                         return;
                                     }
                                 }
-                            }
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(count)) => {
@@ -335,7 +328,6 @@ impl Handle {
         let request = pb::CloseRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.close(request).await }
             })
             .await
@@ -395,7 +387,6 @@ impl Lock {
         self.handle
             .inner
             .call(move |mut cell| {
-                let request = request.clone();
                 async move { cell.release(request).await }
             })
             .await

@@ -389,11 +389,10 @@ impl Driver {
                     };
                     let outcome = state.apply(&command);
                     self.options.metrics.applied_commands_total.inc();
-                    if command.proposer_incarnation == self.incarnation {
-                        if let Some(reply) = self.pending.remove(&command.proposal_number) {
+                    if command.proposer_incarnation == self.incarnation
+                        && let Some(reply) = self.pending.remove(&command.proposal_number) {
                             let _ = reply.send(Ok(outcome));
                         }
-                    }
                 }
             }
             self.applied = entry.slot;
@@ -530,11 +529,10 @@ impl Driver {
                     expired.push(session);
                 }
             }
-            if let Some(end) = state.next_lock_delay_end_ms() {
-                if wall_clock_ms() >= end && self.advance_proposed_for != Some(end) {
+            if let Some(end) = state.next_lock_delay_end_ms()
+                && wall_clock_ms() >= end && self.advance_proposed_for != Some(end) {
                     advance = Some(end);
                 }
-            }
         }
         for session in expired {
             tracing::info!(session, "session lease ran out; expiring it");
@@ -543,11 +541,10 @@ impl Driver {
                 self.expiries_proposed.insert(session);
             }
         }
-        if let Some(end) = advance {
-            if self.propose_command(wire::command::Kind::AdvanceTime(wire::AdvanceTime {}), 0).is_ok() {
+        if let Some(end) = advance
+            && self.propose_command(wire::command::Kind::AdvanceTime(wire::AdvanceTime {}), 0).is_ok() {
                 self.advance_proposed_for = Some(end);
             }
-        }
     }
 
     /// Publishes the status if it changed; `last_tick_at` is when the core's

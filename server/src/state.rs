@@ -546,20 +546,18 @@ impl StateMachine {
             Err(outcome) => return outcome,
         };
         let holder = self.holder(session_id, handle_id, 0);
-        if self.locks.held_by(&handle.path, session_id, handle_id).is_some() {
-            if let Ok(grants) = self.locks.release(&handle.path, holder, self.now_ms) {
+        if self.locks.held_by(&handle.path, session_id, handle_id).is_some()
+            && let Ok(grants) = self.locks.release(&handle.path, holder, self.now_ms) {
                 self.hand_out(grants);
             }
-        }
         let grants = self.locks.cancel_wait(&handle.path, holder, self.now_ms);
         self.hand_out(grants);
         self.unwatch(&handle.path, session_id, handle_id);
-        if let Some(session) = self.sessions.get_mut(&session_id) {
-            if let Some(removed) = session.handles.remove(&handle_id) {
+        if let Some(session) = self.sessions.get_mut(&session_id)
+            && let Some(removed) = session.handles.remove(&handle_id) {
                 self.sessions_bytes -= removed.footprint_bytes();
                 self.handles_total -= 1;
             }
-        }
         done()
     }
 
@@ -729,14 +727,13 @@ impl StateMachine {
                 }
             }
         }
-        if let Some(sequencer) = handle.sequencer.as_ref().filter(|_| check_node) {
-            if !self.check_sequencer(sequencer).valid {
+        if let Some(sequencer) = handle.sequencer.as_ref().filter(|_| check_node)
+            && !self.check_sequencer(sequencer).valid {
                 return Err(handle_failure(
                     Code::FailedPrecondition,
                     format!("the sequencer set on handle {handle_id} ({}) is stale", sequencer.path),
                 ));
             }
-        }
         Ok(handle.clone())
     }
 

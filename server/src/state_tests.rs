@@ -558,12 +558,11 @@ fn run_model_seed(seed: u64, steps: usize) {
                         let condition = (rng.below(2) == 0).then(|| rng.below(3) + 1);
                         let current = model.files.get(&path).map(|f| f.1);
                         let ok = valid && condition.is_none_or(|g| Some(g) == current);
-                        if ok {
-                            if let Some(file) = model.files.get_mut(&path) {
+                        if ok
+                            && let Some(file) = model.files.get_mut(&path) {
                                 file.0.clone_from(&contents);
                                 file.1 += 1;
                             }
-                        }
                         let request = api::SetContentsRequest {
                             handle,
                             contents: Bytes::from(contents),

@@ -54,11 +54,10 @@ async fn cell_elects_fails_over_and_rejoins() {
         if let Some(master_id) = agreed_master(&now, all.len()) {
             let master = now.iter().find(|s| s.id == master_id);
             let restarted = now.iter().find(|s| s.id == first_master);
-            if let (Some(master), Some(restarted)) = (master, restarted) {
-                if restarted.chosen_through >= master.chosen_through {
+            if let (Some(master), Some(restarted)) = (master, restarted)
+                && restarted.chosen_through >= master.chosen_through {
                     break true;
                 }
-            }
         }
         last = Some(now);
         if Instant::now() >= until {

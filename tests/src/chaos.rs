@@ -95,7 +95,7 @@ impl Rng {
     }
 
     /// The next number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -104,7 +104,7 @@ impl Rng {
 
     /// A number below `n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// A duration between `low` and `high`.
@@ -352,20 +352,20 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let mut tasks = Vec::new();
     let mut rng = Rng::new(profile.seed);
     for worker in 0..3 {
-        tasks.push(tokio::spawn(registers(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next()))));
+        tasks.push(tokio::spawn(registers(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
     }
     for reader in 0..2 {
-        tasks.push(tokio::spawn(pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next()))));
+        tasks.push(tokio::spawn(pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
     }
     let fence = Arc::new(Fence::new());
     for worker in 0..3 {
         tasks.push(tokio::spawn(fenced_locks(worker, addresses.clone(), recorder.clone(), stop.clone(), fence.clone())));
     }
     for candidate in 0..3 {
-        tasks.push(tokio::spawn(elections(candidate, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next()))));
+        tasks.push(tokio::spawn(elections(candidate, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
     }
     for worker in 0..2 {
-        tasks.push(tokio::spawn(ephemerals(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next()))));
+        tasks.push(tokio::spawn(ephemerals(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
     }
     tasks.push(tokio::spawn(observe_ephemerals(addresses.clone(), recorder.clone(), stop.clone())));
     for worker in 0..2 {
@@ -465,11 +465,10 @@ async fn master_index(cell: &Cell) -> Option<usize> {
         if !cell.is_running(index) {
             continue;
         }
-        if let Some(status) = crate::status(cell.members[index].client).await {
-            if status.role() == gaios_proto::cell::v1::Role::Master && status.lease_remaining_ms > 0 {
+        if let Some(status) = crate::status(cell.members[index].client).await
+            && status.role() == gaios_proto::cell::v1::Role::Master && status.lease_remaining_ms > 0 {
                 return Some(index);
             }
-        }
     }
     None
 }
@@ -695,10 +694,10 @@ async fn pinned_reads(reader: usize, addresses: Vec<String>, recorder: Arc<Recor
             },
         };
         next = (next + 1) % addresses.len();
-        if !channels.contains_key(&next) {
+        if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(next) {
             let endpoint = format!("http://{}", addresses[next]);
             if let Ok(Ok(cell)) = tokio::time::timeout(Duration::from_millis(500), pb::cell_client::CellClient::connect(endpoint)).await {
-                channels.insert(next, cell);
+                e.insert(cell);
             } else {
                 continue;
             }
@@ -964,12 +963,11 @@ fn check_elections(recorder: &Recorder) -> u64 {
     bad += per_generation.values().filter(|c| c.len() > 1).count() as u64;
     for pair in leaders.windows(2) {
         let (previous, next) = (&pair[0], &pair[1]);
-        if let Some(resigned) = previous.resigned {
-            if next.started < resigned && next.generation > previous.generation {
+        if let Some(resigned) = previous.resigned
+            && next.started < resigned && next.generation > previous.generation {
                 eprintln!("chaos: leader of generation {} started before generation {} resigned", next.generation, previous.generation);
                 bad += 1;
             }
-        }
     }
     bad
 }

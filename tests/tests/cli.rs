@@ -8,6 +8,9 @@
 //! process group) if it overruns; the tests run one at a time so elections
 //! and leases are not starved of the machine's cores.
 
+// One cell at a time: the guard is held for the whole test on purpose.
+#![allow(clippy::await_holding_lock)]
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

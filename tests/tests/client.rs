@@ -5,6 +5,9 @@
 //! The cells here run with `--session-lease-ms 2000` so leases, jeopardy
 //! and expiry play out in seconds; tests run one at a time.
 
+// One cell at a time: the guard is held for the whole test on purpose.
+#![allow(clippy::await_holding_lock)]
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

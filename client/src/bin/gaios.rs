@@ -267,10 +267,12 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         }
         _ => None,
     };
-    let mut options = Options::default();
-    options.grace_period = Duration::from_millis(args.grace_ms);
-    options.call_deadline = Duration::from_millis(args.deadline_ms);
-    options.client_name = format!("gaios {}", command_name(&args.command));
+    let options = Options {
+        grace_period: Duration::from_millis(args.grace_ms),
+        call_deadline: Duration::from_millis(args.deadline_ms),
+        client_name: format!("gaios {}", command_name(&args.command)),
+        ..Options::default()
+    };
     let client = Client::connect(&cell, options).await.with_context(|| format!("cannot start a session with the cell at {}", cell.join(",")))?;
     let output = Output { json: args.json };
     let result = match args.command {
