@@ -3,8 +3,9 @@
 //!
 //! This is the first slice of the benchmark milestone: the peers' script
 //! (`bench/scripts/peers`), latency statistics, and the `gaios-bench` binary
-//! with the write, throughput, read and lock workloads against Gaios and
-//! etcd. ZooKeeper, failover, sessions and plots are not written yet.
+//! with the write, throughput, read and lock workloads against Gaios, etcd
+//! and ZooKeeper. Failover, sessions, plots and the results file are not
+//! written yet.
 
 use std::time::Duration;
 
