@@ -16,11 +16,7 @@ use tokio_stream::StreamExt as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_else(|| format!("candidate-{}", std::process::id()));
-    let cell: Vec<String> = std::env::var("GAIOS_CELL")
-        .unwrap_or_else(|_| gaios_client::LOCAL_CELL.to_string())
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let cell = gaios_client::cell_from_env();
     let client = Client::connect(&cell, Options::default()).await?;
     let mut leaders = election::observe(&client, "/examples-election");
     let watcher = tokio::spawn(async move {

@@ -13,11 +13,7 @@ use gaios_client::{Client, Fence, LockMode, OpenOptions, Options};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cell: Vec<String> = std::env::var("GAIOS_CELL")
-        .unwrap_or_else(|_| gaios_client::LOCAL_CELL.to_string())
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let cell = gaios_client::cell_from_env();
     let client = Client::connect(&cell, Options::default()).await?;
     let handle = client.open("/examples-lock", OpenOptions::new().create().lock_delay(Duration::from_secs(5))).await?;
     println!("session {}: waiting for the lock", client.session_id());

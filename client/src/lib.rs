@@ -52,3 +52,15 @@ pub use handle::{Handle, Lock, LockMode, OpenOptions};
 
 /// The addresses of the development cell `scripts/cell` starts.
 pub const LOCAL_CELL: &str = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203,127.0.0.1:7204,127.0.0.1:7205";
+
+/// The cell's client addresses from `GAIOS_CELL` (comma-separated), or the
+/// local development cell's, as the `gaios` tool and the examples use them.
+pub fn cell_from_env() -> Vec<String> {
+    std::env::var("GAIOS_CELL")
+        .unwrap_or_else(|_| LOCAL_CELL.to_string())
+        .split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(str::to_string)
+        .collect()
+}

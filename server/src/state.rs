@@ -7,11 +7,11 @@
 //! the same commands holds the same state and computes the same
 //! [`Outcome`]s; only the master hands them to the calls that wait.
 //!
-//! Two things here are *not* replicated and not in snapshots: the queue of
+//! One thing here is *not* replicated and not in snapshots: the queue of
 //! events not yet delivered to each session (the master trims it as clients
-//! acknowledge; a follower keeps the newest [`EVENTS_QUEUED_PER_SESSION_MAX`])
-//! and nothing else. Event *numbers* are replicated, so a client can always
-//! tell when it missed some.
+//! acknowledge; a follower keeps the newest [`EVENTS_QUEUED_PER_SESSION_MAX`]).
+//! Event *numbers* are replicated, so a client can always tell when it
+//! missed some.
 //!
 //! Limits (each refusal is an [`Outcome`] failure with its gRPC code):
 //! sessions, handles per session, handles in all, nodes, contents, and the
@@ -219,12 +219,6 @@ pub fn mode_from_proto(mode: i32) -> Option<LockMode> {
         Ok(api::LockMode::Shared) => Some(LockMode::Shared),
         _ => None,
     }
-}
-
-/// Why a handle cannot be used; every case is `FAILED_PRECONDITION` except
-/// an unknown session or handle id, which is `NOT_FOUND`.
-fn handle_failure(code: Code, message: String) -> Outcome {
-    failure(code, message)
 }
 
 impl StateMachine {
@@ -711,16 +705,16 @@ impl StateMachine {
     /// neither.)
     fn usable_handle(&self, session_id: SessionId, handle_id: u64, check_node: bool) -> Result<Handle, Outcome> {
         let Some(session) = self.sessions.get(&session_id) else {
-            return Err(handle_failure(Code::FailedPrecondition, format!("session {session_id} has ended")));
+            return Err(failure(Code::FailedPrecondition, format!("session {session_id} has ended")));
         };
         let Some(handle) = session.handles.get(&handle_id) else {
-            return Err(handle_failure(Code::NotFound, format!("session {session_id} has no handle {handle_id}")));
+            return Err(failure(Code::NotFound, format!("session {session_id} has no handle {handle_id}")));
         };
         if check_node {
             match self.namespace.stat(&handle.path, None) {
                 Ok(stat) if stat.instance == handle.instance => {}
                 _ => {
-                    return Err(handle_failure(
+                    return Err(failure(
                         Code::FailedPrecondition,
                         format!("handle {handle_id} is invalid: {} was deleted", handle.path),
                     ));
@@ -729,7 +723,7 @@ impl StateMachine {
         }
         if let Some(sequencer) = handle.sequencer.as_ref().filter(|_| check_node)
             && !self.check_sequencer(sequencer).valid {
-                return Err(handle_failure(
+                return Err(failure(
                     Code::FailedPrecondition,
                     format!("the sequencer set on handle {handle_id} ({}) is stale", sequencer.path),
                 ));
