@@ -1,11 +1,21 @@
 //! The benchmark that measures Gaios beside etcd and ZooKeeper in the same
 //! run, on the same machine, with the same workloads and payloads.
 //!
-//! This is the first slice of the benchmark milestone: the peers' script
-//! (`bench/scripts/peers`), latency statistics, and the `gaios-bench` binary
-//! with the write, throughput, read and lock workloads against Gaios, etcd
-//! and ZooKeeper. Failover, sessions, plots and the results file are not
-//! written yet.
+//! - [`systems`]: how a benchmark client talks to each system, and how the
+//!   benchmark controls each cluster (leader, pids, kill, pause, restart);
+//! - [`failover`]: time from SIGKILL/SIGSTOP of the leader to the first
+//!   acknowledged write;
+//! - [`sessions`]: thousands of sessions kept alive, spurious expiries, the
+//!   replicas' CPU and memory;
+//! - [`plots`]: PNG plots of latency distributions and throughput;
+//! - here: latency samples, ratios and process usage from `/proc`.
+//!
+//! The `gaios-bench` binary runs the workloads and writes the report.
+
+pub mod failover;
+pub mod plots;
+pub mod sessions;
+pub mod systems;
 
 use std::time::Duration;
 
@@ -52,6 +62,24 @@ impl Samples {
         Some(sorted[index] as f64 / 1000.0)
     }
 
+    /// The latency distribution as (milliseconds, fraction of operations at
+    /// or below it), at most `points` points, for plots.
+    pub fn cdf(&self, points: usize) -> Vec<(f64, f64)> {
+        let mut sorted = self.micros.clone();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        if n == 0 || points == 0 {
+            return Vec::new();
+        }
+        let step = n.div_ceil(points).max(1);
+        let mut out: Vec<(f64, f64)> =
+            (step - 1..n).step_by(step).map(|i| (sorted[i] as f64 / 1000.0, (i + 1) as f64 / n as f64)).collect();
+        if out.last().is_none_or(|last| last.1 < 1.0) {
+            out.push((sorted[n - 1] as f64 / 1000.0, 1.0));
+        }
+        out
+    }
+
     /// Operations per second over `elapsed`.
     pub fn ops_per_second(&self) -> Option<f64> {
         let seconds = self.elapsed.as_secs_f64();
@@ -65,6 +93,77 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".to_string(),
     }
+}
+
+/// The median of some durations, in milliseconds.
+pub fn median_ms(times: &[Duration]) -> Option<f64> {
+    let mut sorted: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// CPU time and resident memory of some processes, from `/proc`.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessUsage {
+    /// User plus system CPU time, summed, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident memory, summed, in bytes.
+    pub rss_bytes: u64,
+}
+
+impl ProcessUsage {
+    /// Reads the processes' usage now; processes that are gone count 0.
+    pub fn of(pids: &[u32]) -> ProcessUsage {
+        let mut usage = ProcessUsage::default();
+        for pid in pids {
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                usage.cpu_ticks += cpu_ticks_of_stat(&stat).unwrap_or(0);
+            }
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                usage.rss_bytes += rss_bytes_of_status(&status).unwrap_or(0);
+            }
+        }
+        usage
+    }
+
+    /// CPU seconds used since `before`.
+    pub fn cpu_seconds_since(&self, before: &ProcessUsage) -> f64 {
+        self.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks_per_second()
+    }
+}
+
+/// utime + stime from a `/proc/PID/stat` line (fields 14 and 15; the
+/// command name in parentheses may hold spaces).
+pub fn cpu_ticks_of_stat(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after ")": field 3 (state) is index 0, so field 14 is index 11.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `VmRSS` from `/proc/PID/status`, in bytes.
+pub fn rss_bytes_of_status(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 #[cfg(test)]
@@ -85,5 +184,28 @@ mod tests {
         assert_eq!(ratio(Some(1.0), Some(4.0)), "0.25");
         assert_eq!(ratio(None, Some(4.0)), "-");
         assert_eq!(Samples::default().percentile_ms(50.0), None);
+        let cdf = samples.cdf(10);
+        assert_eq!(cdf.len(), 10);
+        assert_eq!(cdf[0], (10.0, 0.1));
+        assert_eq!(cdf[9], (100.0, 1.0));
+    }
+
+    #[test]
+    fn medians() {
+        let ms = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect::<Vec<_>>();
+        assert_eq!(median_ms(&ms(&[300, 100, 200])), Some(200.0));
+        assert_eq!(median_ms(&ms(&[400, 100, 200, 300])), Some(250.0));
+        assert_eq!(median_ms(&[]), None);
+    }
+
+    #[test]
+    fn proc_fields_are_parsed() {
+        let stat = "1234 (gaios server) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 1000 200";
+        assert_eq!(cpu_ticks_of_stat(stat), Some(300));
+        let status = "Name:\tetcd\nVmPeak:\t  9000 kB\nVmRSS:\t   2048 kB\nThreads: 4\n";
+        assert_eq!(rss_bytes_of_status(status), Some(2048 * 1024));
+        // This process has used some CPU and memory.
+        let me = ProcessUsage::of(&[std::process::id()]);
+        assert!(me.rss_bytes > 0);
     }
 }

@@ -1,11 +1,12 @@
 //! `gaios-bench`: measures Gaios, etcd and ZooKeeper on this machine with
-//! the same workloads and 256-byte values, and prints one table per
-//! workload with the ratios Gaios/etcd and Gaios/ZooKeeper.
+//! the same workloads and 256-byte values, and writes one table per
+//! workload with the ratios Gaios/etcd and Gaios/ZooKeeper, the targets,
+//! and PNG plots.
 //!
 //! ```sh
-//! bench/scripts/peers install
-//! cargo run --release -p gaios-bench -- --quick          # seconds per workload
-//! cargo run --release -p gaios-bench -- --workloads write,read
+//! scripts/bench                                   # everything, release build, bench/results/<date>.md
+//! scripts/bench --workloads failover              # one workload alone
+//! cargo run --release -p gaios-bench -- --quick   # seconds per workload
 //! ```
 //!
 //! Gaios runs as five `gaios-server` processes (the test harness's cell);
@@ -13,221 +14,54 @@
 //! when installed. ZooKeeper's lock is the standard recipe (an ephemeral
 //! sequential node, waiting on its predecessor), from `zookeeper-client`.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gaios_bench::{Samples, ratio};
-use gaios_client::{Client, LockMode, OpenOptions, Options};
-use tokio::sync::Mutex;
+use gaios_bench::failover::{self, Fault, Target};
+use gaios_bench::sessions::{self, SessionsResult};
+use gaios_bench::systems::{Op, PeerCluster, PeerKind, System, measure};
+use gaios_bench::{Samples, median_ms, plots, ratio};
 
 /// The benchmark's command line.
 #[derive(Debug, Parser)]
 #[command(name = "gaios-bench", about = "Gaios beside etcd and ZooKeeper on the same machine")]
 struct Args {
-    /// Seconds per workload instead of the full profile.
+    /// Seconds per workload instead of the full profile (checks that the
+    /// bench works; not for comparison).
     #[arg(long)]
     quick: bool,
-    /// Workloads to run (comma-separated): write, throughput, read, lock.
-    #[arg(long, value_delimiter = ',', default_value = "write,throughput,read,lock")]
+    /// Workloads to run (comma-separated): write, throughput, read, lock,
+    /// failover, sessions.
+    #[arg(long, value_delimiter = ',', default_value = "write,throughput,read,lock,failover,sessions")]
     workloads: Vec<String>,
     /// Skip etcd and ZooKeeper even if installed.
     #[arg(long)]
     gaios_only: bool,
-    /// Where to write the markdown report.
+    /// Skip ZooKeeper even if installed.
+    #[arg(long)]
+    no_zookeeper: bool,
+    /// Where to write the markdown report; the plots go to a directory of
+    /// the same name without `.md`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Faults of each kind per system (default 5; 1 with --quick).
+    #[arg(long)]
+    failover_runs: Option<usize>,
+    /// Session counts of the sessions workload (default 10000,20000; 200
+    /// with --quick).
+    #[arg(long, value_delimiter = ',')]
+    sessions: Option<Vec<usize>>,
+    /// How long the sessions are held, in seconds (default 60; 5 with
+    /// --quick).
+    #[arg(long)]
+    hold_secs: Option<u64>,
 }
 
-const VALUE_BYTES: usize = 256;
-
-/// A system under test: one connection per benchmark client.
-#[derive(Clone)]
-enum System {
-    Gaios(Vec<String>),
-    Etcd(Vec<String>),
-    /// The comma-separated connect string.
-    ZooKeeper(String),
-}
-
-impl System {
-    fn name(&self) -> &'static str {
-        match self {
-            System::Gaios(_) => "Gaios",
-            System::Etcd(_) => "etcd",
-            System::ZooKeeper(_) => "ZooKeeper",
-        }
-    }
-
-    async fn connect(&self, id: usize) -> anyhow::Result<Conn> {
-        match self {
-            System::Gaios(addresses) => {
-                let client = Client::connect(addresses, Options::default()).await?;
-                let handle = client.open(&format!("/bench-{id}"), OpenOptions::new().create().event_mask(0)).await?;
-                Ok(Conn::Gaios { client, handle, locks: std::collections::BTreeMap::new() })
-            }
-            System::Etcd(endpoints) => {
-                let client = etcd_client::Client::connect(endpoints, None).await?;
-                Ok(Conn::Etcd { client, key: format!("/bench-{id}") })
-            }
-            System::ZooKeeper(cluster) => {
-                let client = zookeeper_client::Client::connect(cluster).await?;
-                let path = format!("/bench-{id}");
-                let options = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
-                match client.create(&path, b"", &options).await {
-                    Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
-                    Err(error) => return Err(error.into()),
-                }
-                Ok(Conn::ZooKeeper { client, path })
-            }
-        }
-    }
-}
-
-// One per benchmark client; the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-enum Conn {
-    /// `locks`: a handle per lock name, opened once (a lock round trip is
-    /// then an acquire and a release, as with etcd).
-    Gaios { client: Client, handle: gaios_client::Handle, locks: std::collections::BTreeMap<String, gaios_client::Handle> },
-    Etcd { client: etcd_client::Client, key: String },
-    ZooKeeper { client: zookeeper_client::Client, path: String },
-}
-
-impl Conn {
-    async fn write(&mut self, value: &[u8]) -> anyhow::Result<()> {
-        match self {
-            Conn::Gaios { handle, .. } => {
-                handle.set_contents(value.to_vec(), None).await?;
-            }
-            Conn::Etcd { client, key } => {
-                client.put(key.as_str(), value, None).await?;
-            }
-            Conn::ZooKeeper { client, path } => {
-                client.set_data(path, value, None).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A read; `serializable` only matters for etcd.
-    async fn read(&mut self, serializable: bool) -> anyhow::Result<()> {
-        match self {
-            Conn::Gaios { handle, .. } => {
-                handle.contents().await?;
-            }
-            Conn::Etcd { client, key } => {
-                let options = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
-                client.get(key.as_str(), options).await?;
-            }
-            Conn::ZooKeeper { client, path } => {
-                client.get_data(path).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Acquires and releases the exclusive lock named `name`.
-    async fn lock_round_trip(&mut self, name: &str) -> anyhow::Result<()> {
-        match self {
-            Conn::Gaios { client, locks, .. } => {
-                let handle = match locks.get(name) {
-                    Some(handle) => handle.clone(),
-                    None => {
-                        let handle = client.open(name, OpenOptions::new().create().event_mask(0)).await?;
-                        locks.insert(name.to_string(), handle.clone());
-                        handle
-                    }
-                };
-                let lock = handle.acquire(LockMode::Exclusive, Duration::from_secs(30)).await?;
-                lock.release().await?;
-            }
-            Conn::Etcd { client, .. } => {
-                let locked = client.lock(name, None).await?;
-                client.unlock(locked.key()).await?;
-            }
-            Conn::ZooKeeper { client, .. } => {
-                // The standard recipe: an ephemeral sequential node under the
-                // lock's directory, waiting on the predecessor's deletion.
-                let directory = format!("/zk{name}");
-                let prefix = zookeeper_client::LockPrefix::new_curator(&directory, "lock-")?;
-                let parents = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
-                let options = zookeeper_client::LockOptions::new(zookeeper_client::Acls::anyone_all()).with_ancestor_options(parents)?;
-                let lock = client.lock(prefix, b"", options).await?;
-                // Release now and wait for it, like the others; the guard's
-                // own background delete would not be waited for.
-                client.delete(lock.lock_path(), None).await?;
-                std::mem::forget(lock);
-            }
-        }
-        Ok(())
-    }
-
-    async fn close(self) {
-        if let Conn::Gaios { client, .. } = self {
-            let _ = client.close().await;
-        }
-    }
-}
-
-/// Runs `op` on `clients` connections concurrently for `duration` (or
-/// `count` operations each, whichever first) and merges the latencies.
-async fn measure<F>(system: &System, clients: usize, duration: Duration, count: usize, op: F) -> anyhow::Result<Samples>
-where
-    F: Fn(usize) -> Op + Send + Sync + Copy + 'static,
-{
-    let mut conns = Vec::with_capacity(clients);
-    for id in 0..clients {
-        conns.push(system.connect(id).await.with_context(|| format!("connect client {id} to {}", system.name()))?);
-    }
-    let value = Arc::new(vec![b'v'; VALUE_BYTES]);
-    let merged = Arc::new(Mutex::new(Samples::default()));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (id, mut conn) in conns.into_iter().enumerate() {
-        let value = value.clone();
-        let merged = merged.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut done = 0;
-            while done < count && started.elapsed() < duration {
-                let begin = Instant::now();
-                let result = match op(id) {
-                    Op::Write => conn.write(&value).await,
-                    Op::Read { serializable } => conn.read(serializable).await,
-                    Op::Lock(shared) => {
-                        let name = if shared { "/bench-lock".to_string() } else { format!("/bench-lock-{id}") };
-                        conn.lock_round_trip(&name).await
-                    }
-                };
-                if result.is_ok() {
-                    samples.push(begin.elapsed());
-                }
-                done += 1;
-            }
-            merged.lock().await.extend(&samples);
-            conn.close().await;
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    let mut samples = merged.lock().await.clone();
-    samples.elapsed = started.elapsed();
-    Ok(samples)
-}
-
-#[derive(Clone, Copy)]
-enum Op {
-    Write,
-    Read { serializable: bool },
-    /// `true`: all clients contend for one lock.
-    Lock(bool),
-}
-
+/// A table row: the same measurement on each system.
 struct Row {
     label: String,
     gaios: Option<Samples>,
@@ -239,43 +73,51 @@ fn fmt(value: Option<f64>, digits: usize) -> String {
     value.map_or("-".to_string(), |v| format!("{v:.digits$}"))
 }
 
+fn p(samples: &Option<Samples>, q: f64) -> Option<f64> {
+    samples.as_ref().and_then(|s| s.percentile_ms(q))
+}
+
+fn rate(samples: &Option<Samples>) -> Option<f64> {
+    samples.as_ref().and_then(Samples::ops_per_second)
+}
+
 /// One table: latency (p50/p99 per system, ratios of p50) or throughput
 /// (ops/s per system, ratios of ops/s).
 fn table(title: &str, rows: &[Row], throughput: bool) -> String {
     let mut out = format!("### {title}\n\n");
     if throughput {
-        out.push_str("| case | Gaios ops/s | etcd ops/s | ZooKeeper ops/s | Gaios/etcd | Gaios/ZooKeeper | Gaios p99 ms | etcd p99 ms | ZooKeeper p99 ms |\n|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| case | Gaios ops/s | etcd ops/s | ZooKeeper ops/s | Gaios/etcd | Gaios/ZooKeeper | Gaios p50 / p99 ms | etcd p50 / p99 ms | ZooKeeper p50 / p99 ms |\n|---|---|---|---|---|---|---|---|---|\n");
     } else {
         out.push_str("| case | Gaios p50 / p99 ms | etcd p50 / p99 ms | ZooKeeper p50 / p99 ms | Gaios/etcd (p50) | Gaios/ZooKeeper (p50) |\n|---|---|---|---|---|---|\n");
     }
+    let both = |s: &Option<Samples>| format!("{} / {}", fmt(p(s, 50.0), 2), fmt(p(s, 99.0), 2));
     for row in rows {
-        let p = |s: &Option<Samples>, q: f64| s.as_ref().and_then(|s| s.percentile_ms(q));
-        let rate = |s: &Option<Samples>| s.as_ref().and_then(Samples::ops_per_second);
         if throughput {
             let (g, e, z) = (rate(&row.gaios), rate(&row.etcd), rate(&row.zookeeper));
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.label,
                 fmt(g, 0),
                 fmt(e, 0),
                 fmt(z, 0),
                 ratio(g, e),
                 ratio(g, z),
-                fmt(p(&row.gaios, 99.0), 2),
-                fmt(p(&row.etcd, 99.0), 2),
-                fmt(p(&row.zookeeper, 99.0), 2),
-            ));
+                both(&row.gaios),
+                both(&row.etcd),
+                both(&row.zookeeper),
+            );
         } else {
-            let both = |s: &Option<Samples>| format!("{} / {}", fmt(p(s, 50.0), 2), fmt(p(s, 99.0), 2));
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
                 row.label,
                 both(&row.gaios),
                 both(&row.etcd),
                 both(&row.zookeeper),
                 ratio(p(&row.gaios, 50.0), p(&row.etcd, 50.0)),
                 ratio(p(&row.gaios, 50.0), p(&row.zookeeper, 50.0)),
-            ));
+            );
         }
     }
     out.push('\n');
@@ -285,101 +127,240 @@ fn table(title: &str, rows: &[Row], throughput: bool) -> String {
 /// The systems of one run.
 struct Systems {
     gaios: System,
-    etcd: Option<System>,
-    zookeeper: Option<System>,
+    etcd: Option<PeerCluster>,
+    zookeeper: Option<PeerCluster>,
 }
 
 impl Systems {
     /// Runs the same measurement on every system present.
-    async fn row(&self, label: &str, clients: usize, duration: Duration, count: usize, op: fn(usize) -> Op) -> anyhow::Result<Row> {
+    async fn row(&self, label: &str, clients: usize, duration: Duration, count: usize, op: Op) -> anyhow::Result<Row> {
         let gaios = Some(measure(&self.gaios, clients, duration, count, op).await?);
         let etcd = match &self.etcd {
-            Some(system) => Some(measure(system, clients, duration, count, op).await?),
+            Some(peer) => Some(measure(&peer.system(), clients, duration, count, op).await?),
             None => None,
         };
         let zookeeper = match &self.zookeeper {
-            Some(system) => Some(measure(system, clients, duration, count, op).await?),
+            Some(peer) => Some(measure(&peer.system(), clients, duration, count, op).await?),
             None => None,
         };
         Ok(Row { label: label.to_string(), gaios, etcd, zookeeper })
     }
 }
 
-/// Starts a peer cluster with `bench/scripts/peers`, returning its client
-/// addresses.
-fn start_peer(peers: &PathBuf, kind: &str, dir: &std::path::Path) -> anyhow::Result<String> {
-    let output = Command::new(peers).args(["start", kind]).arg(dir).output().with_context(|| format!("start {kind}"))?;
-    anyhow::ensure!(output.status.success(), "{kind} did not start: {}", String::from_utf8_lossy(&output.stderr));
-    Ok(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_string())
+/// What the targets table needs, filled in as workloads run.
+#[derive(Default)]
+struct Figures {
+    write: Option<Row>,
+    throughput_100: Option<Row>,
+    lock_1: Option<Row>,
+    gaios_read: Option<Samples>,
+    etcd_serializable: Option<Samples>,
+    failover: Vec<(String, Fault, Vec<Duration>)>,
+    sessions: Vec<(String, SessionsResult)>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The ZooKeeper sessions workload's worker processes.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("zookeeper-sessions-worker") {
+        let (Some(cluster), Some(count), Some(hold)) = (argv.get(2), argv.get(3), argv.get(4)) else {
+            anyhow::bail!("usage: gaios-bench zookeeper-sessions-worker CLUSTER COUNT HOLD_SECS");
+        };
+        return sessions::zookeeper_worker(cluster, count.parse()?, Duration::from_secs(hold.parse()?)).await;
+    }
     let args = Args::parse();
     let (duration, count) = if args.quick { (Duration::from_secs(2), 200) } else { (Duration::from_secs(15), 2_000) };
-    let started_at = std::time::SystemTime::now();
+    let failover_runs = args.failover_runs.unwrap_or(if args.quick { 1 } else { 5 });
+    let session_counts = args.sessions.clone().unwrap_or_else(|| if args.quick { vec![200] } else { vec![10_000, 20_000] });
+    let hold = Duration::from_secs(args.hold_secs.unwrap_or(if args.quick { 5 } else { 60 }));
+    let plot_dir = args.out.as_ref().map(|out| out.with_extension(""));
+    if let Some(dir) = &plot_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let plotting = plot_dir.is_some() && plots::font_available();
 
     // Gaios: five real replicas.
-    let cell = gaios_tests::Cell::start();
+    let mut cell = gaios_tests::Cell::start();
     let all: Vec<usize> = (0..gaios_tests::REPLICAS as usize).collect();
     gaios_tests::wait_for_master(&cell, &all, gaios_tests::FIRST_MASTER_DEADLINE).await.context("Gaios elected no master")?;
     let gaios = System::Gaios(cell.members.iter().map(|m| m.client.to_string()).collect());
 
     // The peers, if installed.
     let peers_dir = std::env::temp_dir().join(format!("gaios-bench-peers-{}", std::process::id()));
-    let peers = env_script("peers");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join("peers");
     let etcd_installed = !args.gaios_only && Command::new("etcd").arg("--version").output().is_ok();
-    let zookeeper_installed = !args.gaios_only && std::path::Path::new("/usr/share/java/zookeeper.jar").exists();
+    let zookeeper_installed =
+        !args.gaios_only && !args.no_zookeeper && Path::new("/usr/share/java/zookeeper.jar").exists();
     // Stops the peers however main ends (an error, a panic unwinding).
-    let _stop_peers = StopPeers { script: peers.clone(), dir: peers_dir.clone() };
-    let etcd = if etcd_installed {
-        let endpoints = start_peer(&peers, "etcd", &peers_dir.join("etcd"))?;
-        Some(System::Etcd(endpoints.split(',').map(str::to_string).collect()))
-    } else {
-        None
-    };
-    let zookeeper = if zookeeper_installed { Some(System::ZooKeeper(start_peer(&peers, "zookeeper", &peers_dir.join("zk"))?)) } else { None };
+    let _stop_peers = StopPeers { script: script.clone(), dir: peers_dir.clone() };
+    let etcd = if etcd_installed { Some(PeerCluster::start(&script, PeerKind::Etcd, &peers_dir.join("etcd"))?) } else { None };
+    let zookeeper =
+        if zookeeper_installed { Some(PeerCluster::start(&script, PeerKind::ZooKeeper, &peers_dir.join("zk"))?) } else { None };
     let systems = Systems { gaios, etcd, zookeeper };
 
-    let mut report = format!(
-        "# Gaios benchmark\n\nCommand: `gaios-bench {}`  \nMachine: {} cores; {}  \nStarted: {}  \nGaios build: {}; etcd: {}; ZooKeeper: {}\n\n",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-        if args.quick { "quick profile (seconds per workload; not for comparison)" } else { "full profile" },
-        started_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string() + " s since the Unix epoch",
-        if cfg!(debug_assertions) { "debug" } else { "release" },
-        if etcd_installed { version("etcd") } else { "not installed".to_string() },
-        if zookeeper_installed { "3.8 (Debian)".to_string() } else { "not installed".to_string() },
-    );
+    let mut report = header(&args, etcd_installed, zookeeper_installed);
+    let mut figures = Figures::default();
+    let plot = |name: &str| plot_dir.as_ref().map(|dir| dir.join(name));
+    let plot_link = |name: &str| {
+        let dir = plot_dir.as_ref().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
+        format!("![{name}]({dir}/{name})\n\n")
+    };
     for workload in &args.workloads {
+        eprintln!("workload {workload}…");
         match workload.as_str() {
             "write" => {
-                let row = systems.row("write", 1, duration, count, |_| Op::Write).await?;
-                report.push_str(&table("Write latency, 1 client, 256-byte values", &[row], false));
+                let row = systems.row("write", 1, duration, count, Op::Write).await?;
+                report.push_str(&table("Write latency, 1 client, 256-byte values", std::slice::from_ref(&row), false));
+                if plotting && let Some(path) = plot("write-latency.png") {
+                    plots::latency_cdf(&path, "Write latency, 1 client", &row_series(&row))?;
+                    report.push_str(&plot_link("write-latency.png"));
+                }
+                figures.write = Some(row);
             }
             "throughput" => {
                 let mut rows = Vec::new();
                 let levels: &[usize] = if args.quick { &[10, 100] } else { &[10, 100, 1000] };
                 for &clients in levels {
-                    rows.push(systems.row(&format!("{clients} clients"), clients, duration, usize::MAX, |_| Op::Write).await?);
+                    rows.push(systems.row(&format!("{clients} clients"), clients, duration, usize::MAX, Op::Write).await?);
                 }
                 report.push_str(&table("Write throughput, 256-byte values", &rows, true));
+                if plotting && let Some(path) = plot("write-throughput.png") {
+                    let mut series = Vec::new();
+                    for (name, pick) in system_pickers() {
+                        let points: Vec<(usize, f64)> = rows
+                            .iter()
+                            .zip(levels)
+                            .filter_map(|(row, &clients)| rate(pick(row)).map(|r| (clients, r)))
+                            .collect();
+                        if !points.is_empty() {
+                            series.push((name.to_string(), points));
+                        }
+                    }
+                    plots::throughput(&path, "Write throughput against concurrent clients", &series)?;
+                    report.push_str(&plot_link("write-throughput.png"));
+                }
+                figures.throughput_100 = rows.into_iter().find(|row| row.label == "100 clients");
             }
             "read" => {
-                let mut rows = vec![systems.row("Gaios lease read; etcd linearizable; ZooKeeper getData", 1, duration, count, |_| Op::Read { serializable: false }).await?];
+                let lease_read = systems.row("Gaios lease read; etcd linearizable; ZooKeeper getData", 1, duration, count, Op::Read { serializable: false }).await?;
+                let mut rows = vec![lease_read];
                 if let Some(etcd) = &systems.etcd {
-                    let serializable = measure(etcd, 1, duration, count, |_| Op::Read { serializable: true }).await?;
+                    let serializable = measure(&etcd.system(), 1, duration, count, Op::Read { serializable: true }).await?;
+                    figures.etcd_serializable = Some(serializable.clone());
                     rows.push(Row { label: "etcd serializable".into(), gaios: rows[0].gaios.clone(), etcd: Some(serializable), zookeeper: None });
                 }
+                figures.gaios_read = rows[0].gaios.clone();
                 report.push_str(&table("Read latency, 1 client", &rows, false));
+                if plotting && let Some(path) = plot("read-latency.png") {
+                    let mut series = row_series(&rows[0]);
+                    if let Some(serializable) = rows.get(1).and_then(|r| r.etcd.as_ref()) {
+                        series.push(("etcd serializable".to_string(), serializable));
+                    }
+                    for entry in &mut series {
+                        if entry.0 == "etcd" {
+                            entry.0 = "etcd linearizable".to_string();
+                        }
+                    }
+                    plots::latency_cdf(&path, "Read latency, 1 client", &series)?;
+                    report.push_str(&plot_link("read-latency.png"));
+                }
             }
             "lock" => {
-                let one = systems.row("1 client", 1, duration, count, |_| Op::Lock(false)).await?;
-                let ten = systems.row("10 contending clients", 10, duration, usize::MAX, |_| Op::Lock(true)).await?;
-                report.push_str(&table("Lock acquire + release", &[one, ten], false));
+                let one = systems.row("1 client", 1, duration, count, Op::Lock(false)).await?;
+                let ten = systems.row("10 contending clients", 10, duration, usize::MAX, Op::Lock(true)).await?;
+                let rows = [one, ten];
+                report.push_str(&table("Lock acquire + release", &rows, false));
+                if plotting && let Some(path) = plot("lock-latency.png") {
+                    plots::latency_cdf(&path, "Lock acquire + release, 1 client", &row_series(&rows[0]))?;
+                    report.push_str(&plot_link("lock-latency.png"));
+                }
+                figures.lock_1 = rows.into_iter().next();
+            }
+            "failover" => {
+                let mut out = String::from("### Failover: fault of the master/leader → first acknowledged write\n\n");
+                let _ = writeln!(out, "Each client retries a request after {} ms without an answer. {failover_runs} runs per cell.\n", failover::ATTEMPT_TIMEOUT.as_millis());
+                out.push_str("| fault | Gaios median (runs) ms | etcd median (runs) ms | ZooKeeper median (runs) ms | Gaios/etcd | Gaios/ZooKeeper |\n|---|---|---|---|---|---|\n");
+                for fault in [Fault::Kill, Fault::Stop] {
+                    let gaios = failover::run(&mut Target::Gaios(&mut cell), fault, failover_runs).await?;
+                    let etcd = match &systems.etcd {
+                        Some(peer) => Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?),
+                        None => None,
+                    };
+                    let zookeeper = match &systems.zookeeper {
+                        Some(peer) => Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?),
+                        None => None,
+                    };
+                    let cell_text = |times: &Option<Vec<Duration>>| match times {
+                        Some(times) => format!(
+                            "{} ({})",
+                            fmt(median_ms(times), 0),
+                            times.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
+                        ),
+                        None => "-".to_string(),
+                    };
+                    let median = |times: &Option<Vec<Duration>>| times.as_deref().and_then(median_ms);
+                    let gaios = Some(gaios);
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} | {} |",
+                        fault.name(),
+                        cell_text(&gaios),
+                        cell_text(&etcd),
+                        cell_text(&zookeeper),
+                        ratio(median(&gaios), median(&etcd)),
+                        ratio(median(&gaios), median(&zookeeper)),
+                    );
+                    for (name, times) in [("Gaios", gaios), ("etcd", etcd), ("ZooKeeper", zookeeper)] {
+                        if let Some(times) = times {
+                            figures.failover.push((name.to_string(), fault, times));
+                        }
+                    }
+                }
+                out.push('\n');
+                report.push_str(&out);
+            }
+            "sessions" => {
+                let mut out = format!(
+                    "### Sessions kept alive for {} s\n\nLease (etcd: lease TTL; ZooKeeper: session timeout) {} s, a keep-alive every quarter of it. CPU: the five replicas' CPU time during the hold over its length (2 cores = 2.0). Memory: the five replicas' resident memory at the end, summed.\n\n",
+                    hold.as_secs(),
+                    sessions::SESSION_LEASE.as_secs()
+                );
+                out.push_str("| sessions | system | set-up s | spurious expiries | keep-alives answered | streams reopened | CPU (cores) | memory MiB |\n|---|---|---|---|---|---|---|---|\n");
+                for &n in &session_counts {
+                    let gaios_pids: Vec<u32> = (0..cell.members.len()).filter_map(|i| cell.pid(i)).collect();
+                    let addresses: Vec<String> = cell.members.iter().map(|m| m.client.to_string()).collect();
+                    let mut results = vec![("Gaios".to_string(), sessions::gaios(&addresses, &gaios_pids, n, hold).await?)];
+                    if let Some(peer) = &systems.etcd {
+                        results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, hold).await?));
+                    }
+                    if let Some(peer) = &systems.zookeeper {
+                        results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, hold).await?));
+                    }
+                    for (name, result) in results {
+                        let _ = writeln!(
+                            out,
+                            "| {n} | {name} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+                            result.setup.as_secs_f64(),
+                            result.spurious_expiries,
+                            result.keep_alives.map_or("-".to_string(), |k| k.to_string()),
+                            result.reconnects,
+                            result.cpu_cores,
+                            result.rss_mib
+                        );
+                        eprintln!("sessions: {n} {name}: {result:?}");
+                        figures.sessions.push((name, result));
+                    }
+                }
+                out.push('\n');
+                report.push_str(&out);
             }
             other => anyhow::bail!("unknown workload {other:?}"),
         }
+    }
+    report.push_str(&targets(&figures, session_counts.iter().max().copied().unwrap_or(0)));
+    if plot_dir.is_some() && !plotting {
+        let _ = writeln!(report, "No plots: the font {} is missing (`bench/scripts/peers install` installs it).\n", plots::FONT_PATH);
     }
     drop(cell);
     println!("{report}");
@@ -388,6 +369,110 @@ async fn main() -> anyhow::Result<()> {
         println!("report written to {}", out.display());
     }
     Ok(())
+}
+
+type Picker = fn(&Row) -> &Option<Samples>;
+
+/// The systems' columns of a row, by name.
+fn system_pickers() -> [(&'static str, Picker); 3] {
+    [("Gaios", |r| &r.gaios), ("etcd", |r| &r.etcd), ("ZooKeeper", |r| &r.zookeeper)]
+}
+
+/// A row's samples, named by system, for a latency plot.
+fn row_series(row: &Row) -> Vec<(String, &Samples)> {
+    system_pickers().into_iter().filter_map(|(name, pick)| pick(row).as_ref().map(|s| (name.to_string(), s))).collect()
+}
+
+fn peer_pids(peer: &PeerCluster) -> Vec<u32> {
+    (0..peer.addresses.len()).filter_map(|i| peer.pid(i)).collect()
+}
+
+/// The targets of issue 6, each as measured in this run.
+fn targets(figures: &Figures, sessions_max: usize) -> String {
+    let mut out = String::from("### Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    let mut line = |target: &str, measured: String, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {target} | {measured} | {met} |");
+    };
+    let ratio_of = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+    let write = figures.write.as_ref().and_then(|r| ratio_of(p(&r.gaios, 50.0), p(&r.etcd, 50.0)));
+    line("write latency, 1 client, ≤ 0.5× etcd (p50)", fmt(write, 2), write.map(|r| r <= 0.5));
+    let t = figures.throughput_100.as_ref();
+    let vs_etcd = t.and_then(|r| ratio_of(rate(&r.gaios), rate(&r.etcd)));
+    let vs_zk = t.and_then(|r| ratio_of(rate(&r.gaios), rate(&r.zookeeper)));
+    line("write throughput, 100 clients, ≥ 2× etcd", fmt(vs_etcd, 2), vs_etcd.map(|r| r >= 2.0));
+    line("write throughput, 100 clients, ≥ 2× ZooKeeper", fmt(vs_zk, 2), vs_zk.map(|r| r >= 2.0));
+    let lock = figures.lock_1.as_ref().and_then(|r| ratio_of(p(&r.gaios, 50.0), p(&r.etcd, 50.0)));
+    line("lock acquire + release, 1 client, ≤ 1/3 etcd (p50)", fmt(lock, 2), lock.map(|r| r <= 1.0 / 3.0));
+    let read = ratio_of(
+        figures.gaios_read.as_ref().and_then(|s| s.percentile_ms(50.0)),
+        figures.etcd_serializable.as_ref().and_then(|s| s.percentile_ms(50.0)),
+    );
+    line("master-lease read ≤ 0.5× etcd serializable read (p50)", fmt(read, 2), read.map(|r| r <= 0.5));
+    for (fault, limit_ms) in [(Fault::Kill, 600.0), (Fault::Stop, 1500.0)] {
+        let median = figures.failover.iter().find(|(name, f, _)| name == "Gaios" && *f == fault).and_then(|(_, _, t)| median_ms(t));
+        line(&format!("{} failover ≤ {limit_ms:.0} ms median", fault.name()), fmt(median, 0).to_string() + " ms", median.map(|m| m <= limit_ms));
+    }
+    let spurious = figures.sessions.iter().rfind(|(name, r)| name == "Gaios" && r.sessions >= 20_000).map(|(_, r)| r.spurious_expiries);
+    let measured = match (spurious, sessions_max) {
+        (Some(spurious), _) => format!("{spurious} spurious expiries"),
+        (None, 0) => "-".to_string(),
+        (None, n) => format!("only {n} sessions run"),
+    };
+    line("20,000 sessions, 0 spurious expiries (Gaios)", measured, spurious.map(|s| s == 0));
+    out.push('\n');
+    out
+}
+
+/// The report's first lines: command, machine, versions, configurations.
+fn header(args: &Args, etcd: bool, zookeeper: bool) -> String {
+    let run = |program: &str, arguments: &[&str]| {
+        Command::new(program)
+            .args(arguments)
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".to_string())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| info.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kib| kib.parse::<f64>().ok()))
+        .map_or("unknown".to_string(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let commit = run("git", &["-C", &workspace.to_string_lossy(), "describe", "--always", "--dirty"]);
+    let mut out = String::from("# Gaios benchmark\n\n");
+    let _ = writeln!(out, "- Command: `gaios-bench {}`", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+    let _ = writeln!(out, "- Date: {}", run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let _ = writeln!(
+        out,
+        "- Machine: {cpu}, {} cores, {memory}; {}",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        run("uname", &["-sr"])
+    );
+    let _ = writeln!(
+        out,
+        "- Profile: {}; Gaios {} build at {commit}",
+        if args.quick { "quick (seconds per workload; not for comparison)" } else { "full" },
+        if cfg!(debug_assertions) { "**debug**" } else { "release" }
+    );
+    let _ = writeln!(
+        out,
+        "- etcd: {}; ZooKeeper: {}",
+        if etcd { run("dpkg-query", &["-W", "-f", "etcd-server ${Version}", "etcd-server"]) } else { "not run".into() },
+        if zookeeper { run("dpkg-query", &["-W", "-f", "zookeeper ${Version}", "zookeeper"]) } else { "not run".into() }
+    );
+    out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values.\n\n");
+    out
 }
 
 /// Stops the peer clusters and removes their data when dropped.
@@ -403,19 +488,4 @@ impl Drop for StopPeers {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A script of `bench/scripts/`.
-fn env_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
-}
-
-fn version(binary: &str) -> String {
-    Command::new(binary)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }

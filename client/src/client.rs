@@ -100,7 +100,7 @@ pub struct Event {
 /// lag and is told with a `Missed` event.
 const EVENTS_BUFFERED_MAX: usize = 1024;
 /// The longest the library waits between two connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// How long connecting to one replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -516,26 +516,34 @@ impl CellService {
     ) {
         let mut session = None;
         let mut sent_through = 0;
-        let mut applied = self.shared.watch_applied();
+        // Woken only when this stream's session gets events or ends.
+        let mut watcher: Option<(u64, watch::Receiver<()>)> = None;
         let lease_ms = duration_ms(self.shared.session_lease);
         loop {
             let answer = tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => match self.keep_alive_once(&mut session, &request) {
-                        Ok(events) => {
-                            sent_through = sent_through.max(request.acknowledged_event);
-                            if let Some(last) = events.last() {
-                                sent_through = sent_through.max(last.number);
-                            }
-                            Ok(pb::KeepAliveResponse { lease_ms, events })
+                    Ok(Some(request)) => {
+                        if watcher.is_none() && request.session_id != 0 {
+                            // Before the first read of its events.
+                            watcher = Some((request.session_id, self.shared.watch_session(request.session_id)));
                         }
-                        Err(status) => Err(status),
-                    },
-                    Ok(None) | Err(_) => return,
+                        match self.keep_alive_once(&mut session, &request) {
+                            Ok(events) => {
+                                sent_through = sent_through.max(request.acknowledged_event);
+                                if let Some(last) = events.last() {
+                                    sent_through = sent_through.max(last.number);
+                                }
+                                Ok(pb::KeepAliveResponse { lease_ms, events })
+                            }
+                            Err(status) => Err(status),
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
                 },
-                changed = applied.changed() => {
+                changed = session_changed(&mut watcher) => {
                     if changed.is_err() {
-                        return;
+                        // The watcher was forgotten; watch again.
+                        watcher = session.map(|id| (id, self.shared.watch_session(id)));
                     }
                     let Some(session_id) = session else { continue };
                     let (events, open) = {
@@ -554,8 +562,12 @@ impl CellService {
             };
             let ended = answer.is_err();
             if outbound.send(answer).await.is_err() || ended {
-                return;
+                break;
             }
+        }
+        if let Some((id, receiver)) = watcher {
+            drop(receiver);
+            self.shared.unwatch_session(id);
         }
     }
 
@@ -583,6 +595,14 @@ impl CellService {
         };
         self.shared.leases().insert(request.session_id, Instant::now() + self.shared.session_lease);
         Ok(events)
+    }
+}
+
+/// Resolves when the watched session changed; never without a watcher.
+async fn session_changed(watcher: &mut Option<(u64, watch::Receiver<()>)>) -> Result<(), watch::error::RecvError> {
+    match watcher {
+        Some((_, receiver)) => receiver.changed().await,
+        None => std::future::pending().await,
     }
 }
 

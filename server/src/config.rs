@@ -41,10 +41,21 @@ pub struct Args {
     /// Where to listen for clients; defaults to this replica's `CLIENT_ADDR`.
     #[arg(long)]
     pub listen_client: Option<SocketAddr>,
-    /// The Paxos core's tick, in milliseconds; its timeouts (election, lease,
-    /// heartbeat) are counted in ticks.
-    #[arg(long, default_value_t = 50)]
+    /// The Paxos core's tick, in milliseconds: the granularity of the
+    /// timeouts below, which the core counts in ticks.
+    #[arg(long, default_value_t = TICK_MS_DEFAULT)]
     pub tick_ms: u64,
+    /// How often the master sends heartbeats (which also renew its lease).
+    #[arg(long, default_value_t = HEARTBEAT_MS_DEFAULT)]
+    pub heartbeat_ms: u64,
+    /// The master lease: how long an acceptor that acknowledged a heartbeat
+    /// promises no other ballot. A dead master's successor waits this out.
+    #[arg(long, default_value_t = MASTER_LEASE_MS_DEFAULT)]
+    pub master_lease_ms: u64,
+    /// A follower that hears no master for a random time between this and
+    /// 1.5 times this runs an election. At least the master lease.
+    #[arg(long, default_value_t = ELECTION_TIMEOUT_MS_DEFAULT)]
+    pub election_timeout_ms: u64,
     /// Where to serve Prometheus metrics (`GET /metrics` over plain HTTP);
     /// no metrics endpoint when absent.
     #[arg(long)]
@@ -58,6 +69,18 @@ pub struct Args {
     #[arg(long, default_value_t = SESSION_LEASE_MS_DEFAULT)]
     pub session_lease_ms: u64,
 }
+
+/// The default of `--tick-ms`.
+pub const TICK_MS_DEFAULT: u64 = 10;
+/// The default of `--heartbeat-ms`.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
+/// The default of `--master-lease-ms`: five heartbeats, so a few lost or
+/// late ones do not cost the master its lease.
+pub const MASTER_LEASE_MS_DEFAULT: u64 = 250;
+/// The default of `--election-timeout-ms`. A SIGKILLed master is replaced
+/// about this long (plus jitter, plus one round trip and one fsync) after
+/// its last heartbeat.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 300;
 
 /// The default of `--snapshot-every-slots`.
 pub const SNAPSHOT_EVERY_SLOTS_DEFAULT: u64 = 10_000;
@@ -122,6 +145,19 @@ pub enum ConfigError {
     /// A tick of 0 ms would spin; one over 10 s makes every timeout useless.
     #[error("--tick-ms {0} is outside 1..=10000")]
     BadTick(u64),
+    /// The Paxos timeouts must nest: tick <= heartbeat < master lease <=
+    /// election timeout <= 60 s.
+    #[error("timeouts must satisfy tick ({tick} ms) <= heartbeat ({heartbeat} ms) < master lease ({lease} ms) <= election timeout ({election} ms) <= 60000 ms")]
+    BadTimeouts {
+        /// `--tick-ms`.
+        tick: u64,
+        /// `--heartbeat-ms`.
+        heartbeat: u64,
+        /// `--master-lease-ms`.
+        lease: u64,
+        /// `--election-timeout-ms`.
+        election: u64,
+    },
     /// The cell name is empty.
     #[error("--cell-id must not be empty")]
     EmptyCellId,
@@ -151,6 +187,12 @@ pub struct ReplicaConfig {
     pub listen_client: SocketAddr,
     /// How often the Paxos core ticks.
     pub tick: Duration,
+    /// How often the master sends heartbeats.
+    pub heartbeat: Duration,
+    /// The master lease, as acceptors count it.
+    pub master_lease: Duration,
+    /// The shortest election timeout (the longest is 1.5 times it).
+    pub election_timeout: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub listen_metrics: Option<SocketAddr>,
     /// How many applied slots between two snapshots; at least 1.
@@ -169,6 +211,18 @@ impl ReplicaConfig {
         }
         if args.tick_ms == 0 || args.tick_ms > 10_000 {
             return Err(ConfigError::BadTick(args.tick_ms));
+        }
+        if !(args.tick_ms <= args.heartbeat_ms
+            && args.heartbeat_ms < args.master_lease_ms
+            && args.master_lease_ms <= args.election_timeout_ms
+            && args.election_timeout_ms <= 60_000)
+        {
+            return Err(ConfigError::BadTimeouts {
+                tick: args.tick_ms,
+                heartbeat: args.heartbeat_ms,
+                lease: args.master_lease_ms,
+                election: args.election_timeout_ms,
+            });
         }
         if args.snapshot_every_slots == 0 {
             return Err(ConfigError::BadSnapshotInterval);
@@ -203,10 +257,31 @@ impl ReplicaConfig {
             listen_peer: args.listen_peer.unwrap_or(me.peer_address),
             listen_client: args.listen_client.unwrap_or(me.client_address),
             tick: Duration::from_millis(args.tick_ms),
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+            master_lease: Duration::from_millis(args.master_lease_ms),
+            election_timeout: Duration::from_millis(args.election_timeout_ms),
             listen_metrics: args.listen_metrics,
             snapshot_every_slots: args.snapshot_every_slots,
             session_lease: Duration::from_millis(args.session_lease_ms),
         })
+    }
+
+    /// The Paxos core's configuration: the timeouts above in ticks (rounded
+    /// up, at least one), the master counting its lease a fifth (at least
+    /// one tick) shorter than the acceptors do.
+    pub fn paxos_config(&self) -> gaios_paxos::Config {
+        let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(self.tick.as_millis().max(1) as u64).max(1);
+        let mut config = gaios_paxos::Config::new(self.id, self.member_ids());
+        config.heartbeat_ticks = ticks(self.heartbeat);
+        config.lease_ticks = ticks(self.master_lease).max(config.heartbeat_ticks + 1);
+        config.lease_drift_ticks = (config.lease_ticks / 5).clamp(1, config.lease_ticks - 1);
+        config.election_ticks_min = ticks(self.election_timeout);
+        config.election_ticks_max = ticks(self.election_timeout * 3 / 2);
+        // An unanswered accept or catch-up request is repeated after about
+        // four heartbeats.
+        config.accept_retry_ticks = config.heartbeat_ticks * 4;
+        config.catch_up_retry_ticks = config.heartbeat_ticks * 4;
+        config
     }
 
     /// The member ids, in id order, as the Paxos core wants them.
@@ -249,7 +324,12 @@ mod tests {
         assert_eq!(config.listen_peer, "127.0.0.1:7102".parse().expect("address"));
         assert_eq!(config.listen_client, "127.0.0.1:7202".parse().expect("address"));
         assert_eq!(config.member_ids(), vec![1, 2, 3]);
-        assert_eq!(config.tick, Duration::from_millis(50));
+        assert_eq!(config.tick, Duration::from_millis(TICK_MS_DEFAULT));
+        let paxos = config.paxos_config();
+        assert_eq!(paxos.validate(), Ok(()));
+        // 10 ms ticks: heartbeat 5, lease 25 (the master counts 20), elections after 30..45.
+        assert_eq!((paxos.heartbeat_ticks, paxos.lease_ticks, paxos.lease_drift_ticks), (5, 25, 5));
+        assert_eq!((paxos.election_ticks_min, paxos.election_ticks_max), (30, 45));
         assert_eq!(config.listen_metrics, None);
         assert_eq!(config.snapshot_every_slots, SNAPSHOT_EVERY_SLOTS_DEFAULT);
         assert_eq!(config.session_lease, Duration::from_millis(SESSION_LEASE_MS_DEFAULT));
@@ -279,6 +359,33 @@ mod tests {
         let mut argv = vec!["--id", "1", "--snapshot-every-slots", "0"];
         argv.extend_from_slice(&THREE);
         assert_eq!(parse(&argv), Err(ConfigError::BadSnapshotInterval));
+    }
+
+    #[test]
+    fn paxos_timeouts_must_nest() {
+        let cases: [(&[&str], bool); 6] = [
+            (&[], true),
+            (&["--tick-ms", "50", "--heartbeat-ms", "50", "--master-lease-ms", "1000", "--election-timeout-ms", "1000"], true),
+            (&["--tick-ms", "60"], false),
+            (&["--master-lease-ms", "50"], false),
+            (&["--election-timeout-ms", "200"], false),
+            (&["--election-timeout-ms", "60001"], false),
+        ];
+        for (flags, ok) in cases {
+            let mut argv = vec!["--id", "1"];
+            argv.extend_from_slice(&THREE);
+            argv.extend_from_slice(flags);
+            match parse(&argv) {
+                Ok(config) => {
+                    assert!(ok, "{flags:?} was taken");
+                    assert_eq!(config.paxos_config().validate(), Ok(()), "{flags:?}");
+                }
+                Err(error) => {
+                    assert!(!ok, "{flags:?}: {error}");
+                    assert!(matches!(error, ConfigError::BadTimeouts { .. } | ConfigError::BadTick(_)), "{flags:?}: {error}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -340,6 +340,7 @@ impl Driver {
             }
             if let Some((slot, state)) = installed {
                 *self.shared.state() = state;
+                self.shared.all_sessions_touched();
                 tracing::info!(slot, "installed a snapshot from another replica");
                 self.installed_snapshot = Some(slot);
                 self.snapshot_slot = slot;
@@ -400,7 +401,9 @@ impl Driver {
         self.options.metrics.chosen_slots_total.add(committed.len() as u64);
         self.options.metrics.sessions.set(i64::try_from(state.session_count()).unwrap_or(i64::MAX));
         self.options.metrics.locks_held.set(i64::try_from(state.locks_held()).unwrap_or(i64::MAX));
+        let touched = state.take_touched();
         drop(state);
+        self.shared.sessions_touched(touched);
         self.shared.applied_through(last.slot);
     }
 

@@ -69,7 +69,7 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let peers: Vec<_> = config.members.iter().map(|peer| (peer.id, peer.peer_address)).collect();
     let outbound = Outbound::start(config.id, &peers, stats.clone());
-    let paxos_config = gaios_paxos::Config::new(config.id, config.member_ids());
+    let paxos_config = config.paxos_config();
     let options = DriverOptions {
         snapshot_every_slots: config.snapshot_every_slots,
         session_lease: config.session_lease,

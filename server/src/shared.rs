@@ -5,7 +5,7 @@
 //! commands); handlers read it under the lock, briefly, and send commands to
 //! the driver, which answers each once it is chosen and applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,10 @@ pub struct Shared {
     state: Mutex<StateMachine>,
     leases: Mutex<BTreeMap<SessionId, Instant>>,
     applied: watch::Sender<u64>,
+    /// One sender per session with a KeepAlive stream on this replica (at
+    /// most one entry per live session): woken when the session gets events
+    /// or ends, so an applied batch wakes only the streams it concerns.
+    session_watchers: Mutex<BTreeMap<SessionId, watch::Sender<()>>>,
     proposals: mpsc::Sender<Proposal>,
     /// How long a session lives without a KeepAlive.
     pub session_lease: Duration,
@@ -50,7 +54,14 @@ impl Shared {
     pub fn new(state: StateMachine, session_lease: Duration) -> (Shared, mpsc::Receiver<Proposal>) {
         let (proposals, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let (applied, _) = watch::channel(0);
-        let shared = Shared { state: Mutex::new(state), leases: Mutex::new(BTreeMap::new()), applied, proposals, session_lease };
+        let shared = Shared {
+            state: Mutex::new(state),
+            leases: Mutex::new(BTreeMap::new()),
+            applied,
+            session_watchers: Mutex::new(BTreeMap::new()),
+            proposals,
+            session_lease,
+        };
         (shared, receiver)
     }
 
@@ -76,6 +87,52 @@ impl Shared {
     /// Wakes when more commands were applied.
     pub fn watch_applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    fn session_watchers(&self) -> MutexGuard<'_, BTreeMap<SessionId, watch::Sender<()>>> {
+        self.session_watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes when `session` gets events or ends (or the whole state was
+    /// replaced by a snapshot). Subscribe before reading its events.
+    pub fn watch_session(&self, session: SessionId) -> watch::Receiver<()> {
+        self.session_watchers().entry(session).or_insert_with(|| watch::channel(()).0).subscribe()
+    }
+
+    /// Forgets `session`'s watcher once no stream watches it (a stream
+    /// calls this after dropping its receiver).
+    pub fn unwatch_session(&self, session: SessionId) {
+        let mut watchers = self.session_watchers();
+        if watchers.get(&session).is_some_and(|sender| sender.receiver_count() == 0) {
+            watchers.remove(&session);
+        }
+    }
+
+    /// Wakes the streams of the sessions `touched` by applied commands, and
+    /// forgets watchers nobody holds any more.
+    pub fn sessions_touched(&self, touched: BTreeSet<SessionId>) {
+        if touched.is_empty() {
+            return;
+        }
+        let mut watchers = self.session_watchers();
+        for session in touched {
+            if let Some(sender) = watchers.get(&session) {
+                if sender.receiver_count() == 0 {
+                    watchers.remove(&session);
+                } else {
+                    sender.send_replace(());
+                }
+            }
+        }
+    }
+
+    /// Wakes every stream (the state was replaced by a snapshot).
+    pub fn all_sessions_touched(&self) {
+        let mut watchers = self.session_watchers();
+        watchers.retain(|_, sender| sender.receiver_count() > 0);
+        for sender in watchers.values() {
+            sender.send_replace(());
+        }
     }
 
     /// Proposes a command and waits until it is chosen and applied.

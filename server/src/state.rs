@@ -126,6 +126,20 @@ pub struct StateMachine {
     sessions_bytes: usize,
     /// Not replicated: events not yet acknowledged, per session.
     outbox: BTreeMap<SessionId, VecDeque<api::Event>>,
+    /// Not replicated: sessions that got events or ended since the driver
+    /// last took them, so it wakes only their KeepAlive streams.
+    touched: Touched,
+}
+
+/// Sessions touched by applied commands; not part of the state (always
+/// equal), drained by the driver after every applied batch.
+#[derive(Clone, Debug, Default, Eq)]
+struct Touched(BTreeSet<SessionId>);
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Touched) -> bool {
+        true
+    }
 }
 
 impl Default for StateMachine {
@@ -235,6 +249,7 @@ impl StateMachine {
             handles_total: 0,
             sessions_bytes: 0,
             outbox: BTreeMap::new(),
+            touched: Touched::default(),
         }
     }
 
@@ -373,6 +388,7 @@ impl StateMachine {
             self.sessions_bytes -= session.footprint_bytes();
         }
         self.outbox.remove(&session_id);
+        self.touched.0.insert(session_id);
         for path in self.namespace.ephemerals_of(session_id) {
             // Deepest first; a directory another session filled stays.
             let _ = self.delete_node(&path, None);
@@ -809,6 +825,7 @@ impl StateMachine {
         let event = api::Event { number: session.last_event, kind: kind as i32, handle, path: path.to_string() };
         let queue = self.outbox.entry(session_id).or_default();
         queue.push_back(event);
+        self.touched.0.insert(session_id);
         while queue.len() > EVENTS_QUEUED_PER_SESSION_MAX {
             queue.pop_front();
         }
@@ -819,6 +836,12 @@ impl StateMachine {
     pub fn events_after(&self, session: SessionId, after: u64, max: usize) -> Vec<api::Event> {
         let Some(queue) = self.outbox.get(&session) else { return Vec::new() };
         queue.iter().filter(|event| event.number > after).take(max).cloned().collect()
+    }
+
+    /// The sessions that got events or ended since the last call; at most
+    /// one entry per session.
+    pub fn take_touched(&mut self) -> BTreeSet<SessionId> {
+        std::mem::take(&mut self.touched.0)
     }
 
     /// The number of the session's last event (0 if none yet).

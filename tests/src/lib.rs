@@ -197,6 +197,11 @@ impl Cell {
         self.children[index] = Some(child);
     }
 
+    /// The process id of the replica at `index`, if it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.children[index].as_ref().map(Child::id)
+    }
+
     /// Whether the replica at `index` runs (was not killed).
     pub fn is_running(&self, index: usize) -> bool {
         self.children[index].is_some()

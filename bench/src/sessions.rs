@@ -1,0 +1,407 @@
+//! The sessions workload: `count` sessions kept alive for `hold`, counting
+//! the spurious expiries (a session the cluster ended although its client
+//! kept it alive) and the replicas' CPU and memory meanwhile.
+//!
+//! - Gaios: `CreateSession`, then one `KeepAlive` stream per session, a
+//!   request every quarter of the lease (what the client library does), the
+//!   streams multiplexed over HTTP/2 connections to the master,
+//!   [`STREAMS_PER_CONNECTION`] each. A stream the cell ends (the session
+//!   expired) is a spurious expiry.
+//! - etcd: a lease per session with the same TTL as Gaios's session lease,
+//!   one `LeaseKeepAlive` stream per lease, a request every quarter of the
+//!   TTL; an answer with TTL 0 (the lease is gone) is a spurious expiry.
+//! - ZooKeeper: a session is a TCP connection (its client pings by itself);
+//!   [`ZOOKEEPER_SESSIONS_PER_PROCESS`] sessions per worker process (the fd
+//!   limit), `Expired` states are spurious expiries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1::cell_client::CellClient;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ProcessUsage;
+
+/// The session lease (etcd: lease TTL; ZooKeeper: session timeout), the same
+/// for every system: Gaios's default, 12 s.
+pub const SESSION_LEASE: Duration = Duration::from_secs(12);
+/// KeepAlive streams per HTTP/2 connection to the Gaios master (under the
+/// server's limit of concurrent streams per connection).
+pub const STREAMS_PER_CONNECTION: usize = 100;
+/// ZooKeeper sessions held by one worker process.
+pub const ZOOKEEPER_SESSIONS_PER_PROCESS: usize = 5_000;
+/// Sessions created concurrently.
+const CREATE_CONCURRENCY: usize = 64;
+
+/// What one sessions run saw.
+#[derive(Clone, Debug, Default)]
+pub struct SessionsResult {
+    /// Sessions asked for.
+    pub sessions: usize,
+    /// How long setting them up took.
+    pub setup: Duration,
+    /// Sessions the cluster ended while their clients kept them alive.
+    pub spurious_expiries: u64,
+    /// Keep-alive requests answered during the hold (ZooKeeper's client
+    /// pings by itself: not counted).
+    pub keep_alives: Option<u64>,
+    /// Keep-alive streams that broke and were reopened (not expiries).
+    pub reconnects: u64,
+    /// The replicas' CPU use during the hold, in cores (summed over the five).
+    pub cpu_cores: f64,
+    /// The replicas' resident memory at the end of the hold, summed, in MiB.
+    pub rss_mib: f64,
+}
+
+/// Gaios: `count` sessions on the cell at `addresses` (replica pids `pids`).
+pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
+    let master = master_address(addresses).await.context("no Gaios master")?;
+    let connections = count.div_ceil(STREAMS_PER_CONNECTION).max(1);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let endpoint = Endpoint::from_shared(format!("http://{master}"))?.tcp_nodelay(true).connect_timeout(Duration::from_secs(2));
+        channels.push(endpoint.connect().await.with_context(|| format!("connect to {master}"))?);
+    }
+
+    // Each session is kept alive from the moment it exists, as the client
+    // library does, so the set-up also shows what thousands of live
+    // KeepAlive streams cost while sessions are being created.
+    let counters = Arc::new(Counters::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let creating = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
+    let (created_tx, mut created) = tokio::sync::mpsc::channel::<bool>(count.max(1));
+    let started = Instant::now();
+    let mut holding = JoinSet::new();
+    for i in 0..count {
+        let channel = channels[i % connections].clone();
+        let (counters, stop, creating, created) = (counters.clone(), stop.clone(), creating.clone(), created_tx.clone());
+        holding.spawn(async move {
+            let permit = creating.acquire_owned().await?;
+            let request = pb::CreateSessionRequest { client_name: format!("bench-session-{i}") };
+            let session = CellClient::new(channel.clone()).create_session(request).await;
+            drop(permit);
+            let _ = created.send(session.is_ok()).await;
+            let session = session.context("CreateSession")?.into_inner().session_id;
+            keep_gaios_session_alive(channel, session, stop, counters).await;
+            anyhow::Ok(session)
+        });
+    }
+    all_set_up(&mut created, count, "CreateSession").await?;
+    let setup = started.elapsed();
+    let before = ProcessUsage::of(pids);
+    tokio::time::sleep(hold).await;
+    let after = ProcessUsage::of(pids);
+    let _ = stop_tx.send(true);
+    let mut ids = Vec::with_capacity(count);
+    while let Some(joined) = holding.join_next().await {
+        ids.push(joined??);
+    }
+
+    // End the sessions (bounded concurrency), so later workloads share the
+    // cell with nothing left behind.
+    let mut closing = JoinSet::new();
+    for (i, &session_id) in ids.iter().enumerate() {
+        if closing.len() >= CREATE_CONCURRENCY {
+            closing.join_next().await;
+        }
+        let mut cell = CellClient::new(channels[i % connections].clone());
+        closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id }).await.is_ok() });
+    }
+    while closing.join_next().await.is_some() {}
+
+    Ok(counters.result(count, setup, &before, &after, hold))
+}
+
+/// Waits for `count` set-up reports; fails on the first that failed.
+async fn all_set_up(reports: &mut tokio::sync::mpsc::Receiver<bool>, count: usize, what: &str) -> anyhow::Result<()> {
+    for done in 0..count {
+        let ok = reports.recv().await.unwrap_or(false);
+        anyhow::ensure!(ok, "{what} failed after {done} of {count}");
+    }
+    Ok(())
+}
+
+/// Which replica is master, by asking them.
+async fn master_address(addresses: &[String]) -> Option<String> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let statuses = gaios_client::cell_status(addresses).await;
+        if let Some(master) = statuses.iter().find(|s| s.role() == pb::Role::Master) {
+            return Some(master.members.iter().find(|m| m.id == master.id).map(|m| m.client_address.clone()).unwrap_or_default())
+                .filter(|a| !a.is_empty());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Turns true when the hold is over.
+type Stop = tokio::sync::watch::Receiver<bool>;
+
+#[derive(Default)]
+struct Counters {
+    expired: AtomicU64,
+    answered: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+impl Counters {
+    fn result(&self, sessions: usize, setup: Duration, before: &ProcessUsage, after: &ProcessUsage, hold: Duration) -> SessionsResult {
+        SessionsResult {
+            sessions,
+            setup,
+            spurious_expiries: self.expired.load(Ordering::Relaxed),
+            keep_alives: Some(self.answered.load(Ordering::Relaxed)),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            cpu_cores: after.cpu_seconds_since(before) / hold.as_secs_f64(),
+            rss_mib: after.rss_bytes as f64 / f64::from(1 << 20),
+        }
+    }
+}
+
+/// One Gaios session's keep-alive loop until `stop` says so.
+async fn keep_gaios_session_alive(channel: Channel, session_id: u64, mut stop: Stop, counters: Arc<Counters>) {
+    let interval = SESSION_LEASE / 4;
+    let mut acknowledged = 0;
+    while !*stop.borrow() {
+        let (requests, receiver) = tokio::sync::mpsc::channel(2);
+        let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged });
+        let mut cell = CellClient::new(channel.clone());
+        let Ok(response) = cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver)).await else {
+            counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut answers = response.into_inner();
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticker.tick() => {
+                    let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged });
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(answer)) => {
+                        if answer.lease_ms > 0 {
+                            counters.answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(last) = answer.events.last() {
+                            acknowledged = acknowledged.max(last.number);
+                        }
+                    }
+                    Ok(None) => {
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(status) => {
+                        if status.code() == tonic::Code::FailedPrecondition {
+                            // The cell ended the session: it expired.
+                            counters.expired.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// etcd: `count` leases kept alive.
+pub async fn etcd(endpoints: &[String], pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
+    let client = etcd_client::Client::connect(endpoints, None).await.context("connect to etcd")?;
+    let ttl = i64::try_from(SESSION_LEASE.as_secs()).unwrap_or(12);
+    let counters = Arc::new(Counters::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let granting = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
+    let (granted_tx, mut granted) = tokio::sync::mpsc::channel::<bool>(count.max(1));
+    let started = Instant::now();
+    let mut holding = JoinSet::new();
+    for _ in 0..count {
+        let mut client = client.clone();
+        let (counters, stop, granting, granted) = (counters.clone(), stop.clone(), granting.clone(), granted_tx.clone());
+        holding.spawn(async move {
+            let permit = granting.acquire_owned().await?;
+            let lease = client.lease_grant(ttl, None).await;
+            drop(permit);
+            let _ = granted.send(lease.is_ok()).await;
+            let id = lease.context("LeaseGrant")?.id();
+            keep_etcd_lease_alive(client, id, stop, counters).await;
+            anyhow::Ok(id)
+        });
+    }
+    all_set_up(&mut granted, count, "LeaseGrant").await?;
+    let setup = started.elapsed();
+    let before = ProcessUsage::of(pids);
+    tokio::time::sleep(hold).await;
+    let after = ProcessUsage::of(pids);
+    let _ = stop_tx.send(true);
+    let mut ids = Vec::with_capacity(count);
+    while let Some(joined) = holding.join_next().await {
+        ids.push(joined??);
+    }
+
+    let mut revoking = JoinSet::new();
+    for &id in &ids {
+        if revoking.len() >= CREATE_CONCURRENCY {
+            revoking.join_next().await;
+        }
+        let mut client = client.clone();
+        revoking.spawn(async move { client.lease_revoke(id).await.is_ok() });
+    }
+    while revoking.join_next().await.is_some() {}
+    Ok(counters.result(count, setup, &before, &after, hold))
+}
+
+async fn keep_etcd_lease_alive(mut client: etcd_client::Client, id: i64, mut stop: Stop, counters: Arc<Counters>) {
+    let interval = SESSION_LEASE / 4;
+    while !*stop.borrow() {
+        let Ok((mut keeper, mut answers)) = client.lease_keep_alive(id).await else {
+            counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticker.tick() => {
+                    if keeper.keep_alive().await.is_err() {
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(answer)) if answer.ttl() > 0 => {
+                        counters.answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(_)) => {
+                        counters.expired.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(None) | Err(_) => {
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ZooKeeper: `count` sessions in worker processes of this binary
+/// (`gaios-bench zookeeper-sessions-worker`), each holding at most
+/// [`ZOOKEEPER_SESSIONS_PER_PROCESS`].
+pub async fn zookeeper(cluster: &str, pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
+    let workers = count.div_ceil(ZOOKEEPER_SESSIONS_PER_PROCESS).max(1);
+    let started = Instant::now();
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for worker in 0..workers {
+        let share = (count / workers) + usize::from(worker < count % workers);
+        let child = tokio::process::Command::new(&exe)
+            .args(["zookeeper-sessions-worker", cluster, &share.to_string(), &hold.as_secs().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start a ZooKeeper sessions worker")?;
+        children.push(child);
+    }
+    // Each worker prints "ready" once its sessions are up, then waits for a
+    // line on stdin to start holding, so every worker holds at once.
+    let mut outputs = Vec::new();
+    for child in &mut children {
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let ready = lines.next_line().await?.unwrap_or_default();
+        anyhow::ensure!(ready == "ready", "a ZooKeeper sessions worker failed to set up: {ready:?}");
+        outputs.push(lines);
+    }
+    let setup = started.elapsed();
+    let before = ProcessUsage::of(pids);
+    for child in &mut children {
+        let stdin = child.stdin.as_mut().context("worker stdin")?;
+        tokio::io::AsyncWriteExt::write_all(stdin, b"go\n").await?;
+    }
+    let mut totals = SessionsResult { sessions: count, setup, ..SessionsResult::default() };
+    for lines in &mut outputs {
+        let line = lines.next_line().await?.unwrap_or_default();
+        let mut fields = line.split_whitespace().filter_map(|f| f.split_once('='));
+        for (key, value) in fields.by_ref() {
+            let value: u64 = value.parse().unwrap_or(0);
+            match key {
+                "expired" => totals.spurious_expiries += value,
+                "disconnects" => totals.reconnects += value,
+                _ => {}
+            }
+        }
+    }
+    let after = ProcessUsage::of(pids);
+    for child in &mut children {
+        let _ = child.wait().await;
+    }
+    totals.cpu_cores = after.cpu_seconds_since(&before) / hold.as_secs_f64();
+    totals.rss_mib = after.rss_bytes as f64 / f64::from(1 << 20);
+    Ok(totals)
+}
+
+/// The worker: opens `count` ZooKeeper sessions, prints `ready`, waits for a
+/// line on stdin, holds them for `hold`, then prints
+/// `expired=E disconnects=D` and closes them.
+pub async fn zookeeper_worker(cluster: &str, count: usize, hold: Duration) -> anyhow::Result<()> {
+    let mut clients = Vec::with_capacity(count);
+    let mut connecting = JoinSet::new();
+    for _ in 0..count {
+        if connecting.len() >= CREATE_CONCURRENCY
+            && let Some(client) = connecting.join_next().await
+        {
+            clients.push(client??);
+        }
+        let cluster = cluster.to_string();
+        connecting.spawn(async move {
+            anyhow::Ok(zookeeper_client::Client::connector().session_timeout(SESSION_LEASE).connect(&cluster).await?)
+        });
+    }
+    while let Some(client) = connecting.join_next().await {
+        clients.push(client??);
+    }
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let counters = Arc::new(Counters::default());
+    let stop = Instant::now() + hold;
+    let mut watching = JoinSet::new();
+    for client in &clients {
+        let mut watcher = client.state_watcher();
+        let counters = counters.clone();
+        watching.spawn(async move {
+            loop {
+                let state = tokio::select! {
+                    _ = tokio::time::sleep_until(stop.into()) => return,
+                    state = watcher.changed() => state,
+                };
+                match state {
+                    zookeeper_client::SessionState::Expired => {
+                        counters.expired.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    zookeeper_client::SessionState::Disconnected => {
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    zookeeper_client::SessionState::Closed | zookeeper_client::SessionState::AuthFailed => return,
+                    _ => {}
+                }
+            }
+        });
+    }
+    while watching.join_next().await.is_some() {}
+    println!("expired={} disconnects={}", counters.expired.load(Ordering::Relaxed), counters.reconnects.load(Ordering::Relaxed));
+    drop(clients);
+    Ok(())
+}
