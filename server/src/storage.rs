@@ -266,10 +266,20 @@ impl Storage {
                 return Err(corrupt(Corruption::UnknownColumnFamily(name.clone())));
             }
         }
-        for name in COLUMN_FAMILIES {
-            if !families.iter().any(|f| f == name) {
-                return Err(corrupt(Corruption::MissingColumnFamily(name)));
+        if let Some(missing) = COLUMN_FAMILIES.into_iter().find(|name| !families.iter().any(|f| f == name)) {
+            // RocksDB creates the database and then its column families one
+            // by one; a process killed in between leaves some missing. With
+            // nothing in the ones present, finishing the initialisation
+            // loses nothing; with anything, the directory is not ours.
+            if !present_families_empty(dir, &families)? {
+                return Err(corrupt(Corruption::MissingColumnFamily(missing)));
             }
+            tracing::warn!(dir = %dir.display(), %identity, missing,
+                "finishing an interrupted initialisation of the data directory (column families missing)");
+            let (db, options) = open_db(dir, OpenMode::Create)?;
+            let storage = Storage { db, options, dir: dir.to_path_buf() };
+            storage.write_identity(identity)?;
+            return Ok(storage);
         }
         // Check the identity on a read-only open first, so that a refused
         // directory is left exactly as it was (a read-write open would
@@ -560,6 +570,20 @@ enum OpenMode {
     Existing,
     /// Inspecting an existing database without changing any file.
     ReadOnly,
+}
+
+/// Whether every column family in `families` of the database in `dir` is
+/// empty (read-only: no file changes).
+fn present_families_empty(dir: &Path, families: &[String]) -> Result<bool, StorageError> {
+    let db = Db::open_cf_for_read_only(&Options::default(), dir, families, false).map_err(|e| rocks_error(dir, e))?;
+    for name in families {
+        let Some(cf) = db.cf_handle(name) else { continue };
+        if let Some(item) = db.iterator_cf(cf, IteratorMode::Start).next() {
+            item.map_err(|e| rocks_error(dir, e))?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Opens the database with Gaios's column families.
@@ -916,6 +940,24 @@ mod tests {
             ),
             "{error:?}"
         );
+        Ok(())
+    }
+
+    /// A database killed while RocksDB created its column families (some
+    /// missing, all present ones empty) is initialised, not refused.
+    #[test]
+    fn an_initialisation_killed_between_column_families_is_finished() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let _db = Db::open_cf(&options, dir.path(), [COLUMN_FAMILIES[0]])?;
+        }
+        let storage = Storage::open(dir.path(), &identity())?;
+        drop(storage);
+        // Opened again as an ordinary data directory of this identity.
+        Storage::open(dir.path(), &identity())?;
         Ok(())
     }
 
