@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gaios_bench::failover::{self, Fault, Target};
 use gaios_bench::sessions::{self, SessionsResult};
-use gaios_bench::systems::{Op, PeerCluster, PeerKind, System, measure};
+use gaios_bench::systems::{self, Op, PeerCluster, PeerKind, System, measure};
 use gaios_bench::{Samples, median_ms, plots, ratio};
 
 /// The benchmark's command line.
@@ -129,18 +129,91 @@ struct Systems {
     gaios: System,
     etcd: Option<PeerCluster>,
     zookeeper: Option<PeerCluster>,
+    /// The system that runs now; the others are paused.
+    focused: std::sync::Mutex<Option<Which>>,
 }
 
+/// One of the three systems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Gaios,
+    Etcd,
+    ZooKeeper,
+}
+
+/// How long a system has to agree on a leader after being continued.
+const FOCUS_DEADLINE: Duration = Duration::from_secs(60);
+
 impl Systems {
-    /// Runs the same measurement on every system present.
-    async fn row(&self, label: &str, clients: usize, duration: Duration, count: usize, op: Op) -> anyhow::Result<Row> {
+    fn pids(&self, cell: &gaios_tests::Cell, which: Which) -> Vec<u32> {
+        match which {
+            Which::Gaios => (0..cell.members.len()).filter_map(|i| cell.pid(i)).collect(),
+            Which::Etcd => self.etcd.as_ref().map(peer_pids).unwrap_or_default(),
+            Which::ZooKeeper => self.zookeeper.as_ref().map(peer_pids).unwrap_or_default(),
+        }
+    }
+
+    /// Gives the machine to one system: the other two are paused
+    /// (SIGSTOP), this one continued and waited for until it agrees on a
+    /// leader, so that no system is measured while another one's
+    /// heartbeats, timers and fsyncs compete for the two cores and the disk.
+    async fn focus(&self, cell: &gaios_tests::Cell, which: Which) -> anyhow::Result<()> {
+        if *self.focused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == Some(which) {
+            return Ok(());
+        }
+        for other in [Which::Gaios, Which::Etcd, Which::ZooKeeper] {
+            if other != which {
+                for pid in self.pids(cell, other) {
+                    let _ = systems::signal(pid, "STOP");
+                }
+            }
+        }
+        for pid in self.pids(cell, which) {
+            let _ = systems::signal(pid, "CONT");
+        }
+        let until = std::time::Instant::now() + FOCUS_DEADLINE;
+        loop {
+            let led = match which {
+                Which::Gaios => {
+                    let all: Vec<usize> = (0..cell.members.len()).collect();
+                    gaios_tests::wait_for_master(cell, &all, Duration::from_millis(1)).await.is_some()
+                }
+                Which::Etcd => self.peer_leader(self.etcd.as_ref()).await,
+                Which::ZooKeeper => self.peer_leader(self.zookeeper.as_ref()).await,
+            };
+            if led {
+                break;
+            }
+            anyhow::ensure!(std::time::Instant::now() < until, "{which:?} did not agree on a leader within {FOCUS_DEADLINE:?} of being continued");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        *self.focused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(which);
+        Ok(())
+    }
+
+    async fn peer_leader(&self, peer: Option<&PeerCluster>) -> bool {
+        match peer {
+            Some(peer) => peer.leader().await.is_some(),
+            None => true,
+        }
+    }
+
+    /// Runs the same measurement on every system present, each alone.
+    async fn row(&self, cell: &gaios_tests::Cell, label: &str, clients: usize, duration: Duration, count: usize, op: Op) -> anyhow::Result<Row> {
+        self.focus(cell, Which::Gaios).await?;
         let gaios = Some(measure(&self.gaios, clients, duration, count, op).await?);
         let etcd = match &self.etcd {
-            Some(peer) => Some(measure(&peer.system(), clients, duration, count, op).await?),
+            Some(peer) => {
+                self.focus(cell, Which::Etcd).await?;
+                Some(measure(&peer.system(), clients, duration, count, op).await?)
+            }
             None => None,
         };
         let zookeeper = match &self.zookeeper {
-            Some(peer) => Some(measure(&peer.system(), clients, duration, count, op).await?),
+            Some(peer) => {
+                self.focus(cell, Which::ZooKeeper).await?;
+                Some(measure(&peer.system(), clients, duration, count, op).await?)
+            }
             None => None,
         };
         Ok(Row { label: label.to_string(), gaios, etcd, zookeeper })
@@ -197,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let etcd = if etcd_installed { Some(PeerCluster::start(&script, PeerKind::Etcd, &peers_dir.join("etcd"))?) } else { None };
     let zookeeper =
         if zookeeper_installed { Some(PeerCluster::start(&script, PeerKind::ZooKeeper, &peers_dir.join("zk"))?) } else { None };
-    let systems = Systems { gaios, etcd, zookeeper };
+    let systems = Systems { gaios, etcd, zookeeper, focused: std::sync::Mutex::new(None) };
 
     let mut report = header(&args, etcd_installed, zookeeper_installed);
     let mut figures = Figures::default();
@@ -210,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("workload {workload}…");
         match workload.as_str() {
             "write" => {
-                let row = systems.row("write", 1, duration, count, Op::Write).await?;
+                let row = systems.row(&cell, "write", 1, duration, count, Op::Write).await?;
                 report.push_str(&table("Write latency, 1 client, 256-byte values", std::slice::from_ref(&row), false));
                 if plotting && let Some(path) = plot("write-latency.png") {
                     plots::latency_cdf(&path, "Write latency, 1 client", &row_series(&row))?;
@@ -222,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
                 let mut rows = Vec::new();
                 let levels: &[usize] = if args.quick { &[10, 100] } else { &[10, 100, 1000] };
                 for &clients in levels {
-                    rows.push(systems.row(&format!("{clients} clients"), clients, duration, usize::MAX, Op::Write).await?);
+                    rows.push(systems.row(&cell, &format!("{clients} clients"), clients, duration, usize::MAX, Op::Write).await?);
                 }
                 report.push_str(&table("Write throughput, 256-byte values", &rows, true));
                 if plotting && let Some(path) = plot("write-throughput.png") {
@@ -243,9 +316,10 @@ async fn main() -> anyhow::Result<()> {
                 figures.throughput_100 = rows.into_iter().find(|row| row.label == "100 clients");
             }
             "read" => {
-                let lease_read = systems.row("Gaios lease read; etcd linearizable; ZooKeeper getData", 1, duration, count, Op::Read { serializable: false }).await?;
+                let lease_read = systems.row(&cell, "Gaios lease read; etcd linearizable; ZooKeeper getData", 1, duration, count, Op::Read { serializable: false }).await?;
                 let mut rows = vec![lease_read];
                 if let Some(etcd) = &systems.etcd {
+                    systems.focus(&cell, Which::Etcd).await?;
                     let serializable = measure(&etcd.system(), 1, duration, count, Op::Read { serializable: true }).await?;
                     figures.etcd_serializable = Some(serializable.clone());
                     rows.push(Row { label: "etcd serializable".into(), gaios: rows[0].gaios.clone(), etcd: Some(serializable), zookeeper: None });
@@ -267,8 +341,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             "lock" => {
-                let one = systems.row("1 client", 1, duration, count, Op::Lock(false)).await?;
-                let ten = systems.row("10 contending clients", 10, duration, usize::MAX, Op::Lock(true)).await?;
+                let one = systems.row(&cell, "1 client", 1, duration, count, Op::Lock(false)).await?;
+                let ten = systems.row(&cell, "10 contending clients", 10, duration, usize::MAX, Op::Lock(true)).await?;
                 let rows = [one, ten];
                 report.push_str(&table("Lock acquire + release", &rows, false));
                 if plotting && let Some(path) = plot("lock-latency.png") {
@@ -282,13 +356,20 @@ async fn main() -> anyhow::Result<()> {
                 let _ = writeln!(out, "Each client retries a request after {} ms without an answer. {failover_runs} runs per cell.\n", failover::ATTEMPT_TIMEOUT.as_millis());
                 out.push_str("| fault | Gaios median (runs) ms | etcd median (runs) ms | ZooKeeper median (runs) ms | Gaios/etcd | Gaios/ZooKeeper |\n|---|---|---|---|---|---|\n");
                 for fault in [Fault::Kill, Fault::Stop] {
+                    systems.focus(&cell, Which::Gaios).await?;
                     let gaios = failover::run(&mut Target::Gaios(&mut cell), fault, failover_runs).await?;
                     let etcd = match &systems.etcd {
-                        Some(peer) => Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?),
+                        Some(peer) => {
+                            systems.focus(&cell, Which::Etcd).await?;
+                            Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?)
+                        }
                         None => None,
                     };
                     let zookeeper = match &systems.zookeeper {
-                        Some(peer) => Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?),
+                        Some(peer) => {
+                            systems.focus(&cell, Which::ZooKeeper).await?;
+                            Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?)
+                        }
                         None => None,
                     };
                     let cell_text = |times: &Option<Vec<Duration>>| match times {
@@ -328,13 +409,16 @@ async fn main() -> anyhow::Result<()> {
                 );
                 out.push_str("| sessions | system | set-up s | spurious expiries | keep-alives answered | streams reopened | CPU (cores) | memory MiB |\n|---|---|---|---|---|---|---|---|\n");
                 for &n in &session_counts {
-                    let gaios_pids: Vec<u32> = (0..cell.members.len()).filter_map(|i| cell.pid(i)).collect();
+                    let gaios_pids = systems.pids(&cell, Which::Gaios);
                     let addresses: Vec<String> = cell.members.iter().map(|m| m.client.to_string()).collect();
+                    systems.focus(&cell, Which::Gaios).await?;
                     let mut results = vec![("Gaios".to_string(), sessions::gaios(&addresses, &gaios_pids, n, hold).await?)];
                     if let Some(peer) = &systems.etcd {
+                        systems.focus(&cell, Which::Etcd).await?;
                         results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, hold).await?));
                     }
                     if let Some(peer) = &systems.zookeeper {
+                        systems.focus(&cell, Which::ZooKeeper).await?;
                         results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, hold).await?));
                     }
                     for (name, result) in results {
@@ -471,7 +555,7 @@ fn header(args: &Args, etcd: bool, zookeeper: bool) -> String {
         if etcd { run("dpkg-query", &["-W", "-f", "etcd-server ${Version}", "etcd-server"]) } else { "not run".into() },
         if zookeeper { run("dpkg-query", &["-W", "-f", "zookeeper ${Version}", "zookeeper"]) } else { "not run".into() }
     );
-    out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values.\n\n");
+    out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values. While one system is measured, the other two are paused (SIGSTOP), so that each has the machine to itself.\n\n");
     out
 }
 
