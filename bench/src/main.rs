@@ -502,10 +502,10 @@ fn targets(figures: &Figures, sessions_max: usize) -> String {
         line(&format!("{} failover ≤ {limit_ms:.0} ms median", fault.name()), fmt(median, 0).to_string() + " ms", median.map(|m| m <= limit_ms));
     }
     let spurious = figures.sessions.iter().rfind(|(name, r)| name == "Gaios" && r.sessions >= 20_000).map(|(_, r)| r.spurious_expiries);
-    let measured = match (spurious, sessions_max) {
+    let measured = match (spurious, figures.sessions.is_empty()) {
         (Some(spurious), _) => format!("{spurious} spurious expiries"),
-        (None, 0) => "-".to_string(),
-        (None, n) => format!("only {n} sessions run"),
+        (None, true) => "-".to_string(),
+        (None, false) => format!("only {sessions_max} sessions run"),
     };
     line("20,000 sessions, 0 spurious expiries (Gaios)", measured, spurious.map(|s| s == 0));
     out.push('\n');

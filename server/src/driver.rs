@@ -172,6 +172,8 @@ pub struct Driver {
     /// KeepAlives); on each change to true every session's deadline is
     /// pushed to a full lease from then.
     serving: bool,
+    /// The promised ballot last made durable (a synced write).
+    durable_promised: Ballot,
 }
 
 impl Driver {
@@ -195,6 +197,7 @@ impl Driver {
         // command after it to be applied again.
         durable.applied = snapshot_slot;
         let replica = Replica::new(config, durable)?;
+        let durable_promised = replica.hard_state().promised;
         let (status, status_rx) = watch::channel(status_of(&replica, None, Instant::now(), tick));
         let (shared, proposals) = Shared::new(state, options.session_lease);
         let shared = Arc::new(shared);
@@ -218,6 +221,7 @@ impl Driver {
             advance_proposed_for: None,
             duties_at: Instant::now(),
             serving: false,
+            durable_promised,
         };
         Ok((driver, status_rx, shared))
     }
@@ -330,10 +334,30 @@ impl Driver {
                 _ => None,
             };
             if !ready.nothing_to_persist() {
+                // A Ready that only moves the chosen prefix is written
+                // without a sync: the entries it covers were synced when
+                // accepted, a chosen slot stays chosen (a majority holds
+                // it) whatever this replica forgets, and the WAL is
+                // sequential, so the next synced write makes it durable.
+                // The master's chosen notice would otherwise cost every
+                // write a second fsync before its answer. A new promise,
+                // entries, a snapshot or a compaction are always synced.
+                let promised = ready.hard_state.as_ref().map(|h| h.promised);
+                let sync = !ready.entries.is_empty()
+                    || ready.snapshot.is_some()
+                    || ready.compact_through.is_some()
+                    || promised.is_some_and(|p| p != self.durable_promised);
                 let storage = &self.storage;
-                let started = Instant::now();
-                tokio::task::block_in_place(|| storage.persist(&ready))?;
-                self.options.metrics.observe_fsync(started.elapsed());
+                if sync {
+                    let started = Instant::now();
+                    tokio::task::block_in_place(|| storage.persist(&ready))?;
+                    self.options.metrics.observe_fsync(started.elapsed());
+                    if let Some(promised) = promised {
+                        self.durable_promised = promised;
+                    }
+                } else {
+                    storage.persist_with(&ready, false)?;
+                }
             }
             for envelope in &ready.persisted_messages {
                 self.outbound.send(envelope.to, &envelope.message);

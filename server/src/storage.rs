@@ -437,6 +437,15 @@ impl Storage {
     /// `Ok`, the write survives a crash of the process or the machine, and
     /// the driver may send the `Ready`'s persisted messages.
     pub fn persist(&self, ready: &Ready) -> Result<(), StorageError> {
+        self.persist_with(ready, true)
+    }
+
+    /// [`Storage::persist`], syncing the write-ahead log only if `sync`.
+    /// Unsynced is for a `Ready` whose only change is the chosen prefix
+    /// (see the driver): a later synced write makes it durable with
+    /// everything before it, and losing it loses only knowledge that the
+    /// replica learns again.
+    pub fn persist_with(&self, ready: &Ready, sync: bool) -> Result<(), StorageError> {
         if ready.nothing_to_persist() {
             return Ok(());
         }
@@ -480,7 +489,7 @@ impl Storage {
             batch.delete_range_cf(paxos, [LOG_PREFIX].as_slice(), end.as_slice());
         }
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         self.db
             .write_opt(batch, &options)
             .map_err(|e| rocks_error(&self.dir, e))
@@ -806,6 +815,11 @@ mod tests {
             storage.persist(&ready_with(None, vec![entry(slot, 1)], None, None))?;
         }
         assert_eq!(synced() - before, 3);
+        // A chosen prefix alone, unsynced: written, not synced.
+        let marker = HardState { promised: Ballot::new(1, 1), chosen_through: 3 };
+        storage.persist_with(&ready_with(Some(marker), vec![], None, None), false)?;
+        assert_eq!(synced() - before, 3);
+        assert_eq!(storage.load()?.hard_state, marker);
         Ok(())
     }
 
