@@ -361,14 +361,14 @@ async fn main() -> anyhow::Result<()> {
                     let etcd = match &systems.etcd {
                         Some(peer) => {
                             systems.focus(&cell, Which::Etcd).await?;
-                            Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?)
+                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await)
                         }
                         None => None,
                     };
                     let zookeeper = match &systems.zookeeper {
                         Some(peer) => {
                             systems.focus(&cell, Which::ZooKeeper).await?;
-                            Some(failover::run(&mut Target::Peer(peer), fault, failover_runs).await?)
+                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await)
                         }
                         None => None,
                     };
@@ -412,34 +412,48 @@ async fn main() -> anyhow::Result<()> {
                     let gaios_pids = systems.pids(&cell, Which::Gaios);
                     let addresses: Vec<String> = cell.members.iter().map(|m| m.client.to_string()).collect();
                     systems.focus(&cell, Which::Gaios).await?;
-                    let mut results = vec![("Gaios".to_string(), sessions::gaios(&addresses, &gaios_pids, n, hold).await?)];
+                    // Gaios failing fails the run; a peer failing (its
+                    // limits, not ours) is reported in its row.
+                    let mut results = vec![("Gaios".to_string(), Ok(sessions::gaios(&addresses, &gaios_pids, n, hold).await?))];
                     if let Some(peer) = &systems.etcd {
                         systems.focus(&cell, Which::Etcd).await?;
-                        results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, hold).await?));
+                        results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, hold).await));
                     }
                     if let Some(peer) = &systems.zookeeper {
                         systems.focus(&cell, Which::ZooKeeper).await?;
-                        results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, hold).await?));
+                        results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, hold).await));
                     }
                     for (name, result) in results {
-                        let _ = writeln!(
-                            out,
-                            "| {n} | {name} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
-                            result.setup.as_secs_f64(),
-                            result.spurious_expiries,
-                            result.keep_alives.map_or("-".to_string(), |k| k.to_string()),
-                            result.reconnects,
-                            result.cpu_cores,
-                            result.rss_mib
-                        );
                         eprintln!("sessions: {n} {name}: {result:?}");
-                        figures.sessions.push((name, result));
+                        match result {
+                            Ok(result) => {
+                                let _ = writeln!(
+                                    out,
+                                    "| {n} | {name} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+                                    result.setup.as_secs_f64(),
+                                    result.spurious_expiries,
+                                    result.keep_alives.map_or("-".to_string(), |k| k.to_string()),
+                                    result.reconnects,
+                                    result.cpu_cores,
+                                    result.rss_mib
+                                );
+                                figures.sessions.push((name, result));
+                            }
+                            Err(error) => {
+                                let why = format!("{error:#}").replace('|', "/").replace('\n', " ");
+                                let _ = writeln!(out, "| {n} | {name} | failed: {why} | - | - | - | - | - |");
+                            }
+                        }
                     }
                 }
                 out.push('\n');
                 report.push_str(&out);
             }
             other => anyhow::bail!("unknown workload {other:?}"),
+        }
+        // What is measured so far survives a later failure.
+        if let Some(out) = &args.out {
+            std::fs::write(out, &report).with_context(|| format!("write {}", out.display()))?;
         }
     }
     report.push_str(&targets(&figures, session_counts.iter().max().copied().unwrap_or(0)));
@@ -453,6 +467,12 @@ async fn main() -> anyhow::Result<()> {
         println!("report written to {}", out.display());
     }
     Ok(())
+}
+
+/// A peer's failover runs, or `None` (and the reason on stderr) if they
+/// failed: the peer's limits, not a reason to lose the whole report.
+fn failover_or_report(result: anyhow::Result<Vec<Duration>>) -> Option<Vec<Duration>> {
+    result.map_err(|error| eprintln!("failover failed: {error:#}")).ok()
 }
 
 type Picker = fn(&Row) -> &Option<Samples>;

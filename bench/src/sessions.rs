@@ -73,7 +73,7 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let creating = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
-    let (created_tx, mut created) = tokio::sync::mpsc::channel::<bool>(count.max(1));
+    let (created_tx, mut created) = tokio::sync::mpsc::channel::<Result<(), String>>(count.max(1));
     let started = Instant::now();
     let mut holding = JoinSet::new();
     for i in 0..count {
@@ -84,7 +84,7 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
             let request = pb::CreateSessionRequest { client_name: format!("bench-session-{i}") };
             let session = CellClient::new(channel.clone()).create_session(request).await;
             drop(permit);
-            let _ = created.send(session.is_ok()).await;
+            let _ = created.send(session.as_ref().map(|_| ()).map_err(|status| status.message().to_string())).await;
             let session = session.context("CreateSession")?.into_inner().session_id;
             keep_gaios_session_alive(channel, session, stop, counters).await;
             anyhow::Ok(session)
@@ -117,10 +117,11 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
 }
 
 /// Waits for `count` set-up reports; fails on the first that failed.
-async fn all_set_up(reports: &mut tokio::sync::mpsc::Receiver<bool>, count: usize, what: &str) -> anyhow::Result<()> {
+async fn all_set_up(reports: &mut tokio::sync::mpsc::Receiver<Result<(), String>>, count: usize, what: &str) -> anyhow::Result<()> {
     for done in 0..count {
-        let ok = reports.recv().await.unwrap_or(false);
-        anyhow::ensure!(ok, "{what} failed after {done} of {count}");
+        if let Err(why) = reports.recv().await.unwrap_or_else(|| Err("the task ended".into())) {
+            anyhow::bail!("{what} failed after {done} of {count}: {why}");
+        }
     }
     Ok(())
 }
@@ -219,7 +220,7 @@ pub async fn etcd(endpoints: &[String], pids: &[u32], count: usize, hold: Durati
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let granting = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
-    let (granted_tx, mut granted) = tokio::sync::mpsc::channel::<bool>(count.max(1));
+    let (granted_tx, mut granted) = tokio::sync::mpsc::channel::<Result<(), String>>(count.max(1));
     let started = Instant::now();
     let mut holding = JoinSet::new();
     for _ in 0..count {
@@ -229,7 +230,7 @@ pub async fn etcd(endpoints: &[String], pids: &[u32], count: usize, hold: Durati
             let permit = granting.acquire_owned().await?;
             let lease = client.lease_grant(ttl, None).await;
             drop(permit);
-            let _ = granted.send(lease.is_ok()).await;
+            let _ = granted.send(lease.as_ref().map(|_| ()).map_err(ToString::to_string)).await;
             let id = lease.context("LeaseGrant")?.id();
             keep_etcd_lease_alive(client, id, stop, counters).await;
             anyhow::Ok(id)

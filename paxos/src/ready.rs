@@ -39,6 +39,14 @@ pub enum RoleChange {
 /// synced write; only then send `persisted_messages`; install `snapshot` if
 /// `install_snapshot` says so, and apply `committed` in order; then call
 /// [`crate::Replica::advance`] with this `Ready` before taking the next one.
+///
+/// One relaxation is safe: a `Ready` whose only durable change is
+/// `hard_state.chosen_through` (the promised ballot as last synced, no
+/// entries, snapshot or compaction) may be written without a sync, provided
+/// the storage keeps writes in order (a write-ahead log). The chosen prefix
+/// is knowledge, not a vote: the entries it covers were synced when
+/// accepted, a chosen slot stays chosen whatever one replica forgets, and
+/// the next synced write makes the marker durable with everything before it.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be persisted, sent, applied and advanced"]
 pub struct Ready {
