@@ -70,15 +70,11 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     // Each session is kept alive from the moment it exists, as the client
     // library does, so the set-up also shows what thousands of live
     // KeepAlive streams cost while sessions are being created.
-    let counters = Arc::new(Counters::default());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let creating = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
-    let (created_tx, mut created) = tokio::sync::mpsc::channel::<Result<(), String>>(count.max(1));
-    let started = Instant::now();
+    let run = Run::new(count);
     let mut holding = JoinSet::new();
     for i in 0..count {
         let channel = channels[i % connections].clone();
-        let (counters, stop, creating, created) = (counters.clone(), stop.clone(), creating.clone(), created_tx.clone());
+        let (counters, stop, creating, created) = run.task();
         holding.spawn(async move {
             let permit = creating.acquire_owned().await?;
             let request = pb::CreateSessionRequest { client_name: format!("bench-session-{i}") };
@@ -90,16 +86,7 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
             anyhow::Ok(session)
         });
     }
-    all_set_up(&mut created, count, "CreateSession").await?;
-    let setup = started.elapsed();
-    let before = ProcessUsage::of(pids);
-    tokio::time::sleep(hold).await;
-    let after = ProcessUsage::of(pids);
-    let _ = stop_tx.send(true);
-    let mut ids = Vec::with_capacity(count);
-    while let Some(joined) = holding.join_next().await {
-        ids.push(joined??);
-    }
+    let (ids, result) = run.hold(&mut holding, count, "CreateSession", pids, hold).await?;
 
     // End the sessions (bounded concurrency), so later workloads share the
     // cell with nothing left behind.
@@ -112,18 +99,66 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
         closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id }).await.is_ok() });
     }
     while closing.join_next().await.is_some() {}
-
-    Ok(counters.result(count, setup, &before, &after, hold))
+    Ok(result)
 }
 
-/// Waits for `count` set-up reports; fails on the first that failed.
-async fn all_set_up(reports: &mut tokio::sync::mpsc::Receiver<Result<(), String>>, count: usize, what: &str) -> anyhow::Result<()> {
-    for done in 0..count {
-        if let Err(why) = reports.recv().await.unwrap_or_else(|| Err("the task ended".into())) {
-            anyhow::bail!("{what} failed after {done} of {count}: {why}");
+/// What the tasks of one sessions run share. Each task sets up its session
+/// (at most [`CREATE_CONCURRENCY`] at once), reports the set-up, and keeps
+/// the session alive until the stop signal.
+struct Run {
+    counters: Arc<Counters>,
+    stop: tokio::sync::watch::Sender<bool>,
+    setting_up: Arc<tokio::sync::Semaphore>,
+    reports: (tokio::sync::mpsc::Sender<SetUp>, tokio::sync::mpsc::Receiver<SetUp>),
+    started: Instant,
+}
+
+/// One session's set-up: done, or why not.
+type SetUp = Result<(), String>;
+
+impl Run {
+    fn new(count: usize) -> Run {
+        Run {
+            counters: Arc::new(Counters::default()),
+            stop: tokio::sync::watch::channel(false).0,
+            setting_up: Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY)),
+            reports: tokio::sync::mpsc::channel(count.max(1)),
+            started: Instant::now(),
         }
     }
-    Ok(())
+
+    /// What one task needs.
+    fn task(&self) -> (Arc<Counters>, Stop, Arc<tokio::sync::Semaphore>, tokio::sync::mpsc::Sender<SetUp>) {
+        (self.counters.clone(), self.stop.subscribe(), self.setting_up.clone(), self.reports.0.clone())
+    }
+
+    /// Waits until all `count` sessions are set up (failing on the first
+    /// that was not), holds them for `hold` while measuring the replicas
+    /// `pids`, stops the tasks and returns what they return, with the result.
+    async fn hold<T: 'static>(
+        mut self,
+        holding: &mut JoinSet<anyhow::Result<T>>,
+        count: usize,
+        what: &str,
+        pids: &[u32],
+        hold: Duration,
+    ) -> anyhow::Result<(Vec<T>, SessionsResult)> {
+        for done in 0..count {
+            if let Err(why) = self.reports.1.recv().await.unwrap_or_else(|| Err("the task ended".into())) {
+                anyhow::bail!("{what} failed after {done} of {count}: {why}");
+            }
+        }
+        let setup = self.started.elapsed();
+        let before = ProcessUsage::of(pids);
+        tokio::time::sleep(hold).await;
+        let after = ProcessUsage::of(pids);
+        let _ = self.stop.send(true);
+        let mut out = Vec::with_capacity(count);
+        while let Some(joined) = holding.join_next().await {
+            out.push(joined??);
+        }
+        Ok((out, self.counters.result(count, setup, &before, &after, hold)))
+    }
 }
 
 /// Which replica is master, by asking them.
@@ -217,15 +252,11 @@ async fn keep_gaios_session_alive(channel: Channel, session_id: u64, mut stop: S
 pub async fn etcd(endpoints: &[String], pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
     let client = etcd_client::Client::connect(endpoints, None).await.context("connect to etcd")?;
     let ttl = i64::try_from(SESSION_LEASE.as_secs()).unwrap_or(12);
-    let counters = Arc::new(Counters::default());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let granting = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
-    let (granted_tx, mut granted) = tokio::sync::mpsc::channel::<Result<(), String>>(count.max(1));
-    let started = Instant::now();
+    let run = Run::new(count);
     let mut holding = JoinSet::new();
     for _ in 0..count {
         let mut client = client.clone();
-        let (counters, stop, granting, granted) = (counters.clone(), stop.clone(), granting.clone(), granted_tx.clone());
+        let (counters, stop, granting, granted) = run.task();
         holding.spawn(async move {
             let permit = granting.acquire_owned().await?;
             let lease = client.lease_grant(ttl, None).await;
@@ -236,16 +267,7 @@ pub async fn etcd(endpoints: &[String], pids: &[u32], count: usize, hold: Durati
             anyhow::Ok(id)
         });
     }
-    all_set_up(&mut granted, count, "LeaseGrant").await?;
-    let setup = started.elapsed();
-    let before = ProcessUsage::of(pids);
-    tokio::time::sleep(hold).await;
-    let after = ProcessUsage::of(pids);
-    let _ = stop_tx.send(true);
-    let mut ids = Vec::with_capacity(count);
-    while let Some(joined) = holding.join_next().await {
-        ids.push(joined??);
-    }
+    let (ids, result) = run.hold(&mut holding, count, "LeaseGrant", pids, hold).await?;
 
     let mut revoking = JoinSet::new();
     for &id in &ids {
@@ -256,7 +278,7 @@ pub async fn etcd(endpoints: &[String], pids: &[u32], count: usize, hold: Durati
         revoking.spawn(async move { client.lease_revoke(id).await.is_ok() });
     }
     while revoking.join_next().await.is_some() {}
-    Ok(counters.result(count, setup, &before, &after, hold))
+    Ok(result)
 }
 
 async fn keep_etcd_lease_alive(mut client: etcd_client::Client, id: i64, mut stop: Stop, counters: Arc<Counters>) {
