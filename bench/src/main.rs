@@ -59,6 +59,10 @@ struct Args {
     /// --quick).
     #[arg(long)]
     hold_secs: Option<u64>,
+    /// Extra flags for every gaios-server (space-separated), e.g. other
+    /// timeouts: `--server-args "--election-timeout-ms 1000"`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_args: Option<String>,
 }
 
 /// A table row: the same measurement on each system.
@@ -254,7 +258,8 @@ async fn main() -> anyhow::Result<()> {
     let plotting = plot_dir.is_some() && plots::font_available();
 
     // Gaios: five real replicas.
-    let mut cell = gaios_tests::Cell::start();
+    let server_args: Vec<&str> = args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
+    let mut cell = gaios_tests::Cell::start_with(&server_args);
     let all: Vec<usize> = (0..gaios_tests::REPLICAS as usize).collect();
     gaios_tests::wait_for_master(&cell, &all, gaios_tests::FIRST_MASTER_DEADLINE).await.context("Gaios elected no master")?;
     let gaios = System::Gaios(cell.members.iter().map(|m| m.client.to_string()).collect());
@@ -565,9 +570,10 @@ fn header(args: &Args, etcd: bool, zookeeper: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "- Profile: {}; Gaios {} build at {commit}",
+        "- Profile: {}; Gaios {} build at {commit}{}",
         if args.quick { "quick (seconds per workload; not for comparison)" } else { "full" },
-        if cfg!(debug_assertions) { "**debug**" } else { "release" }
+        if cfg!(debug_assertions) { "**debug**" } else { "release" },
+        args.server_args.as_ref().map_or(String::new(), |a| format!(", servers run with `{a}`"))
     );
     let _ = writeln!(
         out,
