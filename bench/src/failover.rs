@@ -99,7 +99,8 @@ impl Target<'_> {
         Ok(())
     }
 
-    /// Waits until every member answers and one leads, and a write works.
+    /// Waits until every member answers and agrees on one leader, twice,
+    /// [`SETTLE_QUIET`] apart.
     async fn settle(&self) -> anyhow::Result<usize> {
         let until = Instant::now() + SETTLE_DEADLINE;
         loop {

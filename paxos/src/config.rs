@@ -3,7 +3,8 @@
 use crate::types::ReplicaId;
 
 /// How a replica behaves. All durations are in ticks: the driver calls
-/// [`crate::Replica::tick`] at a fixed rate (the server uses 50 ms).
+/// [`crate::Replica::tick`] at a fixed rate (the server's default is 10 ms;
+/// it converts its millisecond flags to ticks, see `gaios-server --help`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// This replica's id; must be one of `members`.

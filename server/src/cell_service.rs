@@ -552,6 +552,13 @@ impl CellService {
                     };
                     if let Some(last) = events.last() {
                         sent_through = last.number;
+                        if events.len() >= EVENTS_PER_MESSAGE_MAX
+                            && let Some((_, receiver)) = watcher.as_mut()
+                        {
+                            // More may be queued: come round again at once
+                            // rather than wait for the next change.
+                            receiver.mark_changed();
+                        }
                         Ok(pb::KeepAliveResponse { lease_ms: 0, events })
                     } else if !open {
                         Err(Status::failed_precondition(format!("session {session_id} has ended (expired or closed)")))

@@ -50,6 +50,9 @@ pub struct Args {
     pub heartbeat_ms: u64,
     /// The master lease: how long an acceptor that acknowledged a heartbeat
     /// promises no other ballot. A dead master's successor waits this out.
+    /// At least two heartbeats. Every replica of a cell must be given the
+    /// same timeouts: a master counting a longer lease than its acceptors
+    /// grant could serve reads after its successor was elected.
     #[arg(long, default_value_t = MASTER_LEASE_MS_DEFAULT)]
     pub master_lease_ms: u64,
     /// A follower that hears no master for a random time between this and
@@ -145,9 +148,9 @@ pub enum ConfigError {
     /// A tick of 0 ms would spin; one over 10 s makes every timeout useless.
     #[error("--tick-ms {0} is outside 1..=10000")]
     BadTick(u64),
-    /// The Paxos timeouts must nest: tick <= heartbeat < master lease <=
-    /// election timeout <= 60 s.
-    #[error("timeouts must satisfy tick ({tick} ms) <= heartbeat ({heartbeat} ms) < master lease ({lease} ms) <= election timeout ({election} ms) <= 60000 ms")]
+    /// The Paxos timeouts must nest: tick <= heartbeat, two heartbeats <=
+    /// master lease <= election timeout <= 60 s.
+    #[error("timeouts must satisfy tick ({tick} ms) <= heartbeat ({heartbeat} ms), 2 x heartbeat <= master lease ({lease} ms) <= election timeout ({election} ms) <= 60000 ms")]
     BadTimeouts {
         /// `--tick-ms`.
         tick: u64,
@@ -213,7 +216,7 @@ impl ReplicaConfig {
             return Err(ConfigError::BadTick(args.tick_ms));
         }
         if !(args.tick_ms <= args.heartbeat_ms
-            && args.heartbeat_ms < args.master_lease_ms
+            && args.heartbeat_ms.saturating_mul(2) <= args.master_lease_ms
             && args.master_lease_ms <= args.election_timeout_ms
             && args.election_timeout_ms <= 60_000)
         {
@@ -363,11 +366,12 @@ mod tests {
 
     #[test]
     fn paxos_timeouts_must_nest() {
-        let cases: [(&[&str], bool); 6] = [
+        let cases: [(&[&str], bool); 7] = [
             (&[], true),
             (&["--tick-ms", "50", "--heartbeat-ms", "50", "--master-lease-ms", "1000", "--election-timeout-ms", "1000"], true),
             (&["--tick-ms", "60"], false),
             (&["--master-lease-ms", "50"], false),
+            (&["--heartbeat-ms", "200", "--master-lease-ms", "240"], false),
             (&["--election-timeout-ms", "200"], false),
             (&["--election-timeout-ms", "60001"], false),
         ];

@@ -356,7 +356,8 @@ impl Driver {
                         self.durable_promised = promised;
                     }
                 } else {
-                    storage.persist_with(&ready, false)?;
+                    // No fsync, but RocksDB may still stall a write.
+                    tokio::task::block_in_place(|| storage.persist_with(&ready, false))?;
                 }
             }
             for envelope in &ready.persisted_messages {

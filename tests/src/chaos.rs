@@ -275,8 +275,8 @@ pub struct Report {
 }
 
 const SESSION_LEASE_MS: u64 = 3_000;
-/// The master lease (20 ticks of 50 ms, see the core's defaults); pauses
-/// last longer than this.
+/// At least the master lease (the server's default is 250 ms); pauses last
+/// longer than this.
 const MASTER_LEASE: Duration = Duration::from_millis(1_000);
 
 fn client_options() -> Options {
