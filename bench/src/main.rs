@@ -361,29 +361,30 @@ async fn main() -> anyhow::Result<()> {
                 let _ = writeln!(out, "Each client retries a request after {} ms without an answer. {failover_runs} runs per cell.\n", failover::ATTEMPT_TIMEOUT.as_millis());
                 out.push_str("| fault | Gaios median (runs) ms | etcd median (runs) ms | ZooKeeper median (runs) ms | Gaios/etcd | Gaios/ZooKeeper |\n|---|---|---|---|---|---|\n");
                 for fault in [Fault::Kill, Fault::Stop] {
+                    let mut failures = std::collections::BTreeMap::new();
                     systems.focus(&cell, Which::Gaios).await?;
                     let gaios = failover::run(&mut Target::Gaios(&mut cell), fault, failover_runs).await?;
                     let etcd = match &systems.etcd {
                         Some(peer) => {
                             systems.focus(&cell, Which::Etcd).await?;
-                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await)
+                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await, &mut failures, "etcd")
                         }
                         None => None,
                     };
                     let zookeeper = match &systems.zookeeper {
                         Some(peer) => {
                             systems.focus(&cell, Which::ZooKeeper).await?;
-                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await)
+                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await, &mut failures, "ZooKeeper")
                         }
                         None => None,
                     };
-                    let cell_text = |times: &Option<Vec<Duration>>| match times {
+                    let cell_text = |name: &str, times: &Option<Vec<Duration>>| match times {
                         Some(times) => format!(
                             "{} ({})",
                             fmt(median_ms(times), 0),
                             times.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
                         ),
-                        None => "-".to_string(),
+                        None => failures.get(name).map_or("-".to_string(), |why| format!("failed: {why}")),
                     };
                     let median = |times: &Option<Vec<Duration>>| times.as_deref().and_then(median_ms);
                     let gaios = Some(gaios);
@@ -391,9 +392,9 @@ async fn main() -> anyhow::Result<()> {
                         out,
                         "| {} | {} | {} | {} | {} | {} |",
                         fault.name(),
-                        cell_text(&gaios),
-                        cell_text(&etcd),
-                        cell_text(&zookeeper),
+                        cell_text("Gaios", &gaios),
+                        cell_text("etcd", &etcd),
+                        cell_text("ZooKeeper", &zookeeper),
                         ratio(median(&gaios), median(&etcd)),
                         ratio(median(&gaios), median(&zookeeper)),
                     );
@@ -445,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
                                 figures.sessions.push((name, result));
                             }
                             Err(error) => {
-                                let why = format!("{error:#}").replace('|', "/").replace('\n', " ");
+                                let why = table_cell(&format!("{error:#}"));
                                 let _ = writeln!(out, "| {n} | {name} | failed: {why} | - | - | - | - | - |");
                             }
                         }
@@ -474,10 +475,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A peer's failover runs, or `None` (and the reason on stderr) if they
-/// failed: the peer's limits, not a reason to lose the whole report.
-fn failover_or_report(result: anyhow::Result<Vec<Duration>>) -> Option<Vec<Duration>> {
-    result.map_err(|error| eprintln!("failover failed: {error:#}")).ok()
+/// A peer's failover runs, or `None` with the reason kept in `failures`
+/// for its cell: the peer's limits, not a reason to lose the whole report.
+fn failover_or_report(
+    result: anyhow::Result<Vec<Duration>>,
+    failures: &mut std::collections::BTreeMap<&'static str, String>,
+    name: &'static str,
+) -> Option<Vec<Duration>> {
+    result.map_err(|error| failures.insert(name, table_cell(&format!("{error:#}")))).ok()
+}
+
+/// `text` made safe for one markdown table cell.
+fn table_cell(text: &str) -> String {
+    text.replace('|', "/").replace('\n', " ")
 }
 
 type Picker = fn(&Row) -> &Option<Samples>;

@@ -45,13 +45,9 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[(String, &Samples)]) -> a
         .build_cartesian_2d((low * 0.8..high * 1.25).log_scale(), 0.0..1.0)?;
     chart.configure_mesh().x_desc("latency (ms, log scale)").y_desc("fraction of operations").draw()?;
     for (index, (name, curve)) in curves.iter().enumerate() {
-        let style = colour(index).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(curve.iter().copied(), style))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour(index).stroke_width(2)));
+        line(&mut chart, index, name, curve.clone())?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -72,13 +68,27 @@ pub fn throughput(path: &Path, title: &str, series: &[(String, Vec<(usize, f64)>
     chart.configure_mesh().x_desc("concurrent clients (log scale)").y_desc("writes per second").draw()?;
     for (index, (name, points)) in series.iter().enumerate() {
         let points: Vec<(f64, f64)> = points.iter().map(|&(c, r)| (c as f64, r)).collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), colour(index).stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour(index).stroke_width(2)));
+        line(&mut chart, index, name, points.clone())?;
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour(index).filled())))?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
+    Ok(())
+}
+
+/// Both plots' charts: a log-scale x axis and a linear y axis.
+type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<LogCoord<f64>, plotters::coord::types::RangedCoordf64>>;
+
+/// One system's line, in its colour, named in the legend.
+fn line(chart: &mut Chart<'_>, index: usize, name: &str, points: Vec<(f64, f64)>) -> anyhow::Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, colour(index).stroke_width(2)))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour(index).stroke_width(2)));
+    Ok(())
+}
+
+fn legend(chart: &mut Chart<'_>, position: SeriesLabelPosition) -> anyhow::Result<()> {
+    chart.configure_series_labels().position(position).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     Ok(())
 }
