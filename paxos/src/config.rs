@@ -1,6 +1,42 @@
 //! The replica's configuration: membership, timeouts in ticks, and limits.
 
-use crate::types::ReplicaId;
+use crate::types::{COMMAND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES, ReplicaId};
+
+/// The clock-rate drift the master lease tolerates, in parts per million: any
+/// two replicas' clocks may run at rates that differ from real time by at
+/// most this much each (2%). Real clocks, even undisciplined quartz, drift by
+/// well under 0.1%; the bound is generous so that a lease never rests on
+/// clocks agreeing closely. [`Config::validate`] refuses a lease whose margin
+/// does not cover it.
+pub const CLOCK_DRIFT_PPM_MAX: u64 = 20_000;
+
+/// The smallest `lease_drift_ticks` that keeps the master lease safe for an
+/// acceptor lease of `lease_ticks`, given tick granularity and clocks within
+/// [`CLOCK_DRIFT_PPM_MAX`].
+///
+/// An acceptor that steps a heartbeat just before its next tick grants only
+/// `lease_ticks - 1` of its ticks from receipt, and its ticks may be short by
+/// the drift; the master counts `lease_ticks - drift` of its own ticks from
+/// before it sent the heartbeat, and its ticks may be long by the drift. With
+/// rate error `r` the lease is safe when
+/// `(lease - drift) (1 + r) <= (lease - 1) (1 - r)`, that is when
+/// `drift - 1 >= r (2 lease - drift - 1)`. Returns `None` when no drift below
+/// `lease_ticks` works (the lease is too few ticks long).
+pub fn lease_drift_ticks_for(lease_ticks: u64) -> Option<u64> {
+    (1..lease_ticks).find(|&drift| lease_margin_covers_drift(lease_ticks, drift))
+}
+
+/// Whether `drift` ticks of margin on a lease of `lease` ticks cover tick
+/// granularity and [`CLOCK_DRIFT_PPM_MAX`] (see [`lease_drift_ticks_for`]).
+fn lease_margin_covers_drift(lease: u64, drift: u64) -> bool {
+    if drift == 0 || drift >= lease {
+        return false;
+    }
+    // In parts per million, exactly: (drift - 1) * 1e6 >= ppm * (2 lease - drift - 1).
+    let margin = u128::from(drift - 1) * 1_000_000;
+    let needed = u128::from(CLOCK_DRIFT_PPM_MAX) * (2 * u128::from(lease) - u128::from(drift) - 1);
+    margin >= needed
+}
 
 /// How a replica behaves. All durations are in ticks: the driver calls
 /// [`crate::Replica::tick`] at a fixed rate (the server's default is 10 ms;
@@ -46,6 +82,11 @@ pub struct Config {
     /// The most entries carried by one promise part, accept or catch-up
     /// message; also the most committed entries handed out in one `Ready`.
     pub entries_per_message_max: usize,
+    /// The most bytes of entries (as [`crate::Entry::encoded_bytes`]
+    /// counts them) in one promise part, accept or catch-up message, and in
+    /// one `Ready`'s committed entries. It must hold the largest entry a
+    /// batch can make, and stay well below the transport's message limit.
+    pub message_bytes_max: usize,
     /// The master resends an accept that has not been acknowledged this long.
     pub accept_retry_ticks: u64,
     /// A lagging replica repeats an unanswered catch-up request this often.
@@ -70,6 +111,27 @@ pub enum ConfigError {
     /// A limit is zero.
     #[error("limit {0} must be positive")]
     ZeroLimit(&'static str),
+    /// The master lease's margin does not cover tick granularity and the
+    /// clock drift the lease tolerates.
+    #[error(
+        "lease_drift_ticks {drift} is too small for lease_ticks {lease} (at least {needed:?} ticks are needed to cover one tick of granularity and {CLOCK_DRIFT_PPM_MAX} ppm of clock drift; None means the lease is too short)"
+    )]
+    LeaseMargin {
+        /// `lease_ticks`.
+        lease: u64,
+        /// `lease_drift_ticks`.
+        drift: u64,
+        /// The smallest margin that works, if any.
+        needed: Option<u64>,
+    },
+    /// One slot's largest batch would not fit in a message.
+    #[error("message_bytes_max {message} is below the largest entry a batch can make ({entry} bytes)")]
+    MessageTooSmall {
+        /// `message_bytes_max`.
+        message: usize,
+        /// The largest entry's encoded size.
+        entry: usize,
+    },
 }
 
 impl Config {
@@ -92,6 +154,7 @@ impl Config {
             command_bytes_max: 512 << 10,
             promise_parts_max: 64,
             entries_per_message_max: 256,
+            message_bytes_max: 16 << 20,
             accept_retry_ticks: 6,
             catch_up_retry_ticks: 6,
             seed: id,
@@ -118,6 +181,18 @@ impl Config {
         if self.lease_drift_ticks == 0 || self.lease_drift_ticks >= self.lease_ticks {
             return Err(ConfigError::Timeouts("0 < lease_drift_ticks < lease_ticks"));
         }
+        if !lease_margin_covers_drift(self.lease_ticks, self.lease_drift_ticks) {
+            return Err(ConfigError::LeaseMargin {
+                lease: self.lease_ticks,
+                drift: self.lease_drift_ticks,
+                needed: lease_drift_ticks_for(self.lease_ticks),
+            });
+        }
+        if self.lease_ticks - self.lease_drift_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::Timeouts(
+                "heartbeat_ticks < lease_ticks - lease_drift_ticks (the master's lease must outlast a heartbeat interval)",
+            ));
+        }
         for (name, value) in [
             ("slots_in_flight_max", self.slots_in_flight_max as usize),
             ("batch_commands_max", self.batch_commands_max),
@@ -127,6 +202,7 @@ impl Config {
             ("command_bytes_max", self.command_bytes_max),
             ("promise_parts_max", self.promise_parts_max as usize),
             ("entries_per_message_max", self.entries_per_message_max),
+            ("message_bytes_max", self.message_bytes_max),
             ("accept_retry_ticks", self.accept_retry_ticks as usize),
             ("catch_up_retry_ticks", self.catch_up_retry_ticks as usize),
         ] {
@@ -134,7 +210,28 @@ impl Config {
                 return Err(ConfigError::ZeroLimit(name));
             }
         }
+        if self.message_bytes_max < self.entry_bytes_max() {
+            return Err(ConfigError::MessageTooSmall { message: self.message_bytes_max, entry: self.entry_bytes_max() });
+        }
         Ok(())
+    }
+
+    /// The largest encoded entry a master's batch can make: the batch's
+    /// bytes (or one command alone, which may exceed them), with the framing
+    /// of as many commands as a batch holds.
+    pub fn entry_bytes_max(&self) -> usize {
+        let commands = self.batch_bytes_max.max(self.command_bytes_max);
+        ENTRY_OVERHEAD_BYTES
+            .saturating_add(commands)
+            .saturating_add(self.batch_commands_max.saturating_mul(COMMAND_OVERHEAD_BYTES))
+    }
+
+    /// How many slots past a candidate's first unchosen slot a promise may
+    /// report: as many as `promise_parts_max` full parts hold. An acceptor
+    /// whose log reaches further refuses the prepare as `Behind`; a promise
+    /// reporting further is malformed.
+    pub fn recovery_slots_max(&self) -> u64 {
+        (self.promise_parts_max as u64).saturating_mul(self.entries_per_message_max as u64)
     }
 
     /// How many replicas make a majority of the cell.

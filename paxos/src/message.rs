@@ -1,6 +1,7 @@
 //! The messages replicas exchange. One variant per step of the protocol.
 
-use crate::types::{Ballot, Entry, Slot, Snapshot};
+use crate::config::Config;
+use crate::types::{Ballot, Entry, ReplicaId, SLOT_MAX, Slot, Snapshot};
 
 /// A protocol message. The transport carries it from one replica to another;
 /// it may lose, duplicate, delay or reorder messages, and the protocol stays
@@ -91,6 +92,22 @@ pub enum Message {
         /// The snapshot to install.
         snapshot: Snapshot,
     },
+    /// Before it runs phase 1, a replica that heard no master for an
+    /// election timeout asks the others whether they would promise a ballot
+    /// like this one. Nothing is promised or persisted; a majority of yes
+    /// lets it campaign. A replica that still hears from a master says no,
+    /// so a rejoining or partitioned replica cannot unseat a healthy master.
+    PreVote {
+        /// The ballot the replica would campaign with.
+        ballot: Ballot,
+    },
+    /// The answer to a pre-vote.
+    PreVoteReply {
+        /// The ballot asked about.
+        ballot: Ballot,
+        /// Whether this replica would promise it now.
+        granted: bool,
+    },
 }
 
 /// Why an acceptor refused.
@@ -123,6 +140,120 @@ impl Message {
             Message::CatchUpRequest { .. } => "catch_up_request",
             Message::CatchUp { .. } => "catch_up",
             Message::InstallSnapshot { .. } => "install_snapshot",
+            Message::PreVote { .. } => "pre_vote",
+            Message::PreVoteReply { .. } => "pre_vote_reply",
         }
+    }
+
+    /// Checks a message from `from` against the bounds of the protocol and
+    /// of `config`, before any of it is used: rounds and slots in range,
+    /// ballots owned by members (and by the sender where it claims its own),
+    /// counts and bytes within the limits, promise parts that exist,
+    /// catch-up entries contiguous. A message that fails is dropped and
+    /// counted; the reason names the first rule it broke.
+    pub fn validate(&self, from: ReplicaId, config: &Config) -> Result<(), &'static str> {
+        let member = |ballot: &Ballot| ballot.in_range() && config.members.contains(&ballot.replica);
+        let own = |ballot: &Ballot| member(ballot) && ballot.replica == from;
+        let slot = |slot: Slot| (1..=SLOT_MAX).contains(&slot);
+        let entries_ok = |entries: &[Entry]| -> Result<(), &'static str> {
+            if entries.len() > config.entries_per_message_max {
+                return Err("more entries than a message may carry");
+            }
+            let mut bytes: usize = 0;
+            for entry in entries {
+                if !entry.in_range() || !config.members.contains(&entry.ballot.replica) {
+                    return Err("an entry's slot or ballot is out of range");
+                }
+                bytes = bytes.saturating_add(entry.encoded_bytes());
+            }
+            if bytes > config.message_bytes_max {
+                return Err("more entry bytes than a message may carry");
+            }
+            Ok(())
+        };
+        match self {
+            Message::Prepare { ballot, from_slot } => {
+                if !own(ballot) {
+                    return Err("a prepare's ballot is not its sender's");
+                }
+                if !slot(*from_slot) {
+                    return Err("a prepare's first slot is out of range");
+                }
+            }
+            Message::Promise { ballot, chosen_through, entries, part, parts } => {
+                if !member(ballot) || *chosen_through > SLOT_MAX {
+                    return Err("a promise's ballot or chosen prefix is out of range");
+                }
+                if *parts == 0 || *parts > config.promise_parts_max || part >= parts {
+                    return Err("a promise part that cannot exist");
+                }
+                entries_ok(entries)?;
+            }
+            Message::Accept { ballot, entries, chosen_through } => {
+                if !own(ballot) || *chosen_through > SLOT_MAX {
+                    return Err("an accept's ballot is not its sender's or its chosen prefix is out of range");
+                }
+                entries_ok(entries)?;
+                if entries.iter().any(|e| e.ballot != *ballot) {
+                    return Err("an accept proposes an entry in another ballot");
+                }
+            }
+            Message::Accepted { ballot, slots } => {
+                if !member(ballot) {
+                    return Err("an accepted notice's ballot is out of range");
+                }
+                if slots.len() > config.entries_per_message_max || !slots.iter().all(|&s| slot(s)) {
+                    return Err("an accepted notice's slots are out of range");
+                }
+            }
+            Message::Heartbeat { ballot, chosen_through, .. } => {
+                if !own(ballot) || *chosen_through > SLOT_MAX {
+                    return Err("a heartbeat's ballot is not its sender's or its chosen prefix is out of range");
+                }
+            }
+            Message::HeartbeatAck { ballot, .. } => {
+                if !member(ballot) {
+                    return Err("a heartbeat acknowledgement's ballot is out of range");
+                }
+            }
+            Message::Nack { ballot, promised, reason } => {
+                let promised_ok = *promised == Ballot::ZERO || member(promised);
+                if !member(ballot) || !promised_ok {
+                    return Err("a nack's ballots are out of range");
+                }
+                if let NackReason::Behind { chosen_through } = reason
+                    && *chosen_through > SLOT_MAX
+                {
+                    return Err("a nack's chosen prefix is out of range");
+                }
+            }
+            Message::CatchUpRequest { from_slot } => {
+                if !slot(*from_slot) {
+                    return Err("a catch-up request's first slot is out of range");
+                }
+            }
+            Message::CatchUp { entries } => {
+                entries_ok(entries)?;
+                if entries.windows(2).any(|pair| pair[1].slot != pair[0].slot + 1) {
+                    return Err("catch-up entries are not contiguous");
+                }
+            }
+            Message::InstallSnapshot { snapshot } => {
+                if !slot(snapshot.slot) {
+                    return Err("a snapshot's slot is out of range");
+                }
+            }
+            Message::PreVote { ballot } => {
+                if !own(ballot) {
+                    return Err("a pre-vote's ballot is not its sender's");
+                }
+            }
+            Message::PreVoteReply { ballot, .. } => {
+                if !member(ballot) {
+                    return Err("a pre-vote reply's ballot is out of range");
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -40,13 +40,16 @@ pub enum RoleChange {
 /// `install_snapshot` says so, and apply `committed` in order; then call
 /// [`crate::Replica::advance`] with this `Ready` before taking the next one.
 ///
-/// One relaxation is safe: a `Ready` whose only durable change is
-/// `hard_state.chosen_through` (the promised ballot as last synced, no
-/// entries, snapshot or compaction) may be written without a sync, provided
-/// the storage keeps writes in order (a write-ahead log). The chosen prefix
-/// is knowledge, not a vote: the entries it covers were synced when
-/// accepted, a chosen slot stays chosen whatever one replica forgets, and
-/// the next synced write makes the marker durable with everything before it.
+/// The core decides whether the write must be synced ([`Ready::must_sync`]):
+/// a `Ready` whose only durable change is `hard_state.chosen_through` (the
+/// promised ballot as last synced, no entries, snapshot or compaction) may be
+/// written without a sync, provided the storage keeps writes in order (a
+/// write-ahead log whose unsynced tail a power loss may cut, but never
+/// reorders). The chosen prefix is knowledge, not a vote: the entries it
+/// covers were synced when accepted, a chosen slot stays chosen whatever one
+/// replica forgets, and the next synced write makes the marker durable with
+/// everything before it. The simulator loses unsynced tails on power loss, so
+/// this rule is tested exactly as the server applies it.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be persisted, sent, applied and advanced"]
 pub struct Ready {
@@ -73,6 +76,12 @@ pub struct Ready {
     pub committed: Vec<Entry>,
     /// Role changes since the last `Ready`, oldest first.
     pub role_changes: Vec<RoleChange>,
+    /// Whether the write must be synced before `persisted_messages` go: true
+    /// when it holds entries, a snapshot, a compaction or a promise not yet
+    /// synced. When false the write may stay in the storage's buffers (see
+    /// the type's docs); the persisted messages then rest only on earlier
+    /// synced writes.
+    pub must_sync: bool,
     /// Messages from the replica to itself, delivered by `advance` once the
     /// write is durable (the replica votes only with what is on its disk).
     pub(crate) self_messages: Vec<Message>,

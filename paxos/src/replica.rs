@@ -15,7 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::message::{Message, NackReason};
 use crate::ready::{Envelope, Ready, RoleChange};
 use crate::rng::Rng;
-use crate::types::{Ballot, Durable, Entry, HardState, ReplicaId, Slot, Snapshot, Value};
+use crate::types::{Ballot, Durable, Entry, HardState, ROUND_MAX, ReplicaId, SLOT_MAX, Slot, Snapshot, Value};
 
 /// Why a replica could not start from its durable state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +27,12 @@ pub enum StartError {
     /// The durable state claims a slot is chosen but holds no value for it.
     #[error("durable state says slot {0} is chosen but the log has no entry for it")]
     MissingChosenEntry(Slot),
+    /// A round, slot or ballot in the durable state is outside the bounds
+    /// the protocol allows ([`crate::types::ROUND_MAX`],
+    /// [`crate::types::SLOT_MAX`], a member's ballot): the disk does not
+    /// hold what this code wrote.
+    #[error("durable state is out of range: {0}")]
+    OutOfRange(&'static str),
 }
 
 /// Why a proposal was refused. The caller may retry elsewhere or later.
@@ -92,6 +98,13 @@ pub struct Status {
     pub log_len: usize,
     /// The master's lease end (exclusive), in this replica's ticks.
     pub lease_until_tick: Option<u64>,
+    /// Messages dropped because they broke a bound of the protocol (see
+    /// [`Message::validate`]) or came from a stranger, since the start.
+    pub rejected_messages: u64,
+    /// Times a phase 1 met two different values reported chosen for one
+    /// slot, since the start. Always 0 unless an acceptor lied or the
+    /// protocol has a bug; the candidate then refuses to become master.
+    pub conflicting_chosen_reports: u64,
 }
 
 /// The promise an acceptor made by acknowledging a heartbeat: until `until`,
@@ -156,9 +169,18 @@ struct Master {
     quorum_tick: u64,
 }
 
+/// A replica asking whether a majority would promise a new ballot before it
+/// runs phase 1 (see [`Message::PreVote`]).
+#[derive(Debug)]
+struct PreCandidate {
+    ballot: Ballot,
+    votes: BTreeSet<ReplicaId>,
+}
+
 #[derive(Debug)]
 enum Role {
     Follower,
+    PreCandidate(PreCandidate),
     Candidate(Candidate),
     Master(Master),
 }
@@ -190,22 +212,34 @@ pub struct Replica {
     // Proposer.
     role: Role,
     master_hint: Option<ReplicaId>,
+    /// The tick we last heard from a master (a heartbeat or an accept we
+    /// obeyed); a replica that heard one within an election timeout refuses
+    /// pre-votes.
+    master_heard_tick: Option<u64>,
     election_deadline: u64,
     highest_round_seen: u64,
 
     // Output.
     out: Ready,
     hard_state_dirty: bool,
+    /// The promised ballot as last written with a sync.
+    synced_promised: Ballot,
     self_inbox: VecDeque<Message>,
     ready_outstanding: bool,
+
+    // Counters.
+    rejected_messages: u64,
+    conflicting_chosen_reports: u64,
 }
 
 impl Replica {
     /// Starts a replica from what it kept durably (`Durable::default()` for a
     /// new one). A restarted acceptor promises nothing for `lease_ticks`: it
     /// may have granted a lease before it stopped and cannot know to whom.
+    /// Every number read back is checked against the protocol's bounds.
     pub fn new(config: Config, durable: Durable) -> Result<Self, StartError> {
         config.validate()?;
+        check_durable(&config, &durable)?;
         let log_start = durable.snapshot.as_ref().map_or(0, |s| s.slot);
         let log: BTreeMap<Slot, (Ballot, Value)> = durable
             .entries
@@ -215,10 +249,8 @@ impl Replica {
             .collect();
         let applied = durable.applied.max(log_start);
         let chosen_through = durable.hard_state.chosen_through.max(applied).max(log_start);
-        for slot in applied + 1..=chosen_through {
-            if !log.contains_key(&slot) {
-                return Err(StartError::MissingChosenEntry(slot));
-            }
+        if let Some(slot) = (applied + 1..=chosen_through).find(|slot| !log.contains_key(slot)) {
+            return Err(StartError::MissingChosenEntry(slot));
         }
         let mut rng = Rng::new(config.seed);
         let election_deadline = rng.range(config.election_ticks_min, config.election_ticks_max);
@@ -237,12 +269,16 @@ impl Replica {
             catch_up_sent_tick: None,
             role: Role::Follower,
             master_hint: None,
+            master_heard_tick: None,
             election_deadline,
             highest_round_seen: durable.hard_state.promised.round,
             out: Ready::default(),
             hard_state_dirty: false,
+            synced_promised: durable.hard_state.promised,
             self_inbox: VecDeque::new(),
             ready_outstanding: false,
+            rejected_messages: 0,
+            conflicting_chosen_reports: 0,
             config,
         })
     }
@@ -256,9 +292,9 @@ impl Replica {
         self.now += 1;
         match &self.role {
             Role::Master(_) => self.tick_master(),
-            Role::Follower | Role::Candidate(_) => {
+            Role::Follower | Role::PreCandidate(_) | Role::Candidate(_) => {
                 if self.now >= self.election_deadline {
-                    self.campaign();
+                    self.start_pre_vote();
                 } else {
                     self.resend_prepares();
                 }
@@ -271,10 +307,18 @@ impl Replica {
         self.check_invariants();
     }
 
-    /// Handles a message from another replica. Messages from non-members, or
-    /// that claim a ballot their sender does not own, are ignored.
+    /// Handles a message from another replica. Messages from non-members or
+    /// from ourselves, and messages that break a bound of the protocol
+    /// ([`Message::validate`]), are dropped and counted
+    /// ([`Status::rejected_messages`]); nothing that arrives can make the
+    /// replica panic or overflow.
     pub fn step(&mut self, from: ReplicaId, message: Message) {
         if from == self.config.id || !self.config.members.contains(&from) {
+            self.rejected_messages += 1;
+            return;
+        }
+        if message.validate(from, &self.config).is_err() {
+            self.rejected_messages += 1;
             return;
         }
         self.handle(from, message);
@@ -322,26 +366,28 @@ impl Replica {
         Ok(())
     }
 
-    /// Starts phase 1 now instead of waiting for the election timeout.
+    /// Starts phase 1 now, without a pre-vote, instead of waiting for the
+    /// election timeout (tests and operators use it to move mastership).
     pub fn campaign(&mut self) {
-        if self.lease_blocks(self.config.id) {
-            // Our own acceptor still honours another master's lease (or waits
-            // out its restart) and would refuse our ballot: try again as soon
-            // as that lease runs out, with a little jitter against duels.
-            let jitter = self.rng.range(0, self.config.election_ticks_max - self.config.election_ticks_min);
-            self.election_deadline = self.lease_grant.until + jitter;
+        if self.defer_for_lease() {
             return;
         }
+        let Some(round) = self.next_round() else { return };
         self.reset_election_timer();
         if let Role::Master(_) = self.role {
             self.step_down();
         }
-        let round = self.promised.round.max(self.highest_round_seen) + 1;
+        let from_slot = self.chosen_through + 1;
+        let Some(own_parts) = self.promise_parts(from_slot) else {
+            // Our own log runs further past our chosen prefix than a phase 1
+            // may recover: we lag and must catch up before leading.
+            self.role = Role::Follower;
+            return;
+        };
         let ballot = Ballot::new(round, self.config.id);
         self.highest_round_seen = round;
         self.promised = ballot;
         self.hard_state_dirty = true;
-        let from_slot = self.chosen_through + 1;
         self.role =
             Role::Candidate(Candidate { ballot, from_slot, promises: BTreeMap::new(), ballot_durable: false });
         // The ballot goes out only once it is durable, so a restart can never
@@ -349,7 +395,82 @@ impl Replica {
         for to in self.peers() {
             self.send_persisted(to, Message::Prepare { ballot, from_slot });
         }
-        self.send_promise(self.config.id, ballot, from_slot);
+        self.send_promise(self.config.id, ballot, own_parts);
+    }
+
+    /// Our own acceptor still honours another master's lease (or waits out
+    /// its restart) and would refuse our ballot: try again as soon as that
+    /// lease runs out, with a little jitter against duels. Returns whether
+    /// the election was deferred.
+    fn defer_for_lease(&mut self) -> bool {
+        if !self.lease_blocks(self.config.id) {
+            return false;
+        }
+        let jitter = self.rng.range(0, self.config.election_ticks_max - self.config.election_ticks_min);
+        self.election_deadline = self.lease_grant.until + jitter;
+        true
+    }
+
+    /// The round of our next ballot, above every round promised or seen;
+    /// `None` once rounds are exhausted ([`crate::types::ROUND_MAX`], which
+    /// a real cell never reaches: only a forged round could bring it close,
+    /// and those are dropped).
+    fn next_round(&self) -> Option<u64> {
+        let round = self.promised.round.max(self.highest_round_seen).checked_add(1)?;
+        (round <= ROUND_MAX).then_some(round)
+    }
+
+    /// Election timeout: before running phase 1 (which raises our promise
+    /// and so refuses the current master's ballot), ask the others whether
+    /// they would promise. A replica that still hears from a master says
+    /// no, so a replica that restarted, rejoined or was cut off alone cannot
+    /// depose a master the others follow.
+    fn start_pre_vote(&mut self) {
+        if self.defer_for_lease() {
+            return;
+        }
+        let Some(round) = self.next_round() else { return };
+        self.reset_election_timer();
+        if let Role::Master(_) = self.role {
+            self.step_down();
+        }
+        let ballot = Ballot::new(round, self.config.id);
+        self.role = Role::PreCandidate(PreCandidate { ballot, votes: BTreeSet::from([self.config.id]) });
+        for to in self.peers() {
+            self.send(to, Message::PreVote { ballot });
+        }
+        self.count_pre_votes();
+    }
+
+    /// Acceptor rule for pre-votes: grant when we would promise the ballot
+    /// now and have not heard from a master for an election timeout. Nothing
+    /// changes here, so a pre-vote costs no write.
+    fn on_pre_vote(&mut self, from: ReplicaId, ballot: Ballot) {
+        // The master we follow may ask itself (it stepped down and runs
+        // phase 1 again); anyone else is refused while that master is heard.
+        let master_live = self.is_master()
+            || (self.master_hint != Some(from)
+                && self.master_heard_tick.is_some_and(|heard| self.now - heard < self.config.election_ticks_min));
+        let granted = ballot > self.promised && !self.lease_blocks(from) && !master_live;
+        self.send(from, Message::PreVoteReply { ballot, granted });
+    }
+
+    /// Pre-candidate rule: a majority of grants (ours included) starts
+    /// phase 1.
+    fn on_pre_vote_reply(&mut self, from: ReplicaId, ballot: Ballot, granted: bool) {
+        let Role::PreCandidate(pre) = &mut self.role else { return };
+        if pre.ballot != ballot || !granted {
+            return;
+        }
+        pre.votes.insert(from);
+        self.count_pre_votes();
+    }
+
+    fn count_pre_votes(&mut self) {
+        let quorum = self.config.quorum();
+        if matches!(&self.role, Role::PreCandidate(pre) if pre.votes.len() >= quorum) {
+            self.campaign();
+        }
     }
 
     // ----------------------------------------------------------------------
@@ -372,13 +493,19 @@ impl Replica {
         self.flush_proposals();
         self.drain_self_inbox();
         let mut committed = Vec::new();
+        let mut committed_bytes: usize = 0;
         while self.applied < self.chosen_through && committed.len() < self.config.entries_per_message_max {
             let slot = self.applied + 1;
             let Some((ballot, value)) = self.log.get(&slot) else {
                 debug_assert!(false, "chosen slot {slot} missing from the log");
                 break;
             };
-            committed.push(Entry { slot, ballot: *ballot, value: value.clone() });
+            let entry = Entry { slot, ballot: *ballot, value: value.clone() };
+            committed_bytes = committed_bytes.saturating_add(entry.encoded_bytes());
+            if !committed.is_empty() && committed_bytes > self.config.message_bytes_max {
+                break;
+            }
+            committed.push(entry);
             self.applied = slot;
         }
         let mut ready = std::mem::take(&mut self.out);
@@ -386,6 +513,10 @@ impl Replica {
         if std::mem::take(&mut self.hard_state_dirty) {
             ready.hard_state = Some(self.hard_state());
         }
+        ready.must_sync = !ready.entries.is_empty()
+            || ready.snapshot.is_some()
+            || ready.compact_through.is_some()
+            || ready.hard_state.is_some_and(|h| h.promised != self.synced_promised);
         self.ready_outstanding = true;
         ready
     }
@@ -395,6 +526,11 @@ impl Replica {
     /// on that write, are counted now.
     pub fn advance(&mut self, ready: Ready) {
         self.ready_outstanding = false;
+        if ready.must_sync
+            && let Some(hard_state) = ready.hard_state
+        {
+            self.synced_promised = hard_state.promised;
+        }
         for message in ready.self_messages {
             self.handle(self.config.id, message);
         }
@@ -481,6 +617,7 @@ impl Replica {
     pub fn status(&self) -> Status {
         let (role, own_ballot) = match &self.role {
             Role::Follower => ("follower", None),
+            Role::PreCandidate(_) => ("pre-candidate", None),
             Role::Candidate(c) => ("candidate", Some(c.ballot)),
             Role::Master(m) => ("master", Some(m.ballot)),
         };
@@ -496,6 +633,8 @@ impl Replica {
             log_start: self.log_start,
             log_len: self.log.len(),
             lease_until_tick: self.lease_until(),
+            rejected_messages: self.rejected_messages,
+            conflicting_chosen_reports: self.conflicting_chosen_reports,
         }
     }
 
@@ -520,6 +659,8 @@ impl Replica {
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::CatchUp { entries } => self.on_catch_up(from, entries),
             Message::InstallSnapshot { snapshot } => self.on_install_snapshot(snapshot),
+            Message::PreVote { ballot } => self.on_pre_vote(from, ballot),
+            Message::PreVoteReply { ballot, granted } => self.on_pre_vote_reply(from, ballot, granted),
         }
     }
 
@@ -548,42 +689,57 @@ impl Replica {
             self.nack(from, ballot, NackReason::LeaseHeld);
             return;
         }
+        // A candidate whose first unchosen slot we compacted away, or to
+        // whom our log past it cannot be told in `promise_parts_max` bounded
+        // parts, must catch up first.
         let behind = NackReason::Behind { chosen_through: self.chosen_through };
         if from_slot <= self.log_start {
             self.nack(from, ballot, behind);
             return;
         }
-        let parts_needed = self.log.range(from_slot..).count().div_ceil(self.config.entries_per_message_max);
-        if parts_needed > self.config.promise_parts_max as usize {
+        let Some(parts) = self.promise_parts(from_slot) else {
             self.nack(from, ballot, behind);
             return;
-        }
+        };
         if ballot > self.promised {
             self.promised = ballot;
             self.hard_state_dirty = true;
             if self.own_ballot().is_some_and(|own| own < ballot) {
                 self.step_down();
             }
+            if let Role::PreCandidate(_) = self.role {
+                self.role = Role::Follower;
+            }
         }
         self.master_hint = None;
         self.reset_election_timer();
-        self.send_promise(from, ballot, from_slot);
+        self.send_promise(from, ballot, parts);
     }
 
-    /// Sends our promise of `ballot`, with every entry at or above
-    /// `from_slot`, in as many bounded parts as it takes. It leaves only once
-    /// the promise is durable.
-    fn send_promise(&mut self, to: ReplicaId, ballot: Ballot, from_slot: Slot) {
-        let entries = self.entries_from(from_slot);
-        let chunks: Vec<Vec<Entry>> = if entries.is_empty() {
-            vec![Vec::new()]
-        } else {
-            entries.chunks(self.config.entries_per_message_max).map(<[Entry]>::to_vec).collect()
-        };
-        let parts = chunks.len() as u32;
-        for (part, entries) in chunks.into_iter().enumerate() {
-            let message =
-                Message::Promise { ballot, chosen_through: self.chosen_through, entries, part: part as u32, parts };
+    /// Our entries at or above `from_slot`, cut into promise parts bounded
+    /// by count and bytes; `None` when they need more than
+    /// `promise_parts_max` parts or reach past the recovery window
+    /// ([`Config::recovery_slots_max`]).
+    fn promise_parts(&self, from_slot: Slot) -> Option<Vec<Vec<Entry>>> {
+        let last = self.log.range(from_slot..).next_back().map(|(&slot, _)| slot);
+        if last.is_some_and(|last| last - from_slot >= self.config.recovery_slots_max()) {
+            return None;
+        }
+        let entries = self.log.range(from_slot..).map(|(&slot, (ballot, value))| Entry {
+            slot,
+            ballot: *ballot,
+            value: value.clone(),
+        });
+        let parts = chunk_entries(entries, &self.config, self.config.promise_parts_max as usize)?;
+        Some(if parts.is_empty() { vec![Vec::new()] } else { parts })
+    }
+
+    /// Sends our promise of `ballot` in its parts. It leaves only once the
+    /// promise is durable.
+    fn send_promise(&mut self, to: ReplicaId, ballot: Ballot, parts: Vec<Vec<Entry>>) {
+        let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        for (part, entries) in (0..count).zip(parts) {
+            let message = Message::Promise { ballot, chosen_through: self.chosen_through, entries, part, parts: count };
             self.send_persisted(to, message);
         }
     }
@@ -605,12 +761,19 @@ impl Replica {
     }
 
     /// Candidate rule for phase 1b: collect promises (every part of each); a
-    /// majority makes us master.
+    /// majority makes us master. A part reporting slots outside the recovery
+    /// window from our first unchosen slot is malformed and dropped.
     fn on_promise(&mut self, from: ReplicaId, ballot: Ballot, chosen_through: Slot, part: Promised) {
         let quorum = self.config.quorum();
         let parts_max = self.config.promise_parts_max;
+        let window = self.config.recovery_slots_max();
         let Role::Candidate(candidate) = &mut self.role else { return };
         if candidate.ballot != ballot || part.parts == 0 || part.parts > parts_max || part.part >= part.parts {
+            return;
+        }
+        let from_slot = candidate.from_slot;
+        if part.entries.iter().any(|e| e.slot < from_slot || e.slot - from_slot >= window) {
+            self.rejected_messages += 1;
             return;
         }
         let promise = candidate.promises.entry(from).or_insert_with(|| PromiseParts {
@@ -635,36 +798,55 @@ impl Replica {
 
     /// Phase 1 is done: for every slot from the candidate's first unchosen one
     /// to the highest any promise reported, re-propose the value accepted in
-    /// the highest ballot (or the chosen value, or a no-op for a gap).
+    /// the highest ballot, or the value an acceptor reports chosen, or a
+    /// no-op for a gap.
+    ///
+    /// Two different values reported chosen for one slot cannot both be
+    /// true: it is an invariant violation (an acceptor's chosen prefix
+    /// lied, or the protocol has a bug), never a choice. Debug builds stop;
+    /// release builds count it and give up the candidacy rather than choose.
     fn become_master(&mut self) {
         let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
             return;
         };
         let ballot = candidate.ballot;
-        // slot -> (known chosen, ballot, value)
-        let mut merged: BTreeMap<Slot, (bool, Ballot, Value)> = BTreeMap::new();
-        for promise in candidate.promises.into_values() {
+        // slot -> the value reported chosen, if any, and the highest-ballot
+        // value reported accepted.
+        let mut chosen: BTreeMap<Slot, Value> = BTreeMap::new();
+        let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+        for (acceptor, promise) in candidate.promises {
             if promise.received.len() != promise.parts as usize {
                 continue;
             }
-            let acceptor_chosen_through = promise.chosen_through;
             for entry in promise.received.into_values().flatten() {
-                if entry.slot < candidate.from_slot {
+                if entry.slot <= self.chosen_through {
                     continue;
                 }
-                let chosen = entry.slot <= acceptor_chosen_through;
-                let replace = match merged.get(&entry.slot) {
-                    None => true,
-                    Some((known_chosen, known_ballot, _)) => {
-                        !known_chosen && (chosen || entry.ballot > *known_ballot)
+                if entry.slot <= promise.chosen_through {
+                    match chosen.get(&entry.slot) {
+                        Some(value) if *value != entry.value => {
+                            self.conflicting_chosen_reports += 1;
+                            debug_assert!(
+                                false,
+                                "phase 1 of {ballot}: acceptor {acceptor} reports {:?} chosen at slot {} but another acceptor reported {value:?}",
+                                entry.value, entry.slot
+                            );
+                            self.reset_election_timer();
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            chosen.insert(entry.slot, entry.value.clone());
+                        }
                     }
-                };
-                if replace {
-                    merged.insert(entry.slot, (chosen, entry.ballot, entry.value));
+                }
+                if highest.get(&entry.slot).is_none_or(|(known, _)| entry.ballot > *known) {
+                    highest.insert(entry.slot, (entry.ballot, entry.value));
                 }
             }
         }
-        let recovered_through = merged.keys().next_back().copied().unwrap_or(0).max(self.chosen_through);
+        let last_reported = highest.keys().next_back().copied().unwrap_or(0);
+        let recovered_through = last_reported.max(self.chosen_through);
         self.role = Role::Master(Master {
             ballot,
             next_slot: recovered_through + 1,
@@ -681,15 +863,16 @@ impl Replica {
         self.out.role_changes.push(RoleChange::BecameMaster { ballot, recovered_through });
         let mut proposals = Vec::new();
         for slot in self.chosen_through + 1..=recovered_through {
-            let (chosen, value) = match merged.remove(&slot) {
-                Some((chosen, _, value)) => (chosen, value),
-                None => (false, Value::Noop),
+            let (known_chosen, value) = match (chosen.remove(&slot), highest.remove(&slot)) {
+                (Some(value), _) => (true, value),
+                (None, Some((_, value))) => (false, value),
+                (None, None) => (false, Value::Noop),
             };
             proposals.push(Entry { slot, ballot, value: value.clone() });
             let Role::Master(master) = &mut self.role else { return };
             master.in_flight.insert(
                 slot,
-                InFlight { value, votes: BTreeSet::new(), sent_tick: self.now, chosen },
+                InFlight { value, votes: BTreeSet::new(), sent_tick: self.now, chosen: known_chosen },
             );
         }
         self.send_accepts(proposals);
@@ -712,6 +895,15 @@ impl Replica {
             let Role::Master(master) = &self.role else { return };
             if master.queue.is_empty() || !self.window_has_room(master) {
                 break;
+            }
+            if master.next_slot <= self.chosen_through || master.next_slot > SLOT_MAX {
+                // A new value at a slot already chosen would be a second
+                // value for it. The core never gets here (a master learns
+                // chosen slots only from its own ballot); should it ever,
+                // give up mastership rather than propose.
+                debug_assert!(false, "master's next slot {} is not past chosen {}", master.next_slot, self.chosen_through);
+                self.step_down();
+                return;
             }
             let Role::Master(master) = &mut self.role else { return };
             let mut batch = Vec::new();
@@ -746,10 +938,10 @@ impl Replica {
     fn send_accepts(&mut self, proposals: Vec<Entry>) {
         let Some(ballot) = self.master_ballot() else { return };
         let members = self.config.members.clone();
-        for chunk in proposals.chunks(self.config.entries_per_message_max) {
+        let chunks = chunk_entries(proposals.into_iter(), &self.config, usize::MAX).unwrap_or_default();
+        for chunk in chunks {
             for &to in &members {
-                let message =
-                    Message::Accept { ballot, entries: chunk.to_vec(), chosen_through: self.chosen_through };
+                let message = Message::Accept { ballot, entries: chunk.clone(), chosen_through: self.chosen_through };
                 self.send(to, message);
             }
         }
@@ -878,8 +1070,8 @@ impl Replica {
         }
         let chosen_through = self.chosen_through;
         for (to, entries) in per_acceptor {
-            for chunk in entries.chunks(self.config.entries_per_message_max) {
-                self.send(to, Message::Accept { ballot, entries: chunk.to_vec(), chosen_through });
+            for chunk in chunk_entries(entries.into_iter(), &self.config, usize::MAX).unwrap_or_default() {
+                self.send(to, Message::Accept { ballot, entries: chunk, chosen_through });
             }
         }
     }
@@ -936,7 +1128,11 @@ impl Replica {
             self.step_down();
         }
         if from != self.config.id {
+            if let Role::PreCandidate(_) = self.role {
+                self.role = Role::Follower;
+            }
             self.master_hint = Some(from);
+            self.master_heard_tick = Some(self.now);
             self.reset_election_timer();
         }
         true
@@ -960,7 +1156,7 @@ impl Replica {
                 let lease_valid = self.lease_valid();
                 self.step_down();
                 if lease_valid {
-                    self.election_deadline = self.now;
+                    self.campaign();
                 }
             }
             _ => {}
@@ -973,6 +1169,14 @@ impl Replica {
     /// Learner rule: the master in `ballot` says every slot through
     /// `chosen_through` is chosen; our entries accepted in that same ballot
     /// hold the chosen values. For the rest, ask the master.
+    ///
+    /// This is exact because a master vouches only for what it knows: the
+    /// prefix chosen before its phase 1 (where it proposed nothing, so no
+    /// acceptor holds an entry of its ballot there) and the slots chosen in
+    /// its own ballot, whose values are its proposals. A master never learns
+    /// a slot from another replica's catch-up or snapshot (see
+    /// [`Self::on_catch_up`]), so it can never vouch for one of its own
+    /// unchosen proposals.
     fn learn_chosen_through(&mut self, ballot: Ballot, chosen_through: Slot) {
         self.known_chosen_through = self.known_chosen_through.max(chosen_through);
         if self.is_master() {
@@ -994,7 +1198,7 @@ impl Replica {
     }
 
     fn request_catch_up(&mut self, to: ReplicaId) {
-        if to == self.config.id {
+        if to == self.config.id || self.is_master() {
             return;
         }
         if self.catch_up_sent_tick.is_some_and(|sent| self.now - sent < self.config.catch_up_retry_ticks) {
@@ -1004,8 +1208,9 @@ impl Replica {
         self.send(to, Message::CatchUpRequest { from_slot: self.chosen_through + 1 });
     }
 
-    /// Any replica answers a catch-up request with chosen entries it holds, or
-    /// with its snapshot when it has compacted past the requested slot.
+    /// Any replica answers a catch-up request with chosen entries it holds
+    /// (bounded by count and bytes), or with its snapshot when it has
+    /// compacted past the requested slot.
     fn on_catch_up_request(&mut self, from: ReplicaId, from_slot: Slot) {
         if from_slot <= self.log_start {
             if let Some(snapshot) = &self.snapshot {
@@ -1015,11 +1220,17 @@ impl Replica {
             return;
         }
         let mut entries = Vec::new();
-        let mut slot = from_slot;
-        while slot <= self.chosen_through && entries.len() < self.config.entries_per_message_max {
+        let mut bytes: usize = 0;
+        for slot in from_slot..=self.chosen_through {
             let Some((ballot, value)) = self.log.get(&slot) else { break };
-            entries.push(Entry { slot, ballot: *ballot, value: value.clone() });
-            slot += 1;
+            let entry = Entry { slot, ballot: *ballot, value: value.clone() };
+            bytes = bytes.saturating_add(entry.encoded_bytes());
+            if !entries.is_empty()
+                && (entries.len() == self.config.entries_per_message_max || bytes > self.config.message_bytes_max)
+            {
+                break;
+            }
+            entries.push(entry);
         }
         if !entries.is_empty() {
             self.send(from, Message::CatchUp { entries });
@@ -1028,7 +1239,19 @@ impl Replica {
 
     /// Learner rule: entries in a catch-up are chosen; take those that extend
     /// our chosen prefix, and ask for more if still behind.
+    ///
+    /// A master ignores catch-ups (and snapshots): it recovered every slot
+    /// from its first unchosen one in phase 1 and never asks for them, so one
+    /// that reaches it answers an old request from before it led. Taking it
+    /// would let the master announce, under its own ballot, a prefix that
+    /// covers its own unchosen proposals; a follower still on that ballot
+    /// would then apply them (finding 1 of the safety review: two values
+    /// chosen for one slot). Learning that it was deposed is left to the
+    /// higher ballots it will meet.
     fn on_catch_up(&mut self, from: ReplicaId, entries: Vec<Entry>) {
+        if self.is_master() {
+            return;
+        }
         let before = self.chosen_through;
         for entry in entries {
             if entry.slot != self.chosen_through + 1 {
@@ -1054,15 +1277,15 @@ impl Replica {
         self.chosen_through = slot;
         self.known_chosen_through = self.known_chosen_through.max(slot);
         self.hard_state_dirty = true;
-        if let Role::Master(master) = &mut self.role {
-            master.in_flight.remove(&slot);
-        }
     }
 
     /// Learner rule: a snapshot past our chosen prefix replaces the log below
-    /// it; the application loads it before applying anything after it.
+    /// it; the application loads it before applying anything after it. A
+    /// master ignores it, as it ignores catch-ups ([`Self::on_catch_up`]).
+    /// The driver must drop, before `step`, a snapshot whose data the
+    /// application cannot load: from here on the log it covers is gone.
     fn on_install_snapshot(&mut self, snapshot: Snapshot) {
-        if snapshot.slot <= self.chosen_through {
+        if self.is_master() || snapshot.slot <= self.chosen_through {
             return;
         }
         let slot = snapshot.slot;
@@ -1072,10 +1295,6 @@ impl Replica {
         self.applied = slot;
         self.hard_state_dirty = true;
         self.catch_up_sent_tick = None;
-        if let Role::Master(master) = &mut self.role {
-            master.in_flight.retain(|&s, _| s > slot);
-            master.next_slot = master.next_slot.max(slot + 1);
-        }
         self.out.snapshot = Some(snapshot.clone());
         self.out.install_snapshot = true;
         self.snapshot = Some(snapshot);
@@ -1126,7 +1345,7 @@ impl Replica {
 
     fn own_ballot(&self) -> Option<Ballot> {
         match &self.role {
-            Role::Follower => None,
+            Role::Follower | Role::PreCandidate(_) => None,
             Role::Candidate(c) => Some(c.ballot),
             Role::Master(m) => Some(m.ballot),
         }
@@ -1144,13 +1363,6 @@ impl Replica {
     fn reset_election_timer(&mut self) {
         self.election_deadline =
             self.now + self.rng.range(self.config.election_ticks_min, self.config.election_ticks_max);
-    }
-
-    fn entries_from(&self, from_slot: Slot) -> Vec<Entry> {
-        self.log
-            .range(from_slot..)
-            .map(|(&slot, (ballot, value))| Entry { slot, ballot: *ballot, value: value.clone() })
-            .collect()
     }
 
     fn peers(&self) -> Vec<ReplicaId> {
@@ -1179,6 +1391,54 @@ impl Replica {
             self.out.persisted_messages.push(Envelope { to, message });
         }
     }
+}
+
+/// Cuts `entries` into messages of at most `entries_per_message_max`
+/// entries and `message_bytes_max` bytes each (an entry larger than that
+/// bound, which [`Config::validate`] rules out, still goes alone). Returns
+/// `None` as soon as more than `chunks_max` chunks would be needed, without
+/// cloning the rest.
+fn chunk_entries(entries: impl Iterator<Item = Entry>, config: &Config, chunks_max: usize) -> Option<Vec<Vec<Entry>>> {
+    let mut chunks: Vec<Vec<Entry>> = Vec::new();
+    let mut bytes: usize = 0;
+    for entry in entries {
+        let size = entry.encoded_bytes();
+        let fits = chunks.last().is_some_and(|last| {
+            last.len() < config.entries_per_message_max && bytes.saturating_add(size) <= config.message_bytes_max
+        });
+        if fits {
+            bytes = bytes.saturating_add(size);
+        } else {
+            if chunks.len() == chunks_max {
+                return None;
+            }
+            chunks.push(Vec::new());
+            bytes = size;
+        }
+        chunks.last_mut()?.push(entry);
+    }
+    Some(chunks)
+}
+
+/// Checks what was read back from disk against the protocol's bounds; the
+/// core does arithmetic on these numbers and must never overflow on them.
+fn check_durable(config: &Config, durable: &Durable) -> Result<(), StartError> {
+    let ballot_ok = |ballot: &Ballot| {
+        *ballot == Ballot::ZERO || (ballot.in_range() && config.members.contains(&ballot.replica))
+    };
+    if !ballot_ok(&durable.hard_state.promised) {
+        return Err(StartError::OutOfRange("the promised ballot"));
+    }
+    if durable.hard_state.chosen_through > SLOT_MAX || durable.applied > SLOT_MAX {
+        return Err(StartError::OutOfRange("the chosen or applied slot"));
+    }
+    if durable.snapshot.as_ref().is_some_and(|s| s.slot > SLOT_MAX) {
+        return Err(StartError::OutOfRange("the snapshot's slot"));
+    }
+    if durable.entries.iter().any(|e| !e.in_range() || !ballot_ok(&e.ballot)) {
+        return Err(StartError::OutOfRange("a log entry's slot or ballot"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ fn persist(replica: &mut Replica) -> Ready {
         persisted_messages: ready.persisted_messages.clone(),
         committed: ready.committed.clone(),
         role_changes: ready.role_changes.clone(),
+        must_sync: ready.must_sync,
         self_messages: Vec::new(),
     };
     ready.messages.clear();
@@ -384,4 +385,261 @@ fn restart_refuses_a_durable_state_missing_a_chosen_entry() {
     let durable =
         Durable { hard_state: HardState { promised: Ballot::new(1, 1), chosen_through: 2 }, ..Durable::default() };
     assert!(Replica::new(config(1), durable).is_err());
+}
+
+// --------------------------------------------------------------------------
+// Hostile input (issue 11): bounds, byte-sized messages, the lease margin,
+// pre-votes and the sync decision.
+
+#[test]
+fn a_forged_nack_with_an_extreme_round_is_dropped_and_the_next_campaign_goes_up() {
+    let mut r = master();
+    let ballot = Ballot::new(1, 1);
+    r.step(2, Message::Nack { ballot, promised: Ballot::new(u64::MAX, 2), reason: NackReason::HigherBallot });
+    assert!(r.is_master(), "the forged nack changed nothing");
+    assert_eq!(r.status().rejected_messages, 1);
+    r.campaign();
+    let ready = persist(&mut r);
+    let promised = ready.hard_state.map(|h| h.promised).expect("a new promise");
+    assert_eq!(promised, Ballot::new(2, 1), "the round went up by one, never wrapped");
+    assert!(promised > ballot);
+}
+
+#[test]
+fn every_message_with_a_number_out_of_range_is_dropped_and_counted() {
+    use crate::types::{ROUND_MAX, SLOT_MAX};
+    let mut r = master();
+    let ok = Ballot::new(1, 2);
+    let entry = |slot| Entry { slot, ballot: ok, value: batch(&["x"]) };
+    let forged = [
+        Message::Prepare { ballot: Ballot::new(ROUND_MAX + 1, 2), from_slot: 1 },
+        Message::Prepare { ballot: ok, from_slot: 0 },
+        Message::Prepare { ballot: Ballot::new(3, 4), from_slot: 1 }, // another replica's ballot
+        Message::Promise { ballot: ok, chosen_through: SLOT_MAX + 1, entries: vec![], part: 0, parts: 1 },
+        Message::Promise { ballot: ok, chosen_through: 0, entries: vec![], part: 1, parts: 1 },
+        Message::Accept { ballot: ok, entries: vec![entry(u64::MAX)], chosen_through: 0 },
+        Message::Accept { ballot: ok, entries: vec![], chosen_through: u64::MAX },
+        Message::Accepted { ballot: Ballot::new(u64::MAX, 1), slots: vec![1] },
+        Message::Accepted { ballot: Ballot::new(1, 1), slots: vec![0] },
+        Message::Heartbeat { ballot: ok, chosen_through: SLOT_MAX + 1, sent_tick: 0 },
+        Message::Nack { ballot: ok, promised: ok, reason: NackReason::Behind { chosen_through: u64::MAX } },
+        Message::CatchUpRequest { from_slot: u64::MAX },
+        Message::CatchUp { entries: vec![entry(3), entry(2)] },
+        Message::InstallSnapshot { snapshot: Snapshot { slot: u64::MAX, data: Bytes::new() } },
+        Message::PreVote { ballot: Ballot::new(5, 3) },
+    ];
+    let count = forged.len() as u64;
+    for message in forged {
+        r.step(2, message);
+    }
+    r.step(9, Message::Heartbeat { ballot: Ballot::new(9, 9), chosen_through: 0, sent_tick: 0 });
+    r.step(1, Message::Heartbeat { ballot: Ballot::new(9, 1), chosen_through: 0, sent_tick: 0 });
+    assert_eq!(r.status().rejected_messages, count + 2);
+    assert!(r.is_master());
+    assert_eq!(r.hard_state(), HardState { promised: Ballot::new(1, 1), chosen_through: 0 });
+}
+
+#[test]
+fn a_restart_refuses_numbers_out_of_range_on_disk() {
+    use crate::replica::StartError;
+    let durable = Durable {
+        hard_state: HardState { promised: Ballot::new(u64::MAX, 1), chosen_through: 0 },
+        ..Durable::default()
+    };
+    assert!(matches!(Replica::new(config(1), durable), Err(StartError::OutOfRange(_))));
+    let durable = Durable {
+        entries: vec![Entry { slot: u64::MAX, ballot: Ballot::new(1, 1), value: Value::Noop }],
+        ..Durable::default()
+    };
+    assert!(matches!(Replica::new(config(1), durable), Err(StartError::OutOfRange(_))));
+}
+
+/// Entries of about 1 MiB each, in ballot (1, 2), at slots `slots`.
+fn large_entries(slots: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    slots.map(|slot| Entry { slot, ballot: Ballot::new(1, 2), value: Value::Batch(vec![big.clone()]) }).collect()
+}
+
+fn entry_bytes(message: &Message) -> usize {
+    match message {
+        Message::Promise { entries, .. } | Message::Accept { entries, .. } | Message::CatchUp { entries } => {
+            entries.iter().map(Entry::encoded_bytes).sum()
+        }
+        _ => 0,
+    }
+}
+
+#[test]
+fn catch_ups_promises_and_accepts_are_bounded_by_bytes_not_only_by_count() {
+    let limit = config(1).message_bytes_max;
+    // 40 chosen slots of 1 MiB: one catch-up answer of 256 entries would
+    // carry 40 MiB.
+    let durable = Durable {
+        hard_state: HardState { promised: Ballot::new(1, 2), chosen_through: 40 },
+        entries: large_entries(1..=40),
+        ..Durable::default()
+    };
+    let mut r = replica(3, durable.clone());
+    r.step(4, Message::CatchUpRequest { from_slot: 1 });
+    let ready = persist(&mut r);
+    let answers = to(&ready.messages, 4);
+    assert_eq!(answers.len(), 1);
+    assert!(entry_bytes(answers[0]) <= limit, "a catch-up of {} bytes", entry_bytes(answers[0]));
+    assert!(matches!(answers[0], Message::CatchUp { entries } if entries.len() >= 15));
+
+    // The same log told in a promise goes in parts of bounded bytes.
+    let mut acceptor = replica(3, Durable { hard_state: HardState { promised: Ballot::new(1, 2), chosen_through: 0 }, ..durable });
+    acceptor.step(4, Message::Prepare { ballot: Ballot::new(2, 4), from_slot: 1 });
+    let ready = persist(&mut acceptor);
+    let parts = to(&ready.persisted_messages, 4);
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    assert!(parts.iter().all(|m| entry_bytes(m) <= limit));
+    let slots: usize = parts.iter().map(|m| match m { Message::Promise { entries, .. } => entries.len(), _ => 0 }).sum();
+    assert_eq!(slots, 40);
+
+    // A master re-proposing them sends accepts of bounded bytes.
+    let mut candidate = replica(1, Durable::default());
+    candidate.campaign();
+    settle(&mut candidate);
+    let ballot = Ballot::new(1, 1);
+    for (part, entries) in large_entries(1..=40).chunks(10).enumerate() {
+        let message = Message::Promise { ballot, chosen_through: 0, entries: entries.to_vec(), part: part as u32, parts: 4 };
+        candidate.step(2, message);
+    }
+    candidate.step(3, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
+    assert!(candidate.is_master());
+    let ready = persist(&mut candidate);
+    let accepts = to(&ready.messages, 4);
+    assert!(accepts.iter().all(|m| entry_bytes(m) <= limit));
+    let proposed: usize = accepts.iter().map(|m| match m { Message::Accept { entries, .. } => entries.len(), _ => 0 }).sum();
+    assert_eq!(proposed, 40);
+}
+
+#[test]
+fn the_lease_margin_must_cover_tick_granularity_and_clock_drift() {
+    use crate::config::{ConfigError, lease_drift_ticks_for};
+    // 50 ms ticks and a 250 ms lease: five ticks. A margin of one tick is
+    // eaten by the granularity alone.
+    let mut coarse = config(1);
+    coarse.heartbeat_ticks = 1;
+    coarse.lease_ticks = 5;
+    coarse.lease_drift_ticks = 1;
+    assert!(matches!(coarse.validate(), Err(ConfigError::LeaseMargin { needed: Some(2), .. })));
+    coarse.lease_drift_ticks = 2;
+    assert_eq!(coarse.validate(), Ok(()));
+    // 2% drift on a 25-tick lease needs 2 ticks; a 200-tick lease needs 9.
+    assert_eq!(lease_drift_ticks_for(25), Some(2));
+    assert_eq!(lease_drift_ticks_for(200), Some(9));
+    assert_eq!(lease_drift_ticks_for(2), None, "no margin leaves a lease of two ticks");
+}
+
+/// A follower of master 1 (ballot (1, 1)) that last heard it at its tick 8.
+fn follower_of_master_1(id: u64) -> Replica {
+    let mut r = replica(id, Durable::default());
+    r.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 8 });
+    settle(&mut r);
+    r
+}
+
+#[test]
+fn an_election_timeout_asks_for_pre_votes_and_raises_no_promise() {
+    let mut cfg = config(4);
+    cfg.election_ticks_min = 10;
+    cfg.election_ticks_max = 10;
+    let mut r = Replica::new(cfg, Durable::default()).expect("valid config");
+    for _ in 0..10 {
+        r.tick();
+    }
+    let ready = persist(&mut r);
+    assert_eq!(ready.hard_state, None, "no promise is raised (nor written) before a majority says yes");
+    let pre_votes = to(&ready.messages, 2);
+    assert_eq!(pre_votes, vec![&Message::PreVote { ballot: Ballot::new(1, 4) }]);
+    // Refusals leave it a follower that obeys the master it then hears.
+    for from in [1, 2, 3, 5] {
+        r.step(from, Message::PreVoteReply { ballot: Ballot::new(1, 4), granted: false });
+    }
+    r.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 30 });
+    let ready = persist(&mut r);
+    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: Ballot::new(1, 1), sent_tick: 30 }]);
+    // Grants from a majority start phase 1.
+    for _ in 0..10 {
+        r.tick();
+    }
+    settle(&mut r);
+    for from in [2, 3] {
+        r.step(from, Message::PreVoteReply { ballot: Ballot::new(2, 4), granted: true });
+    }
+    let ready = persist(&mut r);
+    assert_eq!(ready.hard_state.map(|h| h.promised), Some(Ballot::new(2, 4)));
+    assert!(to(&ready.persisted_messages, 2).contains(&&Message::Prepare { ballot: Ballot::new(2, 4), from_slot: 1 }));
+}
+
+#[test]
+fn a_replica_that_hears_a_master_refuses_pre_votes_of_others() {
+    let mut r = follower_of_master_1(2);
+    r.step(5, Message::PreVote { ballot: Ballot::new(2, 5) });
+    let ready = persist(&mut r);
+    assert_eq!(to(&ready.messages, 5), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 5), granted: false }]);
+    // The master itself may ask (it stepped down and runs phase 1 again).
+    r.step(1, Message::PreVote { ballot: Ballot::new(2, 1) });
+    let ready = persist(&mut r);
+    assert_eq!(to(&ready.messages, 1), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 1), granted: true }]);
+    // An election timeout (1,000 ticks here) without the master: now
+    // others get a yes.
+    for _ in 0..1_000 {
+        r.tick();
+    }
+    settle(&mut r);
+    r.step(5, Message::PreVote { ballot: Ballot::new(2, 5) });
+    let ready = persist(&mut r);
+    assert_eq!(to(&ready.messages, 5), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 5), granted: true }]);
+    assert_eq!(r.hard_state().promised, Ballot::new(1, 1), "a pre-vote promises nothing");
+}
+
+#[test]
+fn a_rejoining_replica_never_deposes_a_master_the_others_follow() {
+    // Replica 4 restarts and hears nothing for an election timeout (the
+    // master's connection to it is still down); 2, 3 and 5 hear the master.
+    let mut rejoined = Replica::new(config(4), Durable::default()).expect("valid config");
+    let mut followers: Vec<Replica> = [2, 3, 5].into_iter().map(follower_of_master_1).collect();
+    for _ in 0..20 {
+        rejoined.tick();
+    }
+    let ready = persist(&mut rejoined);
+    for envelope in ready.messages {
+        let Some(follower) = followers.iter_mut().find(|f| f.id() == envelope.to) else { continue };
+        follower.step(4, envelope.message);
+        for answer in persist(follower).messages {
+            rejoined.step(follower.id(), answer.message);
+        }
+    }
+    settle(&mut rejoined);
+    assert_eq!(rejoined.hard_state().promised, Ballot::ZERO, "no higher ballot was promised");
+    // The master's heartbeat then reaches it: acknowledged, not refused.
+    rejoined.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 40 });
+    let ready = persist(&mut rejoined);
+    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: Ballot::new(1, 1), sent_tick: 40 }]);
+    assert!(to(&ready.messages, 1).is_empty(), "no nack for the master");
+}
+
+#[test]
+fn only_entries_snapshots_compactions_and_new_promises_must_be_synced() {
+    let mut r = master();
+    let ballot = Ballot::new(1, 1);
+    r.propose(Bytes::from_static(b"x")).expect("accepted");
+    let ready = persist(&mut r);
+    assert!(ready.must_sync, "entries");
+    for from in [2, 3] {
+        r.step(from, Message::Accepted { ballot, slots: vec![1] });
+    }
+    let ready = persist(&mut r);
+    assert_eq!(ready.hard_state, Some(HardState { promised: ballot, chosen_through: 1 }));
+    assert!(!ready.must_sync, "only the chosen prefix moved");
+    let mut acceptor = replica(3, Durable::default());
+    acceptor.step(2, Message::Prepare { ballot: Ballot::new(9, 2), from_slot: 1 });
+    let ready = persist(&mut acceptor);
+    assert!(ready.must_sync, "a new promise");
+    acceptor.step(2, Message::Prepare { ballot: Ballot::new(9, 2), from_slot: 1 });
+    let ready = persist(&mut acceptor);
+    assert!(!ready.must_sync && !ready.persisted_messages.is_empty(), "a promise repeated rests on the synced one");
 }

@@ -1,11 +1,31 @@
 //! A deterministic simulator for the Paxos core.
 //!
-//! It owns the clock, the network and the disks of five replicas. The network
-//! drops, duplicates, delays and reorders messages and can be partitioned
-//! (isolate the master, minority/majority splits, one-way loss, a bridge);
-//! replicas crash (losing whatever was not durable), restart, and pause (as
-//! under SIGSTOP: on resume they first catch up on the ticks they missed).
-//! Each replica's clock runs at its own rate, within `clock_drift_ppm`.
+//! It owns the clock, the network and the disks of five replicas, and it is
+//! meant to be as hostile as production:
+//!
+//! - the network drops, duplicates, delays and reorders messages and can be
+//!   partitioned (isolate the master, minority/majority splits, one-way
+//!   loss, a bridge); it **holds** a whole directed link, or one message,
+//!   for up to many election timeouts and then delivers what it held (as a
+//!   stalled TCP stream or a reconnecting gRPC channel does), and it
+//!   **replays** old messages long after they were sent;
+//! - forged and garbage messages arrive: from strangers, from a replica
+//!   claiming to be the receiver, and from members with extreme field values
+//!   (rounds and slots near `u64::MAX`, parts that cannot exist, entries in
+//!   the wrong ballot, snapshots whose data does not load). Each must be
+//!   dropped and counted, and must change nothing;
+//! - replicas crash and restart, and a crash is sometimes a **power loss**:
+//!   writes the core let go unsynced (`Ready::must_sync` false) are lost
+//!   from some point on, as RocksDB's point-in-time recovery allows;
+//!   restarted replicas rebuild their state from their snapshot and log
+//!   only, as the server does;
+//! - replicas pause (as under SIGSTOP: on resume they first catch up on the
+//!   ticks they missed) and each replica's clock runs at its own rate, within
+//!   `clock_drift_ppm` (by default the bound the lease is built for,
+//!   [`crate::config::CLOCK_DRIFT_PPM_MAX`]);
+//! - each seed picks its own timeouts, coarse ticks (a lease of five ticks)
+//!   among them, with the smallest lease margin the configuration accepts,
+//!   and its own message bounds (tiny ones included).
 //!
 //! After every event the simulator checks:
 //! - at most one value is chosen per slot (from a ledger of every durable
@@ -15,7 +35,7 @@
 //! - at most one running replica believes it holds a valid master lease, and
 //!   one that may answer reads from its applied state (lease valid, read
 //!   barrier applied) has applied every write a master acknowledged;
-//! - no message carries more entries than the configured bound;
+//! - no message carries more entries or bytes than the configured bounds;
 //! - a restarted replica finds every chosen slot it had applied on its disk;
 //!
 //! and at the end of each fault period, with the faults healed and at least a
@@ -63,7 +83,7 @@ impl Default for Options {
             fault_periods: 3,
             fault_period_ticks: 400,
             liveness_ticks: 400,
-            clock_drift_ppm: 20_000,
+            clock_drift_ppm: crate::config::CLOCK_DRIFT_PPM_MAX,
             trace_events: 60,
         }
     }
@@ -115,6 +135,14 @@ pub struct Report {
     pub messages_delivered: u64,
     /// The longest time from a heal to the first new chosen proposal, in ticks.
     pub worst_recovery_ticks: u64,
+    /// Links or single messages held for a long time and then delivered.
+    pub holds: u64,
+    /// Old messages delivered again.
+    pub replays: u64,
+    /// Forged or garbage messages injected (every one was dropped and counted).
+    pub forged: u64,
+    /// Crashes that lost the unsynced tail of the disk.
+    pub power_losses: u64,
 }
 
 /// Runs one seed with `options`.
@@ -137,11 +165,17 @@ pub fn run_with(seed: u64, options: &Options, adjust: &dyn Fn(&mut Config)) -> R
 }
 
 const TICK_US: u64 = 1_000;
+/// The most messages a held link keeps; beyond it the link drops them.
+const HELD_PER_LINK_MAX: usize = 4_096;
+/// The most recent messages of one kind kept for replays.
+const SENT_LOG_PER_KIND_MAX: usize = 512;
 
 #[derive(Debug)]
 enum Event {
     Tick { node: usize, incarnation: u64 },
     Deliver { from: ReplicaId, to: usize, message: Message },
+    /// The end of a hold on the directed link: what it held goes out in order.
+    ReleaseLink { from: ReplicaId, to: ReplicaId },
     DiskDone { node: usize, incarnation: u64 },
     Resume { node: usize },
     Propose,
@@ -173,6 +207,12 @@ impl App {
     }
 }
 
+/// Whether the application could load `snapshot`: the check a driver makes
+/// before it steps an `InstallSnapshot`.
+fn snapshot_loads(snapshot: &Snapshot) -> bool {
+    App::decode(&snapshot.data).is_some_and(|app| app.applied == snapshot.slot && snapshot.data.len() == 16)
+}
+
 fn chain(hash: u64, value: &Value) -> u64 {
     // FNV-1a over the previous hash and the value.
     let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ hash;
@@ -194,13 +234,77 @@ fn chain(hash: u64, value: &Value) -> u64 {
     h
 }
 
-/// What survives a crash.
+/// What a replica wrote: hard state, log, snapshot.
 #[derive(Clone, Debug, Default)]
-struct Disk {
+struct DiskState {
     hard_state: HardState,
     entries: BTreeMap<Slot, Entry>,
     snapshot: Option<Snapshot>,
-    app: App,
+}
+
+/// One `Ready`'s write.
+#[derive(Clone, Debug)]
+struct DiskWrite {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    snapshot: Option<Snapshot>,
+    compact_through: Option<Slot>,
+}
+
+impl DiskState {
+    fn apply(&mut self, write: &DiskWrite) {
+        if let Some(hard_state) = write.hard_state {
+            self.hard_state = hard_state;
+        }
+        for entry in &write.entries {
+            self.entries.insert(entry.slot, entry.clone());
+        }
+        if let Some(snapshot) = &write.snapshot {
+            self.snapshot = Some(snapshot.clone());
+        }
+        if let Some(slot) = write.compact_through {
+            self.entries = self.entries.split_off(&(slot + 1));
+        }
+    }
+}
+
+/// A disk with a write-ahead log: writes are kept in order; a synced write
+/// makes itself and everything before it survive a power loss, while the
+/// unsynced tail survives a process crash (it is in the OS's cache) but a
+/// power loss keeps only some prefix of it.
+#[derive(Clone, Debug, Default)]
+struct Disk {
+    synced: DiskState,
+    unsynced: Vec<DiskWrite>,
+}
+
+impl Disk {
+    fn write(&mut self, write: DiskWrite, sync: bool) {
+        self.unsynced.push(write);
+        if sync {
+            for write in std::mem::take(&mut self.unsynced) {
+                self.synced.apply(&write);
+            }
+        }
+    }
+
+    /// What a process reading the disk sees.
+    fn visible(&self) -> DiskState {
+        let mut state = self.synced.clone();
+        for write in &self.unsynced {
+            state.apply(write);
+        }
+        state
+    }
+
+    /// Power fails: the first `kept` unsynced writes reach the platter, the
+    /// rest are gone.
+    fn power_loss(&mut self, kept: usize) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        for write in unsynced.iter().take(kept) {
+            self.synced.apply(write);
+        }
+    }
 }
 
 struct Node {
@@ -209,6 +313,8 @@ struct Node {
     core: Option<Replica>,
     incarnation: u64,
     disk: Disk,
+    /// The application's state: rebuilt on start from the snapshot, then
+    /// moved by every committed entry.
     app: App,
     outstanding: Option<Ready>,
     tick_period_us: u64,
@@ -232,10 +338,21 @@ struct Simulation {
     blocked: BTreeSet<(ReplicaId, ReplicaId)>,
     drop_per_mille: u64,
     duplicate_per_mille: u64,
+    /// Chance that one message is held for many election timeouts (a
+    /// stalled stream, a retransmit after a long pause), per mille.
+    long_hold_per_mille: u64,
     delay_us_max: u64,
     faults_active: bool,
     /// This seed's disk: a synced write takes up to this long.
     disk_latency_us_max: u64,
+    /// Directed links holding everything sent on them until released.
+    held_links: BTreeMap<(ReplicaId, ReplicaId), Vec<Message>>,
+    /// The next message on this link is held for this long (µs).
+    hold_next: Option<((ReplicaId, ReplicaId), u64)>,
+    /// Recent messages by kind, for replays: (from, to, message). Kept per
+    /// kind so that rare kinds (catch-up requests, promises, snapshots) are
+    /// replayed as often as the heartbeats that outnumber them.
+    sent_log: BTreeMap<&'static str, std::collections::VecDeque<(ReplicaId, ReplicaId, Message)>>,
     // Checkers' state.
     ledger: BTreeMap<(Slot, Ballot), (Value, BTreeSet<ReplicaId>)>,
     chosen: BTreeMap<Slot, Value>,
@@ -272,20 +389,34 @@ impl Simulation {
         let slots_in_flight_max = [1, 3, 16, 64][rng.range(0, 3) as usize];
         let entries_per_message_max = [1, 2, 8, 256][rng.range(0, 3) as usize];
         let batch_commands_max = [1, 4, 64][rng.range(0, 2) as usize];
+        // Timeouts per seed, coarse ticks included: (lease, heartbeat,
+        // election min, election max) in ticks; the master's margin is the
+        // smallest the configuration accepts, so the lease is tested at the
+        // edge of the drift bound.
+        let (lease_ticks, heartbeat_ticks, election_min, election_max) =
+            [(10, 2, 10, 20), (5, 1, 6, 9), (6, 2, 6, 10), (20, 4, 20, 40)][rng.range(0, 3) as usize];
+        let lease_drift_ticks = crate::config::lease_drift_ticks_for(lease_ticks).unwrap_or(lease_ticks);
+        // Commands are 8 bytes; a message holds one full entry at least, and
+        // sometimes no more.
+        let batch_bytes_max = 8 * batch_commands_max;
+        let message_entries_max = [1, 3, 64][rng.range(0, 2) as usize];
         let mut nodes = Vec::new();
         for &id in &members {
             let mut config = Config::new(id, members.clone());
-            config.election_ticks_min = 10;
-            config.election_ticks_max = 20;
-            config.heartbeat_ticks = 2;
-            config.lease_ticks = 10;
-            config.lease_drift_ticks = 2;
-            config.accept_retry_ticks = 4;
-            config.catch_up_retry_ticks = 4;
+            config.election_ticks_min = election_min;
+            config.election_ticks_max = election_max;
+            config.heartbeat_ticks = heartbeat_ticks;
+            config.lease_ticks = lease_ticks;
+            config.lease_drift_ticks = lease_drift_ticks;
+            config.accept_retry_ticks = 2 * heartbeat_ticks;
+            config.catch_up_retry_ticks = 2 * heartbeat_ticks;
             config.slots_in_flight_max = slots_in_flight_max;
             config.entries_per_message_max = entries_per_message_max;
             config.batch_commands_max = batch_commands_max;
+            config.batch_bytes_max = batch_bytes_max;
+            config.command_bytes_max = 8;
             config.proposals_queued_max = 64;
+            config.message_bytes_max = config.entry_bytes_max() * message_entries_max;
             nodes.push(Node {
                 id,
                 config,
@@ -314,9 +445,13 @@ impl Simulation {
             blocked: BTreeSet::new(),
             drop_per_mille: 0,
             duplicate_per_mille: 0,
+            long_hold_per_mille: 0,
             delay_us_max: 500,
             faults_active: false,
             disk_latency_us_max: 0,
+            held_links: BTreeMap::new(),
+            hold_next: None,
+            sent_log: BTreeMap::new(),
             ledger: BTreeMap::new(),
             chosen: BTreeMap::new(),
             chain: BTreeMap::new(),
@@ -375,6 +510,7 @@ impl Simulation {
             self.faults_active = true;
             self.drop_per_mille = self.rng.range(0, 100);
             self.duplicate_per_mille = self.rng.range(0, 50);
+            self.long_hold_per_mille = self.rng.range(0, 20);
             self.delay_us_max = self.rng.range(50, 3_000);
             let first = self.rng.range(0, 20) * TICK_US;
             self.schedule(first, Event::Nemesis);
@@ -484,6 +620,13 @@ impl Simulation {
                     return Ok(());
                 }
                 self.report.messages_delivered += 1;
+                if let Message::InstallSnapshot { snapshot } = &message
+                    && !snapshot_loads(snapshot)
+                {
+                    // The driver's duty: a snapshot the application cannot
+                    // load never reaches the core.
+                    return Err(violation(self, format!("replica {from} sent a snapshot that does not load")));
+                }
                 if let Some(core) = &mut self.nodes[to].core {
                     core.step(from, message);
                 }
@@ -510,6 +653,10 @@ impl Simulation {
                 Ok(())
             }
             Event::Resume { node } => self.resume(node),
+            Event::ReleaseLink { from, to } => {
+                self.release_link(from, to);
+                Ok(())
+            }
             Event::Propose => {
                 self.propose();
                 let gap = self.rng.range(300, 3_000);
@@ -519,7 +666,7 @@ impl Simulation {
             Event::Nemesis => {
                 if self.faults_active {
                     self.nemesis()?;
-                    let gap = self.rng.range(20, 120) * TICK_US;
+                    let gap = self.rng.range(5, 60) * TICK_US;
                     self.schedule(gap, Event::Nemesis);
                 }
                 Ok(())
@@ -542,7 +689,8 @@ impl Simulation {
             let mut ready = core.ready();
             let from = node.id;
             let messages = std::mem::take(&mut ready.messages);
-            let needs_disk = !ready.nothing_to_persist();
+            // An unsynced write returns at once (it only reaches the OS).
+            let needs_disk = !ready.nothing_to_persist() && ready.must_sync;
             node.outstanding = Some(ready);
             for envelope in messages {
                 self.send(from, envelope)?;
@@ -557,25 +705,20 @@ impl Simulation {
         }
     }
 
-    /// The write of the outstanding `Ready` is durable: record it on the disk
-    /// and in the ledger, send what waited for it, apply, advance.
+    /// The write of the outstanding `Ready` is done (synced if the core
+    /// said it must be): record it on the disk and in the ledger, send what
+    /// waited for it, apply, advance.
     fn disk_done(&mut self, index: usize) -> Result<(), Violation> {
         let Some(mut ready) = self.nodes[index].outstanding.take() else { return Ok(()) };
         let id = self.nodes[index].id;
-        {
-            let disk = &mut self.nodes[index].disk;
-            if let Some(hard_state) = ready.hard_state {
-                disk.hard_state = hard_state;
-            }
-            for entry in &ready.entries {
-                disk.entries.insert(entry.slot, entry.clone());
-            }
-            if let Some(snapshot) = &ready.snapshot {
-                disk.snapshot = Some(snapshot.clone());
-            }
-            if let Some(slot) = ready.compact_through {
-                disk.entries = disk.entries.split_off(&(slot + 1));
-            }
+        if !ready.nothing_to_persist() {
+            let write = DiskWrite {
+                hard_state: ready.hard_state,
+                entries: ready.entries.clone(),
+                snapshot: ready.snapshot.clone(),
+                compact_through: ready.compact_through,
+            };
+            self.nodes[index].disk.write(write, ready.must_sync);
         }
         // The ledger: an Accepted notice leaving now means the acceptor holds
         // the value durably.
@@ -609,7 +752,6 @@ impl Simulation {
                 return Err(violation(self, format!("replica {id} installed a snapshot that diverges at slot {}", snapshot.slot)));
             }
             self.nodes[index].app = app;
-            self.nodes[index].disk.app = app;
             self.report.snapshots_installed += 1;
             self.note(format!("replica {id} installed snapshot at slot {}", snapshot.slot));
         }
@@ -689,7 +831,6 @@ impl Simulation {
             self.acked_through = self.acked_through.max(entry.slot);
         }
         self.nodes[index].app = app;
-        self.nodes[index].disk.app = app;
         if let Value::Batch(commands) = &entry.value {
             for command in commands {
                 if let Some(bytes) = command.get(0..8) {
@@ -716,19 +857,54 @@ impl Simulation {
 
     fn send(&mut self, from: ReplicaId, envelope: Envelope) -> Result<(), Violation> {
         let Envelope { to, message } = envelope;
-        let limit = self.nodes[0].config.entries_per_message_max;
-        let carried = match &message {
+        let config = &self.nodes[0].config;
+        let (count_max, bytes_max) = (config.entries_per_message_max, config.message_bytes_max);
+        let (carried, bytes) = match &message {
             Message::Promise { entries, .. } | Message::Accept { entries, .. } | Message::CatchUp { entries } => {
-                entries.len()
+                (entries.len(), entries.iter().map(Entry::encoded_bytes).sum())
             }
-            Message::Accepted { slots, .. } => slots.len(),
-            _ => 0,
+            Message::Accepted { slots, .. } => (slots.len(), 0),
+            _ => (0, 0),
         };
-        if carried > limit {
-            return Err(violation(self, format!("a {} from {from} carries {carried} entries, over the bound {limit}", message.kind())));
+        if carried > count_max || bytes > bytes_max {
+            return Err(violation(
+                self,
+                format!(
+                    "a {} from {from} carries {carried} entries of {bytes} bytes, over the bounds {count_max} and {bytes_max}",
+                    message.kind()
+                ),
+            ));
+        }
+        if let Some(to_from) = message.validate(from, &self.nodes[0].config).err() {
+            return Err(violation(self, format!("replica {from} sent a {} that breaks a bound: {to_from}", message.kind())));
         }
         let Some(to_index) = self.nodes.iter().position(|n| n.id == to) else { return Ok(()) };
+        let log = self.sent_log.entry(message.kind()).or_default();
+        if log.len() == SENT_LOG_PER_KIND_MAX {
+            log.pop_front();
+        }
+        log.push_back((from, to, message.clone()));
         if self.blocked.contains(&(from, to)) || self.rng.chance(self.drop_per_mille, 1_000) {
+            return Ok(());
+        }
+        if let Some(held) = self.held_links.get_mut(&(from, to)) {
+            if held.len() < HELD_PER_LINK_MAX {
+                held.push(message);
+            }
+            return Ok(());
+        }
+        if let Some((link, hold_us)) = self.hold_next
+            && link == (from, to)
+        {
+            self.hold_next = None;
+            self.note(format!("holding one {} from {from} to {to} for {hold_us}us", message.kind()));
+            self.schedule(hold_us, Event::Deliver { from, to: to_index, message });
+            return Ok(());
+        }
+        if self.rng.chance(self.long_hold_per_mille, 1_000) {
+            let hold_us = self.hold_ticks() * TICK_US;
+            self.report.holds += 1;
+            self.schedule(hold_us, Event::Deliver { from, to: to_index, message });
             return Ok(());
         }
         let copies = if self.rng.chance(self.duplicate_per_mille, 1_000) { 2 } else { 1 };
@@ -737,6 +913,16 @@ impl Simulation {
             self.schedule(delay, Event::Deliver { from, to: to_index, message: message.clone() });
         }
         Ok(())
+    }
+
+    /// Delivers, in the order sent, what a held link kept.
+    fn release_link(&mut self, from: ReplicaId, to: ReplicaId) {
+        let Some(held) = self.held_links.remove(&(from, to)) else { return };
+        let Some(to_index) = self.nodes.iter().position(|n| n.id == to) else { return };
+        self.note(format!("release link {from}->{to}: {} messages", held.len()));
+        for (order, message) in (0u64..).zip(held) {
+            self.schedule(20 + order, Event::Deliver { from, to: to_index, message });
+        }
     }
 
     /// Only a running replica can act on its lease; two valid at once would
@@ -804,13 +990,24 @@ impl Simulation {
         node.outstanding = None;
         node.deferred.clear();
         node.paused_since = None;
-        node.app = node.disk.app;
-        node.last_compacted = node.disk.snapshot.as_ref().map_or(0, |s| s.slot);
+        // As the server does: the application's state is the snapshot's, and
+        // the core hands every chosen entry after it to be applied again.
+        let disk = node.disk.visible();
+        let app = match &disk.snapshot {
+            Some(snapshot) => App::decode(&snapshot.data).filter(|app| app.applied == snapshot.slot),
+            None => Some(App::default()),
+        };
+        let Some(app) = app else {
+            let id = node.id;
+            return Err(violation(self, format!("replica {id} restarts from a snapshot it cannot load")));
+        };
+        node.app = app;
+        node.last_compacted = disk.snapshot.as_ref().map_or(0, |s| s.slot);
         let durable = Durable {
-            hard_state: node.disk.hard_state,
-            entries: node.disk.entries.values().cloned().collect(),
-            snapshot: node.disk.snapshot.clone(),
-            applied: node.disk.app.applied,
+            hard_state: disk.hard_state,
+            entries: disk.entries.into_values().collect(),
+            snapshot: disk.snapshot,
+            applied: app.applied,
         };
         let mut config = node.config.clone();
         config.seed = self.seed.wrapping_mul(31).wrapping_add(node.id * 1_000 + node.incarnation);
@@ -830,7 +1027,10 @@ impl Simulation {
         Ok(())
     }
 
-    fn crash(&mut self, index: usize) {
+    /// Crashes a replica: its process dies; with `power_loss`, its machine
+    /// too, and the unsynced tail of its disk is cut at a random point.
+    fn crash(&mut self, index: usize, power_loss: bool) {
+        let kept = self.rng.range(0, self.nodes[index].disk.unsynced.len() as u64) as usize;
         let node = &mut self.nodes[index];
         node.core = None;
         node.outstanding = None;
@@ -839,7 +1039,14 @@ impl Simulation {
         node.incarnation += 1;
         self.report.crashes += 1;
         let id = node.id;
-        self.note(format!("crash replica {id}"));
+        if power_loss {
+            let lost = node.disk.unsynced.len() - kept;
+            node.disk.power_loss(kept);
+            self.report.power_losses += 1;
+            self.note(format!("power loss at replica {id}: {lost} unsynced writes lost"));
+        } else {
+            self.note(format!("crash replica {id}"));
+        }
     }
 
     fn resume(&mut self, index: usize) -> Result<(), Violation> {
@@ -870,7 +1077,7 @@ impl Simulation {
     fn nemesis(&mut self) -> Result<(), Violation> {
         let n = self.nodes.len();
         let down = self.nodes.iter().filter(|n| n.core.is_none()).count();
-        let pick = self.rng.range(0, 9);
+        let pick = self.rng.range(0, 14);
         match pick {
             0 | 1 => {
                 // Crash the master or anyone; at most three down at once.
@@ -880,7 +1087,8 @@ impl Simulation {
                         _ => self.rng.range(0, n as u64 - 1) as usize,
                     };
                     if self.nodes[target].core.is_some() {
-                        self.crash(target);
+                        let power_loss = self.rng.chance(1, 2);
+                        self.crash(target, power_loss);
                     }
                 }
             }
@@ -909,11 +1117,113 @@ impl Simulation {
                     self.schedule(length, Event::Resume { node: target });
                 }
             }
-            5..=7 => self.partition(pick),
-            _ => {
+            5..=7 | 14 => self.partition(pick),
+            8 => {
                 self.blocked.clear();
                 self.note("heal partitions".to_string());
             }
+            9 | 10 => self.hold_link(),
+            11 => {
+                let link = self.random_link();
+                let hold_us = self.hold_ticks() * TICK_US;
+                self.hold_next = Some((link, hold_us));
+                self.report.holds += 1;
+            }
+            12 => self.replay(),
+            _ => self.forge()?,
+        }
+        Ok(())
+    }
+
+    /// A directed link, often one that touches the master.
+    fn random_link(&mut self) -> (ReplicaId, ReplicaId) {
+        let ids: Vec<ReplicaId> = self.nodes.iter().map(|n| n.id).collect();
+        let pick = |sim: &mut Simulation| ids[sim.rng.range(0, ids.len() as u64 - 1) as usize];
+        let master = self.master_index().map(|i| self.nodes[i].id);
+        let a = match master {
+            Some(m) if self.rng.chance(1, 2) => m,
+            _ => pick(self),
+        };
+        let mut b = pick(self);
+        while b == a {
+            b = pick(self);
+        }
+        if self.rng.chance(1, 2) { (a, b) } else { (b, a) }
+    }
+
+    /// How long a hold lasts: from two to twenty election timeouts.
+    fn hold_ticks(&mut self) -> u64 {
+        let election = self.nodes[0].config.election_ticks_min;
+        self.rng.range(2, 20) * election
+    }
+
+    /// Holds everything on one directed link for many election timeouts,
+    /// then delivers it in order, as a stalled stream does.
+    fn hold_link(&mut self) {
+        let (from, to) = self.random_link();
+        if self.held_links.contains_key(&(from, to)) {
+            return;
+        }
+        let ticks = self.hold_ticks();
+        self.held_links.insert((from, to), Vec::new());
+        self.report.holds += 1;
+        self.note(format!("hold link {from}->{to} for {ticks} ticks"));
+        self.schedule(ticks * TICK_US, Event::ReleaseLink { from, to });
+    }
+
+    /// Delivers a few old messages again, long after they were sent.
+    fn replay(&mut self) {
+        let count = self.rng.range(1, 8);
+        for _ in 0..count {
+            let kinds: Vec<&'static str> = self.sent_log.keys().copied().collect();
+            if kinds.is_empty() {
+                return;
+            }
+            let kind = kinds[self.rng.range(0, kinds.len() as u64 - 1) as usize];
+            let Some(log) = self.sent_log.get(kind) else { return };
+            let index = self.rng.range(0, log.len() as u64 - 1) as usize;
+            let Some((from, to, message)) = log.get(index).cloned() else { return };
+            let Some(to_index) = self.nodes.iter().position(|n| n.id == to) else { continue };
+            let delay = self.rng.range(20, self.delay_us_max);
+            self.note(format!("replay an old {} from {from} to {to}", message.kind()));
+            self.report.replays += 1;
+            self.schedule(delay, Event::Deliver { from, to: to_index, message });
+        }
+    }
+
+    /// Steps forged or garbage messages into running replicas: each must be
+    /// dropped and counted by the core (or, for a snapshot that does not
+    /// load, by the driver before the core sees it).
+    fn forge(&mut self) -> Result<(), Violation> {
+        let count = self.rng.range(1, 4);
+        for _ in 0..count {
+            let running: Vec<usize> =
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].core.is_some() && self.nodes[i].paused_since.is_none()).collect();
+            if running.is_empty() {
+                return Ok(());
+            }
+            let index = running[self.rng.range(0, running.len() as u64 - 1) as usize];
+            let to = self.nodes[index].id;
+            let (from, message) = forged_message(&mut self.rng, &self.nodes[index].config, to);
+            let kind = message.kind();
+            self.report.forged += 1;
+            if let Message::InstallSnapshot { snapshot } = &message
+                && !snapshot_loads(snapshot)
+            {
+                // Dropped by the driver before the core.
+                continue;
+            }
+            let Some(core) = &mut self.nodes[index].core else { continue };
+            let before = core.status().rejected_messages;
+            core.step(from, message.clone());
+            let after = core.status().rejected_messages;
+            if after != before + 1 {
+                return Err(violation(
+                    self,
+                    format!("replica {to} took a forged {kind} from {from} instead of dropping it: {message:?}"),
+                ));
+            }
+            self.drive(index)?;
         }
         Ok(())
     }
@@ -943,6 +1253,13 @@ impl Simulation {
                     let j = self.rng.range(0, i as u64) as usize;
                     shuffled.swap(i, j);
                 }
+                // Half the time the master is in the minority, where it may
+                // go on believing it leads until its check-quorum fires.
+                if let Some(position) = master.and_then(|m| shuffled.iter().position(|&id| id == m))
+                    && self.rng.chance(1, 2)
+                {
+                    shuffled.swap(0, position);
+                }
                 let minority: BTreeSet<ReplicaId> = shuffled[..ids.len() / 2].iter().copied().collect();
                 let bridge = if self.rng.chance(1, 3) { Some(shuffled[ids.len() - 1]) } else { None };
                 for &a in &ids {
@@ -954,6 +1271,20 @@ impl Simulation {
                     }
                 }
                 self.note(format!("partition: minority {minority:?} bridge {bridge:?}"));
+            }
+            14 => {
+                // Every directed link cut with probability one in three: an
+                // arbitrary asymmetric network, where a replica may reach
+                // another that cannot answer it.
+                for &a in &ids {
+                    for &b in &ids {
+                        if a != b && self.rng.chance(1, 3) {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+                let cut: Vec<String> = self.blocked.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+                self.note(format!("partition: directed links cut {}", cut.join(" ")));
             }
             _ => {
                 // One-way loss: a replica (often the master) can send but not
@@ -974,13 +1305,19 @@ impl Simulation {
         }
     }
 
-    /// Ends a fault period: links healed, loss and duplication off, paused
-    /// replicas resumed, and all crashed replicas restarted (but up to two
-    /// unless `everyone`).
+    /// Ends a fault period: links healed (held ones deliver what they held),
+    /// loss and duplication off, paused replicas resumed, and all crashed
+    /// replicas restarted (but up to two unless `everyone`).
     fn heal(&mut self, everyone: bool) -> Result<(), Violation> {
         self.blocked.clear();
+        self.hold_next = None;
+        let held: Vec<(ReplicaId, ReplicaId)> = self.held_links.keys().copied().collect();
+        for (from, to) in held {
+            self.release_link(from, to);
+        }
         self.drop_per_mille = 0;
         self.duplicate_per_mille = 0;
+        self.long_hold_per_mille = 0;
         self.note("heal: links, pauses, restarts".to_string());
         for index in 0..self.nodes.len() {
             if self.nodes[index].paused_since.is_some() {
@@ -994,4 +1331,62 @@ impl Simulation {
         }
         Ok(())
     }
+}
+
+/// A message no correct replica sends: from a stranger or from the receiver
+/// itself, or from a member with at least one field outside the protocol's
+/// bounds (extreme rounds and slots, parts that cannot exist, entries in the
+/// wrong ballot or not contiguous, too many entries, a snapshot that does not
+/// load). A member's message with every field in range is not forged here:
+/// Paxos trusts its members; authenticating them is TLS's job.
+fn forged_message(rng: &mut Rng, config: &Config, to: ReplicaId) -> (ReplicaId, Message) {
+    use crate::message::NackReason;
+    use crate::types::{ROUND_MAX, SLOT_MAX};
+    let members = &config.members;
+    let member = members[rng.range(0, members.len() as u64 - 1) as usize];
+    let peer = members.iter().copied().find(|&m| m != to).unwrap_or(member);
+    // Slots past SLOT_MAX, rounds past ROUND_MAX.
+    let huge = [u64::MAX, u64::MAX - 1, 1 << 63, SLOT_MAX + 1];
+    let extreme = |rng: &mut Rng| huge[rng.range(0, huge.len() as u64 - 1) as usize];
+    let ok_ballot = Ballot::new(rng.range(1, 50), peer);
+    let bad_ballot = |rng: &mut Rng| {
+        let rounds = [u64::MAX, 1 << 63, ROUND_MAX + 1, ROUND_MAX + 1 + rng.range(0, 1 << 20)];
+        Ballot::new(rounds[rng.range(0, 3) as usize], peer)
+    };
+    let entry = |slot: Slot, ballot: Ballot| Entry { slot, ballot, value: Value::Batch(vec![Bytes::from_static(b"forged!!")]) };
+    let message = match rng.range(0, 16) {
+        0 => Message::Prepare { ballot: bad_ballot(rng), from_slot: 1 },
+        1 => Message::Prepare { ballot: ok_ballot, from_slot: [0, extreme(rng)][rng.range(0, 1) as usize] },
+        2 => Message::Promise { ballot: ok_ballot, chosen_through: 0, entries: vec![], part: 3, parts: [0, 2, u32::MAX][rng.range(0, 2) as usize] },
+        3 => Message::Promise { ballot: ok_ballot, chosen_through: extreme(rng), entries: vec![], part: 0, parts: 1 },
+        4 => Message::Accept { ballot: ok_ballot, entries: vec![entry(extreme(rng), ok_ballot)], chosen_through: 0 },
+        5 => Message::Accept { ballot: ok_ballot, entries: vec![entry(1, Ballot::new(ok_ballot.round + 1, peer))], chosen_through: 0 },
+        6 => Message::Accept {
+            ballot: ok_ballot,
+            entries: (1..=config.entries_per_message_max as u64 + 1).map(|slot| entry(slot, ok_ballot)).collect(),
+            chosen_through: 0,
+        },
+        7 => Message::Accepted { ballot: ok_ballot, slots: vec![[0, extreme(rng)][rng.range(0, 1) as usize]] },
+        8 => Message::Heartbeat { ballot: bad_ballot(rng), chosen_through: 0, sent_tick: extreme(rng) },
+        9 => Message::Heartbeat { ballot: ok_ballot, chosen_through: extreme(rng), sent_tick: 0 },
+        10 => Message::Nack { ballot: ok_ballot, promised: bad_ballot(rng), reason: NackReason::HigherBallot },
+        11 => Message::Nack { ballot: ok_ballot, promised: ok_ballot, reason: NackReason::Behind { chosen_through: extreme(rng) } },
+        12 => Message::CatchUp { entries: vec![entry(2, ok_ballot), entry(1, ok_ballot)] },
+        13 => Message::CatchUpRequest { from_slot: [0, extreme(rng)][rng.range(0, 1) as usize] },
+        14 => Message::InstallSnapshot {
+            snapshot: Snapshot { slot: rng.range(1, 1 << 20), data: Bytes::from_static(b"garbage, not a state") },
+        },
+        15 => {
+            let slot = extreme(rng);
+            Message::InstallSnapshot { snapshot: Snapshot { slot, data: App { applied: slot, hash: 0 }.encode() } }
+        }
+        _ => Message::PreVote { ballot: Ballot::new(1, to) },
+    };
+    // Sometimes the envelope lies instead: a stranger, or the receiver.
+    let from = match rng.range(0, 5) {
+        0 => [0, 99, u64::MAX][rng.range(0, 2) as usize],
+        1 => to,
+        _ => peer,
+    };
+    (from, message)
 }

@@ -2,6 +2,25 @@
 
 use bytes::Bytes;
 
+/// The highest round a ballot may carry. Rounds grow by one per election, so
+/// this bound is never reached in practice; a message or a disk record
+/// claiming more is malformed, and bounding it keeps `round + 1` from ever
+/// overflowing.
+pub const ROUND_MAX: u64 = (1 << 48) - 1;
+
+/// The highest slot a message or a disk record may name. Slots grow by one
+/// per batch (2^56 lasts two thousand years at a million slots a second);
+/// anything beyond is malformed, and bounding it keeps `slot + 1` safe.
+pub const SLOT_MAX: u64 = (1 << 56) - 1;
+
+/// The bytes an entry's encoding takes besides its commands' bytes (slot,
+/// ballot, framing), counted generously.
+pub const ENTRY_OVERHEAD_BYTES: usize = 48;
+
+/// The bytes each command adds to an entry's encoding besides its own bytes
+/// (a length prefix and a field tag), counted generously.
+pub const COMMAND_OVERHEAD_BYTES: usize = 8;
+
 /// Identifies a replica of the cell. Ids are small positive numbers chosen by
 /// the operator; they also break ties between ballots of the same round.
 pub type ReplicaId = u64;
@@ -29,6 +48,11 @@ impl Ballot {
     pub const fn new(round: u64, replica: ReplicaId) -> Self {
         Ballot { round, replica }
     }
+
+    /// True when the round is within [`ROUND_MAX`].
+    pub const fn in_range(&self) -> bool {
+        self.round <= ROUND_MAX
+    }
 }
 
 impl std::fmt::Display for Ballot {
@@ -55,6 +79,15 @@ impl Value {
             Value::Batch(commands) => commands.iter().map(Bytes::len).sum(),
         }
     }
+
+    /// A generous estimate of the value's encoded size, commands and their
+    /// framing included; messages are bounded with it.
+    pub fn encoded_bytes(&self) -> usize {
+        match self {
+            Value::Noop => 0,
+            Value::Batch(commands) => commands.iter().map(|c| c.len().saturating_add(COMMAND_OVERHEAD_BYTES)).sum(),
+        }
+    }
 }
 
 /// A value accepted in some ballot for some slot. In the acceptor's log the
@@ -68,6 +101,18 @@ pub struct Entry {
     pub ballot: Ballot,
     /// The value itself.
     pub value: Value,
+}
+
+impl Entry {
+    /// A generous estimate of the entry's encoded size in a message.
+    pub fn encoded_bytes(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES.saturating_add(self.value.encoded_bytes())
+    }
+
+    /// True when the slot and the ballot are within their bounds.
+    pub fn in_range(&self) -> bool {
+        (1..=SLOT_MAX).contains(&self.slot) && self.ballot.in_range()
+    }
 }
 
 /// The acceptor's state besides its log, which must be durable before any

@@ -149,7 +149,9 @@ pub enum ConfigError {
     #[error("--tick-ms {0} is outside 1..=10000")]
     BadTick(u64),
     /// The Paxos timeouts must nest: tick <= heartbeat, two heartbeats <=
-    /// master lease <= election timeout <= 60 s.
+    /// master lease <= election timeout <= 60 s; and the master lease, in
+    /// ticks, must leave room for a margin that covers tick granularity and
+    /// the clock drift the lease tolerates.
     #[error("timeouts must satisfy tick ({tick} ms) <= heartbeat ({heartbeat} ms), 2 x heartbeat <= master lease ({lease} ms) <= election timeout ({election} ms) <= 60000 ms")]
     BadTimeouts {
         /// `--tick-ms`.
@@ -160,6 +162,22 @@ pub enum ConfigError {
         lease: u64,
         /// `--election-timeout-ms`.
         election: u64,
+    },
+    /// The master lease is too few ticks long for a safe margin: the master
+    /// must count its lease shorter than acceptors grant it by at least one
+    /// tick of granularity plus the clock drift the lease tolerates
+    /// (`gaios_paxos::config::CLOCK_DRIFT_PPM_MAX`), and still outlast a
+    /// heartbeat interval.
+    #[error(
+        "--master-lease-ms {lease} is {lease_ticks} ticks of --tick-ms {tick}: too short for a safe margin (one tick of granularity plus 2% clock drift) that still outlasts a heartbeat; use a longer lease or a finer tick"
+    )]
+    LeaseTooShort {
+        /// `--master-lease-ms`.
+        lease: u64,
+        /// `--tick-ms`.
+        tick: u64,
+        /// The lease in ticks.
+        lease_ticks: u64,
     },
     /// The cell name is empty.
     #[error("--cell-id must not be empty")]
@@ -230,6 +248,13 @@ impl ReplicaConfig {
         if args.snapshot_every_slots == 0 {
             return Err(ConfigError::BadSnapshotInterval);
         }
+        let lease_ticks = args.master_lease_ms.div_ceil(args.tick_ms);
+        let heartbeat_ticks = args.heartbeat_ms.div_ceil(args.tick_ms);
+        let margin_fits = gaios_paxos::config::lease_drift_ticks_for(lease_ticks)
+            .is_some_and(|drift| lease_ticks - drift > heartbeat_ticks);
+        if !margin_fits {
+            return Err(ConfigError::LeaseTooShort { lease: args.master_lease_ms, tick: args.tick_ms, lease_ticks });
+        }
         if !(SESSION_LEASE_MS_MIN..=SESSION_LEASE_MS_MAX).contains(&args.session_lease_ms) {
             return Err(ConfigError::BadSessionLease(args.session_lease_ms));
         }
@@ -270,18 +295,21 @@ impl ReplicaConfig {
     }
 
     /// The Paxos core's configuration: the timeouts above in ticks (rounded
-    /// up, at least one), the master counting its lease a fifth (at least
-    /// one tick) shorter than the acceptors do.
+    /// up, at least one), the master counting its lease a fifth shorter than
+    /// the acceptors do, or more if tick granularity and the clock drift the
+    /// lease tolerates need more (`from_args` checked that a margin fits).
     pub fn paxos_config(&self) -> gaios_paxos::Config {
         let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(self.tick.as_millis().max(1) as u64).max(1);
         let mut config = gaios_paxos::Config::new(self.id, self.member_ids());
         config.heartbeat_ticks = ticks(self.heartbeat);
         config.lease_ticks = ticks(self.master_lease).max(config.heartbeat_ticks + 1);
-        config.lease_drift_ticks = (config.lease_ticks / 5).clamp(1, config.lease_ticks - 1);
+        let needed = gaios_paxos::config::lease_drift_ticks_for(config.lease_ticks).unwrap_or(config.lease_ticks - 1);
+        config.lease_drift_ticks = (config.lease_ticks / 5).max(needed).min(config.lease_ticks - 1);
         config.election_ticks_min = ticks(self.election_timeout);
         config.election_ticks_max = ticks(self.election_timeout * 3 / 2);
         // An unanswered accept or catch-up request is repeated after about
         // four heartbeats.
+        config.message_bytes_max = crate::transport::CORE_MESSAGE_BYTES_MAX;
         config.accept_retry_ticks = config.heartbeat_ticks * 4;
         config.catch_up_retry_ticks = config.heartbeat_ticks * 4;
         config
@@ -366,10 +394,15 @@ mod tests {
 
     #[test]
     fn paxos_timeouts_must_nest() {
-        let cases: [(&[&str], bool); 7] = [
+        let cases: [(&[&str], bool); 10] = [
             (&[], true),
             (&["--tick-ms", "50", "--heartbeat-ms", "50", "--master-lease-ms", "1000", "--election-timeout-ms", "1000"], true),
+            // Five ticks of 50 ms: the margin is two ticks, not one.
+            (&["--tick-ms", "50"], true),
+            // Two ticks of 100 ms: no margin leaves the lease outlasting a heartbeat.
+            (&["--tick-ms", "100", "--heartbeat-ms", "100", "--master-lease-ms", "200"], false),
             (&["--tick-ms", "60"], false),
+            (&["--tick-ms", "60", "--heartbeat-ms", "60", "--election-timeout-ms", "600", "--master-lease-ms", "600"], true),
             (&["--master-lease-ms", "50"], false),
             (&["--heartbeat-ms", "200", "--master-lease-ms", "240"], false),
             (&["--election-timeout-ms", "200"], false),
@@ -386,7 +419,10 @@ mod tests {
                 }
                 Err(error) => {
                     assert!(!ok, "{flags:?}: {error}");
-                    assert!(matches!(error, ConfigError::BadTimeouts { .. } | ConfigError::BadTick(_)), "{flags:?}: {error}");
+                    assert!(
+                        matches!(error, ConfigError::BadTimeouts { .. } | ConfigError::BadTick(_) | ConfigError::LeaseTooShort { .. }),
+                        "{flags:?}: {error}"
+                    );
                 }
             }
         }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gaios_paxos::{Ballot, ProposeError as CoreProposeError, Ready, Replica, ReplicaId, RoleChange, Slot, Snapshot, StartError, Value};
+use gaios_paxos::{Ballot, Message, ProposeError as CoreProposeError, Ready, Replica, ReplicaId, RoleChange, Slot, Snapshot, StartError, Value};
 use gaios_proto::v1 as wire;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -172,8 +172,13 @@ pub struct Driver {
     /// KeepAlives); on each change to true every session's deadline is
     /// pushed to a full lease from then.
     serving: bool,
-    /// The promised ballot last made durable (a synced write).
-    durable_promised: Ballot,
+    /// A peer's snapshot checked (restored into a state) before the core saw
+    /// it, waiting for the core to hand it back for installing: its slot and
+    /// the state. Restoring once both checks it and serves the install.
+    checked_snapshot: Option<(Slot, StateMachine)>,
+    /// The core's count of rejected peer messages at the last turn, so the
+    /// metric is fed the difference.
+    rejected_seen: u64,
 }
 
 impl Driver {
@@ -197,7 +202,6 @@ impl Driver {
         // command after it to be applied again.
         durable.applied = snapshot_slot;
         let replica = Replica::new(config, durable)?;
-        let durable_promised = replica.hard_state().promised;
         let (status, status_rx) = watch::channel(status_of(&replica, None, Instant::now(), tick));
         let (shared, proposals) = Shared::new(state, options.session_lease);
         let shared = Arc::new(shared);
@@ -221,7 +225,8 @@ impl Driver {
             advance_proposed_for: None,
             duties_at: Instant::now(),
             serving: false,
-            durable_promised,
+            checked_snapshot: None,
+            rejected_seen: 0,
         };
         Ok((driver, status_rx, shared))
     }
@@ -278,12 +283,12 @@ impl Driver {
                 // 2. A bounded batch of messages.
                 let mut stepped = 0;
                 if let Some(message) = first {
-                    self.replica.step(message.from, message.message);
+                    self.step(message);
                     stepped += 1;
                 }
                 while stepped < MESSAGES_PER_TURN_MAX {
                     let Ok(message) = self.inbox.try_recv() else { break };
-                    self.replica.step(message.from, message.message);
+                    self.step(message);
                     stepped += 1;
                 }
 
@@ -320,6 +325,33 @@ impl Driver {
         .await
     }
 
+    /// Steps one peer message into the core. A snapshot is checked first
+    /// (the core drops its log as soon as it takes one): one that does not
+    /// restore into a state is dropped and counted, and the replica keeps
+    /// serving; a good one is kept restored for the install.
+    fn step(&mut self, inbound: Inbound) {
+        if let Message::InstallSnapshot { snapshot } = &inbound.message {
+            if snapshot.slot <= self.replica.chosen_through() || self.replica.is_master() {
+                // The core ignores it; no need to decode it.
+            } else {
+                match StateMachine::restore(&snapshot.data) {
+                    Ok(state) => self.checked_snapshot = Some((snapshot.slot, state)),
+                    Err(error) => {
+                        self.options.metrics.snapshots_rejected_total.inc();
+                        tracing::warn!(from = inbound.from, slot = snapshot.slot, %error, "dropping a snapshot that does not restore");
+                        return;
+                    }
+                }
+            }
+        }
+        self.replica.step(inbound.from, inbound.message);
+        let rejected = self.replica.status().rejected_messages;
+        if rejected > self.rejected_seen {
+            self.options.metrics.peer_messages_rejected_total.add(rejected - self.rejected_seen);
+            self.rejected_seen = rejected;
+        }
+    }
+
     /// Carries out every `Ready` the core has, in the contract's order.
     fn process_ready(&mut self) -> Result<(), DriverError> {
         while self.replica.has_ready() {
@@ -327,34 +359,27 @@ impl Driver {
             for envelope in &ready.messages {
                 self.outbound.send(envelope.to, &envelope.message);
             }
-            // A snapshot from another replica is checked before it is made
-            // durable, so a bad one never replaces the good state on disk.
+            // A snapshot from another replica was restored when its message
+            // was stepped; it is made durable only as that checked state.
             let installed = match (&ready.snapshot, ready.install_snapshot) {
-                (Some(snapshot), true) => Some((snapshot.slot, StateMachine::restore(&snapshot.data)?)),
+                (Some(snapshot), true) => match self.checked_snapshot.take() {
+                    Some((slot, state)) if slot == snapshot.slot => Some((slot, state)),
+                    _ => Some((snapshot.slot, StateMachine::restore(&snapshot.data)?)),
+                },
                 _ => None,
             };
             if !ready.nothing_to_persist() {
-                // A Ready that only moves the chosen prefix is written
-                // without a sync: the entries it covers were synced when
-                // accepted, a chosen slot stays chosen (a majority holds
-                // it) whatever this replica forgets, and the WAL is
-                // sequential, so the next synced write makes it durable.
-                // The master's chosen notice would otherwise cost every
-                // write a second fsync before its answer. A new promise,
-                // entries, a snapshot or a compaction are always synced.
-                let promised = ready.hard_state.as_ref().map(|h| h.promised);
-                let sync = !ready.entries.is_empty()
-                    || ready.snapshot.is_some()
-                    || ready.compact_through.is_some()
-                    || promised.is_some_and(|p| p != self.durable_promised);
+                // The core says whether the write must be synced: a Ready
+                // that only moves the chosen prefix need not be (its entries
+                // were synced when accepted, and the WAL keeps writes in
+                // order), which spares every write a second fsync on the
+                // master. The simulator loses such unsynced tails on power
+                // loss, so the rule is tested as it runs here.
                 let storage = &self.storage;
-                if sync {
+                if ready.must_sync {
                     let started = Instant::now();
                     tokio::task::block_in_place(|| storage.persist(&ready))?;
                     self.options.metrics.observe_fsync(started.elapsed());
-                    if let Some(promised) = promised {
-                        self.durable_promised = promised;
-                    }
                 } else {
                     // No fsync, but RocksDB may still stall a write.
                     tokio::task::block_in_place(|| storage.persist_with(&ready, false))?;

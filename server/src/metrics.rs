@@ -199,6 +199,13 @@ pub struct Metrics {
     /// `gaios_snapshots_total`: snapshots of the state machine this replica
     /// took or installed.
     pub snapshots_total: Counter,
+    /// `gaios_peer_messages_invalid_total`: peer messages the Paxos core
+    /// dropped because a number in them was out of range or a bound was
+    /// broken (a forged or corrupted message, or a peer with a bug).
+    pub peer_messages_rejected_total: Counter,
+    /// `gaios_snapshots_rejected_total`: snapshots from peers dropped because
+    /// they did not restore into a state (the replica kept serving).
+    pub snapshots_rejected_total: Counter,
 }
 
 impl Metrics {
@@ -218,6 +225,8 @@ impl Metrics {
             elections_total: Counter::default(),
             lost_mastership_total: Counter::default(),
             snapshots_total: Counter::default(),
+            peer_messages_rejected_total: Counter::default(),
+            snapshots_rejected_total: Counter::default(),
         }
     }
 
@@ -236,7 +245,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let label = format!("replica=\"{}\"", self.replica);
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             ("gaios_proposals_total", "Values this replica proposed as master.", self.proposals_total.get()),
             ("gaios_chosen_slots_total", "Log slots this replica learned as chosen.", self.chosen_slots_total.get()),
             (
@@ -251,6 +260,16 @@ impl Metrics {
                 self.lost_mastership_total.get(),
             ),
             ("gaios_snapshots_total", "Snapshots of the state machine taken or installed.", self.snapshots_total.get()),
+            (
+                "gaios_peer_messages_invalid_total",
+                "Peer messages the Paxos core dropped for a number out of range or a broken bound.",
+                self.peer_messages_rejected_total.get(),
+            ),
+            (
+                "gaios_snapshots_rejected_total",
+                "Snapshots from peers dropped because they did not restore.",
+                self.snapshots_rejected_total.get(),
+            ),
             (
                 "gaios_peer_inbox_dropped_total",
                 "Peer messages dropped because the driver's inbox was full.",

@@ -16,9 +16,11 @@
 //! Messages are bounded by [`MESSAGE_BYTES_MAX`] (64 MiB) in both directions:
 //! enough for a snapshot of the largest state the state machine accepts
 //! ([`crate::state::STATE_BYTES_MAX`], 48 MiB), which travels in one message.
-//! A batch is cut well below it, but a single `InstallSnapshot` carries a
-//! whole snapshot, so snapshots larger than that bound cannot be sent until
-//! they are split into chunks.
+//! Every other message is bounded by the Paxos core's `message_bytes_max`
+//! (16 MiB of entries, [`CORE_MESSAGE_BYTES_MAX`]). A batch of messages is cut
+//! at [`BATCH_BYTES_MAX`]; a message larger than that goes alone. Snapshots
+//! larger than the bound cannot be sent until they are split into chunks
+//! (the membership issue streams them).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,12 +43,17 @@ use crate::codec;
 /// The largest gRPC message either side sends or accepts on the peer
 /// transport; see the module docs for what it means for snapshots.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// The most bytes of entries the Paxos core puts in one message (its
+/// `message_bytes_max`); with framing such a message stays far below
+/// [`MESSAGE_BYTES_MAX`] (see the test `core_messages_fit_the_transport`).
+pub const CORE_MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// The most messages queued for one peer; beyond it new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
 /// The most messages coalesced into one outbound batch.
 pub const BATCH_MESSAGES_MAX: usize = 256;
 /// The most encoded bytes coalesced into one outbound batch (a single larger
-/// message still goes alone, up to [`MESSAGE_BYTES_MAX`]).
+/// message still goes alone, up to [`MESSAGE_BYTES_MAX`]; a message that would
+/// take a batch past this bound waits for the next batch).
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -315,16 +322,20 @@ async fn stream_to_peer(
                 _ = responses.message() => return,
             },
         };
+        // A batch never passes BATCH_BYTES_MAX unless one message alone
+        // does (a snapshot), which then goes alone: a batch is never a large
+        // message plus others, so it stays under MESSAGE_BYTES_MAX.
         let mut bytes = first.encoded_len();
         let mut batch = pb::PaxosBatch { messages: vec![first] };
         while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(message) => {
-                    bytes += message.encoded_len();
-                    batch.messages.push(message);
-                }
-                Err(_) => break,
+            let Ok(message) = queue.try_recv() else { break };
+            let size = message.encoded_len();
+            if bytes.saturating_add(size) > BATCH_BYTES_MAX {
+                next = Some(message);
+                break;
             }
+            bytes += size;
+            batch.messages.push(message);
         }
         if batches.send(batch).await.is_err() {
             return;
