@@ -643,3 +643,19 @@ fn only_entries_snapshots_compactions_and_new_promises_must_be_synced() {
     let ready = persist(&mut acceptor);
     assert!(!ready.must_sync && !ready.persisted_messages.is_empty(), "a promise repeated rests on the synced one");
 }
+
+#[test]
+fn two_different_values_reported_chosen_for_one_slot_are_refused_not_chosen_between() {
+    let mut r = replica(1, Durable::default());
+    r.campaign();
+    settle(&mut r);
+    let ballot = Ballot::new(1, 1);
+    let x = Entry { slot: 1, ballot: Ballot::new(0, 3), value: batch(&["x"]) };
+    let y = Entry { slot: 1, ballot: Ballot::new(0, 4), value: batch(&["y"]) };
+    r.step(3, Message::Promise { ballot, chosen_through: 1, entries: vec![x], part: 0, parts: 1 });
+    r.step(4, Message::Promise { ballot, chosen_through: 1, entries: vec![y], part: 0, parts: 1 });
+    assert!(!r.is_master(), "no master from contradictory reports");
+    assert_eq!(r.status().conflicting_chosen_reports, 1);
+    let ready = persist(&mut r);
+    assert!(ready.messages.iter().all(|e| !matches!(e.message, Message::Accept { .. })), "nothing proposed");
+}

@@ -930,6 +930,16 @@ impl Simulation {
     /// its applied state (lease valid, read barrier applied) must already
     /// have applied every write any master acknowledged: else the read is stale.
     fn check_leases(&self) -> Result<(), Violation> {
+        for node in &self.nodes {
+            if let Some(core) = &node.core
+                && core.status().conflicting_chosen_reports > 0
+            {
+                return Err(violation(
+                    self,
+                    format!("replica {}'s phase 1 met two different values reported chosen for one slot", node.id),
+                ));
+            }
+        }
         for node in self.nodes.iter().filter(|n| n.paused_since.is_none()) {
             let Some(core) = &node.core else { continue };
             let serves_reads = core.lease_valid() && core.read_barrier().is_some_and(|b| node.app.applied >= b);
