@@ -190,6 +190,14 @@ pub(super) fn heal_to_write_ms(recorder: &Recorder) -> Vec<u64> {
     out
 }
 
+/// The longest time between two acknowledged writes (of any workload),
+/// in milliseconds: how long the cell was unavailable at worst.
+pub(super) fn longest_write_gap_ms(recorder: &Recorder) -> u64 {
+    let mut completed: Vec<u64> = lock(&recorder.writes_ok).iter().map(|&(_, completed)| completed).collect();
+    completed.sort_unstable();
+    completed.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or(0) / 1_000
+}
+
 pub(super) fn percentile(sorted: &[u64], p: usize) -> Option<u64> {
     if sorted.is_empty() {
         return None;

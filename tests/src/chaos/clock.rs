@@ -165,19 +165,19 @@ async fn make_master(cell: &Cell, network: &Network, slow: usize) -> Result<(), 
 
 /// Runs the out-of-bound scenario up to `attempts` times, until the
 /// checker reports a violation; leaves the cell healed with every replica
-/// (but `wiped`) running at its former rate.
+/// (but `down`) running at its former rate.
 pub(super) async fn out_of_bound(
     cell: &mut Cell,
     network: &Network,
     recorder: &Recorder,
-    wiped: Option<usize>,
+    down: Option<usize>,
     attempts: u32,
     rng: &mut Rng,
 ) -> SkewOutcome {
     let mut outcome = SkewOutcome { rate: OUT_OF_BOUND_RATE, ..SkewOutcome::default() };
     let master = crate::wait_for_master(cell, &running(cell), Duration::from_secs(20)).await.map(|(id, _)| id);
     let candidates: Vec<usize> =
-        running(cell).into_iter().filter(|&index| Some(index) != wiped && Some(cell.members[index].id) != master).collect();
+        running(cell).into_iter().filter(|&index| Some(index) != down && Some(cell.members[index].id) != master).collect();
     let Some(&slow) = candidates.get(rng.below(candidates.len() as u64) as usize) else {
         outcome.problems.push("no follower to slow down".into());
         return outcome;

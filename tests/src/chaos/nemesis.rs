@@ -1,11 +1,12 @@
 //! The nemesis: injects one [`Fault`] at a time into the cell, the network
 //! or the client processes, and records what it did.
 //!
-//! At most two replicas are down or cut off at once, counting one whose
-//! data directory was wiped (it stays down for the rest of the run), so a
-//! majority is always there once each fault heals.
+//! At most two replicas are down or cut off at once, counting one that is
+//! down for good (its data directory was wiped, or it could not rejoin), so
+//! a majority is always there once each fault heals.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,13 +22,18 @@ use crate::{Cell, REPLICAS};
 /// At least the master lease (the server's default is 250 ms); pauses of
 /// the master last longer than this.
 const MASTER_LEASE: Duration = Duration::from_millis(1_000);
-/// How long a client process stays paused: well past its session lease,
-/// so the cell expires its session and gives its lock to another holder
-/// before it resumes.
+/// How long a client process stays paused at least: well past its session
+/// lease, so the cell expires its session and gives its lock to another
+/// holder before it resumes.
 pub(super) const CLIENT_PAUSE: Duration = Duration::from_millis(2 * SESSION_LEASE_MS + 2_000);
+/// How long a client process stays paused at most, waiting for its
+/// successor to act.
+pub(super) const CLIENT_PAUSE_MAX: Duration = Duration::from_secs(20);
 /// How long the nemesis waits for a lock holder in the middle of its work
-/// before it pauses whoever holds the lock.
-const HOLDER_WAIT: Duration = Duration::from_secs(3);
+/// (or for a leader) to pause.
+const HOLDER_WAIT: Duration = Duration::from_secs(10);
+/// How long the nemesis waits for a master before it picks its targets.
+const MASTER_WAIT: Duration = Duration::from_secs(10);
 /// How long a follower stays down before it is restarted (item 9 of the
 /// issue: three seconds, with nothing else happening).
 const RESTART_AFTER: Duration = Duration::from_secs(3);
@@ -39,9 +45,10 @@ const LARGE_WRITE_FILES: usize = 4;
 /// Concurrent writers of the large writes.
 const LARGE_WRITERS: usize = 4;
 /// How long the large writes may take in all.
-const LARGE_WRITES_DEADLINE: Duration = Duration::from_secs(120);
-/// How long a restarted follower may take to catch up.
-const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
+const LARGE_WRITES_DEADLINE: Duration = Duration::from_secs(45);
+/// How long a restarted follower may take to catch up (80 MiB of writes
+/// over loopback take a few seconds).
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the cell is watched after a follower caught up, for elections
 /// its return causes late.
 const QUIET_AFTER_REJOIN: Duration = Duration::from_secs(3);
@@ -61,23 +68,39 @@ pub(super) struct Rejoin {
     /// How long after its restart it had applied everything chosen before
     /// it; `None` if it did not within [`CATCH_UP_DEADLINE`].
     pub caught_up_ms: Option<u64>,
-    /// Master ballots first seen from the kill to the end of the watch.
+    /// Whether the others agreed on a master just before its restart (after
+    /// the large writes): if not, its return cannot be judged, and the cell
+    /// lost its master while it was down.
+    pub settled_before_restart: bool,
+    /// Master ballots first seen while it was down (from the kill to the
+    /// restart): with large writes, what the burst cost.
+    pub elections_while_down: u64,
+    /// Rises of the highest promised ballot while it was down.
+    pub ballot_rises_while_down: u64,
+    /// Master ballots first seen from its restart to the end of the watch:
+    /// what its return cost.
     pub elections: u64,
     /// Rises of the highest promised ballot in that window.
     pub ballot_rises: u64,
-    /// The master's ballot before the kill and after the watch.
+    /// The master's ballot just before the restart.
     pub master_before: Option<Ballot>,
+    /// The master's ballot at the end of the watch.
     pub master_after: Option<Ballot>,
-    /// The highest promised ballot before and after.
+    /// The highest promised ballot just before the restart.
     pub promised_before: Ballot,
+    /// The highest promised ballot at the end of the watch.
     pub promised_after: Ballot,
 }
 
 impl Rejoin {
     /// Whether the follower's return cost the cell an election: any phase 1
-    /// at all, or a master other than the one before.
+    /// at all after its restart, or a master other than the one before.
     pub fn caused_election(&self) -> bool {
-        self.elections > 0 || self.ballot_rises > 0 || self.promised_after != self.promised_before || self.master_after != self.master_before
+        self.settled_before_restart
+            && (self.elections > 0
+                || self.ballot_rises > 0
+                || self.promised_after != self.promised_before
+                || self.master_after != self.master_before)
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -87,6 +110,9 @@ impl Rejoin {
             "replica": self.replica,
             "large_writes_while_down": self.writes,
             "caught_up_ms": self.caught_up_ms,
+            "settled_before_restart": self.settled_before_restart,
+            "elections_while_down": self.elections_while_down,
+            "ballot_rises_while_down": self.ballot_rises_while_down,
             "elections": self.elections,
             "ballot_rises": self.ballot_rises,
             "master_before": show(self.master_before),
@@ -123,11 +149,14 @@ pub(super) struct Nemesis<'a> {
     pub cell: &'a mut Cell,
     pub network: &'a Network,
     pub recorder: &'a Arc<Recorder>,
-    pub workers: &'a Workers,
+    /// The client processes (none in the scenarios after they stopped).
+    pub workers: Option<&'a Workers>,
     pub addresses: &'a [String],
     pub rng: Rng,
-    /// The replica whose data directory was wiped (down for good).
-    pub wiped: Option<usize>,
+    /// A replica down for the rest of the run: its data directory was
+    /// wiped, or it could not catch up after a restart (and was killed so
+    /// the run could go on).
+    pub down_for_good: Option<usize>,
     pub rejoins: Vec<Rejoin>,
     pub wipe: Option<Wipe>,
     pub client_pauses: Vec<ClientPause>,
@@ -142,21 +171,25 @@ impl Nemesis<'_> {
         self.cell.members.iter().map(|m| m.id).collect()
     }
 
-    /// Replicas that run and were not wiped.
+    /// Replicas that run and are not down for good.
     fn live(&self) -> Vec<usize> {
-        (0..REPLICAS as usize).filter(|&i| self.cell.is_running(i) && Some(i) != self.wiped).collect()
+        (0..REPLICAS as usize).filter(|&i| self.cell.is_running(i) && Some(i) != self.down_for_good).collect()
     }
 
     /// The master's index per the replicas' statuses (one that says master
-    /// and holds a lease), if any.
+    /// and holds a lease), waiting up to [`MASTER_WAIT`] for one.
     async fn master_index(&self) -> Option<usize> {
-        for index in self.live() {
-            if let Some(status) = crate::status(self.cell.members[index].client).await
-                && status.role() == gaios_proto::cell::v1::Role::Master
-                && status.lease_remaining_ms > 0
-            {
-                return Some(index);
+        let until = Instant::now() + MASTER_WAIT;
+        while Instant::now() < until {
+            for index in self.live() {
+                if let Some(status) = crate::status(self.cell.members[index].client).await
+                    && status.role() == gaios_proto::cell::v1::Role::Master
+                    && status.lease_remaining_ms > 0
+                {
+                    return Some(index);
+                }
             }
+            tokio::time::sleep(crate::POLL_INTERVAL).await;
         }
         None
     }
@@ -181,8 +214,8 @@ impl Nemesis<'_> {
             (Fault::KillTwo, _) => {
                 let first = master.or_else(|| pick(rng, &others));
                 killed.extend(first);
-                // With a wiped replica down for good, one more is the most.
-                if self.wiped.is_none() {
+                // With a replica down for good, one more is the most.
+                if self.down_for_good.is_none() {
                     let rest: Vec<usize> = others.iter().copied().filter(|&i| Some(i) != first).collect();
                     killed.extend(pick(rng, &rest));
                 }
@@ -197,8 +230,9 @@ impl Nemesis<'_> {
             }
             (Fault::SplitMinority, _) => {
                 let target = master_id.unwrap_or(ids[others.first().copied().unwrap_or(0)]);
-                // The wiped replica, if any, is the minority's second member.
-                let partner = self.wiped.map(|i| ids[i]).or_else(|| pick(rng, &others).map(|i| ids[i])).unwrap_or(target);
+                // The replica down for good, if any, is the minority's
+                // second member.
+                let partner = self.down_for_good.map(|i| ids[i]).or_else(|| pick(rng, &others).map(|i| ids[i])).unwrap_or(target);
                 let minority = [target, partner];
                 let majority: Vec<u64> = ids.iter().copied().filter(|id| !minority.contains(id)).collect();
                 network.partition(&[&minority, &majority]);
@@ -357,34 +391,47 @@ impl Nemesis<'_> {
         )
     }
 
-    /// Pauses the lock holder in the middle of its work (and the leader of
-    /// the election, if any) for [`CLIENT_PAUSE`], then resumes them.
+    /// Pauses the lock holder in the middle of its work, then the leader of
+    /// the election; resumes each once it was paused for [`CLIENT_PAUSE`]
+    /// and its successor acted (a new holder on the resource, a new
+    /// leader), or after [`CLIENT_PAUSE_MAX`]. (An election meanwhile gives
+    /// every session a fresh lease, so a fixed pause may end before the
+    /// cell expired the paused session.)
     async fn pause_client(&mut self) -> String {
-        let until = Instant::now() + HOLDER_WAIT;
-        let holder = loop {
-            if let Some(holder) = self.workers.acting_lock_holder() {
-                break Some(holder);
-            }
-            if Instant::now() >= until {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
-        let leader = self.workers.leader();
-        let pids: Vec<u32> = holder.iter().chain(leader.iter()).map(|&(_, pid)| pid).collect();
-        for &pid in &pids {
+        let Some(workers) = self.workers else { return "no client processes; skipped".into() };
+        let recorder = self.recorder;
+        let holder = wait_for(|| workers.acting_lock_holder()).await;
+        let holder_paused = Instant::now();
+        if let Some((_, pid, _)) = holder {
             workers::signal(pid, libc::SIGSTOP);
         }
-        tokio::time::sleep(CLIENT_PAUSE).await;
-        for &pid in &pids {
-            workers::signal(pid, libc::SIGCONT);
+        let leader = wait_for(|| workers.leader()).await;
+        let leader_paused = Instant::now();
+        if let Some((_, pid, _)) = leader {
+            workers::signal(pid, libc::SIGSTOP);
         }
-        self.client_pauses.push(ClientPause { lock_holder: holder.map(|(i, _)| i), leader: leader.map(|(i, _)| i) });
-        format!(
-            "SIGSTOP lock holder {} and leader {} for {CLIENT_PAUSE:?}",
-            holder.map_or("none".into(), |(i, pid)| format!("{i} (pid {pid})")),
-            leader.map_or("none".into(), |(i, pid)| format!("{i} (pid {pid})")),
-        )
+        let mut holder_for = None;
+        let mut leader_for = None;
+        while holder_for.is_none() || leader_for.is_none() {
+            if holder_for.is_none() {
+                let superseded = holder.is_none_or(|(index, _, generation)| workers.superseded_holder(index, generation));
+                holder_for = resume_when(holder.map(|(_, pid, _)| pid), holder_paused, superseded);
+            }
+            if leader_for.is_none() {
+                let superseded = leader.is_none_or(|(index, _, generation)| {
+                    lock(&recorder.leaders).iter().any(|l| l.candidate != index && l.generation > generation)
+                });
+                leader_for = resume_when(leader.map(|(_, pid, _)| pid), leader_paused, superseded);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.client_pauses.push(ClientPause { lock_holder: holder.map(|(i, _, _)| i), leader: leader.map(|(i, _, _)| i) });
+        let show = |who: Option<(usize, u32, u64)>, paused: Option<Duration>| {
+            who.map_or("none".into(), |(i, pid, generation)| {
+                format!("{i} (pid {pid}, generation {generation}) for {:?}", paused.unwrap_or_default())
+            })
+        };
+        format!("SIGSTOP lock holder {} and leader {}", show(holder, holder_for), show(leader, leader_for))
     }
 
     /// How many large writes a rejoining follower misses (the issue saw
@@ -400,21 +447,31 @@ impl Nemesis<'_> {
 
     /// SIGKILLs a follower of a settled cell, keeps it down for
     /// [`RESTART_AFTER`] (and, if `writes > 0`, while that many large
-    /// writes are acknowledged), restarts it, waits until it caught up and
-    /// a little more, and records whether any election happened meanwhile.
+    /// writes are acknowledged), lets the others settle, restarts it, waits
+    /// until it caught up and a little more, and records the elections
+    /// while it was down and those after its restart (its return).
     async fn rejoin(&mut self, kind: &'static str, writes: usize) -> String {
         let Some(before) = self.settle().await else { return "no settled master; skipped".into() };
-        let master_before = elections::master_ballot(&before);
-        let promised_before = elections::highest_promised(&before);
-        let master = before.iter().find(|s| Some(s.id) == master_before.map(|(_, id)| id)).map(|s| s.id);
+        let master = elections::master_ballot(&before).map(|(_, id)| id);
         let followers: Vec<usize> = self.live().into_iter().filter(|&i| Some(self.cell.members[i].id) != master).collect();
         let Some(follower) = pick(&mut self.rng, &followers) else { return "no follower; skipped".into() };
-        let start = self.recorder.now();
+        let killed_at = self.recorder.now();
         self.cell.kill(follower);
         let down_since = Instant::now();
         let written = if writes > 0 { self.write_large(writes).await } else { 0 };
         tokio::time::sleep_until((down_since + RESTART_AFTER).into()).await;
-        let target = crate::statuses(&*self.cell, &self.live()).await.iter().map(|s| s.chosen_through).max().unwrap_or(0);
+        // What the cell looks like just before the return: the baseline.
+        let settled = self.settle().await;
+        let settled_before_restart = settled.is_some();
+        let before = match settled {
+            Some(statuses) => statuses,
+            None => crate::statuses(&*self.cell, &self.live()).await,
+        };
+        let master_before = elections::master_ballot(&before);
+        let promised_before = elections::highest_promised(&before);
+        let target = before.iter().map(|s| s.chosen_through).max().unwrap_or(0);
+        let restarted_at = self.recorder.now();
+        let while_down = lock(&self.recorder.ballots).in_window(killed_at, restarted_at);
         self.cell.restart(follower);
         let restarted = Instant::now();
         let mut caught_up_ms = None;
@@ -425,14 +482,29 @@ impl Nemesis<'_> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut left_down = String::new();
+        if caught_up_ms.is_none() {
+            // It could not catch up (and may keep the cell from electing a
+            // master): take it out for the rest of the run so the run goes on.
+            self.cell.kill(follower);
+            self.down_for_good = Some(follower);
+            let recovered = crate::wait_for_master(&*self.cell, &self.live(), crate::FIRST_MASTER_DEADLINE).await.is_some();
+            left_down = format!(
+                "; killed and left down for the rest of the run (the others {} a master after it)",
+                if recovered { "agreed on" } else { "did NOT agree on" }
+            );
+        }
         tokio::time::sleep(QUIET_AFTER_REJOIN).await;
         let after = crate::statuses(&*self.cell, &self.live()).await;
-        let (elections, ballot_rises) = lock(&self.recorder.ballots).in_window(start, self.recorder.now());
+        let (elections, ballot_rises) = lock(&self.recorder.ballots).in_window(restarted_at, self.recorder.now());
         let rejoin = Rejoin {
             kind,
             replica: self.cell.members[follower].id,
             writes: written,
             caught_up_ms,
+            settled_before_restart,
+            elections_while_down: while_down.0,
+            ballot_rises_while_down: while_down.1,
             elections,
             ballot_rises,
             master_before,
@@ -441,10 +513,12 @@ impl Nemesis<'_> {
             promised_after: elections::highest_promised(&after).max(promised_before),
         };
         let detail = format!(
-            "SIGKILL follower {}, {written} large writes, restart after {:?}; caught up {}; ballot {} -> {}",
+            "SIGKILL follower {}, {written} large writes acknowledged, {} elections while it was down{}; restart after {:?}; caught up {}; ballot {} -> {}{left_down}",
             rejoin.replica,
+            while_down.0,
+            if settled_before_restart { "" } else { ", NO MASTER before its restart" },
             restarted - down_since,
-            caught_up_ms.map_or("never".into(), |ms| format!("in {ms} ms")),
+            caught_up_ms.map_or_else(|| format!("not within {CATCH_UP_DEADLINE:?}"), |ms| format!("in {ms} ms")),
             show(rejoin.promised_before),
             show(rejoin.promised_after),
         );
@@ -453,32 +527,40 @@ impl Nemesis<'_> {
     }
 
     /// Writes `count` contents of [`LARGE_WRITE_BYTES`] with a few writers at
-    /// once; returns how many were acknowledged.
+    /// once (each with its own session, opened again if the cell expires
+    /// it), within [`LARGE_WRITES_DEADLINE`]; returns how many were
+    /// acknowledged.
     async fn write_large(&self, count: usize) -> u64 {
-        let client = connect(self.addresses).await;
-        let mut handles = Vec::new();
-        for file in 0..LARGE_WRITE_FILES {
-            if let Ok(handle) = client.open(&format!("/chaos/large-{file}"), OpenOptions::new().create().event_mask(0)).await {
-                handles.push(handle);
-            }
-        }
-        if handles.is_empty() {
-            return 0;
-        }
         let until = tokio::time::Instant::now() + LARGE_WRITES_DEADLINE;
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(count));
         let mut writers = tokio::task::JoinSet::new();
         for writer in 0..LARGE_WRITERS {
-            let handle = handles[writer % handles.len()].clone();
-            let share = count / LARGE_WRITERS + usize::from(writer < count % LARGE_WRITERS);
+            let addresses = self.addresses.to_vec();
+            let remaining = Arc::clone(&remaining);
             writers.spawn(async move {
+                let path = format!("/chaos/large-{}", writer % LARGE_WRITE_FILES);
                 let mut acknowledged = 0u64;
-                for n in 0..share {
-                    if tokio::time::Instant::now() >= until {
-                        break;
-                    }
-                    let contents = Bytes::from(vec![b'a' + (n % 26) as u8; LARGE_WRITE_BYTES]);
-                    if handle.set_contents(contents, None).await.is_ok() {
-                        acknowledged += 1;
+                'session: while tokio::time::Instant::now() < until {
+                    let client = connect(&addresses).await;
+                    let Ok(handle) = client.open(&path, OpenOptions::new().create().event_mask(0)).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while tokio::time::Instant::now() < until {
+                        let taken = remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1));
+                        if taken.is_err() {
+                            break 'session;
+                        }
+                        let contents = Bytes::from(vec![b'a' + (acknowledged % 26) as u8; LARGE_WRITE_BYTES]);
+                        match handle.set_contents(contents, None).await {
+                            Ok(_) => acknowledged += 1,
+                            Err(error) => {
+                                remaining.fetch_add(1, Ordering::Relaxed);
+                                if error == gaios_client::Error::SessionExpired {
+                                    continue 'session;
+                                }
+                            }
+                        }
                     }
                 }
                 acknowledged
@@ -488,18 +570,22 @@ impl Nemesis<'_> {
         while let Some(done) = writers.join_next().await {
             acknowledged += done.unwrap_or(0);
         }
-        let _ = client.close().await;
         acknowledged
     }
 
-    /// Kills a follower, deletes its data directory and starts it again
-    /// the way an operator would (a plain start): it must refuse to start.
-    /// It stays down for the rest of the run either way.
+    /// Kills a follower (the replica already down for good, if any),
+    /// deletes its data directory and starts it again the way an operator
+    /// would (a plain start): it must refuse to start. It stays down for the
+    /// rest of the run either way.
     async fn wipe_replica(&mut self, followers: &[usize]) -> String {
-        if self.wiped.is_some() {
-            return "a replica is already wiped; skipped".into();
+        if self.wipe.is_some() {
+            return "a replica was wiped already; skipped".into();
         }
-        let Some(victim) = pick(&mut self.rng, followers) else { return "no follower; skipped".into() };
+        // A replica already down for good is the one wiped, so that no
+        // more than one stays down.
+        let Some(victim) = self.down_for_good.or_else(|| pick(&mut self.rng, followers)) else {
+            return "no follower; skipped".into();
+        };
         let id = self.cell.members[victim].id;
         self.cell.kill(victim);
         let directory = self.cell.data_dir(victim);
@@ -529,10 +615,37 @@ impl Nemesis<'_> {
                 (false, format!("STARTED on an empty data directory and ran for {WIPE_REFUSAL_DEADLINE:?} (killed)"))
             }
         };
-        self.wiped = Some(victim);
+        self.down_for_good = Some(victim);
         let detail = format!("replica {id}: data directory wiped; {how}; last log line: {last_line}");
         self.wipe = Some(Wipe { replica: id, refused, detail: detail.clone() });
         detail
+    }
+}
+
+/// Resumes the paused process `pid` if it was paused for [`CLIENT_PAUSE`]
+/// and `superseded`, or for [`CLIENT_PAUSE_MAX`]; returns how long it was
+/// paused once it is resumed (at once if there is no process).
+fn resume_when(pid: Option<u32>, paused: Instant, superseded: bool) -> Option<Duration> {
+    let Some(pid) = pid else { return Some(Duration::ZERO) };
+    let elapsed = paused.elapsed();
+    if (elapsed >= CLIENT_PAUSE && superseded) || elapsed >= CLIENT_PAUSE_MAX {
+        workers::signal(pid, libc::SIGCONT);
+        return Some(elapsed);
+    }
+    None
+}
+
+/// Polls `find` every 2 ms for up to [`HOLDER_WAIT`].
+async fn wait_for<T>(find: impl Fn() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + HOLDER_WAIT;
+    loop {
+        if let Some(found) = find() {
+            return Some(found);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

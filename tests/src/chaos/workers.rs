@@ -351,8 +351,9 @@ pub(super) fn stale(acts: &[Act], grants: &[(u64, usize, u64)]) -> u64 {
 /// What the suite knows about who holds what right now, for the nemesis.
 #[derive(Debug, Default)]
 struct Holdings {
-    /// Lock worker -> acts since its grant (present while it holds).
-    locks: BTreeMap<usize, u32>,
+    /// Lock worker -> (lock generation, acts since its grant), present
+    /// while it holds.
+    locks: BTreeMap<usize, (u64, u32)>,
     /// Candidate -> generation (present while it leads).
     leaders: BTreeMap<usize, u64>,
 }
@@ -434,19 +435,27 @@ impl Workers {
         Ok(workers)
     }
 
-    /// The process id of the lock holder that holds the lock now and has
-    /// acted at least once since its grant, if any.
-    pub(super) fn acting_lock_holder(&self) -> Option<(usize, u32)> {
+    /// The lock holder that holds the lock now and has acted at least once
+    /// since its grant, if any: (its index, its process id, its lock
+    /// generation).
+    pub(super) fn acting_lock_holder(&self) -> Option<(usize, u32, u64)> {
         let holdings = lock(&self.holdings);
-        let (&index, _) = holdings.locks.iter().find(|&(_, &acts)| acts > 0)?;
-        Some((index, self.pid(Role::Lock, index)?))
+        let (&index, &(generation, _)) = holdings.locks.iter().find(|&(_, &(_, acts))| acts > 0)?;
+        Some((index, self.pid(Role::Lock, index)?, generation))
     }
 
-    /// The candidate that leads now, if any, and its process id.
-    pub(super) fn leader(&self) -> Option<(usize, u32)> {
+    /// The candidate that leads now, if any: (its index, its process id,
+    /// its lock generation).
+    pub(super) fn leader(&self) -> Option<(usize, u32, u64)> {
         let holdings = lock(&self.holdings);
-        let (&index, _) = holdings.leaders.iter().next()?;
-        Some((index, self.pid(Role::Elect, index)?))
+        let (&index, &generation) = holdings.leaders.iter().next()?;
+        Some((index, self.pid(Role::Elect, index)?, generation))
+    }
+
+    /// Whether a lock holder other than `worker` acted on the resource with
+    /// a generation above `generation`.
+    pub(super) fn superseded_holder(&self, worker: usize, generation: u64) -> bool {
+        lock(&self.resource.log).unfenced.iter().any(|act| act.worker != worker && act.generation > generation)
     }
 
     fn pid(&self, role: Role, index: usize) -> Option<u32> {
@@ -542,11 +551,11 @@ impl Serve {
             Event::Count(outcome) => self.recorder.count(self.role.workload(), outcome),
             Event::Granted { sequencer, at_us } => {
                 lock(&self.recorder.locks).grants.push((sequencer.lock_generation, worker, at_us));
-                lock(&self.holdings).locks.insert(worker, 0);
+                lock(&self.holdings).locks.insert(worker, (sequencer.lock_generation, 0));
             }
             Event::Act { sequencer } => {
                 let accepted = self.resource.act(&self.recorder, worker, &sequencer).await;
-                if let Some(acts) = lock(&self.holdings).locks.get_mut(&worker) {
+                if let Some((_, acts)) = lock(&self.holdings).locks.get_mut(&worker) {
                     *acts += 1;
                 }
                 if let Some(pipe) = stdin.as_mut() {
