@@ -833,20 +833,28 @@ fn summary_table(s: &Summary<'_>) -> String {
         s.heals.len()
     );
     out.push_str(
-        "\n| follower returning | replica | large writes missed | elections while down | caught up | elections after restart | ballot at restart -> after |\n|---|---|---|---|---|---|---|\n",
+        "\n| follower returning | replica | large writes missed | elections (ballot rises) while down | caught up | elections (ballot rises) after restart | ballot at restart -> after |\n|---|---|---|---|---|---|---|\n",
     );
     for r in s.rejoins {
         let ballot = |b: elections::Ballot| format!("{}.{}", b.0, b.1);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {}{} | {} -> {} |",
+            "| {} | {} | {} | {} ({}) | {} | {} ({}){} | {} -> {} |",
             r.kind,
             r.replica,
             r.writes,
             r.elections_while_down,
+            r.ballot_rises_while_down,
             show(r.caught_up_ms),
             r.elections,
-            if r.caused_election() { " (ELECTION)" } else { "" },
+            r.ballot_rises,
+            if r.caused_election() {
+                " ELECTION"
+            } else if !r.settled_before_restart {
+                " (no master before it: not judged)"
+            } else {
+                ""
+            },
             ballot(r.promised_before),
             ballot(r.promised_after)
         );

@@ -5,7 +5,9 @@
 //! [`Cell`] starts five real `gaios-server` processes on loopback ports,
 //! each with its own data directory in a temporary directory and its log in
 //! `replica-<id>.log` there; it can SIGKILL, SIGSTOP, SIGCONT and restart
-//! them. Dropping it kills and reaps every child still running.
+//! them, and run some under libfaketime with their clocks at another rate
+//! ([`Cell::set_clock_rate`]). Dropping it kills and reaps every child still
+//! running.
 //!
 //! [`Client`] calls the `Cell` service on whichever replica is master: it
 //! follows `UNAVAILABLE` answers (their `NotMaster` details) and retries
