@@ -524,12 +524,23 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let wipe_at = started + profile.duration / 2;
     let mut step = 0usize;
     let mut pause_retries = 0;
+    let mut deck: Vec<Fault> = Vec::new();
     tokio::time::sleep(Duration::from_secs(3)).await;
     while step < mandatory.len() || Instant::now() < until {
         let fault = match mandatory.get(step) {
             Some(&fault) => fault,
             None if nemesis.wipe.is_none() && Instant::now() >= wipe_at => Fault::WipeReplica,
-            None => Fault::RANDOM[nemesis.rng.below(Fault::RANDOM.len() as u64) as usize],
+            None => {
+                // A shuffled deck of every random fault, dealt to its end
+                // before it is shuffled again: a long run injects each kind.
+                if deck.is_empty() {
+                    deck = Fault::RANDOM.to_vec();
+                    for i in (1..deck.len()).rev() {
+                        deck.swap(i, nemesis.rng.below(i as u64 + 1) as usize);
+                    }
+                }
+                deck.pop().unwrap_or(Fault::KillFollower)
+            }
         };
         step += 1;
         nemesis.inject(fault).await;

@@ -127,9 +127,12 @@ async fn hold_locks(args: &Args, mut suite: Suite) {
             tokio::time::sleep(ACT_INTERVAL).await;
         }
         emit(&Event::Released { generation: sequencer.lock_generation, at_us: at(args.epoch_us) });
-        let _ = held.release().await;
+        let released = held.release().await;
         let _ = handle.close().await;
-        if *client.session_state().borrow() == gaios_client::SessionState::Expired {
+        // A lock this session may still hold would make its next wait wait
+        // for itself: end the session instead, which releases everything.
+        if released.is_err() || *client.session_state().borrow() == gaios_client::SessionState::Expired {
+            let _ = client.close().await;
             client = connect(args).await;
         }
     }
@@ -146,6 +149,7 @@ async fn campaign(args: &Args, suite: Suite) {
         let leadership = match tokio::time::timeout(Duration::from_secs(10), election::campaign(&client, ELECTION_PATH, value)).await {
             Ok(Ok(leadership)) => leadership,
             Ok(Err(error)) => {
+                eprintln!("gaios-chaos-worker: campaign failed: {error}");
                 emit(&Event::Count(if chaos::definite(&error) { Outcome::Fail } else { Outcome::Indeterminate }));
                 if error == Error::SessionExpired {
                     client = connect(args).await;
@@ -153,6 +157,7 @@ async fn campaign(args: &Args, suite: Suite) {
                 continue;
             }
             Err(_) => {
+                eprintln!("gaios-chaos-worker: campaign did not end within 10 s");
                 emit(&Event::Count(Outcome::Fail));
                 // The abandoned wait may still be granted later: start over
                 // with a fresh session so no stale wait stays in line.
@@ -174,7 +179,12 @@ async fn campaign(args: &Args, suite: Suite) {
             client = connect(args).await;
         } else {
             emit(&Event::Resigning { generation, at_us: at(args.epoch_us) });
-            let _ = leadership.resign().await;
+            if let Err(error) = leadership.resign().await {
+                // The lock may still be held by this session: end it.
+                eprintln!("gaios-chaos-worker: resign failed: {error}");
+                let _ = client.close().await;
+                client = connect(args).await;
+            }
         }
     }
     let _ = client.close().await;
