@@ -312,6 +312,9 @@ struct Leadership {
     started: u64,
     /// When it began to resign.
     resigned: Option<u64>,
+    /// Whether the cell acknowledged the resignation (its session and lock
+    /// lasted until then).
+    resign_ok: Option<bool>,
     /// When it learnt it had lost leadership (its session expired).
     lost: Option<u64>,
 }

@@ -179,7 +179,9 @@ async fn campaign(args: &Args, suite: Suite) {
             client = connect(args).await;
         } else {
             emit(&Event::Resigning { generation, at_us: at(args.epoch_us) });
-            if let Err(error) = leadership.resign().await {
+            let resigned = leadership.resign().await;
+            emit(&Event::Resigned { generation, ok: resigned.is_ok() });
+            if let Err(error) = resigned {
                 // The lock may still be held by this session: end it.
                 eprintln!("gaios-chaos-worker: resign failed: {error}");
                 let _ = client.close().await;

@@ -131,6 +131,14 @@ pub enum Event {
         /// When it began.
         at_us: u64,
     },
+    /// The worker's resignation ended.
+    Resigned {
+        /// The lock generation of its leadership.
+        generation: u64,
+        /// Whether the cell acknowledged it (so the worker's session, and
+        /// its lock, lasted until then).
+        ok: bool,
+    },
     /// The worker learnt it lost the leadership.
     Lost {
         /// The lock generation of its leadership.
@@ -158,6 +166,7 @@ impl Event {
             Event::Released { generation, at_us } => json!({"event": "released", "generation": generation, "at_us": at_us}),
             Event::Leader { generation, at_us } => json!({"event": "leader", "generation": generation, "at_us": at_us}),
             Event::Resigning { generation, at_us } => json!({"event": "resigning", "generation": generation, "at_us": at_us}),
+            Event::Resigned { generation, ok } => json!({"event": "resigned", "generation": generation, "ok": ok}),
             Event::Lost { generation, at_us } => json!({"event": "lost", "generation": generation, "at_us": at_us}),
             Event::Clock { monotonic_us } => json!({"event": "clock", "monotonic_us": monotonic_us}),
         };
@@ -185,6 +194,7 @@ impl Event {
             "released" => Event::Released { generation: number("generation")?, at_us: number("at_us")? },
             "leader" => Event::Leader { generation: number("generation")?, at_us: number("at_us")? },
             "resigning" => Event::Resigning { generation: number("generation")?, at_us: number("at_us")? },
+            "resigned" => Event::Resigned { generation: number("generation")?, ok: value.get("ok")?.as_bool()? },
             "lost" => Event::Lost { generation: number("generation")?, at_us: number("at_us")? },
             "clock" => Event::Clock { monotonic_us: number("monotonic_us")? },
             _ => return None,
@@ -569,10 +579,18 @@ impl Serve {
                 lock(&self.holdings).locks.remove(&worker);
             }
             Event::Leader { generation, at_us } => {
-                lock(&self.recorder.leaders).push(Leadership { generation, candidate: worker, started: at_us, resigned: None, lost: None });
+                lock(&self.recorder.leaders).push(Leadership {
+                    generation,
+                    candidate: worker,
+                    started: at_us,
+                    resigned: None,
+                    resign_ok: None,
+                    lost: None,
+                });
                 lock(&self.holdings).leaders.insert(worker, generation);
             }
             Event::Resigning { generation, at_us } => self.end_leadership(generation, |leader| leader.resigned = Some(at_us)),
+            Event::Resigned { generation, ok } => self.end_leadership(generation, |leader| leader.resign_ok = Some(ok)),
             Event::Lost { generation, at_us } => self.end_leadership(generation, |leader| leader.lost = Some(at_us)),
             Event::Clock { .. } => {}
         }
@@ -638,6 +656,7 @@ mod tests {
             Event::Released { generation: 7, at_us: 13 },
             Event::Leader { generation: 9, at_us: 14 },
             Event::Resigning { generation: 9, at_us: 15 },
+            Event::Resigned { generation: 9, ok: false },
             Event::Lost { generation: 9, at_us: 16 },
             Event::Clock { monotonic_us: 17 },
         ];
