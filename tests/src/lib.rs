@@ -5,7 +5,9 @@
 //! [`Cell`] starts five real `gaios-server` processes on loopback ports,
 //! each with its own data directory in a temporary directory and its log in
 //! `replica-<id>.log` there; it can SIGKILL, SIGSTOP, SIGCONT and restart
-//! them. Dropping it kills and reaps every child still running.
+//! them, and run some under libfaketime with their clocks at another rate
+//! ([`Cell::set_clock_rate`]). Dropping it kills and reaps every child still
+//! running.
 //!
 //! [`Client`] calls the `Cell` service on whichever replica is master: it
 //! follows `UNAVAILABLE` answers (their `NotMaster` details) and retries
@@ -53,7 +55,7 @@ pub fn binary(name: &str) -> PathBuf {
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
             let status = Command::new(cargo)
                 .current_dir(workspace)
-                .args(["build", "--bins", "-p", "gaios-server", "-p", "gaios-client"])
+                .args(["build", "--bins", "-p", "gaios-server", "-p", "gaios-client", "-p", "gaios-tests"])
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "cargo build of the binaries failed");
@@ -98,6 +100,9 @@ pub struct Cell {
     /// The address replica `from` uses for replica `to`, when peer traffic
     /// goes through a fault proxy.
     peer_routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
+    /// Replicas (by index) whose clocks run at another rate under
+    /// libfaketime, and that rate (1.0 is real time).
+    clock_rates: std::collections::BTreeMap<usize, f64>,
 }
 
 impl Cell {
@@ -137,9 +142,21 @@ impl Cell {
         members: Vec<Member>,
         routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
     ) -> Cell {
+        Cell::start_with_clocks(extra_args, members, routes, std::collections::BTreeMap::new())
+    }
+
+    /// Like [`Cell::start_on`], with the replicas at the indexes in
+    /// `clock_rates` started under libfaketime at those clock rates (see
+    /// [`Cell::set_clock_rate`]).
+    pub fn start_with_clocks(
+        extra_args: &[&str],
+        members: Vec<Member>,
+        routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
+        clock_rates: std::collections::BTreeMap<usize, f64>,
+    ) -> Cell {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cell = Cell { dir, members, children: Vec::new(), extra_args, peer_routes: routes };
+        let mut cell = Cell { dir, members, children: Vec::new(), extra_args, peer_routes: routes, clock_rates };
         for index in 0..REPLICAS as usize {
             let child = cell.spawn(index);
             cell.children.push(Some(child));
@@ -157,9 +174,30 @@ impl Cell {
         self.members.iter().position(|m| m.id == id).expect("a member")
     }
 
+    /// The data directory of the replica at `index`.
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{}", self.members[index].id))
+    }
+
+    /// Runs the replica at `index` under libfaketime at `rate` (its wall
+    /// and monotonic clocks, and so its timers, advance `rate` seconds per
+    /// real second) from its next start on; `None` for real time. Panics if
+    /// libfaketime is not installed (see [`faketime_library`]).
+    pub fn set_clock_rate(&mut self, index: usize, rate: Option<f64>) {
+        match rate {
+            Some(rate) => self.clock_rates.insert(index, rate),
+            None => self.clock_rates.remove(&index),
+        };
+    }
+
+    /// The clock rate the replica at `index` runs at (1.0 unless set).
+    pub fn clock_rate(&self, index: usize) -> f64 {
+        self.clock_rates.get(&index).copied().unwrap_or(1.0)
+    }
+
     fn spawn(&self, index: usize) -> Child {
         let me = self.members[index];
-        let data_dir = self.dir.path().join(format!("data-{}", me.id));
+        let data_dir = self.data_dir(index);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -174,6 +212,16 @@ impl Cell {
         }
         command.arg("--listen-peer").arg(me.peer.to_string());
         command.args(&self.extra_args);
+        if let Some(&rate) = self.clock_rates.get(&index) {
+            // What the `faketime` wrapper does, without its extra process
+            // in between (so signals reach the replica itself). The
+            // monotonic clock is faked too: it is the one leases use.
+            let library = faketime_library().expect("libfaketime is installed (scripts/install-build-deps)");
+            command
+                .env("LD_PRELOAD", library)
+                .env("FAKETIME", faketime_rate(rate))
+                .env_remove("FAKETIME_DONT_FAKE_MONOTONIC");
+        }
         command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -195,6 +243,23 @@ impl Cell {
         assert!(self.children[index].is_none(), "replica {index} is still running");
         let child = self.spawn(index);
         self.children[index] = Some(child);
+    }
+
+    /// Starts the replica at `index` again with a plain start, the way an
+    /// operator restarts a replica on whatever its data directory holds: it
+    /// never initialises a data directory, so a replica whose directory was
+    /// wiped must refuse to start here.
+    pub fn restart_without_init(&mut self, index: usize) {
+        self.restart(index);
+    }
+
+    /// The exit status of the replica at `index` if it has exited by itself
+    /// (the process is then forgotten, as if killed); `None` while it runs
+    /// (or if it was not started).
+    pub fn exited(&mut self, index: usize) -> Option<std::process::ExitStatus> {
+        let status = self.children[index].as_mut()?.try_wait().ok()??;
+        self.children[index] = None;
+        Some(status)
     }
 
     /// The process id of the replica at `index`, if it runs.
@@ -262,6 +327,33 @@ impl Drop for Cell {
             }
         }
     }
+}
+
+/// libfaketime's multi-threaded library (Debian's `libfaketime` package), if
+/// it is installed.
+pub fn faketime_library() -> Option<PathBuf> {
+    let candidates = std::fs::read_dir("/usr/lib").ok()?.flatten().map(|entry| entry.path().join("faketime/libfaketimeMT.so.1"));
+    std::iter::once(PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")).chain(candidates).find(|path| path.exists())
+}
+
+/// libfaketime's `FAKETIME` for a clock that starts at the real time and
+/// advances `rate` seconds per real second (`+0 x1.01`).
+pub fn faketime_rate(rate: f64) -> String {
+    format!("+0 x{rate:.6}")
+}
+
+/// Microseconds of `CLOCK_MONOTONIC`: one clock for every process on the
+/// machine (unlike [`Instant`], whose values cannot leave the process), so
+/// the chaos suite's worker processes time their events on the run's clock.
+pub fn monotonic_us() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `clock_gettime` writes one timespec through a valid pointer.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    assert_eq!(result, 0, "CLOCK_MONOTONIC is always available on Linux");
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+    seconds.saturating_mul(1_000_000).saturating_add(micros)
 }
 
 /// One replica's Status, or `None` if it does not answer in time.

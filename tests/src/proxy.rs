@@ -21,7 +21,16 @@
 //!   the delay before writing it, keeping the order. The back direction (the
 //!   receiver's flow-control frames) is not delayed, so a message takes the
 //!   delay once per link it crosses, like one-way network latency.
+//! - [`LinkMode::Hold`] buffers everything read in the forward direction and
+//!   forwards none of it until the link leaves the mode; then it is
+//!   delivered in order, as after a stalled TCP stream or a receiver's long
+//!   GC pause. New connections are accepted and held the same way.
 //! - [`LinkMode::Flaky`] resets open connections at random at a given rate.
+//!
+//! Bytes the proxy has read have left the sender: they are in the network.
+//! If the sender then resets or closes its connection, what was read still
+//! arrives (after its delay or hold), followed by the end of the stream, as
+//! on a real link; only [`LinkMode::Cut`] throws bytes away.
 //!
 //! Everything is bounded: [`CONNECTIONS_MAX`] connections per link (more are
 //! refused), [`QUEUE_CHUNKS_MAX`] chunks of at most [`CHUNK_BYTES_MAX`] bytes
@@ -66,6 +75,7 @@ pub const CHUNK_BYTES_MAX: usize = 16 << 10;
 /// stops reading until the queue drains.
 pub const QUEUE_CHUNKS_MAX: usize = 256;
 /// The longest delay applied; a longer [`LinkMode::Delay`] is clamped to it.
+/// (A [`LinkMode::Hold`] lasts until the caller changes the mode.)
 pub const DELAY_MAX: Duration = Duration::from_secs(3600);
 /// How long the proxy waits to connect to the target before it gives up on
 /// (and resets) the accepted connection.
@@ -88,6 +98,11 @@ pub enum LinkMode {
     /// Forward each chunk (in the forward direction) this long after it was
     /// read, in order. Applies to data read after the mode is set.
     Delay(Duration),
+    /// Forward nothing in the forward direction, but keep every chunk read
+    /// (up to the queue bound, beyond which the sender is pushed back on);
+    /// when the mode changes to anything but [`LinkMode::Cut`], deliver
+    /// them in order. The back direction (flow control) passes.
+    Hold,
     /// Forward everything, but reset each open connection at random, with
     /// this probability per second (clamped to `0.0..=1.0`; `1.0` resets
     /// every connection within one [`FLAKY_TICK`]).
@@ -103,11 +118,16 @@ impl LinkMode {
         matches!(self, LinkMode::Cut)
     }
 
+    /// Whether the link keeps what it reads in the forward direction.
+    pub fn is_held(&self) -> bool {
+        matches!(self, LinkMode::Hold)
+    }
+
     /// The delay applied to a chunk read now in the forward direction.
     fn forward_delay(&self) -> Duration {
         match self {
             LinkMode::Delay(delay) => (*delay).min(DELAY_MAX),
-            LinkMode::Pass | LinkMode::Cut | LinkMode::Flaky { .. } => Duration::ZERO,
+            LinkMode::Pass | LinkMode::Cut | LinkMode::Hold | LinkMode::Flaky { .. } => Duration::ZERO,
         }
     }
 
@@ -129,6 +149,7 @@ impl fmt::Display for LinkMode {
             LinkMode::Pass => write!(f, "pass"),
             LinkMode::Cut => write!(f, "cut"),
             LinkMode::Delay(delay) => write!(f, "delay {delay:?}"),
+            LinkMode::Hold => write!(f, "hold"),
             LinkMode::Flaky { reset_probability_per_second } => {
                 write!(f, "flaky {reset_probability_per_second}/s")
             }
@@ -365,11 +386,13 @@ async fn serve(
     let mut client_write = Some(client_write);
     let mut server_write = Some(server_write);
     let end = {
-        let forward = pump(&client_read, &mut server_write, true, mode.clone(), &counters.bytes_forwarded);
-        let back = pump(&server_read, &mut client_write, false, mode.clone(), &counters.bytes_returned);
+        let forward = pump(&client_read, &mut server_write, Direction::Forward, mode.clone(), &counters.bytes_forwarded);
+        let back = pump(&server_read, &mut client_write, Direction::Back, mode.clone(), &counters.bytes_returned);
+        // Each direction runs to its own end: one side failing does not
+        // throw away what the other has already read (see the module docs).
         tokio::select! {
-            copied = async { tokio::try_join!(forward, back) } => match copied {
-                Ok(_) => End::Closed,
+            (forward, back) = async { tokio::join!(forward, back) } => match forward.and(back) {
+                Ok(()) => End::Closed,
                 Err(_) => End::Failed,
             },
             end = supervise(&mut mode, &mut rng) => end,
@@ -435,31 +458,49 @@ async fn supervise(mode: &mut watch::Receiver<LinkMode>, rng: &mut Rng) -> End {
     }
 }
 
+/// Which way a [`pump`] copies: the forward direction (to the target) is
+/// the one a link delays and holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// From the connecting replica to the target.
+    Forward,
+    /// From the target back to the connecting replica.
+    Back,
+}
+
 /// Copies one direction of a connection through a bounded queue of
 /// `(release time, chunk)`: the reader stamps each chunk (with the link's
-/// delay if `delayed`), the writer waits for the stamp and writes. When the
-/// reader sees end of stream the writer drains the queue and then closes its
-/// sending half (`write` is taken and dropped), passing the FIN on.
+/// delay in the forward direction), the writer waits for the stamp (and,
+/// forward, for a hold to end) and writes. When the reader sees end of
+/// stream, or its socket fails, the writer drains the queue and then closes
+/// its sending half (`write` is taken and dropped), passing the end on: what
+/// was read is in flight and still arrives. A failed write ends the pump
+/// with an error at once.
 async fn pump(
     read: &OwnedReadHalf,
     write: &mut Option<OwnedWriteHalf>,
-    delayed: bool,
+    direction: Direction,
     mode: watch::Receiver<LinkMode>,
     bytes: &AtomicU64,
 ) -> io::Result<()> {
     let (queue, mut queued) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE_CHUNKS_MAX);
+    let mut writer_mode = mode.clone();
     let mode = &mode;
+    let forward = direction == Direction::Forward;
     let reader = async move {
         let mut buffer = vec![0_u8; CHUNK_BYTES_MAX];
         loop {
-            read.readable().await?;
+            // A failed read (the sender reset) ends the stream like a FIN.
+            if read.readable().await.is_err() {
+                return Ok::<(), io::Error>(());
+            }
             let read_bytes = match read.try_read(&mut buffer) {
-                Ok(0) => return Ok::<(), io::Error>(()),
+                Ok(0) => return Ok(()),
                 Ok(read_bytes) => read_bytes,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Err(error),
+                Err(_) => return Ok(()),
             };
-            let delay = if delayed { mode.borrow().forward_delay() } else { Duration::ZERO };
+            let delay = if forward { mode.borrow().forward_delay() } else { Duration::ZERO };
             let release = Instant::now() + delay;
             // A full queue blocks here: that is the backpressure.
             if queue.send((release, buffer[..read_bytes].to_vec())).await.is_err() {
@@ -470,9 +511,12 @@ async fn pump(
     let writer = async {
         while let Some((release, chunk)) = queued.recv().await {
             tokio::time::sleep_until(release).await;
+            if forward {
+                while_held(&mut writer_mode).await?;
+            }
             // Forward nothing once the link is cut, even before the
             // supervisor closes the connection.
-            if mode.borrow().is_cut() {
+            if writer_mode.borrow().is_cut() {
                 return Err(io::Error::from(io::ErrorKind::ConnectionAborted));
             }
             let Some(stream) = write.as_ref() else { break };
@@ -483,6 +527,23 @@ async fn pump(
         Ok(())
     };
     tokio::try_join!(reader, writer).map(|_| ())
+}
+
+/// Returns once the link does not hold; an error if it is cut or dropped
+/// meanwhile (what it held is then thrown away).
+async fn while_held(mode: &mut watch::Receiver<LinkMode>) -> io::Result<()> {
+    loop {
+        let current = *mode.borrow_and_update();
+        if current.is_cut() {
+            return Err(io::Error::from(io::ErrorKind::ConnectionAborted));
+        }
+        if !current.is_held() {
+            return Ok(());
+        }
+        if mode.changed().await.is_err() {
+            return Err(io::Error::from(io::ErrorKind::ConnectionAborted));
+        }
+    }
 }
 
 /// Writes all of `bytes` (tokio's `io-util` is not a dependency here).
@@ -688,6 +749,34 @@ impl Network {
     pub fn one_way(&self, from: u64, to: u64) {
         self.set(from, to, LinkMode::Cut);
         self.set(to, from, LinkMode::Pass);
+    }
+
+    /// Lets every link to and from `id` pass again; leaves the others as
+    /// they are (e.g. a link held elsewhere stays held).
+    pub fn reconnect(&self, id: u64) {
+        self.check_ids(&[id]);
+        for (&(from, to), link) in &self.links {
+            if from == id || to == id {
+                link.set(LinkMode::Pass);
+            }
+        }
+    }
+
+    /// Holds `from -> to` (see [`LinkMode::Hold`]): `to` gets nothing from
+    /// `from` until the link is set to pass again (or healed), and then
+    /// everything in order. Other links are left as they are.
+    pub fn hold(&self, from: u64, to: u64) {
+        self.set(from, to, LinkMode::Hold);
+    }
+
+    /// Cuts every link between two replicas other than `center`, both ways,
+    /// and lets every link to and from `center` pass: only `center` can
+    /// gather a majority (it is the only one that reaches everyone).
+    pub fn star(&self, center: u64) {
+        self.check_ids(&[center]);
+        for (&(from, to), link) in &self.links {
+            link.set(if from == center || to == center { LinkMode::Pass } else { LinkMode::Cut });
+        }
     }
 
     /// Delays every link (see [`LinkMode::Delay`]).
@@ -922,24 +1011,151 @@ mod tests {
         assert!(started.elapsed() >= delay, "the round trip took {:?}", started.elapsed());
 
         // Many small writes come back whole and in order.
+        let sent = send_numbered_chunks(&stream).await;
+        assert_eq!(receive(&stream, sent.len()).await, sent);
+    }
+
+    /// Sends fifty small numbered chunks a little apart; returns what was
+    /// sent.
+    async fn send_numbered_chunks(stream: &TcpStream) -> Vec<u8> {
         let mut sent = Vec::new();
         for index in 0..50_u32 {
             let chunk = format!("[{index}]");
-            send(&stream, chunk.as_bytes()).await.expect("send a chunk");
+            send(stream, chunk.as_bytes()).await.expect("send a chunk");
             sent.extend_from_slice(chunk.as_bytes());
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        sent
+    }
+
+    /// Reads until `length` bytes came back, each read within [`PATIENCE`].
+    async fn receive(stream: &TcpStream, length: usize) -> Vec<u8> {
         let mut received = Vec::new();
         let mut buffer = vec![0_u8; 4096];
-        while received.len() < sent.len() {
-            let read = tokio::time::timeout(PATIENCE, read_some(&stream, &mut buffer))
+        while received.len() < length {
+            let read = tokio::time::timeout(PATIENCE, read_some(stream, &mut buffer))
                 .await
-                .expect("the delayed bytes arrive")
+                .expect("the bytes arrive in time")
                 .expect("read")
                 .expect("not closed");
             received.extend_from_slice(&buffer[..read]);
         }
-        assert_eq!(received, sent);
+        received
+    }
+
+    /// A server that keeps every byte it receives on any connection.
+    async fn sink_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>, JoinHandle<()>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind the sink");
+        let address = listener.local_addr().expect("the sink's address");
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = Arc::clone(&kept);
+                connections.spawn(async move {
+                    let mut buffer = vec![0_u8; 4096];
+                    while let Ok(Some(read)) = read_some(&stream, &mut buffer).await {
+                        kept.lock().expect("the sink's buffer").extend_from_slice(&buffer[..read]);
+                    }
+                });
+            }
+        });
+        (address, received, task)
+    }
+
+    /// Waits up to [`PATIENCE`] for the sink to hold exactly `expected`.
+    async fn sink_receives(received: &std::sync::Mutex<Vec<u8>>, expected: &[u8]) -> Vec<u8> {
+        let until = Instant::now() + PATIENCE;
+        loop {
+            let now = received.lock().expect("the sink's buffer").clone();
+            if now == expected || Instant::now() >= until {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_in_flight_arrive_after_the_sender_resets() {
+        // What the proxy has read left the sender: it is in the network and
+        // still arrives, as on a real link, even if the sender then resets.
+        let (sink, received, _server) = sink_server().await;
+        let link = Link::start(sink).await.expect("start the link");
+        let stream = connect(link.address()).await.expect("connect through the link");
+        link.set(LinkMode::Delay(Duration::from_millis(300)));
+        send(&stream, b"sent before the reset").await.expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reset(&stream);
+        drop(stream);
+        assert_eq!(sink_receives(&received, b"sent before the reset").await, b"sent before the reset");
+    }
+
+    #[tokio::test]
+    async fn hold_keeps_everything_then_delivers_it_in_order() {
+        let (echo, _server) = echo_server().await;
+        let link = Link::start(echo).await.expect("start the link");
+        let stream = connect(link.address()).await.expect("connect through the link");
+        assert!(round_trip(&stream, b"warm", PATIENCE).await.is_some());
+
+        link.set(LinkMode::Hold);
+        assert!(link.mode().is_held());
+        let sent = send_numbered_chunks(&stream).await;
+        // Longer than any delay a passing link adds: nothing crosses.
+        let mut buffer = vec![0_u8; 4096];
+        assert!(
+            tokio::time::timeout(SILENCE, read_some(&stream, &mut buffer)).await.is_err(),
+            "nothing crosses a held link"
+        );
+        assert_eq!(link.stats().bytes_forwarded, 4, "only the warm-up crossed");
+
+        link.set(LinkMode::Pass);
+        assert_eq!(receive(&stream, sent.len()).await, sent);
+    }
+
+    #[tokio::test]
+    async fn a_held_link_delivers_what_a_closed_connection_sent() {
+        let (sink, received, _server) = sink_server().await;
+        let link = Link::start(sink).await.expect("start the link");
+        link.set(LinkMode::Hold);
+        // Sent on a connection the sender resets, then on a new one, both
+        // during the hold: everything arrives after it (each connection in
+        // order; the two connections in either order).
+        let first = connect(link.address()).await.expect("connect through the link");
+        send(&first, b"first connection; ").await.expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reset(&first);
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = connect(link.address()).await.expect("a new connection during the hold");
+        send(&second, b"second").await.expect("send");
+        tokio::time::sleep(SILENCE).await;
+        assert!(received.lock().expect("the sink's buffer").is_empty(), "nothing arrives during the hold");
+
+        link.set(LinkMode::Pass);
+        let until = Instant::now() + PATIENCE;
+        let expected = b"first connection; second".len();
+        while received.lock().expect("the sink's buffer").len() < expected && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let both = String::from_utf8_lossy(&received.lock().expect("the sink's buffer")).into_owned();
+        assert_eq!(both.len(), expected, "{both:?}");
+        assert!(both.contains("first connection; ") && both.contains("second"), "{both:?}");
+    }
+
+    #[tokio::test]
+    async fn cutting_a_held_link_throws_its_bytes_away() {
+        let (sink, received, _server) = sink_server().await;
+        let link = Link::start(sink).await.expect("start the link");
+        let stream = connect(link.address()).await.expect("connect through the link");
+        link.set(LinkMode::Hold);
+        send(&stream, b"never delivered").await.expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        link.set(LinkMode::Cut);
+        assert!(closes_within(&stream, PATIENCE).await, "the connection was closed");
+        link.set(LinkMode::Pass);
+        tokio::time::sleep(SILENCE).await;
+        assert!(received.lock().expect("the sink's buffer").is_empty());
     }
 
     #[tokio::test]
@@ -1073,6 +1289,20 @@ mod tests {
         assert_eq!(network.cut_links(), vec![(1, 2), (2, 1), (4, 5)]);
         network.set(1, 3, LinkMode::Delay(Duration::from_millis(200)));
         assert_eq!(network.describe(), "cut: 1->2 2->1 4->5; delay 200ms: 1->3; 16 other links pass");
+
+        network.heal();
+        network.hold(2, 5);
+        assert_eq!(network.mode(2, 5), LinkMode::Hold);
+        assert_eq!(network.describe(), "hold: 2->5; 19 other links pass");
+        network.isolate(3);
+        network.reconnect(3);
+        assert_eq!(network.describe(), "hold: 2->5; 19 other links pass", "reconnect leaves the held link alone");
+        network.star(4);
+        assert_eq!(
+            network.cut_links(),
+            both_ways(&[(1, 2), (1, 3), (1, 5), (2, 3), (2, 5), (3, 5)]),
+            "only links through 4 pass"
+        );
 
         network.delay_all(Duration::from_millis(5));
         assert!(network.cut_links().is_empty());

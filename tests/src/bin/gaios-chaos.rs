@@ -1,9 +1,11 @@
 //! `gaios-chaos`: runs the chaos suite (see `gaios_tests::chaos`) against
 //! five real replicas and prints the summary table; the JSON report goes to
-//! the results directory. Exits 1 on any violation.
+//! the results directory. Exits 1 on any violation, when a nemesis that
+//! must bite did not (see `Report::missing`), or when a long run did not
+//! inject every kind of fault.
 //!
 //! ```sh
-//! cargo build --bins -p gaios-server -p gaios-client
+//! cargo build --bins -p gaios-server -p gaios-client -p gaios-tests
 //! GAIOS_CHAOS=long GAIOS_CHAOS_MINUTES=20 cargo run -p gaios-tests --bin gaios-chaos
 //! ```
 
@@ -41,8 +43,25 @@ async fn main() -> ExitCode {
         Ok(report) => {
             println!("{}", report.table);
             println!("report: {}", report.path.display());
+            let mut failed = false;
             if report.violations > 0 {
-                println!("VIOLATIONS: {}; replay with: {}", report.violations, chaos::replay_command(&profile));
+                println!("VIOLATIONS: {}", report.violations);
+                failed = true;
+            }
+            for missing in &report.missing {
+                println!("A NEMESIS DID NOT BITE: {missing}");
+                failed = true;
+            }
+            if profile.name == "long" {
+                for name in chaos::Fault::all_names() {
+                    if report.json["faults"][name].as_u64().unwrap_or(0) == 0 {
+                        println!("NOT INJECTED: {name}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                println!("replay with: {}", chaos::replay_command(&profile));
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
