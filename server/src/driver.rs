@@ -414,6 +414,9 @@ impl Driver {
             self.replica.advance(ready);
             self.maybe_snapshot();
         }
+        // A checked snapshot the core did not take (it learned the slots
+        // another way meanwhile) is not kept around.
+        self.checked_snapshot = None;
         Ok(())
     }
 
