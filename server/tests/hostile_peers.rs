@@ -102,7 +102,7 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
         Body::CatchUpRequest(wire::CatchUpRequest { from_slot: u64::MAX }),
     ];
     send_as_peer(&cell, target, forger, extreme).await;
-    assert!(!cell.has_exited(target), "the replica exited on a peer's garbage:\n{}", cell.logs());
+    assert!(cell.exited(target).is_none(), "the replica exited on a peer's garbage:\n{}", cell.logs());
 
     // It still follows the master: a write is applied everywhere, it too.
     let mut client = cell.client();
@@ -116,7 +116,7 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
     assert!(promised.round < 1 << 40, "a forged round was promised: {promised:?}");
     let log = std::fs::read_to_string(cell.log_path(cell.members[target].id)).expect("log");
     assert!(log.contains("dropping a snapshot that does not restore"), "no snapshot was refused:\n{log}");
-    assert!(!cell.has_exited(target));
+    assert!(cell.exited(target).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,5 +153,5 @@ async fn a_follower_down_during_large_writes_catches_up_in_bounded_messages() {
     let _keep: Vec<KeepAlive> = sessions.iter().map(|&s| KeepAlive::start(&cell, s)).collect();
     cell.restart(down);
     wait_caught_up(&cell, down, Duration::from_secs(90)).await;
-    assert!(!cell.has_exited(down));
+    assert!(cell.exited(down).is_none());
 }

@@ -272,12 +272,6 @@ impl Cell {
         self.children[index].is_some()
     }
 
-    /// Whether the replica at `index` was started and its process has
-    /// exited on its own (a crash, or a refusal to start).
-    pub fn has_exited(&mut self, index: usize) -> bool {
-        self.children[index].as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
-    }
-
     /// Sends `signal` (e.g. `libc::SIGSTOP`) to a running replica.
     pub fn signal(&self, index: usize, signal: i32) {
         if let Some(child) = &self.children[index] {
