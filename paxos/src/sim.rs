@@ -901,7 +901,16 @@ impl Simulation {
             self.schedule(hold_us, Event::Deliver { from, to: to_index, message });
             return Ok(());
         }
-        if self.rng.chance(self.long_hold_per_mille, 1_000) {
+        // Faults are spread over message kinds, not messages: the rare kinds
+        // (phase 1, catch-up, snapshots, pre-votes, refusals), whose late
+        // arrival breaks the most assumptions, are held ten times as often
+        // as the heartbeats and accepts that outnumber them.
+        let periodic = matches!(
+            message,
+            Message::Heartbeat { .. } | Message::HeartbeatAck { .. } | Message::Accept { .. } | Message::Accepted { .. }
+        );
+        let hold_per_mille = if periodic { self.long_hold_per_mille } else { self.long_hold_per_mille * 10 };
+        if self.rng.chance(hold_per_mille, 1_000) {
             let hold_us = self.hold_ticks() * TICK_US;
             self.report.holds += 1;
             self.schedule(hold_us, Event::Deliver { from, to: to_index, message });
