@@ -130,30 +130,33 @@ fn running(cell: &Cell) -> Vec<usize> {
     (0..REPLICAS as usize).filter(|&index| cell.is_running(index)).collect()
 }
 
-/// Makes the replica at `slow` master: cut from the current master, it
-/// hears no heartbeat and campaigns (the others still honour the master's
-/// lease and refuse); then the master is isolated, the others' leases run
-/// out, and the slow replica's prepares (resent every tick) reach them
-/// before their own election timeouts. True once every running replica
-/// follows it.
+/// Makes the replica at `slow` master. Replicas ask for pre-votes before
+/// they campaign and refuse them while they hear a master, so cutting the
+/// slow replica from the master no longer makes it campaign, and a slow
+/// clock makes its election timeout the longest; so the network is shaped
+/// into a star around it: the master isolated, the other replicas cut from
+/// each other and able to reach only the slow one. None of them can gather
+/// a majority of pre-votes but the slow one, which wins once its timeout
+/// runs. True once every running replica follows it.
 async fn make_master(cell: &Cell, network: &Network, slow: usize) -> Result<(), String> {
     let Some((master_id, _)) = crate::wait_for_master(cell, &running(cell), Duration::from_secs(15)).await else {
         return Err("no master before the attempt".into());
     };
     let slow_id = cell.members[slow].id;
     if master_id != slow_id {
-        network.cut_both(master_id, slow_id);
-        let candidate = wait_status(cell, slow, Duration::from_secs(8), |s| s.role() == pb::Role::Candidate).await;
-        if !candidate {
-            network.heal();
-            return Err(format!("replica {slow_id} did not campaign while cut from master {master_id}"));
-        }
         network.isolate(master_id);
+        let others: Vec<u64> =
+            cell.members.iter().map(|m| m.id).filter(|&id| id != master_id && id != slow_id).collect();
+        for (i, &a) in others.iter().enumerate() {
+            for &b in &others[i + 1..] {
+                network.cut_both(a, b);
+            }
+        }
         let mastered =
-            wait_status(cell, slow, Duration::from_secs(5), |s| s.role() == pb::Role::Master && s.lease_remaining_ms > 0).await;
+            wait_status(cell, slow, Duration::from_secs(15), |s| s.role() == pb::Role::Master && s.lease_remaining_ms > 0).await;
         network.heal();
         if !mastered {
-            return Err(format!("replica {slow_id} did not win its campaign"));
+            return Err(format!("replica {slow_id} did not win its campaign (star around it, master {master_id} isolated)"));
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
