@@ -23,6 +23,9 @@
 //!   ticks they missed) and each replica's clock runs at its own rate, within
 //!   `clock_drift_ppm` (by default the bound the lease is built for,
 //!   [`crate::config::CLOCK_DRIFT_PPM_MAX`]);
+//! - swarm testing: half the seeds use every kind of fault, the others a
+//!   random subset of kinds, denser or sparser, so that some seeds pile up a
+//!   few kinds and reach combinations an even mix rarely does;
 //! - each seed picks its own timeouts, coarse ticks (a lease of five ticks)
 //!   among them, with the smallest lease margin the configuration accepts,
 //!   and its own message bounds (tiny ones included).
@@ -167,6 +170,8 @@ pub fn run_with(seed: u64, options: &Options, adjust: &dyn Fn(&mut Config)) -> R
 const TICK_US: u64 = 1_000;
 /// The most messages a held link keeps; beyond it the link drops them.
 const HELD_PER_LINK_MAX: usize = 4_096;
+/// The nemesis kinds are numbered 0 to this.
+const NEMESIS_KINDS_MAX: u64 = 14;
 /// The most recent messages of one kind kept for replays.
 const SENT_LOG_PER_KIND_MAX: usize = 512;
 
@@ -345,6 +350,12 @@ struct Simulation {
     faults_active: bool,
     /// This seed's disk: a synced write takes up to this long.
     disk_latency_us_max: u64,
+    /// Swarm testing: the nemesis kinds this seed uses (a random subset of
+    /// all of them) and how far apart its faults come, so that some seeds
+    /// pile up few kinds of fault densely and reach combinations that an
+    /// even mix of everything rarely does.
+    nemesis_kinds: Vec<u64>,
+    nemesis_gap_ticks: (u64, u64),
     /// Directed links holding everything sent on them until released.
     held_links: BTreeMap<(ReplicaId, ReplicaId), Vec<Message>>,
     /// The next message on this link is held for this long (µs).
@@ -449,6 +460,8 @@ impl Simulation {
             delay_us_max: 500,
             faults_active: false,
             disk_latency_us_max: 0,
+            nemesis_kinds: Vec::new(),
+            nemesis_gap_ticks: (5, 60),
             held_links: BTreeMap::new(),
             hold_next: None,
             sent_log: BTreeMap::new(),
@@ -465,6 +478,17 @@ impl Simulation {
         };
         // Fast (NVMe-like) to slow disks, per seed.
         sim.disk_latency_us_max = [60, 300, 1_500][sim.rng.range(0, 2) as usize];
+        // Swarm testing: half the seeds use every kind of fault; the others
+        // a random subset (each kind kept with probability one half), and
+        // faults come denser or sparser per seed.
+        let all: Vec<u64> = (0..=NEMESIS_KINDS_MAX).collect();
+        sim.nemesis_kinds = if sim.rng.chance(1, 2) {
+            all
+        } else {
+            let some: Vec<u64> = all.iter().copied().filter(|_| sim.rng.chance(1, 2)).collect();
+            if some.is_empty() { all } else { some }
+        };
+        sim.nemesis_gap_ticks = [(5, 60), (2, 20), (20, 120)][sim.rng.range(0, 2) as usize];
         sim.restart_all_fresh();
         sim
     }
@@ -666,7 +690,8 @@ impl Simulation {
             Event::Nemesis => {
                 if self.faults_active {
                     self.nemesis()?;
-                    let gap = self.rng.range(5, 60) * TICK_US;
+                    let (low, high) = self.nemesis_gap_ticks;
+                    let gap = self.rng.range(low, high) * TICK_US;
                     self.schedule(gap, Event::Nemesis);
                 }
                 Ok(())
@@ -1096,7 +1121,7 @@ impl Simulation {
     fn nemesis(&mut self) -> Result<(), Violation> {
         let n = self.nodes.len();
         let down = self.nodes.iter().filter(|n| n.core.is_none()).count();
-        let pick = self.rng.range(0, 14);
+        let pick = self.nemesis_kinds[self.rng.range(0, self.nemesis_kinds.len() as u64 - 1) as usize];
         match pick {
             0 | 1 => {
                 // Crash the master or anyone; at most three down at once.
