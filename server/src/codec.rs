@@ -229,6 +229,8 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
         from,
         to,
         body: Some(body),
+        // The transport stamps the sender's cell and incarnation.
+        ..Default::default()
     }
 }
 
@@ -486,6 +488,7 @@ mod tests {
             from: 1,
             to: 2,
             body: None,
+            ..Default::default()
         };
         assert_eq!(
             decode_message(no_body),
@@ -499,6 +502,7 @@ mod tests {
                 ballot: None,
                 from_slot: 3,
             })),
+            ..Default::default()
         };
         assert_eq!(
             decode_message(prepare_without_ballot),
@@ -550,6 +554,7 @@ mod tests {
                     part,
                     parts,
                 })),
+                ..Default::default()
             };
             assert_eq!(
                 decode_message(promise),
@@ -563,6 +568,7 @@ mod tests {
             body: Some(pb::paxos_message::Body::InstallSnapshot(
                 pb::InstallSnapshot { snapshot: None },
             )),
+            ..Default::default()
         };
         assert_eq!(
             decode_message(install),
