@@ -17,6 +17,7 @@
 //! details. Handlers are thin: checks and error codes live in
 //! [`crate::state`] and [`crate::errors`].
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -57,6 +58,8 @@ const KEEPALIVE_QUEUE_MAX: usize = 16;
 #[derive(Debug, Clone)]
 pub struct CellService {
     cell_id: String,
+    /// This replica's incarnation, shown by `Status`.
+    incarnation: NonZeroU64,
     members: Arc<[PeerSpec]>,
     status: watch::Receiver<ReplicaStatus>,
     stats: Arc<TransportStats>,
@@ -64,16 +67,18 @@ pub struct CellService {
 }
 
 impl CellService {
-    /// A service for the cell `cell_id` with `members`, reading `status` and
-    /// the driver's `shared` state.
+    /// A service for the cell `cell_id` with `members`, answered by the
+    /// replica of `incarnation`, reading `status` and the driver's `shared`
+    /// state.
     pub fn new(
         cell_id: String,
+        incarnation: NonZeroU64,
         members: Vec<PeerSpec>,
         status: watch::Receiver<ReplicaStatus>,
         stats: Arc<TransportStats>,
         shared: Arc<Shared>,
     ) -> Self {
-        CellService { cell_id, members: members.into(), status, stats, shared }
+        CellService { cell_id, incarnation, members: members.into(), status, stats, shared }
     }
 
     /// Wraps the service for tonic with explicit message-size bounds (a
@@ -243,6 +248,9 @@ impl Cell for CellService {
                 .collect(),
             cell_id: self.cell_id.clone(),
             inbox_dropped: self.stats.inbox_dropped.load(Ordering::Relaxed),
+            incarnation: self.incarnation.get(),
+            peer_wrong_cell_dropped: self.stats.wrong_cell_dropped.load(Ordering::Relaxed),
+            peer_wrong_incarnation_dropped: self.stats.wrong_incarnation_dropped.load(Ordering::Relaxed),
             sessions,
             nodes,
             locks_held,

@@ -236,6 +236,8 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
         from,
         to,
         body: Some(body),
+        // The transport stamps the sender's cell and incarnation.
+        ..Default::default()
     }
 }
 
@@ -608,6 +610,7 @@ mod tests {
             from: 1,
             to: 2,
             body: None,
+            ..Default::default()
         };
         assert_eq!(
             decode_message(no_body),
@@ -621,6 +624,7 @@ mod tests {
                 ballot: None,
                 from_slot: 3,
             })),
+            ..Default::default()
         };
         assert_eq!(
             decode_message(prepare_without_ballot),
@@ -672,6 +676,7 @@ mod tests {
                     part,
                     parts,
                 })),
+                ..Default::default()
             };
             assert_eq!(
                 decode_message(promise),
@@ -685,6 +690,7 @@ mod tests {
             body: Some(pb::paxos_message::Body::InstallSnapshot(
                 pb::InstallSnapshot { snapshot: None },
             )),
+            ..Default::default()
         };
         assert_eq!(
             decode_message(install),

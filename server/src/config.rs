@@ -16,24 +16,88 @@ use std::time::Duration;
 
 use gaios_paxos::ReplicaId;
 
-/// The command-line flags of `gaios-server`.
+/// The command line of `gaios-server`: `init` creates the data directory of
+/// a member of a new cell; `run` runs the replica on a directory `init`
+/// created. [`Cli::parse_args`] also takes `run`'s flags without the word
+/// `run`, the form scripts used before `init` existed.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "gaios-server", about = "One replica of a Gaios cell.", version)]
-pub struct Args {
+#[command(
+    name = "gaios-server",
+    about = "One replica of a Gaios cell.",
+    long_about = "One replica of a Gaios cell. `gaios-server init ...` creates the data directory of a member of a NEW cell; \
+`gaios-server [run] ...` runs the replica on it with the same --id, --data-dir, --cell-id and --peer flags. \
+Never run init again for a member of a running cell (after a lost disk, say): an acceptor that forgot its promises breaks Paxos.",
+    version
+)]
+pub struct Cli {
+    /// `init` or `run`.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses `argv` (the program name first); flags without a subcommand
+    /// are `run`'s.
+    pub fn parse_args<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        use clap::Parser as _;
+        let mut argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let bare_flags = argv
+            .get(1)
+            .and_then(|first| first.to_str())
+            .is_some_and(|first| first.starts_with("--") && first != "--help" && first != "--version");
+        if bare_flags {
+            argv.insert(1, "run".into());
+        }
+        Cli::try_parse_from(argv)
+    }
+}
+
+/// The subcommands of `gaios-server`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Creates the data directory of a member of a NEW cell, recording the
+    /// cell id, the replica id, a fresh random incarnation and the members;
+    /// refuses a directory that holds anything. Never use it to bring back a
+    /// member of a running cell whose disk was lost: it would vote as an
+    /// acceptor that forgot its promises.
+    Init(MemberArgs),
+    /// Runs the replica on the data directory `init` created (the word
+    /// `run` may be left out).
+    Run(Args),
+}
+
+/// The flags that name a replica, its data directory and its cell's members:
+/// `init` records them, and a start must give the same ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemberArgs {
     /// This replica's id; must be one of the `--peer` ids.
     #[arg(long)]
     pub id: ReplicaId,
-    /// The directory holding this replica's RocksDB (created if absent).
+    /// The directory holding this replica's RocksDB. `init` creates it (it
+    /// must be missing or empty); a start requires one `init` created.
     #[arg(long)]
     pub data_dir: PathBuf,
     /// The cell's name; recorded in the data directory, which refuses to be
-    /// used by another cell.
+    /// used by another cell, and carried by every message to the peers.
     #[arg(long, default_value = "local")]
     pub cell_id: String,
     /// A member of the cell as `ID=PEER_ADDR=CLIENT_ADDR`; repeat for every
     /// member, this replica included.
     #[arg(long = "peer", required = true)]
     pub peers: Vec<PeerSpec>,
+}
+
+/// The flags of `gaios-server run`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gaios-server", about = "One replica of a Gaios cell.", version)]
+pub struct Args {
+    /// Who the replica is and who its peers are.
+    #[command(flatten)]
+    pub member: MemberArgs,
     /// Where to listen for other replicas; defaults to this replica's
     /// `PEER_ADDR`.
     #[arg(long)]
@@ -191,6 +255,51 @@ pub enum ConfigError {
     BadSessionLease(u64),
 }
 
+/// The checked identity of a replica and its cell's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberConfig {
+    /// This replica's id.
+    pub id: ReplicaId,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The cell's name.
+    pub cell_id: String,
+    /// Every member, this replica included, in id order.
+    pub members: Vec<PeerSpec>,
+}
+
+impl MemberArgs {
+    /// Checks the flags: a non-empty cell id, distinct non-zero ids and
+    /// distinct addresses, and this replica among the members.
+    pub fn check(self) -> Result<MemberConfig, ConfigError> {
+        if self.cell_id.is_empty() {
+            return Err(ConfigError::EmptyCellId);
+        }
+        let mut members = self.peers;
+        members.sort_by_key(|peer| peer.id);
+        for pair in members.windows(2) {
+            if pair[0].id == pair[1].id {
+                return Err(ConfigError::DuplicateId(pair[0].id));
+            }
+        }
+        if members.iter().any(|peer| peer.id == 0) {
+            return Err(ConfigError::ZeroId);
+        }
+        let mut addresses: Vec<SocketAddr> =
+            members.iter().flat_map(|peer| [peer.peer_address, peer.client_address]).collect();
+        addresses.sort_unstable();
+        for pair in addresses.windows(2) {
+            if pair[0] == pair[1] {
+                return Err(ConfigError::DuplicateAddress(pair[0]));
+            }
+        }
+        if !members.iter().any(|peer| peer.id == self.id) {
+            return Err(ConfigError::NotAMember(self.id));
+        }
+        Ok(MemberConfig { id: self.id, data_dir: self.data_dir, cell_id: self.cell_id, members })
+    }
+}
+
 /// A checked replica configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -227,9 +336,7 @@ impl ReplicaConfig {
     /// distinct, the tick, snapshot interval and session lease are sane. Listen addresses default to this
     /// replica's own `--peer` entry.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        if args.cell_id.is_empty() {
-            return Err(ConfigError::EmptyCellId);
-        }
+        let member = args.member.check()?;
         if args.tick_ms == 0 || args.tick_ms > 10_000 {
             return Err(ConfigError::BadTick(args.tick_ms));
         }
@@ -258,30 +365,12 @@ impl ReplicaConfig {
         if !(SESSION_LEASE_MS_MIN..=SESSION_LEASE_MS_MAX).contains(&args.session_lease_ms) {
             return Err(ConfigError::BadSessionLease(args.session_lease_ms));
         }
-        let mut members = args.peers;
-        members.sort_by_key(|peer| peer.id);
-        for pair in members.windows(2) {
-            if pair[0].id == pair[1].id {
-                return Err(ConfigError::DuplicateId(pair[0].id));
-            }
-        }
-        if members.iter().any(|peer| peer.id == 0) {
-            return Err(ConfigError::ZeroId);
-        }
-        let mut addresses: Vec<SocketAddr> =
-            members.iter().flat_map(|peer| [peer.peer_address, peer.client_address]).collect();
-        addresses.sort_unstable();
-        for pair in addresses.windows(2) {
-            if pair[0] == pair[1] {
-                return Err(ConfigError::DuplicateAddress(pair[0]));
-            }
-        }
-        let me = *members.iter().find(|peer| peer.id == args.id).ok_or(ConfigError::NotAMember(args.id))?;
+        let me = *member.members.iter().find(|peer| peer.id == member.id).ok_or(ConfigError::NotAMember(member.id))?;
         Ok(ReplicaConfig {
-            id: args.id,
-            data_dir: args.data_dir,
-            cell_id: args.cell_id,
-            members,
+            id: member.id,
+            data_dir: member.data_dir,
+            cell_id: member.cell_id,
+            members: member.members,
             listen_peer: args.listen_peer.unwrap_or(me.peer_address),
             listen_client: args.listen_client.unwrap_or(me.client_address),
             tick: Duration::from_millis(args.tick_ms),
@@ -456,6 +545,39 @@ mod tests {
         assert_eq!(parse(&argv), Err(ConfigError::DuplicateId(1)));
         let argv = ["--id", "1", "--peer", "1=127.0.0.1:1=127.0.0.1:2", "--peer", "2=127.0.0.1:2=127.0.0.1:4"];
         assert_eq!(parse(&argv), Err(ConfigError::DuplicateAddress("127.0.0.1:2".parse().expect("address"))));
+    }
+
+    /// `init FLAGS`, `run FLAGS` and the bare `FLAGS` (a run) all parse;
+    /// `init` takes only the flags it records.
+    #[test]
+    fn the_command_line_has_init_run_and_the_bare_run_form() {
+        let mut flags = vec!["--id", "2", "--data-dir", "/tmp/x", "--cell-id", "c"];
+        flags.extend_from_slice(&THREE);
+        let with = |prefix: &[&'static str], extra: &[&'static str]| {
+            let mut argv = vec!["gaios-server"];
+            argv.extend_from_slice(prefix);
+            argv.extend_from_slice(&flags);
+            argv.extend_from_slice(extra);
+            Cli::parse_args(argv)
+        };
+        let Ok(Cli { command: Command::Run(bare) }) = with(&[], &["--tick-ms", "5"]) else {
+            panic!("the bare form does not parse as run");
+        };
+        assert_eq!((bare.member.id, bare.tick_ms), (2, 5));
+        let Ok(Cli { command: Command::Run(run) }) = with(&["run"], &[]) else {
+            panic!("`run` does not parse");
+        };
+        assert_eq!(run.member.cell_id, "c");
+        let Ok(Cli { command: Command::Init(init) }) = with(&["init"], &[]) else {
+            panic!("`init` does not parse");
+        };
+        let init = init.check().expect("valid member flags");
+        assert_eq!((init.id, init.cell_id.as_str(), init.members.len()), (2, "c", 3));
+        assert!(with(&["init"], &["--tick-ms", "5"]).is_err(), "init takes no run flags");
+        assert!(Cli::parse_args(["gaios-server", "init", "--id", "1", "--data-dir", "/tmp/x"]).is_err(), "init needs --peer");
+        assert!(Cli::parse_args(["gaios-server"]).is_err(), "nothing to do");
+        let lonely = MemberArgs { id: 4, data_dir: "/tmp/x".into(), cell_id: "c".into(), peers: vec![] };
+        assert_eq!(lonely.check(), Err(ConfigError::NotAMember(4)));
     }
 
     #[test]

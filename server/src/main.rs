@@ -1,21 +1,26 @@
 //! `gaios-server`: one replica of a Gaios cell.
 //!
-//! Opens the data directory, rebuilds the Paxos core from it, serves the
-//! peer protocol (`Replica`) and the client protocol (`Cell`, with gRPC
-//! health and reflection) on their own addresses, Prometheus metrics on a
-//! third if asked, and runs the driver loop until SIGTERM or ctrl-c.
+//! `gaios-server init ...` creates the data directory of a member of a new
+//! cell (cell id, replica id, a random incarnation, the members, and the
+//! acceptor's first hard state) and exits. `gaios-server [run] ...` opens a
+//! directory `init` created (a missing, empty or uninitialised one is
+//! refused: a plain start never creates anything), checks the flags against
+//! what `init` recorded, rebuilds the Paxos core from it, serves the peer
+//! protocol (`Replica`) and the client protocol (`Cell`, with gRPC health and
+//! reflection) on their own addresses, Prometheus metrics on a third if
+//! asked, and runs the driver loop until SIGTERM or ctrl-c.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use gaios_server::cell_service::CellService;
-use gaios_server::config::{Args, ReplicaConfig};
+use gaios_server::config::{Cli, Command, MemberArgs, ReplicaConfig};
 use gaios_server::driver::{Driver, DriverOptions};
 use gaios_server::metrics::{Metrics, serve_metrics};
 use gaios_server::operations;
-use gaios_server::storage::{Identity, Storage};
-use gaios_server::transport::{Outbound, PeerService, TransportStats};
+use gaios_server::storage::{Identity, InitRecord, Storage};
+use gaios_server::transport::{Envelope, Outbound, PeerService, TransportStats};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
@@ -26,7 +31,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 const INBOX_MAX: usize = 8192;
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,6 +41,10 @@ fn main() -> anyhow::Result<()> {
         // Colour codes only for a terminal, not for log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let args = match cli.command {
+        Command::Init(args) => return init(args),
+        Command::Run(args) => args,
+    };
     let config = ReplicaConfig::from_args(args).context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -44,10 +53,41 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(config))
 }
 
+/// How many times `init` draws an incarnation before it gives up on a
+/// random source that keeps returning 0.
+const INCARNATION_DRAWS_MAX: usize = 4;
+
+/// `gaios-server init`: creates the data directory and says what it wrote.
+fn init(args: MemberArgs) -> anyhow::Result<()> {
+    let member = args.check().context("invalid configuration")?;
+    let incarnation = (0..INCARNATION_DRAWS_MAX)
+        .find_map(|_| getrandom::u64().map(NonZeroU64::new).transpose())
+        .context("the operating system's random source returned only zeros")?
+        .context("cannot draw a random incarnation from the operating system")?;
+    let record = InitRecord {
+        identity: Identity { cell_id: member.cell_id.clone(), replica_id: member.id },
+        incarnation,
+        members: member.members,
+    };
+    Storage::init(&member.data_dir, &record)
+        .with_context(|| format!("cannot initialise the data directory {}", member.data_dir.display()))?;
+    let ids: Vec<String> = record.members.iter().map(|peer| peer.id.to_string()).collect();
+    println!(
+        "initialised {} for replica {} of cell {:?} (incarnation {:016x}, members {})",
+        member.data_dir.display(),
+        member.id,
+        member.cell_id,
+        incarnation,
+        ids.join(",")
+    );
+    Ok(())
+}
+
 async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let identity = Identity { cell_id: config.cell_id.clone(), replica_id: config.id };
-    let storage = Storage::open(&config.data_dir, &identity)
-        .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
+    let storage = Storage::open_member(&config.data_dir, &identity, &config.members)
+        .with_context(|| format!("refusing to start replica {} on {}", config.id, config.data_dir.display()))?;
+    let incarnation = storage.init_record().context("cannot read the data directory's identity")?.incarnation;
 
     // Bind first, so that a taken port fails the start instead of a task.
     let peer_listener = TcpListener::bind(config.listen_peer)
@@ -68,7 +108,8 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(config.id, stats.clone()));
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let peers: Vec<_> = config.members.iter().map(|peer| (peer.id, peer.peer_address)).collect();
-    let outbound = Outbound::start(config.id, &peers, stats.clone());
+    let envelope = Envelope { cell_id: config.cell_id.clone(), incarnation };
+    let outbound = Outbound::start(config.id, envelope, &peers, stats.clone());
     let paxos_config = config.paxos_config();
     let options = DriverOptions {
         snapshot_every_slots: config.snapshot_every_slots,
@@ -79,8 +120,9 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
         .context("cannot start the replica")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer_service = PeerService::new(config.id, config.member_ids(), inbox_tx, stats.clone());
-    let cell_service = CellService::new(config.cell_id.clone(), config.members.clone(), status, stats, shared);
+    let peer_service = PeerService::new(config.id, &config.cell_id, config.member_ids(), inbox_tx, stats.clone());
+    let cell_service =
+        CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats, shared);
 
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
     let peer_server = serve(builder().add_service(peer_service.into_server()), peer_listener, shutdown_rx.clone());
@@ -92,6 +134,7 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     tracing::info!(
         id = config.id,
         cell = %config.cell_id,
+        incarnation = %format_args!("{incarnation:016x}"),
         peer = %config.listen_peer,
         client = %config.listen_client,
         metrics = ?config.listen_metrics,

@@ -7,7 +7,7 @@
 //! | `paxos` | `h` | the acceptor's [`HardState`] (`gaios.v1.HardState`) |
 //! | `paxos` | `l` + slot (8 bytes, big-endian) | one accepted [`Entry`](gaios_paxos::types::Entry) (`gaios.v1.Entry`); big-endian so keys sort by slot |
 //! | `state` | (none yet) | reserved; the applied state is kept as the snapshot below |
-//! | `meta` | `identity` | the cell and replica that own the directory and the format version (`gaios.v1.DataDirIdentity`) |
+//! | `meta` | `identity` | the format version, the cell and replica that own the directory, its incarnation and the members `init` was given (`gaios.v1.DataDirIdentity`) |
 //! | `meta` | `snapshot` | the latest snapshot's slot and length (`gaios.v1.SnapshotMeta`) |
 //! | `meta` | `snapshot_data` | the latest snapshot's data, raw: the applied state (`gaios.v1.StateSnapshot`) at its slot |
 //! | `meta` | `applied` | an applied slot above the snapshot's, if a state machine records one (Gaios's does not: its state is rebuilt from the snapshot and the log after it) |
@@ -21,14 +21,26 @@
 //! crash either all of a `Ready` is on disk or none of it is. The driver sends
 //! the `Ready`'s persisted messages only after [`Storage::persist`] returns.
 //!
-//! # Refusing a directory
+//! # Creating and refusing a directory
 //!
-//! [`Storage::open`] never deletes or rewrites anything it did not create. A
-//! directory that belongs to another cell or replica, that holds files that
-//! are not a Gaios database, or whose records do not decode is refused with a
-//! [`StorageError`] that says which.
+//! Only [`Storage::init`] creates a data directory, and only a missing or
+//! empty one: `gaios-server init`, for a member of a new cell. It writes the
+//! identity (cell, replica, a random incarnation, the members) and the first
+//! hard state in one synced batch, between creating and removing the marker
+//! file [`INIT_MARKER`], so an interrupted `init` is told apart from data.
+//!
+//! [`Storage::open`] never creates, initialises, deletes or rewrites
+//! anything: an acceptor started on a fresh directory would have forgotten
+//! its promises. A directory that is missing, empty or never initialised, an
+//! interrupted `init`, one written by a Gaios from before `init`, one that
+//! belongs to another cell or replica, that holds files that are not a Gaios
+//! database, or whose records do not decode (a missing hard state included)
+//! is refused with a [`StorageError`] that says which and what to do.
 
 use std::fmt;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use gaios_paxos::ready::Ready;
@@ -41,10 +53,23 @@ use rocksdb::{
 };
 
 use crate::codec::{self, CodecError};
+use crate::config::PeerSpec;
 
 /// The version of the on-disk format this build reads and writes. A
 /// directory written in another version is refused rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 is the first written by `gaios-server init` (with an
+/// incarnation and the initial members); version 1 directories were
+/// initialised silently by any start and are refused as
+/// [`StorageError::PredatesInit`].
+pub const FORMAT_VERSION: u32 = 2;
+/// The format version of Gaios builds from before `gaios-server init`.
+const FORMAT_VERSION_BEFORE_INIT: u32 = 1;
+
+/// The file `init` creates first and removes last: a directory that holds it
+/// is an initialisation that did not finish, on which no replica ever ran
+/// (a start refuses it), so it never held a vote.
+pub const INIT_MARKER: &str = "GAIOS-INIT-INCOMPLETE";
 
 /// The column family of the acceptor's hard state and log.
 const CF_PAXOS: &str = "paxos";
@@ -83,6 +108,52 @@ impl fmt::Display for Identity {
     }
 }
 
+/// What `gaios-server init` records in a new data directory, in one synced
+/// write together with the acceptor's first hard state (promised nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitRecord {
+    /// The cell and the replica that own the directory.
+    pub identity: Identity,
+    /// Drawn at random when the directory was initialised: it tells this
+    /// directory's life as an acceptor apart from any other directory ever
+    /// initialised for the same replica id, so that peers can refuse a
+    /// second process or a re-initialised directory that claims the id.
+    pub incarnation: NonZeroU64,
+    /// The cell's members as `init` was given them, in id order.
+    pub members: Vec<PeerSpec>,
+}
+
+/// What an uninitialised data directory looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Uninitialised {
+    /// The directory does not exist.
+    Missing,
+    /// The directory exists and holds nothing (a fresh disk, or a mount that
+    /// failed and left the bare mount point).
+    Empty,
+    /// The directory holds a RocksDB database with Gaios's column families
+    /// but no record at all: an older build's initialisation, interrupted.
+    EmptyDatabase,
+}
+
+impl fmt::Display for Uninitialised {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Uninitialised::Missing => "does not exist",
+            Uninitialised::Empty => "is empty",
+            Uninitialised::EmptyDatabase => "holds an empty database with no identity record",
+        })
+    }
+}
+
+/// What an operator must do about a data directory that was never
+/// initialised; part of [`StorageError::NotInitialised`]'s message.
+pub const NOT_INITIALISED_HELP: &str = "If this replica is a member of a NEW cell, run `gaios-server init` with the same --id, --data-dir, --cell-id and --peer flags first. \
+If this replica's disk was lost or replaced (or --data-dir names a mount that failed), do NOT run `gaios-server init` for it as a member of the running cell: \
+an acceptor that forgot its promises and votes can make the cell lose acknowledged writes. \
+Bringing a replica back after losing its disk needs membership change, which Gaios does not have yet; until then the cell runs without this replica.";
+
 /// Why storage could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -112,6 +183,58 @@ pub enum StorageError {
         #[source]
         corruption: Corruption,
     },
+    /// The directory was never initialised (it is missing, empty, or an
+    /// empty database). A plain start creates nothing: only
+    /// `gaios-server init` does, for a member of a new cell.
+    #[error("data directory {dir} {found}: it was never initialised by `gaios-server init`. {NOT_INITIALISED_HELP}")]
+    NotInitialised {
+        /// The directory refused.
+        dir: PathBuf,
+        /// What was found instead of an initialised directory.
+        found: Uninitialised,
+    },
+    /// `gaios-server init` began on the directory and did not finish (its
+    /// marker file [`INIT_MARKER`] is still there). No replica ever ran on
+    /// it, so it never held a vote.
+    #[error(
+        "data directory {dir} holds an initialisation that did not finish (the file {INIT_MARKER} is still there); no replica ever ran on it, so it never held a vote: delete the directory and run `gaios-server init` again"
+    )]
+    InitInterrupted {
+        /// The directory refused.
+        dir: PathBuf,
+    },
+    /// `init` was asked to initialise a directory that already holds
+    /// something. Initialising a member's directory again would make it an
+    /// acceptor that forgot its promises, so `init` only ever writes into a
+    /// missing or empty directory.
+    #[error(
+        "refusing to initialise {dir}: it is not empty. If it is this replica's data directory, it is initialised already: start the replica on it. Never initialise the directory of a member of a running cell again, and never copy one to another host"
+    )]
+    NotEmpty {
+        /// The directory refused.
+        dir: PathBuf,
+    },
+    /// The directory was written by a Gaios from before `gaios-server init`
+    /// (format version 1: initialised silently, no incarnation).
+    #[error(
+        "data directory {dir} was written by an older Gaios (format version {found}) from before `gaios-server init`, which initialised directories silently and recorded no incarnation; this build refuses it. The cell must be re-created: stop every replica, delete every member's data directory and run `gaios-server init` for each (their data is lost). Never re-create only some members of a cell that holds data"
+    )]
+    PredatesInit {
+        /// The directory refused.
+        dir: PathBuf,
+        /// The format version recorded in it.
+        found: u32,
+    },
+    /// The members given on the command line are not the members `init`
+    /// recorded. Membership is fixed until Gaios has membership change, so
+    /// the flags must name the same ids and addresses.
+    #[error("data directory {dir} was initialised with other members than the --peer flags name: {difference}")]
+    MembersDiffer {
+        /// The directory refused.
+        dir: PathBuf,
+        /// The first difference found.
+        difference: MemberDifference,
+    },
     /// The directory could not be inspected or created.
     #[error("cannot use data directory {dir}: {source}")]
     Io {
@@ -130,6 +253,38 @@ pub enum StorageError {
         /// RocksDB's error.
         #[source]
         source: rocksdb::Error,
+    },
+}
+
+/// How the members on the command line differ from those `init` recorded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemberDifference {
+    /// A recorded member is not among the `--peer` flags.
+    #[error("member {0} is recorded in the data directory but not given by --peer")]
+    NotGiven(ReplicaId),
+    /// A `--peer` flag names a member that was not recorded.
+    #[error("member {0} is given by --peer but was not recorded by init")]
+    NotRecorded(ReplicaId),
+    /// A member's peer address differs.
+    #[error("member {id}'s peer address is {recorded} in the data directory but {given} on the command line")]
+    PeerAddress {
+        /// The member.
+        id: ReplicaId,
+        /// The address `init` recorded.
+        recorded: SocketAddr,
+        /// The address given now.
+        given: SocketAddr,
+    },
+    /// A member's client address differs.
+    #[error("member {id}'s client address is {recorded} in the data directory but {given} on the command line")]
+    ClientAddress {
+        /// The member.
+        id: ReplicaId,
+        /// The address `init` recorded.
+        recorded: SocketAddr,
+        /// The address given now.
+        given: SocketAddr,
     },
 }
 
@@ -200,6 +355,20 @@ pub enum Corruption {
         /// The length found, or `None` if the data is missing.
         found: Option<u64>,
     },
+    /// The directory is initialised but holds no hard state. `init` writes
+    /// one with the identity, and no write deletes it; reading its absence
+    /// as "promised nothing" could break a promise the acceptor made.
+    #[error("it is initialised but holds no hard-state record (the acceptor's promise)")]
+    MissingHardState,
+    /// The identity record names a member with an address that does not
+    /// parse.
+    #[error("the identity record gives member {id} the address {address:?}, which is not a socket address")]
+    BadMemberAddress {
+        /// The member.
+        id: ReplicaId,
+        /// The address recorded.
+        address: String,
+    },
     /// The applied slot is not 8 bytes.
     #[error("applied slot record is {len} bytes, not 8")]
     AppliedSlot {
@@ -227,33 +396,91 @@ impl fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Opens the data directory of the replica `identity`, initialising it if
-    /// it is missing or empty.
+    /// Creates the data directory of a member of a new cell: `dir` must be
+    /// missing or empty. Writes `record` and the acceptor's first hard state
+    /// (promised nothing) in one synced RocksDB write batch.
     ///
-    /// A directory that exists and holds anything is only ever opened, never
-    /// initialised over: it must be a Gaios database of this format version
-    /// whose identity is `identity`, or it is refused.
-    pub fn open(dir: &Path, identity: &Identity) -> Result<Storage, StorageError> {
-        if is_missing_or_empty(dir)? {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-            let (db, options) = open_db(dir, OpenMode::Create)?;
-            let storage = Storage {
-                db,
-                options,
-                dir: dir.to_path_buf(),
-            };
-            storage.write_identity(identity)?;
-            tracing::info!(dir = %dir.display(), %identity, "initialised data directory");
-            return Ok(storage);
+    /// The marker file [`INIT_MARKER`] is created (and synced) before the
+    /// database and removed (and the removal synced) after the batch, so an
+    /// initialisation killed at any point leaves a directory that both
+    /// `init` and [`Storage::open`] refuse as
+    /// [`StorageError::InitInterrupted`], or an empty one.
+    pub fn init(dir: &Path, record: &InitRecord) -> Result<(), StorageError> {
+        let io_error = |source| StorageError::Io { dir: dir.to_path_buf(), source };
+        match inspect(dir)? {
+            DirState::Missing => {
+                std::fs::create_dir_all(dir).map_err(io_error)?;
+                // The new directory's name must survive a power loss too.
+                let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty());
+                sync_directory(parent.unwrap_or(Path::new(".")))?;
+            }
+            DirState::Empty => {}
+            DirState::NotEmpty if dir.join(INIT_MARKER).exists() => {
+                return Err(StorageError::InitInterrupted { dir: dir.to_path_buf() });
+            }
+            DirState::NotEmpty => return Err(StorageError::NotEmpty { dir: dir.to_path_buf() }),
         }
+        let marker = dir.join(INIT_MARKER);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).map_err(io_error)?;
+        file.write_all(b"gaios-server init did not finish here; no replica ever ran on this directory, so it may be deleted and initialised again\n")
+            .and_then(|()| file.sync_all())
+            .map_err(io_error)?;
+        sync_directory(dir)?;
 
-        let corrupt = |corruption| StorageError::Corrupt {
-            dir: dir.to_path_buf(),
-            corruption,
-        };
+        let (db, options) = open_db(dir, OpenMode::Create)?;
+        let storage = Storage { db, options, dir: dir.to_path_buf() };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(storage.cf(CF_META)?, IDENTITY_KEY, encode_init_record(record).encode_to_vec());
+        batch.put_cf(
+            storage.cf(CF_PAXOS)?,
+            HARD_STATE_KEY,
+            codec::encode_hard_state(&HardState::default()).encode_to_vec(),
+        );
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(true);
+        storage.db.write_opt(batch, &write_options).map_err(|e| rocks_error(dir, e))?;
+        drop(storage);
+
+        std::fs::remove_file(&marker).map_err(io_error)?;
+        sync_directory(dir)?;
+        tracing::info!(dir = %dir.display(), identity = %record.identity,
+            incarnation = %format_args!("{:016x}", record.incarnation), "initialised data directory");
+        Ok(())
+    }
+
+    /// Opens the data directory of the replica `identity`, which
+    /// [`Storage::init`] created. Never creates, initialises or repairs
+    /// anything.
+    ///
+    /// A missing or empty directory, or a database without records, is
+    /// refused as [`StorageError::NotInitialised`]; an initialisation that
+    /// did not finish as [`StorageError::InitInterrupted`]; a directory of
+    /// an older format, of another cell or replica, or one that does not
+    /// decode, with the error that says which. Checks run on a read-only
+    /// open first, so a refused directory is left exactly as it was.
+    pub fn open(dir: &Path, identity: &Identity) -> Result<Storage, StorageError> {
+        Storage::open_checked(dir, identity, None)
+    }
+
+    /// [`Storage::open`] for a replica started with `members` (in id
+    /// order): the directory is also refused, unchanged, if `init` recorded
+    /// other members or addresses ([`StorageError::MembersDiffer`] names the
+    /// first difference).
+    pub fn open_member(dir: &Path, identity: &Identity, members: &[PeerSpec]) -> Result<Storage, StorageError> {
+        Storage::open_checked(dir, identity, Some(members))
+    }
+
+    fn open_checked(dir: &Path, identity: &Identity, members: Option<&[PeerSpec]>) -> Result<Storage, StorageError> {
+        let not_initialised = |found| StorageError::NotInitialised { dir: dir.to_path_buf(), found };
+        let corrupt = |corruption| StorageError::Corrupt { dir: dir.to_path_buf(), corruption };
+        match inspect(dir)? {
+            DirState::Missing => return Err(not_initialised(Uninitialised::Missing)),
+            DirState::Empty => return Err(not_initialised(Uninitialised::Empty)),
+            DirState::NotEmpty => {}
+        }
+        if dir.join(INIT_MARKER).exists() {
+            return Err(StorageError::InitInterrupted { dir: dir.to_path_buf() });
+        }
         // Only a directory RocksDB itself set up gets past here, so that
         // opening can never make RocksDB create a database among foreign
         // files.
@@ -267,76 +494,71 @@ impl Storage {
             }
         }
         if let Some(missing) = COLUMN_FAMILIES.into_iter().find(|name| !families.iter().any(|f| f == name)) {
-            // RocksDB creates the database and then its column families one
-            // by one; a process killed in between leaves some missing. With
-            // nothing in the ones present, finishing the initialisation
-            // loses nothing; with anything, the directory is not ours.
-            if !present_families_empty(dir, &families)? {
-                return Err(corrupt(Corruption::MissingColumnFamily(missing)));
+            // An older build's initialisation killed while RocksDB created
+            // the column families one by one leaves some missing and the
+            // others empty; anything else is not a Gaios directory.
+            if present_families_empty(dir, &families)? {
+                return Err(not_initialised(Uninitialised::EmptyDatabase));
             }
-            tracing::warn!(dir = %dir.display(), %identity, missing,
-                "finishing an interrupted initialisation of the data directory (column families missing)");
-            let (db, options) = open_db(dir, OpenMode::Create)?;
-            let storage = Storage { db, options, dir: dir.to_path_buf() };
-            storage.write_identity(identity)?;
-            return Ok(storage);
+            return Err(corrupt(Corruption::MissingColumnFamily(missing)));
         }
-        // Check the identity on a read-only open first, so that a refused
-        // directory is left exactly as it was (a read-write open would
-        // replay its log and write new files).
-        let identity_present = {
+        {
             let (db, options) = open_db(dir, OpenMode::ReadOnly)?;
-            let probe = Storage {
-                db,
-                options,
-                dir: dir.to_path_buf(),
-            };
-            probe.check_identity(identity)?
-        };
-        let (db, options) = open_db(dir, OpenMode::Existing)?;
-        let storage = Storage {
-            db,
-            options,
-            dir: dir.to_path_buf(),
-        };
-        if !identity_present {
-            tracing::warn!(dir = %dir.display(), %identity,
-                "finishing an interrupted initialisation of the data directory");
-            storage.write_identity(identity)?;
+            let probe = Storage { db, options, dir: dir.to_path_buf() };
+            let record = probe.init_record()?;
+            if record.identity != *identity {
+                return Err(StorageError::ForeignDataDir {
+                    dir: dir.to_path_buf(),
+                    expected: identity.clone(),
+                    found: record.identity,
+                });
+            }
+            if let Some(difference) = members.and_then(|given| member_difference(&record.members, given)) {
+                return Err(StorageError::MembersDiffer { dir: dir.to_path_buf(), difference });
+            }
         }
-        Ok(storage)
+        let (db, options) = open_db(dir, OpenMode::Existing)?;
+        Ok(Storage { db, options, dir: dir.to_path_buf() })
     }
 
-    /// Checks that the directory belongs to `identity` and is in this
-    /// build's format. Returns false if it holds no identity and no data at
-    /// all: RocksDB created the column families and the process died before
-    /// the identity was written, so finishing the initialisation loses
-    /// nothing.
-    fn check_identity(&self, identity: &Identity) -> Result<bool, StorageError> {
+    /// What `init` recorded in the directory (identity, incarnation,
+    /// members), checked to be of this build's format.
+    pub fn init_record(&self) -> Result<InitRecord, StorageError> {
         let Some(bytes) = self.get(CF_META, IDENTITY_KEY)? else {
             if self.all_column_families_empty()? {
-                return Ok(false);
+                return Err(StorageError::NotInitialised {
+                    dir: self.dir.clone(),
+                    found: Uninitialised::EmptyDatabase,
+                });
             }
             return Err(self.corrupt(Corruption::MissingIdentity));
         };
         let record: pb::DataDirIdentity = decode_record(&self.dir, CF_META, IDENTITY_KEY, &bytes)?;
+        if record.format_version == FORMAT_VERSION_BEFORE_INIT {
+            return Err(StorageError::PredatesInit { dir: self.dir.clone(), found: record.format_version });
+        }
         if record.format_version != FORMAT_VERSION {
-            return Err(self.corrupt(Corruption::UnknownFormatVersion {
-                found: record.format_version,
-            }));
+            return Err(self.corrupt(Corruption::UnknownFormatVersion { found: record.format_version }));
         }
-        let found = Identity {
-            cell_id: record.cell_id,
-            replica_id: record.replica_id,
-        };
-        if found != *identity {
-            return Err(StorageError::ForeignDataDir {
-                dir: self.dir.clone(),
-                expected: identity.clone(),
-                found,
-            });
-        }
-        Ok(true)
+        let identity = Identity { cell_id: record.cell_id, replica_id: record.replica_id };
+        let incarnation = NonZeroU64::new(record.incarnation)
+            .ok_or_else(|| self.record_error(CF_META, IDENTITY_KEY, CodecError::Missing("DataDirIdentity.incarnation")))?;
+        let members = record
+            .members
+            .into_iter()
+            .map(|member| {
+                let address = |text: String| {
+                    text.parse::<SocketAddr>()
+                        .map_err(|_| self.corrupt(Corruption::BadMemberAddress { id: member.id, address: text }))
+                };
+                Ok(PeerSpec {
+                    id: member.id,
+                    peer_address: address(member.peer_address)?,
+                    client_address: address(member.client_address)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(InitRecord { identity, incarnation, members })
     }
 
     /// The data directory, for logs and error messages.
@@ -352,7 +574,7 @@ impl Storage {
     /// else 0. Any record that does not decode is an error, never a default.
     pub fn load(&self) -> Result<Durable, StorageError> {
         let hard_state = match self.get(CF_PAXOS, HARD_STATE_KEY)? {
-            None => HardState::default(),
+            None => return Err(self.corrupt(Corruption::MissingHardState)),
             Some(bytes) => {
                 let record = decode_record(&self.dir, CF_PAXOS, HARD_STATE_KEY, &bytes)?;
                 codec::decode_hard_state(record)
@@ -495,21 +717,6 @@ impl Storage {
             .map_err(|e| rocks_error(&self.dir, e))
     }
 
-    fn write_identity(&self, identity: &Identity) -> Result<(), StorageError> {
-        let record = pb::DataDirIdentity {
-            format_version: FORMAT_VERSION,
-            cell_id: identity.cell_id.clone(),
-            replica_id: identity.replica_id,
-        };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META)?, IDENTITY_KEY, record.encode_to_vec());
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db
-            .write_opt(batch, &options)
-            .map_err(|e| rocks_error(&self.dir, e))
-    }
-
     fn all_column_families_empty(&self) -> Result<bool, StorageError> {
         for name in COLUMN_FAMILIES {
             if let Some(item) = self
@@ -551,21 +758,81 @@ impl Storage {
     }
 }
 
-/// True if `dir` does not exist or holds no entries at all (not even hidden
-/// files): only such a directory may be initialised.
-fn is_missing_or_empty(dir: &Path) -> Result<bool, StorageError> {
-    let io_error = |source| StorageError::Io {
-        dir: dir.to_path_buf(),
-        source,
-    };
+/// What a data directory holds, as far as deciding whether it may be
+/// initialised goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DirState {
+    /// It does not exist.
+    Missing,
+    /// It exists and holds no entries at all (not even hidden files).
+    Empty,
+    /// It holds something.
+    NotEmpty,
+}
+
+fn inspect(dir: &Path) -> Result<DirState, StorageError> {
+    let io_error = |source| StorageError::Io { dir: dir.to_path_buf(), source };
     match std::fs::read_dir(dir) {
         Ok(mut entries) => match entries.next() {
-            None => Ok(true),
-            Some(Ok(_)) => Ok(false),
+            None => Ok(DirState::Empty),
+            Some(Ok(_)) => Ok(DirState::NotEmpty),
             Some(Err(source)) => Err(io_error(source)),
         },
-        Err(source) if source.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => Ok(DirState::Missing),
         Err(source) => Err(io_error(source)),
+    }
+}
+
+/// The first difference between the members `init` recorded and those
+/// `given` now (both in id order), if any.
+fn member_difference(recorded: &[PeerSpec], given: &[PeerSpec]) -> Option<MemberDifference> {
+    for member in recorded {
+        let Some(now) = given.iter().find(|peer| peer.id == member.id) else {
+            return Some(MemberDifference::NotGiven(member.id));
+        };
+        if now.peer_address != member.peer_address {
+            return Some(MemberDifference::PeerAddress {
+                id: member.id,
+                recorded: member.peer_address,
+                given: now.peer_address,
+            });
+        }
+        if now.client_address != member.client_address {
+            return Some(MemberDifference::ClientAddress {
+                id: member.id,
+                recorded: member.client_address,
+                given: now.client_address,
+            });
+        }
+    }
+    given
+        .iter()
+        .find(|peer| !recorded.iter().any(|member| member.id == peer.id))
+        .map(|peer| MemberDifference::NotRecorded(peer.id))
+}
+
+/// Makes the creation and removal of files in `dir` durable.
+fn sync_directory(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| StorageError::Io { dir: dir.to_path_buf(), source })
+}
+
+fn encode_init_record(record: &InitRecord) -> pb::DataDirIdentity {
+    pb::DataDirIdentity {
+        format_version: FORMAT_VERSION,
+        cell_id: record.identity.cell_id.clone(),
+        replica_id: record.identity.replica_id,
+        incarnation: record.incarnation.get(),
+        members: record
+            .members
+            .iter()
+            .map(|member| pb::CellMember {
+                id: member.id,
+                peer_address: member.peer_address.to_string(),
+                client_address: member.client_address.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -685,6 +952,30 @@ mod tests {
         }
     }
 
+    fn members() -> Vec<PeerSpec> {
+        (1..=5)
+            .map(|id| PeerSpec {
+                id,
+                peer_address: SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)),
+                client_address: SocketAddr::from(([127, 0, 0, 1], 7200 + id as u16)),
+            })
+            .collect()
+    }
+
+    fn record() -> InitRecord {
+        InitRecord {
+            identity: identity(),
+            incarnation: NonZeroU64::new(0x5eed_0000_0000_0003).expect("not zero"),
+            members: members(),
+        }
+    }
+
+    /// Initialises `dir` as `init` does and opens it.
+    fn open_new(dir: &Path) -> Result<Storage, StorageError> {
+        Storage::init(dir, &record())?;
+        Storage::open(dir, &identity())
+    }
+
     fn entry(slot: Slot, round: u64) -> Entry {
         Entry {
             slot,
@@ -747,7 +1038,7 @@ mod tests {
             entry(3, 4),
         ];
         {
-            let storage = Storage::open(dir.path(), &identity())?;
+            let storage = open_new(dir.path())?;
             let empty = storage.load()?;
             assert_eq!(empty.hard_state, HardState::default());
             assert!(empty.entries.is_empty() && empty.snapshot.is_none());
@@ -768,7 +1059,7 @@ mod tests {
     #[test]
     fn later_writes_overwrite_by_slot_and_keep_the_rest() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         let hard_state = HardState {
             promised: Ballot::new(1, 1),
             chosen_through: 0,
@@ -791,7 +1082,7 @@ mod tests {
     #[test]
     fn empty_ready_writes_nothing() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         let before = storage.db.latest_sequence_number();
         storage.persist(&Ready::default())?;
         assert_eq!(storage.db.latest_sequence_number(), before);
@@ -804,7 +1095,7 @@ mod tests {
     #[test]
     fn persist_syncs_the_log_once_per_ready() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         let synced = || {
             storage
                 .options
@@ -827,7 +1118,7 @@ mod tests {
     #[test]
     fn compaction_drops_entries_at_or_below() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         let entries = (1..=6).map(|slot| entry(slot, 1)).collect();
         storage.persist(&ready_with(None, entries, None, None))?;
         storage.persist(&ready_with(None, vec![], None, Some(3)))?;
@@ -850,7 +1141,7 @@ mod tests {
     #[test]
     fn snapshot_is_stored_and_covers_the_log() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         let entries = (1..=5).map(|slot| entry(slot, 1)).collect();
         storage.persist(&ready_with(None, entries, None, None))?;
         let snapshot = Snapshot {
@@ -875,7 +1166,7 @@ mod tests {
     #[test]
     fn foreign_identity_is_refused() -> TestResult {
         let dir = tempfile::tempdir()?;
-        Storage::open(dir.path(), &identity())?.persist(&ready_with(
+        open_new(dir.path())?.persist(&ready_with(
             None,
             vec![entry(1, 1)],
             None,
@@ -957,21 +1248,211 @@ mod tests {
         Ok(())
     }
 
-    /// A database killed while RocksDB created its column families (some
-    /// missing, all present ones empty) is initialised, not refused.
+    /// A plain open never creates or initialises anything: a missing
+    /// directory, an empty one, and a database with Gaios's column families
+    /// but no records (some or all of them created) are refused as not
+    /// initialised, with what to do, and left exactly as they were.
     #[test]
-    fn an_initialisation_killed_between_column_families_is_finished() -> TestResult {
-        let dir = tempfile::tempdir()?;
+    fn open_refuses_uninitialised_directories_and_creates_nothing() -> TestResult {
+        let parent = tempfile::tempdir()?;
+        let missing = parent.path().join("data-3");
+        let empty = tempfile::tempdir()?;
+        let some_families = tempfile::tempdir()?;
         {
             let mut options = Options::default();
             options.create_if_missing(true);
             options.create_missing_column_families(true);
-            let _db = Db::open_cf(&options, dir.path(), [COLUMN_FAMILIES[0]])?;
+            let _db = Db::open_cf(&options, some_families.path(), [COLUMN_FAMILIES[0]])?;
         }
-        let storage = Storage::open(dir.path(), &identity())?;
+        let all_families = tempfile::tempdir()?;
+        drop(open_db(all_families.path(), OpenMode::Create)?);
+        let cases = [
+            (missing.as_path(), Uninitialised::Missing),
+            (empty.path(), Uninitialised::Empty),
+            (some_families.path(), Uninitialised::EmptyDatabase),
+            (all_families.path(), Uninitialised::EmptyDatabase),
+        ];
+        for (dir, expected) in cases {
+            let before = listing(dir).ok();
+            let error = Storage::open(dir, &identity()).map(|_| ());
+            match &error {
+                Err(StorageError::NotInitialised { found, .. }) => assert_eq!(*found, expected, "{}", dir.display()),
+                other => panic!("{}: expected NotInitialised, got {other:?}", dir.display()),
+            }
+            let message = error.err().map(|e| e.to_string()).unwrap_or_default();
+            for needle in ["gaios-server init", "NEW cell", "do NOT", "membership change"] {
+                assert!(message.contains(needle), "{needle:?} not in: {message}");
+            }
+            assert_eq!(listing(dir).ok(), before, "{} was changed", dir.display());
+        }
+        assert!(!missing.exists(), "a plain open created the missing directory");
+        Ok(())
+    }
+
+    /// `init` creates the directory (also a missing one), and a plain open
+    /// then finds the acceptor's first hard state: promised nothing, no log.
+    #[test]
+    fn init_then_open_works() -> TestResult {
+        let parent = tempfile::tempdir()?;
+        let dir = parent.path().join("new").join("data-3");
+        Storage::init(&dir, &record())?;
+        assert!(!dir.join(INIT_MARKER).exists(), "init removes its marker when it finishes");
+        let storage = Storage::open(&dir, &identity())?;
+        assert_eq!(storage.init_record()?, record());
+        let durable = storage.load()?;
+        assert_eq!(durable.hard_state, HardState::default());
+        assert!(durable.entries.is_empty() && durable.snapshot.is_none());
+        Ok(())
+    }
+
+    /// A start must name the members `init` recorded; the first difference
+    /// is named in the refusal, and the directory is left as it was.
+    #[test]
+    fn the_members_given_must_be_the_members_recorded() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        drop(open_new(dir.path())?);
+        drop(Storage::open_member(dir.path(), &identity(), &members())?);
+        let before = listing(dir.path())?;
+        let moved: SocketAddr = "127.0.0.1:9".parse()?;
+        let mut peer_moved = members();
+        peer_moved[1].peer_address = moved;
+        let mut client_moved = members();
+        client_moved[4].client_address = moved;
+        let mut extra = members();
+        extra.push(PeerSpec { id: 6, peer_address: moved, client_address: "127.0.0.1:10".parse()? });
+        let cases = [
+            (peer_moved, MemberDifference::PeerAddress { id: 2, recorded: members()[1].peer_address, given: moved }),
+            (client_moved, MemberDifference::ClientAddress { id: 5, recorded: members()[4].client_address, given: moved }),
+            (members()[..4].to_vec(), MemberDifference::NotGiven(5)),
+            (extra, MemberDifference::NotRecorded(6)),
+        ];
+        for (given, expected) in cases {
+            match Storage::open_member(dir.path(), &identity(), &given) {
+                Err(StorageError::MembersDiffer { difference, .. }) => assert_eq!(difference, expected),
+                other => panic!("expected {expected:?}, got {other:?}"),
+            }
+        }
+        assert_eq!(listing(dir.path())?, before, "a refused open changed the directory");
+        Ok(())
+    }
+
+    /// An identity record without an incarnation, or with a member address
+    /// that does not parse, refuses the directory.
+    #[test]
+    fn bad_init_records_are_refused() -> TestResult {
+        let mut no_incarnation = encode_init_record(&record());
+        no_incarnation.incarnation = 0;
+        let mut bad_address = encode_init_record(&record());
+        bad_address.members[2].client_address = "nowhere".to_owned();
+        for (bytes, what) in [(no_incarnation.encode_to_vec(), "incarnation"), (bad_address.encode_to_vec(), "address")] {
+            let dir = tempfile::tempdir()?;
+            let storage = open_new(dir.path())?;
+            storage.db.put_cf(storage.cf(CF_META)?, IDENTITY_KEY, bytes)?;
+            drop(storage);
+            let error = Storage::open(dir.path(), &identity()).map(|_| ());
+            assert!(matches!(error, Err(StorageError::Corrupt { .. })), "{what}: {error:?}");
+        }
+        Ok(())
+    }
+
+    /// `init` writes only into a missing or empty directory: it refuses one
+    /// that holds any file, and an initialised one, and changes neither.
+    #[test]
+    fn init_refuses_a_directory_that_holds_anything() -> TestResult {
+        let foreign = tempfile::tempdir()?;
+        std::fs::write(foreign.path().join("notes.txt"), b"precious")?;
+        let initialised = tempfile::tempdir()?;
+        open_new(initialised.path())?.persist(&ready_with(
+            Some(HardState { promised: Ballot::new(7, 2), chosen_through: 0 }),
+            vec![entry(1, 7)],
+            None,
+            None,
+        ))?;
+        for dir in [foreign.path(), initialised.path()] {
+            let before = listing(dir)?;
+            let error = Storage::init(dir, &record());
+            assert!(matches!(error, Err(StorageError::NotEmpty { .. })), "{error:?}");
+            assert_eq!(listing(dir)?, before, "{} was changed", dir.display());
+        }
+        let durable = Storage::open(initialised.path(), &identity())?.load()?;
+        assert_eq!(durable.hard_state.promised, Ballot::new(7, 2), "the promise survives a refused init");
+        Ok(())
+    }
+
+    /// An `init` killed before it finished leaves its marker: both a plain
+    /// open and `init` refuse the directory as an interrupted
+    /// initialisation (which may be deleted), never as data to run on.
+    #[test]
+    fn an_interrupted_init_is_refused_by_open_and_by_init() -> TestResult {
+        // Killed after the marker, before RocksDB wrote anything.
+        let before_database = tempfile::tempdir()?;
+        std::fs::write(before_database.path().join(INIT_MARKER), b"")?;
+        // Killed after RocksDB created the database, before the batch.
+        let before_batch = tempfile::tempdir()?;
+        std::fs::write(before_batch.path().join(INIT_MARKER), b"")?;
+        drop(open_db(before_batch.path(), OpenMode::Create)?);
+        // Killed after the batch, before the marker's removal.
+        let before_removal = tempfile::tempdir()?;
+        Storage::init(before_removal.path(), &record())?;
+        std::fs::write(before_removal.path().join(INIT_MARKER), b"")?;
+        for dir in [before_database.path(), before_batch.path(), before_removal.path()] {
+            let opened = Storage::open(dir, &identity()).map(|_| ());
+            assert!(matches!(opened, Err(StorageError::InitInterrupted { .. })), "open: {opened:?}");
+            let message = opened.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("delete the directory"), "{message}");
+            let again = Storage::init(dir, &record());
+            assert!(matches!(again, Err(StorageError::InitInterrupted { .. })), "init: {again:?}");
+        }
+        Ok(())
+    }
+
+    /// An initialised directory whose hard-state record is gone is corrupt:
+    /// loading it as "promised nothing" could break a promise.
+    #[test]
+    fn missing_hard_state_is_corruption() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let storage = open_new(dir.path())?;
+        storage.persist(&ready_with(
+            Some(HardState { promised: Ballot::new(9, 4), chosen_through: 1 }),
+            vec![entry(1, 9)],
+            None,
+            None,
+        ))?;
+        storage.db.delete_cf(storage.cf(CF_PAXOS)?, HARD_STATE_KEY)?;
         drop(storage);
-        // Opened again as an ordinary data directory of this identity.
-        Storage::open(dir.path(), &identity())?;
+        let error = Storage::open(dir.path(), &identity())?.load();
+        assert!(
+            matches!(error, Err(StorageError::Corrupt { corruption: Corruption::MissingHardState, .. })),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    /// A directory written by a Gaios from before `init` (format version 1,
+    /// no incarnation) is refused with what to do, and left as it was.
+    #[test]
+    fn directories_from_before_init_are_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let (db, _options) = open_db(dir.path(), OpenMode::Create)?;
+            let old = pb::DataDirIdentity {
+                format_version: FORMAT_VERSION_BEFORE_INIT,
+                cell_id: identity().cell_id,
+                replica_id: identity().replica_id,
+                ..Default::default()
+            };
+            let meta = db.cf_handle(CF_META).ok_or("no meta column family")?;
+            db.put_cf(meta, IDENTITY_KEY, old.encode_to_vec())?;
+            let paxos = db.cf_handle(CF_PAXOS).ok_or("no paxos column family")?;
+            db.put_cf(paxos, log_key(1), codec::encode_entry(&entry(1, 1)).encode_to_vec())?;
+        }
+        let before = listing(dir.path())?;
+        let error = Storage::open(dir.path(), &identity()).map(|_| ());
+        assert!(matches!(error, Err(StorageError::PredatesInit { found: 1, .. })), "{error:?}");
+        let message = error.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("predates") || message.contains("from before `gaios-server init`"), "{message}");
+        assert!(message.contains("re-created"), "{message}");
+        assert_eq!(listing(dir.path())?, before);
         Ok(())
     }
 
@@ -1004,7 +1485,7 @@ mod tests {
         ];
         for (cf, key, garbage) in cases {
             let dir = tempfile::tempdir()?;
-            let storage = Storage::open(dir.path(), &identity())?;
+            let storage = open_new(dir.path())?;
             storage.persist(&ready_with(
                 Some(HardState::default()),
                 vec![entry(2, 1)],
@@ -1024,7 +1505,7 @@ mod tests {
 
         // An entry stored under another slot's key.
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         storage.db.put_cf(
             storage.cf(CF_PAXOS)?,
             log_key(9),
@@ -1049,13 +1530,12 @@ mod tests {
     fn bad_identity_records_are_refused() -> TestResult {
         let unknown_version = pb::DataDirIdentity {
             format_version: FORMAT_VERSION + 1,
-            cell_id: identity().cell_id,
-            replica_id: identity().replica_id,
+            ..encode_init_record(&record())
         }
         .encode_to_vec();
         for (record, expect_version) in [(vec![0xff, 0x00], false), (unknown_version, true)] {
             let dir = tempfile::tempdir()?;
-            let storage = Storage::open(dir.path(), &identity())?;
+            let storage = open_new(dir.path())?;
             storage
                 .db
                 .put_cf(storage.cf(CF_META)?, IDENTITY_KEY, record)?;
@@ -1075,15 +1555,12 @@ mod tests {
         Ok(())
     }
 
-    /// A database that lost its identity but holds data is refused; one that
-    /// holds nothing at all (initialisation interrupted before the identity
-    /// was written) is initialised.
+    /// A database that lost its identity record but holds data is refused
+    /// as corrupt, not as uninitialised.
     #[test]
     fn missing_identity() -> TestResult {
         let dir = tempfile::tempdir()?;
-        // Initialisation interrupted after RocksDB created the database.
-        drop(open_db(dir.path(), OpenMode::Create)?);
-        let storage = Storage::open(dir.path(), &identity())?;
+        let storage = open_new(dir.path())?;
         storage.persist(&ready_with(None, vec![entry(1, 1)], None, None))?;
         storage.db.delete_cf(storage.cf(CF_META)?, IDENTITY_KEY)?;
         drop(storage);

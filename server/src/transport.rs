@@ -8,6 +8,17 @@
 //! task connects when it has something to send, streams the queue as
 //! batches, and reconnects with backoff when the stream breaks.
 //!
+//! Every message carries the sender's cell id and incarnation
+//! ([`Envelope`]). A receiver drops and counts a message from another cell
+//! (a `--peer` address that reaches another cell's replica), and remembers
+//! the first incarnation it hears from each member: a message from any other
+//! incarnation of that id (a second process started with the id, or its data
+//! directory initialised again) is dropped, counted and logged as an error
+//! naming the replica and both incarnations. That memory lasts only as long
+//! as the receiving process, so a receiver that restarts accepts whichever
+//! incarnation speaks first: a tripwire, not a guarantee, until membership
+//! change makes incarnations part of the replicated configuration.
+//!
 //! Every queue here is bounded and every overflow drops a message and counts
 //! it. That is safe because Paxos tolerates lost messages (the core resends
 //! prepares, accepts and catch-up requests, and the master heartbeats), and
@@ -24,7 +35,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -80,15 +92,40 @@ pub struct Inbound {
     pub message: Message,
 }
 
+/// What every message this replica sends carries besides its addresses: the
+/// cell and this replica's incarnation (drawn when `init` created its data
+/// directory). Receivers drop messages from another cell, and messages from
+/// another incarnation of a replica id than the first one they heard from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The cell this replica belongs to.
+    pub cell_id: String,
+    /// This replica's incarnation.
+    pub incarnation: NonZeroU64,
+}
+
+impl Envelope {
+    /// `message` with this envelope's cell id and incarnation.
+    pub fn stamp(&self, message: pb::PaxosMessage) -> pb::PaxosMessage {
+        pb::PaxosMessage { cell_id: self.cell_id.clone(), incarnation: self.incarnation.get(), ..message }
+    }
+}
+
 /// Counters of what the transport dropped, shared with the status service so
 /// that losses are visible instead of silent.
 #[derive(Debug, Default)]
 pub struct TransportStats {
     /// Inbound messages dropped because the driver's inbox was full.
     pub inbox_dropped: AtomicU64,
-    /// Inbound messages dropped as malformed, misrouted or from a
-    /// non-member.
+    /// Inbound messages dropped as malformed, misrouted, from a non-member,
+    /// from another cell or from another incarnation of a member (the last
+    /// two are also counted on their own below).
     pub rejected: AtomicU64,
+    /// Inbound messages dropped because they named another cell.
+    pub wrong_cell_dropped: AtomicU64,
+    /// Inbound messages dropped because they came from another incarnation
+    /// of a member than the first one this process heard from.
+    pub wrong_incarnation_dropped: AtomicU64,
     /// Outbound messages dropped because a peer's queue was full or the peer
     /// was unreachable.
     pub outbound_dropped: AtomicU64,
@@ -98,21 +135,44 @@ pub struct TransportStats {
 #[derive(Debug, Clone)]
 pub struct PeerService {
     id: ReplicaId,
+    cell_id: Arc<str>,
     members: Arc<[ReplicaId]>,
     inbox: mpsc::Sender<Inbound>,
     stats: Arc<TransportStats>,
+    /// The first incarnation heard from each member since this process
+    /// started, and how many messages of other incarnations were dropped;
+    /// at most one entry per member.
+    incarnations: Arc<Mutex<BTreeMap<ReplicaId, PeerIncarnation>>>,
+}
+
+/// What the receiver remembers of one member's incarnations.
+#[derive(Debug, Clone, Copy)]
+struct PeerIncarnation {
+    /// The incarnation of the member's first message since this process
+    /// started; the only one accepted from then on.
+    first: u64,
+    /// Messages from other incarnations dropped.
+    refused: u64,
 }
 
 impl PeerService {
-    /// A service for replica `id` of a cell with `members`, delivering into
-    /// the driver's bounded `inbox`.
+    /// A service for replica `id` of the cell `cell_id` with `members`,
+    /// delivering into the driver's bounded `inbox`.
     pub fn new(
         id: ReplicaId,
+        cell_id: &str,
         members: Vec<ReplicaId>,
         inbox: mpsc::Sender<Inbound>,
         stats: Arc<TransportStats>,
     ) -> Self {
-        PeerService { id, members: members.into(), inbox, stats }
+        PeerService {
+            id,
+            cell_id: cell_id.into(),
+            members: members.into(),
+            inbox,
+            stats,
+            incarnations: Arc::default(),
+        }
     }
 
     /// Wraps the service for tonic with explicit message-size bounds.
@@ -125,6 +185,16 @@ impl PeerService {
     /// Checks and decodes one message and offers it to the inbox; never
     /// blocks and never panics on bad input.
     fn deliver(&self, remote: Option<SocketAddr>, message: pb::PaxosMessage) {
+        if *message.cell_id != *self.cell_id {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.stats.wrong_cell_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(?remote, from = message.from, cell = %message.cell_id, ours = %self.cell_id, dropped,
+                    "dropping peer messages from another cell; check the --peer addresses");
+            }
+            return;
+        }
+        let incarnation = message.incarnation;
         let decoded = match codec::decode_message(message) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -136,6 +206,9 @@ impl PeerService {
         if decoded.to != self.id || decoded.from == self.id || !self.members.contains(&decoded.from) {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(?remote, from = decoded.from, to = decoded.to, "dropping misrouted peer message");
+            return;
+        }
+        if !self.admit_incarnation(decoded.from, incarnation) {
             return;
         }
         let inbound = Inbound { from: decoded.from, message: decoded.message };
@@ -150,6 +223,44 @@ impl PeerService {
             // The driver has stopped; the process is shutting down.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+impl PeerService {
+    /// Whether a message of member `from`'s `incarnation` may reach the
+    /// driver: only the first incarnation heard from `from` since this
+    /// process started is. Another one means a second process runs as
+    /// `from`, or `from`'s data directory was initialised again; its
+    /// messages are dropped, counted and reported loudly.
+    fn admit_incarnation(&self, from: ReplicaId, incarnation: u64) -> bool {
+        if incarnation == 0 {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(from, "dropping a peer message without an incarnation (a peer of an older Gaios?)");
+            return false;
+        }
+        let mut known = self.incarnations.lock().unwrap_or_else(PoisonError::into_inner);
+        let peer = known.entry(from).or_insert_with(|| {
+            tracing::info!(from, incarnation = %format_args!("{incarnation:016x}"), "first message from peer");
+            PeerIncarnation { first: incarnation, refused: 0 }
+        });
+        if peer.first == incarnation {
+            return true;
+        }
+        peer.refused = peer.refused.saturating_add(1);
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        self.stats.wrong_incarnation_dropped.fetch_add(1, Ordering::Relaxed);
+        if peer.refused.is_power_of_two() {
+            tracing::error!(
+                replica = from,
+                first_incarnation = %format_args!("{:016x}", peer.first),
+                other_incarnation = %format_args!("{incarnation:016x}"),
+                dropped = peer.refused,
+                "messages from a second incarnation of replica {from}: two processes run as replica {from}, \
+                 or its data directory was initialised again; dropping them (never run two processes with one id, \
+                 never re-initialise or copy a member's data directory)"
+            );
+        }
+        false
     }
 }
 
@@ -193,22 +304,29 @@ impl ReplicaRpc for PeerService {
 #[derive(Debug, Clone)]
 pub struct Outbound {
     id: ReplicaId,
+    envelope: Arc<Envelope>,
     peers: Arc<BTreeMap<ReplicaId, mpsc::Sender<pb::PaxosMessage>>>,
     stats: Arc<TransportStats>,
 }
 
 impl Outbound {
-    /// Starts one sending task per peer (every member but `id`). Must be
-    /// called inside a tokio runtime; the tasks end when every clone of the
-    /// returned `Outbound` is dropped.
-    pub fn start(id: ReplicaId, peers: &[(ReplicaId, SocketAddr)], stats: Arc<TransportStats>) -> Self {
+    /// Starts one sending task per peer (every member but `id`); every
+    /// message goes out stamped with `envelope`. Must be called inside a
+    /// tokio runtime; the tasks end when every clone of the returned
+    /// `Outbound` is dropped.
+    pub fn start(
+        id: ReplicaId,
+        envelope: Envelope,
+        peers: &[(ReplicaId, SocketAddr)],
+        stats: Arc<TransportStats>,
+    ) -> Self {
         let mut senders = BTreeMap::new();
         for &(peer, address) in peers.iter().filter(|(peer, _)| *peer != id) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             senders.insert(peer, tx);
             tokio::spawn(peer_task(id, peer, address, rx, stats.clone()));
         }
-        Outbound { id, peers: Arc::new(senders), stats }
+        Outbound { id, envelope: Arc::new(envelope), peers: Arc::new(senders), stats }
     }
 
     /// Queues `message` for `to` without waiting; drops it (and counts the
@@ -219,7 +337,7 @@ impl Outbound {
             self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if queue.try_send(codec::encode_message(self.id, to, message)).is_err() {
+        if queue.try_send(self.envelope.stamp(codec::encode_message(self.id, to, message))).is_err() {
             let dropped = self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(to, dropped, "peer queue full; dropping messages");
@@ -348,15 +466,94 @@ mod tests {
     use super::*;
     use gaios_paxos::Ballot;
 
+    const CELL: &str = "test-cell";
+
     fn service(capacity: usize) -> (PeerService, mpsc::Receiver<Inbound>, Arc<TransportStats>) {
         let stats = Arc::new(TransportStats::default());
         let (tx, rx) = mpsc::channel(capacity);
-        (PeerService::new(1, vec![1, 2, 3], tx, stats.clone()), rx, stats)
+        (PeerService::new(1, CELL, vec![1, 2, 3], tx, stats.clone()), rx, stats)
     }
 
+    /// The incarnation the tests give replica `id` unless they say otherwise.
+    fn incarnation(id: ReplicaId) -> NonZeroU64 {
+        NonZeroU64::new(0xabcd_0000 + id).expect("not zero")
+    }
+
+    /// A heartbeat from `from`'s usual incarnation in the test cell.
     fn heartbeat(from: ReplicaId, to: ReplicaId) -> pb::PaxosMessage {
+        heartbeat_from(CELL, incarnation(from), from, to)
+    }
+
+    fn heartbeat_from(cell_id: &str, incarnation: NonZeroU64, from: ReplicaId, to: ReplicaId) -> pb::PaxosMessage {
         let message = Message::Heartbeat { ballot: Ballot::new(1, from), chosen_through: 0, sent_tick: 7 };
-        codec::encode_message(from, to, &message)
+        Envelope { cell_id: cell_id.to_owned(), incarnation }.stamp(codec::encode_message(from, to, &message))
+    }
+
+    /// A stamped message carries the sender's cell and incarnation and is
+    /// otherwise the encoded message.
+    #[test]
+    fn the_envelope_stamps_cell_and_incarnation() {
+        let stamped = heartbeat(2, 1);
+        assert_eq!((stamped.cell_id.as_str(), stamped.incarnation), (CELL, incarnation(2).get()));
+        assert_eq!((stamped.from, stamped.to), (2, 1));
+        assert!(stamped.body.is_some());
+    }
+
+    /// A message that names another cell (a wrong --peer address pointing
+    /// at another cell's replica) is dropped and counted.
+    #[test]
+    fn a_message_from_another_cell_is_dropped_and_counted() {
+        let (service, mut inbox, stats) = service(4);
+        service.deliver(None, heartbeat_from("other-cell", incarnation(2), 2, 1));
+        service.deliver(None, heartbeat_from("", incarnation(2), 2, 1));
+        assert!(inbox.try_recv().is_err(), "a message from another cell reached the driver");
+        assert_eq!(stats.wrong_cell_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 2);
+        // The same member from this cell still gets through.
+        service.deliver(None, heartbeat(2, 1));
+        assert_eq!(inbox.try_recv().expect("delivered").from, 2);
+    }
+
+    /// The first incarnation heard from a member is the only one accepted
+    /// from it for as long as the process runs: another incarnation of the
+    /// same id (a second process with that id, or its directory initialised
+    /// again) is dropped and counted, before and after the first one speaks
+    /// again, and other members are not affected. A message without an
+    /// incarnation is dropped too.
+    #[test]
+    fn a_second_incarnation_of_a_member_is_dropped_and_counted() {
+        let (service, mut inbox, stats) = service(16);
+        let impostor = NonZeroU64::new(0x0bad_0002).expect("not zero");
+        service.deliver(None, heartbeat(2, 1));
+        assert_eq!(inbox.try_recv().expect("first incarnation delivered").from, 2);
+        service.deliver(None, heartbeat_from(CELL, impostor, 2, 1));
+        service.deliver(None, heartbeat_from(CELL, impostor, 2, 1));
+        assert!(inbox.try_recv().is_err(), "a second incarnation of replica 2 reached the driver");
+        service.deliver(None, heartbeat(2, 1));
+        assert_eq!(inbox.try_recv().expect("the first incarnation still delivered").from, 2);
+        // Replica 3's first incarnation is its own, whatever 2 did.
+        service.deliver(None, heartbeat_from(CELL, impostor, 3, 1));
+        assert_eq!(inbox.try_recv().expect("replica 3 delivered").from, 3);
+        service.deliver(None, heartbeat(3, 1));
+        assert!(inbox.try_recv().is_err(), "replica 3's second incarnation reached the driver");
+        assert_eq!(stats.wrong_incarnation_dropped.load(Ordering::Relaxed), 3);
+
+        let mut unstamped = codec::encode_message(2, 1, &Message::CatchUpRequest { from_slot: 1 });
+        unstamped.cell_id = CELL.to_owned();
+        service.deliver(None, unstamped);
+        assert!(inbox.try_recv().is_err(), "a message without an incarnation reached the driver");
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
+    }
+
+    /// A message that is dropped for another reason (not for this replica,
+    /// from a non-member) teaches the receiver no incarnation.
+    #[test]
+    fn a_dropped_message_does_not_set_the_incarnation() {
+        let (service, mut inbox, _stats) = service(4);
+        let early = NonZeroU64::new(0x0bad_0003).expect("not zero");
+        service.deliver(None, heartbeat_from(CELL, early, 3, 2)); // not for us
+        service.deliver(None, heartbeat(3, 1));
+        assert_eq!(inbox.try_recv().expect("replica 3's real incarnation delivered").from, 3);
     }
 
     #[test]
@@ -372,7 +569,7 @@ mod tests {
     #[test]
     fn malformed_misrouted_and_foreign_messages_are_dropped() {
         let (service, mut inbox, stats) = service(4);
-        service.deliver(None, pb::PaxosMessage { from: 2, to: 1, body: None });
+        service.deliver(None, pb::PaxosMessage { from: 2, to: 1, body: None, ..heartbeat(2, 1) });
         service.deliver(None, heartbeat(2, 3)); // not for us
         service.deliver(None, heartbeat(9, 1)); // not a member
         service.deliver(None, heartbeat(1, 1)); // claims to be us

@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::num::NonZeroU64;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,7 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gaios_paxos::ready::Ready;
 use gaios_paxos::types::{Ballot, Durable, Entry, HardState, Slot, Snapshot, Value};
-use gaios_server::storage::{Identity, Storage};
+use gaios_server::config::PeerSpec;
+use gaios_server::storage::{Identity, InitRecord, Storage};
 
 /// Names the directory the writer uses; its presence makes `child_writer`
 /// the writer.
@@ -60,6 +62,19 @@ fn identity() -> Identity {
     Identity {
         cell_id: "durability".to_owned(),
         replica_id: REPLICA,
+    }
+}
+
+/// What `init` records for the writer's directory.
+fn init_record() -> InitRecord {
+    InitRecord {
+        identity: identity(),
+        incarnation: NonZeroU64::new(0xd0_0d1e).expect("not zero"),
+        members: vec![PeerSpec {
+            id: REPLICA,
+            peer_address: "127.0.0.1:7101".parse().expect("an address"),
+            client_address: "127.0.0.1:7201".parse().expect("an address"),
+        }],
     }
 }
 
@@ -302,6 +317,7 @@ fn durability_sigkill() {
     eprintln!("durability_sigkill: seed {seed} (replay with {SEED_ENV}={seed})");
     let mut rng = SplitMix(seed);
     let dir = tempfile::tempdir().expect("temporary directory");
+    Storage::init(dir.path(), &init_record()).expect("initialise the writer's directory");
     let exe = std::env::current_exe().expect("path of the test binary");
     let started = Instant::now();
 

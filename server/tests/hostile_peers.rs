@@ -60,12 +60,18 @@ fn ballot(round: u64, replica: u64) -> Option<wire::Ballot> {
 }
 
 /// Sends `bodies` to the replica at `index` over its peer port, as member
-/// `from`, in one stream.
+/// `from` (with its cell id and its incarnation, read from its status, so
+/// that the envelope passes and the bodies reach the driver), in one stream.
 async fn send_as_peer(cell: &Cell, index: usize, from: u64, bodies: Vec<wire::paxos_message::Body>) {
     let to = cell.members[index].id;
     let address = cell.members[index].peer;
+    let sender = statuses(cell, &[cell.index_of(from)]).await;
+    let incarnation = sender.first().map(|s| s.incarnation).expect("the impersonated member's status");
     let mut client = ReplicaClient::connect(format!("http://{address}")).await.expect("connect to the peer port");
-    let messages = bodies.into_iter().map(|body| wire::PaxosMessage { from, to, body: Some(body) }).collect();
+    let messages = bodies
+        .into_iter()
+        .map(|body| wire::PaxosMessage { from, to, body: Some(body), cell_id: CELL_ID.into(), incarnation })
+        .collect();
     let batch = wire::PaxosBatch { messages };
     let stream = tokio_stream::iter(vec![batch]);
     // The peer never answers on this stream; opening it delivers the batch.

@@ -5,12 +5,14 @@
 //! `GAIOS_STORAGE_SEED=<n>` replays it.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 
 use bytes::Bytes;
 use gaios_paxos::ready::Ready;
 use gaios_paxos::rng::Rng;
 use gaios_paxos::types::{Ballot, Entry, HardState, Slot, Snapshot, Value};
-use gaios_server::storage::{Identity, Storage};
+use gaios_server::config::PeerSpec;
+use gaios_server::storage::{Identity, InitRecord, Storage};
 
 /// What a correct storage holds after the same writes.
 #[derive(Default)]
@@ -84,6 +86,16 @@ fn check(storage: &Storage, model: &Model, seed: u64, step: u64) {
 fn run(seed: u64) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let identity = Identity { cell_id: "model".to_string(), replica_id: 1 };
+    let record = InitRecord {
+        identity: identity.clone(),
+        incarnation: NonZeroU64::new(seed | 1).expect("odd, so not zero"),
+        members: vec![PeerSpec {
+            id: 1,
+            peer_address: "127.0.0.1:7101".parse().expect("an address"),
+            client_address: "127.0.0.1:7201".parse().expect("an address"),
+        }],
+    };
+    Storage::init(dir.path(), &record).expect("initialise a new directory");
     let mut storage = Some(Storage::open(dir.path(), &identity).expect("open a new directory"));
     let mut model = Model::default();
     let mut rng = Rng::new(seed);

@@ -3,7 +3,8 @@
 //! the chaos suite.
 //!
 //! [`Cell`] starts five real `gaios-server` processes on loopback ports,
-//! each with its own data directory in a temporary directory and its log in
+//! each with its own data directory in a temporary directory (created by
+//! `gaios-server init` first, as an operator would) and its log in
 //! `replica-<id>.log` there; it can SIGKILL, SIGSTOP, SIGCONT and restart
 //! them, and run some under libfaketime with their clocks at another rate
 //! ([`Cell::set_clock_rate`]). Dropping it kills and reaps every child still
@@ -67,6 +68,8 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// The replicas of a test cell.
 pub const REPLICAS: u64 = 5;
+/// The cell id of a test cell.
+pub const CELL_ID: &str = "test-cell";
 /// How long the cell may take to elect its first master.
 pub const FIRST_MASTER_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the cell may take to elect a new master after a SIGKILL.
@@ -158,10 +161,30 @@ impl Cell {
         let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
         let mut cell = Cell { dir, members, children: Vec::new(), extra_args, peer_routes: routes, clock_rates };
         for index in 0..REPLICAS as usize {
+            cell.init(index);
+        }
+        for index in 0..REPLICAS as usize {
             let child = cell.spawn(index);
             cell.children.push(Some(child));
         }
         cell
+    }
+
+    /// Runs `gaios-server init` for the replica at `index`, as an operator
+    /// does once for each member of a new cell; panics if it fails.
+    pub fn init(&self, index: usize) {
+        let output = Command::new(binary("gaios-server"))
+            .arg("init")
+            .args(self.member_args(index))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gaios-server init");
+        assert!(
+            output.status.success(),
+            "gaios-server init for replica {} failed: {}",
+            self.members[index].id,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Where replica `id` logs.
@@ -174,9 +197,40 @@ impl Cell {
         self.members.iter().position(|m| m.id == id).expect("a member")
     }
 
-    /// The data directory of the replica at `index`.
-    pub fn data_dir(&self, index: usize) -> PathBuf {
-        self.dir.path().join(format!("data-{}", self.members[index].id))
+    /// The data directory of replica `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("data-{id}"))
+    }
+
+    /// The flags that name the replica at `index`, its directory and its
+    /// cell's members: what `gaios-server init` records and what a start
+    /// must repeat.
+    pub fn member_args(&self, index: usize) -> Vec<String> {
+        let me = self.members[index];
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            me.id.to_string(),
+            "--data-dir".into(),
+            self.data_dir(me.id).display().to_string(),
+            "--cell-id".into(),
+            CELL_ID.into(),
+        ];
+        for member in &self.members {
+            // Through the fault proxy's link me -> member when there is one.
+            let peer = self.peer_routes.get(&(me.id, member.id)).copied().unwrap_or(member.peer);
+            args.push("--peer".into());
+            args.push(format!("{}={}={}", member.id, peer, member.client));
+        }
+        args
+    }
+
+    /// Every flag the replica at `index` is started with.
+    pub fn replica_args(&self, index: usize) -> Vec<String> {
+        let mut args = self.member_args(index);
+        args.push("--listen-peer".into());
+        args.push(self.members[index].peer.to_string());
+        args.extend(self.extra_args.iter().cloned());
+        args
     }
 
     /// Runs the replica at `index` under libfaketime at `rate` (its wall
@@ -197,21 +251,13 @@ impl Cell {
 
     fn spawn(&self, index: usize) -> Child {
         let me = self.members[index];
-        let data_dir = self.data_dir(index);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(me.id))
             .expect("open the replica's log file");
         let mut command = Command::new(binary("gaios-server"));
-        command.arg("--id").arg(me.id.to_string()).arg("--data-dir").arg(&data_dir).arg("--cell-id").arg("test-cell");
-        for member in &self.members {
-            // Through the fault proxy's link me -> member when there is one.
-            let peer = self.peer_routes.get(&(me.id, member.id)).copied().unwrap_or(member.peer);
-            command.arg("--peer").arg(format!("{}={}={}", member.id, peer, member.client));
-        }
-        command.arg("--listen-peer").arg(me.peer.to_string());
-        command.args(&self.extra_args);
+        command.args(self.replica_args(index));
         if let Some(&rate) = self.clock_rates.get(&index) {
             // What the `faketime` wrapper does, without its extra process
             // in between (so signals reach the replica itself). The
@@ -228,6 +274,24 @@ impl Cell {
             .stdout(Stdio::null())
             .stderr(log.try_clone().expect("clone the log file handle"));
         command.spawn().expect("start gaios-server")
+    }
+
+    /// Waits up to `deadline` for the replica at `index` to exit by itself;
+    /// returns its exit status (and forgets the process), or `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, index: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            let child = self.children[index].as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[index] = None;
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILLs the replica at `index` and reaps it.

@@ -52,13 +52,14 @@ async fn main() -> anyhow::Result<()> {
             for (address, status) in &answers {
                 match status {
                     Some(s) => println!(
-                        "replica {} at {address}: {} master={} chosen_through={} applied={} lease_ms={}",
+                        "replica {} at {address}: {} master={} chosen_through={} applied={} lease_ms={} incarnation={:016x}",
                         s.id,
                         s.role().as_str_name().trim_start_matches("ROLE_").to_lowercase(),
                         s.master_id,
                         s.chosen_through,
                         s.applied,
-                        s.lease_remaining_ms
+                        s.lease_remaining_ms,
+                        s.incarnation
                     ),
                     None => println!("replica at {address}: no answer"),
                 }

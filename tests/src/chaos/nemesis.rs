@@ -587,7 +587,7 @@ impl Nemesis<'_> {
         };
         let id = self.cell.members[victim].id;
         self.cell.kill(victim);
-        let directory = self.cell.data_dir(victim);
+        let directory = self.cell.data_dir(id);
         if let Err(error) = std::fs::remove_dir_all(&directory) {
             return format!("could not wipe {}: {error}", directory.display());
         }
