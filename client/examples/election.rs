@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
     println!("{name}: leading with {:?}", leadership.sequencer());
     tokio::select! {
         () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        () = leadership.lost() => anyhow::bail!("lost leadership"),
+        // Jeopardy: another candidate may lead soon; stop acting as leader.
+        () = leadership.at_risk() => anyhow::bail!("leadership is at risk (the session is in jeopardy); stepping down"),
     }
     leadership.resign().await?;
     println!("{name}: resigned");

@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
         println!("step {step}: the resource accepted our sequencer");
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = lock.lost() => anyhow::bail!("lost the lock"),
+            // Jeopardy: the lock may be lost; stop acting on it at once.
+            () = lock.at_risk() => anyhow::bail!("the lock is at risk (the session is in jeopardy); stopping"),
         }
     }
     lock.release().await?;

@@ -14,6 +14,7 @@ use tonic::{Code, Response, Status};
 
 use crate::error::{Error, is_retryable, master_hint};
 use crate::handle::{Handle, OpenOptions};
+use crate::lease;
 
 /// How the library behaves; [`Options::default`] suits most applications.
 #[derive(Debug, Clone)]
@@ -49,7 +50,11 @@ pub enum SessionState {
     /// The lease is current: locks and cached data can be trusted.
     Safe,
     /// The local lease ran out without an answer from a master; calls wait
-    /// for the grace period. Locks may be lost; do not act on them.
+    /// for the grace period. The local lease ends a clock-drift margin
+    /// before the master can expire the session (see
+    /// [`crate::CLOCK_DRIFT_PPM`]), so jeopardy begins before the cell can
+    /// give this session's locks to anyone else: locks may be lost; stop
+    /// acting on them ([`crate::Lock::at_risk`]).
     Jeopardy,
     /// The session ended; its locks and ephemeral nodes are gone.
     Expired,
@@ -163,7 +168,7 @@ impl Client {
         inner.session_id = created.session_id;
         let inner = Arc::new(inner);
         let lease = Duration::from_millis(created.lease_ms);
-        let keepalive = tokio::spawn(keep_alive(inner.clone(), created_at + lease, lease));
+        let keepalive = tokio::spawn(keep_alive(inner.clone(), lease::local_end(created_at, lease), lease));
         Ok(Client { inner, keepalive })
     }
 
@@ -222,6 +227,15 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.keepalive.abort();
+        // Nothing keeps the session alive any more: locks still held through
+        // it are at risk from now on.
+        self.inner.state.send_if_modified(|state| {
+            let safe = *state == SessionState::Safe;
+            if safe {
+                *state = SessionState::Jeopardy;
+            }
+            safe
+        });
     }
 }
 
@@ -345,19 +359,27 @@ impl Inner {
     }
 }
 
+/// The session's background work until it is expired: the KeepAlive
+/// streams, and beside them the lease clock that moves the session to
+/// jeopardy and expiry (see [`lease::clock`]).
+async fn keep_alive(inner: Arc<Inner>, lease_end: Instant, lease: Duration) {
+    let (lease_ends, lease_end_changes) = watch::channel(lease_end);
+    tokio::select! {
+        () = lease::clock(&inner, lease_end_changes) => {}
+        () = keep_alive_streams(inner.clone(), lease_ends, lease) => {}
+    }
+}
+
 /// The KeepAlive loop: a stream to the master, a request every quarter of
-/// the lease, the local lease counted conservatively from when each request
-/// was sent; jeopardy when it runs out, expiry after the grace period.
-async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) {
+/// the lease; each answer moves the local lease's end, counted
+/// conservatively from when its request was sent (see [`lease::local_end`]).
+async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>, lease: Duration) {
     let interval = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(3));
     // An answer later than this means the replica hung.
     let answer_within = (lease / 2).max(Duration::from_millis(500));
     let mut last_event = 0u64;
     let mut backoff = Duration::from_millis(20);
     loop {
-        if check_lease(&inner, lease_end) {
-            return;
-        }
         let Some((address, mut cell)) = inner.master().await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -391,9 +413,6 @@ async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) 
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if check_lease(&inner, lease_end) {
-                        return;
-                    }
                     if sent.front().is_some_and(|at| at.elapsed() > answer_within) {
                         break; // the master hung; find another
                     }
@@ -406,10 +425,16 @@ async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) 
                         backoff = Duration::from_millis(20);
                         if answer.lease_ms > 0
                             && let Some(at) = sent.pop_front() {
-                                lease_end = lease_end.max(at + Duration::from_millis(answer.lease_ms));
-                                if *inner.state.borrow() == SessionState::Jeopardy {
-                                    inner.state.send_replace(SessionState::Safe);
-                                }
+                                // The clock makes the session safe again
+                                // (after these events are delivered).
+                                let granted = lease::local_end(at, Duration::from_millis(answer.lease_ms));
+                                lease_end.send_if_modified(|end| {
+                                    let later = granted > *end;
+                                    if later {
+                                        *end = granted;
+                                    }
+                                    later
+                                });
                             }
                         for event in answer.events {
                             deliver(&inner, &mut last_event, event);
@@ -429,24 +454,6 @@ async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) 
         }
         inner.forget(&address, None).await;
     }
-}
-
-/// Moves the session to jeopardy or expiry as the local lease says;
-/// returns true once it expired.
-fn check_lease(inner: &Inner, lease_end: Instant) -> bool {
-    let now = Instant::now();
-    let state = *inner.state.borrow();
-    if state == SessionState::Expired {
-        return true;
-    }
-    if now >= lease_end + inner.options.grace_period {
-        inner.state.send_replace(SessionState::Expired);
-        return true;
-    }
-    if now >= lease_end && state == SessionState::Safe {
-        inner.state.send_replace(SessionState::Jeopardy);
-    }
-    false
 }
 
 fn ends_session(status: &Status) -> bool {

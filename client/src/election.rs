@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::handle::{Handle, Lock, LockMode, OpenOptions};
+use crate::handle::{Handle, LOCK_DELAY_DEFAULT, Lock, LockMode, LockState, OpenOptions};
 
 /// How long one round of waiting for the lock lasts before the candidate
 /// asks again (the wait itself survives failovers; this only bounds a call).
@@ -23,7 +23,9 @@ const CAMPAIGN_WAIT: Duration = Duration::from_secs(30);
 const OBSERVE_INTERVAL: Duration = Duration::from_millis(250);
 const HEADER: &str = "gaios-leader/1";
 
-/// This process leads: it holds the election lock.
+/// This process leads: it holds the election lock. Stop acting as leader
+/// at [`Leadership::at_risk`] (jeopardy: another candidate may lead soon),
+/// not only at [`Leadership::lost`]; see [`Lock`].
 #[derive(Debug)]
 pub struct Leadership {
     lock: Lock,
@@ -41,8 +43,33 @@ impl Leadership {
         &self.value
     }
 
-    /// Resolves when leadership is lost (the session expired or the file
-    /// was deleted).
+    /// Where leadership stands now (the election lock's state).
+    pub fn state(&self) -> LockState {
+        self.lock.state()
+    }
+
+    /// Leadership's state now and its changes, for a `select!` loop.
+    pub fn states(&self) -> tokio::sync::watch::Receiver<LockState> {
+        self.lock.states()
+    }
+
+    /// Resolves when leadership is at risk or worse: the session entered
+    /// jeopardy (or expired), or the file was deleted. Stop acting as
+    /// leader: the cell may soon let another candidate lead.
+    /// [`Leadership::recovered`] says whether the risk passed.
+    pub async fn at_risk(&self) {
+        self.lock.at_risk().await;
+    }
+
+    /// Resolves once the risk has passed either way: `true` when the
+    /// session is safe again and this process still leads, `false` when
+    /// leadership was lost instead.
+    pub async fn recovered(&self) -> bool {
+        self.lock.recovered().await
+    }
+
+    /// Resolves when leadership is lost for sure (the session expired or
+    /// the file was deleted).
     pub async fn lost(&self) {
         self.lock.lost().await;
     }
@@ -55,10 +82,23 @@ impl Leadership {
 }
 
 /// Campaigns for leadership of `path` (created if missing); resolves once
-/// this process leads, after publishing `value`.
+/// this process leads, after publishing `value`. A leader whose session
+/// expires keeps the others waiting for [`LOCK_DELAY_DEFAULT`] (see there
+/// why); [`campaign_with_lock_delay`] chooses another.
 pub async fn campaign(client: &Client, path: &str, value: impl Into<Bytes>) -> Result<Leadership, Error> {
+    campaign_with_lock_delay(client, path, value, LOCK_DELAY_DEFAULT).await
+}
+
+/// [`campaign`] with the lock-delay a successor waits after this leader's
+/// session expires (at most 60 s).
+pub async fn campaign_with_lock_delay(
+    client: &Client,
+    path: &str,
+    value: impl Into<Bytes>,
+    lock_delay: Duration,
+) -> Result<Leadership, Error> {
     let value = value.into();
-    let handle = client.open(path, OpenOptions::new().create()).await?;
+    let handle = client.open(path, OpenOptions::new().create().lock_delay(lock_delay)).await?;
     let lock = loop {
         match handle.acquire(LockMode::Exclusive, CAMPAIGN_WAIT).await {
             Ok(lock) => break lock,

@@ -1,18 +1,40 @@
 //! Handles on nodes, and the locks taken through them.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gaios_proto::cell::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::{Event, EventKind, Inner, SessionState};
 use crate::error::Error;
 
-/// How to open a node. The default opens an existing node and asks for
-/// every event.
+/// The lock-delay a handle gets unless [`OpenOptions::lock_delay`] says
+/// otherwise: if a session ends while holding the lock (it expired: its
+/// holder crashed, hung or was cut off from the cell), nobody gets the lock
+/// for this long.
+///
+/// What it protects: requests the deposed holder sent before it stopped,
+/// still on their way to the services it talks to. Services that check
+/// sequencers ([`crate::Fence`]) reject them anyway; lock-delay covers the
+/// ones that cannot. A holder is told to stop at jeopardy
+/// ([`Lock::at_risk`]), before the cell can expire its session, so the
+/// delay has to cover only what was already in flight then. Chubby's
+/// default is one minute; Gaios chooses 15 s because a crashed holder blocks
+/// everyone for the session lease plus the lock-delay (27 s with the cell's
+/// default 12 s lease, against 72 s with Chubby's minute), and 15 s still
+/// exceeds the 10 s `gaios lock` and `gaios elect` give a stopped CMD
+/// between SIGTERM and SIGKILL. A release, a handle's close or a closed
+/// session starts no lock-delay; set 0 for holders that act on nothing
+/// outside the cell, or whose services all fence with sequencers.
+pub const LOCK_DELAY_DEFAULT: Duration = Duration::from_secs(15);
+
+/// How to open a node. The default opens an existing node, asks for
+/// every event and sets the lock-delay to [`LOCK_DELAY_DEFAULT`].
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
     create: Option<Create>,
@@ -30,7 +52,7 @@ struct Create {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { create: None, event_mask: 0xff, lock_delay: Duration::ZERO }
+        OpenOptions { create: None, event_mask: 0xff, lock_delay: LOCK_DELAY_DEFAULT }
     }
 }
 
@@ -77,7 +99,7 @@ impl OpenOptions {
     }
 
     /// If this session ends while holding the node's lock, nobody gets it
-    /// for this long (at most 60 s).
+    /// for this long (at most 60 s; [`LOCK_DELAY_DEFAULT`] unless set).
     pub fn lock_delay(mut self, delay: Duration) -> Self {
         self.lock_delay = delay;
         self
@@ -234,30 +256,37 @@ impl Handle {
         let request = pb::AcquireRequest { header: self.inner.header(), handle: self.id, mode: mode.to_proto(), wait_ms };
         // The call itself waits, so its attempts may last as long.
         let attempt = wait + self.inner.options.attempt_timeout;
+        let events = self.inner.events.subscribe();
         let answer = self
             .inner
             .call_with(attempt, move |mut cell| {
                 async move { cell.acquire(request).await }
             })
             .await?;
-        self.lock_from(answer.sequencer)
+        self.lock_from(answer.sequencer, events)
     }
 
     /// Takes the node's lock if it is free now ([`Error::LockHeld`] if not).
     pub async fn try_acquire(&self, mode: LockMode) -> Result<Lock, Error> {
         let request = pb::AcquireRequest { header: self.inner.header(), handle: self.id, mode: mode.to_proto(), wait_ms: 0 };
+        let events = self.inner.events.subscribe();
         let answer = self
             .inner
             .call(move |mut cell| {
                 async move { cell.try_acquire(request).await }
             })
             .await?;
-        self.lock_from(answer.sequencer)
+        self.lock_from(answer.sequencer, events)
     }
 
-    fn lock_from(&self, sequencer: Option<pb::Sequencer>) -> Result<Lock, Error> {
+    /// The lock granted with `sequencer`, followed from the `events` of the
+    /// session subscribed to before the grant was asked for (so a deletion
+    /// right after the grant is not missed).
+    fn lock_from(&self, sequencer: Option<pb::Sequencer>, events: broadcast::Receiver<Event>) -> Result<Lock, Error> {
         let sequencer = sequencer.ok_or_else(|| Error::Unexpected("a lock without a sequencer".into()))?;
-        Ok(Lock { handle: self.clone(), sequencer })
+        let (states, state) = watch::channel(LockState::Held);
+        tokio::spawn(follow_lock(states, self.clone(), sequencer.clone(), events));
+        Ok(Lock { handle: self.clone(), sequencer, state })
     }
 
     /// Makes this handle's later calls fail once `sequencer` is stale.
@@ -335,12 +364,74 @@ impl Handle {
     }
 }
 
+/// Where a held lock stands, as far as this client can tell. It only gets
+/// worse, except from `AtRisk` back to `Held`: the same steps as Chubby's
+/// jeopardy, safe and expired events, or Curator's connection states
+/// SUSPENDED, RECONNECTED and LOST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LockState {
+    /// The session is safe and the lock is held: act on it.
+    Held,
+    /// The session is in jeopardy ([`SessionState::Jeopardy`]): no master
+    /// has answered within the local lease. The lock is perhaps still held,
+    /// and the cell cannot give it to anyone else before the master expires
+    /// the session, but that may happen at any moment now. Stop acting on
+    /// the lock until it is `Held` again ([`Lock::recovered`]).
+    AtRisk,
+    /// The lock is gone for sure: the session expired or was closed, or the
+    /// node was deleted. Another holder may have it.
+    Lost,
+}
+
+impl LockState {
+    /// The state of a lock in a session in `session`, its node deleted or
+    /// not.
+    fn of(session: SessionState, deleted: bool) -> LockState {
+        match session {
+            _ if deleted => LockState::Lost,
+            SessionState::Expired => LockState::Lost,
+            SessionState::Jeopardy => LockState::AtRisk,
+            SessionState::Safe => LockState::Held,
+        }
+    }
+}
+
 /// A held lock. It knows its sequencer (hand it to the services you call
-/// so they can fence off stale holders) and tells when it may be lost.
+/// so they can fence off stale holders) and tells its holder when to stop
+/// acting on it.
+///
+/// A holder should stop at [`Lock::at_risk`] (jeopardy: the lock *may* be
+/// lost), not only at [`Lock::lost`] (it *is* lost): the cell can give the
+/// lock to someone else as soon as the master expires the session, while
+/// this client learns of the expiry only when it reaches a master again, or
+/// when its grace period (45 s by default) runs out. Jeopardy begins before
+/// the master can expire the session (see [`crate::CLOCK_DRIFT_PPM`]).
+///
+/// ```no_run
+/// # async fn example(lock: gaios_client::Lock) {
+/// loop {
+///     tokio::select! {
+///         () = lock.at_risk() => {
+///             // Pause the work that needs the lock...
+///             if !lock.recovered().await {
+///                 return; // ...for good: the lock is lost.
+///             }
+///             // ...and resume: the session is safe and the lock held.
+///         }
+///         () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+///             // Work under the lock, passing `lock.sequencer()` along.
+///         }
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Lock {
     handle: Handle,
     sequencer: pb::Sequencer,
+    /// Kept by [`follow_lock`]; the worst of it and the session's state is
+    /// the lock's.
+    state: watch::Receiver<LockState>,
 }
 
 impl Lock {
@@ -354,29 +445,69 @@ impl Lock {
         &self.handle
     }
 
-    /// Whether the session expired (the lock is gone for sure).
-    pub fn is_lost(&self) -> bool {
-        *self.handle.inner.state.borrow() == SessionState::Expired
+    /// Where the lock stands now.
+    pub fn state(&self) -> LockState {
+        let session = LockState::of(*self.handle.inner.state.borrow(), false);
+        session.max(*self.state.borrow())
     }
 
-    /// Resolves when the lock is lost: the session expired, or the node
-    /// was deleted. (In jeopardy the lock may still be held; watch
-    /// [`crate::Client::session_state`] to stop acting on it meanwhile.)
+    /// The lock's state now and its changes, for a `select!` loop. (It
+    /// reaches `Lost` also when the session expires, a moment after
+    /// [`crate::Client::session_state`] says so.)
+    pub fn states(&self) -> watch::Receiver<LockState> {
+        self.state.clone()
+    }
+
+    /// Whether the lock is lost for sure (see [`LockState::Lost`]).
+    pub fn is_lost(&self) -> bool {
+        self.state() == LockState::Lost
+    }
+
+    /// Resolves when the lock is at risk or worse: the session entered
+    /// jeopardy (or expired, or closed), or the node was deleted. At once if
+    /// it is now. Stop acting on the lock: the cell may give it to someone
+    /// else soon. [`Lock::recovered`] says whether the risk passed.
+    pub async fn at_risk(&self) {
+        let mut mine = self.state.clone();
+        let mut session = self.handle.inner.state.subscribe();
+        tokio::select! {
+            _ = mine.wait_for(|state| *state != LockState::Held) => {}
+            _ = session.wait_for(|state| *state != SessionState::Safe) => {}
+        }
+    }
+
+    /// Resolves when the lock is lost for sure: the session expired or was
+    /// closed, or the node was deleted. At once if it is now.
     pub async fn lost(&self) {
-        let mut state = self.handle.inner.state.subscribe();
-        let mut events = self.handle.inner.events.subscribe();
-        let id = self.handle.id;
+        let mut mine = self.state.clone();
+        let mut session = self.handle.inner.state.subscribe();
+        tokio::select! {
+            _ = mine.wait_for(|state| *state == LockState::Lost) => {}
+            _ = session.wait_for(|state| *state == SessionState::Expired) => {}
+        }
+    }
+
+    /// Resolves once the risk has passed either way: `true` when the
+    /// session is safe again with the lock still held (at once if it is not
+    /// at risk now), `false` when the lock was lost instead. A deletion of
+    /// the node that the cell reports in the same answer that makes the
+    /// session safe again is seen first, and counts as lost.
+    pub async fn recovered(&self) -> bool {
+        let mut mine = self.state.clone();
+        let mut session = self.handle.inner.state.subscribe();
         loop {
-            if *state.borrow() == SessionState::Expired {
-                return;
+            // Held only when both say so: the session is safe, and the
+            // events delivered before that (a deletion) have been seen.
+            let session_now = LockState::of(*session.borrow_and_update(), false);
+            match session_now.max(*mine.borrow_and_update()) {
+                LockState::Held => return true,
+                LockState::Lost => return false,
+                LockState::AtRisk => {}
             }
             tokio::select! {
-                changed = state.changed() => if changed.is_err() { return },
-                event = events.recv() => match event {
-                    Ok(event) if event.handle == id && event.kind == EventKind::HandleInvalid => return,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                    _ => {}
-                },
+                // The follower ends only once the lock is lost.
+                changed = mine.changed() => if changed.is_err() { return false },
+                changed = session.changed() => if changed.is_err() { return false },
             }
         }
     }
@@ -391,5 +522,60 @@ impl Lock {
             })
             .await
             .map(|_| ())
+    }
+}
+
+/// A re-check of a lock with the cell: whether its sequencer is current.
+type Recheck = Pin<Box<dyn Future<Output = Result<bool, Error>> + Send>>;
+
+/// Keeps a lock's state in `states`: from the session's state, and from the
+/// session's events, which say when the lock's node was deleted. After a
+/// gap in the events (missed, lagged) or a master failover it asks the cell
+/// whether the sequencer is still current. Ends when the lock is lost or
+/// when every copy of the [`Lock`] is dropped.
+async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer: pb::Sequencer, mut events: broadcast::Receiver<Event>) {
+    let inner = handle.inner.clone();
+    let mut session = inner.state.subscribe();
+    let mut deleted = false;
+    let mut recheck: Option<Recheck> = None;
+    loop {
+        let now = LockState::of(*session.borrow_and_update(), deleted);
+        states.send_if_modified(|state| {
+            let change = *state != now;
+            *state = now;
+            change
+        });
+        if now == LockState::Lost {
+            return;
+        }
+        let check_again = || -> Option<Recheck> {
+            let (inner, sequencer) = (inner.clone(), sequencer.clone());
+            Some(Box::pin(async move { inner.check_sequencer(&sequencer).await }))
+        };
+        tokio::select! {
+            // Events first: the client delivers those that came with a
+            // KeepAlive answer before the session is safe again, so a
+            // deletion is never taken for a lock kept.
+            biased;
+            event = events.recv() => match event {
+                Ok(event) if event.handle == handle.id && event.kind == EventKind::HandleInvalid => deleted = true,
+                Ok(event) if matches!(event.kind, EventKind::MasterFailover | EventKind::Missed { .. }) => recheck = check_again(),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => recheck = check_again(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            current = async {
+                match recheck.as_mut() {
+                    Some(check) => check.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                recheck = None;
+                // An error (no master now) leaves it to the session's state.
+                deleted |= current == Ok(false);
+            }
+            changed = session.changed() => if changed.is_err() { return },
+            () = states.closed() => return,
+        }
     }
 }

@@ -26,15 +26,19 @@
 //! - **Sessions**: created on connect and kept alive in the background. When
 //!   the local lease runs out without an answer the session is in
 //!   [`SessionState::Jeopardy`]; after [`Options::grace_period`] without a
-//!   master it is [`SessionState::Expired`]. Mutating calls carry a request
-//!   number and are retried with the same one, so a failover never applies
-//!   them twice.
+//!   master it is [`SessionState::Expired`]. The local lease ends a margin
+//!   before the master's ([`CLOCK_DRIFT_PPM`]), so jeopardy comes first.
+//!   Mutating calls carry a request number and are retried with the same
+//!   one, so a failover never applies them twice.
 //! - **Handles** ([`Handle`]): read, write (optionally compare-and-set on the
 //!   content generation), list, delete; [`Handle::events`] streams events,
 //!   with [`EventKind::Missed`] when the numbers show a gap and
 //!   [`EventKind::MasterFailover`] to re-validate caches.
 //! - **Locks** ([`Lock`]): exclusive or shared; a lock knows its sequencer
-//!   and tells when it is lost.
+//!   and its [`LockState`]: [`Lock::at_risk`] when the session enters
+//!   jeopardy (stop acting on it), [`Lock::recovered`] when that passed,
+//!   [`Lock::lost`] when it is gone for sure. A holder whose session expires
+//!   keeps others out for its lock-delay ([`LOCK_DELAY_DEFAULT`], 15 s).
 //! - **Fencing** ([`Fence`]): for services that must reject stale holders.
 //! - **Election** ([`election`]): `campaign`, `resign`, `leader`, `observe`.
 
@@ -43,12 +47,14 @@ pub mod election;
 mod error;
 mod fence;
 mod handle;
+mod lease;
 
 pub use client::{Client, Event, EventKind, Options, SessionState, cell_status};
 pub use error::Error;
 pub use fence::{FENCE_LOCKS_MAX, Fence, FenceError};
 pub use gaios_proto::cell::v1::{Sequencer, Stat, StatusResponse};
-pub use handle::{Handle, Lock, LockMode, OpenOptions};
+pub use handle::{Handle, LOCK_DELAY_DEFAULT, Lock, LockMode, LockState, OpenOptions};
+pub use lease::CLOCK_DRIFT_PPM;
 
 /// The addresses of the development cell `scripts/cell` starts.
 pub const LOCAL_CELL: &str = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203,127.0.0.1:7204,127.0.0.1:7205";

@@ -1,7 +1,9 @@
 //! The `gaios` command-line tool against a real five-process cell: every
 //! command with and without `--json` and its exit codes, `gaios lock`
-//! running commands one at a time, and `gaios elect` failing over to the
-//! other candidate when the leader's process is SIGKILLed.
+//! running commands one at a time, `gaios lock` and `gaios elect` stopping
+//! their command when the session enters jeopardy (and keeping it with
+//! `--keep-through-jeopardy`), and `gaios elect` failing over to the other
+//! candidate, after the lock-delay, when the leader's process is SIGKILLed.
 //!
 //! The tool runs as a child process (`std::process::Command`), as a user
 //! would run it. Every child has a deadline and is killed (with its
@@ -456,6 +458,7 @@ fn locked_commands_do_not_overlap() {
 fn the_other_candidate_leads_after_the_leader_is_killed() {
     let _serial = serial();
     let session_lease_ms = 2000u128;
+    let lock_delay_ms = 3000u128;
     let cell = start_cell(&["--session-lease-ms", "2000"]);
     let record = cell.dir.path().join("leaders");
     let script = "echo \"$1 $GAIOS_LOCK_GENERATION $(date +%s%N)\" >> \"$0\"; exec sleep 60";
@@ -463,8 +466,9 @@ fn the_other_candidate_leads_after_the_leader_is_killed() {
     let mut candidates = Vec::new();
     for name in ["A", "B"] {
         let log = std::fs::File::create(cell.dir.path().join(format!("candidate-{name}.log"))).expect("a log");
-        let mut command =
-            gaios(&cell, &["--grace-ms", "1000", "elect", "/e", name, "--", "sh", "-c", script, record.to_str().expect("utf-8"), name]);
+        let args = ["--grace-ms", "1000", "elect", "--lock-delay-ms", "3000", "/e", name, "--", "sh", "-c", script];
+        let mut command = gaios(&cell, &args);
+        command.args([record.to_str().expect("utf-8"), name]);
         command.stdout(Stdio::null()).stderr(log);
         candidates.push((name, children.spawn(command)));
     }
@@ -511,13 +515,14 @@ fn the_other_candidate_leads_after_the_leader_is_killed() {
     };
     assert_eq!((name_one.as_str(), name_two.as_str()), (first.as_str(), other), "{text}");
     assert!(generation_two > generation_one, "the lock generation rose:\n{text}");
-    // The new leader started only after the old session expired: its last
-    // KeepAlive went about a quarter lease before the kill, so the session
-    // ended at least 3/4 of a lease after it (half a lease allowed here).
+    // The new leader started only after the old session expired and its
+    // lock-delay passed: its last KeepAlive went about a quarter lease
+    // before the kill, so the session ended at least 3/4 of a lease after
+    // it (half a lease allowed here), and the lock-delay ran from there.
     let slack_ns = session_lease_ms * 1_000_000 / 2;
     assert!(
-        *started_two >= killed_ns + session_lease_ms * 1_000_000 - slack_ns,
-        "{other} started {} ms after the kill, before the old session could expire",
+        *started_two >= killed_ns + (session_lease_ms + lock_delay_ms) * 1_000_000 - slack_ns,
+        "{other} started {} ms after the kill, before the old session could expire and its lock-delay pass",
         (started_two.saturating_sub(killed_ns)) / 1_000_000
     );
 
@@ -544,4 +549,69 @@ fn the_other_candidate_leads_after_the_leader_is_killed() {
          `gaios leader` showed it after {took:?}",
         (started_two - killed_ns) / 1_000_000
     );
+}
+
+/// Waits until `path` exists (at most 30 s).
+fn wait_for_file(path: &Path, what: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < until, "{what} within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lock_and_elect_stop_their_command_at_jeopardy_unless_told_to_keep_it() {
+    let _serial = serial();
+    let cell = start_cell(&["--session-lease-ms", "2000"]);
+    let dir = cell.dir.path();
+    // CMD notes its start, a SIGTERM, and its own end 12 s later.
+    let script = "touch \"$0\"; trap 'touch \"$0.term\"; exit 143' TERM; sleep 12 & wait; touch \"$0.done\"";
+    let mut children = Children::default();
+    let mut holder = |name: &str, args: &[&str]| {
+        let marker = dir.join(name);
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("a log");
+        // A grace period far longer than the pause: only jeopardy stops CMD.
+        let mut command = gaios(&cell, &[&["--grace-ms", "30000"], args, &["--", "sh", "-c", script]].concat());
+        command.arg(&marker).stdout(Stdio::null()).stderr(log);
+        let index = children.spawn(command);
+        wait_for_file(&marker, &format!("{name}'s CMD started"));
+        (index, marker)
+    };
+    let (stopped_lock, stopped_lock_marker) = holder("lock", &["lock", "/j"]);
+    let (stopped_elect, stopped_elect_marker) = holder("elect", &["elect", "/e", "me"]);
+    let (kept, kept_marker) = holder("kept", &["lock", "--keep-through-jeopardy", "/k"]);
+
+    // No master for at least 5 s (more than the 2 s session lease, far less
+    // than the grace period): every session enters jeopardy, none expires.
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, FIRST_MASTER_DEADLINE)).expect("a master");
+    let mut paused = vec![cell.index_of(master)];
+    paused.extend(all.iter().copied().filter(|&i| cell.members[i].id != master).take(2));
+    let sibling = |marker: &Path, suffix: &str| std::path::PathBuf::from(format!("{}.{suffix}", marker.display()));
+    let paused_at = Instant::now();
+    for &index in &paused {
+        cell.signal(index, libc::SIGSTOP);
+    }
+    let stopped_both = || sibling(&stopped_lock_marker, "term").exists() && sibling(&stopped_elect_marker, "term").exists();
+    let until = paused_at + Duration::from_secs(10);
+    while !stopped_both() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped_while_paused = stopped_both();
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(paused_at.elapsed()));
+    let kept_while_paused = !sibling(&kept_marker, "term").exists();
+    for &index in &paused {
+        cell.signal(index, libc::SIGCONT);
+    }
+    assert!(stopped_while_paused, "jeopardy did not stop the CMDs of gaios lock and gaios elect while no master answered\n{}", cell.logs());
+    assert!(kept_while_paused, "--keep-through-jeopardy stopped CMD in jeopardy");
+    assert_eq!(children.wait(stopped_lock, Duration::from_secs(20)), Some(9), "gaios lock exits 9 after jeopardy stopped CMD");
+    assert!(!sibling(&stopped_lock_marker, "done").exists());
+    assert_eq!(children.wait(stopped_elect, Duration::from_secs(20)), Some(9), "gaios elect exits 9 after jeopardy stopped CMD");
+    assert!(!sibling(&stopped_elect_marker, "done").exists());
+    // --keep-through-jeopardy: CMD ran through the pause and ended by itself.
+    assert_eq!(children.wait(kept, Duration::from_secs(30)), Some(0), "gaios lock --keep-through-jeopardy exits with CMD's status");
+    assert!(sibling(&kept_marker, "done").exists() && !sibling(&kept_marker, "term").exists(), "the kept CMD ran to its end");
 }

@@ -1,6 +1,8 @@
 //! The client library against a real five-process cell: jeopardy and grace
-//! when the master is paused, expiry after the grace period, fencing with
-//! sequencers, the election recipe and handle events.
+//! when the master is paused, expiry after the grace period, a leader cut
+//! off from the cell told to stop before another candidate leads, the
+//! default lock-delay, fencing with sequencers, the election recipe and
+//! handle events.
 //!
 //! The cells here run with `--session-lease-ms 2000` so leases, jeopardy
 //! and expiry play out in seconds; tests run one at a time.
@@ -8,10 +10,11 @@
 // One cell at a time: the guard is held for the whole test on purpose.
 #![allow(clippy::await_holding_lock)]
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gaios_client::{Client, Error, EventKind, Fence, FenceError, LockMode, OpenOptions, Options, SessionState, election};
+use gaios_client::{Client, Error, EventKind, Fence, FenceError, LockMode, LockState, OpenOptions, Options, SessionState, election};
+use gaios_tests::proxy::{Link, LinkMode};
 use gaios_tests::*;
 use tokio_stream::StreamExt as _;
 
@@ -89,14 +92,22 @@ async fn a_short_pause_brings_jeopardy_then_safe_and_the_lock_is_kept() {
     let paused = pause_majority(&cell, master);
     let mut seen = Vec::new();
     let jeopardy = wait_state(&mut states, &mut seen, SessionState::Jeopardy, Duration::from_secs(10)).await;
+    // The lock is at risk as soon as the session is in jeopardy.
+    let at_risk = tokio::time::timeout(Duration::from_secs(1), lock.at_risk()).await.is_ok();
+    let state_in_jeopardy = lock.state();
     tokio::time::sleep(Duration::from_secs(2)).await; // well inside the 15 s grace period
     for &index in &paused {
         cell.signal(index, libc::SIGCONT);
     }
     assert!(jeopardy, "no jeopardy while no master could answer: {seen:?}\n{}", cell.logs());
+    assert!(at_risk, "the lock's at_risk() did not resolve in jeopardy");
+    assert_eq!(state_in_jeopardy, LockState::AtRisk);
+    let recovered = tokio::time::timeout(Duration::from_secs(15), lock.recovered()).await;
+    assert_eq!(recovered, Ok(true), "the risk passed with the lock kept\n{}", cell.logs());
     let safe = wait_state(&mut states, &mut seen, SessionState::Safe, Duration::from_secs(15)).await;
     assert!(safe, "not safe again after the pause: {seen:?}\n{}", cell.logs());
     assert_eq!(seen, vec![SessionState::Safe, SessionState::Jeopardy, SessionState::Safe]);
+    assert_eq!(lock.state(), LockState::Held);
     assert!(!lock.is_lost());
     assert!(client.check_sequencer(lock.sequencer()).await.expect("check"), "the lock is still held");
     lock.release().await.expect("release");
@@ -123,6 +134,96 @@ async fn a_pause_longer_than_the_grace_period_expires_the_session_and_loses_the_
     assert_eq!(seen, vec![SessionState::Safe, SessionState::Jeopardy, SessionState::Expired]);
     assert!(lost && lock.is_lost(), "the guard is lost with the session");
     assert_eq!(file.stat().await.expect_err("the session is over"), Error::SessionExpired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_cell_is_told_to_stop_before_another_candidate_leads() {
+    let _serial = serial();
+    let cell = Cell::start_with(&["--session-lease-ms", "2000"]);
+    let master = ready(&cell).await;
+    // Alice reaches the cell only through a fault proxy's link to the
+    // master (her only address, so no redirect can go around it).
+    let link = Link::start(cell.members[cell.index_of(master)].client).await.expect("a proxy link");
+    let alice = Client::connect(&[link.address().to_string()], options(Duration::from_secs(30))).await.expect("alice connects");
+    let bob = Client::connect(&addresses(&cell), options(Duration::from_secs(30))).await.expect("bob connects");
+    // No lock-delay: nothing but the lease's drift margin stands between
+    // Alice's jeopardy and Bob's lead.
+    let first = election::campaign_with_lock_delay(&alice, "/svc", "alice", Duration::ZERO).await.expect("alice leads");
+    let first = Arc::new(first);
+    let order: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let note = |order: &Arc<Mutex<Vec<&'static str>>>, what| order.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(what);
+    let told = {
+        let (first, order) = (first.clone(), order.clone());
+        tokio::spawn(async move {
+            first.at_risk().await;
+            note(&order, "alice told to stop");
+        })
+    };
+    let second = {
+        let order = order.clone();
+        tokio::spawn(async move {
+            let leads = election::campaign_with_lock_delay(&bob, "/svc", "bob", Duration::ZERO).await;
+            note(&order, "bob leads");
+            (bob, leads)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "bob must wait while alice leads");
+    assert_eq!(first.state(), LockState::Held);
+
+    // Cut Alice off for longer than her session lease: the master expires
+    // her session and Bob leads, while Alice's grace period (30 s) runs.
+    link.set(LinkMode::Cut);
+    let (_bob, second) = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .unwrap_or_else(|_| panic!("bob did not lead within 20 s of the cut\n{}", cell.logs()))
+        .expect("join");
+    let second = second.expect("bob leads");
+    let seen = order.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert_eq!(seen, vec!["alice told to stop", "bob leads"], "alice must hear of jeopardy before bob leads");
+    assert!(told.is_finished());
+    assert!(second.sequencer().lock_generation > first.sequencer().lock_generation);
+    // Alice cannot know her session ended: lost() waits for the cell or the
+    // end of her grace period.
+    assert!(tokio::time::timeout(Duration::ZERO, first.lost()).await.is_err(), "lost() resolved before alice could know");
+    assert_eq!(first.state(), LockState::AtRisk);
+
+    // Back in touch, Alice learns that the risk ended in loss.
+    link.set(LinkMode::Pass);
+    let recovered = tokio::time::timeout(Duration::from_secs(15), first.recovered()).await;
+    assert_eq!(recovered, Ok(false), "alice learns that her leadership is lost\n{}", cell.logs());
+    assert!(tokio::time::timeout(Duration::from_secs(1), first.lost()).await.is_ok());
+    assert_eq!(first.state(), LockState::Lost);
+    assert_eq!(*alice.session_state().borrow(), SessionState::Expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_session_expires_keeps_others_out_for_the_default_lock_delay() {
+    let _serial = serial();
+    let cell = Cell::start_with(&["--session-lease-ms", "2000"]);
+    ready(&cell).await;
+    let holder = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let other = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let file = holder.open("/delayed", OpenOptions::new().create()).await.expect("open");
+    let lock = file.acquire(LockMode::Exclusive, Duration::from_secs(5)).await.expect("lock");
+    let theirs = other.open("/delayed", OpenOptions::new()).await.expect("open");
+    // The holder "crashes": no more KeepAlives, no release, no close.
+    drop((lock, file, holder));
+    // Until its session expires the lock is held; then it waits out the
+    // lock-delay (15 s by default) instead of passing on at once.
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut refusals = Vec::new();
+    loop {
+        match theirs.try_acquire(LockMode::Exclusive).await {
+            Err(Error::LockHeld(why)) if why.contains("lock-delay") => break,
+            Err(Error::LockHeld(why)) => refusals.push(why),
+            Ok(_) => panic!("granted with no lock-delay once the holder's session ended; refused before: {refusals:?}"),
+            Err(error) => panic!("try_acquire: {error}"),
+        }
+        assert!(Instant::now() < until, "the holder's session did not end within 20 s: {refusals:?}\n{}", cell.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!refusals.is_empty(), "held by the holder's session until it expired");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gaios_client::election;
-use gaios_client::{Client, Error, EventKind, LockMode, OpenOptions, Options, SessionState, Stat, StatusResponse};
+use gaios_client::{Client, Error, EventKind, LockMode, LockState, OpenOptions, Options, Stat, StatusResponse};
 use gaios_proto::cell::v1 as pb;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,6 +33,9 @@ Exit codes:
   7    already exists
   8    session expired (`lock`/`elect`: the lock or leadership was lost
        while CMD ran; CMD was sent SIGTERM)
+  9    `lock`/`elect`: the session entered jeopardy while CMD ran (the lock
+       or leadership may be lost); CMD was sent SIGTERM (8 instead if it was
+       lost for sure by the time CMD ended)
   126  `lock`/`elect`: CMD could not be started; 127: CMD not found
   130  interrupted (ctrl-c) before CMD started
   `lock`/`elect` otherwise exit with CMD's own status (128+N if a signal N
@@ -42,7 +45,13 @@ Environment:
   GAIOS_CELL   the cell's client addresses (like --cell)";
 
 /// How long CMD may take to exit after SIGTERM before it gets SIGKILL.
+/// Below the default lock-delay (15 s), so a CMD stopped at jeopardy is gone
+/// before the cell can let another holder in.
 const TERMINATE_GRACE: Duration = Duration::from_secs(10);
+/// How long closing the session at the end may take; a session not closed
+/// by then ends by itself when its lease expires (its locks then wait out
+/// their lock-delay).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// One round of waiting for a lock when no `--timeout` is given (the wait
 /// is repeated until granted).
 const LOCK_WAIT_ROUND: Duration = Duration::from_secs(30);
@@ -128,12 +137,15 @@ enum Command {
     /// CMD gets GAIOS_SEQUENCER (`path:mode:generation:instance`) and
     /// GAIOS_LOCK_GENERATION in its environment; hand the sequencer to
     /// services that can reject stale holders. The lock is released when
-    /// CMD exits and gaios exits with CMD's status. If the lock is lost
-    /// (the session expired or the file was deleted) CMD gets SIGTERM and
-    /// gaios exits 8. While the session is in jeopardy (no master answered
-    /// within the lease) CMD keeps running for up to --grace-ms; another
-    /// holder may get the lock in that time, which is what the sequencer is
-    /// for. Ctrl-c and SIGTERM are passed on to CMD.
+    /// CMD exits and gaios exits with CMD's status. When the session enters
+    /// jeopardy (no master answered within the lease: the lock may be lost,
+    /// and the cell may soon give it to another holder) CMD gets SIGTERM
+    /// (SIGKILL 10 s later) and gaios exits 9; if the lock is lost for sure
+    /// (the session expired or the file was deleted) it exits 8. With
+    /// --keep-through-jeopardy CMD keeps running through jeopardy and is
+    /// stopped only when the lock is lost (up to --grace-ms later; another
+    /// holder may get the lock meanwhile, which is what the sequencer is
+    /// for). Ctrl-c and SIGTERM are passed on to CMD.
     #[command(after_help = EXIT_CODES)]
     Lock {
         /// The lock file.
@@ -145,6 +157,8 @@ enum Command {
         /// seconds; 0 tries once. Without it, wait as long as it takes.
         #[arg(long)]
         timeout: Option<f64>,
+        #[command(flatten)]
+        holding: Holding,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -153,14 +167,19 @@ enum Command {
     ///
     /// Waits until elected, publishes VALUE (read it with `gaios leader`),
     /// runs CMD with GAIOS_SEQUENCER and GAIOS_LOCK_GENERATION set, resigns
-    /// when CMD exits and exits with CMD's status. If leadership is lost
-    /// (the session expired) CMD gets SIGTERM and gaios exits 8.
+    /// when CMD exits and exits with CMD's status. When the session enters
+    /// jeopardy (leadership may be lost; another candidate may lead soon)
+    /// CMD gets SIGTERM and gaios exits 9, or 8 if leadership is lost for
+    /// sure (the session expired or the file was deleted).
+    /// --keep-through-jeopardy keeps CMD running until leadership is lost.
     #[command(after_help = EXIT_CODES)]
     Elect {
         /// The election file (created if missing).
         path: String,
         /// What to publish while leader (an address, a name).
         value: String,
+        #[command(flatten)]
+        holding: Holding,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -188,6 +207,32 @@ enum Command {
     /// replica answers or none is master.
     #[command(after_help = EXIT_CODES)]
     Status,
+}
+
+/// How `lock` and `elect` hold their lock while CMD runs.
+#[derive(Debug, clap::Args)]
+struct Holding {
+    /// Keep CMD running while the session is in jeopardy and stop it only
+    /// when the lock or leadership is lost for sure (the behaviour before
+    /// jeopardy stopped CMD).
+    #[arg(long)]
+    keep_through_jeopardy: bool,
+    /// If this session ends without releasing the lock (gaios or its host
+    /// died, hung or was cut off), nobody gets the lock for this long, in
+    /// milliseconds (at most 60000): time for requests CMD already sent to
+    /// arrive before the next holder starts.
+    #[arg(long, default_value_t = lock_delay_ms_default())]
+    lock_delay_ms: u64,
+}
+
+impl Holding {
+    fn lock_delay(&self) -> Duration {
+        Duration::from_millis(self.lock_delay_ms)
+    }
+}
+
+fn lock_delay_ms_default() -> u64 {
+    u64::try_from(gaios_client::LOCK_DELAY_DEFAULT.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A failure with its own exit code (not an error of the library).
@@ -285,13 +330,13 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         }
         Command::Rm { path } => rm(&client, &path, output).await,
         Command::Mkdir { path, parents } => mkdir(&client, &path, parents, output).await,
-        Command::Lock { path, shared, timeout, command } => lock(&client, &path, shared, timeout, &command).await,
-        Command::Elect { path, value, command } => elect(&client, &path, value, &command).await,
+        Command::Lock { path, shared, timeout, holding, command } => lock(&client, &path, shared, timeout, &holding, &command).await,
+        Command::Elect { path, value, holding, command } => elect(&client, &path, value, &holding, &command).await,
         Command::Leader { path } => leader(&client, &path, output).await,
         Command::Watch { path, count } => watch(&client, &path, count, output).await,
         Command::Status => unreachable!("answered without a session"),
     };
-    let _ = client.close().await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, client.close()).await;
     result
 }
 
@@ -568,7 +613,7 @@ async fn unless_interrupted<T>(wait: impl std::future::Future<Output = T>) -> Op
     }
 }
 
-async fn lock(client: &Client, path: &str, shared: bool, timeout: Option<f64>, command: &[String]) -> anyhow::Result<u8> {
+async fn lock(client: &Client, path: &str, shared: bool, timeout: Option<f64>, holding: &Holding, command: &[String]) -> anyhow::Result<u8> {
     let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
     let timeout = match timeout {
         Some(seconds) if !seconds.is_finite() || seconds < 0.0 => {
@@ -578,7 +623,8 @@ async fn lock(client: &Client, path: &str, shared: bool, timeout: Option<f64>, c
         None => None,
     };
     let acquired = unless_interrupted(async {
-        let handle = client.open(path, OpenOptions::new().create().event_mask(0)).await.with_context(|| format!("cannot open {path}"))?;
+        let options = OpenOptions::new().create().event_mask(0).lock_delay(holding.lock_delay());
+        let handle = client.open(path, options).await.with_context(|| format!("cannot open {path}"))?;
         let lock = match timeout {
             Some(wait) if wait.is_zero() => handle.try_acquire(mode).await,
             Some(wait) => handle.acquire(mode, wait).await,
@@ -598,42 +644,50 @@ async fn lock(client: &Client, path: &str, shared: bool, timeout: Option<f64>, c
     };
     let lock = lock?;
     let running = Running::spawn(command, &sequencer_env(lock.sequencer()))?;
-    let ended = running.supervise(lock.lost()).await?;
-    match ended {
+    let stop = async {
+        if holding.keep_through_jeopardy { lock.lost().await } else { lock.at_risk().await }
+    };
+    match running.supervise(stop).await? {
         Supervised::Exited(status) => {
             let _ = lock.release().await;
             Ok(exit_status_code(status))
         }
-        Supervised::Lost => Err(lost(client, &format!("the lock on {path}"))),
+        Supervised::Stopped => Err(stopped(lock.state(), &format!("the lock on {path}"))),
     }
 }
 
-async fn elect(client: &Client, path: &str, value: String, command: &[String]) -> anyhow::Result<u8> {
-    let Some(leadership) = unless_interrupted(election::campaign(client, path, value)).await else {
+async fn elect(client: &Client, path: &str, value: String, holding: &Holding, command: &[String]) -> anyhow::Result<u8> {
+    let campaign = election::campaign_with_lock_delay(client, path, value, holding.lock_delay());
+    let Some(leadership) = unless_interrupted(campaign).await else {
         eprintln!("gaios: interrupted while campaigning for {path}");
         return Ok(130);
     };
     let leadership = leadership.with_context(|| format!("cannot campaign for {path}"))?;
     let running = Running::spawn(command, &sequencer_env(leadership.sequencer()))?;
-    match running.supervise(leadership.lost()).await? {
+    let stop = async {
+        if holding.keep_through_jeopardy { leadership.lost().await } else { leadership.at_risk().await }
+    };
+    match running.supervise(stop).await? {
         Supervised::Exited(status) => {
             if let Err(error) = leadership.resign().await {
                 eprintln!("gaios: cannot resign leadership of {path} (the session's end releases it): {error}");
             }
             Ok(exit_status_code(status))
         }
-        Supervised::Lost => Err(lost(client, &format!("leadership of {path}"))),
+        Supervised::Stopped => Err(stopped(leadership.state(), &format!("leadership of {path}"))),
     }
 }
 
-/// The error after losing a lock or leadership while CMD ran.
-fn lost(client: &Client, what: &str) -> anyhow::Error {
-    let why = if *client.session_state().borrow() == SessionState::Expired {
-        "the session expired"
-    } else {
-        "the node was deleted"
-    };
-    failure(8, format!("lost {what} ({why}); CMD was sent SIGTERM"))
+/// The error after CMD was stopped because the lock or leadership was at
+/// risk or lost; `state` is where it stands now that CMD has ended.
+fn stopped(state: LockState, what: &str) -> anyhow::Error {
+    match state {
+        LockState::Lost => failure(8, format!("lost {what} (the session expired or the node was deleted); CMD was sent SIGTERM")),
+        LockState::AtRisk | LockState::Held => failure(
+            9,
+            format!("{what} may be lost (the session entered jeopardy: no master answered within its lease); CMD was sent SIGTERM"),
+        ),
+    }
 }
 
 /// A shell-like exit code for a child's status.
@@ -650,8 +704,8 @@ fn exit_status_code(status: ExitStatus) -> u8 {
 enum Supervised {
     /// It exited by itself (or after a signal passed on to it).
     Exited(ExitStatus),
-    /// The lock or leadership was lost; CMD was terminated.
-    Lost,
+    /// The lock or leadership was at risk or lost; CMD was terminated.
+    Stopped,
 }
 
 /// CMD running as a child, waited for by a thread.
@@ -689,12 +743,12 @@ impl Running {
     }
 
     /// Waits for the child to exit, passing on ctrl-c and SIGTERM; if
-    /// `lost` resolves first, terminates the child (SIGTERM, then SIGKILL
+    /// `stop` resolves first, terminates the child (SIGTERM, then SIGKILL
     /// after [`TERMINATE_GRACE`]).
-    async fn supervise(mut self, lost: impl std::future::Future<Output = ()>) -> anyhow::Result<Supervised> {
+    async fn supervise(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<Supervised> {
         let mut interrupts = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut terminations = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut lost = std::pin::pin!(lost);
+        let mut stop = std::pin::pin!(stop);
         loop {
             tokio::select! {
                 status = &mut self.exited => {
@@ -703,7 +757,7 @@ impl Running {
                 }
                 _ = interrupts.recv() => self.signal("INT"),
                 _ = terminations.recv() => self.signal("TERM"),
-                () = &mut lost => break,
+                () = &mut stop => break,
             }
         }
         self.signal("TERM");
@@ -711,7 +765,7 @@ impl Running {
             self.signal("KILL");
             let _ = (&mut self.exited).await;
         }
-        Ok(Supervised::Lost)
+        Ok(Supervised::Stopped)
     }
 }
 
