@@ -487,7 +487,16 @@ fn the_other_candidate_leads_after_the_leader_is_killed() {
         None
     };
     let first = poll(Duration::from_secs(30), &|leader| leader == "A" || leader == "B")
-        .unwrap_or_else(|| panic!("no leader within 30 s\n{}", cell.logs()));
+        .unwrap_or_else(|| {
+            let logs: String = ["A", "B"]
+                .iter()
+                .map(|name| {
+                    let path = cell.dir.path().join(format!("candidate-{name}.log"));
+                    format!("--- candidate {name} ---\n{}", std::fs::read_to_string(path).unwrap_or_default())
+                })
+                .collect();
+            panic!("no leader within 30 s\n{logs}\n{}", cell.logs())
+        });
     let (_, winner) = *candidates.iter().find(|(name, _)| *name == first).expect("a candidate");
     let other = if first == "A" { "B" } else { "A" };
     // The leader stays the leader while it lives.
