@@ -96,7 +96,7 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
             closing.join_next().await;
         }
         let mut cell = CellClient::new(channels[i % connections].clone());
-        closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id }).await.is_ok() });
+        closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id, ..Default::default() }).await.is_ok() });
     }
     while closing.join_next().await.is_some() {}
     Ok(result)
@@ -205,7 +205,7 @@ async fn keep_gaios_session_alive(channel: Channel, session_id: u64, mut stop: S
     let mut acknowledged = 0;
     while !*stop.borrow() {
         let (requests, receiver) = tokio::sync::mpsc::channel(2);
-        let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged });
+        let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged, ..Default::default() });
         let mut cell = CellClient::new(channel.clone());
         let Ok(response) = cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver)).await else {
             counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +218,7 @@ async fn keep_gaios_session_alive(channel: Channel, session_id: u64, mut stop: S
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = ticker.tick() => {
-                    let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged });
+                    let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged, ..Default::default() });
                 }
                 answer = answers.message() => match answer {
                     Ok(Some(answer)) => {

@@ -207,7 +207,7 @@ impl Client {
         let session_id = self.inner.session_id;
         let result = self
             .inner
-            .call(move |mut cell| async move { cell.close_session(pb::CloseSessionRequest { session_id }).await })
+            .call(move |mut cell| async move { cell.close_session(pb::CloseSessionRequest { session_id, ..Default::default() }).await })
             .await
             .map(|_| ());
         self.inner.state.send_replace(SessionState::Expired);
@@ -253,6 +253,7 @@ impl Inner {
         Some(pb::RequestHeader {
             session_id: self.session_id,
             request_number: self.next_request.fetch_add(1, Ordering::Relaxed),
+            ..Default::default()
         })
     }
 
@@ -365,7 +366,7 @@ async fn keep_alive(inner: Arc<Inner>, mut lease_end: Instant, lease: Duration) 
         };
         let (requests, receiver) = mpsc::channel(4);
         let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
-        let request = |acknowledged: u64| pb::KeepAliveRequest { session_id: inner.session_id, acknowledged_event: acknowledged };
+        let request = |acknowledged: u64| pb::KeepAliveRequest { session_id: inner.session_id, acknowledged_event: acknowledged, ..Default::default() };
         let _ = requests.try_send(request(last_event));
         sent.push_back(Instant::now());
         let opened = tokio::time::timeout(answer_within, cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))).await;

@@ -129,6 +129,7 @@ impl CellService {
             session_id: header.session_id,
             request_number: header.request_number,
             call: Some(call),
+            ..Default::default()
         };
         self.propose(wire::command::Kind::Call(call)).await
     }
@@ -258,7 +259,7 @@ impl Cell for CellService {
         if request.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(Status::invalid_argument(format!("client_name over {CLIENT_NAME_BYTES_MAX} bytes")));
         }
-        let create = wire::CreateSession { client_name: request.client_name };
+        let create = wire::CreateSession { client_name: request.client_name, ..Default::default() };
         let outcome = self.propose(wire::command::Kind::CreateSession(create)).await?;
         let Some(wire::outcome::Result::SessionCreated(created)) = outcome.result else {
             return Err(unexpected(&outcome));
@@ -267,6 +268,7 @@ impl Cell for CellService {
         Ok(Response::new(pb::CreateSessionResponse {
             session_id: created.session_id,
             lease_ms: duration_ms(self.shared.session_lease),
+            ..Default::default()
         }))
     }
 
@@ -290,7 +292,7 @@ impl Cell for CellService {
         if session_id == 0 {
             return Err(Status::invalid_argument("session_id 0 names no session"));
         }
-        let end = wire::EndSession { session_id, expired: false };
+        let end = wire::EndSession { session_id, expired: false, ..Default::default() };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
         self.shared.leases().remove(&session_id);
         Ok(Response::new(pb::CloseSessionResponse {}))
@@ -498,7 +500,7 @@ impl CellService {
             let nap = (deadline - now).min(Duration::from_millis(100));
             let _ = tokio::time::timeout(nap, applied.changed()).await;
         }
-        let cancel = wire::CancelWait { session_id, handle };
+        let cancel = wire::CancelWait { session_id, handle, ..Default::default() };
         let outcome = self.propose(wire::command::Kind::CancelWait(cancel)).await?;
         match acquired_sequencer(&outcome) {
             // Granted just before the cancel was applied.
@@ -623,7 +625,7 @@ struct CancelWaitOnDrop {
 impl Drop for CancelWaitOnDrop {
     fn drop(&mut self) {
         let Some(shared) = self.shared.take() else { return };
-        let cancel = wire::CancelWait { session_id: self.session_id, handle: self.handle };
+        let cancel = wire::CancelWait { session_id: self.session_id, handle: self.handle, ..Default::default() };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = shared.propose(wire::command::Kind::CancelWait(cancel)).await;
@@ -634,4 +636,70 @@ impl Drop for CancelWaitOnDrop {
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateMachine;
+
+    fn status(role: Role, lease_valid_until: Option<Instant>) -> ReplicaStatus {
+        ReplicaStatus {
+            id: 1,
+            role,
+            promised: Ballot::ZERO,
+            own_ballot: None,
+            master: None,
+            chosen_through: 3,
+            applied: 3,
+            log_start: 0,
+            installed_snapshot: None,
+            lease_valid_until,
+            read_barrier: Some(1),
+            snapshot_slot: 0,
+        }
+    }
+
+    fn apply(state: &mut StateMachine, kind: wire::command::Kind) -> Outcome {
+        state.apply(&wire::Command { now_ms: 1_000, lock_clock_ms: 1_000, kind: Some(kind), ..Default::default() })
+    }
+
+    /// A state in which session 1's handle 1 holds the lock on `/lock`.
+    fn state_with_a_holding() -> (StateMachine, u64, bytes::Bytes, u64) {
+        use wire::command::Kind;
+        use wire::session_call::Call;
+        let mut state = StateMachine::new();
+        let secret = bytes::Bytes::from_static(b"0123456789abcdef");
+        apply(&mut state, Kind::CreateSession(wire::CreateSession { client_name: "t".into(), session_secret: secret.clone() }));
+        let call = |number, call| {
+            Kind::Call(wire::SessionCall { session_id: 1, request_number: number, session_secret: secret.clone(), call: Some(call) })
+        };
+        let open = pb::OpenRequest { path: "/lock".into(), create: true, ..Default::default() };
+        apply(&mut state, call(1, Call::Open(open)));
+        let acquire = pb::AcquireRequest { handle: 1, mode: pb::LockMode::Exclusive as i32, ..Default::default() };
+        apply(&mut state, call(2, Call::TryAcquire(acquire)));
+        assert!(state.holding(1, 1).is_some());
+        (state, 1, secret, 1)
+    }
+
+    fn service(state: StateMachine, status: ReplicaStatus) -> (CellService, watch::Sender<ReplicaStatus>, mpsc::Receiver<crate::shared::Proposal>) {
+        let (shared, proposals) = Shared::new(state, Duration::from_secs(10));
+        let (sender, receiver) = watch::channel(status);
+        let service = CellService::new("test".into(), Vec::new(), receiver, Arc::new(TransportStats::default()), Arc::new(shared));
+        (service, sender, proposals)
+    }
+
+    /// A master whose lease ran out may have been deposed, and the lock it
+    /// sees in its applied state may have gone to someone else since: it
+    /// must check that it can serve before it reads the state.
+    #[tokio::test]
+    async fn a_master_that_cannot_serve_hands_out_no_lock_from_its_state() {
+        let (state, session, _secret, handle) = state_with_a_holding();
+        let lapsed = Instant::now().checked_sub(Duration::from_millis(1));
+        let (service, _status, _proposals) = service(state, status(Role::Master, lapsed));
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let result = service.wait_for_lock(session, handle, deadline).await;
+        let refused = result.expect_err("a master without a lease must not answer from its state");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    }
 }

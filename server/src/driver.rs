@@ -478,6 +478,7 @@ impl Driver {
             proposal_number: number,
             now_ms,
             kind: Some(kind),
+            ..Default::default()
         };
         self.options.metrics.proposals_total.inc();
         self.replica.propose(Bytes::from(command.encode_to_vec())).map_err(|error| match error {
@@ -564,7 +565,7 @@ impl Driver {
         }
         for session in expired {
             tracing::info!(session, "session lease ran out; expiring it");
-            let end = wire::EndSession { session_id: session, expired: true };
+            let end = wire::EndSession { session_id: session, expired: true, ..Default::default() };
             if self.propose_command(wire::command::Kind::EndSession(end), 0).is_ok() {
                 self.expiries_proposed.insert(session);
             }

@@ -44,6 +44,17 @@ pub const EVENTS_QUEUED_PER_SESSION_MAX: usize = 1024;
 /// snapshot is at most about this big (plus one command's growth), which
 /// keeps it well inside the peer transport's message limit.
 pub const STATE_BYTES_MAX: usize = 48 << 20;
+/// The most one command can grow the footprint beyond the bound it was
+/// checked against: a file's contents plus a few paths and records.
+pub const COMMAND_GROWTH_BYTES_MAX: usize = crate::namespace::CONTENTS_BYTES_MAX + (16 << 10);
+/// The largest snapshot the state can encode: the footprint never exceeds
+/// [`STATE_BYTES_MAX`] plus one command's growth, and the footprint counts
+/// at least every byte a snapshot carries. Below the peer transport's
+/// message limit (64 MiB), with room for the message around it.
+pub const SNAPSHOT_BYTES_MAX: usize = STATE_BYTES_MAX + COMMAND_GROWTH_BYTES_MAX;
+/// The layout of [`StateMachine::snapshot`]'s record; `restore` refuses any
+/// other.
+pub const STATE_SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// The longest client name kept with a session.
 pub const CLIENT_NAME_BYTES_MAX: usize = 256;
 /// The event bits a handle may ask for.
@@ -104,6 +115,15 @@ pub enum SnapshotError {
     /// The bytes are not a `StateSnapshot`.
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The snapshot was written in a layout this code does not know (by a
+    /// newer version, or before versions existed).
+    #[error("snapshot format version {found} is not the one this replica reads ({supported})")]
+    UnknownVersion {
+        /// The version the snapshot carries.
+        found: u32,
+        /// The version this code writes and reads.
+        supported: u32,
+    },
     /// The snapshot decodes but describes a state that cannot arise.
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
@@ -129,6 +149,9 @@ pub struct StateMachine {
     /// Not replicated: sessions that got events or ended since the driver
     /// last took them, so it wakes only their KeepAlive streams.
     touched: Touched,
+    /// Configuration, not replicated: the footprint above which growing
+    /// calls are refused ([`STATE_BYTES_MAX`]; tests use smaller bounds).
+    state_bytes_max: usize,
 }
 
 /// Sessions touched by applied commands; not part of the state (always
@@ -250,7 +273,16 @@ impl StateMachine {
             sessions_bytes: 0,
             outbox: BTreeMap::new(),
             touched: Touched::default(),
+            state_bytes_max: STATE_BYTES_MAX,
         }
+    }
+
+    /// A new cell's state whose growing calls are refused above
+    /// `state_bytes_max` rather than [`STATE_BYTES_MAX`], so tests can fill
+    /// it quickly.
+    #[cfg(test)]
+    pub(crate) fn with_state_bytes_max(state_bytes_max: usize) -> Self {
+        StateMachine { state_bytes_max, ..StateMachine::new() }
     }
 
     /// The state's clock: the highest master timestamp applied so far.
@@ -338,7 +370,7 @@ impl StateMachine {
         if self.sessions.len() >= SESSIONS_MAX {
             return failure(Code::ResourceExhausted, format!("the cell holds {SESSIONS_MAX} sessions"));
         }
-        if self.footprint_bytes() >= STATE_BYTES_MAX {
+        if self.footprint_bytes() >= self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         let id = self.next_session;
@@ -350,6 +382,7 @@ impl StateMachine {
             result: Some(wire::outcome::Result::SessionCreated(api::CreateSessionResponse {
                 session_id: id,
                 lease_ms: 0,
+                ..Default::default()
             })),
         }
     }
@@ -442,7 +475,7 @@ impl StateMachine {
         // A full state takes only calls that shrink it (their answers are a
         // few bytes each, at most a window's worth per session).
         let shrinks = matches!(call.call, Some(Call::Close(_) | Call::Release(_) | Call::Delete(_)));
-        if self.footprint_bytes() >= STATE_BYTES_MAX && !shrinks {
+        if self.footprint_bytes() >= self.state_bytes_max && !shrinks {
             return failure(Code::ResourceExhausted, "the cell's state is full; close handles or delete nodes");
         }
         let outcome = self.execute(session_id, call);
@@ -497,7 +530,7 @@ impl StateMachine {
             return failure(Code::ResourceExhausted, format!("the cell has {HANDLES_MAX} open handles"));
         }
         let growth = open.initial_contents.len() + 2 * path.as_str().len() + 1024;
-        if self.footprint_bytes() + growth > STATE_BYTES_MAX {
+        if self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         let (stat, created) = match self.namespace.stat(&path, None) {
@@ -578,7 +611,7 @@ impl StateMachine {
         };
         let old = self.namespace.stat(&handle.path, Some(handle.instance)).map(|s| s.contents_bytes).unwrap_or(0);
         let growth = usize::try_from(set.contents.len() as u64).unwrap_or(usize::MAX).saturating_sub(old as usize);
-        if growth > 0 && self.footprint_bytes() + growth > STATE_BYTES_MAX {
+        if growth > 0 && self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         match self.namespace.set_contents(
@@ -948,6 +981,7 @@ impl StateMachine {
             handle: h.handle,
             lock_delay_ms: h.lock_delay_ms,
             mode: mode(*m),
+            ..Default::default()
         };
         let snapshot = wire::StateSnapshot {
             now_ms: self.now_ms,
@@ -992,6 +1026,7 @@ impl StateMachine {
                         })
                         .collect(),
                     highest_request: session.highest_request,
+                    ..Default::default()
                 })
                 .collect(),
             locks: self
@@ -1005,6 +1040,7 @@ impl StateMachine {
                     delay_until_ms: record.delay_until_ms,
                 })
                 .collect(),
+            ..Default::default()
         };
         Bytes::from(snapshot.encode_to_vec())
     }

@@ -146,7 +146,7 @@ async fn the_master_is_killed_and_nothing_acknowledged_is_lost() {
     assert!(client.check_sequencer(&sequencer).await.expect("check"), "the lock is still held after the failover");
     let held = client
         .call(|mut c| async move {
-            c.get_sequencer(pb::GetSequencerRequest { handle: Some(pb::HandleRef { session_id: session, handle: locked }) })
+            c.get_sequencer(pb::GetSequencerRequest { handle: Some(pb::HandleRef { session_id: session, handle: locked, ..Default::default() }) })
                 .await
         })
         .await
@@ -252,7 +252,7 @@ async fn a_stale_sequencer_is_reported_and_fails_a_handle_that_set_it() {
     let sequencer = client.acquire(holder, 2, lock, None).await.expect("take the lock");
     let data = client.open_file(server, 1, "/data").await;
     let set = pb::SetSequencerRequest {
-        header: Some(pb::RequestHeader { session_id: server, request_number: 2 }),
+        header: Some(pb::RequestHeader { session_id: server, request_number: 2, ..Default::default() }),
         handle: data,
         sequencer: Some(sequencer.clone()),
     };
@@ -286,7 +286,7 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let dir = client.open(session, 3, dir).await.expect("mkdir").handle;
     client.open_file(session, 4, "/dir/child").await;
 
-    let header = |n: u64| Some(pb::RequestHeader { session_id: session, request_number: n });
+    let header = |n: u64| Some(pb::RequestHeader { session_id: session, request_number: n, ..Default::default() });
     let open = |n: u64, path: &str| pb::OpenRequest { header: header(n), path: path.into(), create: true, ..Default::default() };
     let deep = "/d".repeat(40);
     let long = format!("/{}", "x".repeat(1100));
@@ -317,7 +317,7 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
         ),
         (
             "unknown session",
-            pb::OpenRequest { header: Some(pb::RequestHeader { session_id: 999_999, request_number: 1 }), ..open(0, "/x") },
+            pb::OpenRequest { header: Some(pb::RequestHeader { session_id: 999_999, request_number: 1, ..Default::default() }), ..open(0, "/x") },
             Code::FailedPrecondition,
         ),
     ];
@@ -346,7 +346,7 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let long_wait = pb::AcquireRequest { header: header(204), handle: file, mode: 1, wait_ms: 3_600_000 };
     let got = client.call(|mut c| { async move { c.acquire(long_wait).await } }).await;
     assert_eq!(got.expect_err("wait too long").code(), Code::InvalidArgument);
-    let no_handle = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle: 4242 }) };
+    let no_handle = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle: 4242, ..Default::default() }) };
     let got = client.call(|mut c| { async move { c.get_stat(no_handle).await } }).await;
     assert_eq!(got.expect_err("unknown handle").code(), Code::NotFound);
     let no_sequencer = pb::CheckSequencerRequest { sequencer: None };
@@ -365,7 +365,7 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let follower = cell.members.iter().find(|m| m.id != master).expect("a follower").client;
     let mut direct = gaios_proto::cell::v1::cell_client::CellClient::connect(format!("http://{follower}")).await.expect("connect");
     let redirected = direct
-        .get_stat(pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle: file }) })
+        .get_stat(pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle: file, ..Default::default() }) })
         .await
         .expect_err("a follower does not serve reads");
     assert_eq!(redirected.code(), Code::Unavailable);
@@ -381,4 +381,54 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let kept = client.contents(session, file).await.expect("read back");
     assert_eq!(&kept.contents[..], b"keep me");
     client.set_contents(session, 300, file, b"still writable").await.expect("a write after the bad inputs");
+}
+
+/// Session ids are sequential, so anyone can guess one; only the secret
+/// `CreateSession` returned makes a call on the session's behalf. Every call
+/// that names the session without it is refused with `PERMISSION_DENIED`,
+/// and the session, its lock and its lease are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_usable_only_by_the_client_that_created_it() {
+    let _serial = serial();
+    let cell = Cell::start();
+    master_of(&cell).await;
+    let mut owner = cell.client();
+    let mut stranger = cell.client();
+    let a = owner.create_session().await;
+    let _keep = KeepAlive::start(&cell, a);
+    let ha = owner.open_file(a, 1, "/lock").await;
+    let sequencer = owner.acquire(a, 2, ha, None).await.expect("take the lock");
+    let a_id: u64 = a;
+    for secret in [bytes::Bytes::new(), bytes::Bytes::from_static(b"0123456789abcdef")] {
+        let header = Some(pb::RequestHeader { session_id: a_id, request_number: 10, session_secret: secret.clone() });
+        let release = pb::ReleaseRequest { header: header.clone(), handle: ha };
+        let got = stranger.call(|mut c| { let r = release.clone(); async move { c.release(r).await } }).await;
+        assert_eq!(got.expect_err("release").code(), Code::PermissionDenied, "release with {secret:?}");
+        let write = pb::SetContentsRequest { header: header.clone(), handle: ha, contents: b"x".to_vec().into(), if_content_generation: None };
+        let got = stranger.call(|mut c| { let r = write.clone(); async move { c.set_contents(r).await } }).await;
+        assert_eq!(got.expect_err("write").code(), Code::PermissionDenied, "write with {secret:?}");
+        let open = pb::OpenRequest { header: header.clone(), path: "/other".into(), create: true, ..Default::default() };
+        let got = stranger.call(|mut c| { let r = open.clone(); async move { c.open(r).await } }).await;
+        assert_eq!(got.expect_err("open").code(), Code::PermissionDenied, "open with {secret:?}");
+        let read = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: a_id, handle: ha, session_secret: secret.clone() }) };
+        let got = stranger.call(|mut c| { let r = read.clone(); async move { c.get_stat(r).await } }).await;
+        assert_eq!(got.expect_err("read").code(), Code::PermissionDenied, "read with {secret:?}");
+        let close = pb::CloseSessionRequest { session_id: a_id, session_secret: secret.clone() };
+        let got = stranger.call(|mut c| { let r = close.clone(); async move { c.close_session(r).await } }).await;
+        assert_eq!(got.expect_err("close").code(), Code::PermissionDenied, "close with {secret:?}");
+        let keep_alive = pb::KeepAliveRequest { session_id: a_id, acknowledged_event: 0, session_secret: secret.clone() };
+        let got = stranger
+            .call(|mut c| {
+                let r = keep_alive.clone();
+                async move { c.keep_alive(tokio_stream::iter([r])).await }
+            })
+            .await;
+        let refused = match got {
+            Ok(mut stream) => stream.message().await.expect_err("the KeepAlive is refused"),
+            Err(status) => status,
+        };
+        assert_eq!(refused.code(), Code::PermissionDenied, "KeepAlive with {secret:?}");
+    }
+    assert!(owner.check_sequencer(&sequencer).await.expect("check"), "the owner still holds its lock");
+    owner.release(a, 3, ha).await.expect("the owner's own calls work");
 }

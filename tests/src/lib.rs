@@ -379,7 +379,7 @@ impl Client {
 
     /// Opens a node.
     pub async fn open(&mut self, session: u64, request_number: u64, request: pb::OpenRequest) -> Result<pb::OpenResponse, Status> {
-        let request = pb::OpenRequest { header: Some(pb::RequestHeader { session_id: session, request_number }), ..request };
+        let request = pb::OpenRequest { header: Some(pb::RequestHeader { session_id: session, request_number, ..Default::default() }), ..request };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.open(request).await }
@@ -402,7 +402,7 @@ impl Client {
         contents: &[u8],
     ) -> Result<pb::SetContentsResponse, Status> {
         let request = pb::SetContentsRequest {
-            header: Some(pb::RequestHeader { session_id: session, request_number }),
+            header: Some(pb::RequestHeader { session_id: session, request_number, ..Default::default() }),
             handle,
             contents: contents.to_vec().into(),
             if_content_generation: None,
@@ -416,7 +416,7 @@ impl Client {
 
     /// Reads a file.
     pub async fn contents(&mut self, session: u64, handle: u64) -> Result<pb::GetContentsAndStatResponse, Status> {
-        let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+        let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: session, handle, ..Default::default() }) };
         self.call(|mut c| {
             async move { c.get_contents_and_stat(request).await }
         })
@@ -425,7 +425,7 @@ impl Client {
 
     /// Reads a stat.
     pub async fn stat(&mut self, session: u64, handle: u64) -> Result<pb::Stat, Status> {
-        let request = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+        let request = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle, ..Default::default() }) };
         self.call(|mut c| {
             async move { c.get_stat(request).await }
         })
@@ -442,7 +442,7 @@ impl Client {
         wait_ms: Option<u64>,
     ) -> Result<pb::Sequencer, Status> {
         let request = pb::AcquireRequest {
-            header: Some(pb::RequestHeader { session_id: session, request_number }),
+            header: Some(pb::RequestHeader { session_id: session, request_number, ..Default::default() }),
             handle,
             mode: pb::LockMode::Exclusive as i32,
             wait_ms: wait_ms.unwrap_or(0),
@@ -457,7 +457,7 @@ impl Client {
 
     /// Releases a lock.
     pub async fn release(&mut self, session: u64, request_number: u64, handle: u64) -> Result<(), Status> {
-        let request = pb::ReleaseRequest { header: Some(pb::RequestHeader { session_id: session, request_number }), handle };
+        let request = pb::ReleaseRequest { header: Some(pb::RequestHeader { session_id: session, request_number, ..Default::default() }), handle };
         self.call(|mut c| {
             async move { c.release(request).await }
         })
@@ -503,7 +503,7 @@ impl KeepAlive {
                 };
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-                let _ = tx.try_send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged });
+                let _ = tx.try_send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged, ..Default::default() });
                 let Ok(response) = client.keep_alive(requests).await else {
                     tokio::time::sleep(POLL_INTERVAL).await;
                     continue;
@@ -513,7 +513,7 @@ impl KeepAlive {
                 loop {
                     tokio::select! {
                         _ = ticker.tick() => {
-                            if tx.send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged }).await.is_err() {
+                            if tx.send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged, ..Default::default() }).await.is_err() {
                                 break;
                             }
                         }
