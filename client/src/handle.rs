@@ -167,6 +167,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.get_contents_and_stat(request).await }
             })
             .await?;
@@ -179,6 +180,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.get_stat(request).await }
             })
             .await?;
@@ -191,6 +193,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.read_dir(request).await }
             })
             .await?;
@@ -221,6 +224,7 @@ impl Handle {
         let request = pb::DeleteRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.delete(request).await }
             })
             .await
@@ -237,6 +241,7 @@ impl Handle {
         let answer = self
             .inner
             .call_with(attempt, move |mut cell| {
+                let request = request.clone();
                 async move { cell.acquire(request).await }
             })
             .await?;
@@ -249,6 +254,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.try_acquire(request).await }
             })
             .await?;
@@ -328,6 +334,7 @@ impl Handle {
         let request = pb::CloseRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.close(request).await }
             })
             .await
@@ -387,6 +394,7 @@ impl Lock {
         self.handle
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.release(request).await }
             })
             .await

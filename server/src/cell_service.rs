@@ -299,7 +299,7 @@ impl Cell for CellService {
     }
 
     async fn open(&self, request: Request<pb::OpenRequest>) -> Result<Response<pb::OpenResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         Path::parse(&request.path).map_err(|error| bad_path(&error))?;
         contents_fit(&request.initial_contents)?;
         if request.lock_delay_ms > LOCK_DELAY_MS_MAX {
@@ -311,7 +311,7 @@ impl Cell for CellService {
         if pb::NodeKind::try_from(request.kind).is_err() {
             return Err(Status::invalid_argument(format!("unknown node kind {}", request.kind)));
         }
-        let header = request.header;
+        let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::Open(request)).await?;
         match outcome.result {
             Some(wire::outcome::Result::Opened(opened)) => Ok(Response::new(opened)),
@@ -320,8 +320,8 @@ impl Cell for CellService {
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Result<Response<pb::CloseResponse>, Status> {
-        let request = request.into_inner();
-        let header = request.header;
+        let mut request = request.into_inner();
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Close(request)).await?)?;
         Ok(Response::new(pb::CloseResponse {}))
     }
@@ -355,9 +355,9 @@ impl Cell for CellService {
         &self,
         request: Request<pb::SetContentsRequest>,
     ) -> Result<Response<pb::SetContentsResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         contents_fit(&request.contents)?;
-        let header = request.header;
+        let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::SetContents(request)).await?;
         match outcome.result {
             Some(wire::outcome::Result::Written(written)) => Ok(Response::new(written)),
@@ -366,20 +366,20 @@ impl Cell for CellService {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let request = request.into_inner();
-        let header = request.header;
+        let mut request = request.into_inner();
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Delete(request)).await?)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate_acquire(&request)?;
         let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
-        let header = request.header;
+        let header = request.header.take();
         let handle = request.handle;
-        let session_id = header.map_or(0, |h| h.session_id);
+        let session_id = header.as_ref().map_or(0, |h| h.session_id);
         // If this call ends any other way than with the lock, a definite
         // refusal, or the wait given up (the client hung up, the command's
         // fate is unknown, the master lost its lease), the handle must not
@@ -397,9 +397,9 @@ impl Cell for CellService {
     }
 
     async fn try_acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate_acquire(&request)?;
-        let header = request.header;
+        let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::TryAcquire(request)).await?;
         match acquired_sequencer(&outcome) {
             Some(sequencer) => Ok(Response::new(pb::AcquireResponse { sequencer: Some(sequencer) })),
@@ -408,8 +408,8 @@ impl Cell for CellService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let request = request.into_inner();
-        let header = request.header;
+        let mut request = request.into_inner();
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Release(request)).await?)?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
@@ -442,10 +442,10 @@ impl Cell for CellService {
         &self,
         request: Request<pb::SetSequencerRequest>,
     ) -> Result<Response<pb::SetSequencerResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let sequencer = request.sequencer.as_ref().ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
         Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
-        let header = request.header;
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
         Ok(Response::new(pb::SetSequencerResponse {}))
     }
@@ -461,6 +461,7 @@ impl CellService {
         deadline: Instant,
     ) -> Result<pb::AcquireResponse, Status> {
         let handle = request.handle;
+        let session_id = header.as_ref().map_or(0, |h| h.session_id);
         let outcome = self.call(header, wire::session_call::Call::Acquire(request)).await?;
         if let Some(sequencer) = acquired_sequencer(&outcome) {
             return Ok(pb::AcquireResponse { sequencer: Some(sequencer) });
@@ -468,7 +469,6 @@ impl CellService {
         if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
             return Err(unexpected(&outcome));
         }
-        let session_id = header.map_or(0, |h| h.session_id);
         self.wait_for_lock(session_id, handle, deadline).await
     }
 

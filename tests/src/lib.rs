@@ -418,6 +418,7 @@ impl Client {
     pub async fn contents(&mut self, session: u64, handle: u64) -> Result<pb::GetContentsAndStatResponse, Status> {
         let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: session, handle, ..Default::default() }) };
         self.call(|mut c| {
+            let request = request.clone();
             async move { c.get_contents_and_stat(request).await }
         })
         .await
@@ -427,6 +428,7 @@ impl Client {
     pub async fn stat(&mut self, session: u64, handle: u64) -> Result<pb::Stat, Status> {
         let request = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle, ..Default::default() }) };
         self.call(|mut c| {
+            let request = request.clone();
             async move { c.get_stat(request).await }
         })
         .await
@@ -449,6 +451,7 @@ impl Client {
         };
         let waits = wait_ms.is_some();
         self.call(|mut c| {
+            let request = request.clone();
             async move { if waits { c.acquire(request).await } else { c.try_acquire(request).await } }
         })
         .await
@@ -459,6 +462,7 @@ impl Client {
     pub async fn release(&mut self, session: u64, request_number: u64, handle: u64) -> Result<(), Status> {
         let request = pb::ReleaseRequest { header: Some(pb::RequestHeader { session_id: session, request_number, ..Default::default() }), handle };
         self.call(|mut c| {
+            let request = request.clone();
             async move { c.release(request).await }
         })
         .await
