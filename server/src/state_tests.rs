@@ -725,7 +725,7 @@ fn exercise(cell: &mut Cell) {
             release(cell, session, handle);
         }
     }
-    cell.now_ms += 70_000;
+    cell.now_ms = cell.now_ms.saturating_add(70_000);
     cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}));
     cell.apply(Kind::MasterTookOver(wire::MasterTookOver::default()));
     for session in sessions {
@@ -927,9 +927,12 @@ fn check_snapshot_bound(cell: &Cell, bound: usize, context: &str) {
 
 /// Fills a state with a small bound by every route that grows it
 /// (sessions, nodes, contents, handles, locks, waiters, sequencers,
-/// lock-delays of deleted nodes, remembered answers of failures) and checks
-/// that a snapshot never exceeds the bound plus one command's growth, and
-/// that the footprint counts everything a snapshot carries.
+/// lock-delays of deleted nodes, remembered answers of failures), then
+/// hammers the full state with the calls it still takes (releases, deletes
+/// and closes that fail with messages echoing 1 KiB paths), frees some
+/// space and fills it again; checks all along that a snapshot never exceeds
+/// the bound plus one command's growth, and that the footprint counts
+/// everything a snapshot carries.
 #[test]
 fn the_snapshot_stays_within_its_bound_whatever_fills_the_state() {
     const LIMIT: usize = 256 << 10;
@@ -941,99 +944,133 @@ fn the_snapshot_stays_within_its_bound_whatever_fills_the_state() {
         let first = cell.session();
         let directory = long_directory(&mut cell, first);
         let mut handles: Vec<(SessionId, u64)> = Vec::new();
+        for name in 0..30 {
+            let session = cell.session();
+            let open = api::OpenRequest { path: long_path(&directory, name), create: true, lock_delay_ms: 1_000, ..Default::default() };
+            handles.push((session, handle_of(&cell.call(session, Call::Open(open)))));
+        }
         let mut full_refusals = 0;
-        for step in 0..3_000u64 {
-            let context = format!("seed {seed} step {step}");
-            let sessions = cell.state.session_ids();
-            let session = sessions[rng.below(sessions.len() as u64) as usize];
-            let name = rng.below(400);
-            let outcome = match rng.below(12) {
-                0 => {
-                    let name = "n".repeat(CLIENT_NAME_BYTES_MAX);
-                    cell.sessions_created += 1;
-                    let secret = Bytes::from(vec![cell.sessions_created as u8; 16]);
-                    let outcome = cell.apply(Kind::CreateSession(wire::CreateSession { client_name: name, session_secret: secret.clone() }));
-                    if let Some(wire::outcome::Result::SessionCreated(created)) = &outcome.result {
-                        cell.secrets.insert(created.session_id, secret);
-                    }
-                    outcome
+        for round in 0..4 {
+            let context = format!("seed {seed} round {round}");
+            // Grow by every route until the state refuses.
+            let mut refused_this_round = 0;
+            for step in 0..1_500u64 {
+                if refused_this_round >= 20 {
+                    break;
                 }
-                1 | 2 => {
-                    let contents = Bytes::from(vec![b'c'; rng.below(4_096) as usize]);
-                    let open = api::OpenRequest {
-                        path: long_path(&directory, name),
-                        create: rng.below(4) != 0,
-                        ephemeral: rng.below(3) == 0,
-                        initial_contents: contents,
-                        lock_delay_ms: rng.below(3) * 1_000,
-                        ..Default::default()
-                    };
-                    let outcome = cell.call(session, Call::Open(open));
-                    if let Some(wire::outcome::Result::Opened(opened)) = &outcome.result {
-                        handles.push((session, opened.handle));
-                    }
-                    outcome
+                let context = format!("{context} step {step}");
+                let outcome = grow_or_churn(&mut cell, &mut rng, &directory, &mut handles, first);
+                if code_of(&outcome) == Some(Code::ResourceExhausted) {
+                    refused_this_round += 1;
                 }
-                3 | 4 => {
-                    let Some(&(owner, handle)) = handles.get(rng.below(handles.len() as u64) as usize) else { continue };
-                    match rng.below(5) {
-                        0 => {
-                            let contents = Bytes::from(vec![b'w'; rng.below(32 << 10) as usize]);
-                            cell.call(owner, Call::SetContents(api::SetContentsRequest { handle, contents, ..Default::default() }))
-                        }
-                        1 | 2 => {
-                            let mode = if rng.below(2) == 0 { api::LockMode::Exclusive } else { api::LockMode::Shared };
-                            cell.acquire(owner, handle, mode, rng.below(2) == 0)
-                        }
-                        3 => {
-                            let sequencer = cell.state.holding(owner, handle).unwrap_or_else(|| api::Sequencer {
-                                path: long_path(&directory, name),
-                                mode: 1,
-                                ..Default::default()
-                            });
-                            let set = api::SetSequencerRequest { handle, sequencer: Some(sequencer), ..Default::default() };
-                            cell.call(owner, Call::SetSequencer(set))
-                        }
-                        _ => {
-                            let number = cell.next_request.get(&owner).copied().unwrap_or(0);
-                            let cancel = wire::CancelWait {
-                                session_id: owner,
-                                handle,
-                                session_secret: cell.secret(owner),
-                                request_number: number,
-                                keep_granted: rng.below(2) == 0,
-                            };
-                            cell.apply(Kind::CancelWait(cancel))
-                        }
-                    }
+                if step % 10 == 0 {
+                    check_snapshot_bound(&cell, bound, &context);
                 }
-                5..=7 => {
-                    // Calls a full state still takes (they may free space);
-                    // many fail, with messages that echo long paths.
-                    let Some(&(owner, handle)) = handles.get(rng.below(handles.len() as u64) as usize) else { continue };
-                    let handle = if rng.below(4) == 0 { handle + 1_000 } else { handle };
-                    match rng.below(3) {
-                        0 => release(&mut cell, owner, handle),
-                        1 => delete(&mut cell, owner, handle),
-                        _ => cell.call(owner, Call::Close(api::CloseRequest { handle, ..Default::default() })),
-                    }
-                }
-                8 => cell.open(session, &long_path(&format!("{directory}/missing"), name), false, false, 0, 0),
-                9 if sessions.len() > 1 && session != first => cell.end(session, rng.below(2) == 0),
-                _ => {
-                    cell.now_ms += rng.below(3) * 700;
-                    cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}))
-                }
-            };
-            if code_of(&outcome) == Some(Code::ResourceExhausted) {
-                full_refusals += 1;
             }
-            if step % 10 == 0 {
-                check_snapshot_bound(&cell, bound, &context);
+            full_refusals += refused_this_round;
+            // Hammer: a full window of failing calls per session.
+            let live: Vec<(SessionId, u64)> = handles.iter().copied().filter(|(s, _)| cell.state.has_session(*s)).collect();
+            for (session, handle) in live {
+                for _ in 0..ANSWERS_PER_SESSION_MAX {
+                    match rng.below(3) {
+                        0 => release(&mut cell, session, handle),
+                        1 => delete(&mut cell, session, handle + 1_000),
+                        _ => cell.call(session, Call::Close(api::CloseRequest { handle: handle + 1_000, ..Default::default() })),
+                    };
+                }
+            }
+            check_snapshot_bound(&cell, bound, &format!("{context} after the failing calls"));
+            // Free some space: sessions end (a lock-delay may stay behind
+            // for their locks), nodes are deleted.
+            for _ in 0..10 {
+                let Some(&(session, handle)) = handles.get(rng.below(handles.len() as u64) as usize) else { break };
+                if rng.below(2) == 0 && session != first {
+                    cell.end(session, true);
+                } else {
+                    delete(&mut cell, session, handle);
+                }
+            }
+            check_snapshot_bound(&cell, bound, &format!("{context} after freeing"));
+        }
+        assert!(full_refusals > 0, "seed {seed}: the state never filled up, so the bound was not tested");
+    }
+}
+
+/// One random step of the fill test: a session, a node, contents, a lock
+/// or a wait, a sequencer, a cancel, a delete or an expiry, or time.
+fn grow_or_churn(cell: &mut Cell, rng: &mut Rng, directory: &str, handles: &mut Vec<(SessionId, u64)>, first: SessionId) -> Outcome {
+    let sessions = cell.state.session_ids();
+    let session = sessions[rng.below(sessions.len() as u64) as usize];
+    let name = rng.below(400);
+    let picked = handles.get(rng.below(handles.len() as u64) as usize).copied();
+    match rng.below(10) {
+        0 => {
+            cell.sessions_created += 1;
+            let secret = Bytes::from(vec![cell.sessions_created as u8; 16]);
+            let create = wire::CreateSession { client_name: "n".repeat(CLIENT_NAME_BYTES_MAX), session_secret: secret.clone() };
+            let outcome = cell.apply(Kind::CreateSession(create));
+            if let Some(wire::outcome::Result::SessionCreated(created)) = &outcome.result {
+                cell.secrets.insert(created.session_id, secret);
+            }
+            outcome
+        }
+        1 | 2 => {
+            let open = api::OpenRequest {
+                path: long_path(directory, name),
+                create: rng.below(4) != 0,
+                ephemeral: rng.below(3) == 0,
+                initial_contents: Bytes::from(vec![b'c'; rng.below(4_096) as usize]),
+                lock_delay_ms: rng.below(3) * 1_000,
+                ..Default::default()
+            };
+            let outcome = cell.call(session, Call::Open(open));
+            if let Some(wire::outcome::Result::Opened(opened)) = &outcome.result {
+                handles.push((session, opened.handle));
+            }
+            outcome
+        }
+        3..=6 => {
+            let Some((owner, handle)) = picked else { return done() };
+            match rng.below(6) {
+                0 => {
+                    let contents = Bytes::from(vec![b'w'; rng.below(32 << 10) as usize]);
+                    cell.call(owner, Call::SetContents(api::SetContentsRequest { handle, contents, ..Default::default() }))
+                }
+                1..=3 => {
+                    let mode = if rng.below(2) == 0 { api::LockMode::Exclusive } else { api::LockMode::Shared };
+                    cell.acquire(owner, handle, mode, rng.below(3) != 0)
+                }
+                4 => {
+                    let sequencer = cell.state.holding(owner, handle).unwrap_or_else(|| api::Sequencer {
+                        path: long_path(directory, name),
+                        mode: 1,
+                        ..Default::default()
+                    });
+                    let set = api::SetSequencerRequest { handle, sequencer: Some(sequencer), ..Default::default() };
+                    cell.call(owner, Call::SetSequencer(set))
+                }
+                _ => {
+                    let cancel = wire::CancelWait {
+                        session_id: owner,
+                        handle,
+                        session_secret: cell.secret(owner),
+                        request_number: cell.next_request.get(&owner).copied().unwrap_or(0),
+                        keep_granted: rng.below(2) == 0,
+                    };
+                    cell.apply(Kind::CancelWait(cancel))
+                }
             }
         }
-        check_snapshot_bound(&cell, bound, &format!("seed {seed} at the end"));
-        assert!(full_refusals > 0, "seed {seed}: the state never filled up, so the bound was not tested");
+        7 => {
+            let Some((owner, handle)) = picked else { return done() };
+            delete(cell, owner, handle)
+        }
+        8 => cell.open(session, &long_path(&format!("{directory}/missing"), name), false, false, 0, 0),
+        _ if session != first && rng.below(3) == 0 => cell.end(session, rng.below(2) == 0),
+        _ => {
+            cell.now_ms += rng.below(3) * 700;
+            cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}))
+        }
     }
 }
 
