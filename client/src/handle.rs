@@ -158,7 +158,7 @@ impl Handle {
     }
 
     fn reference(&self) -> Option<pb::HandleRef> {
-        Some(pb::HandleRef { session_id: self.inner.session_id, handle: self.id, ..Default::default() })
+        self.inner.handle_ref(self.id)
     }
 
     /// A file's contents and stat.

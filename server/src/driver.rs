@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::errors::ProposeError;
+use crate::lock_clock::LockClock;
 use crate::metrics::Metrics;
 use crate::shared::{Proposal, Shared};
 use crate::state::{Outcome, SnapshotError, StateMachine};
@@ -170,8 +171,11 @@ pub struct Driver {
     duties_at: Instant,
     /// Whether, at the last duties, this master could serve (and so hear
     /// KeepAlives); on each change to true every session's deadline is
-    /// pushed to a full lease from then.
+    /// pushed to a full lease from then, and the lock-delay clock anchored.
     serving: bool,
+    /// This master's reading of the lock-delay clock, stamped on every
+    /// command it proposes (see [`crate::lock_clock`]).
+    lock_clock: LockClock,
     /// The promised ballot last made durable (a synced write).
     durable_promised: Ballot,
 }
@@ -221,6 +225,7 @@ impl Driver {
             advance_proposed_for: None,
             duties_at: Instant::now(),
             serving: false,
+            lock_clock: LockClock::new(),
             durable_promised,
         };
         Ok((driver, status_rx, shared))
@@ -472,13 +477,14 @@ impl Driver {
     fn propose_command(&mut self, kind: wire::command::Kind, number: u64) -> Result<(), ProposeError> {
         // Never stamp a time before the state's clock (this master's clock
         // may be behind the last one's); the state would ignore it anyway.
+        // Lock-delays run on the lock-delay clock, not on this wall clock.
         let now_ms = wall_clock_ms().max(self.shared.state().now_ms());
         let command = wire::Command {
             proposer_incarnation: self.incarnation,
             proposal_number: number,
             now_ms,
+            lock_clock_ms: self.lock_clock.stamp_ms(Instant::now()),
             kind: Some(kind),
-            ..Default::default()
         };
         self.options.metrics.proposals_total.inc();
         self.replica.propose(Bytes::from(command.encode_to_vec())).map_err(|error| match error {
@@ -497,6 +503,7 @@ impl Driver {
     fn became_master(&mut self, ballot: Ballot) {
         self.shared.leases().clear();
         self.serving = false;
+        self.lock_clock.forget();
         self.expiries_proposed.clear();
         self.advance_proposed_for = None;
         let took_over = wire::MasterTookOver { ballot_round: ballot.round, ballot_replica: ballot.replica };
@@ -514,6 +521,7 @@ impl Driver {
         }
         self.shared.leases().clear();
         self.serving = false;
+        self.lock_clock.forget();
         self.expiries_proposed.clear();
         self.advance_proposed_for = None;
     }
@@ -524,13 +532,15 @@ impl Driver {
     /// only then do clients' KeepAlives reach it. Each time it becomes able
     /// to serve (after an election, or after its lease lapsed) every session
     /// gets a full lease from that moment, so neither a failover nor a stall
-    /// of the master alone ever expires a session.
+    /// of the master alone ever expires a session, and the lock-delay clock
+    /// is anchored at the state's value (its state is current then).
     fn master_duties(&mut self) {
         let can_serve = self.replica.is_master()
             && self.replica.lease_valid()
             && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
         if !can_serve {
             self.serving = false;
+            self.lock_clock.forget();
             return;
         }
         let now = Instant::now();
@@ -542,6 +552,7 @@ impl Driver {
             let mut leases = self.shared.leases();
             if !self.serving {
                 self.serving = true;
+                self.lock_clock.anchor(state.lock_clock_ms(), now);
                 for deadline in leases.values_mut() {
                     *deadline = (*deadline).max(fresh);
                 }
@@ -559,9 +570,11 @@ impl Driver {
                 }
             }
             if let Some(end) = state.next_lock_delay_end_ms()
-                && wall_clock_ms() >= end && self.advance_proposed_for != Some(end) {
-                    advance = Some(end);
-                }
+                && self.lock_clock.stamp_ms(now) >= end
+                && self.advance_proposed_for != Some(end)
+            {
+                advance = Some(end);
+            }
         }
         for session in expired {
             tracing::info!(session, "session lease ran out; expiring it");

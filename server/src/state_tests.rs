@@ -15,6 +15,9 @@ struct Cell {
     next_request: BTreeMap<SessionId, u64>,
     secrets: BTreeMap<SessionId, Bytes>,
     sessions_created: u64,
+    /// Recount everything derived after every command (the fill tests,
+    /// whose states are large, do it every few steps instead).
+    check_every_command: bool,
 }
 
 impl Cell {
@@ -23,7 +26,14 @@ impl Cell {
     }
 
     fn with_state(state: StateMachine) -> Self {
-        Cell { state, now_ms: 1_000, next_request: BTreeMap::new(), secrets: BTreeMap::new(), sessions_created: 0 }
+        Cell {
+            state,
+            now_ms: 1_000,
+            next_request: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            sessions_created: 0,
+            check_every_command: true,
+        }
     }
 
     fn apply(&mut self, kind: Kind) -> Outcome {
@@ -37,7 +47,11 @@ impl Cell {
             wire::Command { proposer_incarnation: 7, proposal_number: 1, now_ms, lock_clock_ms, kind: Some(kind) };
         // Every command also survives a trip through its encoding.
         let decoded = wire::Command::decode(command.encode_to_vec().as_slice()).expect("decodes");
-        self.state.apply(&decoded)
+        let outcome = self.state.apply(&decoded);
+        if self.check_every_command {
+            self.state.check_invariants();
+        }
+        outcome
     }
 
     fn session(&mut self) -> SessionId {
@@ -278,14 +292,14 @@ fn a_retried_request_number_returns_the_first_answer_without_applying_again() {
     let first = cell.call_numbered(a, 10, write("one"));
     let retry = cell.call_numbered(a, 10, write("two"));
     assert_eq!(first, retry);
-    let (contents, stat) = cell.state.get_contents_and_stat(a, h).expect("read");
+    let (contents, stat) = cell.state.get_contents_and_stat(a, &cell.secret(a), h).expect("read");
     assert_eq!(&contents[..], b"one");
     assert_eq!(stat.content_generation, 2);
     // Older than the window: refused, not applied.
     let highest = 10 + ANSWERS_PER_SESSION_MAX as u64;
     cell.call_numbered(a, highest, write("three"));
     assert_eq!(code_of(&cell.call_numbered(a, 9, write("four"))), Some(Code::FailedPrecondition));
-    assert_eq!(&cell.state.get_contents_and_stat(a, h).expect("read").0[..], b"three");
+    assert_eq!(&cell.state.get_contents_and_stat(a, &cell.secret(a), h).expect("read").0[..], b"three");
 }
 
 #[test]
@@ -315,9 +329,9 @@ fn set_sequencer_makes_later_calls_fail_once_the_sequencer_is_stale() {
     let hb = cell.handle(b, "/data");
     let set = Call::SetSequencer(api::SetSequencerRequest { handle: hb, sequencer: Some(sequencer), ..Default::default() });
     assert_eq!(code_of(&cell.call(b, set.clone())), None);
-    assert!(cell.state.get_stat(b, hb).is_ok());
+    assert!(cell.state.get_stat(b, &cell.secret(b), hb).is_ok());
     cell.call(a, Call::Release(api::ReleaseRequest { handle: ha, ..Default::default() }));
-    let error = cell.state.get_stat(b, hb).expect_err("stale");
+    let error = cell.state.get_stat(b, &cell.secret(b), hb).expect_err("stale");
     assert_eq!(Code::from_i32(error.code), Code::FailedPrecondition);
     let write = Call::SetContents(api::SetContentsRequest { handle: hb, ..Default::default() });
     assert_eq!(code_of(&cell.call(b, write)), Some(Code::FailedPrecondition));
@@ -373,8 +387,8 @@ fn a_handle_is_bound_to_one_instance_of_its_node() {
     let other = cell.handle(a, "/f");
     cell.call(a, Call::Delete(api::DeleteRequest { handle: other, ..Default::default() }));
     let new = cell.handle(a, "/f");
-    assert!(cell.state.get_stat(a, new).is_ok());
-    assert_eq!(Code::from_i32(cell.state.get_stat(a, old).expect_err("invalid").code), Code::FailedPrecondition);
+    assert!(cell.state.get_stat(a, &cell.secret(a), new).is_ok());
+    assert_eq!(Code::from_i32(cell.state.get_stat(a, &cell.secret(a), old).expect_err("invalid").code), Code::FailedPrecondition);
 }
 
 #[test]
@@ -449,13 +463,20 @@ fn exists(cell: &Cell, path: &str) -> bool {
     cell.state.namespace.stat(&Path::parse(path).expect("path"), None).is_ok()
 }
 
-#[test]
-fn a_running_lock_delay_survives_deleting_and_recreating_the_node() {
-    let mut cell = Cell::new();
+/// Session a holds `/lock` exclusively with a lock-delay of 5 s; session b
+/// has a handle on it. Returns (a, a's handle, b, b's handle).
+fn held_with_a_lock_delay(cell: &mut Cell) -> (SessionId, u64, SessionId, u64) {
     let (a, b) = (cell.session(), cell.session());
     let ha = handle_of(&cell.open(a, "/lock", true, false, 0, 5_000));
     sequencer_of(&cell.acquire(a, ha, api::LockMode::Exclusive, false));
     let hb = cell.handle(b, "/lock");
+    (a, ha, b, hb)
+}
+
+#[test]
+fn a_running_lock_delay_survives_deleting_and_recreating_the_node() {
+    let mut cell = Cell::new();
+    let (a, _, b, hb) = held_with_a_lock_delay(&mut cell);
     cell.end(a, true);
     // b deletes the node during the lock-delay and makes a new one.
     assert_eq!(code_of(&delete(&mut cell, b, hb)), None);
@@ -477,10 +498,7 @@ fn a_running_lock_delay_survives_deleting_and_recreating_the_node() {
 #[test]
 fn deleting_a_node_another_session_holds_starts_the_holders_lock_delay() {
     let mut cell = Cell::new();
-    let (a, b) = (cell.session(), cell.session());
-    let ha = handle_of(&cell.open(a, "/lock", true, false, 0, 5_000));
-    sequencer_of(&cell.acquire(a, ha, api::LockMode::Exclusive, false));
-    let hb = cell.handle(b, "/lock");
+    let (a, _, b, hb) = held_with_a_lock_delay(&mut cell);
     // a is alive (perhaps partitioned, still acting); b deletes its node.
     assert_eq!(code_of(&delete(&mut cell, b, hb)), None);
     let fresh = cell.handle(b, "/lock");
@@ -499,10 +517,8 @@ fn deleting_a_node_another_session_holds_starts_the_holders_lock_delay() {
 #[test]
 fn a_new_master_whose_wall_clock_runs_ahead_does_not_end_a_lock_delay() {
     let mut cell = Cell::new();
-    let (a, b, c) = (cell.session(), cell.session(), cell.session());
-    let ha = handle_of(&cell.open(a, "/lock", true, false, 0, 5_000));
-    sequencer_of(&cell.acquire(a, ha, api::LockMode::Exclusive, false));
-    let hb = cell.handle(b, "/lock");
+    let (a, _, b, hb) = held_with_a_lock_delay(&mut cell);
+    let c = cell.session();
     let hc = cell.handle(c, "/lock");
     assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
     cell.end(a, true);
@@ -551,15 +567,13 @@ fn a_session_is_usable_only_with_its_secret() {
         let close = cell.apply(Kind::EndSession(wire::EndSession { session_id: a, expired: false, session_secret: secret.clone() }));
         assert_eq!(code_of(&close), Some(Code::PermissionDenied), "close with {secret:?}");
         let cancel = cell.apply(Kind::CancelWait(wire::CancelWait {
-            session_id: b,
-            handle: hb,
+            session_id: a,
+            handle: ha,
             session_secret: secret.clone(),
             request_number: 2,
             keep_granted: false,
         }));
-        if secret != cell.secret(b) {
-            assert_eq!(code_of(&cancel), Some(Code::PermissionDenied), "cancel with {secret:?}");
-        }
+        assert_eq!(code_of(&cancel), Some(Code::PermissionDenied), "cancel with {secret:?}");
     }
     assert!(cell.state.has_session(a), "a's session was not closed");
     assert!(cell.state.holding(a, ha).is_some(), "a still holds its lock");
@@ -609,10 +623,9 @@ fn a_cancel_from_a_dropped_wait_releases_a_lock_granted_to_that_wait() {
     // A wait whose deadline passed keeps a grant that came just before its
     // cancel, and returns it.
     release(&mut cell, c, hc);
-    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true))); // b's request 3
     let hd = cell.handle(a, "/lock");
     sequencer_of(&cell.acquire(a, hd, api::LockMode::Exclusive, false));
-    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)) || cell.state.is_waiting(b, hb));
+    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
     let number = cell.next_request[&b];
     release(&mut cell, a, hd);
     let kept = cancel(&cell, number, true);
@@ -751,6 +764,7 @@ fn restore_never_panics_on_mangled_snapshots() {
         let result = std::panic::catch_unwind(|| {
             if let Ok(state) = StateMachine::restore(&bytes) {
                 let mut restored = Cell::with_state(state);
+                restored.check_every_command = false;
                 restored.now_ms = restored.state.now_ms().saturating_add(1);
                 exercise(&mut restored);
                 true
@@ -916,6 +930,7 @@ fn long_path(directory: &str, name: u64) -> String {
 }
 
 fn check_snapshot_bound(cell: &Cell, bound: usize, context: &str) {
+    cell.state.check_invariants();
     let bytes = cell.state.snapshot().len();
     assert!(bytes <= bound, "{context}: a snapshot of {bytes} bytes exceeds the stated bound of {bound}");
     assert!(
@@ -941,6 +956,7 @@ fn the_snapshot_stays_within_its_bound_whatever_fills_the_state() {
     for seed in 0..seeds {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut cell = Cell::with_state(StateMachine::with_state_bytes_max(LIMIT));
+        cell.check_every_command = false;
         let first = cell.session();
         let directory = long_directory(&mut cell, first);
         let mut handles: Vec<(SessionId, u64)> = Vec::new();
@@ -1082,6 +1098,7 @@ fn grow_or_churn(cell: &mut Cell, rng: &mut Rng, directory: &str, handles: &mut 
 fn a_full_cell_snapshots_within_the_bound_and_a_peer_message() {
     assert!(SNAPSHOT_BYTES_MAX + (1 << 20) <= crate::transport::MESSAGE_BYTES_MAX, "the bound leaves room for the message around it");
     let mut cell = Cell::new();
+    cell.check_every_command = false;
     let first = cell.session();
     let directory = long_directory(&mut cell, first);
     let mut waiting = Vec::new();
@@ -1135,7 +1152,8 @@ impl Rng {
 
 /// What the model keeps: files only (at fixed paths under the root), with
 /// contents and generation; locks as holder lists and FIFO queues; sessions
-/// with handles; a lock-delay per lock.
+/// with handles; a lock-delay per path (it outlives the file); the
+/// generation of every grant; the sequencers handed out so far.
 #[derive(Default)]
 struct Model {
     files: BTreeMap<String, (Vec<u8>, u64, Option<SessionId>)>,
@@ -1146,6 +1164,10 @@ struct Model {
     delay_until: BTreeMap<String, u64>,
     lock_delay: BTreeMap<(SessionId, u64), u64>,
     generations: u64,
+    /// The generation of each holder's grant.
+    granted: BTreeMap<(SessionId, u64), u64>,
+    /// Sequencers seen (the newest few), with whom they were issued to.
+    sequencers: VecDeque<(api::Sequencer, SessionId, u64)>,
 }
 
 impl Model {
@@ -1169,10 +1191,9 @@ impl Model {
     }
 
     fn grant(&mut self, path: &str, session: SessionId, handle: u64, exclusive: bool) {
-        let was_free = !self.exclusive.contains_key(path) && self.shared.get(path).is_none_or(BTreeSet::is_empty);
-        if exclusive || was_free {
-            self.generations += 1;
-        }
+        // Every grant, shared too, takes the next generation.
+        self.generations += 1;
+        self.granted.insert((session, handle), self.generations);
         if exclusive {
             self.exclusive.insert(path.to_string(), (session, handle));
         } else {
@@ -1186,11 +1207,28 @@ impl Model {
             || self.queue.get(path).is_some_and(|q| q.iter().any(|&(s, h, _)| (s, h) == who))
     }
 
-    fn drop_lock_of(&mut self, path: &str) {
-        self.exclusive.remove(path);
-        self.shared.remove(path);
+    /// The file at `path` was deleted by `deleter`: holders and waiters
+    /// lose the lock; holders from other sessions start their lock-delay;
+    /// a running lock-delay stays with the path.
+    fn node_deleted(&mut self, path: &str, deleter: Option<SessionId>, now: u64) {
+        let mut holders: Vec<(SessionId, u64)> = self.exclusive.remove(path).into_iter().collect();
+        holders.extend(self.shared.remove(path).unwrap_or_default());
+        for who in holders {
+            let delay = self.lock_delay.get(&who).copied().unwrap_or(0);
+            if Some(who.0) != deleter && delay > 0 {
+                let until = self.delay_until.entry(path.to_string()).or_insert(0);
+                *until = (*until).max(now + delay);
+            }
+        }
         self.queue.remove(path);
-        self.delay_until.remove(path);
+        self.files.remove(path);
+        for handles in self.sessions.values_mut() {
+            for (p, valid) in handles.values_mut() {
+                if p == path {
+                    *valid = false;
+                }
+            }
+        }
     }
 }
 
@@ -1218,7 +1256,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                 let expired = rng.below(2) == 0;
                 cell.end(session, expired);
                 let handles = model.sessions.remove(&session).unwrap_or_default();
-                let now = cell.state.now_ms();
+                let now = cell.state.lock_clock_ms();
                 for (&handle, (path, _)) in &handles {
                     let who = (session, handle);
                     if let Some(q) = model.queue.get_mut(path) {
@@ -1245,15 +1283,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                 let owned: Vec<String> =
                     model.files.iter().filter(|(_, f)| f.2 == Some(session)).map(|(p, _)| p.clone()).collect();
                 for path in owned {
-                    model.files.remove(&path);
-                    model.drop_lock_of(&path);
-                    for handles in model.sessions.values_mut() {
-                        for (p, valid) in handles.values_mut() {
-                            if *p == path {
-                                *valid = false;
-                            }
-                        }
-                    }
+                    model.node_deleted(&path, Some(session), now);
                 }
             }
             2 | 3 => {
@@ -1284,7 +1314,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                 }
                 let (handle, path, valid) = handles[rng.below(handles.len() as u64) as usize].clone();
                 let who = (session, handle);
-                let now = cell.state.now_ms();
+                let now = cell.state.lock_clock_ms();
                 let (call, expect_ok) = match choice {
                     4 => {
                         let contents = rng.next().to_le_bytes().to_vec();
@@ -1357,15 +1387,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                     _ => {
                         let ok = valid && model.files.contains_key(&path);
                         if ok {
-                            model.files.remove(&path);
-                            model.drop_lock_of(&path);
-                            for handles in model.sessions.values_mut() {
-                                for (p, v) in handles.values_mut() {
-                                    if *p == path {
-                                        *v = false;
-                                    }
-                                }
-                            }
+                            model.node_deleted(&path, Some(session), now);
                         }
                         (Call::Delete(api::DeleteRequest { handle, ..Default::default() }), ok)
                     }
@@ -1379,15 +1401,27 @@ fn run_model_seed(seed: u64, steps: usize) {
                 // Time passes; lock-delays may run out.
                 cell.now_ms += rng.below(3) * 1_000;
                 cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}));
-                let now = cell.state.now_ms();
+                let now = cell.state.lock_clock_ms();
                 for path in PATHS {
                     model.serve(path, now);
                 }
             }
             _ => {
                 // A retry of an earlier request returns its first answer and
-                // changes nothing; or a reboot from a snapshot.
-                if rng.below(2) == 0 && !history.is_empty() {
+                // changes nothing; a call with another session's secret is
+                // refused and changes nothing; or a reboot from a snapshot.
+                let pick = rng.below(3);
+                if pick == 2 && !history.is_empty() {
+                    let (session, number, call, _) = history[rng.below(history.len() as u64) as usize].clone();
+                    let other = sessions[rng.below(sessions.len() as u64) as usize];
+                    if other != session && cell.state.has_session(session) {
+                        let before = cell.state.snapshot();
+                        let stolen = cell.secret(other);
+                        let refused = cell.call_with_secret(session, stolen, number + 1_000, call);
+                        assert_eq!(code_of(&refused), Some(Code::PermissionDenied), "{context}: another session's secret");
+                        assert_eq!(cell.state.snapshot(), before, "{context}: a refused call changed the state");
+                    }
+                } else if pick == 0 && !history.is_empty() {
                     let (session, number, call, first) = history[rng.below(history.len() as u64) as usize].clone();
                     let window = ANSWERS_PER_SESSION_MAX as u64;
                     let live = cell.state.has_session(session);
@@ -1404,7 +1438,25 @@ fn run_model_seed(seed: u64, steps: usize) {
                 }
             }
         }
+        record_sequencers(&cell.state, &mut model);
         check_against_model(&cell.state, &model, &context);
+        cell.state.check_invariants();
+    }
+}
+
+/// Notes the sequencer of every holding the model knows (the newest 64).
+fn record_sequencers(state: &StateMachine, model: &mut Model) {
+    let holders: Vec<(SessionId, u64)> =
+        model.exclusive.values().copied().chain(model.shared.values().flatten().copied()).collect();
+    for (session, handle) in holders {
+        if let Some(sequencer) = state.holding(session, handle)
+            && !model.sequencers.iter().any(|(seen, _, _)| *seen == sequencer)
+        {
+            model.sequencers.push_back((sequencer, session, handle));
+            if model.sequencers.len() > 64 {
+                model.sequencers.pop_front();
+            }
+        }
     }
 }
 
@@ -1421,19 +1473,39 @@ fn check_against_model(state: &StateMachine, model: &Model, context: &str) {
             (Err(_), None) => {}
             (found, expected) => panic!("{context}: {path} is {found:?}, model says {expected:?}"),
         }
-        let mut holders: Vec<(SessionId, u64, bool)> = state
+        let mut holders: Vec<(SessionId, u64, bool, u64)> = state
             .locks
             .holders(&parsed)
             .into_iter()
-            .map(|(h, mode)| (h.session, h.handle, mode == LockMode::Exclusive))
+            .map(|h| (h.holder.session, h.holder.handle, h.mode == LockMode::Exclusive, h.lock_generation))
             .collect();
         holders.sort_unstable();
-        let mut expected: Vec<(SessionId, u64, bool)> = model.exclusive.get(path).map(|&(s, h)| (s, h, true)).into_iter().collect();
-        expected.extend(model.shared.get(path).into_iter().flatten().map(|&(s, h)| (s, h, false)));
+        let generation = |s: SessionId, h: u64| model.granted.get(&(s, h)).copied().unwrap_or(0);
+        let mut expected: Vec<(SessionId, u64, bool, u64)> =
+            model.exclusive.get(path).map(|&(s, h)| (s, h, true, generation(s, h))).into_iter().collect();
+        expected.extend(model.shared.get(path).into_iter().flatten().map(|&(s, h)| (s, h, false, generation(s, h))));
         expected.sort_unstable();
-        assert_eq!(holders, expected, "{context}: holders of {path}");
+        assert_eq!(holders, expected, "{context}: holders of {path} (with their grants' generations)");
+        // Lock-delays belong to the path, whether or not the file exists.
+        let now = state.lock_clock_ms();
+        let running = state.locks.records().into_iter().find(|r| r.path == parsed).map(|r| r.delay_until_ms).filter(|&u| u > now);
+        let expected_delay = model.delay_until.get(path).copied().filter(|&u| u > now);
+        assert_eq!(running, expected_delay, "{context}: lock-delay of {path}");
     }
-    assert_eq!(state.last_lock_generation, model.generations, "{context}: lock generations handed out");
+    assert_eq!(state.locks.last_lock_generation(), model.generations, "{context}: lock generations handed out");
+    // A sequencer is current exactly while the holding it was issued for
+    // lasts, shared ones included.
+    for (sequencer, session, handle) in &model.sequencers {
+        let exclusive = sequencer.mode == api::LockMode::Exclusive as i32;
+        let who = (*session, *handle);
+        let holds = if exclusive {
+            model.exclusive.get(&sequencer.path) == Some(&who)
+        } else {
+            model.shared.get(&sequencer.path).is_some_and(|s| s.contains(&who))
+        };
+        let expected = holds && model.granted.get(&who) == Some(&sequencer.lock_generation);
+        assert_eq!(state.check_sequencer(sequencer).valid, expected, "{context}: validity of {sequencer:?}");
+    }
     // The derived counters agree with a recount.
     let recount: usize = state.sessions.values().map(Session::footprint_bytes).sum();
     assert_eq!(state.sessions_bytes, recount, "{context}: session footprint");
@@ -1469,7 +1541,7 @@ fn replicas_applying_the_same_log_agree() {
             kind: Some(Kind::Call(wire::SessionCall {
                 session_id: a,
                 request_number: 100 + i,
-                session_secret: Bytes::new(),
+                session_secret: one.secret(a),
                 call: Some(Call::SetContents(api::SetContentsRequest {
                     handle: h,
                     contents: Bytes::from(format!("v{i}")),
