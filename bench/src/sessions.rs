@@ -81,8 +81,10 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
             let session = CellClient::new(channel.clone()).create_session(request).await;
             drop(permit);
             let _ = created.send(session.as_ref().map(|_| ()).map_err(|status| status.message().to_string())).await;
-            let session = session.context("CreateSession")?.into_inner().session_id;
-            keep_gaios_session_alive(channel, session, stop, counters).await;
+            let created = session.context("CreateSession")?.into_inner();
+            // Every call on the session carries its secret.
+            let session = (created.session_id, created.session_secret);
+            keep_gaios_session_alive(channel, session.clone(), stop, counters).await;
             anyhow::Ok(session)
         });
     }
@@ -91,12 +93,12 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     // End the sessions (bounded concurrency), so later workloads share the
     // cell with nothing left behind.
     let mut closing = JoinSet::new();
-    for (i, &session_id) in ids.iter().enumerate() {
+    for (i, (session_id, session_secret)) in ids.into_iter().enumerate() {
         if closing.len() >= CREATE_CONCURRENCY {
             closing.join_next().await;
         }
         let mut cell = CellClient::new(channels[i % connections].clone());
-        closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id }).await.is_ok() });
+        closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id, session_secret }).await.is_ok() });
     }
     while closing.join_next().await.is_some() {}
     Ok(result)
@@ -200,12 +202,14 @@ impl Counters {
 }
 
 /// One Gaios session's keep-alive loop until `stop` says so.
-async fn keep_gaios_session_alive(channel: Channel, session_id: u64, mut stop: Stop, counters: Arc<Counters>) {
+async fn keep_gaios_session_alive(channel: Channel, session: (u64, bytes::Bytes), mut stop: Stop, counters: Arc<Counters>) {
+    let (session_id, session_secret) = session;
+    let keep_alive = |acknowledged_event| pb::KeepAliveRequest { session_id, acknowledged_event, session_secret: session_secret.clone() };
     let interval = SESSION_LEASE / 4;
     let mut acknowledged = 0;
     while !*stop.borrow() {
         let (requests, receiver) = tokio::sync::mpsc::channel(2);
-        let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged });
+        let _ = requests.try_send(keep_alive(acknowledged));
         let mut cell = CellClient::new(channel.clone());
         let Ok(response) = cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver)).await else {
             counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +222,7 @@ async fn keep_gaios_session_alive(channel: Channel, session_id: u64, mut stop: S
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = ticker.tick() => {
-                    let _ = requests.try_send(pb::KeepAliveRequest { session_id, acknowledged_event: acknowledged });
+                    let _ = requests.try_send(keep_alive(acknowledged));
                 }
                 answer = answers.message() => match answer {
                     Ok(Some(answer)) => {

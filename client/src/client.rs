@@ -115,6 +115,9 @@ pub(crate) struct Inner {
     master: Mutex<Option<(String, CellClient<Channel>)>>,
     next_address: AtomicUsize,
     pub(crate) session_id: u64,
+    /// The session's secret from `CreateSession`; every call that names the
+    /// session carries it (see `gaios.cell.v1.CreateSessionResponse`).
+    pub(crate) session_secret: bytes::Bytes,
     next_request: AtomicU64,
     pub(crate) state: watch::Sender<SessionState>,
     pub(crate) events: broadcast::Sender<Event>,
@@ -153,6 +156,7 @@ impl Client {
             master: Mutex::new(None),
             next_address: AtomicUsize::new(0),
             session_id: 0,
+            session_secret: bytes::Bytes::new(),
             next_request: AtomicU64::new(1),
             state,
             events,
@@ -166,6 +170,7 @@ impl Client {
             })
             .await?;
         inner.session_id = created.session_id;
+        inner.session_secret = created.session_secret;
         let inner = Arc::new(inner);
         let lease = Duration::from_millis(created.lease_ms);
         let keepalive = tokio::spawn(keep_alive(inner.clone(), lease::local_end(created_at, lease), lease));
@@ -175,6 +180,14 @@ impl Client {
     /// The session's id.
     pub fn session_id(&self) -> u64 {
         self.inner.session_id
+    }
+
+    /// The session's secret, for an application that makes raw gRPC calls
+    /// on this session (`RequestHeader.session_secret`,
+    /// `HandleRef.session_secret`). Whoever knows it can act for the
+    /// session: keep it as you would a password.
+    pub fn session_secret(&self) -> &[u8] {
+        &self.inner.session_secret
     }
 
     /// The session's state now, and changes to it: `Safe`, then `Jeopardy`
@@ -194,8 +207,9 @@ impl Client {
         Handle::open(self.inner.clone(), path, options).await
     }
 
-    /// Whether `sequencer` is current in the cell (the node exists with the
-    /// same instance and lock generation and its lock is held in that mode).
+    /// Whether `sequencer` is current in the cell: the node is the same
+    /// instance and the holding the sequencer names (its mode and its
+    /// grant's generation) still holds the lock.
     pub async fn check_sequencer(&self, sequencer: &pb::Sequencer) -> Result<bool, Error> {
         self.inner.check_sequencer(sequencer).await
     }
@@ -209,10 +223,13 @@ impl Client {
     /// Ends the session: locks are released and ephemeral nodes deleted.
     pub async fn close(self) -> Result<(), Error> {
         self.keepalive.abort();
-        let session_id = self.inner.session_id;
+        let request = pb::CloseSessionRequest { session_id: self.inner.session_id, session_secret: self.inner.session_secret.clone() };
         let result = self
             .inner
-            .call(move |mut cell| async move { cell.close_session(pb::CloseSessionRequest { session_id }).await })
+            .call(move |mut cell| {
+                let request = request.clone();
+                async move { cell.close_session(request).await }
+            })
             .await
             .map(|_| ());
         self.inner.state.send_replace(SessionState::Expired);
@@ -267,7 +284,13 @@ impl Inner {
         Some(pb::RequestHeader {
             session_id: self.session_id,
             request_number: self.next_request.fetch_add(1, Ordering::Relaxed),
+            session_secret: self.session_secret.clone(),
         })
+    }
+
+    /// Names a handle of this session, for calls that only read.
+    pub(crate) fn handle_ref(&self, handle: u64) -> Option<pb::HandleRef> {
+        Some(pb::HandleRef { session_id: self.session_id, handle, session_secret: self.session_secret.clone() })
     }
 
     /// A client of the replica believed to be master (or the next address
@@ -387,7 +410,11 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
         };
         let (requests, receiver) = mpsc::channel(4);
         let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
-        let request = |acknowledged: u64| pb::KeepAliveRequest { session_id: inner.session_id, acknowledged_event: acknowledged };
+        let request = |acknowledged: u64| pb::KeepAliveRequest {
+            session_id: inner.session_id,
+            acknowledged_event: acknowledged,
+            session_secret: inner.session_secret.clone(),
+        };
         let _ = requests.try_send(request(last_event));
         sent.push_back(Instant::now());
         let opened = tokio::time::timeout(answer_within, cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))).await;

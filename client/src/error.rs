@@ -27,6 +27,10 @@ pub enum Error {
     /// A bad path or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The cell refused to act for the session: the call did not carry the
+    /// session's secret (the library always does; a raw client may not).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// A limit of the cell was hit.
     #[error("limit reached: {0}")]
     ResourceExhausted(String),
@@ -64,6 +68,7 @@ impl Error {
             Code::FailedPrecondition if message.contains("has ended") => Error::SessionExpired,
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
             Code::ResourceExhausted | Code::OutOfRange => Error::ResourceExhausted(message),
             Code::DeadlineExceeded => Error::Timeout(message),
             Code::Unavailable => Error::NoMaster(message),
@@ -101,6 +106,7 @@ mod tests {
         ));
         assert_eq!(Error::from_status(&Status::failed_precondition("session 4 has ended")), Error::SessionExpired);
         assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
+        assert!(matches!(Error::from_status(&Status::permission_denied("no secret")), Error::PermissionDenied(_)));
         let details = pb::NotMaster { master_id: 2, master_client_address: "127.0.0.1:7202".into() };
         let status = Status::with_details(Code::Unavailable, "not master", details.encode_to_vec().into());
         assert_eq!(master_hint(&status).as_deref(), Some("127.0.0.1:7202"));

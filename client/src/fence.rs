@@ -3,9 +3,15 @@
 //!
 //! A lock holder sends its [`Sequencer`](pb::Sequencer) with each request;
 //! the protected service keeps a [`Fence`] and checks every sequencer
-//! before acting. A sequencer with a lower lock generation than one the
-//! fence has seen for the same lock is stale: its holder lost the lock
-//! (perhaps without knowing, while paused) and someone else took it since.
+//! before acting. Every grant of a lock, exclusive or shared, takes a new,
+//! higher lock generation. A sequencer is stale when the fence has seen a
+//! newer one of the same lock whose holding conflicts with it: its holder
+//! lost the lock (perhaps without knowing, while paused) before the newer
+//! holder got it. Exclusive conflicts with everything, so after a newer
+//! exclusive sequencer every older one is stale, and after a newer shared
+//! one every older exclusive one is; two shared holdings may coexist, so an
+//! older shared sequencer is still accepted after a newer shared one (ask
+//! the cell, [`Fence::check_with_cell`], to know whether it still holds).
 //!
 //! ```
 //! use gaios_client::Fence;
@@ -65,10 +71,20 @@ pub enum FenceError {
     Cell(#[from] Error),
 }
 
-/// Remembers the highest lock generation seen per lock; see the module docs.
+/// The newest generations a fence has seen for one lock.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    exclusive: u64,
+    shared: u64,
+    /// When the lock was last checked (for forgetting the oldest).
+    order: u64,
+}
+
+/// Remembers the highest lock generations seen per lock (exclusive and
+/// shared apart); see the module docs.
 #[derive(Debug, Default)]
 pub struct Fence {
-    highest: Mutex<BTreeMap<String, (u64, u64)>>, // path -> (generation, order seen)
+    highest: Mutex<BTreeMap<String, Seen>>,
     order: std::sync::atomic::AtomicU64,
 }
 
@@ -78,22 +94,28 @@ impl Fence {
         Fence::default()
     }
 
-    /// Accepts `sequencer` unless a higher generation of its lock was seen;
-    /// remembers its generation.
+    /// Accepts `sequencer` unless a higher generation of its lock whose
+    /// holding conflicts with it was seen (see the module docs); remembers
+    /// its generation. A sequencer of an unknown mode is taken as
+    /// exclusive, the strictest.
     pub fn check(&self, sequencer: &pb::Sequencer) -> Result<(), FenceError> {
         let mut highest = self.highest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let order = self.order.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(&(seen, _)) = highest.get(&sequencer.path)
-            && sequencer.lock_generation < seen {
-                return Err(FenceError::Stale {
-                    path: sequencer.path.clone(),
-                    presented: sequencer.lock_generation,
-                    seen,
-                });
-            }
-        highest.insert(sequencer.path.clone(), (sequencer.lock_generation, order));
+        let shared = sequencer.mode == pb::LockMode::Shared as i32;
+        let mut seen = highest.get(&sequencer.path).copied().unwrap_or_default();
+        let conflicting = if shared { seen.exclusive } else { seen.exclusive.max(seen.shared) };
+        if sequencer.lock_generation < conflicting {
+            return Err(FenceError::Stale { path: sequencer.path.clone(), presented: sequencer.lock_generation, seen: conflicting });
+        }
+        if shared {
+            seen.shared = seen.shared.max(sequencer.lock_generation);
+        } else {
+            seen.exclusive = seen.exclusive.max(sequencer.lock_generation);
+        }
+        seen.order = order;
+        highest.insert(sequencer.path.clone(), seen);
         if highest.len() > FENCE_LOCKS_MAX {
-            let oldest = highest.iter().min_by_key(|(_, (_, seen_at))| *seen_at).map(|(path, _)| path.clone());
+            let oldest = highest.iter().min_by_key(|(_, seen)| seen.order).map(|(path, _)| path.clone());
             if let Some(oldest) = oldest {
                 highest.remove(&oldest);
             }
@@ -133,6 +155,18 @@ mod tests {
             fence.check(&sequencer("/a", 5)),
             Err(FenceError::Stale { path: "/a".into(), presented: 5, seen: 9 })
         );
+    }
+
+    #[test]
+    fn shared_holdings_may_coexist_but_not_with_a_newer_exclusive_one() {
+        let shared = |generation| pb::Sequencer { mode: pb::LockMode::Shared as i32, ..sequencer("/s", generation) };
+        let fence = Fence::new();
+        fence.check(&shared(3)).expect("a reader");
+        fence.check(&shared(4)).expect("another reader, granted later");
+        fence.check(&shared(3)).expect("the first reader may still hold the lock beside the second");
+        assert!(fence.check(&sequencer("/s", 2)).is_err(), "an exclusive holding older than a shared one has ended");
+        fence.check(&sequencer("/s", 5)).expect("a writer after the readers");
+        assert_eq!(fence.check(&shared(4)), Err(FenceError::Stale { path: "/s".into(), presented: 4, seen: 5 }));
     }
 
     #[test]

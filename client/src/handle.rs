@@ -180,7 +180,7 @@ impl Handle {
     }
 
     fn reference(&self) -> Option<pb::HandleRef> {
-        Some(pb::HandleRef { session_id: self.inner.session_id, handle: self.id })
+        self.inner.handle_ref(self.id)
     }
 
     /// A file's contents and stat.
@@ -189,6 +189,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.get_contents_and_stat(request).await }
             })
             .await?;
@@ -201,6 +202,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.get_stat(request).await }
             })
             .await?;
@@ -213,6 +215,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.read_dir(request).await }
             })
             .await?;
@@ -243,6 +246,7 @@ impl Handle {
         let request = pb::DeleteRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.delete(request).await }
             })
             .await
@@ -260,6 +264,7 @@ impl Handle {
         let answer = self
             .inner
             .call_with(attempt, move |mut cell| {
+                let request = request.clone();
                 async move { cell.acquire(request).await }
             })
             .await?;
@@ -273,6 +278,7 @@ impl Handle {
         let answer = self
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.try_acquire(request).await }
             })
             .await?;
@@ -357,6 +363,7 @@ impl Handle {
         let request = pb::CloseRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.close(request).await }
             })
             .await
@@ -518,6 +525,7 @@ impl Lock {
         self.handle
             .inner
             .call(move |mut cell| {
+                let request = request.clone();
                 async move { cell.release(request).await }
             })
             .await

@@ -16,6 +16,11 @@
 //! Any other replica answers `UNAVAILABLE` with the master's address in the
 //! details. Handlers are thin: checks and error codes live in
 //! [`crate::state`] and [`crate::errors`].
+//!
+//! Every call that names a session must carry the session's secret
+//! (`CreateSession` draws it: 16 bytes from the operating system); a missing
+//! or wrong one is refused with `PERMISSION_DENIED` here, early, and again
+//! when the command is applied.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -36,7 +41,7 @@ use crate::errors::{bad_path, failure_status, not_master, propose_status};
 use crate::locks::LOCK_DELAY_MS_MAX;
 use crate::namespace::{CONTENTS_BYTES_MAX, Path};
 use crate::shared::Shared;
-use crate::state::{CLIENT_NAME_BYTES_MAX, EVENT_MASK_ALL, Outcome, mode_from_proto};
+use crate::state::{CLIENT_NAME_BYTES_MAX, EVENT_MASK_ALL, Outcome, SESSION_SECRET_BYTES, mode_from_proto};
 use crate::transport::TransportStats;
 
 /// The largest message a client may send: a file's contents and the rest of
@@ -121,18 +126,37 @@ impl CellService {
         }
     }
 
+    /// Refuses a call that names `session_id` without its secret, as early
+    /// as this replica can tell: a secret of the wrong length, or one that
+    /// differs from the session's in the applied state (a session's secret
+    /// never changes, so a stale state cannot wrongly refuse). A session
+    /// this replica does not know is left to `apply` to judge.
+    fn authorize(&self, session_id: u64, secret: &[u8]) -> Result<(), Status> {
+        if session_id == 0 {
+            return Err(Status::invalid_argument("session_id 0 names no session"));
+        }
+        if secret.len() != SESSION_SECRET_BYTES {
+            return Err(Status::permission_denied(format!(
+                "the call carries no secret for session {session_id} (it needs the {SESSION_SECRET_BYTES} bytes CreateSession returned)"
+            )));
+        }
+        match self.shared.state().authorize_session(session_id, secret) {
+            Err(failure) if failure.code == tonic::Code::PermissionDenied as i32 => Err(failure_status(&failure)),
+            _ => Ok(()),
+        }
+    }
+
     /// Proposes a session's mutating call.
     async fn call(&self, header: Option<pb::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
         let header = header.ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
-        if header.session_id == 0 {
-            return Err(Status::invalid_argument("session_id 0 names no session"));
-        }
+        self.authorize(header.session_id, &header.session_secret)?;
         if header.request_number == 0 {
             return Err(Status::invalid_argument("request numbers start at 1"));
         }
         let call = wire::SessionCall {
             session_id: header.session_id,
             request_number: header.request_number,
+            session_secret: header.session_secret,
             call: Some(call),
         };
         self.propose(wire::command::Kind::Call(call)).await
@@ -147,6 +171,9 @@ fn handle_ref(handle: Option<pb::HandleRef>) -> Result<pb::HandleRef, Status> {
     let handle = handle.ok_or_else(|| Status::invalid_argument("the handle is missing"))?;
     if handle.session_id == 0 || handle.handle == 0 {
         return Err(Status::invalid_argument("session_id and handle must be set"));
+    }
+    if handle.session_secret.len() != SESSION_SECRET_BYTES {
+        return Err(Status::permission_denied(format!("the call carries no secret for session {}", handle.session_id)));
     }
     Ok(handle)
 }
@@ -266,7 +293,13 @@ impl Cell for CellService {
         if request.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(Status::invalid_argument(format!("client_name over {CLIENT_NAME_BYTES_MAX} bytes")));
         }
-        let create = wire::CreateSession { client_name: request.client_name };
+        // Drawn here, on the master, and carried in the command, so applying
+        // stays deterministic; only this call's answer hands it out.
+        let mut secret = [0u8; SESSION_SECRET_BYTES];
+        getrandom::fill(&mut secret)
+            .map_err(|error| Status::internal(format!("cannot draw a session secret from the operating system: {error}")))?;
+        let session_secret = bytes::Bytes::copy_from_slice(&secret);
+        let create = wire::CreateSession { client_name: request.client_name, session_secret: session_secret.clone() };
         let outcome = self.propose(wire::command::Kind::CreateSession(create)).await?;
         let Some(wire::outcome::Result::SessionCreated(created)) = outcome.result else {
             return Err(unexpected(&outcome));
@@ -275,6 +308,7 @@ impl Cell for CellService {
         Ok(Response::new(pb::CreateSessionResponse {
             session_id: created.session_id,
             lease_ms: duration_ms(self.shared.session_lease),
+            session_secret,
         }))
     }
 
@@ -294,18 +328,17 @@ impl Cell for CellService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let session_id = request.into_inner().session_id;
-        if session_id == 0 {
-            return Err(Status::invalid_argument("session_id 0 names no session"));
-        }
-        let end = wire::EndSession { session_id, expired: false };
+        let request = request.into_inner();
+        let session_id = request.session_id;
+        self.authorize(session_id, &request.session_secret)?;
+        let end = wire::EndSession { session_id, expired: false, session_secret: request.session_secret };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
         self.shared.leases().remove(&session_id);
         Ok(Response::new(pb::CloseSessionResponse {}))
     }
 
     async fn open(&self, request: Request<pb::OpenRequest>) -> Result<Response<pb::OpenResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         Path::parse(&request.path).map_err(|error| bad_path(&error))?;
         contents_fit(&request.initial_contents)?;
         if request.lock_delay_ms > LOCK_DELAY_MS_MAX {
@@ -317,7 +350,7 @@ impl Cell for CellService {
         if pb::NodeKind::try_from(request.kind).is_err() {
             return Err(Status::invalid_argument(format!("unknown node kind {}", request.kind)));
         }
-        let header = request.header;
+        let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::Open(request)).await?;
         match outcome.result {
             Some(wire::outcome::Result::Opened(opened)) => Ok(Response::new(opened)),
@@ -326,8 +359,8 @@ impl Cell for CellService {
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Result<Response<pb::CloseResponse>, Status> {
-        let request = request.into_inner();
-        let header = request.header;
+        let mut request = request.into_inner();
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Close(request)).await?)?;
         Ok(Response::new(pb::CloseResponse {}))
     }
@@ -339,21 +372,22 @@ impl Cell for CellService {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
         let (contents, stat) =
-            self.shared.state().get_contents_and_stat(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+            self.shared.state().get_contents_and_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(pb::GetContentsAndStatResponse { contents, stat: Some(stat) }))
     }
 
     async fn get_stat(&self, request: Request<pb::GetStatRequest>) -> Result<Response<pb::GetStatResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
-        let stat = self.shared.state().get_stat(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+        let stat = self.shared.state().get_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(pb::GetStatResponse { stat: Some(stat) }))
     }
 
     async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
-        let (names, stat) = self.shared.state().read_dir(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+        let (names, stat) =
+            self.shared.state().read_dir(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(pb::ReadDirResponse { names, stat: Some(stat) }))
     }
 
@@ -361,9 +395,9 @@ impl Cell for CellService {
         &self,
         request: Request<pb::SetContentsRequest>,
     ) -> Result<Response<pb::SetContentsResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         contents_fit(&request.contents)?;
-        let header = request.header;
+        let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::SetContents(request)).await?;
         match outcome.result {
             Some(wire::outcome::Result::Written(written)) => Ok(Response::new(written)),
@@ -372,40 +406,46 @@ impl Cell for CellService {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let request = request.into_inner();
-        let header = request.header;
+        let mut request = request.into_inner();
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Delete(request)).await?)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate_acquire(&request)?;
         let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
-        let header = request.header;
-        let handle = request.handle;
-        let session_id = header.map_or(0, |h| h.session_id);
+        let header = request.header.take().ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
+        let wait = wire::CancelWait {
+            session_id: header.session_id,
+            handle: request.handle,
+            session_secret: header.session_secret.clone(),
+            request_number: header.request_number,
+            keep_granted: true,
+        };
         // If this call ends any other way than with the lock, a definite
-        // refusal, or the wait given up (the client hung up, the command's
-        // fate is unknown, the master lost its lease), the handle must not
-        // stay in line and be granted a lock nobody knows of.
-        let mut guard = CancelWaitOnDrop { shared: Some(self.shared.clone()), session_id, handle };
-        let result = self.acquire_and_wait(header, request, deadline).await;
+        // refusal, or its own cancel answered (the client hung up, the
+        // command's fate is unknown, the master lost its lease), the handle
+        // must not stay in line, nor keep a lock granted to this wait that
+        // nobody will hear of (see `Shared::begin_wait`).
+        let mut live = self.shared.begin_wait(wait.clone());
+        let result = self.acquire_and_wait(header, request, &wait, deadline).await;
         let settled = match &result {
             Ok(_) => true,
             Err(status) => status.code() != tonic::Code::Unavailable,
         };
         if settled {
-            guard.shared = None;
+            live.disarm();
         }
         result.map(Response::new)
     }
 
     async fn try_acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate_acquire(&request)?;
-        let header = request.header;
+        let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::TryAcquire(request)).await?;
         match acquired_sequencer(&outcome) {
             Some(sequencer) => Ok(Response::new(pb::AcquireResponse { sequencer: Some(sequencer) })),
@@ -414,8 +454,8 @@ impl Cell for CellService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let request = request.into_inner();
-        let header = request.header;
+        let mut request = request.into_inner();
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Release(request)).await?)?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
@@ -427,7 +467,7 @@ impl Cell for CellService {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
         let sequencer =
-            self.shared.state().get_sequencer(handle.session_id, handle.handle).map_err(|f| failure_status(&f))?;
+            self.shared.state().get_sequencer(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(pb::GetSequencerResponse { sequencer: Some(sequencer) }))
     }
 
@@ -448,10 +488,10 @@ impl Cell for CellService {
         &self,
         request: Request<pb::SetSequencerRequest>,
     ) -> Result<Response<pb::SetSequencerResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let sequencer = request.sequencer.as_ref().ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
         Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
-        let header = request.header;
+        let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
         Ok(Response::new(pb::SetSequencerResponse {}))
     }
@@ -462,29 +502,35 @@ impl CellService {
     /// lock (see [`CellService::wait_for_lock`]).
     async fn acquire_and_wait(
         &self,
-        header: Option<pb::RequestHeader>,
+        header: pb::RequestHeader,
         request: pb::AcquireRequest,
+        wait: &wire::CancelWait,
         deadline: Instant,
     ) -> Result<pb::AcquireResponse, Status> {
-        let handle = request.handle;
-        let outcome = self.call(header, wire::session_call::Call::Acquire(request)).await?;
+        let outcome = self.call(Some(header), wire::session_call::Call::Acquire(request)).await?;
         if let Some(sequencer) = acquired_sequencer(&outcome) {
             return Ok(pb::AcquireResponse { sequencer: Some(sequencer) });
         }
         if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
             return Err(unexpected(&outcome));
         }
-        let session_id = header.map_or(0, |h| h.session_id);
-        self.wait_for_lock(session_id, handle, deadline).await
+        self.wait_for_lock(wait, deadline).await
     }
 
-    /// Waits until the queued `handle` holds its lock, the wait becomes
-    /// impossible (handle closed, session ended, node deleted), this replica
-    /// stops being a master that can serve, or `deadline` passes; then gives
-    /// up its place in line with a `CancelWait` command.
-    async fn wait_for_lock(&self, session_id: u64, handle: u64, deadline: Instant) -> Result<pb::AcquireResponse, Status> {
+    /// Waits until the queued handle of `wait` holds its lock, the wait
+    /// becomes impossible (handle closed, session ended, node deleted), this
+    /// replica stops being a master that can serve, or `deadline` passes;
+    /// then gives up its place in line with `wait` as a `CancelWait`
+    /// command (which keeps and returns a lock granted just before).
+    ///
+    /// The state is read only after checking that this replica can serve:
+    /// a deposed master's applied state may still show a grant that is
+    /// gone (the node deleted, the session expired on the new master).
+    async fn wait_for_lock(&self, wait: &wire::CancelWait, deadline: Instant) -> Result<pb::AcquireResponse, Status> {
+        let (session_id, handle) = (wait.session_id, wait.handle);
         let mut applied = self.shared.watch_applied();
         loop {
+            self.check_can_read()?;
             {
                 let state = self.shared.state();
                 if let Some(sequencer) = state.holding(session_id, handle) {
@@ -496,7 +542,6 @@ impl CellService {
                     ));
                 }
             }
-            self.check_can_read()?;
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -506,8 +551,7 @@ impl CellService {
             let nap = (deadline - now).min(Duration::from_millis(100));
             let _ = tokio::time::timeout(nap, applied.changed()).await;
         }
-        let cancel = wire::CancelWait { session_id, handle };
-        let outcome = self.propose(wire::command::Kind::CancelWait(cancel)).await?;
+        let outcome = self.propose(wire::command::Kind::CancelWait(wire::CancelWait { keep_granted: true, ..wait.clone() })).await?;
         match acquired_sequencer(&outcome) {
             // Granted just before the cancel was applied.
             Some(sequencer) => Ok(pb::AcquireResponse { sequencer: Some(sequencer) }),
@@ -595,7 +639,6 @@ impl CellService {
         if session.is_some_and(|id| id != request.session_id) {
             return Err(Status::invalid_argument("one KeepAlive stream serves one session"));
         }
-        *session = Some(request.session_id);
         self.check_can_read()?;
         let events = {
             let mut state = self.shared.state();
@@ -605,6 +648,10 @@ impl CellService {
                     request.session_id
                 )));
             }
+            // Only the session's own client keeps it alive and gets its
+            // events; the stream serves it only from here on.
+            state.authorize_session(request.session_id, &request.session_secret).map_err(|f| failure_status(&f))?;
+            *session = Some(request.session_id);
             state.acknowledge_events(request.session_id, request.acknowledged_event);
             state.events_after(request.session_id, request.acknowledged_event, EVENTS_PER_MESSAGE_MAX)
         };
@@ -621,25 +668,73 @@ async fn session_changed(watcher: &mut Option<(u64, watch::Receiver<()>)>) -> Re
     }
 }
 
-/// Proposes a `CancelWait` for a handle when dropped while armed.
-struct CancelWaitOnDrop {
-    shared: Option<Arc<Shared>>,
-    session_id: u64,
-    handle: u64,
-}
-
-impl Drop for CancelWaitOnDrop {
-    fn drop(&mut self) {
-        let Some(shared) = self.shared.take() else { return };
-        let cancel = wire::CancelWait { session_id: self.session_id, handle: self.handle };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = shared.propose(wire::command::Kind::CancelWait(cancel)).await;
-            });
-        }
-    }
-}
-
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateMachine;
+
+    fn status(role: Role, lease_valid_until: Option<Instant>) -> ReplicaStatus {
+        ReplicaStatus {
+            id: 1,
+            role,
+            promised: Ballot::ZERO,
+            own_ballot: None,
+            master: None,
+            chosen_through: 3,
+            applied: 3,
+            log_start: 0,
+            installed_snapshot: None,
+            lease_valid_until,
+            read_barrier: Some(1),
+            snapshot_slot: 0,
+        }
+    }
+
+    fn apply(state: &mut StateMachine, kind: wire::command::Kind) -> Outcome {
+        state.apply(&wire::Command { now_ms: 1_000, lock_clock_ms: 1_000, kind: Some(kind), ..Default::default() })
+    }
+
+    /// A state in which session 1's handle 1 holds the lock on `/lock`.
+    fn state_with_a_holding() -> (StateMachine, u64, bytes::Bytes, u64) {
+        use wire::command::Kind;
+        use wire::session_call::Call;
+        let mut state = StateMachine::new();
+        let secret = bytes::Bytes::from_static(b"0123456789abcdef");
+        apply(&mut state, Kind::CreateSession(wire::CreateSession { client_name: "t".into(), session_secret: secret.clone() }));
+        let call = |number, call| {
+            Kind::Call(wire::SessionCall { session_id: 1, request_number: number, session_secret: secret.clone(), call: Some(call) })
+        };
+        let open = pb::OpenRequest { path: "/lock".into(), create: true, ..Default::default() };
+        apply(&mut state, call(1, Call::Open(open)));
+        let acquire = pb::AcquireRequest { handle: 1, mode: pb::LockMode::Exclusive as i32, ..Default::default() };
+        apply(&mut state, call(2, Call::TryAcquire(acquire)));
+        assert!(state.holding(1, 1).is_some());
+        (state, 1, secret, 1)
+    }
+
+    fn service(state: StateMachine, status: ReplicaStatus) -> (CellService, watch::Sender<ReplicaStatus>, mpsc::Receiver<crate::shared::Proposal>) {
+        let (shared, proposals) = Shared::new(state, Duration::from_secs(10));
+        let (sender, receiver) = watch::channel(status);
+        let service = CellService::new("test".into(), NonZeroU64::MIN, Vec::new(), receiver, Arc::new(TransportStats::default()), Arc::new(shared));
+        (service, sender, proposals)
+    }
+
+    /// A master whose lease ran out may have been deposed, and the lock it
+    /// sees in its applied state may have gone to someone else since: it
+    /// must check that it can serve before it reads the state.
+    #[tokio::test]
+    async fn a_master_that_cannot_serve_hands_out_no_lock_from_its_state() {
+        let (state, session, secret, handle) = state_with_a_holding();
+        let lapsed = Instant::now().checked_sub(Duration::from_millis(1));
+        let (service, _status, _proposals) = service(state, status(Role::Master, lapsed));
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let wait = wire::CancelWait { session_id: session, handle, session_secret: secret, request_number: 3, keep_granted: true };
+        let result = service.wait_for_lock(&wait, deadline).await;
+        let refused = result.expect_err("a master without a lease must not answer from its state");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    }
 }

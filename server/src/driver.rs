@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::errors::ProposeError;
+use crate::lock_clock::LockClock;
 use crate::metrics::Metrics;
 use crate::shared::{Proposal, Shared};
 use crate::state::{Outcome, SnapshotError, StateMachine};
@@ -170,7 +171,7 @@ pub struct Driver {
     duties_at: Instant,
     /// Whether, at the last duties, this master could serve (and so hear
     /// KeepAlives); on each change to true every session's deadline is
-    /// pushed to a full lease from then.
+    /// pushed to a full lease from then, and the lock-delay clock anchored.
     serving: bool,
     /// A peer's snapshot checked (restored into a state) before the core saw
     /// it, waiting for the core to hand it back for installing: its slot and
@@ -179,6 +180,9 @@ pub struct Driver {
     /// The core's count of rejected peer messages at the last turn, so the
     /// metric is fed the difference.
     rejected_seen: u64,
+    /// This master's reading of the lock-delay clock, stamped on every
+    /// command it proposes (see [`crate::lock_clock`]).
+    lock_clock: LockClock,
 }
 
 impl Driver {
@@ -227,6 +231,7 @@ impl Driver {
             serving: false,
             checked_snapshot: None,
             rejected_seen: 0,
+            lock_clock: LockClock::new(),
         };
         Ok((driver, status_rx, shared))
     }
@@ -500,11 +505,13 @@ impl Driver {
     fn propose_command(&mut self, kind: wire::command::Kind, number: u64) -> Result<(), ProposeError> {
         // Never stamp a time before the state's clock (this master's clock
         // may be behind the last one's); the state would ignore it anyway.
+        // Lock-delays run on the lock-delay clock, not on this wall clock.
         let now_ms = wall_clock_ms().max(self.shared.state().now_ms());
         let command = wire::Command {
             proposer_incarnation: self.incarnation,
             proposal_number: number,
             now_ms,
+            lock_clock_ms: self.lock_clock.stamp_ms(Instant::now()),
             kind: Some(kind),
         };
         self.options.metrics.proposals_total.inc();
@@ -524,6 +531,7 @@ impl Driver {
     fn became_master(&mut self, ballot: Ballot) {
         self.shared.leases().clear();
         self.serving = false;
+        self.lock_clock.forget();
         self.expiries_proposed.clear();
         self.advance_proposed_for = None;
         let took_over = wire::MasterTookOver { ballot_round: ballot.round, ballot_replica: ballot.replica };
@@ -541,6 +549,7 @@ impl Driver {
         }
         self.shared.leases().clear();
         self.serving = false;
+        self.lock_clock.forget();
         self.expiries_proposed.clear();
         self.advance_proposed_for = None;
     }
@@ -551,13 +560,15 @@ impl Driver {
     /// only then do clients' KeepAlives reach it. Each time it becomes able
     /// to serve (after an election, or after its lease lapsed) every session
     /// gets a full lease from that moment, so neither a failover nor a stall
-    /// of the master alone ever expires a session.
+    /// of the master alone ever expires a session, and the lock-delay clock
+    /// is anchored at the state's value (its state is current then).
     fn master_duties(&mut self) {
         let can_serve = self.replica.is_master()
             && self.replica.lease_valid()
             && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
         if !can_serve {
             self.serving = false;
+            self.lock_clock.forget();
             return;
         }
         let now = Instant::now();
@@ -569,6 +580,7 @@ impl Driver {
             let mut leases = self.shared.leases();
             if !self.serving {
                 self.serving = true;
+                self.lock_clock.anchor(state.lock_clock_ms(), now);
                 for deadline in leases.values_mut() {
                     *deadline = (*deadline).max(fresh);
                 }
@@ -586,13 +598,15 @@ impl Driver {
                 }
             }
             if let Some(end) = state.next_lock_delay_end_ms()
-                && wall_clock_ms() >= end && self.advance_proposed_for != Some(end) {
-                    advance = Some(end);
-                }
+                && self.lock_clock.stamp_ms(now) >= end
+                && self.advance_proposed_for != Some(end)
+            {
+                advance = Some(end);
+            }
         }
         for session in expired {
             tracing::info!(session, "session lease ran out; expiring it");
-            let end = wire::EndSession { session_id: session, expired: true };
+            let end = wire::EndSession { session_id: session, expired: true, ..Default::default() };
             if self.propose_command(wire::command::Kind::EndSession(end), 0).is_ok() {
                 self.expiries_proposed.insert(session);
             }

@@ -7,6 +7,7 @@
 //! | node exists | `ALREADY_EXISTS` |
 //! | lock held, stale sequencer, ended session, failed compare, invalid handle | `FAILED_PRECONDITION` |
 //! | not the master, or master not ready to serve | `UNAVAILABLE` + [`NotMaster`](api::NotMaster) details |
+//! | a call naming a session without its secret (or with a wrong one) | `PERMISSION_DENIED` |
 //! | bad path or argument | `INVALID_ARGUMENT` |
 //! | a limit hit | `RESOURCE_EXHAUSTED` |
 //! | a waiting `Acquire` ran out of time | `DEADLINE_EXCEEDED` |
@@ -108,7 +109,14 @@ mod tests {
 
     #[test]
     fn failures_keep_their_codes() {
-        for code in [Code::NotFound, Code::AlreadyExists, Code::FailedPrecondition, Code::InvalidArgument, Code::ResourceExhausted] {
+        for code in [
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::PermissionDenied,
+        ] {
             let failure = wire::Failure { code: code as i32, message: "m".into() };
             assert_eq!(failure_status(&failure).code(), code);
         }

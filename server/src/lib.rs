@@ -11,7 +11,8 @@
 //! - [`transport`] carries protocol messages between replicas over the
 //!   `Replica.Exchange` gRPC stream, with bounded queues everywhere;
 //! - [`driver`] owns the core, the storage and the state machine and runs
-//!   the driver contract, the master's duties and snapshots;
+//!   the driver contract, the master's duties and snapshots, stamping
+//!   commands with the lock-delay clock of [`lock_clock`];
 //! - [`shared`] is what the driver shares with the gRPC handlers;
 //! - [`cell_service`] answers clients' calls (the `Cell` service), with
 //!   [`errors`] deciding every status code;
@@ -26,6 +27,7 @@ pub mod codec;
 pub mod config;
 pub mod driver;
 pub mod errors;
+pub mod lock_clock;
 pub mod locks;
 pub mod metrics;
 pub mod namespace;

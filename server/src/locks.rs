@@ -1,10 +1,21 @@
 //! Advisory locks on nodes: exclusive (one writer) or shared (many readers),
 //! with waiters served in arrival order and Chubby's lock-delay.
 //!
-//! Deterministic like the rest of the state machine: time is the master's
-//! timestamp carried by the command being applied. The lock generation lives
-//! in the node's stat ([`crate::namespace::Stat::lock_generation`]); the state
-//! machine bumps it for each exclusive [`Grant`] this table hands out.
+//! Deterministic like the rest of the state machine. Time here is the
+//! **lock-delay clock** of the state ([`crate::state::StateMachine::lock_clock_ms`]),
+//! which each master advances only by its own monotonic elapsed time, so a
+//! lock-delay never ends early because two masters' wall clocks disagree.
+//!
+//! Every grant, exclusive or shared, takes the next cell-wide **lock
+//! generation**, which this table hands out and remembers per holding; a
+//! sequencer names its holding's generation, so it is current exactly while
+//! that holding lasts (see [`LockTable::is_current`]). The state machine
+//! copies the newest generation into the node's stat.
+//!
+//! A lock-delay belongs to the path, not to one instance of the node: it
+//! survives the node's deletion (and a new node of that name waits it out
+//! too), and a lock its holder lost without giving it up (its session ended,
+//! or another session deleted its node) starts the holder's lock-delay.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -14,6 +25,12 @@ use crate::namespace::{Path, SessionId};
 pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
 /// The most waiters one lock queues; past it `acquire` is refused.
 pub const WAITERS_PER_LOCK_MAX: usize = 1024;
+/// What a lock record costs in [`LockTable::footprint_bytes`] besides its
+/// path and holders: an upper bound of its encoding in a snapshot.
+pub const LOCK_RECORD_OVERHEAD_BYTES: usize = 32;
+/// What each holder or waiter of a lock costs in the footprint (an upper
+/// bound of a `LockHolder` record's encoding).
+pub const LOCK_HOLDER_BYTES: usize = 80;
 
 /// How a lock is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,16 +42,40 @@ pub enum LockMode {
 }
 
 /// Who holds (or waits for) a lock: a handle of a session, with the
-/// lock-delay the holder chose when it opened the handle.
+/// lock-delay the holder chose when it opened the handle and the request
+/// that asked for the lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Holder {
     /// The session.
     pub session: SessionId,
     /// The handle within the session.
     pub handle: u64,
-    /// How long nobody else gets the lock if this holder's session ends
-    /// without releasing it (at most [`LOCK_DELAY_MS_MAX`]).
+    /// How long nobody else gets the lock if this holder loses it without
+    /// giving it up (at most [`LOCK_DELAY_MS_MAX`]).
     pub lock_delay_ms: u64,
+    /// The request number of the `Acquire` or `TryAcquire` that asked, so a
+    /// `CancelWait` ends only the wait (or grant) of that request.
+    pub request_number: u64,
+}
+
+impl Holder {
+    fn is(&self, session: SessionId, handle: u64) -> bool {
+        self.session == session && self.handle == handle
+    }
+}
+
+/// One holding of a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// Who holds it.
+    pub holder: Holder,
+    /// In which mode.
+    pub mode: LockMode,
+    /// The lock generation of this grant (new for every grant).
+    pub lock_generation: u64,
+    /// Whether the holder waited in line before the grant (so its client
+    /// learns of it from a waiting call, not from the `Acquire`'s answer).
+    pub waited: bool,
 }
 
 /// A lock handed to a holder, by `acquire` directly or later to a waiter.
@@ -46,16 +87,18 @@ pub struct Grant {
     pub holder: Holder,
     /// The mode granted.
     pub mode: LockMode,
-    /// Whether nobody held the lock before this grant (it went from free to
-    /// held), which is when its lock generation moves on.
-    pub was_free: bool,
+    /// The grant's lock generation.
+    pub lock_generation: u64,
 }
 
 /// What `acquire` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Acquired {
-    /// The lock is held now.
-    Granted,
+    /// The lock is held now, with this generation.
+    Granted {
+        /// The grant's lock generation.
+        lock_generation: u64,
+    },
     /// The caller waits in line; the current holders get a "conflicting
     /// lock request" event.
     Queued {
@@ -73,14 +116,14 @@ pub enum LockError {
     /// Someone holds the lock in a conflicting mode, or waits for it first.
     #[error("{0} is locked")]
     Held(Path),
-    /// A holder's session ended without releasing the lock; nobody gets it
-    /// before `until_ms`.
-    #[error("{path} is in its lock-delay until {until_ms} ms")]
+    /// A holder lost the lock without releasing it; nobody gets it until
+    /// its lock-delay has run out.
+    #[error("{path} is in its lock-delay for another {remaining_ms} ms")]
     LockDelay {
         /// The node.
         path: Path,
-        /// When the lock-delay ends (master's time, ms).
-        until_ms: u64,
+        /// How much longer the lock-delay runs (lock-delay clock, ms).
+        remaining_ms: u64,
     },
     /// The holder does not hold this lock.
     #[error("{0} is not held by this handle")]
@@ -98,63 +141,94 @@ pub enum LockError {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Lock {
-    exclusive: Option<Holder>,
-    shared: BTreeSet<Holder>,
+    /// By (session, handle): one exclusive holding, or any number shared.
+    holders: BTreeMap<(SessionId, u64), Holding>,
     waiters: VecDeque<(Holder, LockMode)>,
+    /// The end of a running lock-delay (lock-delay clock); 0 if none.
     delay_until_ms: u64,
 }
 
 impl Lock {
-    fn holders(&self) -> Vec<Holder> {
-        self.exclusive.iter().copied().chain(self.shared.iter().copied()).collect()
-    }
-
     fn is_free_for(&self, mode: LockMode) -> bool {
         match mode {
-            LockMode::Exclusive => self.exclusive.is_none() && self.shared.is_empty(),
-            LockMode::Shared => self.exclusive.is_none(),
+            LockMode::Exclusive => self.holders.is_empty(),
+            LockMode::Shared => self.holders.values().all(|h| h.mode == LockMode::Shared),
         }
     }
 
-    fn involves(&self, holder: &Holder) -> bool {
-        let same = |h: &Holder| h.session == holder.session && h.handle == holder.handle;
-        self.exclusive.iter().any(same) || self.shared.iter().any(same) || self.waiters.iter().any(|(h, _)| same(h))
+    fn involves(&self, session: SessionId, handle: u64) -> bool {
+        self.holders.contains_key(&(session, handle)) || self.waiters.iter().any(|(h, _)| h.is(session, handle))
     }
 
-    fn hold(&mut self, holder: Holder, mode: LockMode) {
-        match mode {
-            LockMode::Exclusive => self.exclusive = Some(holder),
-            LockMode::Shared => {
-                self.shared.insert(holder);
+    fn grant(&mut self, holder: Holder, mode: LockMode, waited: bool, last_lock_generation: &mut u64) -> u64 {
+        *last_lock_generation += 1;
+        let lock_generation = *last_lock_generation;
+        self.holders.insert((holder.session, holder.handle), Holding { holder, mode, lock_generation, waited });
+        lock_generation
+    }
+
+    /// Starts (or lengthens) the lock-delay to `clock_ms + delay_ms`.
+    fn delay(&mut self, clock_ms: u64, delay_ms: u64) {
+        if delay_ms > 0 {
+            self.delay_until_ms = self.delay_until_ms.max(clock_ms.saturating_add(delay_ms));
+        }
+    }
+
+    /// Serves the line in order once no lock-delay runs: the first waiter
+    /// alone if exclusive, else every shared waiter up to the next
+    /// exclusive one.
+    fn grant_waiters(&mut self, path: &Path, clock_ms: u64, last_lock_generation: &mut u64) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        if clock_ms < self.delay_until_ms {
+            return grants;
+        }
+        self.delay_until_ms = 0;
+        while let Some(&(holder, mode)) = self.waiters.front() {
+            if !self.is_free_for(mode) {
+                break;
             }
+            self.waiters.pop_front();
+            let lock_generation = self.grant(holder, mode, true, last_lock_generation);
+            grants.push(Grant { path: path.clone(), holder, mode, lock_generation });
         }
+        grants
     }
 
     fn is_idle(&self) -> bool {
-        self.exclusive.is_none() && self.shared.is_empty() && self.waiters.is_empty()
+        self.holders.is_empty() && self.waiters.is_empty() && self.delay_until_ms == 0
+    }
+
+    fn footprint_bytes(&self, path: &Path) -> usize {
+        LOCK_RECORD_OVERHEAD_BYTES + path.as_str().len() + LOCK_HOLDER_BYTES * (self.holders.len() + self.waiters.len())
     }
 }
 
 /// One lock as a snapshot carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockRecord {
-    /// The locked node.
+    /// The locked node (or, for a lock-delay alone, the path of a deleted
+    /// node).
     pub path: Path,
-    /// The holders: one exclusive, or any number shared.
-    pub holders: Vec<(Holder, LockMode)>,
+    /// The holdings: one exclusive, or any number shared.
+    pub holders: Vec<Holding>,
     /// The waiters in line order.
     pub waiters: Vec<(Holder, LockMode)>,
-    /// The end of a running lock-delay; 0 if none.
+    /// The end of a running lock-delay (lock-delay clock); 0 if none.
     pub delay_until_ms: u64,
 }
 
-/// Every lock that is held, waited for, or in its lock-delay, by node.
+/// Every lock that is held, waited for, or in its lock-delay, by path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockTable {
     locks: BTreeMap<Path, Lock>,
+    /// The generation of the newest grant in the cell (0 before any).
+    last_lock_generation: u64,
     /// Derived: every running lock-delay by its end, so the earliest is
     /// found without a scan.
     delay_ends: BTreeSet<(u64, Path)>,
+    /// Derived: what the locks cost in a snapshot (see
+    /// [`LockTable::footprint_bytes`]).
+    footprint_bytes: usize,
 }
 
 impl LockTable {
@@ -163,157 +237,217 @@ impl LockTable {
         LockTable::default()
     }
 
+    /// Changes the lock on `path` (created empty if missing) and keeps the
+    /// derived index and footprint up to date; an idle lock is forgotten, so
+    /// the table never holds one. Every change goes through here.
+    fn update<R>(&mut self, path: &Path, change: impl FnOnce(&mut Lock, &mut u64) -> R) -> R {
+        let existing = self.locks.remove(path);
+        let bytes_before = existing.as_ref().map_or(0, |lock| lock.footprint_bytes(path));
+        let mut lock = existing.unwrap_or_default();
+        let delay_before = lock.delay_until_ms;
+        let result = change(&mut lock, &mut self.last_lock_generation);
+        if lock.delay_until_ms != delay_before {
+            if delay_before != 0 {
+                self.delay_ends.remove(&(delay_before, path.clone()));
+            }
+            if lock.delay_until_ms != 0 {
+                self.delay_ends.insert((lock.delay_until_ms, path.clone()));
+            }
+        }
+        self.footprint_bytes -= bytes_before;
+        if !lock.is_idle() {
+            self.footprint_bytes += lock.footprint_bytes(path);
+            self.locks.insert(path.clone(), lock);
+        }
+        result
+    }
+
     /// Takes the lock now or fails: a conflicting holder, an earlier waiter
-    /// or a running lock-delay all refuse it.
-    pub fn try_acquire(&mut self, path: &Path, holder: Holder, mode: LockMode, now_ms: u64) -> Result<(), LockError> {
+    /// or a running lock-delay all refuse it. Returns the grant's
+    /// generation.
+    pub fn try_acquire(&mut self, path: &Path, holder: Holder, mode: LockMode, clock_ms: u64) -> Result<u64, LockError> {
         Self::check_delay(holder)?;
-        let lock = self.locks.entry(path.clone()).or_default();
-        if lock.involves(&holder) {
-            return Err(LockError::AlreadyRequested(path.clone()));
-        }
-        if now_ms < lock.delay_until_ms {
-            return Err(LockError::LockDelay { path: path.clone(), until_ms: lock.delay_until_ms });
-        }
-        if !lock.waiters.is_empty() || !lock.is_free_for(mode) {
-            return Err(LockError::Held(path.clone()));
-        }
-        lock.hold(holder, mode);
-        Ok(())
+        self.update(path, |lock, last| {
+            if lock.involves(holder.session, holder.handle) {
+                return Err(LockError::AlreadyRequested(path.clone()));
+            }
+            if clock_ms < lock.delay_until_ms {
+                return Err(LockError::LockDelay { path: path.clone(), remaining_ms: lock.delay_until_ms - clock_ms });
+            }
+            // A lock-delay that has passed is over. (Its waiters were served
+            // when the clock passed it: the state machine runs
+            // `advance_time` before every command.)
+            lock.delay_until_ms = 0;
+            if !lock.waiters.is_empty() || !lock.is_free_for(mode) {
+                return Err(LockError::Held(path.clone()));
+            }
+            Ok(lock.grant(holder, mode, false, last))
+        })
     }
 
     /// Takes the lock now if `try_acquire` would, else queues the holder
     /// behind the others.
-    pub fn acquire(&mut self, path: &Path, holder: Holder, mode: LockMode, now_ms: u64) -> Result<Acquired, LockError> {
-        match self.try_acquire(path, holder, mode, now_ms) {
-            Ok(()) => Ok(Acquired::Granted),
-            Err(LockError::Held(_) | LockError::LockDelay { .. }) => {
-                let lock = self.locks.entry(path.clone()).or_default();
+    pub fn acquire(&mut self, path: &Path, holder: Holder, mode: LockMode, clock_ms: u64) -> Result<Acquired, LockError> {
+        match self.try_acquire(path, holder, mode, clock_ms) {
+            Ok(lock_generation) => Ok(Acquired::Granted { lock_generation }),
+            Err(LockError::Held(_) | LockError::LockDelay { .. }) => self.update(path, |lock, _| {
                 if lock.waiters.len() >= WAITERS_PER_LOCK_MAX {
                     return Err(LockError::TooManyWaiters(path.clone()));
                 }
                 lock.waiters.push_back((holder, mode));
-                Ok(Acquired::Queued { conflicting: lock.holders() })
-            }
+                Ok(Acquired::Queued { conflicting: lock.holders.values().map(|h| h.holder).collect() })
+            }),
             Err(other) => Err(other),
         }
     }
 
-    /// Gives the lock up and hands it to the waiters next in line.
-    pub fn release(&mut self, path: &Path, holder: Holder, now_ms: u64) -> Result<Vec<Grant>, LockError> {
-        let Some(lock) = self.locks.get_mut(path) else { return Err(LockError::NotHeld(path.clone())) };
-        let same = |h: &Holder| h.session == holder.session && h.handle == holder.handle;
-        if lock.exclusive.as_ref().is_some_and(same) {
-            lock.exclusive = None;
-        } else if let Some(found) = lock.shared.iter().copied().find(same) {
-            lock.shared.remove(&found);
-        } else {
+    /// Gives the handle's holding up (no lock-delay: it knows) and hands
+    /// the lock to the waiters next in line.
+    pub fn release(&mut self, path: &Path, session: SessionId, handle: u64, clock_ms: u64) -> Result<Vec<Grant>, LockError> {
+        if !self.locks.get(path).is_some_and(|lock| lock.holders.contains_key(&(session, handle))) {
             return Err(LockError::NotHeld(path.clone()));
         }
-        Ok(self.grant_waiters(path, now_ms))
+        Ok(self.update(path, |lock, last| {
+            lock.holders.remove(&(session, handle));
+            lock.grant_waiters(path, clock_ms, last)
+        }))
     }
 
-    /// Stops waiting (the caller's deadline passed, or its handle closed).
-    pub fn cancel_wait(&mut self, path: &Path, holder: Holder, now_ms: u64) -> Vec<Grant> {
-        if let Some(lock) = self.locks.get_mut(path) {
-            lock.waiters.retain(|(h, _)| !(h.session == holder.session && h.handle == holder.handle));
+    /// Stops the handle's wait (its deadline passed, its call was dropped,
+    /// or its handle closed); with `request_number`, only the wait that
+    /// request began. Returns whether a wait ended, and the grants to those
+    /// behind it.
+    pub fn cancel_wait(
+        &mut self,
+        path: &Path,
+        session: SessionId,
+        handle: u64,
+        request_number: Option<u64>,
+        clock_ms: u64,
+    ) -> (bool, Vec<Grant>) {
+        let matches = |h: &Holder| h.is(session, handle) && request_number.is_none_or(|n| h.request_number == n);
+        if !self.locks.get(path).is_some_and(|lock| lock.waiters.iter().any(|(h, _)| matches(h))) {
+            return (false, Vec::new());
         }
-        // Removing the head of the line may let those behind it in.
-        self.grant_waiters(path, now_ms)
+        let grants = self.update(path, |lock, last| {
+            lock.waiters.retain(|(h, _)| !matches(h));
+            // Removing the head of the line may let those behind it in.
+            lock.grant_waiters(path, clock_ms, last)
+        });
+        (true, grants)
     }
 
     /// A session ended (closed or expired): its waits are dropped and its
-    /// locks freed. A lock it held starts the lock-delay its holder chose;
-    /// waiters get the lock once that has passed (see `advance_time`).
-    pub fn session_ended(&mut self, session: SessionId, now_ms: u64) -> Vec<Grant> {
-        let paths: Vec<Path> = self.locks.keys().cloned().collect();
+    /// holdings freed. A holding it had starts the lock-delay its holder
+    /// chose; waiters get the lock once that has passed (see
+    /// `advance_time`). (A clean close releases first, so it leaves no
+    /// delay.)
+    pub fn session_ended(&mut self, session: SessionId, clock_ms: u64) -> Vec<Grant> {
+        let involved: Vec<Path> = self
+            .locks
+            .iter()
+            .filter(|(_, lock)| {
+                lock.holders.keys().any(|&(s, _)| s == session) || lock.waiters.iter().any(|(h, _)| h.session == session)
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
         let mut grants = Vec::new();
-        for path in paths {
-            let Some(lock) = self.locks.get_mut(&path) else { continue };
-            lock.waiters.retain(|(h, _)| h.session != session);
-            let mut delay_ms = 0;
-            if lock.exclusive.is_some_and(|h| h.session == session) {
-                delay_ms = lock.exclusive.map_or(0, |h| h.lock_delay_ms);
-                lock.exclusive = None;
-            }
-            let ended: Vec<Holder> = lock.shared.iter().copied().filter(|h| h.session == session).collect();
-            for holder in ended {
-                delay_ms = delay_ms.max(holder.lock_delay_ms);
-                lock.shared.remove(&holder);
-            }
-            if delay_ms > 0 {
-                let until = lock.delay_until_ms.max(now_ms.saturating_add(delay_ms));
-                self.delay_ends.remove(&(lock.delay_until_ms, path.clone()));
-                lock.delay_until_ms = until;
-                self.delay_ends.insert((until, path.clone()));
-            }
-            grants.extend(self.grant_waiters(&path, now_ms));
+        for path in involved {
+            grants.extend(self.update(&path, |lock, last| {
+                lock.waiters.retain(|(h, _)| h.session != session);
+                let ended: Vec<(SessionId, u64)> = lock.holders.keys().copied().filter(|&(s, _)| s == session).collect();
+                for key in ended {
+                    if let Some(holding) = lock.holders.remove(&key) {
+                        lock.delay(clock_ms, holding.holder.lock_delay_ms);
+                    }
+                }
+                lock.grant_waiters(&path, clock_ms, last)
+            }));
         }
         grants
     }
 
-    /// Ends the lock-delays that have passed by `now_ms` and hands those
-    /// locks to their waiters. The state machine calls it whenever its clock
-    /// passes [`next_delay_end_ms`](Self::next_delay_end_ms), and the master
-    /// proposes a command carrying the time when a lock-delay runs out.
-    pub fn advance_time(&mut self, now_ms: u64) -> Vec<Grant> {
-        let due: Vec<Path> =
-            self.delay_ends.iter().take_while(|(until, _)| *until <= now_ms).map(|(_, path)| path.clone()).collect();
-        due.iter().flat_map(|path| self.grant_waiters(path, now_ms)).collect()
+    /// The node at `path` was deleted: its holders and waiters lose the
+    /// lock (their handles are bound to the deleted instance). A holder
+    /// from another session than `deleter` lost it without giving it up, so
+    /// its lock-delay starts; a running lock-delay goes on. Either stays with
+    /// the path, and a node created there later waits it out too.
+    pub fn node_deleted(&mut self, path: &Path, deleter: Option<SessionId>, clock_ms: u64) {
+        if !self.locks.contains_key(path) {
+            return;
+        }
+        self.update(path, |lock, _| {
+            lock.waiters.clear();
+            for (_, holding) in std::mem::take(&mut lock.holders) {
+                if Some(holding.holder.session) != deleter {
+                    lock.delay(clock_ms, holding.holder.lock_delay_ms);
+                }
+            }
+        });
     }
 
-    /// The earliest end of a running lock-delay.
+    /// Ends the lock-delays that have passed by `clock_ms` and hands those
+    /// locks to their waiters. The state machine calls it whenever its
+    /// lock-delay clock passes [`next_delay_end_ms`](Self::next_delay_end_ms),
+    /// and the master proposes a command carrying its clock when a
+    /// lock-delay runs out.
+    pub fn advance_time(&mut self, clock_ms: u64) -> Vec<Grant> {
+        let due: Vec<Path> =
+            self.delay_ends.iter().take_while(|(until, _)| *until <= clock_ms).map(|(_, path)| path.clone()).collect();
+        due.iter().flat_map(|path| self.update(path, |lock, last| lock.grant_waiters(path, clock_ms, last))).collect()
+    }
+
+    /// The earliest end of a running lock-delay (lock-delay clock).
     pub fn next_delay_end_ms(&self) -> Option<u64> {
         self.delay_ends.first().map(|(until, _)| *until)
     }
 
-    /// Who holds the lock on `path`, in which mode.
-    pub fn holders(&self, path: &Path) -> Vec<(Holder, LockMode)> {
-        let Some(lock) = self.locks.get(path) else { return Vec::new() };
-        let exclusive = lock.exclusive.iter().map(|&h| (h, LockMode::Exclusive));
-        exclusive.chain(lock.shared.iter().map(|&h| (h, LockMode::Shared))).collect()
+    /// The generation of the newest grant in the cell.
+    pub fn last_lock_generation(&self) -> u64 {
+        self.last_lock_generation
     }
 
-    /// The mode in which this handle holds the lock on `path`, if it does.
-    pub fn held_by(&self, path: &Path, session: SessionId, handle: u64) -> Option<LockMode> {
-        let lock = self.locks.get(path)?;
-        let same = |h: &Holder| h.session == session && h.handle == handle;
-        if lock.exclusive.as_ref().is_some_and(same) {
-            Some(LockMode::Exclusive)
-        } else if lock.shared.iter().any(same) {
-            Some(LockMode::Shared)
-        } else {
-            None
-        }
+    /// Every holding of the lock on `path`, exclusive first then by handle.
+    pub fn holders(&self, path: &Path) -> Vec<Holding> {
+        self.locks.get(path).map_or_else(Vec::new, |lock| lock.holders.values().copied().collect())
     }
 
-    /// Whether this handle waits in line for the lock on `path`.
-    pub fn is_waiting(&self, path: &Path, session: SessionId, handle: u64) -> bool {
+    /// This handle's holding of the lock on `path`, if it holds it.
+    pub fn holding(&self, path: &Path, session: SessionId, handle: u64) -> Option<Holding> {
+        self.locks.get(path)?.holders.get(&(session, handle)).copied()
+    }
+
+    /// Whether this handle waits in line for the lock on `path` (for the
+    /// request `request_number`, if given).
+    pub fn is_waiting(&self, path: &Path, session: SessionId, handle: u64, request_number: Option<u64>) -> bool {
+        self.locks.get(path).is_some_and(|lock| {
+            lock.waiters.iter().any(|(h, _)| h.is(session, handle) && request_number.is_none_or(|n| h.request_number == n))
+        })
+    }
+
+    /// Whether a holding of `path` in `mode` with this generation exists:
+    /// a sequencer is current exactly while the grant it names lasts.
+    pub fn is_current(&self, path: &Path, mode: LockMode, lock_generation: u64) -> bool {
         self.locks
             .get(path)
-            .is_some_and(|lock| lock.waiters.iter().any(|(h, _)| h.session == session && h.handle == handle))
+            .is_some_and(|lock| lock.holders.values().any(|h| h.mode == mode && h.lock_generation == lock_generation))
     }
 
-    /// Whether the lock on `path` is held in `mode` by anyone.
-    pub fn is_held_in(&self, path: &Path, mode: LockMode) -> bool {
-        self.locks.get(path).is_some_and(|lock| match mode {
-            LockMode::Exclusive => lock.exclusive.is_some(),
-            LockMode::Shared => !lock.shared.is_empty(),
-        })
+    /// Whether anyone holds the lock on `path`.
+    pub fn is_held(&self, path: &Path) -> bool {
+        self.locks.get(path).is_some_and(|lock| !lock.holders.is_empty())
     }
 
     /// How many holdings there are (an exclusive holder or each shared one).
     pub fn held_count(&self) -> usize {
-        self.locks.values().map(|lock| usize::from(lock.exclusive.is_some()) + lock.shared.len()).sum()
+        self.locks.values().map(|lock| lock.holders.len()).sum()
     }
 
-    /// Forgets the lock of a deleted node: holders and waiters lose it, and
-    /// a running lock-delay ends with the node. Returns who held or waited.
-    pub fn remove(&mut self, path: &Path) -> Vec<Holder> {
-        let Some(lock) = self.locks.remove(path) else { return Vec::new() };
-        self.delay_ends.remove(&(lock.delay_until_ms, path.clone()));
-        let mut involved = lock.holders();
-        involved.extend(lock.waiters.iter().map(|(h, _)| *h));
-        involved
+    /// An upper bound of the bytes every lock record takes in a snapshot:
+    /// [`LOCK_RECORD_OVERHEAD_BYTES`] and the path per lock, and
+    /// [`LOCK_HOLDER_BYTES`] per holder and waiter.
+    pub fn footprint_bytes(&self) -> usize {
+        self.footprint_bytes
     }
 
     /// Every lock, in path order, for a snapshot.
@@ -322,7 +456,7 @@ impl LockTable {
             .iter()
             .map(|(path, lock)| LockRecord {
                 path: path.clone(),
-                holders: self.holders(path),
+                holders: lock.holders.values().copied().collect(),
                 waiters: lock.waiters.iter().copied().collect(),
                 delay_until_ms: lock.delay_until_ms,
             })
@@ -331,60 +465,74 @@ impl LockTable {
 
     /// Rebuilds a table from a snapshot's records, refusing records that
     /// could not arise: two exclusive holders, exclusive and shared at once,
-    /// a handle twice in one lock, or a lock listed twice.
-    pub fn from_records(records: Vec<LockRecord>) -> Result<LockTable, String> {
-        let mut table = LockTable::new();
+    /// a handle twice in one lock, a lock listed twice or idle, a grant
+    /// without a generation or newer than `last_lock_generation`, a
+    /// lock-delay longer than the longest there is from `clock_ms`.
+    pub fn from_records(last_lock_generation: u64, clock_ms: u64, records: Vec<LockRecord>) -> Result<LockTable, String> {
+        let mut table = LockTable { last_lock_generation, ..LockTable::new() };
         for record in records {
+            let path = &record.path;
             let mut lock = Lock { delay_until_ms: record.delay_until_ms, ..Lock::default() };
-            for (holder, mode) in record.holders {
-                if lock.involves(&holder) || !lock.is_free_for(mode) {
-                    return Err(format!("lock {} has conflicting holders", record.path));
+            if lock.delay_until_ms > clock_ms.saturating_add(LOCK_DELAY_MS_MAX) {
+                return Err(format!("lock {path} has a lock-delay longer than {LOCK_DELAY_MS_MAX} ms"));
+            }
+            for holding in record.holders {
+                let holder = holding.holder;
+                Self::check_delay(holder).map_err(|error| format!("lock {path}: {error}"))?;
+                if lock.involves(holder.session, holder.handle) || !lock.is_free_for(holding.mode) {
+                    return Err(format!("lock {path} has conflicting holders"));
                 }
-                lock.hold(holder, mode);
+                if holding.lock_generation == 0 || holding.lock_generation > last_lock_generation {
+                    return Err(format!("lock {path} has a grant of generation {} (last {last_lock_generation})", holding.lock_generation));
+                }
+                lock.holders.insert((holder.session, holder.handle), holding);
             }
             for (holder, mode) in record.waiters {
-                if lock.involves(&holder) {
-                    return Err(format!("lock {} lists a handle twice", record.path));
+                Self::check_delay(holder).map_err(|error| format!("lock {path}: {error}"))?;
+                if lock.involves(holder.session, holder.handle) {
+                    return Err(format!("lock {path} lists a handle twice"));
                 }
                 lock.waiters.push_back((holder, mode));
             }
             if lock.waiters.len() > WAITERS_PER_LOCK_MAX {
-                return Err(format!("lock {} has {} waiters", record.path, lock.waiters.len()));
+                return Err(format!("lock {path} has {} waiters", lock.waiters.len()));
+            }
+            if lock.is_idle() {
+                return Err(format!("lock {path} is neither held, waited for nor in a lock-delay"));
+            }
+            if table.locks.contains_key(path) {
+                return Err(format!("lock {path} appears twice"));
             }
             if lock.delay_until_ms != 0 {
-                table.delay_ends.insert((lock.delay_until_ms, record.path.clone()));
+                table.delay_ends.insert((lock.delay_until_ms, path.clone()));
             }
-            if table.locks.insert(record.path.clone(), lock).is_some() {
-                return Err(format!("lock {} appears twice", record.path));
-            }
+            table.footprint_bytes += lock.footprint_bytes(path);
+            table.locks.insert(record.path, lock);
         }
         Ok(table)
     }
 
-    /// Serves the line in order: the first waiter alone if exclusive, else
-    /// every shared waiter up to the next exclusive one.
-    fn grant_waiters(&mut self, path: &Path, now_ms: u64) -> Vec<Grant> {
-        let Some(lock) = self.locks.get_mut(path) else { return Vec::new() };
-        let mut grants = Vec::new();
-        if now_ms >= lock.delay_until_ms {
+    /// Recomputes what is kept incrementally (the lock-delay index and the
+    /// footprint) and checks each lock's shape; panics on a difference, which
+    /// is a bug. Run after every command in debug builds.
+    pub fn check_invariants(&self) {
+        let mut delay_ends = BTreeSet::new();
+        let mut footprint_bytes = 0;
+        for (path, lock) in &self.locks {
+            assert!(!lock.is_idle(), "lock {path} is idle but kept");
+            let exclusive = lock.holders.values().filter(|h| h.mode == LockMode::Exclusive).count();
+            assert!(exclusive == 0 || lock.holders.len() == 1, "lock {path} is exclusive and shared at once");
+            for (key, holding) in &lock.holders {
+                assert_eq!(*key, (holding.holder.session, holding.holder.handle), "lock {path}: a holding under another key");
+                assert!(holding.lock_generation > 0 && holding.lock_generation <= self.last_lock_generation, "lock {path}: generation");
+            }
             if lock.delay_until_ms != 0 {
-                self.delay_ends.remove(&(lock.delay_until_ms, path.clone()));
-                lock.delay_until_ms = 0;
+                delay_ends.insert((lock.delay_until_ms, path.clone()));
             }
-            while let Some(&(holder, mode)) = lock.waiters.front() {
-                if !lock.is_free_for(mode) {
-                    break;
-                }
-                let was_free = lock.exclusive.is_none() && lock.shared.is_empty();
-                lock.waiters.pop_front();
-                lock.hold(holder, mode);
-                grants.push(Grant { path: path.clone(), holder, mode, was_free });
-            }
+            footprint_bytes += lock.footprint_bytes(path);
         }
-        if lock.is_idle() && lock.delay_until_ms == 0 {
-            self.locks.remove(path);
-        }
-        grants
+        assert_eq!(delay_ends, self.delay_ends, "the lock-delay index");
+        assert_eq!(footprint_bytes, self.footprint_bytes, "the locks' footprint");
     }
 
     fn check_delay(holder: Holder) -> Result<(), LockError> {
@@ -404,32 +552,46 @@ mod tests {
     }
 
     fn holder(session: SessionId) -> Holder {
-        Holder { session, handle: 1, lock_delay_ms: 1_000 }
+        Holder { session, handle: 1, lock_delay_ms: 1_000, request_number: 1 }
+    }
+
+    fn granted(table: &LockTable, session: SessionId) -> bool {
+        table.holding(&path(), session, 1).is_some()
+    }
+
+    fn sessions(grants: &[Grant]) -> Vec<SessionId> {
+        grants.iter().map(|g| g.holder.session).collect()
     }
 
     #[test]
     fn exclusive_lock_excludes_everyone_else_until_released() {
         let mut table = LockTable::new();
-        table.try_acquire(&path(), holder(1), LockMode::Exclusive, 0).expect("free");
+        assert_eq!(table.try_acquire(&path(), holder(1), LockMode::Exclusive, 0), Ok(1));
         assert_eq!(table.try_acquire(&path(), holder(2), LockMode::Exclusive, 0), Err(LockError::Held(path())));
         assert_eq!(table.try_acquire(&path(), holder(2), LockMode::Shared, 0), Err(LockError::Held(path())));
-        assert_eq!(table.release(&path(), holder(2), 0), Err(LockError::NotHeld(path())));
-        assert_eq!(table.release(&path(), holder(1), 0), Ok(vec![]));
-        table.try_acquire(&path(), holder(2), LockMode::Exclusive, 0).expect("free after release");
+        assert_eq!(table.release(&path(), 2, 1, 0), Err(LockError::NotHeld(path())));
+        assert_eq!(table.release(&path(), 1, 1, 0), Ok(vec![]));
+        assert_eq!(table.try_acquire(&path(), holder(2), LockMode::Exclusive, 0), Ok(2), "free after release, next generation");
+        table.check_invariants();
     }
 
     #[test]
-    fn shared_holders_coexist_and_keep_an_exclusive_request_waiting() {
+    fn shared_holders_coexist_each_with_its_own_generation() {
         let mut table = LockTable::new();
-        table.try_acquire(&path(), holder(1), LockMode::Shared, 0).expect("free");
-        table.try_acquire(&path(), holder(2), LockMode::Shared, 0).expect("shared with shared");
+        assert_eq!(table.try_acquire(&path(), holder(1), LockMode::Shared, 0), Ok(1));
+        assert_eq!(table.try_acquire(&path(), holder(2), LockMode::Shared, 0), Ok(2));
+        assert!(table.is_current(&path(), LockMode::Shared, 1) && table.is_current(&path(), LockMode::Shared, 2));
         let queued = table.acquire(&path(), holder(3), LockMode::Exclusive, 0).expect("queued");
         assert_eq!(queued, Acquired::Queued { conflicting: vec![holder(1), holder(2)] });
         // A later reader does not overtake the waiting writer.
         assert_eq!(table.try_acquire(&path(), holder(4), LockMode::Shared, 0), Err(LockError::Held(path())));
-        assert_eq!(table.release(&path(), holder(1), 0), Ok(vec![]));
-        let grants = table.release(&path(), holder(2), 0).expect("held");
-        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Exclusive, was_free: true }]);
+        assert_eq!(table.release(&path(), 1, 1, 0), Ok(vec![]));
+        assert!(!table.is_current(&path(), LockMode::Shared, 1), "the released holding's generation is gone");
+        assert!(table.is_current(&path(), LockMode::Shared, 2));
+        let grants = table.release(&path(), 2, 1, 0).expect("held");
+        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Exclusive, lock_generation: 3 }]);
+        assert!(table.holding(&path(), 3, 1).is_some_and(|h| h.waited));
+        table.check_invariants();
     }
 
     #[test]
@@ -439,14 +601,14 @@ mod tests {
         for (session, mode) in [(2, LockMode::Shared), (3, LockMode::Shared), (4, LockMode::Exclusive), (5, LockMode::Shared)] {
             assert!(matches!(table.acquire(&path(), holder(session), mode, 0), Ok(Acquired::Queued { .. })));
         }
-        let grants = table.release(&path(), holder(1), 0).expect("held");
-        let granted: Vec<SessionId> = grants.iter().map(|g| g.holder.session).collect();
-        assert_eq!(granted, vec![2, 3], "the two readers, not the writer behind them");
-        table.release(&path(), holder(2), 0).expect("held");
-        let grants = table.release(&path(), holder(3), 0).expect("held");
-        assert_eq!(grants.iter().map(|g| g.holder.session).collect::<Vec<_>>(), vec![4]);
-        let grants = table.release(&path(), holder(4), 0).expect("held");
-        assert_eq!(grants.iter().map(|g| g.holder.session).collect::<Vec<_>>(), vec![5]);
+        let grants = table.release(&path(), 1, 1, 0).expect("held");
+        assert_eq!(sessions(&grants), vec![2, 3], "the two readers, not the writer behind them");
+        table.release(&path(), 2, 1, 0).expect("held");
+        let grants = table.release(&path(), 3, 1, 0).expect("held");
+        assert_eq!(sessions(&grants), vec![4]);
+        let grants = table.release(&path(), 4, 1, 0).expect("held");
+        assert_eq!(sessions(&grants), vec![5]);
+        table.check_invariants();
     }
 
     #[test]
@@ -457,13 +619,34 @@ mod tests {
         assert_eq!(table.session_ended(1, 500), vec![], "no grant during the lock-delay");
         assert_eq!(
             table.try_acquire(&path(), holder(3), LockMode::Exclusive, 1_000),
-            Err(LockError::LockDelay { path: path(), until_ms: 1_500 })
+            Err(LockError::LockDelay { path: path(), remaining_ms: 500 })
         );
         assert_eq!(table.next_delay_end_ms(), Some(1_500));
         assert_eq!(table.advance_time(1_499), vec![]);
         let grants = table.advance_time(1_500);
-        assert_eq!(grants, vec![Grant { path: path(), holder: holder(2), mode: LockMode::Exclusive, was_free: true }]);
+        assert_eq!(grants, vec![Grant { path: path(), holder: holder(2), mode: LockMode::Exclusive, lock_generation: 2 }]);
         assert_eq!(table.next_delay_end_ms(), None, "the delay is over");
+        table.check_invariants();
+    }
+
+    #[test]
+    fn a_lock_delay_outlives_the_node_and_deletion_by_another_session_starts_one() {
+        let mut table = LockTable::new();
+        table.try_acquire(&path(), holder(1), LockMode::Exclusive, 0).expect("free");
+        table.session_ended(1, 0);
+        table.node_deleted(&path(), Some(2), 10);
+        assert_eq!(table.footprint_bytes(), LOCK_RECORD_OVERHEAD_BYTES + path().as_str().len(), "a delay alone is kept");
+        assert!(matches!(table.try_acquire(&path(), holder(2), LockMode::Exclusive, 999), Err(LockError::LockDelay { .. })));
+        assert_eq!(table.try_acquire(&path(), holder(2), LockMode::Exclusive, 1_000), Ok(2));
+        // Session 3 deletes the node session 2 holds: 2's lock-delay runs.
+        table.node_deleted(&path(), Some(3), 2_000);
+        assert_eq!(table.next_delay_end_ms(), Some(3_000));
+        assert_eq!(table.try_acquire(&path(), holder(3), LockMode::Exclusive, 3_000), Ok(3));
+        // Its own session's deletion leaves no delay.
+        table.node_deleted(&path(), Some(3), 3_000);
+        assert_eq!(table.next_delay_end_ms(), None);
+        assert_eq!(table.footprint_bytes(), 0, "nothing left");
+        table.check_invariants();
     }
 
     #[test]
@@ -473,9 +656,10 @@ mod tests {
         assert!(matches!(table.acquire(&path(), holder(2), LockMode::Exclusive, 0), Ok(Acquired::Queued { .. })));
         assert!(matches!(table.acquire(&path(), holder(3), LockMode::Exclusive, 0), Ok(Acquired::Queued { .. })));
         assert_eq!(table.session_ended(2, 0), vec![], "the waiter of session 2 leaves the line");
-        let grants = table.release(&path(), holder(1), 0).expect("held");
-        assert_eq!(grants.iter().map(|g| g.holder.session).collect::<Vec<_>>(), vec![3]);
+        let grants = table.release(&path(), 1, 1, 0).expect("held");
+        assert_eq!(sessions(&grants), vec![3]);
         assert_eq!(table.next_delay_end_ms(), None);
+        table.check_invariants();
     }
 
     #[test]
@@ -492,16 +676,23 @@ mod tests {
             assert!(matches!(table.acquire(&path(), holder(100 + session), LockMode::Shared, 0), Ok(Acquired::Queued { .. })));
         }
         assert_eq!(table.acquire(&path(), holder(99), LockMode::Shared, 0), Err(LockError::TooManyWaiters(path())));
+        let expected = LOCK_RECORD_OVERHEAD_BYTES + path().as_str().len() + LOCK_HOLDER_BYTES * (1 + WAITERS_PER_LOCK_MAX);
+        assert_eq!(table.footprint_bytes(), expected);
+        table.check_invariants();
     }
 
     #[test]
-    fn cancelling_the_head_waiter_lets_the_next_in() {
+    fn cancelling_the_head_waiter_lets_the_next_in_and_only_its_request_is_cancelled() {
         let mut table = LockTable::new();
         table.try_acquire(&path(), holder(1), LockMode::Shared, 0).expect("free");
         assert!(matches!(table.acquire(&path(), holder(2), LockMode::Exclusive, 0), Ok(Acquired::Queued { .. })));
         assert!(matches!(table.acquire(&path(), holder(3), LockMode::Shared, 0), Ok(Acquired::Queued { .. })));
-        let grants = table.cancel_wait(&path(), holder(2), 0);
-        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Shared, was_free: false }]);
+        assert_eq!(table.cancel_wait(&path(), 2, 1, Some(9), 0), (false, vec![]), "another request's wait stays");
+        let (ended, grants) = table.cancel_wait(&path(), 2, 1, Some(1), 0);
+        assert!(ended);
+        assert_eq!(grants, vec![Grant { path: path(), holder: holder(3), mode: LockMode::Shared, lock_generation: 2 }]);
         assert_eq!(table.holders(&path()).len(), 2);
+        assert!(granted(&table, 3));
+        table.check_invariants();
     }
 }

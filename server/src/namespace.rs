@@ -25,6 +25,12 @@ pub const NODES_MAX: usize = 1 << 17;
 /// contents: its stat and the map's bookkeeping, roughly.
 pub const NODE_OVERHEAD_BYTES: usize = 128;
 
+/// The highest value a snapshot may give any counter (instances,
+/// generations, session and handle ids, event numbers): far beyond what a
+/// cell reaches (2^62 increments), and low enough that the next increment
+/// can never overflow, whatever a snapshot said.
+pub const COUNTER_MAX: u64 = 1 << 62;
+
 /// Identifies a client session; ephemeral nodes belong to one.
 pub type SessionId = u64;
 
@@ -144,7 +150,8 @@ pub struct Stat {
     pub ephemeral_owner: Option<SessionId>,
     /// Increases with every write of the contents (starts at 1).
     pub content_generation: u64,
-    /// Increases with every exclusive acquisition of the node's lock.
+    /// The generation of the newest grant of the node's lock (every grant,
+    /// exclusive or shared, takes the next cell-wide number).
     pub lock_generation: u64,
     /// Increases with every change of the node's ACL.
     pub acl_generation: u64,
@@ -332,13 +339,21 @@ impl Namespace {
     /// Rebuilds a namespace from a snapshot's records, checking that they
     /// form a tree: the root is a directory, every other node's parent is a
     /// directory present in the records, children counts and sizes agree,
-    /// and no instance is at or above `next_instance`.
+    /// no instance is at or above `next_instance`, and no counter is over
+    /// [`COUNTER_MAX`].
     pub fn from_records(next_instance: u64, records: Vec<NodeRecord>) -> Result<Namespace, String> {
+        if next_instance > COUNTER_MAX {
+            return Err(format!("next instance {next_instance} is over {COUNTER_MAX}"));
+        }
         let mut nodes = BTreeMap::new();
         let mut footprint_bytes = 0;
         for record in records {
             if record.stat.instance == 0 || record.stat.instance >= next_instance {
                 return Err(format!("{} has instance {} (next is {next_instance})", record.path, record.stat.instance));
+            }
+            let stat = &record.stat;
+            if [stat.content_generation, stat.lock_generation, stat.acl_generation].iter().any(|&g| g > COUNTER_MAX) {
+                return Err(format!("{} has a generation over {COUNTER_MAX}", record.path));
             }
             if record.stat.contents_bytes != record.contents.len() as u64 || record.contents.len() > CONTENTS_BYTES_MAX {
                 return Err(format!("{} has {} bytes of contents", record.path, record.contents.len()));
@@ -530,14 +545,6 @@ impl Namespace {
             .map(str::to_string)
             .collect();
         Ok((names, node.stat.clone()))
-    }
-
-    /// Increases a node's lock generation (an exclusive lock was granted)
-    /// and returns the new one.
-    pub fn bump_lock_generation(&mut self, path: &Path) -> Result<u64, NamespaceError> {
-        let Some(node) = self.nodes.get_mut(path) else { return Err(NamespaceError::NotFound(path.clone())) };
-        node.stat.lock_generation += 1;
-        Ok(node.stat.lock_generation)
     }
 
     /// Every ephemeral node `session` owns, deepest first, so that deleting

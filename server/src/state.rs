@@ -1,11 +1,29 @@
 //! The replicated state machine: namespace, sessions, handles, locks and
 //! events, changed only by [`StateMachine::apply`] in slot order.
 //!
-//! `apply` is deterministic: time is the master's timestamp in the command
-//! (and never goes back, see [`StateMachine::now_ms`]), there is no
-//! randomness and no iteration over hash maps. Every replica that applies
-//! the same commands holds the same state and computes the same
-//! [`Outcome`]s; only the master hands them to the calls that wait.
+//! `apply` is deterministic: time is the master's timestamps in the command
+//! (and never goes back, see [`StateMachine::now_ms`] and
+//! [`StateMachine::lock_clock_ms`]), there is no randomness (a session's
+//! secret is drawn by the master's handler and carried in the command) and no
+//! iteration over hash maps. Every replica that applies the same commands
+//! holds the same state and computes the same [`Outcome`]s; only the master
+//! hands them to the calls that wait.
+//!
+//! **Two clocks.** `now_ms` is the masters' wall clock, for the times users
+//! see (a node's created and modified times). Lock-delays run on the
+//! **lock-delay clock** `lock_clock_ms`, which each master advances only by
+//! its own monotonic elapsed time since it began to serve, counted from the
+//! value the state held then (see `crate::lock_clock`). A failover therefore
+//! never moves it forward by the difference of two masters' wall clocks; at
+//! worst a lock-delay lasts a little longer than asked (the safe side).
+//!
+//! **Sessions are usable only with their secret.** `CreateSession` carries
+//! 16 random bytes the master's handler drew from the operating system;
+//! every command that acts for a session (its calls, `CancelWait`, a close)
+//! must carry them, and a wrong or missing secret is refused with
+//! `PERMISSION_DENIED` here as well as in the handler: the log is input too.
+//! (Session ids are sequential and easy to guess. The security work will
+//! bind sessions to the client's TLS identity instead.)
 //!
 //! One thing here is *not* replicated and not in snapshots: the queue of
 //! events not yet delivered to each session (the master trims it as clients
@@ -15,7 +33,14 @@
 //!
 //! Limits (each refusal is an [`Outcome`] failure with its gRPC code):
 //! sessions, handles per session, handles in all, nodes, contents, and the
-//! state's footprint, which bounds a snapshot's size.
+//! state's footprint, which bounds a snapshot's size. The footprint is an
+//! upper bound of the snapshot's encoding (every record is counted with an
+//! overhead at least its encoding's); a call that may grow it starts only
+//! below [`STATE_BYTES_MAX`] and grows it by at most
+//! [`COMMAND_GROWTH_BYTES_MAX`], so a snapshot never exceeds
+//! [`SNAPSHOT_BYTES_MAX`]. Above the bound only calls that free space run
+//! (close, release, delete), and their failures are answered but not
+//! remembered, so even they cannot grow the state.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -25,8 +50,8 @@ use gaios_proto::v1 as wire;
 use prost::Message as _;
 use tonic::Code;
 
-use crate::locks::{Acquired, Grant, Holder, LockError, LockMode, LockRecord, LockTable, LOCK_DELAY_MS_MAX};
-use crate::namespace::{Change, Namespace, NamespaceError, NodeKind, NodeRecord, Path, SessionId, Stat};
+use crate::locks::{Acquired, Grant, Holder, Holding, LockError, LockMode, LockRecord, LockTable, LOCK_DELAY_MS_MAX};
+use crate::namespace::{COUNTER_MAX, Change, Namespace, NamespaceError, NodeKind, NodeRecord, Path, SessionId, Stat};
 
 /// The most sessions a cell holds at once.
 pub const SESSIONS_MAX: usize = 50_000;
@@ -44,14 +69,35 @@ pub const EVENTS_QUEUED_PER_SESSION_MAX: usize = 1024;
 /// snapshot is at most about this big (plus one command's growth), which
 /// keeps it well inside the peer transport's message limit.
 pub const STATE_BYTES_MAX: usize = 48 << 20;
+/// The most one command can grow the footprint beyond the bound it was
+/// checked against: a file's contents plus a few paths and records.
+pub const COMMAND_GROWTH_BYTES_MAX: usize = crate::namespace::CONTENTS_BYTES_MAX + (16 << 10);
+/// The largest snapshot the state can encode: the footprint never exceeds
+/// [`STATE_BYTES_MAX`] plus one command's growth, and the footprint counts
+/// at least every byte a snapshot carries. Below the peer transport's
+/// message limit (64 MiB), with room for the message around it.
+pub const SNAPSHOT_BYTES_MAX: usize = STATE_BYTES_MAX + COMMAND_GROWTH_BYTES_MAX;
+/// The layout of [`StateMachine::snapshot`]'s record; `restore` refuses any
+/// other.
+pub const STATE_SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// The longest client name kept with a session.
 pub const CLIENT_NAME_BYTES_MAX: usize = 256;
+/// The length of a session's secret: 128 random bits.
+pub const SESSION_SECRET_BYTES: usize = 16;
+/// The longest message a failure carries (longer ones, which echo a long
+/// path, are cut), so that failures remembered for retries stay small and
+/// clients' trailers short.
+pub const FAILURE_MESSAGE_BYTES_MAX: usize = 256;
 /// The event bits a handle may ask for.
 pub const EVENT_MASK_ALL: u32 = 0xff;
 
+// What each record costs in the footprint besides the variable-length bytes
+// counted separately: upper bounds of the record's encoding in a snapshot
+// (tags, lengths, and every integer field at its longest varint).
+const STATE_OVERHEAD_BYTES: usize = 128;
 const SESSION_OVERHEAD_BYTES: usize = 256;
 const HANDLE_OVERHEAD_BYTES: usize = 128;
-const ANSWER_OVERHEAD_BYTES: usize = 16;
+const ANSWER_OVERHEAD_BYTES: usize = 24;
 
 /// The outcome of one command (the protobuf message, so that it can be
 /// remembered in the state and in snapshots as it is).
@@ -77,6 +123,8 @@ impl Handle {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Session {
     client_name: String,
+    /// Every command that acts for the session must carry it.
+    secret: [u8; SESSION_SECRET_BYTES],
     next_handle: u64,
     last_event: u64,
     handles: BTreeMap<u64, Handle>,
@@ -97,6 +145,12 @@ fn answer_bytes(outcome: &Outcome) -> usize {
     ANSWER_OVERHEAD_BYTES + outcome.encoded_len()
 }
 
+/// Compares a presented secret with the session's in time that does not
+/// depend on where they differ.
+fn secrets_match(expected: &[u8; SESSION_SECRET_BYTES], presented: &[u8]) -> bool {
+    presented.len() == expected.len() && expected.iter().zip(presented).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
 /// Why a snapshot could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -104,6 +158,15 @@ pub enum SnapshotError {
     /// The bytes are not a `StateSnapshot`.
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The snapshot was written in a layout this code does not know (by a
+    /// newer version, or before versions existed).
+    #[error("snapshot format version {found} is not the one this replica reads ({supported})")]
+    UnknownVersion {
+        /// The version the snapshot carries.
+        found: u32,
+        /// The version this code writes and reads.
+        supported: u32,
+    },
     /// The snapshot decodes but describes a state that cannot arise.
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
@@ -116,8 +179,8 @@ pub struct StateMachine {
     locks: LockTable,
     sessions: BTreeMap<SessionId, Session>,
     now_ms: u64,
+    lock_clock_ms: u64,
     next_session: SessionId,
-    last_lock_generation: u64,
     /// Derived: the handles bound to each path, for events.
     watchers: BTreeMap<Path, BTreeSet<(SessionId, u64)>>,
     /// Derived: handles in all sessions.
@@ -129,6 +192,9 @@ pub struct StateMachine {
     /// Not replicated: sessions that got events or ended since the driver
     /// last took them, so it wakes only their KeepAlive streams.
     touched: Touched,
+    /// Configuration, not replicated: the footprint above which growing
+    /// calls are refused ([`STATE_BYTES_MAX`]; tests use smaller bounds).
+    state_bytes_max: usize,
 }
 
 /// Sessions touched by applied commands; not part of the state (always
@@ -149,9 +215,20 @@ impl Default for StateMachine {
 }
 
 fn failure(code: Code, message: impl Into<String>) -> Outcome {
-    Outcome {
-        result: Some(wire::outcome::Result::Failure(wire::Failure { code: code as i32, message: message.into() })),
+    let mut message = message.into();
+    if message.len() > FAILURE_MESSAGE_BYTES_MAX {
+        let mut cut = FAILURE_MESSAGE_BYTES_MAX - 3;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
     }
+    Outcome { result: Some(wire::outcome::Result::Failure(wire::Failure { code: code as i32, message })) }
+}
+
+fn is_failure(outcome: &Outcome) -> bool {
+    matches!(outcome.result, Some(wire::outcome::Result::Failure(_)))
 }
 
 fn done() -> Outcome {
@@ -243,19 +320,35 @@ impl StateMachine {
             locks: LockTable::new(),
             sessions: BTreeMap::new(),
             now_ms: 0,
+            lock_clock_ms: 0,
             next_session: 1,
-            last_lock_generation: 0,
             watchers: BTreeMap::new(),
             handles_total: 0,
             sessions_bytes: 0,
             outbox: BTreeMap::new(),
             touched: Touched::default(),
+            state_bytes_max: STATE_BYTES_MAX,
         }
     }
 
-    /// The state's clock: the highest master timestamp applied so far.
+    /// A new cell's state whose growing calls are refused above
+    /// `state_bytes_max` rather than [`STATE_BYTES_MAX`], so tests can fill
+    /// it quickly.
+    #[cfg(test)]
+    pub(crate) fn with_state_bytes_max(state_bytes_max: usize) -> Self {
+        StateMachine { state_bytes_max, ..StateMachine::new() }
+    }
+
+    /// The state's wall clock: the highest master timestamp applied so far,
+    /// for the times users see.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
+    }
+
+    /// The lock-delay clock: the highest `lock_clock_ms` a master stamped on
+    /// an applied command (see the module docs). Lock-delays end by it.
+    pub fn lock_clock_ms(&self) -> u64 {
+        self.lock_clock_ms
     }
 
     /// Open sessions, in id order.
@@ -283,13 +376,15 @@ impl StateMachine {
         self.locks.held_count()
     }
 
-    /// Roughly the size of a snapshot of this state, in bytes.
+    /// An upper bound of the size of a snapshot of this state, in bytes:
+    /// every node, session (with its handles and remembered answers) and
+    /// lock record, each with an overhead at least its encoding's.
     pub fn footprint_bytes(&self) -> usize {
-        self.namespace.footprint_bytes() + self.sessions_bytes
+        STATE_OVERHEAD_BYTES + self.namespace.footprint_bytes() + self.sessions_bytes + self.locks.footprint_bytes()
     }
 
-    /// When the earliest running lock-delay ends (state clock), so the master
-    /// can propose an `AdvanceTime` then.
+    /// When the earliest running lock-delay ends (lock-delay clock), so the
+    /// master can propose an `AdvanceTime` once its clock passes it.
     pub fn next_lock_delay_end_ms(&self) -> Option<u64> {
         self.locks.next_delay_end_ms()
     }
@@ -301,11 +396,25 @@ impl StateMachine {
     /// Applies one command and returns its outcome. Never panics on any
     /// command, however malformed: a bad one fails with a status code.
     pub fn apply(&mut self, command: &wire::Command) -> Outcome {
+        let outcome = self.apply_command(command);
+        // The lock table's index and footprint are rechecked after every
+        // command in debug builds; the whole state's derived parts (a
+        // recount of every session's handles and answers) by the tests after
+        // every step, and by `restore`.
+        if cfg!(debug_assertions) {
+            self.locks.check_invariants();
+        }
+        outcome
+    }
+
+    fn apply_command(&mut self, command: &wire::Command) -> Outcome {
         self.now_ms = self.now_ms.max(command.now_ms);
-        // Any command whose time passes the end of a lock-delay hands that
-        // lock to its waiters first, so they are not stranded when other
-        // commands move the clock before the master's `AdvanceTime` does.
-        if self.locks.next_delay_end_ms().is_some_and(|end| end <= self.now_ms) {
+        self.lock_clock_ms = self.lock_clock_ms.max(command.lock_clock_ms);
+        // Any command whose lock-delay clock passes the end of a lock-delay
+        // hands that lock to its waiters first, so they are not stranded
+        // when other commands move the clock before the master's
+        // `AdvanceTime` does.
+        if self.locks.next_delay_end_ms().is_some_and(|end| end <= self.lock_clock_ms) {
             self.advance_time();
         }
         let Some(kind) = &command.kind else {
@@ -314,7 +423,16 @@ impl StateMachine {
         use wire::command::Kind;
         match kind {
             Kind::CreateSession(create) => self.create_session(create),
-            Kind::EndSession(end) => self.end_session(end.session_id, end.expired),
+            Kind::EndSession(end) => {
+                // The master expires sessions; a client closes only its own.
+                if !end.expired
+                    && self.sessions.contains_key(&end.session_id)
+                    && let Err(refused) = self.authorize(end.session_id, &end.session_secret)
+                {
+                    return refused;
+                }
+                self.end_session(end.session_id, end.expired)
+            }
             Kind::MasterTookOver(_) => {
                 for session in self.session_ids() {
                     self.push_event(session, api::EventKind::MasterFailover, 0, "");
@@ -327,7 +445,7 @@ impl StateMachine {
                 done()
             }
             Kind::Call(call) => self.session_call(call),
-            Kind::CancelWait(cancel) => self.cancel_wait(cancel.session_id, cancel.handle),
+            Kind::CancelWait(cancel) => self.cancel_wait(cancel),
         }
     }
 
@@ -335,23 +453,48 @@ impl StateMachine {
         if create.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return failure(Code::InvalidArgument, format!("client name over {CLIENT_NAME_BYTES_MAX} bytes"));
         }
+        let Ok(secret) = <[u8; SESSION_SECRET_BYTES]>::try_from(create.session_secret.as_ref()) else {
+            return failure(Code::InvalidArgument, format!("a session needs a secret of {SESSION_SECRET_BYTES} bytes"));
+        };
         if self.sessions.len() >= SESSIONS_MAX {
             return failure(Code::ResourceExhausted, format!("the cell holds {SESSIONS_MAX} sessions"));
         }
-        if self.footprint_bytes() >= STATE_BYTES_MAX {
+        if self.footprint_bytes() >= self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         let id = self.next_session;
         self.next_session += 1;
-        let session = Session { client_name: create.client_name.clone(), next_handle: 1, ..Session::default() };
+        let session = Session { client_name: create.client_name.clone(), secret, next_handle: 1, ..Session::default() };
         self.sessions_bytes += session.footprint_bytes();
         self.sessions.insert(id, session);
         Outcome {
             result: Some(wire::outcome::Result::SessionCreated(api::CreateSessionResponse {
                 session_id: id,
                 lease_ms: 0,
+                // The handler that drew the secret hands it to the client;
+                // outcomes are not the place for it.
+                session_secret: Bytes::new(),
             })),
         }
+    }
+
+    /// `Ok` if `session` is open and `presented` is its secret; otherwise
+    /// the failure to answer (`FAILED_PRECONDITION` for a session that ended
+    /// or never existed, `PERMISSION_DENIED` for a wrong or missing secret).
+    fn authorize(&self, session_id: SessionId, presented: &[u8]) -> Result<&Session, Outcome> {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return Err(failure(Code::FailedPrecondition, format!("session {session_id} has ended or never existed")));
+        };
+        if !secrets_match(&session.secret, presented) {
+            return Err(failure(Code::PermissionDenied, format!("wrong or missing secret for session {session_id}")));
+        }
+        Ok(session)
+    }
+
+    /// Whether a call presenting `secret` may act for `session` (for the
+    /// handlers, which check early, and the reads they serve).
+    pub fn authorize_session(&self, session: SessionId, secret: &[u8]) -> Result<(), wire::Failure> {
+        self.authorize(session, secret).map(|_| ()).map_err(into_failure)
     }
 
     /// Ends a session: its holdings are released (with lock-delay if it
@@ -362,23 +505,22 @@ impl StateMachine {
         // expiry proposed twice, changes nothing.
         let Some(session) = self.sessions.get(&session_id) else { return done() };
         let handles: Vec<(u64, Path)> = session.handles.iter().map(|(&id, h)| (id, h.path.clone())).collect();
+        let clock = self.lock_clock_ms;
         if !expired {
             // A clean close gives its locks back at once, like `Release`:
             // first its waits go (so that none of its own handles is
             // granted a lock it is giving up), then its holdings.
             for (handle, path) in &handles {
-                let holder = self.holder(session_id, *handle, 0);
-                let grants = self.locks.cancel_wait(path, holder, self.now_ms);
+                let (_, grants) = self.locks.cancel_wait(path, session_id, *handle, None, clock);
                 self.hand_out(grants);
             }
             for (handle, path) in &handles {
-                let holder = self.holder(session_id, *handle, 0);
-                if let Ok(grants) = self.locks.release(path, holder, self.now_ms) {
+                if let Ok(grants) = self.locks.release(path, session_id, *handle, clock) {
                     self.hand_out(grants);
                 }
             }
         }
-        let grants = self.locks.session_ended(session_id, self.now_ms);
+        let grants = self.locks.session_ended(session_id, clock);
         self.hand_out(grants);
         for (handle, path) in &handles {
             self.unwatch(path, session_id, *handle);
@@ -390,29 +532,58 @@ impl StateMachine {
         self.outbox.remove(&session_id);
         self.touched.0.insert(session_id);
         for path in self.namespace.ephemerals_of(session_id) {
-            // Deepest first; a directory another session filled stays.
-            let _ = self.delete_node(&path, None);
+            // Deepest first. A directory that holds another session's node
+            // stays until its last child goes (see `delete_node`); one that
+            // went with its last child already is simply not found here.
+            let _ = self.delete_node(&path, None, Some(session_id));
         }
         done()
     }
 
     fn advance_time(&mut self) {
-        let grants = self.locks.advance_time(self.now_ms);
+        let grants = self.locks.advance_time(self.lock_clock_ms);
         self.hand_out(grants);
     }
 
-    fn cancel_wait(&mut self, session_id: SessionId, handle_id: u64) -> Outcome {
-        let Some(handle) = self.sessions.get(&session_id).and_then(|s| s.handles.get(&handle_id)) else {
+    /// A waiting `Acquire` gave up: its wait ends; a lock already granted
+    /// to that wait is kept and returned if the call is still there
+    /// (`keep_granted`), or released if nobody will hand it to the client.
+    /// A lock granted at once is never released here: the `Acquire`'s own
+    /// answer, remembered for retries, names it.
+    fn cancel_wait(&mut self, cancel: &wire::CancelWait) -> Outcome {
+        let (session_id, handle_id) = (cancel.session_id, cancel.handle);
+        if !self.sessions.contains_key(&session_id) {
             return done();
-        };
-        let path = handle.path.clone();
-        let holder = self.holder(session_id, handle_id, 0);
-        let grants = self.locks.cancel_wait(&path, holder, self.now_ms);
-        self.hand_out(grants);
-        match self.holding(session_id, handle_id) {
-            Some(sequencer) => acquired(sequencer),
-            None => done(),
         }
+        let session = match self.authorize(session_id, &cancel.session_secret) {
+            Ok(session) => session,
+            Err(refused) => return refused,
+        };
+        let Some(handle) = session.handles.get(&handle_id) else { return done() };
+        let path = handle.path.clone();
+        let clock = self.lock_clock_ms;
+        let (ended, grants) = self.locks.cancel_wait(&path, session_id, handle_id, Some(cancel.request_number), clock);
+        self.hand_out(grants);
+        if ended {
+            return done();
+        }
+        let granted_to_this_wait = self
+            .locks
+            .holding(&path, session_id, handle_id)
+            .is_some_and(|holding| holding.waited && holding.holder.request_number == cancel.request_number);
+        if !granted_to_this_wait {
+            return done();
+        }
+        if cancel.keep_granted {
+            return match self.holding(session_id, handle_id) {
+                Some(sequencer) => acquired(sequencer),
+                None => done(),
+            };
+        }
+        if let Ok(grants) = self.locks.release(&path, session_id, handle_id, clock) {
+            self.hand_out(grants);
+        }
+        done()
     }
 
     /// A session's mutating call, at most once per request number.
@@ -420,8 +591,11 @@ impl StateMachine {
         use wire::session_call::Call;
         let session_id = call.session_id;
         let number = call.request_number;
-        let Some(session) = self.sessions.get(&session_id) else {
-            return failure(Code::FailedPrecondition, format!("session {session_id} has ended or never existed"));
+        // Before anything is looked up or remembered: a refused call must not
+        // learn the session's answers, nor leave one under its number.
+        let session = match self.authorize(session_id, &call.session_secret) {
+            Ok(session) => session,
+            Err(refused) => return refused,
         };
         if number == 0 {
             return failure(Code::InvalidArgument, "request numbers start at 1");
@@ -439,13 +613,18 @@ impl StateMachine {
                 ),
             );
         }
-        // A full state takes only calls that shrink it (their answers are a
-        // few bytes each, at most a window's worth per session).
+        // A full state takes only calls that can shrink it; their successes
+        // free more than their answer takes, and their failures (which
+        // change nothing) are answered but not remembered.
+        let full = self.footprint_bytes() >= self.state_bytes_max;
         let shrinks = matches!(call.call, Some(Call::Close(_) | Call::Release(_) | Call::Delete(_)));
-        if self.footprint_bytes() >= STATE_BYTES_MAX && !shrinks {
+        if full && !shrinks {
             return failure(Code::ResourceExhausted, "the cell's state is full; close handles or delete nodes");
         }
         let outcome = self.execute(session_id, call);
+        if full && is_failure(&outcome) {
+            return outcome;
+        }
         if let Some(session) = self.sessions.get_mut(&session_id) {
             self.sessions_bytes += answer_bytes(&outcome);
             if let Some(replaced) = session.answers.insert(number, outcome.clone()) {
@@ -469,8 +648,8 @@ impl StateMachine {
             Call::Close(close) => self.close(session_id, close.handle),
             Call::SetContents(set) => self.set_contents(session_id, set),
             Call::Delete(delete) => self.delete(session_id, delete.handle),
-            Call::Acquire(acquire) => self.acquire(session_id, acquire, true),
-            Call::TryAcquire(acquire) => self.acquire(session_id, acquire, false),
+            Call::Acquire(acquire) => self.acquire(session_id, call.request_number, acquire, true),
+            Call::TryAcquire(acquire) => self.acquire(session_id, call.request_number, acquire, false),
             Call::Release(release) => self.release(session_id, release.handle),
             Call::SetSequencer(set) => self.set_sequencer(session_id, set),
         }
@@ -497,7 +676,7 @@ impl StateMachine {
             return failure(Code::ResourceExhausted, format!("the cell has {HANDLES_MAX} open handles"));
         }
         let growth = open.initial_contents.len() + 2 * path.as_str().len() + 1024;
-        if self.footprint_bytes() + growth > STATE_BYTES_MAX {
+        if self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         let (stat, created) = match self.namespace.stat(&path, None) {
@@ -555,12 +734,11 @@ impl StateMachine {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
-        let holder = self.holder(session_id, handle_id, 0);
-        if self.locks.held_by(&handle.path, session_id, handle_id).is_some()
-            && let Ok(grants) = self.locks.release(&handle.path, holder, self.now_ms) {
-                self.hand_out(grants);
-            }
-        let grants = self.locks.cancel_wait(&handle.path, holder, self.now_ms);
+        let clock = self.lock_clock_ms;
+        if let Ok(grants) = self.locks.release(&handle.path, session_id, handle_id, clock) {
+            self.hand_out(grants);
+        }
+        let (_, grants) = self.locks.cancel_wait(&handle.path, session_id, handle_id, None, clock);
         self.hand_out(grants);
         self.unwatch(&handle.path, session_id, handle_id);
         if let Some(session) = self.sessions.get_mut(&session_id)
@@ -578,7 +756,7 @@ impl StateMachine {
         };
         let old = self.namespace.stat(&handle.path, Some(handle.instance)).map(|s| s.contents_bytes).unwrap_or(0);
         let growth = usize::try_from(set.contents.len() as u64).unwrap_or(usize::MAX).saturating_sub(old as usize);
-        if growth > 0 && self.footprint_bytes() + growth > STATE_BYTES_MAX {
+        if growth > 0 && self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         match self.namespace.set_contents(
@@ -605,24 +783,41 @@ impl StateMachine {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
-        match self.delete_node(&handle.path, Some(handle.instance)) {
+        match self.delete_node(&handle.path, Some(handle.instance), Some(session_id)) {
             Ok(()) => done(),
             Err(error) => namespace_failure(&error),
         }
     }
 
-    /// Deletes a node, drops its lock, and tells the parent's watchers and
-    /// every handle bound to the node.
-    fn delete_node(&mut self, path: &Path, instance: Option<u64>) -> Result<(), NamespaceError> {
+    /// Deletes a node, drops its holders and waiters, and tells the parent's
+    /// watchers and every handle bound to the node. `deleter` is the session
+    /// that deleted it (if one did): holders from other sessions lost the
+    /// lock without giving it up, so their lock-delay starts; a running
+    /// lock-delay outlives the node (see [`LockTable::node_deleted`]).
+    ///
+    /// An ephemeral directory whose owner's session has ended goes with its
+    /// last child (Chubby's rule: an ephemeral directory lives while it holds
+    /// nodes or its session lives), so it is removed here, as is its parent
+    /// in turn if that empties an orphaned ephemeral directory too.
+    fn delete_node(&mut self, path: &Path, instance: Option<u64>, deleter: Option<SessionId>) -> Result<(), NamespaceError> {
         let changes = self.namespace.delete(path, instance)?;
-        // A deleted node's lock goes with it: holders and waiters were
-        // bound to this instance and their handles are now invalid.
-        self.locks.remove(path);
+        self.locks.node_deleted(path, deleter, self.lock_clock_ms);
         self.notify(&changes);
+        if let Some((parent, _)) = path.split() {
+            let orphaned = self.namespace.stat(&parent, None).is_ok_and(|stat| {
+                stat.children == 0 && stat.ephemeral_owner.is_some_and(|owner| !self.sessions.contains_key(&owner))
+            });
+            if orphaned {
+                // At most one call per level of the path (32 at most). It
+                // cannot fail (the directory exists and is empty), and the
+                // child's deletion stands either way.
+                let _ = self.delete_node(&parent, None, None);
+            }
+        }
         Ok(())
     }
 
-    fn acquire(&mut self, session_id: SessionId, request: &api::AcquireRequest, wait: bool) -> Outcome {
+    fn acquire(&mut self, session_id: SessionId, request_number: u64, request: &api::AcquireRequest, wait: bool) -> Outcome {
         let Some(mode) = mode_from_proto(request.mode) else {
             return failure(Code::InvalidArgument, "lock mode must be exclusive or shared");
         };
@@ -630,17 +825,16 @@ impl StateMachine {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
-        let holder = self.holder(session_id, request.handle, handle.lock_delay_ms);
-        let was_free =
-            !self.locks.is_held_in(&handle.path, LockMode::Exclusive) && !self.locks.is_held_in(&handle.path, LockMode::Shared);
+        let holder = Holder { session: session_id, handle: request.handle, lock_delay_ms: handle.lock_delay_ms, request_number };
+        let clock = self.lock_clock_ms;
         let result = if wait {
-            self.locks.acquire(&handle.path, holder, mode, self.now_ms)
+            self.locks.acquire(&handle.path, holder, mode, clock)
         } else {
-            self.locks.try_acquire(&handle.path, holder, mode, self.now_ms).map(|()| Acquired::Granted)
+            self.locks.try_acquire(&handle.path, holder, mode, clock).map(|lock_generation| Acquired::Granted { lock_generation })
         };
         match result {
-            Ok(Acquired::Granted) => {
-                self.hand_out(vec![Grant { path: handle.path.clone(), holder, mode, was_free }]);
+            Ok(Acquired::Granted { lock_generation }) => {
+                self.hand_out(vec![Grant { path: handle.path.clone(), holder, mode, lock_generation }]);
                 match self.holding(session_id, request.handle) {
                     Some(sequencer) => acquired(sequencer),
                     None => failure(Code::Internal, "granted lock not held"),
@@ -662,8 +856,7 @@ impl StateMachine {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
-        let holder = self.holder(session_id, handle_id, 0);
-        match self.locks.release(&handle.path, holder, self.now_ms) {
+        match self.locks.release(&handle.path, session_id, handle_id, self.lock_clock_ms) {
             Ok(grants) => {
                 self.hand_out(grants);
                 done()
@@ -695,24 +888,15 @@ impl StateMachine {
         done()
     }
 
-    /// Gives the lock to each grant's holder. The lock generation takes the
-    /// next cell-wide number on every exclusive grant and whenever the lock
-    /// goes from free to held (so a shared holding's sequencer also goes
-    /// stale once the lock was free in between); watchers hear "lock
-    /// acquired".
+    /// Records grants the lock table made: each took the next cell-wide
+    /// lock generation (shared ones too, so every holding's sequencer names
+    /// it alone), which becomes the node's; watchers hear "lock acquired".
     fn hand_out(&mut self, grants: Vec<Grant>) {
         for grant in grants {
-            if grant.mode == LockMode::Exclusive || grant.was_free {
-                self.last_lock_generation += 1;
-                // The node exists: locks of deleted nodes are dropped.
-                let _ = self.namespace.set_lock_generation(&grant.path, self.last_lock_generation);
-            }
+            // The node exists: holders of deleted nodes are dropped.
+            let _ = self.namespace.set_lock_generation(&grant.path, grant.lock_generation);
             self.notify_path(&grant.path, api::EventKind::LockAcquired, None);
         }
-    }
-
-    fn holder(&self, session: SessionId, handle: u64, lock_delay_ms: u64) -> Holder {
-        Holder { session, handle, lock_delay_ms }
     }
 
     /// The handle, if its session and id exist and, with `check_node`, its
@@ -863,8 +1047,10 @@ impl StateMachine {
     // Reads (answered by the master from its applied state).
     // ---------------------------------------------------------------------
 
-    /// A file's contents and stat, through a handle.
-    pub fn get_contents_and_stat(&self, session: SessionId, handle: u64) -> Result<(Bytes, api::Stat), wire::Failure> {
+    /// A file's contents and stat, through a handle of the session whose
+    /// `secret` is presented.
+    pub fn get_contents_and_stat(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<(Bytes, api::Stat), wire::Failure> {
+        self.authorize_session(session, secret)?;
         let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
         self.namespace
             .get_contents_and_stat(&handle.path, Some(handle.instance))
@@ -872,8 +1058,9 @@ impl StateMachine {
             .map_err(|error| into_failure(namespace_failure(&error)))
     }
 
-    /// A node's stat, through a handle.
-    pub fn get_stat(&self, session: SessionId, handle: u64) -> Result<api::Stat, wire::Failure> {
+    /// A node's stat, through a handle (as `get_contents_and_stat`).
+    pub fn get_stat(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<api::Stat, wire::Failure> {
+        self.authorize_session(session, secret)?;
         let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
         self.namespace
             .stat(&handle.path, Some(handle.instance))
@@ -881,8 +1068,10 @@ impl StateMachine {
             .map_err(|error| into_failure(namespace_failure(&error)))
     }
 
-    /// A directory's children and stat, through a handle.
-    pub fn read_dir(&self, session: SessionId, handle: u64) -> Result<(Vec<String>, api::Stat), wire::Failure> {
+    /// A directory's children and stat, through a handle (as
+    /// `get_contents_and_stat`).
+    pub fn read_dir(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<(Vec<String>, api::Stat), wire::Failure> {
+        self.authorize_session(session, secret)?;
         let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
         self.namespace
             .read_dir(&handle.path, Some(handle.instance))
@@ -890,8 +1079,10 @@ impl StateMachine {
             .map_err(|error| into_failure(namespace_failure(&error)))
     }
 
-    /// The sequencer of the lock the handle holds.
-    pub fn get_sequencer(&self, session: SessionId, handle: u64) -> Result<api::Sequencer, wire::Failure> {
+    /// The sequencer of the lock the handle holds (as
+    /// `get_contents_and_stat`).
+    pub fn get_sequencer(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<api::Sequencer, wire::Failure> {
+        self.authorize_session(session, secret)?;
         self.usable_handle(session, handle, true).map_err(into_failure)?;
         self.holding(session, handle).ok_or_else(|| wire::Failure {
             code: Code::FailedPrecondition as i32,
@@ -899,15 +1090,16 @@ impl StateMachine {
         })
     }
 
-    /// The sequencer of the handle's holding, if it holds the lock.
+    /// The sequencer of the handle's holding, if it holds the lock: the
+    /// node, the mode, and the generation of this holding's grant.
     pub fn holding(&self, session: SessionId, handle_id: u64) -> Option<api::Sequencer> {
         let handle = self.sessions.get(&session)?.handles.get(&handle_id)?;
-        let mode = self.locks.held_by(&handle.path, session, handle_id)?;
+        let holding = self.locks.holding(&handle.path, session, handle_id)?;
         let stat = self.namespace.stat(&handle.path, Some(handle.instance)).ok()?;
         Some(api::Sequencer {
             path: handle.path.as_str().to_string(),
-            mode: mode_to_proto(mode) as i32,
-            lock_generation: stat.lock_generation,
+            mode: mode_to_proto(holding.mode) as i32,
+            lock_generation: holding.lock_generation,
             instance: stat.instance,
         })
     }
@@ -917,22 +1109,19 @@ impl StateMachine {
         self.sessions
             .get(&session)
             .and_then(|s| s.handles.get(&handle_id))
-            .is_some_and(|handle| self.locks.is_waiting(&handle.path, session, handle_id))
+            .is_some_and(|handle| self.locks.is_waiting(&handle.path, session, handle_id, None))
     }
 
-    /// Whether a sequencer is current: same node instance, same lock
-    /// generation, and the lock held in its mode.
+    /// Whether a sequencer is current: the node is the same instance and
+    /// the holding the sequencer was issued for still holds the lock (a
+    /// holding of that mode with that generation exists; every grant has
+    /// its own generation). `current_lock_generation` is the newest grant's.
     pub fn check_sequencer(&self, sequencer: &api::Sequencer) -> api::CheckSequencerResponse {
         let Ok(path) = Path::parse(&sequencer.path) else { return api::CheckSequencerResponse::default() };
         let Ok(stat) = self.namespace.stat(&path, None) else { return api::CheckSequencerResponse::default() };
-        let valid = match mode_from_proto(sequencer.mode) {
-            Some(mode) => {
-                stat.instance == sequencer.instance
-                    && stat.lock_generation == sequencer.lock_generation
-                    && self.locks.is_held_in(&path, mode)
-            }
-            None => false,
-        };
+        let valid = mode_from_proto(sequencer.mode).is_some_and(|mode| {
+            stat.instance == sequencer.instance && self.locks.is_current(&path, mode, sequencer.lock_generation)
+        });
         api::CheckSequencerResponse { valid, current_lock_generation: stat.lock_generation }
     }
 
@@ -940,20 +1129,35 @@ impl StateMachine {
     // Snapshots.
     // ---------------------------------------------------------------------
 
-    /// Encodes the replicated state (not the event queues).
+    /// Encodes the replicated state (not the event queues), at most
+    /// [`SNAPSHOT_BYTES_MAX`] bytes (see the module docs).
     pub fn snapshot(&self) -> Bytes {
         let mode = |m: LockMode| mode_to_proto(m) as i32;
-        let holder = |(h, m): &(Holder, LockMode)| wire::LockHolder {
+        let holding = |h: &Holding| wire::LockHolder {
+            session_id: h.holder.session,
+            handle: h.holder.handle,
+            lock_delay_ms: h.holder.lock_delay_ms,
+            mode: mode(h.mode),
+            lock_generation: h.lock_generation,
+            request_number: h.holder.request_number,
+            waited: h.waited,
+        };
+        let waiter = |(h, m): &(Holder, LockMode)| wire::LockHolder {
             session_id: h.session,
             handle: h.handle,
             lock_delay_ms: h.lock_delay_ms,
             mode: mode(*m),
+            lock_generation: 0,
+            request_number: h.request_number,
+            waited: false,
         };
         let snapshot = wire::StateSnapshot {
+            format_version: STATE_SNAPSHOT_FORMAT_VERSION,
             now_ms: self.now_ms,
+            lock_clock_ms: self.lock_clock_ms,
             next_instance: self.namespace.next_instance(),
             next_session: self.next_session,
-            last_lock_generation: self.last_lock_generation,
+            last_lock_generation: self.locks.last_lock_generation(),
             nodes: self
                 .namespace
                 .records()
@@ -969,6 +1173,7 @@ impl StateMachine {
                 .map(|(&id, session)| wire::SessionRecord {
                     id,
                     client_name: session.client_name.clone(),
+                    secret: Bytes::copy_from_slice(&session.secret),
                     next_handle: session.next_handle,
                     last_event: session.last_event,
                     handles: session
@@ -1000,8 +1205,8 @@ impl StateMachine {
                 .into_iter()
                 .map(|record| wire::LockRecord {
                     path: record.path.as_str().to_string(),
-                    holders: record.holders.iter().map(holder).collect(),
-                    waiters: record.waiters.iter().map(holder).collect(),
+                    holders: record.holders.iter().map(holding).collect(),
+                    waiters: record.waiters.iter().map(waiter).collect(),
                     delay_until_ms: record.delay_until_ms,
                 })
                 .collect(),
@@ -1009,77 +1214,100 @@ impl StateMachine {
         Bytes::from(snapshot.encode_to_vec())
     }
 
-    /// Rebuilds the state from [`StateMachine::snapshot`]'s bytes, checking
-    /// everything that could make later commands misbehave.
+    /// Rebuilds the state from [`StateMachine::snapshot`]'s bytes. Total:
+    /// any bytes give a state or a typed error, never a panic. It refuses
+    /// an unknown format version and anything that could not have come from
+    /// `apply` or could make later commands misbehave (a dangling
+    /// reference, a counter so high that the next increment overflows, a
+    /// value over a limit).
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
         let snapshot = wire::StateSnapshot::decode(bytes)?;
+        if snapshot.format_version != STATE_SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnknownVersion {
+                found: snapshot.format_version,
+                supported: STATE_SNAPSHOT_FORMAT_VERSION,
+            });
+        }
         let bad = SnapshotError::Inconsistent;
         let parse = |text: &str| Path::parse(text).map_err(|error| SnapshotError::Inconsistent(error.to_string()));
+        for (name, value) in [
+            ("next_session", snapshot.next_session),
+            ("next_instance", snapshot.next_instance),
+            ("last_lock_generation", snapshot.last_lock_generation),
+        ] {
+            if value > COUNTER_MAX {
+                return Err(bad(format!("{name} is {value}, over {COUNTER_MAX}")));
+            }
+        }
+        if snapshot.next_session == 0 {
+            return Err(bad("next_session is 0".to_string()));
+        }
         let mut records = Vec::with_capacity(snapshot.nodes.len());
         for node in snapshot.nodes {
             let stat = node.stat.as_ref().ok_or_else(|| bad(format!("{} has no stat", node.path)))?;
-            records.push(NodeRecord {
-                path: parse(&node.path)?,
-                stat: stat_from_proto(stat).map_err(bad)?,
-                contents: node.contents,
-            });
+            let stat = stat_from_proto(stat).map_err(bad)?;
+            if stat.ephemeral_owner.is_some_and(|owner| owner >= snapshot.next_session) {
+                return Err(bad(format!("{} is owned by a session that never existed", node.path)));
+            }
+            if stat.lock_generation > snapshot.last_lock_generation {
+                return Err(bad(format!("{} has lock generation {}", node.path, stat.lock_generation)));
+            }
+            records.push(NodeRecord { path: parse(&node.path)?, stat, contents: node.contents });
         }
         let namespace = Namespace::from_records(snapshot.next_instance, records).map_err(bad)?;
-        let holder = |h: &wire::LockHolder| -> Result<(Holder, LockMode), SnapshotError> {
-            let mode = mode_from_proto(h.mode).ok_or_else(|| bad(format!("lock mode {}", h.mode)))?;
-            Ok((Holder { session: h.session_id, handle: h.handle, lock_delay_ms: h.lock_delay_ms }, mode))
-        };
-        let mut lock_records = Vec::with_capacity(snapshot.locks.len());
-        for lock in &snapshot.locks {
-            lock_records.push(LockRecord {
-                path: parse(&lock.path)?,
-                holders: lock.holders.iter().map(holder).collect::<Result<_, _>>()?,
-                waiters: lock.waiters.iter().map(holder).collect::<Result<_, _>>()?,
-                delay_until_ms: lock.delay_until_ms,
-            });
-        }
-        let locks = LockTable::from_records(lock_records).map_err(bad)?;
         let mut state = StateMachine {
             namespace,
-            locks,
             now_ms: snapshot.now_ms,
+            lock_clock_ms: snapshot.lock_clock_ms,
             next_session: snapshot.next_session,
-            last_lock_generation: snapshot.last_lock_generation,
             ..StateMachine::new()
         };
         if snapshot.sessions.len() > SESSIONS_MAX {
             return Err(bad(format!("{} sessions", snapshot.sessions.len())));
         }
         for record in snapshot.sessions {
-            if record.id == 0 || record.id >= state.next_session {
-                return Err(bad(format!("session id {} (next is {})", record.id, state.next_session)));
+            let id = record.id;
+            if id == 0 || id >= state.next_session {
+                return Err(bad(format!("session id {id} (next is {})", state.next_session)));
+            }
+            let secret = <[u8; SESSION_SECRET_BYTES]>::try_from(record.secret.as_ref())
+                .map_err(|_| bad(format!("session {id} has a secret of {} bytes", record.secret.len())))?;
+            if record.next_handle > COUNTER_MAX || record.last_event > COUNTER_MAX {
+                return Err(bad(format!("session {id} has a counter over {COUNTER_MAX}")));
+            }
+            if record.client_name.len() > CLIENT_NAME_BYTES_MAX {
+                return Err(bad(format!("session {id} has a client name of {} bytes", record.client_name.len())));
             }
             let mut session = Session {
                 client_name: record.client_name,
+                secret,
                 next_handle: record.next_handle,
                 last_event: record.last_event,
                 highest_request: record.highest_request,
                 ..Session::default()
             };
             if record.handles.len() > HANDLES_PER_SESSION_MAX || record.answers.len() > ANSWERS_PER_SESSION_MAX {
-                return Err(bad(format!("session {} has too many handles or answers", record.id)));
+                return Err(bad(format!("session {id} has too many handles or answers")));
             }
             for handle in record.handles {
                 if handle.id == 0 || handle.id >= session.next_handle {
-                    return Err(bad(format!("handle {} of session {}", handle.id, record.id)));
+                    return Err(bad(format!("handle {} of session {id}", handle.id)));
+                }
+                if handle.lock_delay_ms > LOCK_DELAY_MS_MAX || handle.event_mask & !EVENT_MASK_ALL != 0 {
+                    return Err(bad(format!("handle {} of session {id} has a bad lock-delay or event mask", handle.id)));
                 }
                 let path = parse(&handle.path)?;
-                state.watchers.entry(path.clone()).or_default().insert((record.id, handle.id));
-                session.handles.insert(
-                    handle.id,
-                    Handle {
-                        path,
-                        instance: handle.instance,
-                        event_mask: handle.event_mask,
-                        lock_delay_ms: handle.lock_delay_ms,
-                        sequencer: handle.sequencer,
-                    },
-                );
+                state.watchers.entry(path.clone()).or_default().insert((id, handle.id));
+                let handle_record = Handle {
+                    path,
+                    instance: handle.instance,
+                    event_mask: handle.event_mask,
+                    lock_delay_ms: handle.lock_delay_ms,
+                    sequencer: handle.sequencer,
+                };
+                if session.handles.insert(handle.id, handle_record).is_some() {
+                    return Err(bad(format!("handle {} of session {id} appears twice", handle.id)));
+                }
             }
             for answer in record.answers {
                 let outcome = answer.outcome.ok_or_else(|| bad("an answer without an outcome".to_string()))?;
@@ -1087,14 +1315,71 @@ impl StateMachine {
             }
             state.handles_total += session.handles.len();
             state.sessions_bytes += session.footprint_bytes();
-            if state.sessions.insert(record.id, session).is_some() {
-                return Err(bad(format!("session {} appears twice", record.id)));
+            if state.sessions.insert(id, session).is_some() {
+                return Err(bad(format!("session {id} appears twice")));
             }
         }
         if state.handles_total > HANDLES_MAX {
             return Err(bad(format!("{} handles", state.handles_total)));
         }
+        let mut lock_records = Vec::with_capacity(snapshot.locks.len());
+        for lock in &snapshot.locks {
+            let path = parse(&lock.path)?;
+            let holder = |h: &wire::LockHolder| -> Result<(Holder, LockMode), SnapshotError> {
+                let mode = mode_from_proto(h.mode).ok_or_else(|| bad(format!("lock {path}: mode {}", h.mode)))?;
+                state.check_lock_party(&path, h.session_id, h.handle)?;
+                let holder =
+                    Holder { session: h.session_id, handle: h.handle, lock_delay_ms: h.lock_delay_ms, request_number: h.request_number };
+                Ok((holder, mode))
+            };
+            let mut holders = Vec::with_capacity(lock.holders.len());
+            for h in &lock.holders {
+                let (holder, mode) = holder(h)?;
+                holders.push(Holding { holder, mode, lock_generation: h.lock_generation, waited: h.waited });
+            }
+            let waiters = lock.waiters.iter().map(holder).collect::<Result<_, _>>()?;
+            lock_records.push(LockRecord { path, holders, waiters, delay_until_ms: lock.delay_until_ms });
+        }
+        state.locks =
+            LockTable::from_records(snapshot.last_lock_generation, snapshot.lock_clock_ms, lock_records).map_err(bad)?;
+        if state.footprint_bytes() > SNAPSHOT_BYTES_MAX {
+            return Err(bad(format!("a state of {} bytes, over {SNAPSHOT_BYTES_MAX}", state.footprint_bytes())));
+        }
+        state.check_invariants();
         Ok(state)
+    }
+
+    /// For `restore`: a lock's holder or waiter must be an open handle bound
+    /// to the current instance of the lock's node.
+    fn check_lock_party(&self, path: &Path, session: SessionId, handle: u64) -> Result<(), SnapshotError> {
+        let bound = self.sessions.get(&session).and_then(|s| s.handles.get(&handle)).is_some_and(|h| {
+            h.path == *path && self.namespace.stat(path, None).is_ok_and(|stat| stat.instance == h.instance)
+        });
+        if bound {
+            Ok(())
+        } else {
+            Err(SnapshotError::Inconsistent(format!("lock {path} names handle {handle} of session {session}, not bound to it")))
+        }
+    }
+
+    /// Recomputes what is kept incrementally (the sessions' footprint, the
+    /// handle count, the watchers index, the lock table's index and
+    /// footprint) and panics on a difference, which is a bug. The tests run
+    /// it after every step, `restore` on what it rebuilt; `apply` checks the
+    /// lock table after every command in debug builds.
+    pub fn check_invariants(&self) {
+        let sessions_bytes: usize = self.sessions.values().map(Session::footprint_bytes).sum();
+        assert_eq!(self.sessions_bytes, sessions_bytes, "the sessions' footprint");
+        let handles_total: usize = self.sessions.values().map(|s| s.handles.len()).sum();
+        assert_eq!(self.handles_total, handles_total, "the handle count");
+        let mut watchers: BTreeMap<Path, BTreeSet<(SessionId, u64)>> = BTreeMap::new();
+        for (&id, session) in &self.sessions {
+            for (&handle, record) in &session.handles {
+                watchers.entry(record.path.clone()).or_default().insert((id, handle));
+            }
+        }
+        assert_eq!(self.watchers, watchers, "the watchers index");
+        self.locks.check_invariants();
     }
 
     /// Compares the replicated parts of two states (not the event queues).

@@ -6,30 +6,70 @@ use super::*;
 use wire::command::Kind;
 use wire::session_call::Call;
 
-/// Builds commands with a clock that moves only when told.
+/// Builds commands with a clock that moves only when told (the master's
+/// wall clock and its lock-delay clock move together here, unless a test
+/// stamps a command itself), and keeps each session's secret.
 struct Cell {
     state: StateMachine,
     now_ms: u64,
     next_request: BTreeMap<SessionId, u64>,
+    secrets: BTreeMap<SessionId, Bytes>,
+    sessions_created: u64,
+    /// Recount everything derived after every command (the fill tests,
+    /// whose states are large, do it every few steps instead).
+    check_every_command: bool,
 }
 
 impl Cell {
     fn new() -> Self {
-        Cell { state: StateMachine::new(), now_ms: 1_000, next_request: BTreeMap::new() }
+        Cell::with_state(StateMachine::new())
+    }
+
+    fn with_state(state: StateMachine) -> Self {
+        Cell {
+            state,
+            now_ms: 1_000,
+            next_request: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            sessions_created: 0,
+            check_every_command: true,
+        }
     }
 
     fn apply(&mut self, kind: Kind) -> Outcome {
-        let command = wire::Command { proposer_incarnation: 7, proposal_number: 1, now_ms: self.now_ms, kind: Some(kind) };
+        self.apply_stamped(self.now_ms, self.now_ms, kind)
+    }
+
+    /// Applies `kind` stamped with a wall clock and a lock-delay clock of
+    /// the test's choosing.
+    fn apply_stamped(&mut self, now_ms: u64, lock_clock_ms: u64, kind: Kind) -> Outcome {
+        let command =
+            wire::Command { proposer_incarnation: 7, proposal_number: 1, now_ms, lock_clock_ms, kind: Some(kind) };
         // Every command also survives a trip through its encoding.
         let decoded = wire::Command::decode(command.encode_to_vec().as_slice()).expect("decodes");
-        self.state.apply(&decoded)
+        let outcome = self.state.apply(&decoded);
+        if self.check_every_command {
+            self.state.check_invariants();
+        }
+        outcome
     }
 
     fn session(&mut self) -> SessionId {
-        match self.apply(Kind::CreateSession(wire::CreateSession { client_name: "test".into() })).result {
-            Some(wire::outcome::Result::SessionCreated(created)) => created.session_id,
+        self.sessions_created += 1;
+        // Distinct per session, as the master's random draw would be.
+        let secret = Bytes::from((0..16u8).map(|i| i.wrapping_mul(31) ^ self.sessions_created as u8).collect::<Vec<u8>>());
+        let create = wire::CreateSession { client_name: "test".into(), session_secret: secret.clone() };
+        match self.apply(Kind::CreateSession(create)).result {
+            Some(wire::outcome::Result::SessionCreated(created)) => {
+                self.secrets.insert(created.session_id, secret);
+                created.session_id
+            }
             other => panic!("no session: {other:?}"),
         }
+    }
+
+    fn secret(&self, session: SessionId) -> Bytes {
+        self.secrets.get(&session).cloned().unwrap_or_default()
     }
 
     fn call(&mut self, session: SessionId, call: Call) -> Outcome {
@@ -40,7 +80,19 @@ impl Cell {
     }
 
     fn call_numbered(&mut self, session: SessionId, request_number: u64, call: Call) -> Outcome {
-        self.apply(Kind::Call(wire::SessionCall { session_id: session, request_number, call: Some(call) }))
+        let session_secret = self.secret(session);
+        self.call_with_secret(session, session_secret, request_number, call)
+    }
+
+    fn call_with_secret(&mut self, session: SessionId, session_secret: Bytes, request_number: u64, call: Call) -> Outcome {
+        self.apply(Kind::Call(wire::SessionCall { session_id: session, request_number, session_secret, call: Some(call) }))
+    }
+
+    /// Ends a session as its client would close it (`expired` false) or as
+    /// the master expires it (true).
+    fn end(&mut self, session: SessionId, expired: bool) -> Outcome {
+        let session_secret = if expired { Bytes::new() } else { self.secret(session) };
+        self.apply(Kind::EndSession(wire::EndSession { session_id: session, expired, session_secret }))
     }
 
     fn open(&mut self, session: SessionId, path: &str, create: bool, ephemeral: bool, mask: u32, lock_delay_ms: u64) -> Outcome {
@@ -129,7 +181,7 @@ fn exclusive_lock_excludes_and_waiters_are_served_in_order_with_rising_generatio
 }
 
 #[test]
-fn shared_holders_coexist_and_keep_the_generation() {
+fn every_grant_takes_a_new_generation_and_a_shared_sequencer_lives_only_with_its_holding() {
     let mut cell = Cell::new();
     let (a, b, c) = (cell.session(), cell.session(), cell.session());
     let ha = cell.handle(a, "/f");
@@ -137,17 +189,32 @@ fn shared_holders_coexist_and_keep_the_generation() {
     let hc = cell.handle(c, "/f");
     let sa = sequencer_of(&cell.acquire(a, ha, api::LockMode::Shared, false));
     let sb = sequencer_of(&cell.acquire(b, hb, api::LockMode::Shared, false));
-    // The first shared grant took the lock from free to held; the second
-    // joined it and shares its generation.
-    assert_eq!((sa.lock_generation, sb.lock_generation), (1, 1));
+    // Each grant, shared too, takes the next generation, so each holder's
+    // sequencer names its own holding.
+    assert!(sb.lock_generation > sa.lock_generation, "{sa:?} then {sb:?}");
     assert_eq!(code_of(&cell.acquire(c, hc, api::LockMode::Exclusive, false)), Some(Code::FailedPrecondition));
     assert!(cell.state.check_sequencer(&sa).valid);
-    // Once the lock was free in between, an old shared sequencer is stale.
-    cell.call(a, Call::Release(api::ReleaseRequest { handle: ha, ..Default::default() }));
-    cell.call(b, Call::Release(api::ReleaseRequest { handle: hb, ..Default::default() }));
+    assert!(cell.state.check_sequencer(&sb).valid);
+    // a leaves while b still holds the lock shared: a's sequencer is stale
+    // (it used to stay valid as long as anyone held the lock shared).
+    assert_eq!(code_of(&release(&mut cell, a, ha)), None);
+    assert!(!cell.state.check_sequencer(&sa).valid, "a released: its shared sequencer must be stale");
+    assert!(cell.state.check_sequencer(&sb).valid, "b still holds");
+    let hd = cell.handle(c, "/data");
+    let attach = Call::SetSequencer(api::SetSequencerRequest { handle: hd, sequencer: Some(sa.clone()), ..Default::default() });
+    assert_eq!(code_of(&cell.call(c, attach)), Some(Code::FailedPrecondition), "a stale shared sequencer cannot be attached");
+    // A holder whose session ends loses its sequencer too.
     let again = sequencer_of(&cell.acquire(a, ha, api::LockMode::Shared, false));
-    assert_eq!(again.lock_generation, 2);
-    assert!(!cell.state.check_sequencer(&sb).valid);
+    assert!(again.lock_generation > sb.lock_generation);
+    cell.end(b, true);
+    assert!(!cell.state.check_sequencer(&sb).valid, "b's session ended");
+    assert!(cell.state.check_sequencer(&again).valid);
+    // Exclusive acquisitions still increase the generation.
+    assert_eq!(code_of(&release(&mut cell, a, ha)), None);
+    let exclusive = sequencer_of(&cell.acquire(c, hc, api::LockMode::Exclusive, false));
+    assert!(exclusive.lock_generation > again.lock_generation);
+    assert!(!cell.state.check_sequencer(&again).valid);
+    assert_eq!(cell.state.check_sequencer(&exclusive).current_lock_generation, exclusive.lock_generation);
 }
 
 #[test]
@@ -158,7 +225,7 @@ fn any_command_past_a_lock_delay_hands_the_lock_to_its_waiter() {
     cell.acquire(a, ha, api::LockMode::Exclusive, false);
     let hb = cell.handle(b, "/lock");
     assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
-    cell.apply(Kind::EndSession(wire::EndSession { session_id: a, expired: true }));
+    cell.end(a, true);
     assert!(cell.state.holding(b, hb).is_none());
     // Not an AdvanceTime: some other command, stamped after the delay.
     cell.now_ms += 2_000;
@@ -180,7 +247,7 @@ fn an_expired_session_loses_ephemerals_and_locks_and_the_lock_waits_out_its_dela
     assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
 
     cell.now_ms += 10;
-    cell.apply(Kind::EndSession(wire::EndSession { session_id: a, expired: true }));
+    cell.end(a, true);
     assert!(!cell.state.has_session(a));
     assert!(cell.state.namespace.stat(&Path::parse("/eph").expect("path"), None).is_err(), "ephemeral node deleted");
     assert!(!cell.state.check_sequencer(&sequencer).valid);
@@ -206,7 +273,7 @@ fn a_closed_session_releases_without_delay() {
     let hb = cell.handle(b, "/lock");
     cell.acquire(a, ha, api::LockMode::Exclusive, false);
     assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
-    cell.apply(Kind::EndSession(wire::EndSession { session_id: a, expired: false }));
+    cell.end(a, false);
     assert!(cell.state.holding(b, hb).is_some());
 }
 
@@ -225,14 +292,14 @@ fn a_retried_request_number_returns_the_first_answer_without_applying_again() {
     let first = cell.call_numbered(a, 10, write("one"));
     let retry = cell.call_numbered(a, 10, write("two"));
     assert_eq!(first, retry);
-    let (contents, stat) = cell.state.get_contents_and_stat(a, h).expect("read");
+    let (contents, stat) = cell.state.get_contents_and_stat(a, &cell.secret(a), h).expect("read");
     assert_eq!(&contents[..], b"one");
     assert_eq!(stat.content_generation, 2);
     // Older than the window: refused, not applied.
     let highest = 10 + ANSWERS_PER_SESSION_MAX as u64;
     cell.call_numbered(a, highest, write("three"));
     assert_eq!(code_of(&cell.call_numbered(a, 9, write("four"))), Some(Code::FailedPrecondition));
-    assert_eq!(&cell.state.get_contents_and_stat(a, h).expect("read").0[..], b"three");
+    assert_eq!(&cell.state.get_contents_and_stat(a, &cell.secret(a), h).expect("read").0[..], b"three");
 }
 
 #[test]
@@ -262,9 +329,9 @@ fn set_sequencer_makes_later_calls_fail_once_the_sequencer_is_stale() {
     let hb = cell.handle(b, "/data");
     let set = Call::SetSequencer(api::SetSequencerRequest { handle: hb, sequencer: Some(sequencer), ..Default::default() });
     assert_eq!(code_of(&cell.call(b, set.clone())), None);
-    assert!(cell.state.get_stat(b, hb).is_ok());
+    assert!(cell.state.get_stat(b, &cell.secret(b), hb).is_ok());
     cell.call(a, Call::Release(api::ReleaseRequest { handle: ha, ..Default::default() }));
-    let error = cell.state.get_stat(b, hb).expect_err("stale");
+    let error = cell.state.get_stat(b, &cell.secret(b), hb).expect_err("stale");
     assert_eq!(Code::from_i32(error.code), Code::FailedPrecondition);
     let write = Call::SetContents(api::SetContentsRequest { handle: hb, ..Default::default() });
     assert_eq!(code_of(&cell.call(b, write)), Some(Code::FailedPrecondition));
@@ -320,8 +387,8 @@ fn a_handle_is_bound_to_one_instance_of_its_node() {
     let other = cell.handle(a, "/f");
     cell.call(a, Call::Delete(api::DeleteRequest { handle: other, ..Default::default() }));
     let new = cell.handle(a, "/f");
-    assert!(cell.state.get_stat(a, new).is_ok());
-    assert_eq!(Code::from_i32(cell.state.get_stat(a, old).expect_err("invalid").code), Code::FailedPrecondition);
+    assert!(cell.state.get_stat(a, &cell.secret(a), new).is_ok());
+    assert_eq!(Code::from_i32(cell.state.get_stat(a, &cell.secret(a), old).expect_err("invalid").code), Code::FailedPrecondition);
 }
 
 #[test]
@@ -381,6 +448,689 @@ fn a_snapshot_restores_the_same_state_and_refuses_garbage() {
 }
 
 // -------------------------------------------------------------------------
+// Locks and nodes in a hostile world (issue 11, item 7; review F8-F12).
+// -------------------------------------------------------------------------
+
+fn release(cell: &mut Cell, session: SessionId, handle: u64) -> Outcome {
+    cell.call(session, Call::Release(api::ReleaseRequest { handle, ..Default::default() }))
+}
+
+fn delete(cell: &mut Cell, session: SessionId, handle: u64) -> Outcome {
+    cell.call(session, Call::Delete(api::DeleteRequest { handle, ..Default::default() }))
+}
+
+fn exists(cell: &Cell, path: &str) -> bool {
+    cell.state.namespace.stat(&Path::parse(path).expect("path"), None).is_ok()
+}
+
+/// Session a holds `/lock` exclusively with a lock-delay of 5 s; session b
+/// has a handle on it. Returns (a, a's handle, b, b's handle).
+fn held_with_a_lock_delay(cell: &mut Cell) -> (SessionId, u64, SessionId, u64) {
+    let (a, b) = (cell.session(), cell.session());
+    let ha = handle_of(&cell.open(a, "/lock", true, false, 0, 5_000));
+    sequencer_of(&cell.acquire(a, ha, api::LockMode::Exclusive, false));
+    let hb = cell.handle(b, "/lock");
+    (a, ha, b, hb)
+}
+
+#[test]
+fn a_running_lock_delay_survives_deleting_and_recreating_the_node() {
+    let mut cell = Cell::new();
+    let (a, _, b, hb) = held_with_a_lock_delay(&mut cell);
+    cell.end(a, true);
+    // b deletes the node during the lock-delay and makes a new one.
+    assert_eq!(code_of(&delete(&mut cell, b, hb)), None);
+    let fresh = cell.handle(b, "/lock");
+    cell.now_ms += 4_999;
+    assert_eq!(
+        code_of(&cell.acquire(b, fresh, api::LockMode::Exclusive, false)),
+        Some(Code::FailedPrecondition),
+        "the new instance is still in the old holder's lock-delay"
+    );
+    // The delay survives a snapshot too.
+    cell.state = StateMachine::restore(&cell.state.snapshot()).expect("restores");
+    assert_eq!(cell.state.next_lock_delay_end_ms(), Some(1_000 + 5_000));
+    cell.now_ms += 1;
+    cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}));
+    sequencer_of(&cell.acquire(b, fresh, api::LockMode::Exclusive, false));
+}
+
+#[test]
+fn deleting_a_node_another_session_holds_starts_the_holders_lock_delay() {
+    let mut cell = Cell::new();
+    let (a, _, b, hb) = held_with_a_lock_delay(&mut cell);
+    // a is alive (perhaps partitioned, still acting); b deletes its node.
+    assert_eq!(code_of(&delete(&mut cell, b, hb)), None);
+    let fresh = cell.handle(b, "/lock");
+    assert_eq!(code_of(&cell.acquire(b, fresh, api::LockMode::Exclusive, false)), Some(Code::FailedPrecondition));
+    cell.now_ms += 5_000;
+    sequencer_of(&cell.acquire(b, fresh, api::LockMode::Exclusive, false));
+    // A holder that deletes its own node gives the lock up knowingly: no
+    // lock-delay.
+    let mine = handle_of(&cell.open(a, "/own", true, false, 0, 5_000));
+    sequencer_of(&cell.acquire(a, mine, api::LockMode::Exclusive, false));
+    assert_eq!(code_of(&delete(&mut cell, a, mine)), None);
+    let again = cell.handle(b, "/own");
+    sequencer_of(&cell.acquire(b, again, api::LockMode::Exclusive, false));
+}
+
+#[test]
+fn a_new_master_whose_wall_clock_runs_ahead_does_not_end_a_lock_delay() {
+    let mut cell = Cell::new();
+    let (a, _, b, hb) = held_with_a_lock_delay(&mut cell);
+    let c = cell.session();
+    let hc = cell.handle(c, "/lock");
+    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
+    cell.end(a, true);
+    // The new master's wall clock is an hour ahead; it has no lock-delay
+    // clock reading yet (0) when it records its takeover.
+    let ahead_ms = cell.now_ms + 3_600_000;
+    cell.apply_stamped(ahead_ms, 0, Kind::MasterTookOver(wire::MasterTookOver { ballot_round: 2, ballot_replica: 3 }));
+    assert!(cell.state.holding(b, hb).is_none(), "the lock-delay must not end with the new master's wall clock");
+    let request = api::AcquireRequest { handle: hc, mode: api::LockMode::Exclusive as i32, ..Default::default() };
+    let number = cell.next_request.get(&c).copied().unwrap_or(0) + 1;
+    cell.next_request.insert(c, number);
+    let secret = cell.secret(c);
+    let refused = cell.apply_stamped(
+        ahead_ms,
+        0,
+        Kind::Call(wire::SessionCall { session_id: c, request_number: number, session_secret: secret, call: Some(Call::TryAcquire(request)) }),
+    );
+    assert_eq!(code_of(&refused), Some(Code::FailedPrecondition));
+    // It counts on from the state's lock-delay clock with its own elapsed
+    // time; the delay ends when that passes its end, and the clock never
+    // goes back for a lower stamp.
+    cell.apply_stamped(ahead_ms, 1_000 + 4_999, Kind::AdvanceTime(wire::AdvanceTime {}));
+    assert!(cell.state.holding(b, hb).is_none());
+    cell.apply_stamped(ahead_ms, 1_000 + 5_000, Kind::AdvanceTime(wire::AdvanceTime {}));
+    assert!(cell.state.holding(b, hb).is_some(), "the waiter gets the lock once the lock-delay clock passed its end");
+    cell.apply_stamped(ahead_ms, 10, Kind::AdvanceTime(wire::AdvanceTime {}));
+    let record = wire::StateSnapshot::decode(cell.state.snapshot().as_ref()).expect("decodes");
+    assert_eq!(record.lock_clock_ms, 1_000 + 5_000, "the lock-delay clock never goes back");
+    assert_eq!(cell.state.now_ms(), ahead_ms, "user-visible times follow the wall clock");
+}
+
+#[test]
+fn a_session_is_usable_only_with_its_secret() {
+    let mut cell = Cell::new();
+    let (a, b) = (cell.session(), cell.session());
+    let ha = cell.handle(a, "/lock");
+    sequencer_of(&cell.acquire(a, ha, api::LockMode::Exclusive, false));
+    let hb = cell.handle(b, "/lock");
+    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
+    let release = || Call::Release(api::ReleaseRequest { handle: ha, ..Default::default() });
+    let wrong = cell.secret(b);
+    // b knows a's id (ids are sequential) but not its secret.
+    for secret in [Bytes::new(), wrong.clone(), Bytes::from_static(b"short")] {
+        let refused = cell.call_with_secret(a, secret.clone(), 50, release());
+        assert_eq!(code_of(&refused), Some(Code::PermissionDenied), "release with {secret:?}");
+        let close = cell.apply(Kind::EndSession(wire::EndSession { session_id: a, expired: false, session_secret: secret.clone() }));
+        assert_eq!(code_of(&close), Some(Code::PermissionDenied), "close with {secret:?}");
+        let cancel = cell.apply(Kind::CancelWait(wire::CancelWait {
+            session_id: a,
+            handle: ha,
+            session_secret: secret.clone(),
+            request_number: 2,
+            keep_granted: false,
+        }));
+        assert_eq!(code_of(&cancel), Some(Code::PermissionDenied), "cancel with {secret:?}");
+    }
+    assert!(cell.state.has_session(a), "a's session was not closed");
+    assert!(cell.state.holding(a, ha).is_some(), "a still holds its lock");
+    assert!(cell.state.is_waiting(b, hb), "b still waits");
+    // A refused call is not remembered: the owner's call with that number
+    // runs.
+    assert_eq!(code_of(&cell.call_numbered(a, 50, release())), None);
+    assert!(cell.state.holding(b, hb).is_some());
+    // A session cannot be created without a full secret.
+    for secret in [Bytes::new(), Bytes::from(vec![7; 15])] {
+        let create = cell.apply(Kind::CreateSession(wire::CreateSession { client_name: "x".into(), session_secret: secret }));
+        assert_eq!(code_of(&create), Some(Code::InvalidArgument));
+    }
+    // Secrets are replicated state: a restored state checks them alike.
+    cell.state = StateMachine::restore(&cell.state.snapshot()).expect("restores");
+    let refused = cell.call_with_secret(b, cell.secret(a), 60, Call::Release(api::ReleaseRequest { handle: hb, ..Default::default() }));
+    assert_eq!(code_of(&refused), Some(Code::PermissionDenied));
+    assert_eq!(code_of(&cell.end(b, false)), None, "the owner closes its session");
+    assert!(!cell.state.has_session(b));
+}
+
+#[test]
+fn a_cancel_from_a_dropped_wait_releases_a_lock_granted_to_that_wait() {
+    let mut cell = Cell::new();
+    let (a, b, c) = (cell.session(), cell.session(), cell.session());
+    let ha = cell.handle(a, "/lock");
+    let hb = cell.handle(b, "/lock");
+    let hc = cell.handle(c, "/lock");
+    sequencer_of(&cell.acquire(a, ha, api::LockMode::Exclusive, false));
+    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true))); // b's request 2
+    assert!(is_queued(&cell.acquire(c, hc, api::LockMode::Exclusive, true)));
+    release(&mut cell, a, ha);
+    assert!(cell.state.holding(b, hb).is_some(), "granted to b's wait");
+    let cancel = |cell: &Cell, request_number, keep_granted| {
+        Kind::CancelWait(wire::CancelWait { session_id: b, handle: hb, session_secret: cell.secret(b), request_number, keep_granted })
+    };
+    // A cancel of another request leaves the grant alone.
+    let other = cancel(&cell, 7, false);
+    assert_eq!(code_of(&cell.apply(other)), None);
+    assert!(cell.state.holding(b, hb).is_some());
+    // The call that waited was dropped: nobody will hand b the sequencer,
+    // so the cancel gives the lock up in the same command (to c, next).
+    let dropped = cancel(&cell, 2, false);
+    assert_eq!(cell.apply(dropped), done());
+    assert!(cell.state.holding(b, hb).is_none(), "the lock granted to a dropped wait is released");
+    assert!(cell.state.holding(c, hc).is_some());
+    // A wait whose deadline passed keeps a grant that came just before its
+    // cancel, and returns it.
+    release(&mut cell, c, hc);
+    let hd = cell.handle(a, "/lock");
+    sequencer_of(&cell.acquire(a, hd, api::LockMode::Exclusive, false));
+    assert!(is_queued(&cell.acquire(b, hb, api::LockMode::Exclusive, true)));
+    let number = cell.next_request[&b];
+    release(&mut cell, a, hd);
+    let kept = cancel(&cell, number, true);
+    let granted = cell.apply(kept);
+    assert_eq!(sequencer_of(&granted), cell.state.holding(b, hb).expect("kept"));
+    // A lock granted at once (no wait) is never released by a cancel: its
+    // answer is remembered, and a retry returns it.
+    release(&mut cell, b, hb);
+    let at_once = cell.acquire(b, hb, api::LockMode::Exclusive, true);
+    sequencer_of(&at_once);
+    let number = cell.next_request[&b];
+    let late = cancel(&cell, number, false);
+    cell.apply(late);
+    assert!(cell.state.holding(b, hb).is_some());
+}
+
+#[test]
+fn an_ephemeral_directory_goes_with_its_last_child_after_its_owner_ended() {
+    let mut cell = Cell::new();
+    let (a, b, watcher) = (cell.session(), cell.session(), cell.session());
+    let directory = |path: &str, ephemeral| {
+        Call::Open(api::OpenRequest {
+            path: path.into(),
+            create: true,
+            ephemeral,
+            kind: api::NodeKind::Directory as i32,
+            ..Default::default()
+        })
+    };
+    handle_of(&cell.call(a, directory("/d", true)));
+    handle_of(&cell.call(a, directory("/d/e", true)));
+    handle_of(&cell.call(a, directory("/p", false)));
+    handle_of(&cell.call(a, directory("/p/q", true)));
+    let root = handle_of(&cell.open(watcher, "/", false, false, EVENT_MASK_ALL, 0));
+    let file = cell.handle(b, "/d/e/f"); // permanent, another session's
+    let other = handle_of(&cell.open(b, "/p/q/g", true, true, 0, 0)); // b's ephemeral
+    cell.end(a, false);
+    assert!(exists(&cell, "/d/e") && exists(&cell, "/d"), "non-empty ephemeral directories stay while they hold nodes");
+    assert!(exists(&cell, "/p/q"));
+    // The rule is replicated state: it holds after a snapshot round trip.
+    cell.state = StateMachine::restore(&cell.state.snapshot()).expect("restores");
+    assert_eq!(code_of(&delete(&mut cell, b, file)), None);
+    assert!(!exists(&cell, "/d/e"), "/d/e lost its last child and its owner has ended");
+    assert!(!exists(&cell, "/d"), "and so did /d");
+    assert!(cell.events(watcher).contains(&(api::EventKind::ChildRemoved, "/d".into())), "watchers hear of it");
+    // The last child may go with its own session's end.
+    let _ = other;
+    cell.end(b, true);
+    assert!(!exists(&cell, "/p/q"));
+    assert!(exists(&cell, "/p"), "a permanent directory stays");
+    let _ = root;
+}
+
+#[test]
+fn restore_refuses_an_unknown_format_version() {
+    let mut cell = Cell::new();
+    let a = cell.session();
+    cell.handle(a, "/f");
+    let bytes = cell.state.snapshot();
+    let record = wire::StateSnapshot::decode(bytes.as_ref()).expect("decodes");
+    assert_eq!(record.format_version, STATE_SNAPSHOT_FORMAT_VERSION, "snapshots are written with their version");
+    for version in [0, STATE_SNAPSHOT_FORMAT_VERSION + 1, u32::MAX] {
+        let other = wire::StateSnapshot { format_version: version, ..record.clone() };
+        match StateMachine::restore(&other.encode_to_vec()) {
+            Err(SnapshotError::UnknownVersion { found, .. }) => assert_eq!(found, version),
+            other => panic!("version {version} gave {other:?}"),
+        }
+    }
+}
+
+/// A state with something of every kind: sessions, handles, files and
+/// directories, ephemerals, exclusive and shared holders, waiters, a
+/// running lock-delay, a sequencer attached, remembered answers.
+fn rich_cell() -> Cell {
+    let mut cell = Cell::new();
+    let (a, b, c) = (cell.session(), cell.session(), cell.session());
+    cell.call(a, Call::Open(api::OpenRequest { path: "/d".into(), create: true, kind: api::NodeKind::Directory as i32, ..Default::default() }));
+    let f = handle_of(&cell.open(a, "/d/f", true, true, EVENT_MASK_ALL, 1_000));
+    let seq = sequencer_of(&cell.acquire(a, f, api::LockMode::Exclusive, false));
+    let g = cell.handle(b, "/d/f");
+    cell.acquire(b, g, api::LockMode::Shared, true);
+    let s1 = cell.handle(b, "/s");
+    let s2 = cell.handle(c, "/s");
+    cell.acquire(b, s1, api::LockMode::Shared, false);
+    cell.acquire(c, s2, api::LockMode::Shared, false);
+    let x = handle_of(&cell.open(c, "/x", true, false, 0, 3_000));
+    cell.acquire(c, x, api::LockMode::Exclusive, false);
+    let set = Call::SetSequencer(api::SetSequencerRequest { handle: s2, sequencer: Some(seq), ..Default::default() });
+    cell.call(c, set);
+    cell.call(b, Call::SetContents(api::SetContentsRequest { handle: g, contents: Bytes::from_static(b"contents"), ..Default::default() }));
+    let d = cell.session();
+    let y = handle_of(&cell.open(d, "/y", true, false, 0, 60_000));
+    cell.acquire(d, y, api::LockMode::Exclusive, false);
+    cell.end(d, true);
+    cell
+}
+
+/// Commands that touch every part of a state, to run after a restore.
+fn exercise(cell: &mut Cell) {
+    let sessions = cell.state.session_ids();
+    let fresh = cell.session();
+    for session in sessions.iter().copied().chain([fresh]) {
+        for path in ["/d/f", "/s", "/x", "/y", "/new"] {
+            let handle = match cell.open(session, path, true, false, EVENT_MASK_ALL, 10).result {
+                Some(wire::outcome::Result::Opened(opened)) => opened.handle,
+                _ => continue,
+            };
+            cell.acquire(session, handle, api::LockMode::Exclusive, true);
+            cell.call(session, Call::SetContents(api::SetContentsRequest { handle, contents: Bytes::from_static(b"z"), ..Default::default() }));
+            release(cell, session, handle);
+        }
+    }
+    cell.now_ms = cell.now_ms.saturating_add(70_000);
+    cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}));
+    cell.apply(Kind::MasterTookOver(wire::MasterTookOver::default()));
+    for session in sessions {
+        cell.end(session, session % 2 == 0);
+    }
+    cell.state.snapshot();
+}
+
+/// Restore takes any bytes without panicking: random mutations of a real
+/// snapshot (bytes flipped, cut, inserted), and structured ones (numbers
+/// set to extremes, records dropped or repeated). What it accepts must then
+/// apply commands without panicking. `GAIOS_STATE_SEEDS` soaks longer.
+#[test]
+fn restore_never_panics_on_mangled_snapshots() {
+    let cell = rich_cell();
+    let original = cell.state.snapshot();
+    let record = wire::StateSnapshot::decode(original.as_ref()).expect("decodes");
+    let rounds = std::env::var("GAIOS_STATE_SEEDS").ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(40) * 50;
+    let mut accepted = 0;
+    for round in 0..rounds {
+        let mut rng = Rng(round.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let bytes = if rng.below(3) == 0 { mangle_bytes(&mut rng, &original) } else { mangle_record(&mut rng, &record).encode_to_vec() };
+        let result = std::panic::catch_unwind(|| {
+            if let Ok(state) = StateMachine::restore(&bytes) {
+                let mut restored = Cell::with_state(state);
+                restored.check_every_command = false;
+                restored.now_ms = restored.state.now_ms().saturating_add(1);
+                exercise(&mut restored);
+                true
+            } else {
+                false
+            }
+        });
+        match result {
+            Ok(true) => accepted += 1,
+            Ok(false) => {}
+            Err(_) => panic!("round {round}: restore or a later command panicked on a mangled snapshot"),
+        }
+    }
+    assert!(accepted > 0, "some harmless mutations must be accepted (else the test only sees decode errors)");
+}
+
+fn mangle_bytes(rng: &mut Rng, original: &[u8]) -> Vec<u8> {
+    let mut bytes = original.to_vec();
+    match rng.below(4) {
+        0 => bytes.truncate(rng.below(bytes.len() as u64 + 1) as usize),
+        1 => {
+            for _ in 0..=rng.below(8) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << rng.below(8);
+            }
+        }
+        2 => {
+            let at = rng.below(bytes.len() as u64 + 1) as usize;
+            let junk: Vec<u8> = (0..=rng.below(16)).map(|_| rng.next() as u8).collect();
+            bytes.splice(at..at, junk);
+        }
+        _ => bytes = (0..rng.below(256)).map(|_| rng.next() as u8).collect(),
+    }
+    bytes
+}
+
+fn extreme(rng: &mut Rng, current: u64) -> u64 {
+    match rng.below(6) {
+        0 => 0,
+        1 => 1,
+        2 => u64::MAX,
+        3 => u64::MAX - 1,
+        4 => current.wrapping_add(1),
+        _ => rng.next(),
+    }
+}
+
+fn mangle_record(rng: &mut Rng, record: &wire::StateSnapshot) -> wire::StateSnapshot {
+    let mut snapshot = record.clone();
+    for _ in 0..=rng.below(3) {
+        match rng.below(14) {
+            0 => snapshot.now_ms = extreme(rng, snapshot.now_ms),
+            1 => snapshot.next_instance = extreme(rng, snapshot.next_instance),
+            2 => snapshot.next_session = extreme(rng, snapshot.next_session),
+            3 => snapshot.last_lock_generation = extreme(rng, snapshot.last_lock_generation),
+            4 => snapshot.lock_clock_ms = extreme(rng, snapshot.lock_clock_ms),
+            5 => {
+                let i = rng.below(snapshot.nodes.len() as u64) as usize;
+                if let Some(stat) = snapshot.nodes.get_mut(i).and_then(|n| n.stat.as_mut()) {
+                    match rng.below(6) {
+                        0 => stat.instance = extreme(rng, stat.instance),
+                        1 => stat.content_generation = extreme(rng, stat.content_generation),
+                        2 => stat.lock_generation = extreme(rng, stat.lock_generation),
+                        3 => stat.ephemeral_owner = extreme(rng, stat.ephemeral_owner),
+                        4 => stat.children = extreme(rng, stat.children),
+                        _ => stat.acl_generation = extreme(rng, stat.acl_generation),
+                    }
+                }
+            }
+            6 => {
+                let i = rng.below(snapshot.sessions.len() as u64) as usize;
+                if let Some(session) = snapshot.sessions.get_mut(i) {
+                    match rng.below(5) {
+                        0 => session.id = extreme(rng, session.id),
+                        1 => session.next_handle = extreme(rng, session.next_handle),
+                        2 => session.last_event = extreme(rng, session.last_event),
+                        3 => session.highest_request = extreme(rng, session.highest_request),
+                        _ => session.secret = Bytes::from(vec![0; rng.below(20) as usize]),
+                    }
+                }
+            }
+            7 => {
+                let i = rng.below(snapshot.sessions.len() as u64) as usize;
+                if let Some(handle) = snapshot.sessions.get_mut(i).and_then(|s| s.handles.first_mut()) {
+                    match rng.below(4) {
+                        0 => handle.id = extreme(rng, handle.id),
+                        1 => handle.instance = extreme(rng, handle.instance),
+                        2 => handle.lock_delay_ms = extreme(rng, handle.lock_delay_ms),
+                        _ => handle.event_mask = extreme(rng, u64::from(handle.event_mask)) as u32,
+                    }
+                }
+            }
+            8 => {
+                let i = rng.below(snapshot.locks.len() as u64) as usize;
+                if let Some(lock) = snapshot.locks.get_mut(i) {
+                    lock.delay_until_ms = extreme(rng, lock.delay_until_ms);
+                    if let Some(holder) = lock.holders.first_mut() {
+                        match rng.below(6) {
+                            0 => holder.session_id = extreme(rng, holder.session_id),
+                            1 => holder.handle = extreme(rng, holder.handle),
+                            2 => holder.lock_delay_ms = extreme(rng, holder.lock_delay_ms),
+                            3 => holder.lock_generation = extreme(rng, holder.lock_generation),
+                            4 => holder.mode = extreme(rng, 0) as i32,
+                            _ => holder.request_number = extreme(rng, holder.request_number),
+                        }
+                    }
+                }
+            }
+            9 => {
+                let i = rng.below(snapshot.nodes.len() as u64) as usize;
+                snapshot.nodes.remove(i);
+            }
+            10 => {
+                let i = rng.below(snapshot.locks.len() as u64) as usize;
+                if i < snapshot.locks.len() {
+                    let lock = snapshot.locks[i].clone();
+                    snapshot.locks.push(lock);
+                }
+            }
+            11 => {
+                // Move a holder to the waiters, or a waiter to the holders.
+                let i = rng.below(snapshot.locks.len() as u64) as usize;
+                if let Some(lock) = snapshot.locks.get_mut(i) {
+                    if let Some(holder) = lock.holders.pop() {
+                        lock.waiters.push(holder);
+                    } else if let Some(waiter) = lock.waiters.pop() {
+                        lock.holders.push(waiter);
+                    }
+                }
+            }
+            12 => {
+                let i = rng.below(snapshot.nodes.len() as u64) as usize;
+                if let Some(node) = snapshot.nodes.get_mut(i) {
+                    node.path = ["/", "/d", "/d/f/g", "/a/", "", "x"][rng.below(6) as usize].to_string();
+                }
+            }
+            _ => {
+                let i = rng.below(snapshot.sessions.len() as u64) as usize;
+                if let Some(answer) = snapshot.sessions.get_mut(i).and_then(|s| s.answers.first_mut()) {
+                    answer.request_number = extreme(rng, answer.request_number);
+                }
+            }
+        }
+    }
+    snapshot
+}
+
+/// Directories whose paths make every node under them about 1 KiB long, so
+/// the bound is reached through paths as much as through contents.
+fn long_directory(cell: &mut Cell, session: SessionId) -> String {
+    let mut path = String::new();
+    for letter in ["a", "b", "c"] {
+        path = format!("{path}/{}", letter.repeat(255));
+        cell.call(session, Call::Open(api::OpenRequest { path: path.clone(), create: true, kind: api::NodeKind::Directory as i32, ..Default::default() }));
+    }
+    path
+}
+
+fn long_path(directory: &str, name: u64) -> String {
+    let path = format!("{directory}/{name:0>200}");
+    assert!(path.len() <= crate::namespace::PATH_BYTES_MAX);
+    path
+}
+
+fn check_snapshot_bound(cell: &Cell, bound: usize, context: &str) {
+    cell.state.check_invariants();
+    let bytes = cell.state.snapshot().len();
+    assert!(bytes <= bound, "{context}: a snapshot of {bytes} bytes exceeds the stated bound of {bound}");
+    assert!(
+        bytes <= cell.state.footprint_bytes(),
+        "{context}: the snapshot ({bytes} bytes) is larger than the footprint counted ({}): something is not counted",
+        cell.state.footprint_bytes()
+    );
+}
+
+/// Fills a state with a small bound by every route that grows it
+/// (sessions, nodes, contents, handles, locks, waiters, sequencers,
+/// lock-delays of deleted nodes, remembered answers of failures), then
+/// hammers the full state with the calls it still takes (releases, deletes
+/// and closes that fail with messages echoing 1 KiB paths), frees some
+/// space and fills it again; checks all along that a snapshot never exceeds
+/// the bound plus one command's growth, and that the footprint counts
+/// everything a snapshot carries.
+#[test]
+fn the_snapshot_stays_within_its_bound_whatever_fills_the_state() {
+    const LIMIT: usize = 256 << 10;
+    let bound = LIMIT + COMMAND_GROWTH_BYTES_MAX;
+    let seeds = std::env::var("GAIOS_STATE_SEEDS").ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(3);
+    for seed in 0..seeds {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut cell = Cell::with_state(StateMachine::with_state_bytes_max(LIMIT));
+        cell.check_every_command = false;
+        let first = cell.session();
+        let directory = long_directory(&mut cell, first);
+        let mut handles: Vec<(SessionId, u64)> = Vec::new();
+        for name in 0..30 {
+            let session = cell.session();
+            let open = api::OpenRequest { path: long_path(&directory, name), create: true, lock_delay_ms: 1_000, ..Default::default() };
+            handles.push((session, handle_of(&cell.call(session, Call::Open(open)))));
+        }
+        let mut full_refusals = 0;
+        for round in 0..4 {
+            let context = format!("seed {seed} round {round}");
+            // Grow by every route until the state refuses.
+            let mut refused_this_round = 0;
+            for step in 0..1_500u64 {
+                if refused_this_round >= 20 {
+                    break;
+                }
+                let context = format!("{context} step {step}");
+                let outcome = grow_or_churn(&mut cell, &mut rng, &directory, &mut handles, first);
+                if code_of(&outcome) == Some(Code::ResourceExhausted) {
+                    refused_this_round += 1;
+                }
+                if step % 10 == 0 {
+                    check_snapshot_bound(&cell, bound, &context);
+                }
+            }
+            full_refusals += refused_this_round;
+            // Hammer: a full window of failing calls per session.
+            let live: Vec<(SessionId, u64)> = handles.iter().copied().filter(|(s, _)| cell.state.has_session(*s)).collect();
+            for (session, handle) in live {
+                for _ in 0..ANSWERS_PER_SESSION_MAX {
+                    match rng.below(3) {
+                        0 => release(&mut cell, session, handle),
+                        1 => delete(&mut cell, session, handle + 1_000),
+                        _ => cell.call(session, Call::Close(api::CloseRequest { handle: handle + 1_000, ..Default::default() })),
+                    };
+                }
+            }
+            check_snapshot_bound(&cell, bound, &format!("{context} after the failing calls"));
+            // Free some space: sessions end (a lock-delay may stay behind
+            // for their locks), nodes are deleted.
+            for _ in 0..10 {
+                let Some(&(session, handle)) = handles.get(rng.below(handles.len() as u64) as usize) else { break };
+                if rng.below(2) == 0 && session != first {
+                    cell.end(session, true);
+                } else {
+                    delete(&mut cell, session, handle);
+                }
+            }
+            check_snapshot_bound(&cell, bound, &format!("{context} after freeing"));
+        }
+        assert!(full_refusals > 0, "seed {seed}: the state never filled up, so the bound was not tested");
+    }
+}
+
+/// One random step of the fill test: a session, a node, contents, a lock
+/// or a wait, a sequencer, a cancel, a delete or an expiry, or time.
+fn grow_or_churn(cell: &mut Cell, rng: &mut Rng, directory: &str, handles: &mut Vec<(SessionId, u64)>, first: SessionId) -> Outcome {
+    let sessions = cell.state.session_ids();
+    let session = sessions[rng.below(sessions.len() as u64) as usize];
+    let name = rng.below(400);
+    let picked = handles.get(rng.below(handles.len() as u64) as usize).copied();
+    match rng.below(10) {
+        0 => {
+            cell.sessions_created += 1;
+            let secret = Bytes::from(vec![cell.sessions_created as u8; 16]);
+            let create = wire::CreateSession { client_name: "n".repeat(CLIENT_NAME_BYTES_MAX), session_secret: secret.clone() };
+            let outcome = cell.apply(Kind::CreateSession(create));
+            if let Some(wire::outcome::Result::SessionCreated(created)) = &outcome.result {
+                cell.secrets.insert(created.session_id, secret);
+            }
+            outcome
+        }
+        1 | 2 => {
+            let open = api::OpenRequest {
+                path: long_path(directory, name),
+                create: rng.below(4) != 0,
+                ephemeral: rng.below(3) == 0,
+                initial_contents: Bytes::from(vec![b'c'; rng.below(4_096) as usize]),
+                lock_delay_ms: rng.below(3) * 1_000,
+                ..Default::default()
+            };
+            let outcome = cell.call(session, Call::Open(open));
+            if let Some(wire::outcome::Result::Opened(opened)) = &outcome.result {
+                handles.push((session, opened.handle));
+            }
+            outcome
+        }
+        3..=6 => {
+            let Some((owner, handle)) = picked else { return done() };
+            match rng.below(6) {
+                0 => {
+                    let contents = Bytes::from(vec![b'w'; rng.below(32 << 10) as usize]);
+                    cell.call(owner, Call::SetContents(api::SetContentsRequest { handle, contents, ..Default::default() }))
+                }
+                1..=3 => {
+                    let mode = if rng.below(2) == 0 { api::LockMode::Exclusive } else { api::LockMode::Shared };
+                    cell.acquire(owner, handle, mode, rng.below(3) != 0)
+                }
+                4 => {
+                    let sequencer = cell.state.holding(owner, handle).unwrap_or_else(|| api::Sequencer {
+                        path: long_path(directory, name),
+                        mode: 1,
+                        ..Default::default()
+                    });
+                    let set = api::SetSequencerRequest { handle, sequencer: Some(sequencer), ..Default::default() };
+                    cell.call(owner, Call::SetSequencer(set))
+                }
+                _ => {
+                    let cancel = wire::CancelWait {
+                        session_id: owner,
+                        handle,
+                        session_secret: cell.secret(owner),
+                        request_number: cell.next_request.get(&owner).copied().unwrap_or(0),
+                        keep_granted: rng.below(2) == 0,
+                    };
+                    cell.apply(Kind::CancelWait(cancel))
+                }
+            }
+        }
+        7 => {
+            let Some((owner, handle)) = picked else { return done() };
+            delete(cell, owner, handle)
+        }
+        8 => cell.open(session, &long_path(&format!("{directory}/missing"), name), false, false, 0, 0),
+        _ if session != first && rng.below(3) == 0 => cell.end(session, rng.below(2) == 0),
+        _ => {
+            cell.now_ms += rng.below(3) * 700;
+            cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}))
+        }
+    }
+}
+
+/// The real bound: a cell filled to [`STATE_BYTES_MAX`] with large files,
+/// with locks on long paths taken before, and then hammered with failing
+/// calls that a full cell still takes, snapshots within
+/// [`SNAPSHOT_BYTES_MAX`], below the peer transport's message limit.
+#[test]
+fn a_full_cell_snapshots_within_the_bound_and_a_peer_message() {
+    assert!(SNAPSHOT_BYTES_MAX + (1 << 20) <= crate::transport::MESSAGE_BYTES_MAX, "the bound leaves room for the message around it");
+    let mut cell = Cell::new();
+    cell.check_every_command = false;
+    let first = cell.session();
+    let directory = long_directory(&mut cell, first);
+    let mut waiting = Vec::new();
+    for i in 0..400 {
+        let session = cell.session();
+        let held = handle_of(&cell.open(session, &long_path(&directory, i), true, false, 0, 60_000));
+        sequencer_of(&cell.acquire(session, held, api::LockMode::Exclusive, false));
+        let other = handle_of(&cell.open(session, &long_path(&directory, i), false, false, 0, 0));
+        waiting.push((session, other));
+    }
+    let big = Bytes::from(vec![b'x'; crate::namespace::CONTENTS_BYTES_MAX]);
+    let mut files = 0;
+    loop {
+        let open = api::OpenRequest { path: format!("/big-{files}"), create: true, initial_contents: big.clone(), ..Default::default() };
+        match code_of(&cell.call(first, Call::Open(open))) {
+            None => files += 1,
+            Some(Code::ResourceExhausted) => break,
+            other => panic!("filling: {other:?}"),
+        }
+    }
+    assert!(files > 100, "filled with {files} files");
+    // A full cell still takes releases, deletes and closes; these fail
+    // (the handles hold nothing), with messages that echo 1 KiB paths.
+    for &(session, handle) in &waiting {
+        for _ in 0..ANSWERS_PER_SESSION_MAX {
+            release(&mut cell, session, handle);
+        }
+    }
+    check_snapshot_bound(&cell, SNAPSHOT_BYTES_MAX, "a full cell");
+}
+
+// -------------------------------------------------------------------------
 // The model.
 // -------------------------------------------------------------------------
 
@@ -402,7 +1152,8 @@ impl Rng {
 
 /// What the model keeps: files only (at fixed paths under the root), with
 /// contents and generation; locks as holder lists and FIFO queues; sessions
-/// with handles; a lock-delay per lock.
+/// with handles; a lock-delay per path (it outlives the file); the
+/// generation of every grant; the sequencers handed out so far.
 #[derive(Default)]
 struct Model {
     files: BTreeMap<String, (Vec<u8>, u64, Option<SessionId>)>,
@@ -413,6 +1164,10 @@ struct Model {
     delay_until: BTreeMap<String, u64>,
     lock_delay: BTreeMap<(SessionId, u64), u64>,
     generations: u64,
+    /// The generation of each holder's grant.
+    granted: BTreeMap<(SessionId, u64), u64>,
+    /// Sequencers seen (the newest few), with whom they were issued to.
+    sequencers: VecDeque<(api::Sequencer, SessionId, u64)>,
 }
 
 impl Model {
@@ -436,10 +1191,9 @@ impl Model {
     }
 
     fn grant(&mut self, path: &str, session: SessionId, handle: u64, exclusive: bool) {
-        let was_free = !self.exclusive.contains_key(path) && self.shared.get(path).is_none_or(BTreeSet::is_empty);
-        if exclusive || was_free {
-            self.generations += 1;
-        }
+        // Every grant, shared too, takes the next generation.
+        self.generations += 1;
+        self.granted.insert((session, handle), self.generations);
         if exclusive {
             self.exclusive.insert(path.to_string(), (session, handle));
         } else {
@@ -453,11 +1207,28 @@ impl Model {
             || self.queue.get(path).is_some_and(|q| q.iter().any(|&(s, h, _)| (s, h) == who))
     }
 
-    fn drop_lock_of(&mut self, path: &str) {
-        self.exclusive.remove(path);
-        self.shared.remove(path);
+    /// The file at `path` was deleted by `deleter`: holders and waiters
+    /// lose the lock; holders from other sessions start their lock-delay;
+    /// a running lock-delay stays with the path.
+    fn node_deleted(&mut self, path: &str, deleter: Option<SessionId>, now: u64) {
+        let mut holders: Vec<(SessionId, u64)> = self.exclusive.remove(path).into_iter().collect();
+        holders.extend(self.shared.remove(path).unwrap_or_default());
+        for who in holders {
+            let delay = self.lock_delay.get(&who).copied().unwrap_or(0);
+            if Some(who.0) != deleter && delay > 0 {
+                let until = self.delay_until.entry(path.to_string()).or_insert(0);
+                *until = (*until).max(now + delay);
+            }
+        }
         self.queue.remove(path);
-        self.delay_until.remove(path);
+        self.files.remove(path);
+        for handles in self.sessions.values_mut() {
+            for (p, valid) in handles.values_mut() {
+                if p == path {
+                    *valid = false;
+                }
+            }
+        }
     }
 }
 
@@ -483,9 +1254,9 @@ fn run_model_seed(seed: u64, steps: usize) {
             1 => {
                 let session = pick_session(&mut rng);
                 let expired = rng.below(2) == 0;
-                cell.apply(Kind::EndSession(wire::EndSession { session_id: session, expired }));
+                cell.end(session, expired);
                 let handles = model.sessions.remove(&session).unwrap_or_default();
-                let now = cell.state.now_ms();
+                let now = cell.state.lock_clock_ms();
                 for (&handle, (path, _)) in &handles {
                     let who = (session, handle);
                     if let Some(q) = model.queue.get_mut(path) {
@@ -512,15 +1283,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                 let owned: Vec<String> =
                     model.files.iter().filter(|(_, f)| f.2 == Some(session)).map(|(p, _)| p.clone()).collect();
                 for path in owned {
-                    model.files.remove(&path);
-                    model.drop_lock_of(&path);
-                    for handles in model.sessions.values_mut() {
-                        for (p, valid) in handles.values_mut() {
-                            if *p == path {
-                                *valid = false;
-                            }
-                        }
-                    }
+                    model.node_deleted(&path, Some(session), now);
                 }
             }
             2 | 3 => {
@@ -551,7 +1314,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                 }
                 let (handle, path, valid) = handles[rng.below(handles.len() as u64) as usize].clone();
                 let who = (session, handle);
-                let now = cell.state.now_ms();
+                let now = cell.state.lock_clock_ms();
                 let (call, expect_ok) = match choice {
                     4 => {
                         let contents = rng.next().to_le_bytes().to_vec();
@@ -624,15 +1387,7 @@ fn run_model_seed(seed: u64, steps: usize) {
                     _ => {
                         let ok = valid && model.files.contains_key(&path);
                         if ok {
-                            model.files.remove(&path);
-                            model.drop_lock_of(&path);
-                            for handles in model.sessions.values_mut() {
-                                for (p, v) in handles.values_mut() {
-                                    if *p == path {
-                                        *v = false;
-                                    }
-                                }
-                            }
+                            model.node_deleted(&path, Some(session), now);
                         }
                         (Call::Delete(api::DeleteRequest { handle, ..Default::default() }), ok)
                     }
@@ -646,15 +1401,27 @@ fn run_model_seed(seed: u64, steps: usize) {
                 // Time passes; lock-delays may run out.
                 cell.now_ms += rng.below(3) * 1_000;
                 cell.apply(Kind::AdvanceTime(wire::AdvanceTime {}));
-                let now = cell.state.now_ms();
+                let now = cell.state.lock_clock_ms();
                 for path in PATHS {
                     model.serve(path, now);
                 }
             }
             _ => {
                 // A retry of an earlier request returns its first answer and
-                // changes nothing; or a reboot from a snapshot.
-                if rng.below(2) == 0 && !history.is_empty() {
+                // changes nothing; a call with another session's secret is
+                // refused and changes nothing; or a reboot from a snapshot.
+                let pick = rng.below(3);
+                if pick == 2 && !history.is_empty() {
+                    let (session, number, call, _) = history[rng.below(history.len() as u64) as usize].clone();
+                    let other = sessions[rng.below(sessions.len() as u64) as usize];
+                    if other != session && cell.state.has_session(session) {
+                        let before = cell.state.snapshot();
+                        let stolen = cell.secret(other);
+                        let refused = cell.call_with_secret(session, stolen, number + 1_000, call);
+                        assert_eq!(code_of(&refused), Some(Code::PermissionDenied), "{context}: another session's secret");
+                        assert_eq!(cell.state.snapshot(), before, "{context}: a refused call changed the state");
+                    }
+                } else if pick == 0 && !history.is_empty() {
                     let (session, number, call, first) = history[rng.below(history.len() as u64) as usize].clone();
                     let window = ANSWERS_PER_SESSION_MAX as u64;
                     let live = cell.state.has_session(session);
@@ -671,7 +1438,25 @@ fn run_model_seed(seed: u64, steps: usize) {
                 }
             }
         }
+        record_sequencers(&cell.state, &mut model);
         check_against_model(&cell.state, &model, &context);
+        cell.state.check_invariants();
+    }
+}
+
+/// Notes the sequencer of every holding the model knows (the newest 64).
+fn record_sequencers(state: &StateMachine, model: &mut Model) {
+    let holders: Vec<(SessionId, u64)> =
+        model.exclusive.values().copied().chain(model.shared.values().flatten().copied()).collect();
+    for (session, handle) in holders {
+        if let Some(sequencer) = state.holding(session, handle)
+            && !model.sequencers.iter().any(|(seen, _, _)| *seen == sequencer)
+        {
+            model.sequencers.push_back((sequencer, session, handle));
+            if model.sequencers.len() > 64 {
+                model.sequencers.pop_front();
+            }
+        }
     }
 }
 
@@ -688,19 +1473,39 @@ fn check_against_model(state: &StateMachine, model: &Model, context: &str) {
             (Err(_), None) => {}
             (found, expected) => panic!("{context}: {path} is {found:?}, model says {expected:?}"),
         }
-        let mut holders: Vec<(SessionId, u64, bool)> = state
+        let mut holders: Vec<(SessionId, u64, bool, u64)> = state
             .locks
             .holders(&parsed)
             .into_iter()
-            .map(|(h, mode)| (h.session, h.handle, mode == LockMode::Exclusive))
+            .map(|h| (h.holder.session, h.holder.handle, h.mode == LockMode::Exclusive, h.lock_generation))
             .collect();
         holders.sort_unstable();
-        let mut expected: Vec<(SessionId, u64, bool)> = model.exclusive.get(path).map(|&(s, h)| (s, h, true)).into_iter().collect();
-        expected.extend(model.shared.get(path).into_iter().flatten().map(|&(s, h)| (s, h, false)));
+        let generation = |s: SessionId, h: u64| model.granted.get(&(s, h)).copied().unwrap_or(0);
+        let mut expected: Vec<(SessionId, u64, bool, u64)> =
+            model.exclusive.get(path).map(|&(s, h)| (s, h, true, generation(s, h))).into_iter().collect();
+        expected.extend(model.shared.get(path).into_iter().flatten().map(|&(s, h)| (s, h, false, generation(s, h))));
         expected.sort_unstable();
-        assert_eq!(holders, expected, "{context}: holders of {path}");
+        assert_eq!(holders, expected, "{context}: holders of {path} (with their grants' generations)");
+        // Lock-delays belong to the path, whether or not the file exists.
+        let now = state.lock_clock_ms();
+        let running = state.locks.records().into_iter().find(|r| r.path == parsed).map(|r| r.delay_until_ms).filter(|&u| u > now);
+        let expected_delay = model.delay_until.get(path).copied().filter(|&u| u > now);
+        assert_eq!(running, expected_delay, "{context}: lock-delay of {path}");
     }
-    assert_eq!(state.last_lock_generation, model.generations, "{context}: lock generations handed out");
+    assert_eq!(state.locks.last_lock_generation(), model.generations, "{context}: lock generations handed out");
+    // A sequencer is current exactly while the holding it was issued for
+    // lasts, shared ones included.
+    for (sequencer, session, handle) in &model.sequencers {
+        let exclusive = sequencer.mode == api::LockMode::Exclusive as i32;
+        let who = (*session, *handle);
+        let holds = if exclusive {
+            model.exclusive.get(&sequencer.path) == Some(&who)
+        } else {
+            model.shared.get(&sequencer.path).is_some_and(|s| s.contains(&who))
+        };
+        let expected = holds && model.granted.get(&who) == Some(&sequencer.lock_generation);
+        assert_eq!(state.check_sequencer(sequencer).valid, expected, "{context}: validity of {sequencer:?}");
+    }
     // The derived counters agree with a recount.
     let recount: usize = state.sessions.values().map(Session::footprint_bytes).sum();
     assert_eq!(state.sessions_bytes, recount, "{context}: session footprint");
@@ -736,6 +1541,7 @@ fn replicas_applying_the_same_log_agree() {
             kind: Some(Kind::Call(wire::SessionCall {
                 session_id: a,
                 request_number: 100 + i,
+                session_secret: one.secret(a),
                 call: Some(Call::SetContents(api::SetContentsRequest {
                     handle: h,
                     contents: Bytes::from(format!("v{i}")),

@@ -81,7 +81,7 @@ fn assert_refused(what: &str, status: Option<ExitStatus>, output: &str, needles:
 /// Writes one file with ever-new request numbers.
 struct Writer {
     client: Client,
-    session: u64,
+    session: Session,
     handle: u64,
     request_number: u64,
 }
@@ -90,7 +90,7 @@ impl Writer {
     async fn write(&mut self, contents: &str) {
         self.request_number += 1;
         self.client
-            .set_contents(self.session, self.request_number, self.handle, contents.as_bytes())
+            .set_contents(&self.session, self.request_number, self.handle, contents.as_bytes())
             .await
             .unwrap_or_else(|status| panic!("write {contents:?} was not acknowledged: {status:?}"));
     }
@@ -105,9 +105,9 @@ async fn a_replica_refuses_a_data_directory_that_is_not_its_own_and_the_cell_kee
     };
     let mut client = cell.client();
     let session = client.create_session().await;
-    let _keep_alive = KeepAlive::start(&cell, session);
-    let handle = client.open_file(session, 1, "/written").await;
-    let mut writer = Writer { client, session, handle, request_number: 1 };
+    let _keep_alive = KeepAlive::start(&cell, &session);
+    let handle = client.open_file(&session, 1, "/written").await;
+    let mut writer = Writer { client, session: session.clone(), handle, request_number: 1 };
     writer.write("before").await;
 
     // A follower, stopped; its directory is intact.
@@ -162,7 +162,7 @@ async fn a_replica_refuses_a_data_directory_that_is_not_its_own_and_the_cell_kee
     assert_eq!(names(&data_dir), Some(Vec::new()), "a plain start wrote into the empty directory");
     writer.write("after an empty directory").await;
 
-    let read = writer.client.contents(session, handle).await.expect("read back");
+    let read = writer.client.contents(&session, handle).await.expect("read back");
     assert_eq!(read.contents.as_ref(), b"after an empty directory");
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != index).collect();
     assert!(

@@ -113,9 +113,9 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
     // It still follows the master: a write is applied everywhere, it too.
     let mut client = cell.client();
     let session = client.create_session().await;
-    let _keep = KeepAlive::start(&cell, session);
-    let file = client.open_file(session, 1, "/after-garbage").await;
-    client.set_contents(session, 2, file, b"still serving").await.expect("a write after the garbage");
+    let _keep = KeepAlive::start(&cell, &session);
+    let file = client.open_file(&session, 1, "/after-garbage").await;
+    client.set_contents(&session, 2, file, b"still serving").await.expect("a write after the garbage");
     wait_caught_up(&cell, target, REJOIN_DEADLINE).await;
     let statuses = statuses(&cell, &[target]).await;
     let promised = statuses.first().and_then(|s| s.promised.clone()).expect("the target's status");
@@ -145,9 +145,9 @@ async fn a_follower_down_during_large_writes_catches_up_in_bounded_messages() {
         writers.push(tokio::spawn(async move {
             let _ = cell_addresses;
             let session = client.create_session().await;
-            let file = client.open_file(session, 1, &format!("/large-{writer}")).await;
+            let file = client.open_file(&session, 1, &format!("/large-{writer}")).await;
             for i in 0..writes_per_writer {
-                client.set_contents(session, 2 + i, file, &contents).await.expect("a large write");
+                client.set_contents(&session, 2 + i, file, &contents).await.expect("a large write");
             }
             session
         }));
@@ -156,7 +156,7 @@ async fn a_follower_down_during_large_writes_catches_up_in_bounded_messages() {
     for writer in writers {
         sessions.push(writer.await.expect("a writer"));
     }
-    let _keep: Vec<KeepAlive> = sessions.iter().map(|&s| KeepAlive::start(&cell, s)).collect();
+    let _keep: Vec<KeepAlive> = sessions.iter().map(|s| KeepAlive::start(&cell, s)).collect();
     cell.restart(down);
     wait_caught_up(&cell, down, Duration::from_secs(90)).await;
     assert!(cell.exited(down).is_none());

@@ -526,16 +526,17 @@ impl Client {
     }
 
     /// Starts a session.
-    pub async fn create_session(&mut self) -> u64 {
-        self.call(|mut c| async move { c.create_session(pb::CreateSessionRequest { client_name: "test".into() }).await })
+    pub async fn create_session(&mut self) -> Session {
+        let created = self
+            .call(|mut c| async move { c.create_session(pb::CreateSessionRequest { client_name: "test".into() }).await })
             .await
-            .expect("create a session")
-            .session_id
+            .expect("create a session");
+        Session { id: created.session_id, secret: created.session_secret }
     }
 
     /// Opens a node.
-    pub async fn open(&mut self, session: u64, request_number: u64, request: pb::OpenRequest) -> Result<pb::OpenResponse, Status> {
-        let request = pb::OpenRequest { header: Some(pb::RequestHeader { session_id: session, request_number }), ..request };
+    pub async fn open(&mut self, session: &Session, request_number: u64, request: pb::OpenRequest) -> Result<pb::OpenResponse, Status> {
+        let request = pb::OpenRequest { header: Some(session.header(request_number)), ..request };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.open(request).await }
@@ -544,7 +545,7 @@ impl Client {
     }
 
     /// Opens a file, creating it if missing; returns the handle.
-    pub async fn open_file(&mut self, session: u64, request_number: u64, path: &str) -> u64 {
+    pub async fn open_file(&mut self, session: &Session, request_number: u64, path: &str) -> u64 {
         let request = pb::OpenRequest { path: path.into(), create: true, ..Default::default() };
         self.open(session, request_number, request).await.expect("open a file").handle
     }
@@ -552,13 +553,13 @@ impl Client {
     /// Writes a file.
     pub async fn set_contents(
         &mut self,
-        session: u64,
+        session: &Session,
         request_number: u64,
         handle: u64,
         contents: &[u8],
     ) -> Result<pb::SetContentsResponse, Status> {
         let request = pb::SetContentsRequest {
-            header: Some(pb::RequestHeader { session_id: session, request_number }),
+            header: Some(session.header(request_number)),
             handle,
             contents: contents.to_vec().into(),
             if_content_generation: None,
@@ -571,18 +572,20 @@ impl Client {
     }
 
     /// Reads a file.
-    pub async fn contents(&mut self, session: u64, handle: u64) -> Result<pb::GetContentsAndStatResponse, Status> {
-        let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+    pub async fn contents(&mut self, session: &Session, handle: u64) -> Result<pb::GetContentsAndStatResponse, Status> {
+        let request = pb::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
         self.call(|mut c| {
+            let request = request.clone();
             async move { c.get_contents_and_stat(request).await }
         })
         .await
     }
 
     /// Reads a stat.
-    pub async fn stat(&mut self, session: u64, handle: u64) -> Result<pb::Stat, Status> {
-        let request = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+    pub async fn stat(&mut self, session: &Session, handle: u64) -> Result<pb::Stat, Status> {
+        let request = pb::GetStatRequest { handle: Some(session.handle(handle)) };
         self.call(|mut c| {
+            let request = request.clone();
             async move { c.get_stat(request).await }
         })
         .await
@@ -592,19 +595,20 @@ impl Client {
     /// Takes an exclusive lock (waits up to `wait_ms` if given, else tries).
     pub async fn acquire(
         &mut self,
-        session: u64,
+        session: &Session,
         request_number: u64,
         handle: u64,
         wait_ms: Option<u64>,
     ) -> Result<pb::Sequencer, Status> {
         let request = pb::AcquireRequest {
-            header: Some(pb::RequestHeader { session_id: session, request_number }),
+            header: Some(session.header(request_number)),
             handle,
             mode: pb::LockMode::Exclusive as i32,
             wait_ms: wait_ms.unwrap_or(0),
         };
         let waits = wait_ms.is_some();
         self.call(|mut c| {
+            let request = request.clone();
             async move { if waits { c.acquire(request).await } else { c.try_acquire(request).await } }
         })
         .await
@@ -612,9 +616,10 @@ impl Client {
     }
 
     /// Releases a lock.
-    pub async fn release(&mut self, session: u64, request_number: u64, handle: u64) -> Result<(), Status> {
-        let request = pb::ReleaseRequest { header: Some(pb::RequestHeader { session_id: session, request_number }), handle };
+    pub async fn release(&mut self, session: &Session, request_number: u64, handle: u64) -> Result<(), Status> {
+        let request = pb::ReleaseRequest { header: Some(session.header(request_number)), handle };
         self.call(|mut c| {
+            let request = request.clone();
             async move { c.release(request).await }
         })
         .await
@@ -633,6 +638,33 @@ impl Client {
     }
 }
 
+/// A session as `CreateSession` returned it: its id and the secret every
+/// call on it must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The session's id.
+    pub id: u64,
+    /// Its secret.
+    pub secret: bytes::Bytes,
+}
+
+impl Session {
+    /// The header of the session's mutating call numbered `request_number`.
+    pub fn header(&self, request_number: u64) -> pb::RequestHeader {
+        pb::RequestHeader { session_id: self.id, request_number, session_secret: self.secret.clone() }
+    }
+
+    /// Names one of the session's handles, for reads.
+    pub fn handle(&self, handle: u64) -> pb::HandleRef {
+        pb::HandleRef { session_id: self.id, handle, session_secret: self.secret.clone() }
+    }
+
+    /// A KeepAlive of the session.
+    pub fn keep_alive(&self, acknowledged_event: u64) -> pb::KeepAliveRequest {
+        pb::KeepAliveRequest { session_id: self.id, acknowledged_event, session_secret: self.secret.clone() }
+    }
+}
+
 /// Keeps `session` alive from a background task until dropped: a KeepAlive
 /// stream to the master, re-opened on the next master after a failover.
 /// Counts the events it receives.
@@ -644,7 +676,8 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     /// Starts keeping `session` alive.
-    pub fn start(cell: &Cell, session: u64) -> KeepAlive {
+    pub fn start(cell: &Cell, session: &Session) -> KeepAlive {
+        let session = session.clone();
         let addresses: Vec<SocketAddr> = cell.members.iter().map(|m| m.client).collect();
         let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ended.clone();
@@ -659,7 +692,7 @@ impl KeepAlive {
                 };
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-                let _ = tx.try_send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged });
+                let _ = tx.try_send(session.keep_alive(acknowledged));
                 let Ok(response) = client.keep_alive(requests).await else {
                     tokio::time::sleep(POLL_INTERVAL).await;
                     continue;
@@ -669,7 +702,7 @@ impl KeepAlive {
                 loop {
                     tokio::select! {
                         _ = ticker.tick() => {
-                            if tx.send(pb::KeepAliveRequest { session_id: session, acknowledged_event: acknowledged }).await.is_err() {
+                            if tx.send(session.keep_alive(acknowledged)).await.is_err() {
                                 break;
                             }
                         }

@@ -244,9 +244,9 @@ struct Isolation {
 async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, slow: usize, attempt: u32) -> Result<Isolation, String> {
     let mut raw = cell.client();
     let session = raw.create_session().await;
-    let keep_alive = crate::KeepAlive::start(cell, session);
+    let keep_alive = crate::KeepAlive::start(cell, &session);
     let path = format!("/chaos/clock-skew-{attempt}");
-    let handle = raw.open_file(session, 1, &path).await;
+    let handle = raw.open_file(&session, 1, &path).await;
     let history = Arc::new(std::sync::Mutex::new(Vec::<Op>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let slow_address = cell.members[slow].client;
@@ -255,13 +255,13 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
 
     let mut tasks = Vec::new();
     for reader in 0..2 {
-        let (history, stop) = (Arc::clone(&history), Arc::clone(&stop));
+        let (history, stop, session) = (Arc::clone(&history), Arc::clone(&stop), session.clone());
         let start = recorder.start_us;
         tasks.push(tokio::spawn(async move {
             let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{slow_address}")) else { return };
             let mut client = pb::cell_client::CellClient::new(channel.connect_lazy());
             while !stop.load(Ordering::Relaxed) {
-                let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: session, handle }) };
+                let request = pb::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
                 let invoke = crate::monotonic_us() - start;
                 if let Ok(Ok(answer)) = tokio::time::timeout(CALL_TIMEOUT, client.get_contents_and_stat(request)).await {
                     let complete = crate::monotonic_us() - start;
@@ -276,7 +276,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
         }));
     }
     {
-        let (history, stop) = (Arc::clone(&history), Arc::clone(&stop));
+        let (history, stop, session) = (Arc::clone(&history), Arc::clone(&stop), session.clone());
         let start = recorder.start_us;
         tasks.push(tokio::spawn(async move {
             let clients: Vec<_> = others
@@ -292,7 +292,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
                 let mut client = clients[next % clients.len()].clone();
                 next += 1;
                 let request = pb::SetContentsRequest {
-                    header: Some(pb::RequestHeader { session_id: session, request_number }),
+                    header: Some(session.header(request_number)),
                     handle,
                     contents: value.to_string().into_bytes().into(),
                     if_content_generation: None,

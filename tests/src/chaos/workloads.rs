@@ -151,7 +151,9 @@ pub(super) async fn pinned_reads(reader: usize, addresses: Vec<String>, recorder
             }
         }
         let Some(cell) = channels.get_mut(&next) else { continue };
-        let request = pb::GetContentsAndStatRequest { handle: Some(pb::HandleRef { session_id: client.session_id(), handle }) };
+        let request = pb::GetContentsAndStatRequest {
+            handle: Some(pb::HandleRef { session_id: client.session_id(), handle, session_secret: client.session_secret().to_vec().into() }),
+        };
         let invoke = recorder.now();
         match tokio::time::timeout(Duration::from_millis(500), cell.get_contents_and_stat(request)).await {
             Ok(Ok(answer)) => {
