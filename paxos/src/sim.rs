@@ -7,8 +7,13 @@
 //!   partitioned (isolate the master, minority/majority splits, one-way
 //!   loss, a bridge); it **holds** a whole directed link, or one message,
 //!   for up to many election timeouts and then delivers what it held (as a
-//!   stalled TCP stream or a reconnecting gRPC channel does), and it
+//!   stalled TCP stream or a reconnecting gRPC channel does), some messages
+//!   sent over a cut link arrive that late instead of being lost, and it
 //!   **replays** old messages long after they were sent;
+//! - **gray failures** around the master (and sometimes one follower beside
+//!   it): each directed link between that group and the rest fails on its
+//!   own, so a master that can no longer reach a majority may still hear
+//!   some replicas, and go on believing it leads while the others elect;
 //! - forged and garbage messages arrive: from strangers, from a replica
 //!   claiming to be the receiver, and from members with extreme field values
 //!   (rounds and slots near `u64::MAX`, parts that cannot exist, entries in
@@ -27,8 +32,11 @@
 //!   random subset of kinds, denser or sparser, so that some seeds pile up a
 //!   few kinds and reach combinations an even mix rarely does;
 //! - each seed picks its own timeouts, coarse ticks (a lease of five ticks)
-//!   among them, with the smallest lease margin the configuration accepts,
-//!   and its own message bounds (tiny ones included).
+//!   and a wide election timeout spread among them, with the smallest lease
+//!   margin the configuration accepts, its own message bounds (tiny ones
+//!   included) and how much log replicas keep (some seeds snapshot every
+//!   few slots, so late catch-up requests are answered with a snapshot of
+//!   the newest state).
 //!
 //! After every event the simulator checks:
 //! - at most one value is chosen per slot (from a ledger of every durable
@@ -171,7 +179,7 @@ const TICK_US: u64 = 1_000;
 /// The most messages a held link keeps; beyond it the link drops them.
 const HELD_PER_LINK_MAX: usize = 4_096;
 /// The nemesis kinds are numbered 0 to this.
-const NEMESIS_KINDS_MAX: u64 = 14;
+const NEMESIS_KINDS_MAX: u64 = 15;
 /// The most recent messages of one kind kept for replays.
 const SENT_LOG_PER_KIND_MAX: usize = 512;
 
@@ -346,6 +354,9 @@ struct Simulation {
     /// Chance that one message is held for many election timeouts (a
     /// stalled stream, a retransmit after a long pause), per mille.
     long_hold_per_mille: u64,
+    /// Chance that a message sent over a cut link is not lost but arrives
+    /// many election timeouts later, when its stream reconnects, per mille.
+    late_over_cut_per_mille: u64,
     delay_us_max: u64,
     faults_active: bool,
     /// This seed's disk: a synced write takes up to this long.
@@ -405,12 +416,16 @@ impl Simulation {
         // smallest the configuration accepts, so the lease is tested at the
         // edge of the drift bound.
         let (lease_ticks, heartbeat_ticks, election_min, election_max) =
-            [(10, 2, 10, 20), (5, 1, 6, 9), (6, 2, 6, 10), (20, 4, 20, 40)][rng.range(0, 3) as usize];
+            [(10, 2, 10, 20), (5, 1, 6, 9), (6, 2, 6, 10), (20, 4, 20, 40), (10, 2, 10, 50)][rng.range(0, 4) as usize];
         let lease_drift_ticks = crate::config::lease_drift_ticks_for(lease_ticks).unwrap_or(lease_ticks);
         // Commands are 8 bytes; a message holds one full entry at least, and
         // sometimes no more.
         let batch_bytes_max = 8 * batch_commands_max;
         let message_entries_max = [1, 3, 64][rng.range(0, 2) as usize];
+        // How often replicas snapshot and drop their log: half the seeds keep
+        // almost none, so that lagging replicas (and late requests) are
+        // answered with a snapshot of the newest state.
+        let (compact_low, compact_high) = [(4, 40), (1, 3)][rng.range(0, 1) as usize];
         let mut nodes = Vec::new();
         for &id in &members {
             let mut config = Config::new(id, members.clone());
@@ -440,7 +455,7 @@ impl Simulation {
                 paused_since: None,
                 deferred: Vec::new(),
                 last_compacted: 0,
-                compact_every: rng.range(4, 40),
+                compact_every: rng.range(compact_low, compact_high),
             });
         }
         let mut sim = Simulation {
@@ -457,6 +472,7 @@ impl Simulation {
             drop_per_mille: 0,
             duplicate_per_mille: 0,
             long_hold_per_mille: 0,
+            late_over_cut_per_mille: 0,
             delay_us_max: 500,
             faults_active: false,
             disk_latency_us_max: 0,
@@ -535,6 +551,7 @@ impl Simulation {
             self.drop_per_mille = self.rng.range(0, 100);
             self.duplicate_per_mille = self.rng.range(0, 50);
             self.long_hold_per_mille = self.rng.range(0, 20);
+            self.late_over_cut_per_mille = if self.rng.chance(1, 2) { 0 } else { self.rng.range(10, 300) };
             self.delay_us_max = self.rng.range(50, 3_000);
             let first = self.rng.range(0, 20) * TICK_US;
             self.schedule(first, Event::Nemesis);
@@ -909,7 +926,17 @@ impl Simulation {
             log.pop_front();
         }
         log.push_back((from, to, message.clone()));
-        if self.blocked.contains(&(from, to)) || self.rng.chance(self.drop_per_mille, 1_000) {
+        if self.blocked.contains(&(from, to)) {
+            // Usually lost; sometimes the stream reconnects and delivers it
+            // long after.
+            if self.rng.chance(self.late_over_cut_per_mille, 1_000) {
+                let hold_us = self.hold_ticks() * TICK_US;
+                self.report.holds += 1;
+                self.schedule(hold_us, Event::Deliver { from, to: to_index, message });
+            }
+            return Ok(());
+        }
+        if self.rng.chance(self.drop_per_mille, 1_000) {
             return Ok(());
         }
         if let Some(held) = self.held_links.get_mut(&(from, to)) {
@@ -1161,7 +1188,9 @@ impl Simulation {
                     self.schedule(length, Event::Resume { node: target });
                 }
             }
-            5..=7 | 14 => self.partition(pick),
+            // Isolating the master is a gray failure half the time.
+            5 if self.rng.chance(1, 2) => self.partition(15),
+            5..=7 | 14 | 15 => self.partition(pick),
             8 => {
                 self.blocked.clear();
                 self.note("heal partitions".to_string());
@@ -1316,6 +1345,29 @@ impl Simulation {
                 }
                 self.note(format!("partition: minority {minority:?} bridge {bridge:?}"));
             }
+            15 => {
+                // A gray failure around the master (and, half the time, one
+                // follower beside it, as on a shared switch): each directed
+                // link between that group and the rest fails on its own, so
+                // the group may hear replicas it cannot reach, or reach
+                // replicas it cannot hear. A master cut off this way can go
+                // on believing it leads while the others elect.
+                let lonely = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+                let mut group = BTreeSet::from([lonely]);
+                if self.rng.chance(1, 2) {
+                    group.insert(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+                }
+                let cut_in_four = self.rng.range(1, 3);
+                for &a in &ids {
+                    for &b in &ids {
+                        if group.contains(&a) != group.contains(&b) && self.rng.chance(cut_in_four, 4) {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+                let cut: Vec<String> = self.blocked.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+                self.note(format!("partition: gray failure around {group:?}, cut {}", cut.join(" ")));
+            }
             14 => {
                 // Every directed link cut with probability one in three: an
                 // arbitrary asymmetric network, where a replica may reach
@@ -1362,6 +1414,7 @@ impl Simulation {
         self.drop_per_mille = 0;
         self.duplicate_per_mille = 0;
         self.long_hold_per_mille = 0;
+        self.late_over_cut_per_mille = 0;
         self.note("heal: links, pauses, restarts".to_string());
         for index in 0..self.nodes.len() {
             if self.nodes[index].paused_since.is_some() {
