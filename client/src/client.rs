@@ -415,8 +415,11 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
             acknowledged_event: acknowledged,
             session_secret: inner.session_secret.clone(),
         };
+        // The send time is read before the request can leave: the local
+        // lease counts from a moment no later than the master's receipt.
+        let sending = Instant::now();
         let _ = requests.try_send(request(last_event));
-        sent.push_back(Instant::now());
+        sent.push_back(sending);
         let opened = tokio::time::timeout(answer_within, cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))).await;
         let mut responses = match opened {
             Ok(Ok(response)) => response.into_inner(),
@@ -443,8 +446,9 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                     if sent.front().is_some_and(|at| at.elapsed() > answer_within) {
                         break; // the master hung; find another
                     }
+                    let sending = Instant::now();
                     if requests.try_send(request(last_event)).is_ok() {
-                        sent.push_back(Instant::now());
+                        sent.push_back(sending);
                     }
                 }
                 message = responses.message() => match message {

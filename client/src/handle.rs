@@ -382,8 +382,10 @@ pub enum LockState {
     /// The session is in jeopardy ([`SessionState::Jeopardy`]): no master
     /// has answered within the local lease. The lock is perhaps still held,
     /// and the cell cannot give it to anyone else before the master expires
-    /// the session, but that may happen at any moment now. Stop acting on
-    /// the lock until it is `Held` again ([`Lock::recovered`]).
+    /// the session, but that may happen at any moment now. Also after a gap
+    /// in the session's events (a deletion of the node may be among what it
+    /// missed), until the cell confirms the lock is still held. Stop acting
+    /// on the lock until it is `Held` again ([`Lock::recovered`]).
     AtRisk,
     /// The lock is gone for sure: the session expired or was closed, or the
     /// node was deleted. Another holder may have it.
@@ -392,12 +394,13 @@ pub enum LockState {
 
 impl LockState {
     /// The state of a lock in a session in `session`, its node deleted or
-    /// not.
-    fn of(session: SessionState, deleted: bool) -> LockState {
+    /// not, and `unsure` while a re-check with the cell is outstanding.
+    fn of(session: SessionState, deleted: bool, unsure: bool) -> LockState {
         match session {
             _ if deleted => LockState::Lost,
             SessionState::Expired => LockState::Lost,
             SessionState::Jeopardy => LockState::AtRisk,
+            SessionState::Safe if unsure => LockState::AtRisk,
             SessionState::Safe => LockState::Held,
         }
     }
@@ -454,7 +457,7 @@ impl Lock {
 
     /// Where the lock stands now.
     pub fn state(&self) -> LockState {
-        let session = LockState::of(*self.handle.inner.state.borrow(), false);
+        let session = LockState::of(*self.handle.inner.state.borrow(), false, false);
         session.max(*self.state.borrow())
     }
 
@@ -505,7 +508,7 @@ impl Lock {
         loop {
             // Held only when both say so: the session is safe, and the
             // events delivered before that (a deletion) have been seen.
-            let session_now = LockState::of(*session.borrow_and_update(), false);
+            let session_now = LockState::of(*session.borrow_and_update(), false, false);
             match session_now.max(*mine.borrow_and_update()) {
                 LockState::Held => return true,
                 LockState::Lost => return false,
@@ -533,6 +536,10 @@ impl Lock {
     }
 }
 
+/// How long a lock waits to ask the cell again when a re-check found no
+/// master.
+const RECHECK_RETRY: Duration = Duration::from_millis(200);
+
 /// A re-check of a lock with the cell: whether its sequencer is current.
 type Recheck = Pin<Box<dyn Future<Output = Result<bool, Error>> + Send>>;
 
@@ -546,8 +553,11 @@ async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer
     let mut session = inner.state.subscribe();
     let mut deleted = false;
     let mut recheck: Option<Recheck> = None;
+    // Whether a gap in the events may have hidden the node's deletion, until
+    // the cell confirms the sequencer.
+    let mut unsure = false;
     loop {
-        let now = LockState::of(*session.borrow_and_update(), deleted);
+        let now = LockState::of(*session.borrow_and_update(), deleted, unsure);
         states.send_if_modified(|state| {
             let change = *state != now;
             *state = now;
@@ -556,9 +566,9 @@ async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer
         if now == LockState::Lost {
             return;
         }
-        let check_again = || -> Option<Recheck> {
+        let check_again = || -> Recheck {
             let (inner, sequencer) = (inner.clone(), sequencer.clone());
-            Some(Box::pin(async move { inner.check_sequencer(&sequencer).await }))
+            Box::pin(async move { inner.check_sequencer(&sequencer).await })
         };
         tokio::select! {
             // Events first: the client delivers those that came with a
@@ -567,9 +577,20 @@ async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer
             biased;
             event = events.recv() => match event {
                 Ok(event) if event.handle == handle.id && event.kind == EventKind::HandleInvalid => deleted = true,
-                Ok(event) if matches!(event.kind, EventKind::MasterFailover | EventKind::Missed { .. }) => recheck = check_again(),
+                // A failover loses no events (they are numbered in the
+                // replicated state), so the lock stays held while the cell
+                // confirms it; a gap may have hidden the node's deletion, so
+                // the lock is at risk until the cell answers.
+                Ok(event) if event.kind == EventKind::MasterFailover => recheck = Some(check_again()),
+                Ok(event) if matches!(event.kind, EventKind::Missed { .. }) => {
+                    unsure = true;
+                    recheck = Some(check_again());
+                }
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => recheck = check_again(),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    unsure = true;
+                    recheck = Some(check_again());
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             current = async {
@@ -578,9 +599,23 @@ async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer
                     None => std::future::pending().await,
                 }
             } => {
-                recheck = None;
-                // An error (no master now) leaves it to the session's state.
-                deleted |= current == Ok(false);
+                recheck = match current {
+                    Ok(current) => {
+                        deleted |= !current;
+                        unsure = false;
+                        None
+                    }
+                    // No answer (no master now): ask again shortly (a lock
+                    // unsure after a gap stays at risk meanwhile), until the
+                    // cell answers or the session ends.
+                    Err(_) => {
+                        let again = check_again();
+                        Some(Box::pin(async move {
+                            tokio::time::sleep(RECHECK_RETRY).await;
+                            again.await
+                        }))
+                    }
+                };
             }
             changed = session.changed() => if changed.is_err() { return },
             () = states.closed() => return,

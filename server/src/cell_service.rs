@@ -418,6 +418,10 @@ impl Cell for CellService {
         let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let header = request.header.take().ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
+        // Before the wait is counted: a caller without the session's secret
+        // must not be able to keep another client's dropped wait from being
+        // cancelled (see `Shared::begin_wait`).
+        self.authorize(header.session_id, &header.session_secret)?;
         let wait = wire::CancelWait {
             session_id: header.session_id,
             handle: request.handle,
@@ -655,7 +659,24 @@ impl CellService {
             state.acknowledge_events(request.session_id, request.acknowledged_event);
             state.events_after(request.session_id, request.acknowledged_event, EVENTS_PER_MESSAGE_MAX)
         };
-        self.shared.leases().insert(request.session_id, Instant::now() + self.shared.session_lease);
+        // A lease that already ran out is not renewed: the master has
+        // proposed (or is about to propose) the session's expiry, and
+        // answering now would tell the client it is safe while the expiry
+        // commits and its locks go to others.
+        let now = Instant::now();
+        let mut leases = self.shared.leases();
+        match leases.get_mut(&request.session_id) {
+            Some(deadline) if *deadline <= now => {
+                return Err(Status::failed_precondition(format!(
+                    "session {} has ended (its lease ran out before this KeepAlive arrived; the master is expiring it)",
+                    request.session_id
+                )));
+            }
+            Some(deadline) => *deadline = now + self.shared.session_lease,
+            None => {
+                leases.insert(request.session_id, now + self.shared.session_lease);
+            }
+        }
         Ok(events)
     }
 }
@@ -736,5 +757,27 @@ mod tests {
         let result = service.wait_for_lock(&wait, deadline).await;
         let refused = result.expect_err("a master without a lease must not answer from its state");
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    }
+
+    /// Once a session's lease ran out at the master (which proposes its
+    /// expiry), a late KeepAlive must not renew it: the client would be told
+    /// it is safe while the expiry commits and its lock goes to another.
+    #[tokio::test]
+    async fn a_keep_alive_after_the_lease_ran_out_is_refused_not_renewed() {
+        let (state, session, secret, _) = state_with_a_holding();
+        let valid = Instant::now().checked_add(Duration::from_secs(60));
+        let (service, _status, _proposals) = service(state, status(Role::Master, valid));
+        let request = pb::KeepAliveRequest { session_id: session, acknowledged_event: 0, session_secret: secret };
+        let ran_out = Instant::now().checked_sub(Duration::from_millis(1)).expect("an instant in the past");
+        service.shared.leases().insert(session, ran_out);
+        let refused = service.keep_alive_once(&mut None, &request).expect_err("a lease that ran out was renewed");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("has ended"), "the client must read it as the end: {refused:?}");
+        assert_eq!(service.shared.leases().get(&session).copied(), Some(ran_out), "the deadline moved");
+        // A lease still running is renewed.
+        let running = Instant::now() + Duration::from_millis(500);
+        service.shared.leases().insert(session, running);
+        service.keep_alive_once(&mut None, &request).expect("a running lease is renewed");
+        assert!(service.shared.leases().get(&session).is_some_and(|&deadline| deadline > running));
     }
 }

@@ -581,8 +581,13 @@ impl Driver {
             if !self.serving {
                 self.serving = true;
                 self.lock_clock.anchor(state.lock_clock_ms(), now);
-                for deadline in leases.values_mut() {
-                    *deadline = (*deadline).max(fresh);
+                // Not those whose expiry this master already proposed: that
+                // command may still commit, so their KeepAlives must not be
+                // answered as if the session were safe.
+                for (session, deadline) in leases.iter_mut() {
+                    if !self.expiries_proposed.contains(session) {
+                        *deadline = (*deadline).max(fresh);
+                    }
                 }
             }
             // Sessions this master has not seen a KeepAlive from yet (made

@@ -220,7 +220,9 @@ struct Holding {
     /// If this session ends without releasing the lock (gaios or its host
     /// died, hung or was cut off), nobody gets the lock for this long, in
     /// milliseconds (at most 60000): time for requests CMD already sent to
-    /// arrive before the next holder starts.
+    /// arrive before the next holder starts. Keep it above the 10 s a
+    /// stopped CMD gets between SIGTERM and SIGKILL, unless CMD's services
+    /// check its sequencer.
     #[arg(long, default_value_t = lock_delay_ms_default())]
     lock_delay_ms: u64,
 }
