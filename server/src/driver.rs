@@ -567,6 +567,16 @@ impl Driver {
             && self.replica.lease_valid()
             && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
         if !can_serve {
+            if self.serving {
+                // Deadlines that pass while this master cannot serve are
+                // not the clients' fault: forget them, so that a KeepAlive
+                // that reaches it once it serves again (before the next
+                // duties give every session a full lease) is renewed, not
+                // refused as ended. Only the sessions whose expiry it
+                // already proposed keep their (past) deadlines.
+                let proposed = &self.expiries_proposed;
+                self.shared.leases().retain(|session, _| proposed.contains(session));
+            }
             self.serving = false;
             self.lock_clock.forget();
             return;
