@@ -304,7 +304,7 @@ impl Cell for CellService {
         let Some(wire::outcome::Result::SessionCreated(created)) = outcome.result else {
             return Err(unexpected(&outcome));
         };
-        self.shared.leases().insert(created.session_id, Instant::now() + self.shared.session_lease);
+        self.shared.leases().grant(created.session_id, Instant::now());
         Ok(Response::new(pb::CreateSessionResponse {
             session_id: created.session_id,
             lease_ms: duration_ms(self.shared.session_lease),
@@ -333,7 +333,7 @@ impl Cell for CellService {
         self.authorize(session_id, &request.session_secret)?;
         let end = wire::EndSession { session_id, expired: false, session_secret: request.session_secret };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
-        self.shared.leases().remove(&session_id);
+        self.shared.leases().forget(session_id);
         Ok(Response::new(pb::CloseSessionResponse {}))
     }
 
@@ -663,19 +663,11 @@ impl CellService {
         // proposed (or is about to propose) the session's expiry, and
         // answering now would tell the client it is safe while the expiry
         // commits and its locks go to others.
-        let now = Instant::now();
-        let mut leases = self.shared.leases();
-        match leases.get_mut(&request.session_id) {
-            Some(deadline) if *deadline <= now => {
-                return Err(Status::failed_precondition(format!(
-                    "session {} has ended (its lease ran out before this KeepAlive arrived; the master is expiring it)",
-                    request.session_id
-                )));
-            }
-            Some(deadline) => *deadline = now + self.shared.session_lease,
-            None => {
-                leases.insert(request.session_id, now + self.shared.session_lease);
-            }
+        if self.shared.leases().renew(request.session_id, Instant::now()).is_err() {
+            return Err(Status::failed_precondition(format!(
+                "session {} has ended (its lease ran out before this KeepAlive arrived; the master is expiring it)",
+                request.session_id
+            )));
         }
         Ok(events)
     }
@@ -769,15 +761,15 @@ mod tests {
         let (service, _status, _proposals) = service(state, status(Role::Master, valid));
         let request = pb::KeepAliveRequest { session_id: session, acknowledged_event: 0, session_secret: secret };
         let ran_out = Instant::now().checked_sub(Duration::from_millis(1)).expect("an instant in the past");
-        service.shared.leases().insert(session, ran_out);
+        service.shared.leases().grant(session, ran_out - Duration::from_secs(10));
         let refused = service.keep_alive_once(&mut None, &request).expect_err("a lease that ran out was renewed");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains("has ended"), "the client must read it as the end: {refused:?}");
-        assert_eq!(service.shared.leases().get(&session).copied(), Some(ran_out), "the deadline moved");
+        assert_eq!(service.shared.leases().deadline(session), Some(ran_out), "the deadline moved");
         // A lease still running is renewed.
         let running = Instant::now() + Duration::from_millis(500);
-        service.shared.leases().insert(session, running);
+        service.shared.leases().grant(session, running - Duration::from_secs(10));
         service.keep_alive_once(&mut None, &request).expect("a running lease is renewed");
-        assert!(service.shared.leases().get(&session).is_some_and(|&deadline| deadline > running));
+        assert!(service.shared.leases().deadline(session).is_some_and(|deadline| deadline > running));
     }
 }

@@ -30,7 +30,7 @@
 //! synced batch as the log compaction, *is* the applied state on disk, and
 //! applying adds no write of its own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -164,9 +164,8 @@ pub struct Driver {
     incarnation: u64,
     next_proposal: u64,
     pending: BTreeMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
-    /// Master duties: sessions whose expiry is proposed, the lock-delay end
-    /// an `AdvanceTime` was proposed for, and when duties last ran.
-    expiries_proposed: BTreeSet<u64>,
+    /// Master duties (the session leases live in `Shared`): the lock-delay
+    /// end an `AdvanceTime` was proposed for, and when duties last ran.
     advance_proposed_for: Option<u64>,
     duties_at: Instant,
     /// Whether, at the last duties, this master could serve (and so hear
@@ -225,7 +224,6 @@ impl Driver {
             incarnation: incarnation(),
             next_proposal: 1,
             pending: BTreeMap::new(),
-            expiries_proposed: BTreeSet::new(),
             advance_proposed_for: None,
             duties_at: Instant::now(),
             serving: false,
@@ -532,7 +530,6 @@ impl Driver {
         self.shared.leases().clear();
         self.serving = false;
         self.lock_clock.forget();
-        self.expiries_proposed.clear();
         self.advance_proposed_for = None;
         let took_over = wire::MasterTookOver { ballot_round: ballot.round, ballot_replica: ballot.replica };
         // Number 0 is never pending: nobody waits for this command.
@@ -550,7 +547,6 @@ impl Driver {
         self.shared.leases().clear();
         self.serving = false;
         self.lock_clock.forget();
-        self.expiries_proposed.clear();
         self.advance_proposed_for = None;
     }
 
@@ -568,22 +564,14 @@ impl Driver {
             && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
         if !can_serve {
             if self.serving {
-                // Deadlines that pass while this master cannot serve are
-                // not the clients' fault: forget them, so that a KeepAlive
-                // that reaches it once it serves again (before the next
-                // duties give every session a full lease) is renewed, not
-                // refused as ended. Only the sessions whose expiry it
-                // already proposed keep their (past) deadlines.
-                let proposed = &self.expiries_proposed;
-                self.shared.leases().retain(|session, _| proposed.contains(session));
+                self.shared.leases().demote();
             }
             self.serving = false;
             self.lock_clock.forget();
             return;
         }
         let now = Instant::now();
-        let fresh = now + self.options.session_lease;
-        let mut expired = Vec::new();
+        let expired;
         let mut advance = None;
         {
             let state = self.shared.state();
@@ -591,27 +579,10 @@ impl Driver {
             if !self.serving {
                 self.serving = true;
                 self.lock_clock.anchor(state.lock_clock_ms(), now);
-                // Not those whose expiry this master already proposed: that
-                // command may still commit, so their KeepAlives must not be
-                // answered as if the session were safe.
-                for (session, deadline) in leases.iter_mut() {
-                    if !self.expiries_proposed.contains(session) {
-                        *deadline = (*deadline).max(fresh);
-                    }
-                }
+                leases.promote(now);
             }
-            // Sessions this master has not seen a KeepAlive from yet (made
-            // by an earlier master, or just applied) get a lease from now.
-            for session in state.session_ids() {
-                leases.entry(session).or_insert(now + self.options.session_lease);
-            }
-            leases.retain(|session, _| state.has_session(*session));
-            self.expiries_proposed.retain(|session| state.has_session(*session));
-            for (&session, &deadline) in leases.iter() {
-                if deadline <= now && !self.expiries_proposed.contains(&session) {
-                    expired.push(session);
-                }
-            }
+            leases.track(state.session_ids(), now);
+            expired = leases.expired(now);
             if let Some(end) = state.next_lock_delay_end_ms()
                 && self.lock_clock.stamp_ms(now) >= end
                 && self.advance_proposed_for != Some(end)
@@ -623,7 +594,7 @@ impl Driver {
             tracing::info!(session, "session lease ran out; expiring it");
             let end = wire::EndSession { session_id: session, expired: true, ..Default::default() };
             if self.propose_command(wire::command::Kind::EndSession(end), 0).is_ok() {
-                self.expiries_proposed.insert(session);
+                self.shared.leases().expiry_proposed(session);
             }
         }
         if let Some(end) = advance

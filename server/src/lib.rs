@@ -32,6 +32,7 @@ pub mod locks;
 pub mod metrics;
 pub mod namespace;
 pub mod operations;
+pub mod session_leases;
 pub mod shared;
 pub mod state;
 pub mod storage;

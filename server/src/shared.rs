@@ -8,13 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gaios_proto::v1 as wire;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::errors::ProposeError;
 use crate::namespace::SessionId;
+use crate::session_leases::SessionLeases;
 use crate::state::{Outcome, StateMachine};
 
 /// Commands waiting for the driver to propose them; beyond it handlers are
@@ -38,7 +39,7 @@ pub struct Proposal {
 #[derive(Debug)]
 pub struct Shared {
     state: Mutex<StateMachine>,
-    leases: Mutex<BTreeMap<SessionId, Instant>>,
+    leases: Mutex<SessionLeases>,
     applied: watch::Sender<u64>,
     /// One sender per session with a KeepAlive stream on this replica (at
     /// most one entry per live session): woken when the session gets events
@@ -61,7 +62,7 @@ impl Shared {
         let (applied, _) = watch::channel(0);
         let shared = Shared {
             state: Mutex::new(state),
-            leases: Mutex::new(BTreeMap::new()),
+            leases: Mutex::new(SessionLeases::new(session_lease)),
             applied,
             session_watchers: Mutex::new(BTreeMap::new()),
             proposals,
@@ -78,9 +79,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The master's session deadlines (not replicated): when each session's
+    /// The master's session leases (not replicated): when each session's
     /// lease runs out unless a KeepAlive extends it.
-    pub fn leases(&self) -> MutexGuard<'_, BTreeMap<SessionId, Instant>> {
+    pub fn leases(&self) -> MutexGuard<'_, SessionLeases> {
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
