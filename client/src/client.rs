@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gaios_proto::cell::v1 as pb;
+use gaios_proto::v1 as wire;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -488,7 +489,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
 }
 
 fn ends_session(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition && status.message().contains("has ended")
+    status.code() == Code::FailedPrecondition && crate::error::reason(status) == Some(wire::FailureReason::SessionEnded)
 }
 
 /// Hands one event to the application, once, noting gaps.

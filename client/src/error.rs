@@ -1,8 +1,10 @@
 //! The client's errors, rebuilt from the cell's status codes.
 
 use gaios_proto::cell::v1 as pb;
+use gaios_proto::v1 as wire;
 use prost::Message as _;
 use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
 
 /// Why a call failed. The cell's status codes become variants; transient
 /// failures (no master, a failover) are retried inside the library until
@@ -57,15 +59,19 @@ impl Error {
     /// Classifies a status that ends a call (not one the library retries).
     pub(crate) fn from_status(status: &Status) -> Error {
         let message = status.message().to_string();
+        let reason = reason(status);
         match status.code() {
             Code::NotFound => Error::NotFound(message),
             Code::AlreadyExists => Error::AlreadyExists(message),
-            // The cell's message names these two cases; everything else
-            // that is FAILED_PRECONDITION stays general.
-            Code::FailedPrecondition if message.contains(" is locked") || message.contains("lock-delay") => {
+            // The cell's reason names these cases (never its message, which
+            // may echo a path); everything else that is
+            // FAILED_PRECONDITION stays general.
+            Code::FailedPrecondition
+                if matches!(reason, Some(wire::FailureReason::LockHeld | wire::FailureReason::LockDelay)) =>
+            {
                 Error::LockHeld(message)
             }
-            Code::FailedPrecondition if message.contains("has ended") => Error::SessionExpired,
+            Code::FailedPrecondition if reason == Some(wire::FailureReason::SessionEnded) => Error::SessionExpired,
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
@@ -76,6 +82,20 @@ impl Error {
         }
     }
 }
+
+/// The cell's reason for a failure: the `reason` of the standard
+/// `google.rpc.ErrorInfo` in the status details, when its domain is
+/// Gaios's and the reason one this library knows.
+pub(crate) fn reason(status: &Status) -> Option<wire::FailureReason> {
+    if status.code() == Code::Unavailable {
+        return None; // its details are a redirect
+    }
+    let info = status.get_error_details().error_info()?.clone();
+    (info.domain == ERROR_DOMAIN).then(|| wire::FailureReason::from_str_name(&info.reason)).flatten()
+}
+
+/// The `ErrorInfo` domain of the cell's reasons.
+const ERROR_DOMAIN: &str = "gaios";
 
 /// Whether the library should try again (another replica, a new master).
 pub(crate) fn is_retryable(status: &Status) -> bool {

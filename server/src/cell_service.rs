@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::PeerSpec;
 use crate::driver::{ReplicaStatus, Role};
-use crate::errors::{bad_path, failure_status, not_master, propose_status};
+use crate::errors::{bad_path, failure_status, not_master, propose_status, session_ended, with_reason};
 use crate::locks::LOCK_DELAY_MS_MAX;
 use crate::namespace::{CONTENTS_BYTES_MAX, Path};
 use crate::shared::Shared;
@@ -136,9 +136,13 @@ impl CellService {
             return Err(Status::invalid_argument("session_id 0 names no session"));
         }
         if secret.len() != SESSION_SECRET_BYTES {
-            return Err(Status::permission_denied(format!(
-                "the call carries no secret for session {session_id} (it needs the {SESSION_SECRET_BYTES} bytes CreateSession returned)"
-            )));
+            return Err(with_reason(
+                tonic::Code::PermissionDenied,
+                wire::FailureReason::SessionSecretMismatch,
+                format!(
+                    "the call carries no secret for session {session_id} (it needs the {SESSION_SECRET_BYTES} bytes CreateSession returned)"
+                ),
+            ));
         }
         match self.shared.state().authorize_session(session_id, secret) {
             Err(failure) if failure.code == tonic::Code::PermissionDenied as i32 => Err(failure_status(&failure)),
@@ -647,10 +651,7 @@ impl CellService {
         let events = {
             let mut state = self.shared.state();
             if !state.has_session(request.session_id) {
-                return Err(Status::failed_precondition(format!(
-                    "session {} has ended (expired or closed)",
-                    request.session_id
-                )));
+                return Err(session_ended(request.session_id, "expired or closed"));
             }
             // Only the session's own client keeps it alive and gets its
             // events; the stream serves it only from here on.
@@ -664,10 +665,10 @@ impl CellService {
         // answering now would tell the client it is safe while the expiry
         // commits and its locks go to others.
         if self.shared.leases().renew(request.session_id, Instant::now()).is_err() {
-            return Err(Status::failed_precondition(format!(
-                "session {} has ended (its lease ran out before this KeepAlive arrived; the master is expiring it)",
-                request.session_id
-            )));
+            return Err(session_ended(
+                request.session_id,
+                "its lease ran out before this KeepAlive arrived; the master is expiring it",
+            ));
         }
         Ok(events)
     }
@@ -764,7 +765,8 @@ mod tests {
         service.shared.leases().grant(session, ran_out - Duration::from_secs(10));
         let refused = service.keep_alive_once(&mut None, &request).expect_err("a lease that ran out was renewed");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-        assert!(refused.message().contains("has ended"), "the client must read it as the end: {refused:?}");
+        let reason = tonic_types::StatusExt::get_error_details(&refused).error_info().map(|info| info.reason.clone());
+        assert_eq!(reason.as_deref(), Some("SESSION_ENDED"), "the client must read it as the end: {refused:?}");
         assert_eq!(service.shared.leases().deadline(session), Some(ran_out), "the deadline moved");
         // A lease still running is renewed.
         let running = Instant::now() + Duration::from_millis(500);

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | no such node, session handle | `NOT_FOUND` |
 //! | node exists | `ALREADY_EXISTS` |
-//! | lock held, stale sequencer, ended session, failed compare, invalid handle | `FAILED_PRECONDITION` |
+//! | lock held, stale sequencer, ended session, failed compare, invalid handle | `FAILED_PRECONDITION` (with a reason) |
 //! | not the master, or master not ready to serve | `UNAVAILABLE` + [`NotMaster`](api::NotMaster) details |
 //! | a call naming a session without its secret (or with a wrong one) | `PERMISSION_DENIED` |
 //! | bad path or argument | `INVALID_ARGUMENT` |
@@ -13,8 +13,13 @@
 //! | a waiting `Acquire` ran out of time | `DEADLINE_EXCEEDED` |
 //!
 //! The state machine already speaks in codes (its [`wire::Failure`] carries
-//! one, so that a retried request gets the same answer); this module turns
-//! those and the driver's refusals into `tonic::Status`.
+//! one, so that a retried request gets the same answer) and, where a program
+//! must tell cases apart, a [`wire::FailureReason`]; this module turns those
+//! and the driver's refusals into `tonic::Status`. A reason travels as the
+//! `reason` of a standard `google.rpc.ErrorInfo` (domain `gaios`) inside a
+//! `google.rpc.Status` in the `grpc-status-details-bin` trailer, which every
+//! gRPC library decodes (the not-master redirect still carries raw
+//! `NotMaster` bytes there; issue 12 moves it to an `ErrorInfo` too).
 
 use bytes::Bytes;
 use gaios_paxos::ReplicaId;
@@ -22,6 +27,7 @@ use gaios_proto::cell::v1 as api;
 use gaios_proto::v1 as wire;
 use prost::Message as _;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::namespace::PathError;
 
@@ -53,9 +59,31 @@ pub enum ProposeError {
     },
 }
 
-/// Turns a state machine failure into a status with the same code.
+/// The `ErrorInfo` domain of Gaios's reasons.
+pub const ERROR_DOMAIN: &str = "gaios";
+
+/// Turns a state machine failure into a status with the same code and, when
+/// it has one, its reason as a standard `google.rpc.ErrorInfo` in the
+/// status details (what every gRPC library decodes), so that clients match
+/// on the reason and never on the message.
 pub fn failure_status(failure: &wire::Failure) -> Status {
-    Status::new(Code::from_i32(failure.code), failure.message.clone())
+    let code = Code::from_i32(failure.code);
+    match wire::FailureReason::try_from(failure.reason) {
+        Ok(wire::FailureReason::Unspecified) | Err(_) => Status::new(code, failure.message.clone()),
+        Ok(reason) => with_reason(code, reason, failure.message.clone()),
+    }
+}
+
+/// A status of `code` whose details say `reason`.
+pub fn with_reason(code: Code, reason: wire::FailureReason, message: String) -> Status {
+    let details = ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, std::collections::HashMap::new());
+    Status::with_error_details(code, message, details)
+}
+
+/// `FAILED_PRECONDITION` (`SESSION_ENDED`): `session` has ended; `why` says
+/// how.
+pub fn session_ended(session: u64, why: &str) -> Status {
+    with_reason(Code::FailedPrecondition, wire::FailureReason::SessionEnded, format!("session {session} has ended ({why})"))
 }
 
 /// `UNAVAILABLE` with the master's id and address in the details.
@@ -98,6 +126,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failure_with_a_reason_carries_a_standard_error_info() {
+        let failure = wire::Failure {
+            code: Code::FailedPrecondition as i32,
+            message: "session 7 has ended".into(),
+            reason: wire::FailureReason::SessionEnded as i32,
+        };
+        let status = failure_status(&failure);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        // What any gRPC library reads: a google.rpc.Status in the details.
+        let info = status.get_error_details().error_info().cloned().expect("an ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("SESSION_ENDED", ERROR_DOMAIN));
+        let plain = wire::Failure { reason: 0, ..failure };
+        assert!(failure_status(&plain).get_error_details().error_info().is_none(), "no reason, no details");
+    }
+
+    #[test]
     fn not_master_carries_the_address_in_the_details() {
         let status = not_master(Some(3), "127.0.0.1:7203", "not the master");
         assert_eq!(status.code(), Code::Unavailable);
@@ -117,7 +161,7 @@ mod tests {
             Code::ResourceExhausted,
             Code::PermissionDenied,
         ] {
-            let failure = wire::Failure { code: code as i32, message: "m".into() };
+            let failure = wire::Failure { code: code as i32, message: "m".into(), reason: 0 };
             assert_eq!(failure_status(&failure).code(), code);
         }
         let refused = propose_status(&ProposeError::Overloaded, |_| String::new());

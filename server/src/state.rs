@@ -215,6 +215,11 @@ impl Default for StateMachine {
 }
 
 fn failure(code: Code, message: impl Into<String>) -> Outcome {
+    failure_for(wire::FailureReason::Unspecified, code, message)
+}
+
+/// A failure with a reason programs can match on (see `FailureReason`).
+fn failure_for(reason: wire::FailureReason, code: Code, message: impl Into<String>) -> Outcome {
     let mut message = message.into();
     if message.len() > FAILURE_MESSAGE_BYTES_MAX {
         let mut cut = FAILURE_MESSAGE_BYTES_MAX - 3;
@@ -224,7 +229,7 @@ fn failure(code: Code, message: impl Into<String>) -> Outcome {
         message.truncate(cut);
         message.push_str("...");
     }
-    Outcome { result: Some(wire::outcome::Result::Failure(wire::Failure { code: code as i32, message })) }
+    Outcome { result: Some(wire::outcome::Result::Failure(wire::Failure { code: code as i32, message, reason: reason as i32 })) }
 }
 
 fn is_failure(outcome: &Outcome) -> bool {
@@ -236,23 +241,29 @@ fn done() -> Outcome {
 }
 
 fn namespace_failure(error: &NamespaceError) -> Outcome {
-    let code = match error {
-        NamespaceError::NotFound(_) => Code::NotFound,
-        NamespaceError::AlreadyExists(_) => Code::AlreadyExists,
-        NamespaceError::Root => Code::InvalidArgument,
-        NamespaceError::ContentsTooLarge(_) | NamespaceError::Full => Code::ResourceExhausted,
-        _ => Code::FailedPrecondition,
+    use wire::FailureReason as Reason;
+    let (code, reason) = match error {
+        NamespaceError::NotFound(_) => (Code::NotFound, Reason::Unspecified),
+        NamespaceError::AlreadyExists(_) => (Code::AlreadyExists, Reason::Unspecified),
+        NamespaceError::Root => (Code::InvalidArgument, Reason::Unspecified),
+        NamespaceError::ContentsTooLarge(_) | NamespaceError::Full => (Code::ResourceExhausted, Reason::Unspecified),
+        NamespaceError::NotEmpty(_) => (Code::FailedPrecondition, Reason::NotEmpty),
+        NamespaceError::GenerationMismatch { .. } => (Code::FailedPrecondition, Reason::GenerationMismatch),
+        _ => (Code::FailedPrecondition, Reason::Unspecified),
     };
-    failure(code, error.to_string())
+    failure_for(reason, code, error.to_string())
 }
 
 fn lock_failure(error: &LockError) -> Outcome {
-    let code = match error {
-        LockError::TooManyWaiters(_) => Code::ResourceExhausted,
-        LockError::LockDelayTooLong(_) => Code::InvalidArgument,
-        _ => Code::FailedPrecondition,
+    use wire::FailureReason as Reason;
+    let (code, reason) = match error {
+        LockError::TooManyWaiters(_) => (Code::ResourceExhausted, Reason::Unspecified),
+        LockError::LockDelayTooLong(_) => (Code::InvalidArgument, Reason::Unspecified),
+        LockError::Held(_) => (Code::FailedPrecondition, Reason::LockHeld),
+        LockError::LockDelay { .. } => (Code::FailedPrecondition, Reason::LockDelay),
+        _ => (Code::FailedPrecondition, Reason::Unspecified),
     };
-    failure(code, error.to_string())
+    failure_for(reason, code, error.to_string())
 }
 
 /// The protobuf form of a stat.
@@ -483,10 +494,10 @@ impl StateMachine {
     /// or never existed, `PERMISSION_DENIED` for a wrong or missing secret).
     fn authorize(&self, session_id: SessionId, presented: &[u8]) -> Result<&Session, Outcome> {
         let Some(session) = self.sessions.get(&session_id) else {
-            return Err(failure(Code::FailedPrecondition, format!("session {session_id} has ended or never existed")));
+            return Err(failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended or never existed")));
         };
         if !secrets_match(&session.secret, presented) {
-            return Err(failure(Code::PermissionDenied, format!("wrong or missing secret for session {session_id}")));
+            return Err(failure_for(wire::FailureReason::SessionSecretMismatch, Code::PermissionDenied, format!("wrong or missing secret for session {session_id}")));
         }
         Ok(session)
     }
@@ -605,7 +616,8 @@ impl StateMachine {
         }
         let window = ANSWERS_PER_SESSION_MAX as u64;
         if session.highest_request >= window && number <= session.highest_request - window {
-            return failure(
+            return failure_for(
+                wire::FailureReason::RequestNumberTooOld,
                 Code::FailedPrecondition,
                 format!(
                     "request number {number} is older than the at-most-once window (the session is at {})",
@@ -667,7 +679,7 @@ impl StateMachine {
             return failure(Code::InvalidArgument, format!("unknown event bits in mask {:#x}", open.event_mask));
         }
         let Some(session) = self.sessions.get(&session_id) else {
-            return failure(Code::FailedPrecondition, format!("session {session_id} has ended"));
+            return failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
         };
         if session.handles.len() >= HANDLES_PER_SESSION_MAX {
             return failure(Code::ResourceExhausted, format!("the session has {HANDLES_PER_SESSION_MAX} open handles"));
@@ -712,7 +724,7 @@ impl StateMachine {
             sequencer: None,
         };
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return failure(Code::FailedPrecondition, format!("session {session_id} has ended"));
+            return failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
         };
         let id = session.next_handle;
         session.next_handle += 1;
@@ -876,7 +888,7 @@ impl StateMachine {
             return failure(Code::InvalidArgument, error.to_string());
         }
         if !self.check_sequencer(sequencer).valid {
-            return failure(Code::FailedPrecondition, format!("sequencer for {} is stale", sequencer.path));
+            return failure_for(wire::FailureReason::SequencerStale, Code::FailedPrecondition, format!("sequencer for {} is stale", sequencer.path));
         }
         let Some(handle) = self.sessions.get_mut(&session_id).and_then(|s| s.handles.get_mut(&set.handle)) else {
             return failure(Code::NotFound, format!("no handle {}", set.handle));
@@ -905,7 +917,7 @@ impl StateMachine {
     /// neither.)
     fn usable_handle(&self, session_id: SessionId, handle_id: u64, check_node: bool) -> Result<Handle, Outcome> {
         let Some(session) = self.sessions.get(&session_id) else {
-            return Err(failure(Code::FailedPrecondition, format!("session {session_id} has ended")));
+            return Err(failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended")));
         };
         let Some(handle) = session.handles.get(&handle_id) else {
             return Err(failure(Code::NotFound, format!("session {session_id} has no handle {handle_id}")));
@@ -914,7 +926,8 @@ impl StateMachine {
             match self.namespace.stat(&handle.path, None) {
                 Ok(stat) if stat.instance == handle.instance => {}
                 _ => {
-                    return Err(failure(
+                    return Err(failure_for(
+                        wire::FailureReason::HandleInvalid,
                         Code::FailedPrecondition,
                         format!("handle {handle_id} is invalid: {} was deleted", handle.path),
                     ));
@@ -923,7 +936,8 @@ impl StateMachine {
         }
         if let Some(sequencer) = handle.sequencer.as_ref().filter(|_| check_node)
             && !self.check_sequencer(sequencer).valid {
-                return Err(failure(
+                return Err(failure_for(
+                    wire::FailureReason::SequencerStale,
                     Code::FailedPrecondition,
                     format!("the sequencer set on handle {handle_id} ({}) is stale", sequencer.path),
                 ));
@@ -1087,6 +1101,7 @@ impl StateMachine {
         self.holding(session, handle).ok_or_else(|| wire::Failure {
             code: Code::FailedPrecondition as i32,
             message: format!("handle {handle} holds no lock"),
+            reason: wire::FailureReason::Unspecified as i32,
         })
     }
 
@@ -1395,7 +1410,7 @@ fn acquired(sequencer: api::Sequencer) -> Outcome {
 fn into_failure(outcome: Outcome) -> wire::Failure {
     match outcome.result {
         Some(wire::outcome::Result::Failure(failure)) => failure,
-        _ => wire::Failure { code: Code::Internal as i32, message: "unexpected outcome".to_string() },
+        _ => wire::Failure { code: Code::Internal as i32, message: "unexpected outcome".to_string(), reason: 0 },
     }
 }
 

@@ -332,3 +332,38 @@ async fn handle_events_arrive_in_order_and_a_failover_is_announced() {
     let (contents, _) = watched.contents().await.expect("the reader's handle survived");
     assert_eq!(&contents[..], b"after");
 }
+
+/// The client tells errors apart by the cell's typed reason (a standard
+/// `google.rpc.ErrorInfo`), never by the message, which may echo a path: a
+/// failed delete of a directory named `has ended` is a failed precondition
+/// of that call, not the end of the session, and a lock held or in its
+/// lock-delay is `LockHeld` whatever the path says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_told_apart_by_their_reason_not_by_paths_in_their_message() {
+    let _serial = serial();
+    let cell = Cell::start();
+    ready(&cell).await;
+    let client = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let directory = client.open("/has ended", OpenOptions::new().create().directory()).await.expect("a directory");
+    client.open("/has ended/child", OpenOptions::new().create()).await.expect("a child");
+    match directory.delete().await {
+        Err(Error::FailedPrecondition(message)) => assert!(message.contains("not empty"), "{message}"),
+        other => panic!("deleting a directory with a child: {other:?}"),
+    }
+    assert_eq!(*client.session_state().borrow(), SessionState::Safe, "the session was taken for ended");
+    client.open("/still-usable", OpenOptions::new().create()).await.expect("the session still works");
+
+    let other = Client::connect(&addresses(&cell), options(Duration::from_secs(10))).await.expect("connect");
+    let mine = client.open("/jobs is locked lock-delay", OpenOptions::new().create()).await.expect("open");
+    let theirs = other.open("/jobs is locked lock-delay", OpenOptions::new().create()).await.expect("open");
+    let _held = mine.try_acquire(LockMode::Exclusive).await.expect("lock");
+    assert!(matches!(theirs.try_acquire(LockMode::Exclusive).await, Err(Error::LockHeld(_))));
+    // A failure whose message names locks but whose reason is another is
+    // not LockHeld: a file named so that its message mentions lock-delay.
+    let file = client.open("/a lock-delay is locked", OpenOptions::new().create()).await.expect("open");
+    file.set_contents("x", None).await.expect("a write");
+    match file.set_contents("y", Some(999)).await {
+        Err(Error::FailedPrecondition(_)) => {}
+        other => panic!("a failed compare-and-set: {other:?}"),
+    }
+}
