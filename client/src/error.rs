@@ -119,12 +119,19 @@ mod tests {
     #[test]
     fn statuses_become_typed_errors() {
         assert_eq!(Error::from_status(&Status::not_found("x")), Error::NotFound("x".into()));
-        assert!(matches!(Error::from_status(&Status::failed_precondition("/a is locked")), Error::LockHeld(_)));
-        assert!(matches!(
-            Error::from_status(&Status::failed_precondition("/a is in its lock-delay until 5 ms")),
-            Error::LockHeld(_)
-        ));
-        assert_eq!(Error::from_status(&Status::failed_precondition("session 4 has ended")), Error::SessionExpired);
+        // The reason decides, never the message.
+        let with = |reason: &str, message: &str| {
+            let details = tonic_types::ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+            <Status as tonic_types::StatusExt>::with_error_details(Code::FailedPrecondition, message, details)
+        };
+        assert!(matches!(Error::from_status(&with("LOCK_HELD", "/a")), Error::LockHeld(_)));
+        assert!(matches!(Error::from_status(&with("LOCK_DELAY", "/a")), Error::LockHeld(_)));
+        assert_eq!(Error::from_status(&with("SESSION_ENDED", "session 4")), Error::SessionExpired);
+        assert!(matches!(Error::from_status(&with("NOT_EMPTY", "/has ended is locked")), Error::FailedPrecondition(_)));
+        assert!(matches!(Error::from_status(&Status::failed_precondition("session 4 has ended")), Error::FailedPrecondition(_)));
+        let foreign = tonic_types::ErrorDetails::with_error_info("SESSION_ENDED", "example.com", std::collections::HashMap::new());
+        let foreign = <Status as tonic_types::StatusExt>::with_error_details(Code::FailedPrecondition, "x", foreign);
+        assert!(matches!(Error::from_status(&foreign), Error::FailedPrecondition(_)), "another domain's reason");
         assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
         assert!(matches!(Error::from_status(&Status::permission_denied("no secret")), Error::PermissionDenied(_)));
         let details = pb::NotMaster { master_id: 2, master_client_address: "127.0.0.1:7202".into() };
