@@ -445,12 +445,15 @@ impl Workers {
         Ok(workers)
     }
 
-    /// The lock holder that holds the lock now and has acted at least once
-    /// since its grant, if any: (its index, its process id, its lock
-    /// generation).
+    /// The lock holder that holds the lock now, has acted at least once
+    /// since its grant and has acts left to do, if any: (its index, its
+    /// process id, its lock generation). "Left" counts one act more than
+    /// the suite has seen, since one may be on its way: paused now, the
+    /// holder acts again when it resumes.
     pub(super) fn acting_lock_holder(&self) -> Option<(usize, u32, u64)> {
         let holdings = lock(&self.holdings);
-        let (&index, &(generation, _)) = holdings.locks.iter().find(|&(_, &(_, acts))| acts > 0)?;
+        let (&index, &(generation, _)) =
+            holdings.locks.iter().find(|&(_, &(_, acts))| acts > 0 && acts + 1 < ACTS_PER_HOLD)?;
         Some((index, self.pid(Role::Lock, index)?, generation))
     }
 
