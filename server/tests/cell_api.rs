@@ -12,26 +12,11 @@
 
 
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gaios_proto::cell::v1 as pb;
 use gaios_tests::*;
 use tonic::Code;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-async fn master_of(cell: &Cell) -> u64 {
-    let all: Vec<usize> = (0..REPLICAS as usize).collect();
-    match wait_for_master(cell, &all, FIRST_MASTER_DEADLINE).await {
-        Some((master, _)) => master,
-        None => panic!("no agreed master within {FIRST_MASTER_DEADLINE:?}\n{}", cell.logs()),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_contend_for_an_exclusive_lock() {

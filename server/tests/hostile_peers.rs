@@ -13,27 +13,12 @@
 
 #![allow(clippy::await_holding_lock)]
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gaios_proto::cell::v1 as pb;
 use gaios_proto::v1 as wire;
 use gaios_proto::v1::replica_client::ReplicaClient;
 use gaios_tests::*;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-async fn master_of(cell: &Cell) -> u64 {
-    let all: Vec<usize> = (0..REPLICAS as usize).collect();
-    match wait_for_master(cell, &all, FIRST_MASTER_DEADLINE).await {
-        Some((master, _)) => master,
-        None => panic!("no agreed master within {FIRST_MASTER_DEADLINE:?}\n{}", cell.logs()),
-    }
-}
 
 /// Waits until the replica at `index` has applied as far as the master.
 async fn wait_caught_up(cell: &Cell, index: usize, deadline: Duration) {

@@ -735,3 +735,21 @@ impl Drop for KeepAlive {
         self.task.abort();
     }
 }
+
+static ONE_CELL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs the tests of one test binary one at a time (each starts its own
+/// five-process cell): hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CELL_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The id of the master every replica of `cell` agrees on; panics with the
+/// logs if there is none within [`FIRST_MASTER_DEADLINE`].
+pub async fn master_of(cell: &Cell) -> u64 {
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    match wait_for_master(cell, &all, FIRST_MASTER_DEADLINE).await {
+        Some((master, _)) => master,
+        None => panic!("no agreed master within {FIRST_MASTER_DEADLINE:?}\n{}", cell.logs()),
+    }
+}
