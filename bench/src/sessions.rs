@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -77,7 +77,7 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
         let (counters, stop, creating, created) = run.task();
         holding.spawn(async move {
             let permit = creating.acquire_owned().await?;
-            let request = pb::CreateSessionRequest { client_name: format!("bench-session-{i}") };
+            let request = api::CreateSessionRequest { client_name: format!("bench-session-{i}") };
             let session = CellClient::new(channel.clone()).create_session(request).await;
             drop(permit);
             let _ = created.send(session.as_ref().map(|_| ()).map_err(|status| status.message().to_string())).await;
@@ -98,7 +98,7 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
             closing.join_next().await;
         }
         let mut cell = CellClient::new(channels[i % connections].clone());
-        closing.spawn(async move { cell.close_session(pb::CloseSessionRequest { session_id, session_secret }).await.is_ok() });
+        closing.spawn(async move { cell.close_session(api::CloseSessionRequest { session_id, session_secret }).await.is_ok() });
     }
     while closing.join_next().await.is_some() {}
     Ok(result)
@@ -168,7 +168,7 @@ async fn master_address(addresses: &[String]) -> Option<String> {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
         let statuses = gaios_client::cell_status(addresses).await;
-        if let Some(master) = statuses.iter().find(|s| s.role() == pb::Role::Master) {
+        if let Some(master) = statuses.iter().find(|s| s.role() == api::Role::Master) {
             return Some(master.members.iter().find(|m| m.id == master.id).map(|m| m.client_address.clone()).unwrap_or_default())
                 .filter(|a| !a.is_empty());
         }
@@ -204,7 +204,7 @@ impl Counters {
 /// One Gaios session's keep-alive loop until `stop` says so.
 async fn keep_gaios_session_alive(channel: Channel, session: (u64, bytes::Bytes), mut stop: Stop, counters: Arc<Counters>) {
     let (session_id, session_secret) = session;
-    let keep_alive = |acknowledged_event| pb::KeepAliveRequest { session_id, acknowledged_event, session_secret: session_secret.clone() };
+    let keep_alive = |acknowledged_event| api::KeepAliveRequest { session_id, acknowledged_event, session_secret: session_secret.clone() };
     let interval = SESSION_LEASE / 4;
     let mut acknowledged = 0;
     while !*stop.borrow() {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gaios_proto::cell::v1 as pb;
-use gaios_proto::v1 as wire;
+use gaios_proto::cell::v1 as api;
+use gaios_proto::state::v1 as wire;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -166,7 +166,7 @@ impl Client {
         let created_at = Instant::now();
         let created = inner
             .call(move |mut cell| {
-                let request = pb::CreateSessionRequest { client_name: name.clone() };
+                let request = api::CreateSessionRequest { client_name: name.clone() };
                 async move { cell.create_session(request).await }
             })
             .await?;
@@ -211,20 +211,20 @@ impl Client {
     /// Whether `sequencer` is current in the cell: the node is the same
     /// instance and the holding the sequencer names (its mode and its
     /// grant's generation) still holds the lock.
-    pub async fn check_sequencer(&self, sequencer: &pb::Sequencer) -> Result<bool, Error> {
+    pub async fn check_sequencer(&self, sequencer: &api::Sequencer) -> Result<bool, Error> {
         self.inner.check_sequencer(sequencer).await
     }
 
     /// Every replica's view of the cell (those that answer within a
     /// second), in the order of the addresses.
-    pub async fn status(&self) -> Vec<pb::StatusResponse> {
+    pub async fn status(&self) -> Vec<api::StatusResponse> {
         cell_status(&self.inner.addresses).await
     }
 
     /// Ends the session: locks are released and ephemeral nodes deleted.
     pub async fn close(self) -> Result<(), Error> {
         self.keepalive.abort();
-        let request = pb::CloseSessionRequest { session_id: self.inner.session_id, session_secret: self.inner.session_secret.clone() };
+        let request = api::CloseSessionRequest { session_id: self.inner.session_id, session_secret: self.inner.session_secret.clone() };
         let result = self
             .inner
             .call(move |mut cell| {
@@ -258,12 +258,12 @@ impl Drop for Client {
 }
 
 /// Asks every replica at `addresses` for its `Status` (one second each).
-pub async fn cell_status(addresses: &[String]) -> Vec<pb::StatusResponse> {
+pub async fn cell_status(addresses: &[String]) -> Vec<api::StatusResponse> {
     let mut out = Vec::new();
     for address in addresses {
         let call = async {
             let mut cell = connect(address).await?;
-            cell.status(pb::StatusRequest {}).await.ok().map(Response::into_inner)
+            cell.status(api::StatusRequest {}).await.ok().map(Response::into_inner)
         };
         if let Ok(Some(status)) = tokio::time::timeout(CONNECT_TIMEOUT, call).await {
             out.push(status);
@@ -281,8 +281,8 @@ async fn connect(address: &str) -> Option<CellClient<Channel>> {
 impl Inner {
     /// The request header of a new mutating call; retries of that call
     /// reuse it, so the cell applies it at most once.
-    pub(crate) fn header(&self) -> Option<pb::RequestHeader> {
-        Some(pb::RequestHeader {
+    pub(crate) fn header(&self) -> Option<api::RequestHeader> {
+        Some(api::RequestHeader {
             session_id: self.session_id,
             request_number: self.next_request.fetch_add(1, Ordering::Relaxed),
             session_secret: self.session_secret.clone(),
@@ -290,8 +290,8 @@ impl Inner {
     }
 
     /// Names a handle of this session, for calls that only read.
-    pub(crate) fn handle_ref(&self, handle: u64) -> Option<pb::HandleRef> {
-        Some(pb::HandleRef { session_id: self.session_id, handle, session_secret: self.session_secret.clone() })
+    pub(crate) fn handle_ref(&self, handle: u64) -> Option<api::HandleRef> {
+        Some(api::HandleRef { session_id: self.session_id, handle, session_secret: self.session_secret.clone() })
     }
 
     /// A client of the replica believed to be master (or the next address
@@ -372,8 +372,8 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn check_sequencer(&self, sequencer: &pb::Sequencer) -> Result<bool, Error> {
-        let request = pb::CheckSequencerRequest { sequencer: Some(sequencer.clone()) };
+    pub(crate) async fn check_sequencer(&self, sequencer: &api::Sequencer) -> Result<bool, Error> {
+        let request = api::CheckSequencerRequest { sequencer: Some(sequencer.clone()) };
         self.call(move |mut cell| {
             let request = request.clone();
             async move { cell.check_sequencer(request).await }
@@ -411,7 +411,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
         };
         let (requests, receiver) = mpsc::channel(4);
         let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
-        let request = |acknowledged: u64| pb::KeepAliveRequest {
+        let request = |acknowledged: u64| api::KeepAliveRequest {
             session_id: inner.session_id,
             acknowledged_event: acknowledged,
             session_secret: inner.session_secret.clone(),
@@ -493,7 +493,7 @@ fn ends_session(status: &Status) -> bool {
 }
 
 /// Hands one event to the application, once, noting gaps.
-fn deliver(inner: &Inner, last: &mut u64, event: pb::Event) {
+fn deliver(inner: &Inner, last: &mut u64, event: api::Event) {
     if event.number <= *last {
         return; // a repeat after a reconnect
     }
@@ -502,15 +502,15 @@ fn deliver(inner: &Inner, last: &mut u64, event: pb::Event) {
         let _ = inner.events.send(Event { number: event.number, handle: 0, path: String::new(), kind: EventKind::Missed { count } });
     }
     *last = event.number;
-    let kind = match pb::EventKind::try_from(event.kind) {
-        Ok(pb::EventKind::ContentsModified) => EventKind::ContentsModified,
-        Ok(pb::EventKind::ChildAdded) => EventKind::ChildAdded,
-        Ok(pb::EventKind::ChildRemoved) => EventKind::ChildRemoved,
-        Ok(pb::EventKind::ChildModified) => EventKind::ChildModified,
-        Ok(pb::EventKind::LockAcquired) => EventKind::LockAcquired,
-        Ok(pb::EventKind::ConflictingLockRequest) => EventKind::ConflictingLockRequest,
-        Ok(pb::EventKind::HandleInvalid) => EventKind::HandleInvalid,
-        Ok(pb::EventKind::MasterFailover) => EventKind::MasterFailover,
+    let kind = match api::EventKind::try_from(event.kind) {
+        Ok(api::EventKind::ContentsModified) => EventKind::ContentsModified,
+        Ok(api::EventKind::ChildAdded) => EventKind::ChildAdded,
+        Ok(api::EventKind::ChildRemoved) => EventKind::ChildRemoved,
+        Ok(api::EventKind::ChildModified) => EventKind::ChildModified,
+        Ok(api::EventKind::LockAcquired) => EventKind::LockAcquired,
+        Ok(api::EventKind::ConflictingLockRequest) => EventKind::ConflictingLockRequest,
+        Ok(api::EventKind::HandleInvalid) => EventKind::HandleInvalid,
+        Ok(api::EventKind::MasterFailover) => EventKind::MasterFailover,
         _ => return,
     };
     let _ = inner.events.send(Event { number: event.number, handle: event.handle, path: event.path, kind });

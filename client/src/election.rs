@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -34,7 +34,7 @@ pub struct Leadership {
 
 impl Leadership {
     /// The leader's sequencer: hand it to the services it talks to.
-    pub fn sequencer(&self) -> &pb::Sequencer {
+    pub fn sequencer(&self) -> &api::Sequencer {
         self.lock.sequencer()
     }
 
@@ -173,13 +173,13 @@ async fn current_with(inner: &std::sync::Arc<crate::client::Inner>, handle: &Han
 
 /// The leader file: a header line, the lock generation and node instance
 /// of the leader's sequencer, then the value.
-fn encode(sequencer: &pb::Sequencer, value: &Bytes) -> Bytes {
+fn encode(sequencer: &api::Sequencer, value: &Bytes) -> Bytes {
     let mut out = format!("{HEADER}\n{}\n{}\n", sequencer.lock_generation, sequencer.instance).into_bytes();
     out.extend_from_slice(value);
     Bytes::from(out)
 }
 
-fn decode(path: &str, contents: &Bytes) -> Option<(pb::Sequencer, Bytes)> {
+fn decode(path: &str, contents: &Bytes) -> Option<(api::Sequencer, Bytes)> {
     let mut lines = contents.splitn(4, |&b| b == b'\n');
     if lines.next()? != HEADER.as_bytes() {
         return None;
@@ -187,9 +187,9 @@ fn decode(path: &str, contents: &Bytes) -> Option<(pb::Sequencer, Bytes)> {
     let generation = std::str::from_utf8(lines.next()?).ok()?.parse().ok()?;
     let instance = std::str::from_utf8(lines.next()?).ok()?.parse().ok()?;
     let value = Bytes::copy_from_slice(lines.next().unwrap_or_default());
-    let sequencer = pb::Sequencer {
+    let sequencer = api::Sequencer {
         path: path.to_string(),
-        mode: pb::LockMode::Exclusive as i32,
+        mode: api::LockMode::Exclusive as i32,
         lock_generation: generation,
         instance,
     };
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_leader_file_round_trips_and_garbage_is_nobody() {
-        let sequencer = pb::Sequencer { path: "/e".into(), mode: 1, lock_generation: 12, instance: 4 };
+        let sequencer = api::Sequencer { path: "/e".into(), mode: 1, lock_generation: 12, instance: 4 };
         let value = Bytes::from_static(b"10.0.0.1:80\nwith a newline");
         let (decoded, got) = decode("/e", &encode(&sequencer, &value)).expect("decodes");
         assert_eq!(decoded, sequencer);

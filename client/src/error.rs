@@ -1,7 +1,7 @@
 //! The client's errors, rebuilt from the cell's status codes.
 
-use gaios_proto::cell::v1 as pb;
-use gaios_proto::v1 as wire;
+use gaios_proto::cell::v1 as api;
+use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
@@ -108,7 +108,7 @@ pub(crate) fn master_hint(status: &Status) -> Option<String> {
     if status.code() != Code::Unavailable || status.details().is_empty() {
         return None;
     }
-    let details = pb::NotMaster::decode(status.details()).ok()?;
+    let details = api::NotMaster::decode(status.details()).ok()?;
     (!details.master_client_address.is_empty()).then_some(details.master_client_address)
 }
 
@@ -134,7 +134,7 @@ mod tests {
         assert!(matches!(Error::from_status(&foreign), Error::FailedPrecondition(_)), "another domain's reason");
         assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
         assert!(matches!(Error::from_status(&Status::permission_denied("no secret")), Error::PermissionDenied(_)));
-        let details = pb::NotMaster { master_id: 2, master_client_address: "127.0.0.1:7202".into() };
+        let details = api::NotMaster { master_id: 2, master_client_address: "127.0.0.1:7202".into() };
         let status = Status::with_details(Code::Unavailable, "not master", details.encode_to_vec().into());
         assert_eq!(master_hint(&status).as_deref(), Some("127.0.0.1:7202"));
         assert!(is_retryable(&status));

@@ -1,7 +1,7 @@
 //! Fencing: how a downstream service rejects requests from a lock holder
 //! that has been superseded.
 //!
-//! A lock holder sends its [`Sequencer`](pb::Sequencer) with each request;
+//! A lock holder sends its [`Sequencer`](api::Sequencer) with each request;
 //! the protected service keeps a [`Fence`] and checks every sequencer
 //! before acting. Every grant of a lock, exclusive or shared, takes a new,
 //! higher lock generation. A sequencer is stale when the fence has seen a
@@ -40,7 +40,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 
 use crate::client::Client;
 use crate::error::Error;
@@ -98,10 +98,10 @@ impl Fence {
     /// holding conflicts with it was seen (see the module docs); remembers
     /// its generation. A sequencer of an unknown mode is taken as
     /// exclusive, the strictest.
-    pub fn check(&self, sequencer: &pb::Sequencer) -> Result<(), FenceError> {
+    pub fn check(&self, sequencer: &api::Sequencer) -> Result<(), FenceError> {
         let mut highest = self.highest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let order = self.order.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let shared = sequencer.mode == pb::LockMode::Shared as i32;
+        let shared = sequencer.mode == api::LockMode::Shared as i32;
         let mut seen = highest.get(&sequencer.path).copied().unwrap_or_default();
         let conflicting = if shared { seen.exclusive } else { seen.exclusive.max(seen.shared) };
         if sequencer.lock_generation < conflicting {
@@ -126,7 +126,7 @@ impl Fence {
     /// [`Fence::check`], then asks the cell whether the sequencer is still
     /// current (`CheckSequencer`), for a service that must not act even on
     /// the newest holder it has seen once that holder lost the lock.
-    pub async fn check_with_cell(&self, client: &Client, sequencer: &pb::Sequencer) -> Result<(), FenceError> {
+    pub async fn check_with_cell(&self, client: &Client, sequencer: &api::Sequencer) -> Result<(), FenceError> {
         self.check(sequencer)?;
         if client.check_sequencer(sequencer).await? {
             Ok(())
@@ -140,8 +140,8 @@ impl Fence {
 mod tests {
     use super::*;
 
-    fn sequencer(path: &str, generation: u64) -> pb::Sequencer {
-        pb::Sequencer { path: path.into(), mode: 1, lock_generation: generation, instance: 1 }
+    fn sequencer(path: &str, generation: u64) -> api::Sequencer {
+        api::Sequencer { path: path.into(), mode: 1, lock_generation: generation, instance: 1 }
     }
 
     #[test]
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn shared_holdings_may_coexist_but_not_with_a_newer_exclusive_one() {
-        let shared = |generation| pb::Sequencer { mode: pb::LockMode::Shared as i32, ..sequencer("/s", generation) };
+        let shared = |generation| api::Sequencer { mode: api::LockMode::Shared as i32, ..sequencer("/s", generation) };
         let fence = Fence::new();
         fence.check(&shared(3)).expect("a reader");
         fence.check(&shared(4)).expect("another reader, granted later");

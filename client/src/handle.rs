@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -118,8 +118,8 @@ pub enum LockMode {
 impl LockMode {
     fn to_proto(self) -> i32 {
         match self {
-            LockMode::Exclusive => pb::LockMode::Exclusive as i32,
-            LockMode::Shared => pb::LockMode::Shared as i32,
+            LockMode::Exclusive => api::LockMode::Exclusive as i32,
+            LockMode::Shared => api::LockMode::Shared as i32,
         }
     }
 }
@@ -144,12 +144,12 @@ impl std::fmt::Debug for Handle {
 impl Handle {
     pub(crate) async fn open(inner: Arc<Inner>, path: &str, options: OpenOptions) -> Result<Handle, Error> {
         let create = options.create.clone().unwrap_or_default();
-        let request = pb::OpenRequest {
+        let request = api::OpenRequest {
             header: inner.header(),
             path: path.to_string(),
             create: options.create.is_some(),
             exclusive_create: create.exclusive,
-            kind: if create.directory { pb::NodeKind::Directory } else { pb::NodeKind::File } as i32,
+            kind: if create.directory { api::NodeKind::Directory } else { api::NodeKind::File } as i32,
             ephemeral: create.ephemeral,
             initial_contents: create.contents,
             event_mask: options.event_mask,
@@ -179,13 +179,13 @@ impl Handle {
         self.created
     }
 
-    fn reference(&self) -> Option<pb::HandleRef> {
+    fn reference(&self) -> Option<api::HandleRef> {
         self.inner.handle_ref(self.id)
     }
 
     /// A file's contents and stat.
-    pub async fn contents(&self) -> Result<(Bytes, pb::Stat), Error> {
-        let request = pb::GetContentsAndStatRequest { handle: self.reference() };
+    pub async fn contents(&self) -> Result<(Bytes, api::Stat), Error> {
+        let request = api::GetContentsAndStatRequest { handle: self.reference() };
         let answer = self
             .inner
             .call(move |mut cell| {
@@ -197,8 +197,8 @@ impl Handle {
     }
 
     /// The node's stat.
-    pub async fn stat(&self) -> Result<pb::Stat, Error> {
-        let request = pb::GetStatRequest { handle: self.reference() };
+    pub async fn stat(&self) -> Result<api::Stat, Error> {
+        let request = api::GetStatRequest { handle: self.reference() };
         let answer = self
             .inner
             .call(move |mut cell| {
@@ -211,7 +211,7 @@ impl Handle {
 
     /// A directory's children's names.
     pub async fn read_dir(&self) -> Result<Vec<String>, Error> {
-        let request = pb::ReadDirRequest { handle: self.reference() };
+        let request = api::ReadDirRequest { handle: self.reference() };
         let answer = self
             .inner
             .call(move |mut cell| {
@@ -224,8 +224,8 @@ impl Handle {
 
     /// Writes the file whole; with `if_generation`, only if its content
     /// generation is that one (else [`Error::FailedPrecondition`]).
-    pub async fn set_contents(&self, contents: impl Into<Bytes>, if_generation: Option<u64>) -> Result<pb::Stat, Error> {
-        let request = pb::SetContentsRequest {
+    pub async fn set_contents(&self, contents: impl Into<Bytes>, if_generation: Option<u64>) -> Result<api::Stat, Error> {
+        let request = api::SetContentsRequest {
             header: self.inner.header(),
             handle: self.id,
             contents: contents.into(),
@@ -243,7 +243,7 @@ impl Handle {
 
     /// Deletes the node (a directory only when empty).
     pub async fn delete(&self) -> Result<(), Error> {
-        let request = pb::DeleteRequest { header: self.inner.header(), handle: self.id };
+        let request = api::DeleteRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
                 let request = request.clone();
@@ -257,7 +257,7 @@ impl Handle {
     /// ([`Error::Timeout`] if not granted by then).
     pub async fn acquire(&self, mode: LockMode, wait: Duration) -> Result<Lock, Error> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-        let request = pb::AcquireRequest { header: self.inner.header(), handle: self.id, mode: mode.to_proto(), wait_ms };
+        let request = api::AcquireRequest { header: self.inner.header(), handle: self.id, mode: mode.to_proto(), wait_ms };
         // The call itself waits, so its attempts may last as long.
         let attempt = wait + self.inner.options.attempt_timeout;
         let events = self.inner.events.subscribe();
@@ -273,7 +273,7 @@ impl Handle {
 
     /// Takes the node's lock if it is free now ([`Error::LockHeld`] if not).
     pub async fn try_acquire(&self, mode: LockMode) -> Result<Lock, Error> {
-        let request = pb::AcquireRequest { header: self.inner.header(), handle: self.id, mode: mode.to_proto(), wait_ms: 0 };
+        let request = api::AcquireRequest { header: self.inner.header(), handle: self.id, mode: mode.to_proto(), wait_ms: 0 };
         let events = self.inner.events.subscribe();
         let answer = self
             .inner
@@ -288,7 +288,7 @@ impl Handle {
     /// The lock granted with `sequencer`, followed from the `events` of the
     /// session subscribed to before the grant was asked for (so a deletion
     /// right after the grant is not missed).
-    fn lock_from(&self, sequencer: Option<pb::Sequencer>, events: broadcast::Receiver<Event>) -> Result<Lock, Error> {
+    fn lock_from(&self, sequencer: Option<api::Sequencer>, events: broadcast::Receiver<Event>) -> Result<Lock, Error> {
         let sequencer = sequencer.ok_or_else(|| Error::Unexpected("a lock without a sequencer".into()))?;
         let (states, state) = watch::channel(LockState::Held);
         tokio::spawn(follow_lock(states, self.clone(), sequencer.clone(), events));
@@ -296,9 +296,9 @@ impl Handle {
     }
 
     /// Makes this handle's later calls fail once `sequencer` is stale.
-    pub async fn set_sequencer(&self, sequencer: &pb::Sequencer) -> Result<(), Error> {
+    pub async fn set_sequencer(&self, sequencer: &api::Sequencer) -> Result<(), Error> {
         let request =
-            pb::SetSequencerRequest { header: self.inner.header(), handle: self.id, sequencer: Some(sequencer.clone()) };
+            api::SetSequencerRequest { header: self.inner.header(), handle: self.id, sequencer: Some(sequencer.clone()) };
         self.inner
             .call(move |mut cell| {
                 let request = request.clone();
@@ -360,7 +360,7 @@ impl Handle {
 
     /// Closes the handle (releasing a lock it holds).
     pub async fn close(self) -> Result<(), Error> {
-        let request = pb::CloseRequest { header: self.inner.header(), handle: self.id };
+        let request = api::CloseRequest { header: self.inner.header(), handle: self.id };
         self.inner
             .call(move |mut cell| {
                 let request = request.clone();
@@ -438,7 +438,7 @@ impl LockState {
 #[derive(Debug, Clone)]
 pub struct Lock {
     handle: Handle,
-    sequencer: pb::Sequencer,
+    sequencer: api::Sequencer,
     /// Kept by [`follow_lock`]; the worst of it and the session's state is
     /// the lock's.
     state: watch::Receiver<LockState>,
@@ -446,7 +446,7 @@ pub struct Lock {
 
 impl Lock {
     /// The sequencer of this holding.
-    pub fn sequencer(&self) -> &pb::Sequencer {
+    pub fn sequencer(&self) -> &api::Sequencer {
         &self.sequencer
     }
 
@@ -524,7 +524,7 @@ impl Lock {
 
     /// Gives the lock up.
     pub async fn release(self) -> Result<(), Error> {
-        let request = pb::ReleaseRequest { header: self.handle.inner.header(), handle: self.handle.id };
+        let request = api::ReleaseRequest { header: self.handle.inner.header(), handle: self.handle.id };
         self.handle
             .inner
             .call(move |mut cell| {
@@ -548,7 +548,7 @@ type Recheck = Pin<Box<dyn Future<Output = Result<bool, Error>> + Send>>;
 /// gap in the events (missed, lagged) or a master failover it asks the cell
 /// whether the sequencer is still current. Ends when the lock is lost or
 /// when every copy of the [`Lock`] is dropped.
-async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer: pb::Sequencer, mut events: broadcast::Receiver<Event>) {
+async fn follow_lock(states: watch::Sender<LockState>, handle: Handle, sequencer: api::Sequencer, mut events: broadcast::Receiver<Event>) {
     let inner = handle.inner.clone();
     let mut session = inner.state.subscribe();
     let mut deleted = false;

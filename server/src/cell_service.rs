@@ -28,9 +28,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gaios_paxos::{Ballot, ReplicaId};
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_server::{Cell, CellServer};
-use gaios_proto::v1 as wire;
+use gaios_proto::state::v1 as wire;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -151,7 +151,7 @@ impl CellService {
     }
 
     /// Proposes a session's mutating call.
-    async fn call(&self, header: Option<pb::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
+    async fn call(&self, header: Option<api::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
         let header = header.ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
         self.authorize(header.session_id, &header.session_secret)?;
         if header.request_number == 0 {
@@ -167,11 +167,11 @@ impl CellService {
     }
 }
 
-fn ballot(ballot: Ballot) -> Option<pb::Ballot> {
-    (ballot != Ballot::ZERO).then_some(pb::Ballot { round: ballot.round, replica: ballot.replica })
+fn ballot(ballot: Ballot) -> Option<api::Ballot> {
+    (ballot != Ballot::ZERO).then_some(api::Ballot { round: ballot.round, replica: ballot.replica })
 }
 
-fn handle_ref(handle: Option<pb::HandleRef>) -> Result<pb::HandleRef, Status> {
+fn handle_ref(handle: Option<api::HandleRef>) -> Result<api::HandleRef, Status> {
     let handle = handle.ok_or_else(|| Status::invalid_argument("the handle is missing"))?;
     if handle.session_id == 0 || handle.handle == 0 {
         return Err(Status::invalid_argument("session_id and handle must be set"));
@@ -203,14 +203,14 @@ fn expect_done(outcome: Outcome) -> Result<(), Status> {
     }
 }
 
-fn acquired_sequencer(outcome: &Outcome) -> Option<pb::Sequencer> {
+fn acquired_sequencer(outcome: &Outcome) -> Option<api::Sequencer> {
     match &outcome.result {
         Some(wire::outcome::Result::Acquired(acquired)) => acquired.sequencer.clone(),
         _ => None,
     }
 }
 
-fn validate_acquire(request: &pb::AcquireRequest) -> Result<(), Status> {
+fn validate_acquire(request: &api::AcquireRequest) -> Result<(), Status> {
     if mode_from_proto(request.mode).is_none() {
         return Err(Status::invalid_argument("lock mode must be LOCK_MODE_EXCLUSIVE or LOCK_MODE_SHARED"));
     }
@@ -227,14 +227,14 @@ fn validate_acquire(request: &pb::AcquireRequest) -> Result<(), Status> {
 impl Cell for CellService {
     async fn find_master(
         &self,
-        _request: Request<pb::FindMasterRequest>,
-    ) -> Result<Response<pb::FindMasterResponse>, Status> {
+        _request: Request<api::FindMasterRequest>,
+    ) -> Result<Response<api::FindMasterResponse>, Status> {
         let status = self.status.borrow().clone();
         let master_ballot = match status.role {
             Role::Master => status.own_ballot.unwrap_or(status.promised),
             Role::Follower | Role::Candidate => status.promised,
         };
-        Ok(Response::new(pb::FindMasterResponse {
+        Ok(Response::new(api::FindMasterResponse {
             master_id: status.master.unwrap_or(0),
             master_client_address: self.client_address(status.master),
             ballot: ballot(master_ballot),
@@ -242,12 +242,12 @@ impl Cell for CellService {
         }))
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _request: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
         let status = self.status.borrow().clone();
         let role = match status.role {
-            Role::Follower => pb::Role::Follower,
-            Role::Candidate => pb::Role::Candidate,
-            Role::Master => pb::Role::Master,
+            Role::Follower => api::Role::Follower,
+            Role::Candidate => api::Role::Candidate,
+            Role::Master => api::Role::Master,
         };
         let (sessions, nodes, locks_held) = {
             let state = self.shared.state();
@@ -257,7 +257,7 @@ impl Cell for CellService {
             .lease_valid_until
             .map(|until| until.saturating_duration_since(Instant::now()).as_millis())
             .map_or(0, |ms| u64::try_from(ms).unwrap_or(u64::MAX));
-        Ok(Response::new(pb::StatusResponse {
+        Ok(Response::new(api::StatusResponse {
             id: status.id,
             role: role.into(),
             promised: ballot(status.promised),
@@ -271,7 +271,7 @@ impl Cell for CellService {
             members: self
                 .members
                 .iter()
-                .map(|peer| pb::Member {
+                .map(|peer| api::Member {
                     id: peer.id,
                     client_address: peer.client_address.to_string(),
                     peer_address: peer.peer_address.to_string(),
@@ -291,8 +291,8 @@ impl Cell for CellService {
 
     async fn create_session(
         &self,
-        request: Request<pb::CreateSessionRequest>,
-    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        request: Request<api::CreateSessionRequest>,
+    ) -> Result<Response<api::CreateSessionResponse>, Status> {
         let request = request.into_inner();
         if request.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(Status::invalid_argument(format!("client_name over {CLIENT_NAME_BYTES_MAX} bytes")));
@@ -309,18 +309,18 @@ impl Cell for CellService {
             return Err(unexpected(&outcome));
         };
         self.shared.leases().grant(created.session_id, Instant::now());
-        Ok(Response::new(pb::CreateSessionResponse {
+        Ok(Response::new(api::CreateSessionResponse {
             session_id: created.session_id,
             lease_ms: duration_ms(self.shared.session_lease),
             session_secret,
         }))
     }
 
-    type KeepAliveStream = ReceiverStream<Result<pb::KeepAliveResponse, Status>>;
+    type KeepAliveStream = ReceiverStream<Result<api::KeepAliveResponse, Status>>;
 
     async fn keep_alive(
         &self,
-        request: Request<Streaming<pb::KeepAliveRequest>>,
+        request: Request<Streaming<api::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let inbound = request.into_inner();
         let (outbound, stream) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
@@ -330,18 +330,18 @@ impl Cell for CellService {
 
     async fn close_session(
         &self,
-        request: Request<pb::CloseSessionRequest>,
-    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        request: Request<api::CloseSessionRequest>,
+    ) -> Result<Response<api::CloseSessionResponse>, Status> {
         let request = request.into_inner();
         let session_id = request.session_id;
         self.authorize(session_id, &request.session_secret)?;
         let end = wire::EndSession { session_id, expired: false, session_secret: request.session_secret };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
         self.shared.leases().forget(session_id);
-        Ok(Response::new(pb::CloseSessionResponse {}))
+        Ok(Response::new(api::CloseSessionResponse {}))
     }
 
-    async fn open(&self, request: Request<pb::OpenRequest>) -> Result<Response<pb::OpenResponse>, Status> {
+    async fn open(&self, request: Request<api::OpenRequest>) -> Result<Response<api::OpenResponse>, Status> {
         let mut request = request.into_inner();
         Path::parse(&request.path).map_err(|error| bad_path(&error))?;
         contents_fit(&request.initial_contents)?;
@@ -351,7 +351,7 @@ impl Cell for CellService {
         if request.event_mask & !EVENT_MASK_ALL != 0 {
             return Err(Status::invalid_argument(format!("unknown bits in event_mask {:#x}", request.event_mask)));
         }
-        if pb::NodeKind::try_from(request.kind).is_err() {
+        if api::NodeKind::try_from(request.kind).is_err() {
             return Err(Status::invalid_argument(format!("unknown node kind {}", request.kind)));
         }
         let header = request.header.take();
@@ -362,43 +362,43 @@ impl Cell for CellService {
         }
     }
 
-    async fn close(&self, request: Request<pb::CloseRequest>) -> Result<Response<pb::CloseResponse>, Status> {
+    async fn close(&self, request: Request<api::CloseRequest>) -> Result<Response<api::CloseResponse>, Status> {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Close(request)).await?)?;
-        Ok(Response::new(pb::CloseResponse {}))
+        Ok(Response::new(api::CloseResponse {}))
     }
 
     async fn get_contents_and_stat(
         &self,
-        request: Request<pb::GetContentsAndStatRequest>,
-    ) -> Result<Response<pb::GetContentsAndStatResponse>, Status> {
+        request: Request<api::GetContentsAndStatRequest>,
+    ) -> Result<Response<api::GetContentsAndStatResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
         let (contents, stat) =
             self.shared.state().get_contents_and_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(pb::GetContentsAndStatResponse { contents, stat: Some(stat) }))
+        Ok(Response::new(api::GetContentsAndStatResponse { contents, stat: Some(stat) }))
     }
 
-    async fn get_stat(&self, request: Request<pb::GetStatRequest>) -> Result<Response<pb::GetStatResponse>, Status> {
+    async fn get_stat(&self, request: Request<api::GetStatRequest>) -> Result<Response<api::GetStatResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
         let stat = self.shared.state().get_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(pb::GetStatResponse { stat: Some(stat) }))
+        Ok(Response::new(api::GetStatResponse { stat: Some(stat) }))
     }
 
-    async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirResponse>, Status> {
+    async fn read_dir(&self, request: Request<api::ReadDirRequest>) -> Result<Response<api::ReadDirResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
         let (names, stat) =
             self.shared.state().read_dir(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(pb::ReadDirResponse { names, stat: Some(stat) }))
+        Ok(Response::new(api::ReadDirResponse { names, stat: Some(stat) }))
     }
 
     async fn set_contents(
         &self,
-        request: Request<pb::SetContentsRequest>,
-    ) -> Result<Response<pb::SetContentsResponse>, Status> {
+        request: Request<api::SetContentsRequest>,
+    ) -> Result<Response<api::SetContentsResponse>, Status> {
         let mut request = request.into_inner();
         contents_fit(&request.contents)?;
         let header = request.header.take();
@@ -409,14 +409,14 @@ impl Cell for CellService {
         }
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<api::DeleteRequest>) -> Result<Response<api::DeleteResponse>, Status> {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Delete(request)).await?)?;
-        Ok(Response::new(pb::DeleteResponse {}))
+        Ok(Response::new(api::DeleteResponse {}))
     }
 
-    async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+    async fn acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
         let mut request = request.into_inner();
         validate_acquire(&request)?;
         let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
@@ -450,39 +450,39 @@ impl Cell for CellService {
         result.map(Response::new)
     }
 
-    async fn try_acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+    async fn try_acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
         let mut request = request.into_inner();
         validate_acquire(&request)?;
         let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::TryAcquire(request)).await?;
         match acquired_sequencer(&outcome) {
-            Some(sequencer) => Ok(Response::new(pb::AcquireResponse { sequencer: Some(sequencer) })),
+            Some(sequencer) => Ok(Response::new(api::AcquireResponse { sequencer: Some(sequencer) })),
             None => Err(unexpected(&outcome)),
         }
     }
 
-    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(&self, request: Request<api::ReleaseRequest>) -> Result<Response<api::ReleaseResponse>, Status> {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::Release(request)).await?)?;
-        Ok(Response::new(pb::ReleaseResponse {}))
+        Ok(Response::new(api::ReleaseResponse {}))
     }
 
     async fn get_sequencer(
         &self,
-        request: Request<pb::GetSequencerRequest>,
-    ) -> Result<Response<pb::GetSequencerResponse>, Status> {
+        request: Request<api::GetSequencerRequest>,
+    ) -> Result<Response<api::GetSequencerResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
         self.check_can_read()?;
         let sequencer =
             self.shared.state().get_sequencer(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(pb::GetSequencerResponse { sequencer: Some(sequencer) }))
+        Ok(Response::new(api::GetSequencerResponse { sequencer: Some(sequencer) }))
     }
 
     async fn check_sequencer(
         &self,
-        request: Request<pb::CheckSequencerRequest>,
-    ) -> Result<Response<pb::CheckSequencerResponse>, Status> {
+        request: Request<api::CheckSequencerRequest>,
+    ) -> Result<Response<api::CheckSequencerResponse>, Status> {
         let sequencer = request.into_inner().sequencer.ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
         Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
         if mode_from_proto(sequencer.mode).is_none() {
@@ -494,14 +494,14 @@ impl Cell for CellService {
 
     async fn set_sequencer(
         &self,
-        request: Request<pb::SetSequencerRequest>,
-    ) -> Result<Response<pb::SetSequencerResponse>, Status> {
+        request: Request<api::SetSequencerRequest>,
+    ) -> Result<Response<api::SetSequencerResponse>, Status> {
         let mut request = request.into_inner();
         let sequencer = request.sequencer.as_ref().ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
         Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
         let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
-        Ok(Response::new(pb::SetSequencerResponse {}))
+        Ok(Response::new(api::SetSequencerResponse {}))
     }
 }
 
@@ -510,14 +510,14 @@ impl CellService {
     /// lock (see [`CellService::wait_for_lock`]).
     async fn acquire_and_wait(
         &self,
-        header: pb::RequestHeader,
-        request: pb::AcquireRequest,
+        header: api::RequestHeader,
+        request: api::AcquireRequest,
         wait: &wire::CancelWait,
         deadline: Instant,
-    ) -> Result<pb::AcquireResponse, Status> {
+    ) -> Result<api::AcquireResponse, Status> {
         let outcome = self.call(Some(header), wire::session_call::Call::Acquire(request)).await?;
         if let Some(sequencer) = acquired_sequencer(&outcome) {
-            return Ok(pb::AcquireResponse { sequencer: Some(sequencer) });
+            return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
         }
         if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
             return Err(unexpected(&outcome));
@@ -534,7 +534,7 @@ impl CellService {
     /// The state is read only after checking that this replica can serve:
     /// a deposed master's applied state may still show a grant that is
     /// gone (the node deleted, the session expired on the new master).
-    async fn wait_for_lock(&self, wait: &wire::CancelWait, deadline: Instant) -> Result<pb::AcquireResponse, Status> {
+    async fn wait_for_lock(&self, wait: &wire::CancelWait, deadline: Instant) -> Result<api::AcquireResponse, Status> {
         let (session_id, handle) = (wait.session_id, wait.handle);
         let mut applied = self.shared.watch_applied();
         loop {
@@ -542,7 +542,7 @@ impl CellService {
             {
                 let state = self.shared.state();
                 if let Some(sequencer) = state.holding(session_id, handle) {
-                    return Ok(pb::AcquireResponse { sequencer: Some(sequencer) });
+                    return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
                 }
                 if !state.is_waiting(session_id, handle) {
                     return Err(Status::failed_precondition(
@@ -562,7 +562,7 @@ impl CellService {
         let outcome = self.propose(wire::command::Kind::CancelWait(wire::CancelWait { keep_granted: true, ..wait.clone() })).await?;
         match acquired_sequencer(&outcome) {
             // Granted just before the cancel was applied.
-            Some(sequencer) => Ok(pb::AcquireResponse { sequencer: Some(sequencer) }),
+            Some(sequencer) => Ok(api::AcquireResponse { sequencer: Some(sequencer) }),
             None => Err(Status::deadline_exceeded("the lock was not granted within wait_ms; no longer waiting")),
         }
     }
@@ -571,8 +571,8 @@ impl CellService {
     /// and acknowledges events; events are pushed as they are applied.
     async fn keep_alive_loop(
         self,
-        mut inbound: Streaming<pb::KeepAliveRequest>,
-        outbound: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+        mut inbound: Streaming<api::KeepAliveRequest>,
+        outbound: mpsc::Sender<Result<api::KeepAliveResponse, Status>>,
     ) {
         let mut session = None;
         let mut sent_through = 0;
@@ -593,7 +593,7 @@ impl CellService {
                                 if let Some(last) = events.last() {
                                     sent_through = sent_through.max(last.number);
                                 }
-                                Ok(pb::KeepAliveResponse { lease_ms, events })
+                                Ok(api::KeepAliveResponse { lease_ms, events })
                             }
                             Err(status) => Err(status),
                         }
@@ -619,7 +619,7 @@ impl CellService {
                             // rather than wait for the next change.
                             receiver.mark_changed();
                         }
-                        Ok(pb::KeepAliveResponse { lease_ms: 0, events })
+                        Ok(api::KeepAliveResponse { lease_ms: 0, events })
                     } else if !open {
                         Err(Status::failed_precondition(format!("session {session_id} has ended (expired or closed)")))
                     } else {
@@ -640,7 +640,7 @@ impl CellService {
 
     /// One KeepAlive request: checks, extends the lease, trims and returns
     /// the events the client has not acknowledged.
-    fn keep_alive_once(&self, session: &mut Option<u64>, request: &pb::KeepAliveRequest) -> Result<Vec<pb::Event>, Status> {
+    fn keep_alive_once(&self, session: &mut Option<u64>, request: &api::KeepAliveRequest) -> Result<Vec<api::Event>, Status> {
         if request.session_id == 0 {
             return Err(Status::invalid_argument("session_id 0 names no session"));
         }
@@ -722,9 +722,9 @@ mod tests {
         let call = |number, call| {
             Kind::Call(wire::SessionCall { session_id: 1, request_number: number, session_secret: secret.clone(), call: Some(call) })
         };
-        let open = pb::OpenRequest { path: "/lock".into(), create: true, ..Default::default() };
+        let open = api::OpenRequest { path: "/lock".into(), create: true, ..Default::default() };
         apply(&mut state, call(1, Call::Open(open)));
-        let acquire = pb::AcquireRequest { handle: 1, mode: pb::LockMode::Exclusive as i32, ..Default::default() };
+        let acquire = api::AcquireRequest { handle: 1, mode: api::LockMode::Exclusive as i32, ..Default::default() };
         apply(&mut state, call(2, Call::TryAcquire(acquire)));
         assert!(state.holding(1, 1).is_some());
         (state, 1, secret, 1)
@@ -760,7 +760,7 @@ mod tests {
         let (state, session, secret, _) = state_with_a_holding();
         let valid = Instant::now().checked_add(Duration::from_secs(60));
         let (service, _status, _proposals) = service(state, status(Role::Master, valid));
-        let request = pb::KeepAliveRequest { session_id: session, acknowledged_event: 0, session_secret: secret };
+        let request = api::KeepAliveRequest { session_id: session, acknowledged_event: 0, session_secret: secret };
         let ran_out = Instant::now().checked_sub(Duration::from_millis(1)).expect("an instant in the past");
         service.shared.leases().grant(session, ran_out - Duration::from_secs(10));
         let refused = service.keep_alive_once(&mut None, &request).expect_err("a lease that ran out was renewed");

@@ -10,7 +10,7 @@
 
 use gaios_paxos::message::{Message, NackReason};
 use gaios_paxos::types::{Ballot, Entry, HardState, ReplicaId, Snapshot, Value};
-use gaios_proto::v1 as pb;
+use gaios_proto::replica::v1 as peer;
 
 /// Why a protobuf record or message could not become a core type.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,8 +59,8 @@ pub struct AddressedMessage {
 }
 
 /// Encodes a ballot.
-pub fn encode_ballot(ballot: Ballot) -> pb::Ballot {
-    pb::Ballot {
+pub fn encode_ballot(ballot: Ballot) -> peer::Ballot {
+    peer::Ballot {
         round: ballot.round,
         replica: ballot.replica,
     }
@@ -69,7 +69,7 @@ pub fn encode_ballot(ballot: Ballot) -> pb::Ballot {
 /// Decodes a ballot that a message must carry; `field` names it in the error
 /// if it is absent.
 pub fn decode_ballot(
-    ballot: Option<pb::Ballot>,
+    ballot: Option<peer::Ballot>,
     field: &'static str,
 ) -> Result<Ballot, CodecError> {
     let ballot = ballot.ok_or(CodecError::Missing(field))?;
@@ -77,28 +77,28 @@ pub fn decode_ballot(
 }
 
 /// Encodes the value of one slot.
-pub fn encode_value(value: &Value) -> pb::Value {
+pub fn encode_value(value: &Value) -> peer::Value {
     let kind = match value {
-        Value::Noop => pb::value::Kind::Noop(pb::value::Noop {}),
-        Value::Batch(commands) => pb::value::Kind::Batch(pb::value::Batch {
+        Value::Noop => peer::value::Kind::Noop(peer::value::Noop {}),
+        Value::Batch(commands) => peer::value::Kind::Batch(peer::value::Batch {
             commands: commands.clone(),
         }),
     };
-    pb::Value { kind: Some(kind) }
+    peer::Value { kind: Some(kind) }
 }
 
 /// Decodes the value of one slot; a value with no kind set is an error, not
 /// a no-op, so that a truncated record is never mistaken for a real one.
-pub fn decode_value(value: pb::Value) -> Result<Value, CodecError> {
+pub fn decode_value(value: peer::Value) -> Result<Value, CodecError> {
     match value.kind.ok_or(CodecError::Missing("Value.kind"))? {
-        pb::value::Kind::Noop(pb::value::Noop {}) => Ok(Value::Noop),
-        pb::value::Kind::Batch(batch) => Ok(Value::Batch(batch.commands)),
+        peer::value::Kind::Noop(peer::value::Noop {}) => Ok(Value::Noop),
+        peer::value::Kind::Batch(batch) => Ok(Value::Batch(batch.commands)),
     }
 }
 
 /// Encodes a log entry.
-pub fn encode_entry(entry: &Entry) -> pb::Entry {
-    pb::Entry {
+pub fn encode_entry(entry: &Entry) -> peer::Entry {
+    peer::Entry {
         slot: entry.slot,
         ballot: Some(encode_ballot(entry.ballot)),
         value: Some(encode_value(&entry.value)),
@@ -107,7 +107,7 @@ pub fn encode_entry(entry: &Entry) -> pb::Entry {
 
 /// Decodes a log entry; its ballot and value are required and its slot must
 /// be at least 1.
-pub fn decode_entry(entry: pb::Entry) -> Result<Entry, CodecError> {
+pub fn decode_entry(entry: peer::Entry) -> Result<Entry, CodecError> {
     if entry.slot == 0 {
         return Err(CodecError::ZeroSlot);
     }
@@ -118,17 +118,17 @@ pub fn decode_entry(entry: pb::Entry) -> Result<Entry, CodecError> {
     })
 }
 
-fn encode_entries(entries: &[Entry]) -> Vec<pb::Entry> {
+fn encode_entries(entries: &[Entry]) -> Vec<peer::Entry> {
     entries.iter().map(encode_entry).collect()
 }
 
-fn decode_entries(entries: Vec<pb::Entry>) -> Result<Vec<Entry>, CodecError> {
+fn decode_entries(entries: Vec<peer::Entry>) -> Result<Vec<Entry>, CodecError> {
     entries.into_iter().map(decode_entry).collect()
 }
 
 /// Encodes the acceptor's hard state.
-pub fn encode_hard_state(hard_state: &HardState) -> pb::HardState {
-    pb::HardState {
+pub fn encode_hard_state(hard_state: &HardState) -> peer::HardState {
+    peer::HardState {
         promised: Some(encode_ballot(hard_state.promised)),
         chosen_through: hard_state.chosen_through,
     }
@@ -136,7 +136,7 @@ pub fn encode_hard_state(hard_state: &HardState) -> pb::HardState {
 
 /// Decodes the acceptor's hard state; the promised ballot is required, since
 /// defaulting it to zero would silently forget a promise.
-pub fn decode_hard_state(hard_state: pb::HardState) -> Result<HardState, CodecError> {
+pub fn decode_hard_state(hard_state: peer::HardState) -> Result<HardState, CodecError> {
     Ok(HardState {
         promised: decode_ballot(hard_state.promised, "HardState.promised")?,
         chosen_through: hard_state.chosen_through,
@@ -144,15 +144,15 @@ pub fn decode_hard_state(hard_state: pb::HardState) -> Result<HardState, CodecEr
 }
 
 /// Encodes a snapshot with its data, as `InstallSnapshot` carries it.
-pub fn encode_snapshot(snapshot: &Snapshot) -> pb::Snapshot {
-    pb::Snapshot {
+pub fn encode_snapshot(snapshot: &Snapshot) -> peer::Snapshot {
+    peer::Snapshot {
         slot: snapshot.slot,
         data: snapshot.data.clone(),
     }
 }
 
 /// Decodes a snapshot with its data.
-pub fn decode_snapshot(snapshot: pb::Snapshot) -> Snapshot {
+pub fn decode_snapshot(snapshot: peer::Snapshot) -> Snapshot {
     Snapshot {
         slot: snapshot.slot,
         data: snapshot.data,
@@ -160,10 +160,10 @@ pub fn decode_snapshot(snapshot: pb::Snapshot) -> Snapshot {
 }
 
 /// Encodes one protocol message with its sender and destination.
-pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::PaxosMessage {
-    use pb::paxos_message::Body;
+pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> peer::PaxosMessage {
+    use peer::paxos_message::Body;
     let body = match message {
-        Message::Prepare { ballot, from_slot } => Body::Prepare(pb::Prepare {
+        Message::Prepare { ballot, from_slot } => Body::Prepare(peer::Prepare {
             ballot: Some(encode_ballot(*ballot)),
             from_slot: *from_slot,
         }),
@@ -173,7 +173,7 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
             entries,
             part,
             parts,
-        } => Body::Promise(pb::Promise {
+        } => Body::Promise(peer::Promise {
             ballot: Some(encode_ballot(*ballot)),
             chosen_through: *chosen_through,
             entries: encode_entries(entries),
@@ -184,12 +184,12 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
             ballot,
             entries,
             chosen_through,
-        } => Body::Accept(pb::Accept {
+        } => Body::Accept(peer::Accept {
             ballot: Some(encode_ballot(*ballot)),
             entries: encode_entries(entries),
             chosen_through: *chosen_through,
         }),
-        Message::Accepted { ballot, slots } => Body::Accepted(pb::Accepted {
+        Message::Accepted { ballot, slots } => Body::Accepted(peer::Accepted {
             ballot: Some(encode_ballot(*ballot)),
             slots: slots.clone(),
         }),
@@ -197,12 +197,12 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
             ballot,
             chosen_through,
             sent_tick,
-        } => Body::Heartbeat(pb::Heartbeat {
+        } => Body::Heartbeat(peer::Heartbeat {
             ballot: Some(encode_ballot(*ballot)),
             chosen_through: *chosen_through,
             sent_tick: *sent_tick,
         }),
-        Message::HeartbeatAck { ballot, sent_tick } => Body::HeartbeatAck(pb::HeartbeatAck {
+        Message::HeartbeatAck { ballot, sent_tick } => Body::HeartbeatAck(peer::HeartbeatAck {
             ballot: Some(encode_ballot(*ballot)),
             sent_tick: *sent_tick,
         }),
@@ -210,29 +210,29 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
             ballot,
             promised,
             reason,
-        } => Body::Nack(pb::Nack {
+        } => Body::Nack(peer::Nack {
             ballot: Some(encode_ballot(*ballot)),
             promised: Some(encode_ballot(*promised)),
             reason: Some(encode_nack_reason(*reason)),
         }),
-        Message::CatchUpRequest { from_slot } => Body::CatchUpRequest(pb::CatchUpRequest {
+        Message::CatchUpRequest { from_slot } => Body::CatchUpRequest(peer::CatchUpRequest {
             from_slot: *from_slot,
         }),
-        Message::CatchUp { entries } => Body::CatchUp(pb::CatchUp {
+        Message::CatchUp { entries } => Body::CatchUp(peer::CatchUp {
             entries: encode_entries(entries),
         }),
-        Message::InstallSnapshot { snapshot } => Body::InstallSnapshot(pb::InstallSnapshot {
+        Message::InstallSnapshot { snapshot } => Body::InstallSnapshot(peer::InstallSnapshot {
             snapshot: Some(encode_snapshot(snapshot)),
         }),
-        Message::PreVote { ballot } => Body::PreVote(pb::PreVote {
+        Message::PreVote { ballot } => Body::PreVote(peer::PreVote {
             ballot: Some(encode_ballot(*ballot)),
         }),
-        Message::PreVoteReply { ballot, granted } => Body::PreVoteReply(pb::PreVoteReply {
+        Message::PreVoteReply { ballot, granted } => Body::PreVoteReply(peer::PreVoteReply {
             ballot: Some(encode_ballot(*ballot)),
             granted: *granted,
         }),
     };
-    pb::PaxosMessage {
+    peer::PaxosMessage {
         from,
         to,
         body: Some(body),
@@ -241,21 +241,21 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> pb::
     }
 }
 
-fn encode_nack_reason(reason: NackReason) -> pb::nack::Reason {
+fn encode_nack_reason(reason: NackReason) -> peer::nack::Reason {
     match reason {
-        NackReason::HigherBallot => pb::nack::Reason::HigherBallot(pb::nack::HigherBallot {}),
-        NackReason::LeaseHeld => pb::nack::Reason::LeaseHeld(pb::nack::LeaseHeld {}),
+        NackReason::HigherBallot => peer::nack::Reason::HigherBallot(peer::nack::HigherBallot {}),
+        NackReason::LeaseHeld => peer::nack::Reason::LeaseHeld(peer::nack::LeaseHeld {}),
         NackReason::Behind { chosen_through } => {
-            pb::nack::Reason::Behind(pb::nack::Behind { chosen_through })
+            peer::nack::Reason::Behind(peer::nack::Behind { chosen_through })
         }
     }
 }
 
-fn decode_nack_reason(reason: Option<pb::nack::Reason>) -> Result<NackReason, CodecError> {
+fn decode_nack_reason(reason: Option<peer::nack::Reason>) -> Result<NackReason, CodecError> {
     Ok(match reason.ok_or(CodecError::Missing("Nack.reason"))? {
-        pb::nack::Reason::HigherBallot(pb::nack::HigherBallot {}) => NackReason::HigherBallot,
-        pb::nack::Reason::LeaseHeld(pb::nack::LeaseHeld {}) => NackReason::LeaseHeld,
-        pb::nack::Reason::Behind(pb::nack::Behind { chosen_through }) => {
+        peer::nack::Reason::HigherBallot(peer::nack::HigherBallot {}) => NackReason::HigherBallot,
+        peer::nack::Reason::LeaseHeld(peer::nack::LeaseHeld {}) => NackReason::LeaseHeld,
+        peer::nack::Reason::Behind(peer::nack::Behind { chosen_through }) => {
             NackReason::Behind { chosen_through }
         }
     })
@@ -264,8 +264,8 @@ fn decode_nack_reason(reason: Option<pb::nack::Reason>) -> Result<NackReason, Co
 /// Decodes one protocol message received from a peer. Every required
 /// submessage and `oneof` must be present; what is missing is named in the
 /// error so that a peer speaking a newer or broken protocol is easy to spot.
-pub fn decode_message(message: pb::PaxosMessage) -> Result<AddressedMessage, CodecError> {
-    use pb::paxos_message::Body;
+pub fn decode_message(message: peer::PaxosMessage) -> Result<AddressedMessage, CodecError> {
+    use peer::paxos_message::Body;
     let body = message
         .body
         .ok_or(CodecError::Missing("PaxosMessage.body"))?;
@@ -498,7 +498,7 @@ mod tests {
                 }
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let Ok(wire) = pb::PaxosMessage::decode(bytes.as_slice()) else { return false };
+                let Ok(wire) = peer::PaxosMessage::decode(bytes.as_slice()) else { return false };
                 let Ok(decoded) = decode_message(wire) else { return false };
                 for replica in [&mut follower, &mut master] {
                     replica.step(decoded.from, decoded.message.clone());
@@ -561,7 +561,7 @@ mod tests {
     fn every_message_round_trips_through_bytes() -> Result<(), Box<dyn std::error::Error>> {
         for message in every_message() {
             let bytes = encode_message(4, 5, &message).encode_to_vec();
-            let decoded = decode_message(pb::PaxosMessage::decode(bytes.as_slice())?)?;
+            let decoded = decode_message(peer::PaxosMessage::decode(bytes.as_slice())?)?;
             assert_eq!(
                 decoded,
                 AddressedMessage {
@@ -606,7 +606,7 @@ mod tests {
     /// `oneof`, is refused with the name of what is missing.
     #[test]
     fn malformed_messages_are_refused() {
-        let no_body = pb::PaxosMessage {
+        let no_body = peer::PaxosMessage {
             from: 1,
             to: 2,
             body: None,
@@ -617,10 +617,10 @@ mod tests {
             Err(CodecError::Missing("PaxosMessage.body"))
         );
 
-        let prepare_without_ballot = pb::PaxosMessage {
+        let prepare_without_ballot = peer::PaxosMessage {
             from: 1,
             to: 2,
-            body: Some(pb::paxos_message::Body::Prepare(pb::Prepare {
+            body: Some(peer::paxos_message::Body::Prepare(peer::Prepare {
                 ballot: None,
                 from_slot: 3,
             })),
@@ -640,7 +640,7 @@ mod tests {
                 reason: NackReason::LeaseHeld,
             },
         );
-        if let Some(pb::paxos_message::Body::Nack(body)) = nack.body.as_mut() {
+        if let Some(peer::paxos_message::Body::Nack(body)) = nack.body.as_mut() {
             body.reason = None;
         }
         assert_eq!(
@@ -657,8 +657,8 @@ mod tests {
                 chosen_through: 0,
             },
         );
-        if let Some(pb::paxos_message::Body::Accept(body)) = accept.body.as_mut() {
-            body.entries[1].value = Some(pb::Value { kind: None });
+        if let Some(peer::paxos_message::Body::Accept(body)) = accept.body.as_mut() {
+            body.entries[1].value = Some(peer::Value { kind: None });
         }
         assert_eq!(
             decode_message(accept),
@@ -666,10 +666,10 @@ mod tests {
         );
 
         for (part, parts) in [(0, 0), (3, 3), (u32::MAX, 1)] {
-            let promise = pb::PaxosMessage {
+            let promise = peer::PaxosMessage {
                 from: 1,
                 to: 2,
-                body: Some(pb::paxos_message::Body::Promise(pb::Promise {
+                body: Some(peer::paxos_message::Body::Promise(peer::Promise {
                     ballot: Some(encode_ballot(Ballot::new(1, 1))),
                     chosen_through: 0,
                     entries: vec![],
@@ -684,11 +684,11 @@ mod tests {
             );
         }
 
-        let install = pb::PaxosMessage {
+        let install = peer::PaxosMessage {
             from: 1,
             to: 2,
-            body: Some(pb::paxos_message::Body::InstallSnapshot(
-                pb::InstallSnapshot { snapshot: None },
+            body: Some(peer::paxos_message::Body::InstallSnapshot(
+                peer::InstallSnapshot { snapshot: None },
             )),
             ..Default::default()
         };
@@ -716,17 +716,17 @@ mod tests {
         );
         let zero = encode_entry(&entry(3, 1, Value::Noop));
         assert_eq!(
-            decode_entry(pb::Entry { slot: 0, ..zero }),
+            decode_entry(peer::Entry { slot: 0, ..zero }),
             Err(CodecError::ZeroSlot)
         );
         assert_eq!(
-            decode_hard_state(pb::HardState {
+            decode_hard_state(peer::HardState {
                 promised: None,
                 chosen_through: 1
             }),
             Err(CodecError::Missing("HardState.promised"))
         );
-        let garbage = decode_bytes::<pb::Entry>(&[0xff, 0xff, 0xff], "Entry");
+        let garbage = decode_bytes::<peer::Entry>(&[0xff, 0xff, 0xff], "Entry");
         assert!(matches!(
             garbage,
             Err(CodecError::Decode { what: "Entry", .. })

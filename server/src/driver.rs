@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gaios_paxos::{Ballot, Message, ProposeError as CoreProposeError, Ready, Replica, ReplicaId, RoleChange, Slot, Snapshot, StartError, Value};
-use gaios_proto::v1 as wire;
+use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;

@@ -24,7 +24,7 @@
 use bytes::Bytes;
 use gaios_paxos::ReplicaId;
 use gaios_proto::cell::v1 as api;
-use gaios_proto::v1 as wire;
+use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};

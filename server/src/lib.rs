@@ -5,7 +5,7 @@
 //!   machine: nodes, sessions, handles, locks, sequencers, events and the
 //!   at-most-once window, changed only by applying commands in slot order;
 //! - [`codec`] turns the core's types into the protobuf records and messages
-//!   of `gaios.v1` and back (rejecting malformed input with typed errors);
+//!   of `gaios.replica.v1` and back (rejecting malformed input with typed errors);
 //! - [`storage`] keeps the acceptor's promises, log and snapshot in one
 //!   RocksDB per replica and makes each `Ready` durable in one synced write;
 //! - [`transport`] carries protocol messages between replicas over the

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use gaios_proto::v1 as wire;
+use gaios_proto::state::v1 as wire;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::errors::ProposeError;

@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use gaios_proto::cell::v1 as api;
-use gaios_proto::v1 as wire;
+use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use tonic::Code;
 

@@ -4,12 +4,12 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `paxos` | `h` | the acceptor's [`HardState`] (`gaios.v1.HardState`) |
-//! | `paxos` | `l` + slot (8 bytes, big-endian) | one accepted [`Entry`](gaios_paxos::types::Entry) (`gaios.v1.Entry`); big-endian so keys sort by slot |
+//! | `paxos` | `h` | the acceptor's [`HardState`] (`gaios.replica.v1.HardState`) |
+//! | `paxos` | `l` + slot (8 bytes, big-endian) | one accepted [`Entry`](gaios_paxos::types::Entry) (`gaios.replica.v1.Entry`); big-endian so keys sort by slot |
 //! | `state` | (none yet) | reserved; the applied state is kept as the snapshot below |
-//! | `meta` | `identity` | the format version, the cell and replica that own the directory, its incarnation and the members `init` was given (`gaios.v1.DataDirIdentity`) |
-//! | `meta` | `snapshot` | the latest snapshot's slot and length (`gaios.v1.SnapshotMeta`) |
-//! | `meta` | `snapshot_data` | the latest snapshot's data, raw: the applied state (`gaios.v1.StateSnapshot`) at its slot |
+//! | `meta` | `identity` | the format version, the cell and replica that own the directory, its incarnation and the members `init` was given (`gaios.replica.v1.DataDirIdentity`) |
+//! | `meta` | `snapshot` | the latest snapshot's slot and length (`gaios.replica.v1.SnapshotMeta`) |
+//! | `meta` | `snapshot_data` | the latest snapshot's data, raw: the applied state (`gaios.state.v1.StateSnapshot`) at its slot |
 //! | `meta` | `applied` | an applied slot above the snapshot's, if a state machine records one (Gaios's does not: its state is rebuilt from the snapshot and the log after it) |
 //!
 //! # Write order
@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 use gaios_paxos::ready::Ready;
 use gaios_paxos::types::{Durable, HardState, ReplicaId, Slot, Snapshot};
-use gaios_proto::v1 as pb;
+use gaios_proto::replica::v1 as peer;
 use prost::Message as _;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ErrorKind, IteratorMode, Options,
@@ -533,7 +533,7 @@ impl Storage {
             }
             return Err(self.corrupt(Corruption::MissingIdentity));
         };
-        let record: pb::DataDirIdentity = decode_record(&self.dir, CF_META, IDENTITY_KEY, &bytes)?;
+        let record: peer::DataDirIdentity = decode_record(&self.dir, CF_META, IDENTITY_KEY, &bytes)?;
         if record.format_version == FORMAT_VERSION_BEFORE_INIT {
             return Err(StorageError::PredatesInit { dir: self.dir.clone(), found: record.format_version });
         }
@@ -585,7 +585,7 @@ impl Storage {
         let snapshot = match self.get(CF_META, SNAPSHOT_KEY)? {
             None => None,
             Some(bytes) => {
-                let meta: pb::SnapshotMeta =
+                let meta: peer::SnapshotMeta =
                     decode_record(&self.dir, CF_META, SNAPSHOT_KEY, &bytes)?;
                 let data = self.get(CF_META, SNAPSHOT_DATA_KEY)?;
                 let found = data.as_ref().map(|d| d.len() as u64);
@@ -689,7 +689,7 @@ impl Storage {
             );
         }
         if let Some(snapshot) = &ready.snapshot {
-            let record = pb::SnapshotMeta {
+            let record = peer::SnapshotMeta {
                 slot: snapshot.slot,
                 data_bytes: snapshot.data.len() as u64,
             };
@@ -818,8 +818,8 @@ fn sync_directory(dir: &Path) -> Result<(), StorageError> {
         .map_err(|source| StorageError::Io { dir: dir.to_path_buf(), source })
 }
 
-fn encode_init_record(record: &InitRecord) -> pb::DataDirIdentity {
-    pb::DataDirIdentity {
+fn encode_init_record(record: &InitRecord) -> peer::DataDirIdentity {
+    peer::DataDirIdentity {
         format_version: FORMAT_VERSION,
         cell_id: record.identity.cell_id.clone(),
         replica_id: record.identity.replica_id,
@@ -827,7 +827,7 @@ fn encode_init_record(record: &InitRecord) -> pb::DataDirIdentity {
         members: record
             .members
             .iter()
-            .map(|member| pb::CellMember {
+            .map(|member| peer::CellMember {
                 id: member.id,
                 peer_address: member.peer_address.to_string(),
                 client_address: member.client_address.to_string(),
@@ -1435,7 +1435,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         {
             let (db, _options) = open_db(dir.path(), OpenMode::Create)?;
-            let old = pb::DataDirIdentity {
+            let old = peer::DataDirIdentity {
                 format_version: FORMAT_VERSION_BEFORE_INIT,
                 cell_id: identity().cell_id,
                 replica_id: identity().replica_id,
@@ -1528,7 +1528,7 @@ mod tests {
     /// directory at open.
     #[test]
     fn bad_identity_records_are_refused() -> TestResult {
-        let unknown_version = pb::DataDirIdentity {
+        let unknown_version = peer::DataDirIdentity {
             format_version: FORMAT_VERSION + 1,
             ..encode_init_record(&record())
         }

@@ -41,9 +41,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gaios_paxos::{Message, ReplicaId};
-use gaios_proto::v1 as pb;
-use gaios_proto::v1::replica_client::ReplicaClient;
-use gaios_proto::v1::replica_server::{Replica as ReplicaRpc, ReplicaServer};
+use gaios_proto::replica::v1 as peer;
+use gaios_proto::replica::v1::replica_client::ReplicaClient;
+use gaios_proto::replica::v1::replica_server::{Replica as ReplicaRpc, ReplicaServer};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -106,8 +106,8 @@ pub struct Envelope {
 
 impl Envelope {
     /// `message` with this envelope's cell id and incarnation.
-    pub fn stamp(&self, message: pb::PaxosMessage) -> pb::PaxosMessage {
-        pb::PaxosMessage { cell_id: self.cell_id.clone(), incarnation: self.incarnation.get(), ..message }
+    pub fn stamp(&self, message: peer::PaxosMessage) -> peer::PaxosMessage {
+        peer::PaxosMessage { cell_id: self.cell_id.clone(), incarnation: self.incarnation.get(), ..message }
     }
 }
 
@@ -184,7 +184,7 @@ impl PeerService {
 
     /// Checks and decodes one message and offers it to the inbox; never
     /// blocks and never panics on bad input.
-    fn deliver(&self, remote: Option<SocketAddr>, message: pb::PaxosMessage) {
+    fn deliver(&self, remote: Option<SocketAddr>, message: peer::PaxosMessage) {
         if *message.cell_id != *self.cell_id {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             let dropped = self.stats.wrong_cell_dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -266,14 +266,14 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl ReplicaRpc for PeerService {
-    type ExchangeStream = ReceiverStream<Result<pb::PaxosBatch, Status>>;
+    type ExchangeStream = ReceiverStream<Result<peer::PaxosBatch, Status>>;
 
     /// Reads the peer's batches until the stream ends. Nothing is sent back on
     /// this stream (replies go over this replica's own connection to the
     /// peer); the response stays open for as long as the request does.
     async fn exchange(
         &self,
-        request: Request<Streaming<pb::PaxosBatch>>,
+        request: Request<Streaming<peer::PaxosBatch>>,
     ) -> Result<Response<Self::ExchangeStream>, Status> {
         let remote = request.remote_addr();
         let mut stream = request.into_inner();
@@ -305,7 +305,7 @@ impl ReplicaRpc for PeerService {
 pub struct Outbound {
     id: ReplicaId,
     envelope: Arc<Envelope>,
-    peers: Arc<BTreeMap<ReplicaId, mpsc::Sender<pb::PaxosMessage>>>,
+    peers: Arc<BTreeMap<ReplicaId, mpsc::Sender<peer::PaxosMessage>>>,
     stats: Arc<TransportStats>,
 }
 
@@ -352,7 +352,7 @@ async fn peer_task(
     id: ReplicaId,
     peer: ReplicaId,
     address: SocketAddr,
-    mut queue: mpsc::Receiver<pb::PaxosMessage>,
+    mut queue: mpsc::Receiver<peer::PaxosMessage>,
     stats: Arc<TransportStats>,
 ) {
     let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
@@ -406,7 +406,7 @@ pub enum ConnectError {
     Rpc(#[from] Status),
 }
 
-type Connection = (ReplicaClient<Channel>, mpsc::Sender<pb::PaxosBatch>, Streaming<pb::PaxosBatch>);
+type Connection = (ReplicaClient<Channel>, mpsc::Sender<peer::PaxosBatch>, Streaming<peer::PaxosBatch>);
 
 async fn connect(endpoint: &Endpoint) -> Result<Connection, ConnectError> {
     let channel = endpoint.connect().await?;
@@ -420,11 +420,11 @@ async fn connect(endpoint: &Endpoint) -> Result<Connection, ConnectError> {
 
 /// Streams batches on one connection until it fails or the queue closes.
 async fn stream_to_peer(
-    first: pb::PaxosMessage,
-    queue: &mut mpsc::Receiver<pb::PaxosMessage>,
+    first: peer::PaxosMessage,
+    queue: &mut mpsc::Receiver<peer::PaxosMessage>,
     _client: ReplicaClient<Channel>,
-    batches: mpsc::Sender<pb::PaxosBatch>,
-    mut responses: Streaming<pb::PaxosBatch>,
+    batches: mpsc::Sender<peer::PaxosBatch>,
+    mut responses: Streaming<peer::PaxosBatch>,
 ) {
     let mut next = Some(first);
     loop {
@@ -444,7 +444,7 @@ async fn stream_to_peer(
         // does (a snapshot), which then goes alone: a batch is never a large
         // message plus others, so it stays under MESSAGE_BYTES_MAX.
         let mut bytes = first.encoded_len();
-        let mut batch = pb::PaxosBatch { messages: vec![first] };
+        let mut batch = peer::PaxosBatch { messages: vec![first] };
         while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
             let Ok(message) = queue.try_recv() else { break };
             let size = message.encoded_len();
@@ -480,11 +480,11 @@ mod tests {
     }
 
     /// A heartbeat from `from`'s usual incarnation in the test cell.
-    fn heartbeat(from: ReplicaId, to: ReplicaId) -> pb::PaxosMessage {
+    fn heartbeat(from: ReplicaId, to: ReplicaId) -> peer::PaxosMessage {
         heartbeat_from(CELL, incarnation(from), from, to)
     }
 
-    fn heartbeat_from(cell_id: &str, incarnation: NonZeroU64, from: ReplicaId, to: ReplicaId) -> pb::PaxosMessage {
+    fn heartbeat_from(cell_id: &str, incarnation: NonZeroU64, from: ReplicaId, to: ReplicaId) -> peer::PaxosMessage {
         let message = Message::Heartbeat { ballot: Ballot::new(1, from), chosen_through: 0, sent_tick: 7 };
         Envelope { cell_id: cell_id.to_owned(), incarnation }.stamp(codec::encode_message(from, to, &message))
     }
@@ -569,7 +569,7 @@ mod tests {
     #[test]
     fn malformed_misrouted_and_foreign_messages_are_dropped() {
         let (service, mut inbox, stats) = service(4);
-        service.deliver(None, pb::PaxosMessage { from: 2, to: 1, body: None, ..heartbeat(2, 1) });
+        service.deliver(None, peer::PaxosMessage { from: 2, to: 1, body: None, ..heartbeat(2, 1) });
         service.deliver(None, heartbeat(2, 3)); // not for us
         service.deliver(None, heartbeat(9, 1)); // not a member
         service.deliver(None, heartbeat(1, 1)); // claims to be us

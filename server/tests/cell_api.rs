@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use gaios_tests::*;
 use tonic::Code;
 
@@ -132,7 +132,7 @@ async fn the_master_is_killed_and_nothing_acknowledged_is_lost() {
     let held = client
         .call(|mut c| {
             let handle = Some(session.handle(locked));
-            async move { c.get_sequencer(pb::GetSequencerRequest { handle }).await }
+            async move { c.get_sequencer(api::GetSequencerRequest { handle }).await }
         })
         .await
         .expect("the session still holds its lock");
@@ -164,7 +164,7 @@ async fn a_replica_that_was_down_catches_up_from_a_snapshot() {
         let all: Vec<usize> = (0..REPLICAS as usize).collect();
         let now = statuses(&cell, &all).await;
         let restarted = now.iter().find(|s| s.id == down_id);
-        let leader = now.iter().find(|s| s.role() == pb::Role::Master);
+        let leader = now.iter().find(|s| s.role() == api::Role::Master);
         if let (Some(restarted), Some(leader)) = (restarted, leader)
             && restarted.applied == leader.applied && restarted.applied > 4 * snapshot_every {
                 assert!(restarted.snapshot_slot > 0, "{restarted:?}");
@@ -189,9 +189,9 @@ async fn a_silent_session_expires_and_its_lock_waits_out_the_lock_delay() {
     let alive = client.create_session().await;
     let _keep = KeepAlive::start(&cell, &alive);
     let lock_delay_ms = 3_000;
-    let ephemeral = pb::OpenRequest { path: "/ephemeral".into(), create: true, ephemeral: true, ..Default::default() };
+    let ephemeral = api::OpenRequest { path: "/ephemeral".into(), create: true, ephemeral: true, ..Default::default() };
     client.open(&quiet, 1, ephemeral).await.expect("create an ephemeral node");
-    let locked = pb::OpenRequest { path: "/lock".into(), create: true, lock_delay_ms, ..Default::default() };
+    let locked = api::OpenRequest { path: "/lock".into(), create: true, lock_delay_ms, ..Default::default() };
     let quiet_lock = client.open(&quiet, 2, locked).await.expect("open the lock").handle;
     let sequencer = client.acquire(&quiet, 3, quiet_lock, None).await.expect("take the lock");
     let lock = client.open_file(&alive, 1, "/lock").await;
@@ -210,7 +210,7 @@ async fn a_silent_session_expires_and_its_lock_waits_out_the_lock_delay() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let expired_seen = Instant::now();
-    let gone = client.open(&alive, 3, pb::OpenRequest { path: "/ephemeral".into(), ..Default::default() }).await;
+    let gone = client.open(&alive, 3, api::OpenRequest { path: "/ephemeral".into(), ..Default::default() }).await;
     assert_eq!(gone.expect_err("the ephemeral node is gone").code(), Code::NotFound);
     assert!(!client.check_sequencer(&sequencer).await.expect("check"), "the expired holder's sequencer is stale");
     // Right after the expiry the lock is in its lock-delay.
@@ -236,7 +236,7 @@ async fn a_stale_sequencer_is_reported_and_fails_a_handle_that_set_it() {
     let lock = client.open_file(&holder, 1, "/lock").await;
     let sequencer = client.acquire(&holder, 2, lock, None).await.expect("take the lock");
     let data = client.open_file(&server, 1, "/data").await;
-    let set = pb::SetSequencerRequest {
+    let set = api::SetSequencerRequest {
         header: Some(server.header(2)),
         handle: data,
         sequencer: Some(sequencer.clone()),
@@ -267,16 +267,16 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let _keep = KeepAlive::start(&cell, &session);
     let file = client.open_file(&session, 1, "/kept").await;
     client.set_contents(&session, 2, file, b"keep me").await.expect("write");
-    let dir = pb::OpenRequest { path: "/dir".into(), create: true, kind: pb::NodeKind::Directory as i32, ..Default::default() };
+    let dir = api::OpenRequest { path: "/dir".into(), create: true, kind: api::NodeKind::Directory as i32, ..Default::default() };
     let dir = client.open(&session, 3, dir).await.expect("mkdir").handle;
     client.open_file(&session, 4, "/dir/child").await;
 
     let header = |n: u64| Some(session.header(n));
-    let open = |n: u64, path: &str| pb::OpenRequest { header: header(n), path: path.into(), create: true, ..Default::default() };
+    let open = |n: u64, path: &str| api::OpenRequest { header: header(n), path: path.into(), create: true, ..Default::default() };
     let deep = "/d".repeat(40);
     let long = format!("/{}", "x".repeat(1100));
     let long_component = format!("/{}", "x".repeat(300));
-    let opens: Vec<(&str, pb::OpenRequest, Code)> = vec![
+    let opens: Vec<(&str, api::OpenRequest, Code)> = vec![
         ("relative path", open(100, "relative"), Code::InvalidArgument),
         ("empty path", open(101, ""), Code::InvalidArgument),
         ("dot-dot component", open(102, "/a/../b"), Code::InvalidArgument),
@@ -288,29 +288,29 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
         ("component over 255 bytes", open(108, &long_component), Code::InvalidArgument),
         ("deeper than 32", open(109, &deep), Code::InvalidArgument),
         ("parent missing", open(110, "/missing/child"), Code::NotFound),
-        ("no header", pb::OpenRequest { header: None, ..open(0, "/x") }, Code::InvalidArgument),
+        ("no header", api::OpenRequest { header: None, ..open(0, "/x") }, Code::InvalidArgument),
         ("request number 0", open(0, "/x"), Code::InvalidArgument),
-        ("lock-delay over 60 s", pb::OpenRequest { lock_delay_ms: 60_001, ..open(111, "/x") }, Code::InvalidArgument),
-        ("unknown event bits", pb::OpenRequest { event_mask: 1 << 12, ..open(112, "/x") }, Code::InvalidArgument),
-        ("unknown node kind", pb::OpenRequest { kind: 9, ..open(113, "/x") }, Code::InvalidArgument),
-        ("exclusive create of an existing node", pb::OpenRequest { exclusive_create: true, ..open(114, "/kept") }, Code::AlreadyExists),
-        ("open without create", pb::OpenRequest { create: false, ..open(115, "/nothing") }, Code::NotFound),
+        ("lock-delay over 60 s", api::OpenRequest { lock_delay_ms: 60_001, ..open(111, "/x") }, Code::InvalidArgument),
+        ("unknown event bits", api::OpenRequest { event_mask: 1 << 12, ..open(112, "/x") }, Code::InvalidArgument),
+        ("unknown node kind", api::OpenRequest { kind: 9, ..open(113, "/x") }, Code::InvalidArgument),
+        ("exclusive create of an existing node", api::OpenRequest { exclusive_create: true, ..open(114, "/kept") }, Code::AlreadyExists),
+        ("open without create", api::OpenRequest { create: false, ..open(115, "/nothing") }, Code::NotFound),
         (
             "initial contents over 256 KiB",
-            pb::OpenRequest { initial_contents: vec![0; (256 << 10) + 1].into(), ..open(116, "/big") },
+            api::OpenRequest { initial_contents: vec![0; (256 << 10) + 1].into(), ..open(116, "/big") },
             Code::ResourceExhausted,
         ),
         (
             "unknown session",
-            pb::OpenRequest {
-                header: Some(pb::RequestHeader { session_id: 999_999, request_number: 1, session_secret: vec![0; 16].into() }),
+            api::OpenRequest {
+                header: Some(api::RequestHeader { session_id: 999_999, request_number: 1, session_secret: vec![0; 16].into() }),
                 ..open(0, "/x")
             },
             Code::FailedPrecondition,
         ),
         (
             "no session secret",
-            pb::OpenRequest { header: Some(pb::RequestHeader { session_secret: Default::default(), ..session.header(117) }), ..open(0, "/x") },
+            api::OpenRequest { header: Some(api::RequestHeader { session_secret: Default::default(), ..session.header(117) }), ..open(0, "/x") },
             Code::PermissionDenied,
         ),
     ];
@@ -330,27 +330,27 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let message_too_big = client.set_contents(&session, 201, file, &vec![1; 2 << 20]).await;
     let code = message_too_big.expect_err("message over the limit").code();
     assert!(matches!(code, Code::ResourceExhausted | Code::OutOfRange), "{code:?}");
-    let delete_full = pb::DeleteRequest { header: header(202), handle: dir };
+    let delete_full = api::DeleteRequest { header: header(202), handle: dir };
     let got = client.call(|mut c| { let delete_full = delete_full.clone(); async move { c.delete(delete_full).await } }).await;
     assert_eq!(got.expect_err("non-empty directory").code(), Code::FailedPrecondition);
-    let bad_mode = pb::AcquireRequest { header: header(203), handle: file, mode: 0, wait_ms: 0 };
+    let bad_mode = api::AcquireRequest { header: header(203), handle: file, mode: 0, wait_ms: 0 };
     let got = client.call(|mut c| { let bad_mode = bad_mode.clone(); async move { c.try_acquire(bad_mode).await } }).await;
     assert_eq!(got.expect_err("no mode").code(), Code::InvalidArgument);
-    let long_wait = pb::AcquireRequest { header: header(204), handle: file, mode: 1, wait_ms: 3_600_000 };
+    let long_wait = api::AcquireRequest { header: header(204), handle: file, mode: 1, wait_ms: 3_600_000 };
     let got = client.call(|mut c| { let long_wait = long_wait.clone(); async move { c.acquire(long_wait).await } }).await;
     assert_eq!(got.expect_err("wait too long").code(), Code::InvalidArgument);
-    let no_handle = pb::GetStatRequest { handle: Some(session.handle(4242)) };
+    let no_handle = api::GetStatRequest { handle: Some(session.handle(4242)) };
     let got = client.call(|mut c| { let no_handle = no_handle.clone(); async move { c.get_stat(no_handle).await } }).await;
     assert_eq!(got.expect_err("unknown handle").code(), Code::NotFound);
-    let no_sequencer = pb::CheckSequencerRequest { sequencer: None };
+    let no_sequencer = api::CheckSequencerRequest { sequencer: None };
     let got = client.call(|mut c| { let no_sequencer = no_sequencer.clone(); async move { c.check_sequencer(no_sequencer).await } }).await;
     assert_eq!(got.expect_err("no sequencer").code(), Code::InvalidArgument);
     let release_unheld = client.release(&session, 205, file).await;
     assert_eq!(release_unheld.expect_err("not held").code(), Code::FailedPrecondition);
-    let cas = pb::SetContentsRequest { header: header(206), handle: file, contents: b"z".to_vec().into(), if_content_generation: Some(99) };
+    let cas = api::SetContentsRequest { header: header(206), handle: file, contents: b"z".to_vec().into(), if_content_generation: Some(99) };
     let got = client.call(|mut c| { let cas = cas.clone(); async move { c.set_contents(cas).await } }).await;
     assert_eq!(got.expect_err("compare failed").code(), Code::FailedPrecondition);
-    let long_name = pb::CreateSessionRequest { client_name: "n".repeat(300) };
+    let long_name = api::CreateSessionRequest { client_name: "n".repeat(300) };
     let got = client.call(|mut c| { let long_name = long_name.clone(); async move { c.create_session(long_name).await } }).await;
     assert_eq!(got.expect_err("name too long").code(), Code::InvalidArgument);
 
@@ -358,7 +358,7 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
     let follower = cell.members.iter().find(|m| m.id != master).expect("a follower").client;
     let mut direct = gaios_proto::cell::v1::cell_client::CellClient::connect(format!("http://{follower}")).await.expect("connect");
     let redirected = direct
-        .get_stat(pb::GetStatRequest { handle: Some(session.handle(file)) })
+        .get_stat(api::GetStatRequest { handle: Some(session.handle(file)) })
         .await
         .expect_err("a follower does not serve reads");
     assert_eq!(redirected.code(), Code::Unavailable);
@@ -393,23 +393,23 @@ async fn a_session_is_usable_only_by_the_client_that_created_it() {
     let sequencer = owner.acquire(&a, 2, ha, None).await.expect("take the lock");
     let a_id: u64 = a.id; // sequential, easy to guess
     for secret in [bytes::Bytes::new(), bytes::Bytes::from_static(b"0123456789abcdef")] {
-        let header = Some(pb::RequestHeader { session_id: a_id, request_number: 10, session_secret: secret.clone() });
-        let release = pb::ReleaseRequest { header: header.clone(), handle: ha };
+        let header = Some(api::RequestHeader { session_id: a_id, request_number: 10, session_secret: secret.clone() });
+        let release = api::ReleaseRequest { header: header.clone(), handle: ha };
         let got = stranger.call(|mut c| { let r = release.clone(); async move { c.release(r).await } }).await;
         assert_eq!(got.expect_err("release").code(), Code::PermissionDenied, "release with {secret:?}");
-        let write = pb::SetContentsRequest { header: header.clone(), handle: ha, contents: b"x".to_vec().into(), if_content_generation: None };
+        let write = api::SetContentsRequest { header: header.clone(), handle: ha, contents: b"x".to_vec().into(), if_content_generation: None };
         let got = stranger.call(|mut c| { let r = write.clone(); async move { c.set_contents(r).await } }).await;
         assert_eq!(got.expect_err("write").code(), Code::PermissionDenied, "write with {secret:?}");
-        let open = pb::OpenRequest { header: header.clone(), path: "/other".into(), create: true, ..Default::default() };
+        let open = api::OpenRequest { header: header.clone(), path: "/other".into(), create: true, ..Default::default() };
         let got = stranger.call(|mut c| { let r = open.clone(); async move { c.open(r).await } }).await;
         assert_eq!(got.expect_err("open").code(), Code::PermissionDenied, "open with {secret:?}");
-        let read = pb::GetStatRequest { handle: Some(pb::HandleRef { session_id: a_id, handle: ha, session_secret: secret.clone() }) };
+        let read = api::GetStatRequest { handle: Some(api::HandleRef { session_id: a_id, handle: ha, session_secret: secret.clone() }) };
         let got = stranger.call(|mut c| { let r = read.clone(); async move { c.get_stat(r).await } }).await;
         assert_eq!(got.expect_err("read").code(), Code::PermissionDenied, "read with {secret:?}");
-        let close = pb::CloseSessionRequest { session_id: a_id, session_secret: secret.clone() };
+        let close = api::CloseSessionRequest { session_id: a_id, session_secret: secret.clone() };
         let got = stranger.call(|mut c| { let r = close.clone(); async move { c.close_session(r).await } }).await;
         assert_eq!(got.expect_err("close").code(), Code::PermissionDenied, "close with {secret:?}");
-        let keep_alive = pb::KeepAliveRequest { session_id: a_id, acknowledged_event: 0, session_secret: secret.clone() };
+        let keep_alive = api::KeepAliveRequest { session_id: a_id, acknowledged_event: 0, session_secret: secret.clone() };
         let got = stranger
             .call(|mut c| {
                 let r = keep_alive.clone();

@@ -65,7 +65,7 @@ async fn health_turns_serving_and_reflection_lists_cell() {
     let names: Vec<_> = list.service.iter().map(|service| service.name.as_str()).collect();
     assert!(names.contains(&CELL), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
-    assert!(!names.contains(&"gaios.v1.Replica"), "the peer service is not on the client address: {names:?}");
+    assert!(!names.contains(&"gaios.replica.v1.Replica"), "the peer service is not on the client address: {names:?}");
     // grpcurl's `describe` asks for the file defining a symbol.
     let MessageResponse::FileDescriptorResponse(files) =
         reflect(&mut reflection, MessageRequest::FileContainingSymbol(CELL.to_owned())).await

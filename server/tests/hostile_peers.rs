@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use gaios_proto::cell::v1 as pb;
-use gaios_proto::v1 as wire;
-use gaios_proto::v1::replica_client::ReplicaClient;
+use gaios_proto::cell::v1 as api;
+use gaios_proto::replica::v1 as peer;
+use gaios_proto::replica::v1::replica_client::ReplicaClient;
 use gaios_tests::*;
 
 /// Waits until the replica at `index` has applied as far as the master.
@@ -28,7 +28,7 @@ async fn wait_caught_up(cell: &Cell, index: usize, deadline: Duration) {
         let all: Vec<usize> = (0..REPLICAS as usize).collect();
         let now = statuses(cell, &all).await;
         let follower = now.iter().find(|s| s.id == id);
-        let master = now.iter().find(|s| s.role() == pb::Role::Master);
+        let master = now.iter().find(|s| s.role() == api::Role::Master);
         if let (Some(follower), Some(master)) = (follower, master)
             && follower.applied >= master.applied
             && master.applied > 0
@@ -40,14 +40,14 @@ async fn wait_caught_up(cell: &Cell, index: usize, deadline: Duration) {
     }
 }
 
-fn ballot(round: u64, replica: u64) -> Option<wire::Ballot> {
-    Some(wire::Ballot { round, replica })
+fn ballot(round: u64, replica: u64) -> Option<peer::Ballot> {
+    Some(peer::Ballot { round, replica })
 }
 
 /// Sends `bodies` to the replica at `index` over its peer port, as member
 /// `from` (with its cell id and its incarnation, read from its status, so
 /// that the envelope passes and the bodies reach the driver), in one stream.
-async fn send_as_peer(cell: &Cell, index: usize, from: u64, bodies: Vec<wire::paxos_message::Body>) {
+async fn send_as_peer(cell: &Cell, index: usize, from: u64, bodies: Vec<peer::paxos_message::Body>) {
     let to = cell.members[index].id;
     let address = cell.members[index].peer;
     let sender = statuses(cell, &[cell.index_of(from)]).await;
@@ -55,9 +55,9 @@ async fn send_as_peer(cell: &Cell, index: usize, from: u64, bodies: Vec<wire::pa
     let mut client = ReplicaClient::connect(format!("http://{address}")).await.expect("connect to the peer port");
     let messages = bodies
         .into_iter()
-        .map(|body| wire::PaxosMessage { from, to, body: Some(body), cell_id: CELL_ID.into(), incarnation })
+        .map(|body| peer::PaxosMessage { from, to, body: Some(body), cell_id: CELL_ID.into(), incarnation })
         .collect();
-    let batch = wire::PaxosBatch { messages };
+    let batch = peer::PaxosBatch { messages };
     let stream = tokio_stream::iter(vec![batch]);
     // The peer never answers on this stream; opening it delivers the batch.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.exchange(stream)).await;
@@ -71,10 +71,10 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
     let master = master_of(&cell).await;
     let target = (0..REPLICAS as usize).find(|&i| cell.members[i].id != master).expect("a follower");
     let forger = cell.members.iter().map(|m| m.id).find(|&id| id != cell.members[target].id).expect("another member");
-    use wire::paxos_message::Body;
+    use peer::paxos_message::Body;
     let garbage_snapshot = || {
-        Body::InstallSnapshot(wire::InstallSnapshot {
-            snapshot: Some(wire::Snapshot { slot: 1_000_000, data: b"not a state snapshot".to_vec().into() }),
+        Body::InstallSnapshot(peer::InstallSnapshot {
+            snapshot: Some(peer::Snapshot { slot: 1_000_000, data: b"not a state snapshot".to_vec().into() }),
         })
     };
     // The same bad snapshot five times, as a peer retrying would send it.
@@ -82,15 +82,15 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
         send_as_peer(&cell, target, forger, vec![garbage_snapshot()]).await;
     }
     let extreme = vec![
-        Body::Nack(wire::Nack {
+        Body::Nack(peer::Nack {
             ballot: ballot(1, forger),
             promised: ballot(u64::MAX, forger),
-            reason: Some(wire::nack::Reason::HigherBallot(wire::nack::HigherBallot {})),
+            reason: Some(peer::nack::Reason::HigherBallot(peer::nack::HigherBallot {})),
         }),
-        Body::Prepare(wire::Prepare { ballot: ballot(u64::MAX, forger), from_slot: 0 }),
-        Body::Promise(wire::Promise { ballot: ballot(1, forger), chosen_through: u64::MAX, entries: vec![], part: 0, parts: 1 }),
-        Body::Heartbeat(wire::Heartbeat { ballot: ballot(u64::MAX - 1, forger), chosen_through: u64::MAX, sent_tick: u64::MAX }),
-        Body::CatchUpRequest(wire::CatchUpRequest { from_slot: u64::MAX }),
+        Body::Prepare(peer::Prepare { ballot: ballot(u64::MAX, forger), from_slot: 0 }),
+        Body::Promise(peer::Promise { ballot: ballot(1, forger), chosen_through: u64::MAX, entries: vec![], part: 0, parts: 1 }),
+        Body::Heartbeat(peer::Heartbeat { ballot: ballot(u64::MAX - 1, forger), chosen_through: u64::MAX, sent_tick: u64::MAX }),
+        Body::CatchUpRequest(peer::CatchUpRequest { from_slot: u64::MAX }),
     ];
     send_as_peer(&cell, target, forger, extreme).await;
     assert!(cell.exited(target).is_none(), "the replica exited on a peer's garbage:\n{}", cell.logs());

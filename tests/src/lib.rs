@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use gaios_proto::cell::v1::{Role, StatusRequest, StatusResponse};
 use prost::Message as _;
@@ -504,7 +504,7 @@ impl Client {
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) if status.code() == Code::Unavailable || status.code() == Code::Unknown => {
-                    if let Ok(details) = pb::NotMaster::decode(status.details()) {
+                    if let Ok(details) = api::NotMaster::decode(status.details()) {
                         self.master = details.master_client_address.parse().ok().filter(|a| *a != address);
                     }
                     last = status;
@@ -528,15 +528,15 @@ impl Client {
     /// Starts a session.
     pub async fn create_session(&mut self) -> Session {
         let created = self
-            .call(|mut c| async move { c.create_session(pb::CreateSessionRequest { client_name: "test".into() }).await })
+            .call(|mut c| async move { c.create_session(api::CreateSessionRequest { client_name: "test".into() }).await })
             .await
             .expect("create a session");
         Session { id: created.session_id, secret: created.session_secret }
     }
 
     /// Opens a node.
-    pub async fn open(&mut self, session: &Session, request_number: u64, request: pb::OpenRequest) -> Result<pb::OpenResponse, Status> {
-        let request = pb::OpenRequest { header: Some(session.header(request_number)), ..request };
+    pub async fn open(&mut self, session: &Session, request_number: u64, request: api::OpenRequest) -> Result<api::OpenResponse, Status> {
+        let request = api::OpenRequest { header: Some(session.header(request_number)), ..request };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.open(request).await }
@@ -546,7 +546,7 @@ impl Client {
 
     /// Opens a file, creating it if missing; returns the handle.
     pub async fn open_file(&mut self, session: &Session, request_number: u64, path: &str) -> u64 {
-        let request = pb::OpenRequest { path: path.into(), create: true, ..Default::default() };
+        let request = api::OpenRequest { path: path.into(), create: true, ..Default::default() };
         self.open(session, request_number, request).await.expect("open a file").handle
     }
 
@@ -557,8 +557,8 @@ impl Client {
         request_number: u64,
         handle: u64,
         contents: &[u8],
-    ) -> Result<pb::SetContentsResponse, Status> {
-        let request = pb::SetContentsRequest {
+    ) -> Result<api::SetContentsResponse, Status> {
+        let request = api::SetContentsRequest {
             header: Some(session.header(request_number)),
             handle,
             contents: contents.to_vec().into(),
@@ -572,8 +572,8 @@ impl Client {
     }
 
     /// Reads a file.
-    pub async fn contents(&mut self, session: &Session, handle: u64) -> Result<pb::GetContentsAndStatResponse, Status> {
-        let request = pb::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
+    pub async fn contents(&mut self, session: &Session, handle: u64) -> Result<api::GetContentsAndStatResponse, Status> {
+        let request = api::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.get_contents_and_stat(request).await }
@@ -582,8 +582,8 @@ impl Client {
     }
 
     /// Reads a stat.
-    pub async fn stat(&mut self, session: &Session, handle: u64) -> Result<pb::Stat, Status> {
-        let request = pb::GetStatRequest { handle: Some(session.handle(handle)) };
+    pub async fn stat(&mut self, session: &Session, handle: u64) -> Result<api::Stat, Status> {
+        let request = api::GetStatRequest { handle: Some(session.handle(handle)) };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.get_stat(request).await }
@@ -599,11 +599,11 @@ impl Client {
         request_number: u64,
         handle: u64,
         wait_ms: Option<u64>,
-    ) -> Result<pb::Sequencer, Status> {
-        let request = pb::AcquireRequest {
+    ) -> Result<api::Sequencer, Status> {
+        let request = api::AcquireRequest {
             header: Some(session.header(request_number)),
             handle,
-            mode: pb::LockMode::Exclusive as i32,
+            mode: api::LockMode::Exclusive as i32,
             wait_ms: wait_ms.unwrap_or(0),
         };
         let waits = wait_ms.is_some();
@@ -617,7 +617,7 @@ impl Client {
 
     /// Releases a lock.
     pub async fn release(&mut self, session: &Session, request_number: u64, handle: u64) -> Result<(), Status> {
-        let request = pb::ReleaseRequest { header: Some(session.header(request_number)), handle };
+        let request = api::ReleaseRequest { header: Some(session.header(request_number)), handle };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.release(request).await }
@@ -627,8 +627,8 @@ impl Client {
     }
 
     /// Whether a sequencer is current.
-    pub async fn check_sequencer(&mut self, sequencer: &pb::Sequencer) -> Result<bool, Status> {
-        let request = pb::CheckSequencerRequest { sequencer: Some(sequencer.clone()) };
+    pub async fn check_sequencer(&mut self, sequencer: &api::Sequencer) -> Result<bool, Status> {
+        let request = api::CheckSequencerRequest { sequencer: Some(sequencer.clone()) };
         self.call(|mut c| {
             let request = request.clone();
             async move { c.check_sequencer(request).await }
@@ -650,18 +650,18 @@ pub struct Session {
 
 impl Session {
     /// The header of the session's mutating call numbered `request_number`.
-    pub fn header(&self, request_number: u64) -> pb::RequestHeader {
-        pb::RequestHeader { session_id: self.id, request_number, session_secret: self.secret.clone() }
+    pub fn header(&self, request_number: u64) -> api::RequestHeader {
+        api::RequestHeader { session_id: self.id, request_number, session_secret: self.secret.clone() }
     }
 
     /// Names one of the session's handles, for reads.
-    pub fn handle(&self, handle: u64) -> pb::HandleRef {
-        pb::HandleRef { session_id: self.id, handle, session_secret: self.secret.clone() }
+    pub fn handle(&self, handle: u64) -> api::HandleRef {
+        api::HandleRef { session_id: self.id, handle, session_secret: self.secret.clone() }
     }
 
     /// A KeepAlive of the session.
-    pub fn keep_alive(&self, acknowledged_event: u64) -> pb::KeepAliveRequest {
-        pb::KeepAliveRequest { session_id: self.id, acknowledged_event, session_secret: self.secret.clone() }
+    pub fn keep_alive(&self, acknowledged_event: u64) -> api::KeepAliveRequest {
+        api::KeepAliveRequest { session_id: self.id, acknowledged_event, session_secret: self.secret.clone() }
     }
 }
 

@@ -834,9 +834,9 @@ impl Network {
 mod tests {
     use super::*;
 
-    use gaios_proto::v1 as pb;
-    use gaios_proto::v1::replica_client::ReplicaClient;
-    use gaios_proto::v1::replica_server::{Replica, ReplicaServer};
+    use gaios_proto::replica::v1 as peer;
+    use gaios_proto::replica::v1::replica_client::ReplicaClient;
+    use gaios_proto::replica::v1::replica_server::{Replica, ReplicaServer};
     use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
     use tonic::{Request, Response, Status, Streaming};
 
@@ -1337,11 +1337,11 @@ mod tests {
 
     #[tonic::async_trait]
     impl Replica for EchoReplica {
-        type ExchangeStream = ReceiverStream<Result<pb::PaxosBatch, Status>>;
+        type ExchangeStream = ReceiverStream<Result<peer::PaxosBatch, Status>>;
 
         async fn exchange(
             &self,
-            request: Request<Streaming<pb::PaxosBatch>>,
+            request: Request<Streaming<peer::PaxosBatch>>,
         ) -> Result<Response<Self::ExchangeStream>, Status> {
             let mut incoming = request.into_inner();
             let (sender, receiver) = mpsc::channel(16);
@@ -1362,11 +1362,11 @@ mod tests {
     async fn grpc_exchange(
         address: SocketAddr,
         messages: usize,
-    ) -> Option<(mpsc::Sender<pb::PaxosBatch>, Streaming<pb::PaxosBatch>, usize)> {
+    ) -> Option<(mpsc::Sender<peer::PaxosBatch>, Streaming<peer::PaxosBatch>, usize)> {
         let call = async {
             let mut client = ReplicaClient::connect(format!("http://{address}")).await.ok()?;
             let (sender, receiver) = mpsc::channel(4);
-            sender.send(pb::PaxosBatch { messages: vec![pb::PaxosMessage::default(); messages] }).await.ok()?;
+            sender.send(peer::PaxosBatch { messages: vec![peer::PaxosMessage::default(); messages] }).await.ok()?;
             let mut responses = client.exchange(ReceiverStream::new(receiver)).await.ok()?.into_inner();
             let echoed = responses.message().await.ok()??;
             Some((sender, responses, echoed.messages.len()))
@@ -1390,7 +1390,7 @@ mod tests {
         // The same stream keeps working, with a delay.
         link.set(LinkMode::Delay(Duration::from_millis(200)));
         let started = Instant::now();
-        sender.send(pb::PaxosBatch { messages: vec![pb::PaxosMessage::default(); 5] }).await.expect("send");
+        sender.send(peer::PaxosBatch { messages: vec![peer::PaxosMessage::default(); 5] }).await.expect("send");
         let echoed = tokio::time::timeout(PATIENCE, responses.message()).await.expect("in time").expect("ok");
         assert_eq!(echoed.map(|batch| batch.messages.len()), Some(5));
         assert!(started.elapsed() >= Duration::from_millis(200), "took {:?}", started.elapsed());
