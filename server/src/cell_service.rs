@@ -15,7 +15,7 @@
 //!
 //! Any other replica answers `UNAVAILABLE` with the master's address in the
 //! details. Handlers are thin: checks and error codes live in
-//! [`crate::state`] and [`crate::errors`].
+//! [`gaios_state`] and [`crate::errors`].
 //!
 //! Every call that names a session must carry the session's secret
 //! (`CreateSession` draws it: 16 bytes from the operating system); a missing
@@ -38,10 +38,12 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::PeerSpec;
 use crate::driver::{ReplicaStatus, Role};
 use crate::errors::{bad_path, failure_status, not_master, propose_status, session_ended, with_reason};
-use crate::locks::LOCK_DELAY_MS_MAX;
-use crate::namespace::{CONTENTS_BYTES_MAX, Path};
+use gaios_state::limits::LOCK_DELAY_MS_MAX;
+use gaios_state::limits::CONTENTS_BYTES_MAX;
+use gaios_state::namespace::Path;
 use crate::shared::Shared;
-use crate::state::{CLIENT_NAME_BYTES_MAX, EVENT_MASK_ALL, Outcome, SESSION_SECRET_BYTES, mode_from_proto};
+use gaios_state::limits::{CLIENT_NAME_BYTES_MAX, EVENT_MASK_ALL, SESSION_SECRET_BYTES};
+use gaios_state::machine::{Outcome, mode_from_proto};
 use crate::transport::TransportStats;
 
 /// The largest message a client may send: a file's contents and the rest of
@@ -689,7 +691,7 @@ fn duration_ms(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StateMachine;
+    use gaios_state::machine::StateMachine;
 
     fn status(role: Role, lease_valid_until: Option<Instant>) -> ReplicaStatus {
         ReplicaStatus {

@@ -45,7 +45,7 @@ use crate::errors::ProposeError;
 use crate::lock_clock::LockClock;
 use crate::metrics::Metrics;
 use crate::shared::{Proposal, Shared};
-use crate::state::{Outcome, SnapshotError, StateMachine};
+use gaios_state::machine::{Outcome, SnapshotError, StateMachine};
 use crate::storage::{Storage, StorageError};
 use crate::transport::{Inbound, Outbound};
 

@@ -29,7 +29,7 @@ use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::namespace::PathError;
+use gaios_state::namespace::PathError;
 
 /// Why the driver could not get a command chosen and applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,9 +1,7 @@
-//! A Gaios replica: the replicated state machine, the driver around the
-//! sans-IO Paxos core, and the IO it does on the core's behalf.
+//! A Gaios replica: the driver around the sans-IO Paxos core and the
+//! replicated state machine (`gaios-state`), and the IO it does on their
+//! behalf.
 //!
-//! - [`namespace`], [`locks`] and [`state`] are the deterministic state
-//!   machine: nodes, sessions, handles, locks, sequencers, events and the
-//!   at-most-once window, changed only by applying commands in slot order;
 //! - [`codec`] turns the core's types into the protobuf records and messages
 //!   of `gaios.replica.v1` and back (rejecting malformed input with typed errors);
 //! - [`storage`] keeps the acceptor's promises, log and snapshot in one
@@ -28,12 +26,9 @@ pub mod config;
 pub mod driver;
 pub mod errors;
 pub mod lock_clock;
-pub mod locks;
 pub mod metrics;
-pub mod namespace;
 pub mod operations;
 pub mod session_leases;
 pub mod shared;
-pub mod state;
 pub mod storage;
 pub mod transport;

@@ -14,9 +14,9 @@ use gaios_proto::state::v1 as wire;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::errors::ProposeError;
-use crate::namespace::SessionId;
+use gaios_state::namespace::SessionId;
 use crate::session_leases::SessionLeases;
-use crate::state::{Outcome, StateMachine};
+use gaios_state::machine::{Outcome, StateMachine};
 
 /// Commands waiting for the driver to propose them; beyond it handlers are
 /// told the master is overloaded.

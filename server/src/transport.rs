@@ -26,7 +26,7 @@
 //!
 //! Messages are bounded by [`MESSAGE_BYTES_MAX`] (64 MiB) in both directions:
 //! enough for a snapshot of the largest state the state machine accepts
-//! ([`crate::state::STATE_BYTES_MAX`], 48 MiB), which travels in one message.
+//! ([`gaios_state::limits::STATE_BYTES_MAX`], 48 MiB), which travels in one message.
 //! Every other message is bounded by the Paxos core's `message_bytes_max`
 //! (16 MiB of entries, [`CORE_MESSAGE_BYTES_MAX`]). A batch of messages is cut
 //! at [`BATCH_BYTES_MAX`]; a message larger than that goes alone. Snapshots
@@ -55,6 +55,10 @@ use crate::codec;
 /// The largest gRPC message either side sends or accepts on the peer
 /// transport; see the module docs for what it means for snapshots.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+// The largest snapshot travels in one message, with room for the message
+// around it.
+const _: () = assert!(gaios_state::limits::SNAPSHOT_BYTES_MAX + (1 << 20) <= MESSAGE_BYTES_MAX);
 /// The most bytes of entries the Paxos core puts in one message (its
 /// `message_bytes_max`); with framing such a message stays far below
 /// [`MESSAGE_BYTES_MAX`] (see the test `core_messages_fit_the_transport`).

@@ -2,7 +2,7 @@
 //! with waiters served in arrival order and Chubby's lock-delay.
 //!
 //! Deterministic like the rest of the state machine. Time here is the
-//! **lock-delay clock** of the state ([`crate::state::StateMachine::lock_clock_ms`]),
+//! **lock-delay clock** of the state ([`crate::machine::StateMachine::lock_clock_ms`]),
 //! which each master advances only by its own monotonic elapsed time, so a
 //! lock-delay never ends early because two masters' wall clocks disagree.
 //!
@@ -19,12 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::limits::{LOCK_DELAY_MS_MAX, WAITERS_PER_LOCK_MAX};
 use crate::namespace::{Path, SessionId};
 
-/// The longest lock-delay a holder may choose, in milliseconds.
-pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
-/// The most waiters one lock queues; past it `acquire` is refused.
-pub const WAITERS_PER_LOCK_MAX: usize = 1024;
 /// What a lock record costs in [`LockTable::footprint_bytes`] besides its
 /// path and holders: an upper bound of its encoding in a snapshot.
 pub const LOCK_RECORD_OVERHEAD_BYTES: usize = 32;

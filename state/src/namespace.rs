@@ -11,25 +11,12 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-/// The most bytes a path may have.
-pub const PATH_BYTES_MAX: usize = 1024;
-/// The most bytes one path component may have.
-pub const COMPONENT_BYTES_MAX: usize = 255;
-/// The most components a path may have (its depth).
-pub const PATH_DEPTH_MAX: usize = 32;
-/// The most bytes a file's contents may have.
-pub const CONTENTS_BYTES_MAX: usize = 256 << 10;
-/// The most nodes the namespace holds, the root included.
-pub const NODES_MAX: usize = 1 << 17;
+use crate::limits::{COMPONENT_BYTES_MAX, CONTENTS_BYTES_MAX, COUNTER_MAX, NODES_MAX, PATH_BYTES_MAX, PATH_DEPTH_MAX};
+
 /// What a node costs in [`Namespace::footprint_bytes`] besides its path and
 /// contents: its stat and the map's bookkeeping, roughly.
 pub const NODE_OVERHEAD_BYTES: usize = 128;
 
-/// The highest value a snapshot may give any counter (instances,
-/// generations, session and handle ids, event numbers): far beyond what a
-/// cell reaches (2^62 increments), and low enough that the next increment
-/// can never overflow, whatever a snapshot said.
-pub const COUNTER_MAX: u64 = 1 << 62;
 
 /// Identifies a client session; ephemeral nodes belong to one.
 pub type SessionId = u64;

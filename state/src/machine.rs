@@ -13,7 +13,7 @@
 //! see (a node's created and modified times). Lock-delays run on the
 //! **lock-delay clock** `lock_clock_ms`, which each master advances only by
 //! its own monotonic elapsed time since it began to serve, counted from the
-//! value the state held then (see `crate::lock_clock`). A failover therefore
+//! value the state held then (see the server's `lock_clock`). A failover therefore
 //! never moves it forward by the difference of two masters' wall clocks; at
 //! worst a lock-delay lasts a little longer than asked (the safe side).
 //!
@@ -48,48 +48,15 @@ use bytes::Bytes;
 use gaios_proto::cell::v1 as api;
 use gaios_proto::state::v1 as wire;
 use prost::Message as _;
-use tonic::Code;
+use crate::code::Code;
 
-use crate::locks::{Acquired, Grant, Holder, Holding, LockError, LockMode, LockRecord, LockTable, LOCK_DELAY_MS_MAX};
-use crate::namespace::{COUNTER_MAX, Change, Namespace, NamespaceError, NodeKind, NodeRecord, Path, SessionId, Stat};
+use crate::limits::*;
+use crate::locks::{Acquired, Grant, Holder, Holding, LockError, LockMode, LockRecord, LockTable};
+use crate::namespace::{Change, Namespace, NamespaceError, NodeKind, NodeRecord, Path, SessionId, Stat};
 
-/// The most sessions a cell holds at once.
-pub const SESSIONS_MAX: usize = 50_000;
-/// The most open handles per session.
-pub const HANDLES_PER_SESSION_MAX: usize = 4096;
-/// The most open handles in the cell.
-pub const HANDLES_MAX: usize = 200_000;
-/// How many answers each session keeps for retries (the at-most-once
-/// window): the answers of its newest request numbers.
-pub const ANSWERS_PER_SESSION_MAX: usize = 64;
-/// Events kept per session until acknowledged; beyond it the oldest go (the
-/// client sees the gap in the numbers).
-pub const EVENTS_QUEUED_PER_SESSION_MAX: usize = 1024;
-/// The state's footprint above which nothing that grows it is accepted. A
-/// snapshot is at most about this big (plus one command's growth), which
-/// keeps it well inside the peer transport's message limit.
-pub const STATE_BYTES_MAX: usize = 48 << 20;
-/// The most one command can grow the footprint beyond the bound it was
-/// checked against: a file's contents plus a few paths and records.
-pub const COMMAND_GROWTH_BYTES_MAX: usize = crate::namespace::CONTENTS_BYTES_MAX + (16 << 10);
-/// The largest snapshot the state can encode: the footprint never exceeds
-/// [`STATE_BYTES_MAX`] plus one command's growth, and the footprint counts
-/// at least every byte a snapshot carries. Below the peer transport's
-/// message limit (64 MiB), with room for the message around it.
-pub const SNAPSHOT_BYTES_MAX: usize = STATE_BYTES_MAX + COMMAND_GROWTH_BYTES_MAX;
 /// The layout of [`StateMachine::snapshot`]'s record; `restore` refuses any
 /// other.
 pub const STATE_SNAPSHOT_FORMAT_VERSION: u32 = 1;
-/// The longest client name kept with a session.
-pub const CLIENT_NAME_BYTES_MAX: usize = 256;
-/// The length of a session's secret: 128 random bits.
-pub const SESSION_SECRET_BYTES: usize = 16;
-/// The longest message a failure carries (longer ones, which echo a long
-/// path, are cut), so that failures remembered for retries stay small and
-/// clients' trailers short.
-pub const FAILURE_MESSAGE_BYTES_MAX: usize = 256;
-/// The event bits a handle may ask for.
-pub const EVENT_MASK_ALL: u32 = 0xff;
 
 // What each record costs in the footprint besides the variable-length bytes
 // counted separately: upper bounds of the record's encoding in a snapshot
@@ -847,10 +814,9 @@ impl StateMachine {
         match result {
             Ok(Acquired::Granted { lock_generation }) => {
                 self.hand_out(vec![Grant { path: handle.path.clone(), holder, mode, lock_generation }]);
-                match self.holding(session_id, request.handle) {
-                    Some(sequencer) => acquired(sequencer),
-                    None => failure(Code::Internal, "granted lock not held"),
-                }
+                // `hand_out` just recorded the grant on the handle.
+                let sequencer = self.holding(session_id, request.handle);
+                acquired(sequencer.expect("a lock just granted is held by its handle"))
             }
             Ok(Acquired::Queued { conflicting }) => {
                 let path = handle.path.as_str().to_string();
@@ -1407,13 +1373,15 @@ fn acquired(sequencer: api::Sequencer) -> Outcome {
     Outcome { result: Some(wire::outcome::Result::Acquired(api::AcquireResponse { sequencer: Some(sequencer) })) }
 }
 
+/// The failure inside an outcome that the caller knows is one (a refusal
+/// of `authorize` or `usable_handle`).
 fn into_failure(outcome: Outcome) -> wire::Failure {
     match outcome.result {
         Some(wire::outcome::Result::Failure(failure)) => failure,
-        _ => wire::Failure { code: Code::Internal as i32, message: "unexpected outcome".to_string(), reason: 0 },
+        other => unreachable!("a refusal is always a failure, not {other:?}"),
     }
 }
 
 #[cfg(test)]
-#[path = "state_tests.rs"]
+#[path = "machine_tests.rs"]
 mod tests;
