@@ -37,13 +37,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::PeerSpec;
 use crate::driver::{ReplicaStatus, Role};
-use crate::errors::{bad_path, failure_status, not_master, propose_status, session_ended, with_reason};
-use gaios_state::limits::LOCK_DELAY_MS_MAX;
+use crate::errors::{failure_status, not_master, propose_status, session_ended};
 use gaios_state::limits::CONTENTS_BYTES_MAX;
-use gaios_state::namespace::Path;
+use gaios_state::validate;
 use crate::shared::Shared;
-use gaios_state::limits::{CLIENT_NAME_BYTES_MAX, EVENT_MASK_ALL, SESSION_SECRET_BYTES};
-use gaios_state::machine::{Outcome, mode_from_proto};
+use gaios_state::limits::SESSION_SECRET_BYTES;
+use gaios_state::machine::Outcome;
 use crate::transport::TransportStats;
 
 /// The largest message a client may send: a file's contents and the rest of
@@ -52,8 +51,6 @@ pub const CLIENT_MESSAGE_BYTES_MAX: usize = CONTENTS_BYTES_MAX + (64 << 10);
 /// The largest message the service sends: contents and stat, or a long
 /// directory listing.
 pub const CLIENT_RESPONSE_BYTES_MAX: usize = 16 << 20;
-/// The longest an `Acquire` waits for a lock.
-pub const ACQUIRE_WAIT_MS_MAX: u64 = 600_000;
 /// How long an `Acquire` with `wait_ms` 0 waits.
 pub const ACQUIRE_WAIT_MS_DEFAULT: u64 = 60_000;
 /// The most events in one KeepAlive message.
@@ -134,18 +131,7 @@ impl CellService {
     /// never changes, so a stale state cannot wrongly refuse). A session
     /// this replica does not know is left to `apply` to judge.
     fn authorize(&self, session_id: u64, secret: &[u8]) -> Result<(), Status> {
-        if session_id == 0 {
-            return Err(Status::invalid_argument("session_id 0 names no session"));
-        }
-        if secret.len() != SESSION_SECRET_BYTES {
-            return Err(with_reason(
-                tonic::Code::PermissionDenied,
-                wire::FailureReason::SessionSecretMismatch,
-                format!(
-                    "the call carries no secret for session {session_id} (it needs the {SESSION_SECRET_BYTES} bytes CreateSession returned)"
-                ),
-            ));
-        }
+        validate::session(session_id, secret).map_err(|invalid| failure_status(&invalid))?;
         match self.shared.state().authorize_session(session_id, secret) {
             Err(failure) if failure.code == tonic::Code::PermissionDenied as i32 => Err(failure_status(&failure)),
             _ => Ok(()),
@@ -155,16 +141,15 @@ impl CellService {
     /// Proposes a session's mutating call.
     async fn call(&self, header: Option<api::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
         let header = header.ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
-        self.authorize(header.session_id, &header.session_secret)?;
-        if header.request_number == 0 {
-            return Err(Status::invalid_argument("request numbers start at 1"));
-        }
         let call = wire::SessionCall {
             session_id: header.session_id,
             request_number: header.request_number,
             session_secret: header.session_secret,
             call: Some(call),
         };
+        // The same checks `apply` makes, before the call costs a slot.
+        validate::session_call(&call).map_err(|invalid| failure_status(&invalid))?;
+        self.authorize(call.session_id, &call.session_secret)?;
         self.propose(wire::command::Kind::Call(call)).await
     }
 }
@@ -175,23 +160,10 @@ fn ballot(ballot: Ballot) -> Option<api::Ballot> {
 
 fn handle_ref(handle: Option<api::HandleRef>) -> Result<api::HandleRef, Status> {
     let handle = handle.ok_or_else(|| Status::invalid_argument("the handle is missing"))?;
-    if handle.session_id == 0 || handle.handle == 0 {
-        return Err(Status::invalid_argument("session_id and handle must be set"));
-    }
-    if handle.session_secret.len() != SESSION_SECRET_BYTES {
-        return Err(Status::permission_denied(format!("the call carries no secret for session {}", handle.session_id)));
-    }
+    validate::session(handle.session_id, &handle.session_secret)
+        .and_then(|()| validate::handle(handle.handle))
+        .map_err(|invalid| failure_status(&invalid))?;
     Ok(handle)
-}
-
-fn contents_fit(contents: &[u8]) -> Result<(), Status> {
-    if contents.len() > CONTENTS_BYTES_MAX {
-        return Err(Status::resource_exhausted(format!(
-            "contents of {} bytes exceed the limit of {CONTENTS_BYTES_MAX}",
-            contents.len()
-        )));
-    }
-    Ok(())
 }
 
 fn unexpected(outcome: &Outcome) -> Status {
@@ -213,16 +185,7 @@ fn acquired_sequencer(outcome: &Outcome) -> Option<api::Sequencer> {
 }
 
 fn validate_acquire(request: &api::AcquireRequest) -> Result<(), Status> {
-    if mode_from_proto(request.mode).is_none() {
-        return Err(Status::invalid_argument("lock mode must be LOCK_MODE_EXCLUSIVE or LOCK_MODE_SHARED"));
-    }
-    if request.handle == 0 {
-        return Err(Status::invalid_argument("handle must be set"));
-    }
-    if request.wait_ms > ACQUIRE_WAIT_MS_MAX {
-        return Err(Status::invalid_argument(format!("wait_ms over {ACQUIRE_WAIT_MS_MAX}")));
-    }
-    Ok(())
+    validate::acquire(request).map(|_| ()).map_err(|invalid| failure_status(&invalid))
 }
 
 #[tonic::async_trait]
@@ -296,9 +259,7 @@ impl Cell for CellService {
         request: Request<api::CreateSessionRequest>,
     ) -> Result<Response<api::CreateSessionResponse>, Status> {
         let request = request.into_inner();
-        if request.client_name.len() > CLIENT_NAME_BYTES_MAX {
-            return Err(Status::invalid_argument(format!("client_name over {CLIENT_NAME_BYTES_MAX} bytes")));
-        }
+        validate::client_name(&request.client_name).map_err(|invalid| failure_status(&invalid))?;
         // Drawn here, on the master, and carried in the command, so applying
         // stays deterministic; only this call's answer hands it out.
         let mut secret = [0u8; SESSION_SECRET_BYTES];
@@ -345,17 +306,6 @@ impl Cell for CellService {
 
     async fn open(&self, request: Request<api::OpenRequest>) -> Result<Response<api::OpenResponse>, Status> {
         let mut request = request.into_inner();
-        Path::parse(&request.path).map_err(|error| bad_path(&error))?;
-        contents_fit(&request.initial_contents)?;
-        if request.lock_delay_ms > LOCK_DELAY_MS_MAX {
-            return Err(Status::invalid_argument(format!("lock_delay_ms over {LOCK_DELAY_MS_MAX}")));
-        }
-        if request.event_mask & !EVENT_MASK_ALL != 0 {
-            return Err(Status::invalid_argument(format!("unknown bits in event_mask {:#x}", request.event_mask)));
-        }
-        if api::NodeKind::try_from(request.kind).is_err() {
-            return Err(Status::invalid_argument(format!("unknown node kind {}", request.kind)));
-        }
         let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::Open(request)).await?;
         match outcome.result {
@@ -402,7 +352,6 @@ impl Cell for CellService {
         request: Request<api::SetContentsRequest>,
     ) -> Result<Response<api::SetContentsResponse>, Status> {
         let mut request = request.into_inner();
-        contents_fit(&request.contents)?;
         let header = request.header.take();
         let outcome = self.call(header, wire::session_call::Call::SetContents(request)).await?;
         match outcome.result {
@@ -485,11 +434,9 @@ impl Cell for CellService {
         &self,
         request: Request<api::CheckSequencerRequest>,
     ) -> Result<Response<api::CheckSequencerResponse>, Status> {
-        let sequencer = request.into_inner().sequencer.ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
-        Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
-        if mode_from_proto(sequencer.mode).is_none() {
-            return Err(Status::invalid_argument("the sequencer's mode must be exclusive or shared"));
-        }
+        let sequencer = request.into_inner().sequencer;
+        validate::sequencer(sequencer.as_ref()).map_err(|invalid| failure_status(&invalid))?;
+        let sequencer = sequencer.unwrap_or_default();
         self.check_can_read()?;
         Ok(Response::new(self.shared.state().check_sequencer(&sequencer)))
     }
@@ -499,8 +446,6 @@ impl Cell for CellService {
         request: Request<api::SetSequencerRequest>,
     ) -> Result<Response<api::SetSequencerResponse>, Status> {
         let mut request = request.into_inner();
-        let sequencer = request.sequencer.as_ref().ok_or_else(|| Status::invalid_argument("the sequencer is missing"))?;
-        Path::parse(&sequencer.path).map_err(|error| bad_path(&error))?;
         let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
         Ok(Response::new(api::SetSequencerResponse {}))

@@ -29,7 +29,6 @@ use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use gaios_state::namespace::PathError;
 
 /// Why the driver could not get a command chosen and applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,11 +104,6 @@ pub fn propose_status(error: &ProposeError, address: impl Fn(Option<ReplicaId>) 
         ProposeError::Overloaded => Status::resource_exhausted(error.to_string()),
         ProposeError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
     }
-}
-
-/// `INVALID_ARGUMENT` for a path that does not parse.
-pub fn bad_path(error: &PathError) -> Status {
-    Status::invalid_argument(error.to_string())
 }
 
 /// Reads a `NotMaster` back from a status's details (for clients and

@@ -410,17 +410,18 @@ async fn a_session_is_usable_only_by_the_client_that_created_it() {
         let got = stranger.call(|mut c| { let r = close.clone(); async move { c.close_session(r).await } }).await;
         assert_eq!(got.expect_err("close").code(), Code::PermissionDenied, "close with {secret:?}");
         let keep_alive = api::KeepAliveRequest { session_id: a_id, acknowledged_event: 0, session_secret: secret.clone() };
+        // The refusal comes as the stream's first message; reading it inside
+        // the call lets the harness retry a replica that cannot serve yet.
         let got = stranger
             .call(|mut c| {
                 let r = keep_alive.clone();
-                async move { c.keep_alive(tokio_stream::iter([r])).await }
+                async move {
+                    let mut stream = c.keep_alive(tokio_stream::iter([r])).await?.into_inner();
+                    stream.message().await.map(tonic::Response::new)
+                }
             })
             .await;
-        let refused = match got {
-            Ok(mut stream) => stream.message().await.expect_err("the KeepAlive is refused"),
-            Err(status) => status,
-        };
-        assert_eq!(refused.code(), Code::PermissionDenied, "KeepAlive with {secret:?}");
+        assert_eq!(got.expect_err("the KeepAlive is refused").code(), Code::PermissionDenied, "KeepAlive with {secret:?}");
     }
     assert!(owner.check_sequencer(&sequencer).await.expect("check"), "the owner still holds its lock");
     owner.release(&a, 3, ha).await.expect("the owner's own calls work");

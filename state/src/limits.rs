@@ -41,6 +41,8 @@ pub const SESSION_SECRET_BYTES: usize = 16;
 pub const EVENT_MASK_ALL: u32 = 0xff;
 
 // Locks.
+/// The longest a waiting `Acquire` may ask to wait, in milliseconds.
+pub const ACQUIRE_WAIT_MS_MAX: u64 = 600_000;
 /// The longest lock-delay a holder may choose, in milliseconds.
 pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
 /// The most waiters one lock queues; past it `acquire` is refused.

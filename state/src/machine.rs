@@ -51,6 +51,7 @@ use prost::Message as _;
 use crate::code::Code;
 
 use crate::limits::*;
+use crate::validate;
 use crate::locks::{Acquired, Grant, Holder, Holding, LockError, LockMode, LockRecord, LockTable};
 use crate::namespace::{Change, Namespace, NamespaceError, NodeKind, NodeRecord, Path, SessionId, Stat};
 
@@ -187,16 +188,12 @@ fn failure(code: Code, message: impl Into<String>) -> Outcome {
 
 /// A failure with a reason programs can match on (see `FailureReason`).
 fn failure_for(reason: wire::FailureReason, code: Code, message: impl Into<String>) -> Outcome {
-    let mut message = message.into();
-    if message.len() > FAILURE_MESSAGE_BYTES_MAX {
-        let mut cut = FAILURE_MESSAGE_BYTES_MAX - 3;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
-    Outcome { result: Some(wire::outcome::Result::Failure(wire::Failure { code: code as i32, message, reason: reason as i32 })) }
+    refused(validate::failure(code, reason, message))
+}
+
+/// The outcome of a refusal.
+fn refused(failure: wire::Failure) -> Outcome {
+    Outcome { result: Some(wire::outcome::Result::Failure(failure)) }
 }
 
 fn is_failure(outcome: &Outcome) -> bool {
@@ -428,11 +425,9 @@ impl StateMachine {
     }
 
     fn create_session(&mut self, create: &wire::CreateSession) -> Outcome {
-        if create.client_name.len() > CLIENT_NAME_BYTES_MAX {
-            return failure(Code::InvalidArgument, format!("client name over {CLIENT_NAME_BYTES_MAX} bytes"));
-        }
-        let Ok(secret) = <[u8; SESSION_SECRET_BYTES]>::try_from(create.session_secret.as_ref()) else {
-            return failure(Code::InvalidArgument, format!("a session needs a secret of {SESSION_SECRET_BYTES} bytes"));
+        let secret = match validate::create_session(create) {
+            Ok(secret) => secret,
+            Err(invalid) => return refused(invalid),
         };
         if self.sessions.len() >= SESSIONS_MAX {
             return failure(Code::ResourceExhausted, format!("the cell holds {SESSIONS_MAX} sessions"));
@@ -570,14 +565,15 @@ impl StateMachine {
         let session_id = call.session_id;
         let number = call.request_number;
         // Before anything is looked up or remembered: a refused call must not
-        // learn the session's answers, nor leave one under its number.
+        // learn the session's answers, nor leave one under its number. The
+        // same checks as the handler's (the log is input too).
+        if let Err(invalid) = validate::session_call(call) {
+            return refused(invalid);
+        }
         let session = match self.authorize(session_id, &call.session_secret) {
             Ok(session) => session,
             Err(refused) => return refused,
         };
-        if number == 0 {
-            return failure(Code::InvalidArgument, "request numbers start at 1");
-        }
         if let Some(answer) = session.answers.get(&number) {
             return answer.clone();
         }
@@ -635,16 +631,10 @@ impl StateMachine {
     }
 
     fn open(&mut self, session_id: SessionId, open: &api::OpenRequest) -> Outcome {
-        let path = match Path::parse(&open.path) {
-            Ok(path) => path,
-            Err(error) => return failure(Code::InvalidArgument, error.to_string()),
+        let (path, kind) = match validate::open(open) {
+            Ok(valid) => valid,
+            Err(invalid) => return refused(invalid),
         };
-        if open.lock_delay_ms > LOCK_DELAY_MS_MAX {
-            return failure(Code::InvalidArgument, format!("lock-delay {} ms over {LOCK_DELAY_MS_MAX} ms", open.lock_delay_ms));
-        }
-        if open.event_mask & !EVENT_MASK_ALL != 0 {
-            return failure(Code::InvalidArgument, format!("unknown event bits in mask {:#x}", open.event_mask));
-        }
         let Some(session) = self.sessions.get(&session_id) else {
             return failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
         };
@@ -666,11 +656,6 @@ impl StateMachine {
                 (stat, false)
             }
             Err(NamespaceError::NotFound(_)) if open.create => {
-                let kind = match api::NodeKind::try_from(open.kind) {
-                    Ok(api::NodeKind::Directory) => NodeKind::Directory,
-                    Ok(api::NodeKind::File | api::NodeKind::Unspecified) => NodeKind::File,
-                    Err(_) => return failure(Code::InvalidArgument, format!("unknown node kind {}", open.kind)),
-                };
                 let owner = open.ephemeral.then_some(session_id);
                 let contents = open.initial_contents.clone();
                 match self.namespace.create(&path, kind, owner, contents, self.now_ms) {
@@ -797,8 +782,9 @@ impl StateMachine {
     }
 
     fn acquire(&mut self, session_id: SessionId, request_number: u64, request: &api::AcquireRequest, wait: bool) -> Outcome {
-        let Some(mode) = mode_from_proto(request.mode) else {
-            return failure(Code::InvalidArgument, "lock mode must be exclusive or shared");
+        let mode = match validate::acquire(request) {
+            Ok(mode) => mode,
+            Err(invalid) => return refused(invalid),
         };
         let handle = match self.usable_handle(session_id, request.handle, true) {
             Ok(handle) => handle,
@@ -847,12 +833,10 @@ impl StateMachine {
         if let Err(outcome) = self.usable_handle(session_id, set.handle, true) {
             return outcome;
         }
-        let Some(sequencer) = &set.sequencer else {
-            return failure(Code::InvalidArgument, "no sequencer given");
-        };
-        if let Err(error) = Path::parse(&sequencer.path) {
-            return failure(Code::InvalidArgument, error.to_string());
+        if let Err(invalid) = validate::sequencer(set.sequencer.as_ref()) {
+            return refused(invalid);
         }
+        let Some(sequencer) = &set.sequencer else { unreachable!("validated") };
         if !self.check_sequencer(sequencer).valid {
             return failure_for(wire::FailureReason::SequencerStale, Code::FailedPrecondition, format!("sequencer for {} is stale", sequencer.path));
         }

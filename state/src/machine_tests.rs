@@ -410,8 +410,12 @@ fn bad_commands_fail_with_their_codes_and_change_nothing() {
         ..Default::default()
     });
     assert_eq!(code_of(&cell.call(a, big)), Some(Code::ResourceExhausted));
-    assert_eq!(code_of(&cell.call_numbered(999, 1, Call::Close(api::CloseRequest::default()))), Some(Code::FailedPrecondition));
-    assert_eq!(code_of(&cell.call_numbered(a, 0, Call::Close(api::CloseRequest::default()))), Some(Code::InvalidArgument));
+    let close_one = || Call::Close(api::CloseRequest { handle: 1, ..Default::default() });
+    let some_secret = Bytes::from(vec![1; SESSION_SECRET_BYTES]);
+    assert_eq!(code_of(&cell.call_with_secret(999, some_secret, 1, close_one())), Some(Code::FailedPrecondition), "no such session");
+    assert_eq!(code_of(&cell.call_numbered(999, 1, close_one())), Some(Code::PermissionDenied), "no secret at all");
+    assert_eq!(code_of(&cell.call_numbered(a, 0, close_one())), Some(Code::InvalidArgument));
+    assert_eq!(code_of(&cell.call(a, Call::Close(api::CloseRequest::default()))), Some(Code::InvalidArgument), "handle 0");
     assert_eq!(code_of(&cell.call(a, Call::Close(api::CloseRequest { handle: 77, ..Default::default() }))), Some(Code::NotFound));
     let empty = wire::Command { now_ms: 0, kind: None, ..Default::default() };
     assert_eq!(code_of(&cell.state.apply(&empty)), Some(Code::InvalidArgument));

@@ -43,6 +43,24 @@ pub enum PathError {
     TooDeep(usize),
 }
 
+/// The most bytes of a bad path that an error echoes.
+pub const EXCERPT_BYTES_MAX: usize = 64;
+
+/// The start of `text` for an error message: at most
+/// [`EXCERPT_BYTES_MAX`] bytes (cut at a character boundary) and, when cut,
+/// how long it was, so that a long bad path cannot make a status message
+/// long (gRPC C-core clients drop trailers over 8 KiB).
+pub fn excerpt(text: &str) -> String {
+    if text.len() <= EXCERPT_BYTES_MAX {
+        return text.to_string();
+    }
+    let mut cut = EXCERPT_BYTES_MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...({} bytes)", &text[..cut], text.len())
+}
+
 /// A validated absolute path such as `/ls/cell/config`. The root is `/`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Path(String);
@@ -52,13 +70,13 @@ impl Path {
     /// components, no control characters, bounded length and depth.
     pub fn parse(text: &str) -> Result<Path, PathError> {
         if !text.starts_with('/') {
-            return Err(PathError::NotAbsolute(text.to_string()));
+            return Err(PathError::NotAbsolute(excerpt(text)));
         }
         if text.len() > PATH_BYTES_MAX {
             return Err(PathError::TooLong(text.len()));
         }
         if text.chars().any(char::is_control) {
-            return Err(PathError::ControlCharacter(text.to_string()));
+            return Err(PathError::ControlCharacter(excerpt(text)));
         }
         if text == "/" {
             return Ok(Path::root());
@@ -69,7 +87,7 @@ impl Path {
         }
         for component in &components {
             if component.is_empty() || *component == "." || *component == ".." {
-                return Err(PathError::BadComponent(text.to_string()));
+                return Err(PathError::BadComponent(excerpt(text)));
             }
             if component.len() > COMPONENT_BYTES_MAX {
                 return Err(PathError::TooLong(text.len()));
