@@ -60,6 +60,7 @@ pub use clock::{CLOCK_DRIFT_BOUND, OUT_OF_BOUND_RATE};
 
 use crate::linearizability::Op;
 use crate::proxy::Network;
+use crate::rng::Rng;
 use crate::{Cell, REPLICAS};
 
 /// How long and how hard to run.
@@ -110,36 +111,6 @@ fn random_seed() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish() % 1_000_000
-}
-
-/// A tiny seeded generator (xorshift64*), so a seed replays the schedule.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number below `n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// A duration between `low` and `high`.
-    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        let span = u64::try_from((high - low).as_millis()).unwrap_or(0);
-        low + Duration::from_millis(self.below(span + 1))
-    }
 }
 
 /// One fault the nemesis injects.
@@ -446,7 +417,8 @@ const SKEW_ATTEMPTS: u32 = 3;
 /// after `profile.duration` (the mandatory faults always run); the checks
 /// run after the cell is healed.
 pub async fn run(profile: Profile) -> anyhow::Result<Report> {
-    let mut rng = Rng::new(profile.seed);
+    // Every random choice of the run comes from a fork of this one seed.
+    let root = Rng::new(profile.seed);
     // libfaketime must fake the monotonic clock, or the clock nemeses test
     // nothing: a process at half speed must measure half the real time.
     let probe = tempfile::tempdir()?;
@@ -457,14 +429,14 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         (measured_rate - 0.5).abs() < 0.1,
         "libfaketime does not slow CLOCK_MONOTONIC down: a process at rate 0.5 measured {measured_rate:.3}"
     );
-    let rates = clock::in_bound_rates(&mut rng);
+    let rates = clock::in_bound_rates(&mut root.fork("clock/rates"));
 
     let lease = SESSION_LEASE_MS.to_string();
     // The proxy sits in front of every replica's real peer listener; each
     // replica reaches each other one through its own directed link.
     let (members, reserved) = Cell::reserve_members();
     let targets: Vec<(u64, std::net::SocketAddr)> = members.iter().map(|m| (m.id, m.peer)).collect();
-    let network = Network::start(&targets).await?;
+    let network = Network::start_with_seed(&targets, root.fork("proxy").next_u64()).await?;
     // The proxy's links are bound; free the replicas' ports for them.
     drop(reserved);
     let network = &network;
@@ -485,19 +457,19 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for worker in 0..3 {
-        tasks.push(tokio::spawn(workloads::registers(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
+        tasks.push(tokio::spawn(workloads::registers(worker, addresses.clone(), recorder.clone(), stop.clone(), root.fork(&format!("workload/registers/{worker}")))));
     }
     for reader in 0..2 {
-        tasks.push(tokio::spawn(workloads::pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
+        tasks.push(tokio::spawn(workloads::pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), root.fork(&format!("workload/pinned-reads/{reader}")))));
     }
     for worker in 0..2 {
-        tasks.push(tokio::spawn(workloads::ephemerals(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
+        tasks.push(tokio::spawn(workloads::ephemerals(worker, addresses.clone(), recorder.clone(), stop.clone(), root.fork(&format!("workload/ephemerals/{worker}")))));
     }
     tasks.push(tokio::spawn(workloads::observe_ephemerals(addresses.clone(), recorder.clone(), stop.clone())));
     for worker in 0..2 {
         tasks.push(tokio::spawn(workloads::unique_set(worker, addresses.clone(), recorder.clone(), stop.clone())));
     }
-    let spawn = workers::Spawn { addresses: &addresses, epoch_us: recorder.start_us, seed: rng.next_u64(), log_dir: cell.dir.path() };
+    let spawn = workers::Spawn { addresses: &addresses, epoch_us: recorder.start_us, seed: root.fork("workers").next_u64(), log_dir: cell.dir.path() };
     let workers = workers::Workers::start(LOCK_WORKERS, CANDIDATES, &spawn, &recorder)?;
     let (monitor_stop, monitor_stopped) = watch::channel(false);
     let monitor = tokio::spawn(elections::monitor(cell.members.iter().map(|m| m.client).collect(), recorder.clone(), monitor_stopped));
@@ -510,7 +482,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         recorder: &recorder,
         workers: Some(&workers),
         addresses: &addresses,
-        rng: Rng::new(rng.next_u64()),
+        rng: root.fork("nemesis"),
         down_for_good: None,
         rejoins: Vec::new(),
         wipe: None,
@@ -538,9 +510,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
                 // before it is shuffled again: a long run injects each kind.
                 if deck.is_empty() {
                     deck = Fault::RANDOM.to_vec();
-                    for i in (1..deck.len()).rev() {
-                        deck.swap(i, nemesis.rng.below(i as u64 + 1) as usize);
-                    }
+                    nemesis.rng.shuffle(&mut deck);
                 }
                 deck.pop().unwrap_or(Fault::KillFollower)
             }
@@ -605,7 +575,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         // The scenario outside the clock-drift bound: expected to be caught.
         let attempts = if profile.name == "long" { 2 * SKEW_ATTEMPTS } else { SKEW_ATTEMPTS };
         let start = recorder.now();
-        let skew = clock::out_of_bound(&mut cell, network, &recorder, down_for_good, attempts, &mut rng).await;
+        let skew = clock::out_of_bound(&mut cell, network, &recorder, down_for_good, attempts, &mut root.fork("clock/out-of-bound")).await;
         let detail = format!("replica {} at x{}, {} attempts", skew.replica, skew.rate, skew.attempts);
         lock(&recorder.faults).push(FaultRecord { name: "clock-outside-bound", master: None, detail, start, heal: recorder.now() });
         *fault_counts.entry("clock-outside-bound").or_default() += 1;

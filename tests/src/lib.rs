@@ -17,6 +17,8 @@ pub mod proxy;
 
 pub mod linearizability;
 
+pub mod rng;
+
 pub mod chaos;
 
 use std::future::Future;
