@@ -557,17 +557,18 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     violations.insert("fenced locks: stale sequencers accepted", locks.fenced_stale);
     violations.insert("fenced locks: holders acting at once on the fenced resource", locks.fenced_overlaps);
     violations.insert("fenced locks: two holders in one generation", locks.doubled);
-    let (bad_successions, overlapping_leaders) = checks::check_elections(&recorder);
-    violations.insert("election: bad leader successions", bad_successions);
+    let elections = checks::check_elections(&recorder);
+    let overlapping_leaders = elections.overlapping;
+    violations.insert("election: bad leader successions", elections.bad_successions);
     violations.insert("wiped replica: started on an empty data directory", wipe.iter().filter(|w| !w.refused).count() as u64);
     let mut unchecked: Vec<&str> = Vec::new();
     let mut lost = 0;
     let skew = if healed {
         // Abandoned sessions need their lease (and a failover's fresh lease) to end.
         tokio::time::sleep(Duration::from_millis(3 * SESSION_LEASE_MS)).await;
-        let (early, lingering) = checks::check_ephemerals(&recorder, &addresses).await;
-        violations.insert("ephemerals: deleted before their session ended", early);
-        violations.insert("ephemerals: still present after their session ended", lingering);
+        let ephemerals = checks::check_ephemerals(&recorder, &addresses).await;
+        violations.insert("ephemerals: deleted before their session ended", ephemerals.deleted_early.len() as u64);
+        violations.insert("ephemerals: still present after their session ended", ephemerals.lingering.len() as u64);
         lost = checks::check_set(&recorder, &addresses).await;
         violations.insert("unique set: acknowledged writes lost", lost);
         let accepted_without_quorum = checks::check_three_down(&mut cell, &addresses, &recorder).await;
