@@ -59,6 +59,7 @@ use tokio::sync::watch;
 pub use clock::{CLOCK_DRIFT_BOUND, OUT_OF_BOUND_RATE};
 
 use crate::linearizability::Op;
+use crate::progress::{Meter, Progress};
 use crate::proxy::Network;
 use crate::rng::Rng;
 use crate::{Cell, REPLICAS};
@@ -268,6 +269,8 @@ struct Recorder {
     ephemerals: Mutex<Ephemerals>,
     set_acknowledged: Mutex<BTreeSet<String>>,
     ballots: Mutex<elections::BallotLog>,
+    /// Operations and faults so far, for the progress line on stderr.
+    meter: Arc<Meter>,
 }
 
 #[derive(Default)]
@@ -315,6 +318,7 @@ impl Recorder {
             ephemerals: Mutex::new(Ephemerals::default()),
             set_acknowledged: Mutex::new(BTreeSet::new()),
             ballots: Mutex::new(elections::BallotLog::default()),
+            meter: Arc::new(Meter::default()),
         }
     }
 
@@ -323,6 +327,7 @@ impl Recorder {
     }
 
     fn count(&self, workload: &'static str, outcome: Outcome) {
+        self.meter.operations(1);
         let mut counts = lock(&self.counts);
         let entry = counts.entry(workload).or_default();
         match outcome {
@@ -488,6 +493,8 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         wipe: None,
         client_pauses: Vec::new(),
     };
+    // Progress on stderr until the run returns, however it ends.
+    let _progress = Progress::start(format!("chaos {} seed {}", profile.name, profile.seed), Some(profile.duration), true, Arc::clone(&recorder.meter));
     let started = Instant::now();
     let until = started + profile.duration;
     // The short profile wipes a replica right after the other mandatory
@@ -516,8 +523,9 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
             }
         };
         step += 1;
+        recorder.meter.set_phase(format!("fault {}", fault.name()));
         nemesis.inject(fault).await;
-        *fault_counts.entry(fault.name()).or_default() += 1;
+        injected(&mut fault_counts, &recorder, fault.name());
         // A client pause proves something only if it caught a lock holder
         // at work (none may hold the lock while the cell recovers): try
         // again later, a bounded number of times.
@@ -530,6 +538,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         tokio::time::sleep(pause).await;
     }
     let nemesis::Nemesis { down_for_good, mut rejoins, wipe, client_pauses, rng: nemesis_rng, .. } = nemesis;
+    recorder.meter.set_phase("healing");
     network.heal();
     for index in 0..REPLICAS as usize {
         if !cell.is_running(index) && Some(index) != down_for_good {
@@ -550,6 +559,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let healed = crate::wait_for_master(&cell, &live, crate::FIRST_MASTER_DEADLINE).await.is_some();
 
     // Checks.
+    recorder.meter.set_phase("checks");
     let mut violations = BTreeMap::new();
     violations.insert("cell: no master once the faults healed", u64::from(!healed));
     violations.insert("registers: non-linearizable files", checks::check_registers(&recorder));
@@ -576,10 +586,11 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         // The scenario outside the clock-drift bound: expected to be caught.
         let attempts = if profile.name == "long" { 2 * SKEW_ATTEMPTS } else { SKEW_ATTEMPTS };
         let start = recorder.now();
+        recorder.meter.set_phase("fault clock-outside-bound");
         let skew = clock::out_of_bound(&mut cell, network, &recorder, down_for_good, attempts, &mut root.fork("clock/out-of-bound")).await;
         let detail = format!("replica {} at x{}, {} attempts", skew.replica, skew.rate, skew.attempts);
         lock(&recorder.faults).push(FaultRecord { name: "clock-outside-bound", master: None, detail, start, heal: recorder.now() });
-        *fault_counts.entry("clock-outside-bound").or_default() += 1;
+        injected(&mut fault_counts, &recorder, "clock-outside-bound");
         skew
     } else {
         unchecked.extend(["ephemerals", "unique set", "three down", "clock outside the bound"]);
@@ -603,8 +614,9 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
             wipe: None,
             client_pauses: Vec::new(),
         };
+        recorder.meter.set_phase(format!("fault {}", Fault::RejoinAfterWrites.name()));
         last.inject(Fault::RejoinAfterWrites).await;
-        *fault_counts.entry(Fault::RejoinAfterWrites.name()).or_default() += 1;
+        injected(&mut fault_counts, &recorder, Fault::RejoinAfterWrites.name());
         rejoins.append(&mut last.rejoins);
     } else {
         unchecked.push("rejoin after large writes");
@@ -708,6 +720,12 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     }
     drop(cell);
     Ok(Report { json, table, violations: total, missing, path })
+}
+
+/// Counts one fault `name` injected, in the report and on the progress line.
+fn injected(fault_counts: &mut BTreeMap<&'static str, u64>, recorder: &Recorder, name: &'static str) {
+    *fault_counts.entry(name).or_default() += 1;
+    recorder.meter.fault();
 }
 
 /// Copies the replicas' and workers' logs of a failing run next to its

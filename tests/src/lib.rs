@@ -17,6 +17,8 @@ pub mod proxy;
 
 pub mod linearizability;
 
+pub mod progress;
+
 pub mod rng;
 
 pub mod chaos;
