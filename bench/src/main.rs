@@ -17,6 +17,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +26,7 @@ use gaios_bench::failover::{self, Fault, Target};
 use gaios_bench::sessions::{self, SessionsResult};
 use gaios_bench::systems::{self, Op, PeerCluster, PeerKind, System, measure};
 use gaios_bench::{Samples, median_ms, plots, ratio};
+use gaios_tests::progress::{Meter, Progress};
 
 /// The benchmark's command line.
 #[derive(Debug, Parser)]
@@ -135,6 +137,10 @@ struct Systems {
     zookeeper: Option<PeerCluster>,
     /// The system that runs now; the others are paused.
     focused: std::sync::Mutex<Option<Which>>,
+    /// The operations measured, and the phase shown on stderr.
+    meter: Arc<Meter>,
+    /// The workload that runs now (`2/6 throughput`), for the phase.
+    workload: std::sync::Mutex<String>,
 }
 
 /// One of the three systems.
@@ -162,6 +168,8 @@ impl Systems {
     /// leader, so that no system is measured while another one's
     /// heartbeats, timers and fsyncs compete for the two cores and the disk.
     async fn focus(&self, cell: &gaios_tests::Cell, which: Which) -> anyhow::Result<()> {
+        let workload = self.workload.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        self.meter.set_phase(format!("workload {workload} on {which:?}"));
         if *self.focused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == Some(which) {
             return Ok(());
         }
@@ -205,18 +213,18 @@ impl Systems {
     /// Runs the same measurement on every system present, each alone.
     async fn row(&self, cell: &gaios_tests::Cell, label: &str, clients: usize, duration: Duration, count: usize, op: Op) -> anyhow::Result<Row> {
         self.focus(cell, Which::Gaios).await?;
-        let gaios = Some(measure(&self.gaios, clients, duration, count, op).await?);
+        let gaios = Some(measure(&self.gaios, clients, duration, count, op, &self.meter).await?);
         let etcd = match &self.etcd {
             Some(peer) => {
                 self.focus(cell, Which::Etcd).await?;
-                Some(measure(&peer.system(), clients, duration, count, op).await?)
+                Some(measure(&peer.system(), clients, duration, count, op, &self.meter).await?)
             }
             None => None,
         };
         let zookeeper = match &self.zookeeper {
             Some(peer) => {
                 self.focus(cell, Which::ZooKeeper).await?;
-                Some(measure(&peer.system(), clients, duration, count, op).await?)
+                Some(measure(&peer.system(), clients, duration, count, op, &self.meter).await?)
             }
             None => None,
         };
@@ -256,6 +264,10 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let plotting = plot_dir.is_some() && plots::font_available();
+    // Progress on stderr every few seconds until main returns.
+    let meter = Arc::new(Meter::default());
+    meter.set_phase("starting the systems");
+    let _progress = Progress::start("bench", None, false, Arc::clone(&meter));
 
     // Gaios: five real replicas.
     let server_args: Vec<&str> = args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
@@ -275,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
     let etcd = if etcd_installed { Some(PeerCluster::start(&script, PeerKind::Etcd, &peers_dir.join("etcd"))?) } else { None };
     let zookeeper =
         if zookeeper_installed { Some(PeerCluster::start(&script, PeerKind::ZooKeeper, &peers_dir.join("zk"))?) } else { None };
-    let systems = Systems { gaios, etcd, zookeeper, focused: std::sync::Mutex::new(None) };
+    let systems = Systems { gaios, etcd, zookeeper, focused: std::sync::Mutex::new(None), meter, workload: std::sync::Mutex::new(String::new()) };
 
     let mut report = header(&args, etcd_installed, zookeeper_installed);
     let mut figures = Figures::default();
@@ -284,8 +296,11 @@ async fn main() -> anyhow::Result<()> {
         let dir = plot_dir.as_ref().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
         format!("![{name}]({dir}/{name})\n\n")
     };
-    for workload in &args.workloads {
+    for (index, workload) in args.workloads.iter().enumerate() {
         eprintln!("workload {workload}…");
+        let stage = format!("{}/{} {workload}", index + 1, args.workloads.len());
+        systems.meter.set_phase(format!("workload {stage}"));
+        *systems.workload.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
         match workload.as_str() {
             "write" => {
                 let row = systems.row(&cell, "write", 1, duration, count, Op::Write).await?;
@@ -325,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
                 let mut rows = vec![lease_read];
                 if let Some(etcd) = &systems.etcd {
                     systems.focus(&cell, Which::Etcd).await?;
-                    let serializable = measure(&etcd.system(), 1, duration, count, Op::Read { serializable: true }).await?;
+                    let serializable = measure(&etcd.system(), 1, duration, count, Op::Read { serializable: true }, &systems.meter).await?;
                     figures.etcd_serializable = Some(serializable.clone());
                     rows.push(Row { label: "etcd serializable".into(), gaios: rows[0].gaios.clone(), etcd: Some(serializable), zookeeper: None });
                 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gaios_client::{Client, LockMode, OpenOptions, Options};
+use gaios_tests::progress::Meter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Mutex;
 
@@ -212,7 +213,7 @@ pub enum Op {
 
 /// Runs `op` on `clients` connections concurrently for `duration` (or
 /// `count` operations each, whichever first) and merges the latencies.
-pub async fn measure(system: &System, clients: usize, duration: Duration, count: usize, op: Op) -> anyhow::Result<Samples> {
+pub async fn measure(system: &System, clients: usize, duration: Duration, count: usize, op: Op, meter: &Arc<Meter>) -> anyhow::Result<Samples> {
     let mut conns = Vec::with_capacity(clients);
     for id in 0..clients {
         conns.push(system.connect(id).await.with_context(|| format!("connect client {id} to {}", system.name()))?);
@@ -224,6 +225,7 @@ pub async fn measure(system: &System, clients: usize, duration: Duration, count:
     for (id, mut conn) in conns.into_iter().enumerate() {
         let value = value.clone();
         let merged = merged.clone();
+        let meter = Arc::clone(meter);
         tasks.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let mut done = 0;
@@ -240,6 +242,7 @@ pub async fn measure(system: &System, clients: usize, duration: Duration, count:
                 if result.is_ok() {
                     samples.push(begin.elapsed());
                 }
+                meter.operations(1);
                 done += 1;
             }
             merged.lock().await.extend(&samples);

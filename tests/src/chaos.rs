@@ -59,7 +59,9 @@ use tokio::sync::watch;
 pub use clock::{CLOCK_DRIFT_BOUND, OUT_OF_BOUND_RATE};
 
 use crate::linearizability::Op;
+use crate::progress::{Meter, Progress};
 use crate::proxy::Network;
+use crate::rng::Rng;
 use crate::{Cell, REPLICAS};
 
 /// How long and how hard to run.
@@ -110,36 +112,6 @@ fn random_seed() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish() % 1_000_000
-}
-
-/// A tiny seeded generator (xorshift64*), so a seed replays the schedule.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number below `n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// A duration between `low` and `high`.
-    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        let span = u64::try_from((high - low).as_millis()).unwrap_or(0);
-        low + Duration::from_millis(self.below(span + 1))
-    }
 }
 
 /// One fault the nemesis injects.
@@ -297,6 +269,8 @@ struct Recorder {
     ephemerals: Mutex<Ephemerals>,
     set_acknowledged: Mutex<BTreeSet<String>>,
     ballots: Mutex<elections::BallotLog>,
+    /// Operations and faults so far, for the progress line on stderr.
+    meter: Arc<Meter>,
 }
 
 #[derive(Default)]
@@ -344,6 +318,7 @@ impl Recorder {
             ephemerals: Mutex::new(Ephemerals::default()),
             set_acknowledged: Mutex::new(BTreeSet::new()),
             ballots: Mutex::new(elections::BallotLog::default()),
+            meter: Arc::new(Meter::default()),
         }
     }
 
@@ -352,6 +327,7 @@ impl Recorder {
     }
 
     fn count(&self, workload: &'static str, outcome: Outcome) {
+        self.meter.operations(1);
         let mut counts = lock(&self.counts);
         let entry = counts.entry(workload).or_default();
         match outcome {
@@ -446,7 +422,8 @@ const SKEW_ATTEMPTS: u32 = 3;
 /// after `profile.duration` (the mandatory faults always run); the checks
 /// run after the cell is healed.
 pub async fn run(profile: Profile) -> anyhow::Result<Report> {
-    let mut rng = Rng::new(profile.seed);
+    // Every random choice of the run comes from a fork of this one seed.
+    let root = Rng::new(profile.seed);
     // libfaketime must fake the monotonic clock, or the clock nemeses test
     // nothing: a process at half speed must measure half the real time.
     let probe = tempfile::tempdir()?;
@@ -457,14 +434,14 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         (measured_rate - 0.5).abs() < 0.1,
         "libfaketime does not slow CLOCK_MONOTONIC down: a process at rate 0.5 measured {measured_rate:.3}"
     );
-    let rates = clock::in_bound_rates(&mut rng);
+    let rates = clock::in_bound_rates(&mut root.fork("clock/rates"));
 
     let lease = SESSION_LEASE_MS.to_string();
     // The proxy sits in front of every replica's real peer listener; each
     // replica reaches each other one through its own directed link.
     let (members, reserved) = Cell::reserve_members();
     let targets: Vec<(u64, std::net::SocketAddr)> = members.iter().map(|m| (m.id, m.peer)).collect();
-    let network = Network::start(&targets).await?;
+    let network = Network::start_with_seed(&targets, root.fork("proxy").next_u64()).await?;
     // The proxy's links are bound; free the replicas' ports for them.
     drop(reserved);
     let network = &network;
@@ -485,19 +462,19 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for worker in 0..3 {
-        tasks.push(tokio::spawn(workloads::registers(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
+        tasks.push(tokio::spawn(workloads::registers(worker, addresses.clone(), recorder.clone(), stop.clone(), root.fork(&format!("workload/registers/{worker}")))));
     }
     for reader in 0..2 {
-        tasks.push(tokio::spawn(workloads::pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
+        tasks.push(tokio::spawn(workloads::pinned_reads(100 + reader, addresses.clone(), recorder.clone(), stop.clone(), root.fork(&format!("workload/pinned-reads/{reader}")))));
     }
     for worker in 0..2 {
-        tasks.push(tokio::spawn(workloads::ephemerals(worker, addresses.clone(), recorder.clone(), stop.clone(), Rng::new(rng.next_u64()))));
+        tasks.push(tokio::spawn(workloads::ephemerals(worker, addresses.clone(), recorder.clone(), stop.clone(), root.fork(&format!("workload/ephemerals/{worker}")))));
     }
     tasks.push(tokio::spawn(workloads::observe_ephemerals(addresses.clone(), recorder.clone(), stop.clone())));
     for worker in 0..2 {
         tasks.push(tokio::spawn(workloads::unique_set(worker, addresses.clone(), recorder.clone(), stop.clone())));
     }
-    let spawn = workers::Spawn { addresses: &addresses, epoch_us: recorder.start_us, seed: rng.next_u64(), log_dir: cell.dir.path() };
+    let spawn = workers::Spawn { addresses: &addresses, epoch_us: recorder.start_us, seed: root.fork("workers").next_u64(), log_dir: cell.dir.path() };
     let workers = workers::Workers::start(LOCK_WORKERS, CANDIDATES, &spawn, &recorder)?;
     let (monitor_stop, monitor_stopped) = watch::channel(false);
     let monitor = tokio::spawn(elections::monitor(cell.members.iter().map(|m| m.client).collect(), recorder.clone(), monitor_stopped));
@@ -510,12 +487,14 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         recorder: &recorder,
         workers: Some(&workers),
         addresses: &addresses,
-        rng: Rng::new(rng.next_u64()),
+        rng: root.fork("nemesis"),
         down_for_good: None,
         rejoins: Vec::new(),
         wipe: None,
         client_pauses: Vec::new(),
     };
+    // Progress on stderr until the run returns, however it ends.
+    let _progress = Progress::start(format!("chaos {} seed {}", profile.name, profile.seed), Some(profile.duration), true, Arc::clone(&recorder.meter));
     let started = Instant::now();
     let until = started + profile.duration;
     // The short profile wipes a replica right after the other mandatory
@@ -538,16 +517,15 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
                 // before it is shuffled again: a long run injects each kind.
                 if deck.is_empty() {
                     deck = Fault::RANDOM.to_vec();
-                    for i in (1..deck.len()).rev() {
-                        deck.swap(i, nemesis.rng.below(i as u64 + 1) as usize);
-                    }
+                    nemesis.rng.shuffle(&mut deck);
                 }
                 deck.pop().unwrap_or(Fault::KillFollower)
             }
         };
         step += 1;
+        recorder.meter.set_phase(format!("fault {}", fault.name()));
         nemesis.inject(fault).await;
-        *fault_counts.entry(fault.name()).or_default() += 1;
+        injected(&mut fault_counts, &recorder, fault.name());
         // A client pause proves something only if it caught a lock holder
         // at work (none may hold the lock while the cell recovers): try
         // again later, a bounded number of times.
@@ -560,6 +538,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         tokio::time::sleep(pause).await;
     }
     let nemesis::Nemesis { down_for_good, mut rejoins, wipe, client_pauses, rng: nemesis_rng, .. } = nemesis;
+    recorder.meter.set_phase("healing");
     network.heal();
     for index in 0..REPLICAS as usize {
         if !cell.is_running(index) && Some(index) != down_for_good {
@@ -580,6 +559,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     let healed = crate::wait_for_master(&cell, &live, crate::FIRST_MASTER_DEADLINE).await.is_some();
 
     // Checks.
+    recorder.meter.set_phase("checks");
     let mut violations = BTreeMap::new();
     violations.insert("cell: no master once the faults healed", u64::from(!healed));
     violations.insert("registers: non-linearizable files", checks::check_registers(&recorder));
@@ -587,17 +567,18 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     violations.insert("fenced locks: stale sequencers accepted", locks.fenced_stale);
     violations.insert("fenced locks: holders acting at once on the fenced resource", locks.fenced_overlaps);
     violations.insert("fenced locks: two holders in one generation", locks.doubled);
-    let (bad_successions, overlapping_leaders) = checks::check_elections(&recorder);
-    violations.insert("election: bad leader successions", bad_successions);
+    let elections = checks::check_elections(&recorder);
+    let overlapping_leaders = elections.overlapping;
+    violations.insert("election: bad leader successions", elections.bad_successions);
     violations.insert("wiped replica: started on an empty data directory", wipe.iter().filter(|w| !w.refused).count() as u64);
     let mut unchecked: Vec<&str> = Vec::new();
     let mut lost = 0;
     let skew = if healed {
         // Abandoned sessions need their lease (and a failover's fresh lease) to end.
         tokio::time::sleep(Duration::from_millis(3 * SESSION_LEASE_MS)).await;
-        let (early, lingering) = checks::check_ephemerals(&recorder, &addresses).await;
-        violations.insert("ephemerals: deleted before their session ended", early);
-        violations.insert("ephemerals: still present after their session ended", lingering);
+        let ephemerals = checks::check_ephemerals(&recorder, &addresses).await;
+        violations.insert("ephemerals: deleted before their session ended", ephemerals.deleted_early.len() as u64);
+        violations.insert("ephemerals: still present after their session ended", ephemerals.lingering.len() as u64);
         lost = checks::check_set(&recorder, &addresses).await;
         violations.insert("unique set: acknowledged writes lost", lost);
         let accepted_without_quorum = checks::check_three_down(&mut cell, &addresses, &recorder).await;
@@ -605,10 +586,11 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         // The scenario outside the clock-drift bound: expected to be caught.
         let attempts = if profile.name == "long" { 2 * SKEW_ATTEMPTS } else { SKEW_ATTEMPTS };
         let start = recorder.now();
-        let skew = clock::out_of_bound(&mut cell, network, &recorder, down_for_good, attempts, &mut rng).await;
+        recorder.meter.set_phase("fault clock-outside-bound");
+        let skew = clock::out_of_bound(&mut cell, network, &recorder, down_for_good, attempts, &mut root.fork("clock/out-of-bound")).await;
         let detail = format!("replica {} at x{}, {} attempts", skew.replica, skew.rate, skew.attempts);
         lock(&recorder.faults).push(FaultRecord { name: "clock-outside-bound", master: None, detail, start, heal: recorder.now() });
-        *fault_counts.entry("clock-outside-bound").or_default() += 1;
+        injected(&mut fault_counts, &recorder, "clock-outside-bound");
         skew
     } else {
         unchecked.extend(["ephemerals", "unique set", "three down", "clock outside the bound"]);
@@ -632,8 +614,9 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
             wipe: None,
             client_pauses: Vec::new(),
         };
+        recorder.meter.set_phase(format!("fault {}", Fault::RejoinAfterWrites.name()));
         last.inject(Fault::RejoinAfterWrites).await;
-        *fault_counts.entry(Fault::RejoinAfterWrites.name()).or_default() += 1;
+        injected(&mut fault_counts, &recorder, Fault::RejoinAfterWrites.name());
         rejoins.append(&mut last.rejoins);
     } else {
         unchecked.push("rejoin after large writes");
@@ -737,6 +720,12 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     }
     drop(cell);
     Ok(Report { json, table, violations: total, missing, path })
+}
+
+/// Counts one fault `name` injected, in the report and on the progress line.
+fn injected(fault_counts: &mut BTreeMap<&'static str, u64>, recorder: &Recorder, name: &'static str) {
+    *fault_counts.entry(name).or_default() += 1;
+    recorder.meter.fault();
 }
 
 /// Copies the replicas' and workers' logs of a failing run next to its

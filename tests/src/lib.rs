@@ -17,6 +17,10 @@ pub mod proxy;
 
 pub mod linearizability;
 
+pub mod progress;
+
+pub mod rng;
+
 pub mod chaos;
 
 use std::future::Future;

@@ -95,6 +95,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::rng::{Rng, mix64};
+
 /// A budget for [`check`] that decides the chaos suite's histories (a few
 /// thousand ops from a handful of clients) quickly, while keeping the memo
 /// table under about 150 MB (16-byte fingerprints in a hash set).
@@ -453,14 +455,6 @@ impl Hasher for FingerprintHasher {
 
 type Fingerprints = HashSet<u128, BuildHasherDefault<FingerprintHasher>>;
 
-/// SplitMix64's output function: a bijection that mixes every input bit.
-fn mix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// A 128-bit hash of a register state, XORed into the linearized set's
 /// Zobrist hash to fingerprint a configuration.
 fn state_hash(state: State) -> u128 {
@@ -616,14 +610,12 @@ impl Search {
             }
         }
 
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        // Zobrist keys: fixed, so a verdict does not depend on the run.
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
         let keys = (0..entries.len())
             .map(|_| {
-                seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let high = mix64(seed);
-                seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let low = mix64(seed);
-                (u128::from(high) << 64) | u128::from(low)
+                let high = rng.next_u64();
+                (u128::from(high) << 64) | u128::from(rng.next_u64())
             })
             .collect();
         let ceilings = entries.iter().map(|entry| generation_ceiling(&entry.op)).collect();
@@ -1163,14 +1155,14 @@ mod tests {
     fn small_random_histories_agree_with_brute_force() {
         let (mut accepted, mut rejected) = (0, 0);
         for seed in 0..3000_u64 {
-            let mut rng = XorShift::new(seed);
+            let mut rng = Rng::new(seed);
             let clients = 1 + rng.below(3) as usize;
             let ops = 1 + rng.below(7) as usize;
             let mut history = generate(&mut rng, clients, ops, 25);
             // Perturb some results (and some values, reusing a few so that
             // indeterminate writes share classes) to get invalid ones too.
             for op in &mut history {
-                if rng.chance(15) {
+                if rng.chance(0.15) {
                     op.result = match op.result {
                         OpResult::Read { value, generation } => {
                             OpResult::Read { value: value % 3, generation: generation + rng.below(3) - 1 }
@@ -1181,7 +1173,7 @@ mod tests {
                         OpResult::Unknown => OpResult::Unknown,
                     };
                 }
-                if rng.chance(30)
+                if rng.chance(0.30)
                     && let OpKind::Write(value) = op.kind
                 {
                     op.kind = OpKind::Write(value % 3);
@@ -1196,31 +1188,6 @@ mod tests {
         assert!(accepted > 500 && rejected > 500, "accepted {accepted}, rejected {rejected}");
     }
 
-    /// A xorshift64* generator: deterministic, seedable, no dependency.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn new(seed: u64) -> XorShift {
-            XorShift(mix64(seed) | 1)
-        }
-
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        /// Uniform-ish in `0..bound` (`bound > 0`).
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-    }
-
     /// Values written by the generator stay below this, so a read of it was
     /// never written.
     const NEVER_WRITTEN: u64 = 1 << 40;
@@ -1230,7 +1197,7 @@ mod tests {
     /// op gets a linearization point inside its interval (an indeterminate one
     /// some time after its invocation, or none), and the results come from
     /// applying the ops to a real register in that order.
-    fn generate(rng: &mut XorShift, clients: usize, ops: usize, indeterminate_percent: u64) -> Vec<Op> {
+    fn generate(rng: &mut Rng, clients: usize, ops: usize, indeterminate_percent: u64) -> Vec<Op> {
         struct Planned {
             op: Op,
             /// Linearization point; `None` for an indeterminate op that never took effect.
@@ -1258,9 +1225,9 @@ mod tests {
                     OpKind::Cas { expected_generation, value: next_value }
                 }
             };
-            let indeterminate = kind != OpKind::Read && rng.chance(indeterminate_percent);
+            let indeterminate = kind != OpKind::Read && rng.chance(indeterminate_percent as f64 / 100.0);
             let (complete, point) = if indeterminate {
-                let point = rng.chance(50).then(|| invoke + rng.below(4 * duration));
+                let point = rng.chance(0.50).then(|| invoke + rng.below(4 * duration));
                 (None, point)
             } else {
                 (Some(complete), Some(invoke + rng.below(duration + 1)))
@@ -1305,7 +1272,7 @@ mod tests {
 
     #[test]
     fn large_random_valid_history_is_accepted_within_the_budget() {
-        let mut rng = XorShift::new(2000);
+        let mut rng = Rng::new(2000);
         let history = generate(&mut rng, 5, 2000, 1);
         let indeterminate = history.iter().filter(|op| op.complete.is_none()).count();
         assert!(indeterminate > 0, "the history should have indeterminate ops");
@@ -1318,7 +1285,7 @@ mod tests {
 
     #[test]
     fn tiny_budget_yields_unknown() {
-        let mut rng = XorShift::new(2000);
+        let mut rng = Rng::new(2000);
         let history = generate(&mut rng, 5, 2000, 1);
         let verdict = check(INITIAL, &history, 100);
         assert!(matches!(verdict, Verdict::Unknown { .. }), "{verdict:?}");
@@ -1327,7 +1294,7 @@ mod tests {
     #[test]
     fn random_valid_histories_are_accepted_and_a_corrupted_read_is_rejected() {
         for seed in 0..300_u64 {
-            let mut rng = XorShift::new(seed);
+            let mut rng = Rng::new(seed);
             let clients = 1 + rng.below(6) as usize;
             let ops = 1 + rng.below(120) as usize;
             let indeterminate_percent = rng.below(15);

@@ -41,10 +41,11 @@
 //! shapes the chaos suite needs: [`Network::isolate`], [`Network::partition`],
 //! [`Network::bridge`], [`Network::one_way`], [`Network::heal`].
 //!
-//! Randomness (which connection a flaky link resets, and when) comes from a
-//! small xorshift generator seeded from the seed given to
-//! [`Link::start_with_seed`] or [`Network::start_with_seed`]; the timing of
-//! real sockets is not deterministic, but the random choices are.
+//! Randomness (which connection a flaky link resets, and when) comes from
+//! the crate's [`Rng`], forked per link and per connection from the seed
+//! given to [`Link::start_with_seed`] or [`Network::start_with_seed`] (the
+//! chaos suite passes a fork of its run's seed); the timing of real sockets
+//! is not deterministic, but the random choices are.
 //!
 //! Dropping a `Link` (or the `Network`) stops its listener and closes every
 //! connection it forwards. IO errors never panic: they end the one
@@ -63,6 +64,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::rng::Rng;
 
 /// The most connections one link forwards at once; more are accepted and
 /// closed at once, so a reconnecting replica cannot exhaust the proxy.
@@ -326,7 +329,7 @@ async fn accept_loop(
                 };
                 Counters::add(&counters.connections_accepted, 1);
                 accepted_total += 1;
-                let rng = Rng::new(splitmix64(seed ^ splitmix64(accepted_total)));
+                let rng = Rng::new(seed).fork(&format!("connection/{accepted_total}"));
                 connections.spawn(serve(client, target, mode.clone(), Arc::clone(&counters), rng, permit));
             }
             // Reap finished connection tasks so the set stays small.
@@ -560,41 +563,6 @@ async fn write_all(stream: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// A small xorshift64* generator: enough for "reset now?" and reproducible
-/// from its seed, without an external crate.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // xorshift must not start at zero.
-        Rng(splitmix64(seed) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        let unit = (self.next_u64() >> 11) as f64 / (1_u64 << 53) as f64;
-        unit < p
-    }
-}
-
-/// Mixes a seed (SplitMix64), so nearby seeds give unrelated streams.
-fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Every directed link of a cell, indexed `(from, to)` by replica id: give
 /// replica `from` the address [`Network::address`]`(from, to)` as replica
 /// `to`'s peer address.
@@ -624,7 +592,7 @@ impl Network {
         let mut links = BTreeMap::new();
         for &(from, _) in targets {
             for &(to, target) in targets.iter().filter(|(to, _)| *to != from) {
-                let link_seed = splitmix64(seed ^ splitmix64(from) ^ splitmix64(to).rotate_left(32));
+                let link_seed = Rng::new(seed).fork(&format!("link/{from}->{to}")).next_u64();
                 links.insert((from, to), Link::start_with_seed(target, link_seed).await?);
             }
         }
@@ -1327,9 +1295,6 @@ mod tests {
         let half = flaky(0.5).reset_chance_per_tick().expect("a chance");
         // Twenty ticks of 50 ms make a second: 1 - (1 - q)^20 = 0.5.
         assert!((1.0 - (1.0 - half).powi(20) - 0.5).abs() < 1e-9);
-        let mut rng = Rng::new(1);
-        let hits = (0..10_000).filter(|_| rng.chance(0.25)).count();
-        assert!((2_000..3_000).contains(&hits), "{hits}");
     }
 
     /// Echoes every batch of a `Replica.Exchange` stream.

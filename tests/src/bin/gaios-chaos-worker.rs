@@ -17,7 +17,8 @@ use std::time::Duration;
 use clap::Parser;
 use gaios_client::{Client, Error, LockMode, OpenOptions, election};
 use gaios_tests::chaos::workers::{self, ACQUIRE_WAIT, ACT_INTERVAL, ACTS_PER_HOLD, ELECTION_PATH, Event, LOCK_DELAY, LOCK_PATH};
-use gaios_tests::chaos::{self, Outcome, Rng};
+use gaios_tests::chaos::{self, Outcome};
+use gaios_tests::rng::Rng;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
 

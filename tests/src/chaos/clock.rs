@@ -24,7 +24,8 @@ use prost::Message as _;
 use serde_json::json;
 use tonic::Code;
 
-use super::{Recorder, Rng, lock};
+use super::{Recorder, lock};
+use crate::rng::Rng;
 use crate::linearizability::{self, Op, OpKind, OpResult, Verdict};
 use crate::proxy::Network;
 use crate::{Cell, REPLICAS};
@@ -55,7 +56,7 @@ pub(super) fn in_bound_rates(rng: &mut Rng) -> BTreeMap<usize, f64> {
     let mut rates = BTreeMap::new();
     let half = CLOCK_DRIFT_BOUND / 2.0;
     for n in 0..SKEWED_REPLICAS.min(indexes.len()) {
-        let index = indexes.remove(rng.below(indexes.len() as u64) as usize);
+        let index = indexes.remove(rng.index(indexes.len()));
         let rate = match n {
             0 => 1.0 + half,
             1 => 1.0 - half,
@@ -181,7 +182,7 @@ pub(super) async fn out_of_bound(
     let master = crate::wait_for_master(cell, &running(cell), Duration::from_secs(20)).await.map(|(id, _)| id);
     let candidates: Vec<usize> =
         running(cell).into_iter().filter(|&index| Some(index) != down && Some(cell.members[index].id) != master).collect();
-    let Some(&slow) = candidates.get(rng.below(candidates.len() as u64) as usize) else {
+    let Some(&slow) = rng.pick(&candidates) else {
         outcome.problems.push("no follower to slow down".into());
         return outcome;
     };

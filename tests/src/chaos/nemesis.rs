@@ -15,8 +15,9 @@ use serde_json::json;
 
 use super::elections::{self, Ballot};
 use super::workers::{self, Workers};
-use super::{Fault, FaultRecord, Recorder, Rng, SESSION_LEASE_MS, connect, lock};
+use super::{Fault, FaultRecord, Recorder, SESSION_LEASE_MS, connect, lock};
 use crate::proxy::{LinkMode, Network};
+use crate::rng::Rng;
 use crate::{Cell, REPLICAS};
 
 /// At least the master lease (the server's default is 250 ms); pauses of
@@ -167,10 +168,6 @@ pub(super) struct Nemesis<'a> {
     pub client_pauses: Vec<ClientPause>,
 }
 
-fn pick(rng: &mut Rng, from: &[usize]) -> Option<usize> {
-    (!from.is_empty()).then(|| from[rng.below(from.len() as u64) as usize])
-}
-
 impl Nemesis<'_> {
     fn ids(&self) -> Vec<u64> {
         self.cell.members.iter().map(|m| m.id).collect()
@@ -215,20 +212,20 @@ impl Nemesis<'_> {
         let network = self.network;
         match (fault, master) {
             (Fault::KillMaster, Some(m)) => killed.push(m),
-            (Fault::KillFollower, _) | (Fault::KillMaster, None) => killed.extend(pick(rng, &others)),
+            (Fault::KillFollower, _) | (Fault::KillMaster, None) => killed.extend(rng.pick(&others).copied()),
             (Fault::KillTwo, _) => {
-                let first = master.or_else(|| pick(rng, &others));
+                let first = master.or_else(|| rng.pick(&others).copied());
                 killed.extend(first);
                 // With a replica down for good, one more is the most.
                 if self.down_for_good.is_none() {
                     let rest: Vec<usize> = others.iter().copied().filter(|&i| Some(i) != first).collect();
-                    killed.extend(pick(rng, &rest));
+                    killed.extend(rng.pick(&rest).copied());
                 }
             }
             (Fault::PauseMaster, Some(m)) => paused = Some(m),
-            (Fault::PauseMaster, None) => paused = pick(rng, &others),
+            (Fault::PauseMaster, None) => paused = rng.pick(&others).copied(),
             (Fault::IsolateMaster, _) => {
-                if let Some(target) = master_id.or_else(|| pick(rng, &others).map(|i| ids[i])) {
+                if let Some(target) = master_id.or_else(|| rng.pick(&others).copied().map(|i| ids[i])) {
                     network.isolate(target);
                     detail = format!("isolated replica {target}");
                 }
@@ -237,7 +234,7 @@ impl Nemesis<'_> {
                 let target = master_id.unwrap_or(ids[others.first().copied().unwrap_or(0)]);
                 // The replica down for good, if any, is the minority's
                 // second member.
-                let partner = self.down_for_good.map(|i| ids[i]).or_else(|| pick(rng, &others).map(|i| ids[i])).unwrap_or(target);
+                let partner = self.down_for_good.map(|i| ids[i]).or_else(|| rng.pick(&others).copied().map(|i| ids[i])).unwrap_or(target);
                 let minority = [target, partner];
                 let majority: Vec<u64> = ids.iter().copied().filter(|id| !minority.contains(id)).collect();
                 network.partition(&[&minority, &majority]);
@@ -264,9 +261,9 @@ impl Nemesis<'_> {
                 detail = format!("every link delayed {delay:?}");
             }
             (Fault::SlowLink, _) => {
-                if let Some(from) = pick(rng, &live) {
+                if let Some(from) = rng.pick(&live).copied() {
                     let rest: Vec<usize> = live.iter().copied().filter(|&i| i != from).collect();
-                    if let Some(to) = pick(rng, &rest) {
+                    if let Some(to) = rng.pick(&rest).copied() {
                         let delay = rng.between(Duration::from_secs(1), Duration::from_secs(3));
                         network.set(ids[from], ids[to], LinkMode::Delay(delay));
                         detail = format!("link {}->{} delayed {delay:?}", ids[from], ids[to]);
@@ -337,9 +334,9 @@ impl Nemesis<'_> {
     /// lets it deliver what it held; returns (from, to, for how long).
     async fn hold_one_link(&mut self) -> Option<(u64, u64, Duration)> {
         let live = self.live();
-        let from = pick(&mut self.rng, &live)?;
+        let from = self.rng.pick(&live).copied()?;
         let rest: Vec<usize> = live.iter().copied().filter(|&i| i != from).collect();
-        let to = pick(&mut self.rng, &rest)?;
+        let to = self.rng.pick(&rest).copied()?;
         let (from, to) = (self.cell.members[from].id, self.cell.members[to].id);
         let for_ = self.rng.between(Duration::from_secs(1), Duration::from_secs(5));
         self.network.hold(from, to);
@@ -359,12 +356,12 @@ impl Nemesis<'_> {
             return held.map_or_else(|| "no master and no link to hold".into(), |(f, t, d)| format!("no master; link {f}->{t} held {d:?}"));
         };
         let ids = self.ids();
-        let isolate = self.rng.below(2) == 0;
+        let isolate = self.rng.chance(0.5);
         let followers: Vec<usize> = self.live().into_iter().filter(|&i| i != m).collect();
-        let Some(from) = pick(&mut self.rng, &followers) else { return "no follower".into() };
+        let Some(from) = self.rng.pick(&followers).copied() else { return "no follower".into() };
         // An isolated master's links are all cut, so the held link avoids it.
         let targets: Vec<usize> = self.live().into_iter().filter(|&i| i != from && (!isolate || i != m)).collect();
-        let Some(to) = pick(&mut self.rng, &targets) else { return "no link to hold".into() };
+        let Some(to) = self.rng.pick(&targets).copied() else { return "no link to hold".into() };
         let total = self.rng.between(Duration::from_secs(1), Duration::from_secs(5));
         let offset = self.rng.between(Duration::ZERO, total / 2);
         let depose = self.rng.between(Duration::from_millis(1_500), Duration::from_secs(3));
@@ -453,7 +450,7 @@ impl Nemesis<'_> {
         let Some(before) = self.settle().await else { return "no settled master; skipped".into() };
         let master = elections::master_ballot(&before).map(|(_, id)| id);
         let followers: Vec<usize> = self.live().into_iter().filter(|&i| Some(self.cell.members[i].id) != master).collect();
-        let Some(follower) = pick(&mut self.rng, &followers) else { return "no follower; skipped".into() };
+        let Some(follower) = self.rng.pick(&followers).copied() else { return "no follower; skipped".into() };
         let killed_at = self.recorder.now();
         self.cell.kill(follower);
         let down_since = Instant::now();
@@ -582,7 +579,7 @@ impl Nemesis<'_> {
         }
         // A replica already down for good is the one wiped, so that no
         // more than one stays down.
-        let Some(victim) = self.down_for_good.or_else(|| pick(&mut self.rng, followers)) else {
+        let Some(victim) = self.down_for_good.or_else(|| self.rng.pick(followers).copied()) else {
             return "no follower; skipped".into();
         };
         let id = self.cell.members[victim].id;

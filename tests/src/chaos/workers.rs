@@ -427,7 +427,8 @@ impl Workers {
         let mut workers = Workers { processes: Vec::new(), tasks: Vec::new(), stop, holdings, resource };
         let roles = (0..locks).map(|i| (Role::Lock, i)).chain((0..candidates).map(|i| (Role::Elect, i)));
         for (role, index) in roles {
-            let seed = spawn.seed.wrapping_add(index as u64 * 7919 + role as u64);
+            // Each worker process draws from its own fork of the run's seed.
+            let seed = crate::rng::Rng::new(spawn.seed).fork(&format!("{}/{index}", role.name())).next_u64();
             let mut child = command(role, index, &Spawn { seed, ..*spawn })?.spawn()?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 anyhow::bail!("a worker started without its pipes");

@@ -10,8 +10,9 @@ use std::time::Duration;
 use gaios_client::{Error, OpenOptions};
 use tokio::sync::watch;
 
-use super::{Outcome, Recorder, Rng, connect, definite, lock};
+use super::{Outcome, Recorder, connect, definite, lock};
 use crate::linearizability::{Op, OpKind, OpResult};
+use crate::rng::Rng;
 
 /// Register files in use at once (one history each).
 pub(super) const REGISTER_FILES: u64 = 3;
@@ -204,7 +205,7 @@ pub(super) async fn ephemerals(worker: usize, addresses: Vec<String>, recorder: 
                 log.expired_early.insert(name.clone());
             }
         }
-        if rng.below(2) == 0 {
+        if rng.chance(0.5) {
             let _ = client.close().await;
         } else {
             drop(client); // abandoned: the cell expires it after its lease
