@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::errors::ProposeError;
-use crate::lock_clock::LockClock;
+use gaios_state::master::lock_clock::LockClock;
 use crate::metrics::Metrics;
 use crate::shared::{Proposal, Shared};
 use gaios_state::machine::{Outcome, SnapshotError, StateMachine};
@@ -180,7 +180,7 @@ pub struct Driver {
     /// metric is fed the difference.
     rejected_seen: u64,
     /// This master's reading of the lock-delay clock, stamped on every
-    /// command it proposes (see [`crate::lock_clock`]).
+    /// command it proposes (see [`gaios_state::master::lock_clock`]).
     lock_clock: LockClock,
 }
 

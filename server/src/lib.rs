@@ -10,7 +10,7 @@
 //!   `Replica.Exchange` gRPC stream, with bounded queues everywhere;
 //! - [`driver`] owns the core, the storage and the state machine and runs
 //!   the driver contract, the master's duties and snapshots, stamping
-//!   commands with the lock-delay clock of [`lock_clock`];
+//!   commands with the lock-delay clock of [`gaios_state::master::lock_clock`];
 //! - [`shared`] is what the driver shares with the gRPC handlers;
 //! - [`cell_service`] answers clients' calls (the `Cell` service), with
 //!   [`errors`] deciding every status code;
@@ -25,10 +25,8 @@ pub mod codec;
 pub mod config;
 pub mod driver;
 pub mod errors;
-pub mod lock_clock;
 pub mod metrics;
 pub mod operations;
-pub mod session_leases;
 pub mod shared;
 pub mod storage;
 pub mod transport;

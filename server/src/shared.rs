@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::errors::ProposeError;
 use gaios_state::namespace::SessionId;
-use crate::session_leases::SessionLeases;
+use gaios_state::master::session_leases::SessionLeases;
 use gaios_state::machine::{Outcome, StateMachine};
 
 /// Commands waiting for the driver to propose them; beyond it handlers are

@@ -8,13 +8,15 @@
 //! | the namespace of files and directories, paths, stats, generations | [`namespace`] |
 //! | locks, waiters, lock-delay, lock generations | [`locks`] |
 //! | sessions, handles, sequencers, event numbering, the at-most-once window, snapshot and restore | [`machine`] |
+//! | what only the master keeps: session leases, the lock-delay clock's anchor | [`master`] |
 //! | every limit | [`limits`] |
 //! | the checks of a request, shared by the server's handlers and `apply` | [`validate`] |
 //! | the status codes of failures | [`code`] |
 //!
 //! `apply` reads no clock (time is the master's timestamps in the command),
 //! draws no random numbers and iterates no hash map, so equal logs give
-//! equal states. The crate depends on the protobuf messages only (no tokio,
+//! equal states. The master's own pieces ([`master`]) take the time as an
+//! argument. The crate depends on the protobuf messages only (no tokio,
 //! tonic or RocksDB): its tests build without RocksDB, and the whole-cell
 //! simulator runs it.
 
@@ -22,6 +24,7 @@ pub mod code;
 pub mod limits;
 pub mod locks;
 pub mod machine;
+pub mod master;
 pub mod namespace;
 pub mod validate;
 

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use gaios_state::namespace::SessionId;
+use crate::namespace::SessionId;
 
 /// Why a KeepAlive did not renew a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

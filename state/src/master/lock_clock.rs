@@ -5,7 +5,7 @@
 //! disagree: a new master whose wall clock runs an hour ahead would
 //! otherwise end every running lock-delay with its first command. So the
 //! state keeps a clock of its own (the highest stamp applied,
-//! [`gaios_state::machine::StateMachine::lock_clock_ms`]), and a master advances it
+//! [`crate::machine::StateMachine::lock_clock_ms`]), and a master advances it
 //! only by its own **monotonic** elapsed time:
 //!
 //! - when a master begins to serve (it holds the master lease and has
