@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gaios_proto::cell::v1 as api;
-use gaios_proto::state::v1 as wire;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -489,7 +488,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
 }
 
 fn ends_session(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition && crate::error::reason(status) == Some(wire::FailureReason::SessionEnded)
+    status.code() == Code::FailedPrecondition && crate::error::reason(status) == Some(api::ErrorReason::SessionEnded)
 }
 
 /// Hands one event to the application, once, noting gaps.

@@ -1,8 +1,6 @@
 //! The client's errors, rebuilt from the cell's status codes.
 
 use gaios_proto::cell::v1 as api;
-use gaios_proto::state::v1 as wire;
-use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
@@ -67,11 +65,11 @@ impl Error {
             // may echo a path); everything else that is
             // FAILED_PRECONDITION stays general.
             Code::FailedPrecondition
-                if matches!(reason, Some(wire::FailureReason::LockHeld | wire::FailureReason::LockDelay)) =>
+                if matches!(reason, Some(api::ErrorReason::LockHeld | api::ErrorReason::LockDelay)) =>
             {
                 Error::LockHeld(message)
             }
-            Code::FailedPrecondition if reason == Some(wire::FailureReason::SessionEnded) => Error::SessionExpired,
+            Code::FailedPrecondition if reason == Some(api::ErrorReason::SessionEnded) => Error::SessionExpired,
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
@@ -86,30 +84,52 @@ impl Error {
 /// The cell's reason for a failure: the `reason` of the standard
 /// `google.rpc.ErrorInfo` in the status details, when its domain is
 /// Gaios's and the reason one this library knows.
-pub(crate) fn reason(status: &Status) -> Option<wire::FailureReason> {
-    if status.code() == Code::Unavailable {
-        return None; // its details are a redirect
-    }
+pub(crate) fn reason(status: &Status) -> Option<api::ErrorReason> {
     let info = status.get_error_details().error_info()?.clone();
-    (info.domain == ERROR_DOMAIN).then(|| wire::FailureReason::from_str_name(&info.reason)).flatten()
+    (info.domain == ERROR_DOMAIN).then(|| api::ErrorReason::from_str_name(&info.reason)).flatten()
 }
 
 /// The `ErrorInfo` domain of the cell's reasons.
 const ERROR_DOMAIN: &str = "gaios";
 
-/// Whether the library should try again (another replica, a new master).
-pub(crate) fn is_retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted)
-        || (status.code() == Code::Internal && status.message().contains("h2"))
+/// Where an `UNAVAILABLE` answer sends the client: the master a replica
+/// believes in (`NOT_MASTER`), or a master that cannot serve yet
+/// (`MASTER_NOT_READY`), read from the standard `ErrorInfo` in the details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `NotMaster` or `MasterNotReady`.
+    pub reason: api::ErrorReason,
+    /// The master's replica id.
+    pub master_id: u64,
+    /// The master's client address (`host:port`).
+    pub master_address: String,
 }
 
-/// The master named in an `UNAVAILABLE` answer's details, if any.
-pub(crate) fn master_hint(status: &Status) -> Option<String> {
-    if status.code() != Code::Unavailable || status.details().is_empty() {
+/// The redirect an `UNAVAILABLE` status carries; `None` for any other
+/// status, and when no master is known (the cell sends no details then).
+pub fn redirect(status: &Status) -> Option<Redirect> {
+    if status.code() != Code::Unavailable {
         return None;
     }
-    let details = api::NotMaster::decode(status.details()).ok()?;
-    (!details.master_client_address.is_empty()).then_some(details.master_client_address)
+    let reason = reason(status).filter(|r| matches!(r, api::ErrorReason::NotMaster | api::ErrorReason::MasterNotReady))?;
+    let info = status.get_error_details().error_info()?.clone();
+    let master_id = info.metadata.get("master_id")?.parse().ok()?;
+    let master_address = info.metadata.get("master_address").filter(|a| !a.is_empty())?.clone();
+    Some(Redirect { reason, master_id, master_address })
+}
+
+/// Whether the library should try again (another replica, a new master).
+/// A transport failure (a connection reset, an HTTP/2 error) arrives as a
+/// status made locally from the error, which keeps it as its source; a
+/// status the cell sent has none.
+pub(crate) fn is_retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted)
+        || (status.code() == Code::Internal && std::error::Error::source(status).is_some())
+}
+
+/// The master named in an `UNAVAILABLE` answer, if any.
+pub(crate) fn master_hint(status: &Status) -> Option<String> {
+    redirect(status).map(|redirect| redirect.master_address)
 }
 
 #[cfg(test)]
@@ -134,9 +154,16 @@ mod tests {
         assert!(matches!(Error::from_status(&foreign), Error::FailedPrecondition(_)), "another domain's reason");
         assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
         assert!(matches!(Error::from_status(&Status::permission_denied("no secret")), Error::PermissionDenied(_)));
-        let details = api::NotMaster { master_id: 2, master_client_address: "127.0.0.1:7202".into() };
-        let status = Status::with_details(Code::Unavailable, "not master", details.encode_to_vec().into());
+        let metadata = std::collections::HashMap::from([
+            ("master_id".to_string(), "2".to_string()),
+            ("master_address".to_string(), "127.0.0.1:7202".to_string()),
+        ]);
+        let details = tonic_types::ErrorDetails::with_error_info("NOT_MASTER", ERROR_DOMAIN, metadata);
+        let status = <Status as tonic_types::StatusExt>::with_error_details(Code::Unavailable, "not master", details);
         assert_eq!(master_hint(&status).as_deref(), Some("127.0.0.1:7202"));
+        assert_eq!(redirect(&status).map(|r| (r.reason, r.master_id)), Some((api::ErrorReason::NotMaster, 2)));
         assert!(is_retryable(&status));
+        assert_eq!(redirect(&Status::unavailable("no master is known")), None);
+        assert!(!is_retryable(&Status::internal("h2 protocol error: sent by the cell")), "only a local transport error");
     }
 }

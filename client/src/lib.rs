@@ -50,7 +50,7 @@ mod handle;
 mod lease;
 
 pub use client::{Client, Event, EventKind, Options, SessionState, cell_status};
-pub use error::Error;
+pub use error::{Error, Redirect, redirect};
 pub use fence::{FENCE_LOCKS_MAX, Fence, FenceError};
 pub use gaios_proto::cell::v1::{Sequencer, Stat, StatusResponse};
 pub use handle::{Handle, LOCK_DELAY_DEFAULT, Lock, LockMode, LockState, OpenOptions};

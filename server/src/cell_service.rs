@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use gaios_paxos::{Ballot, ReplicaId};
 use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_server::{Cell, CellServer};
+use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use gaios_proto::state::v1 as wire;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,7 +38,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::PeerSpec;
 use crate::driver::{ReplicaStatus, Role};
-use crate::errors::{failure_status, not_master, propose_status, session_ended};
+use crate::errors::{failure_status, master_not_ready, not_master, propose_status, session_ended};
 use gaios_state::limits::CONTENTS_BYTES_MAX;
 use gaios_state::validate;
 use crate::shared::Shared;
@@ -86,11 +87,14 @@ impl CellService {
     }
 
     /// Wraps the service for tonic with explicit message-size bounds (a
-    /// larger request is refused with `RESOURCE_EXHAUSTED`).
-    pub fn into_server(self) -> CellServer<CellService> {
-        CellServer::new(self)
-            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX)
+    /// larger request is refused with `RESOURCE_EXHAUSTED`, see
+    /// [`CellEndpoint`]).
+    pub fn into_server(self) -> CellEndpoint {
+        CellEndpoint(
+            CellServer::new(self)
+                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+        )
     }
 
     fn client_address(&self, id: Option<ReplicaId>) -> String {
@@ -106,13 +110,10 @@ impl CellService {
         if status.can_serve_reads(Instant::now()) {
             return Ok(());
         }
-        let why = if status.role == Role::Master {
-            "this master cannot serve yet (its lease or its recovery is not complete)"
-        } else {
-            "this replica is not the master"
-        };
-        let master = if status.role == Role::Master { Some(status.id) } else { status.master };
-        Err(not_master(master, &self.client_address(master), why))
+        if status.role == Role::Master {
+            return Err(master_not_ready(status.id, &self.client_address(Some(status.id))));
+        }
+        Err(not_master(status.master, &self.client_address(status.master), "this replica is not the master"))
     }
 
     /// Proposes `kind` and returns its outcome, or the status of a failure.
@@ -153,6 +154,47 @@ impl CellService {
         self.propose(wire::command::Kind::Call(call)).await
     }
 }
+
+/// The `Cell` service as served. tonic refuses a request over the message
+/// limit with `OUT_OF_RANGE`; gRPC's own servers, and Gaios's documentation,
+/// say `RESOURCE_EXHAUSTED`, so the answer's status is rewritten (the
+/// service itself never answers `OUT_OF_RANGE`). Such a refusal is always a
+/// trailers-only answer, whose status is in the headers.
+#[derive(Clone)]
+pub struct CellEndpoint(CellServer<CellService>);
+
+impl tonic::server::NamedService for CellEndpoint {
+    const NAME: &'static str = <CellServer<CellService> as tonic::server::NamedService>::NAME;
+}
+
+impl<B> Service<http::Request<B>> for CellEndpoint
+where
+    CellServer<CellService>: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    <CellServer<CellService> as Service<http::Request<B>>>::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = <CellServer<CellService> as Service<http::Request<B>>>::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let mut answer = answer.await?;
+            let out_of_range = http::HeaderValue::from(tonic::Code::OutOfRange as i32);
+            if answer.headers().get(GRPC_STATUS) == Some(&out_of_range) {
+                answer.headers_mut().insert(GRPC_STATUS, http::HeaderValue::from(tonic::Code::ResourceExhausted as i32));
+            }
+            Ok(answer)
+        })
+    }
+}
+
+/// The header (or trailer) that carries a gRPC status code.
+const GRPC_STATUS: &str = "grpc-status";
 
 fn ballot(ballot: Ballot) -> Option<api::Ballot> {
     (ballot != Ballot::ZERO).then_some(api::Ballot { round: ballot.round, replica: ballot.replica })

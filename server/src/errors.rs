@@ -6,7 +6,8 @@
 //! | no such node, session handle | `NOT_FOUND` |
 //! | node exists | `ALREADY_EXISTS` |
 //! | lock held, stale sequencer, ended session, failed compare, invalid handle | `FAILED_PRECONDITION` (with a reason) |
-//! | not the master, or master not ready to serve | `UNAVAILABLE` + [`NotMaster`](api::NotMaster) details |
+//! | not the master | `UNAVAILABLE`, reason `NOT_MASTER` with the master's id and address (no details if none is known) |
+//! | the master, not ready to serve yet | `UNAVAILABLE`, reason `MASTER_NOT_READY` |
 //! | a call naming a session without its secret (or with a wrong one) | `PERMISSION_DENIED` |
 //! | bad path or argument | `INVALID_ARGUMENT` |
 //! | a limit hit | `RESOURCE_EXHAUSTED` |
@@ -14,18 +15,17 @@
 //!
 //! The state machine already speaks in codes (its [`wire::Failure`] carries
 //! one, so that a retried request gets the same answer) and, where a program
-//! must tell cases apart, a [`wire::FailureReason`]; this module turns those
+//! must tell cases apart, a [`api::ErrorReason`]; this module turns those
 //! and the driver's refusals into `tonic::Status`. A reason travels as the
 //! `reason` of a standard `google.rpc.ErrorInfo` (domain `gaios`) inside a
 //! `google.rpc.Status` in the `grpc-status-details-bin` trailer, which every
-//! gRPC library decodes (the not-master redirect still carries raw
-//! `NotMaster` bytes there; issue 12 moves it to an `ErrorInfo` too).
+//! gRPC library decodes; the redirect is one too (see [`not_master`]).
+//! Every message is short: failures of `apply` are cut to 256 bytes and
+//! echo at most a 64-byte excerpt of a path.
 
-use bytes::Bytes;
 use gaios_paxos::ReplicaId;
 use gaios_proto::cell::v1 as api;
 use gaios_proto::state::v1 as wire;
-use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
@@ -67,14 +67,14 @@ pub const ERROR_DOMAIN: &str = "gaios";
 /// on the reason and never on the message.
 pub fn failure_status(failure: &wire::Failure) -> Status {
     let code = Code::from_i32(failure.code);
-    match wire::FailureReason::try_from(failure.reason) {
-        Ok(wire::FailureReason::Unspecified) | Err(_) => Status::new(code, failure.message.clone()),
+    match api::ErrorReason::try_from(failure.reason) {
+        Ok(api::ErrorReason::Unspecified) | Err(_) => Status::new(code, failure.message.clone()),
         Ok(reason) => with_reason(code, reason, failure.message.clone()),
     }
 }
 
 /// A status of `code` whose details say `reason`.
-pub fn with_reason(code: Code, reason: wire::FailureReason, message: String) -> Status {
+pub fn with_reason(code: Code, reason: api::ErrorReason, message: String) -> Status {
     let details = ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, std::collections::HashMap::new());
     Status::with_error_details(code, message, details)
 }
@@ -82,17 +82,40 @@ pub fn with_reason(code: Code, reason: wire::FailureReason, message: String) -> 
 /// `FAILED_PRECONDITION` (`SESSION_ENDED`): `session` has ended; `why` says
 /// how.
 pub fn session_ended(session: u64, why: &str) -> Status {
-    with_reason(Code::FailedPrecondition, wire::FailureReason::SessionEnded, format!("session {session} has ended ({why})"))
+    with_reason(Code::FailedPrecondition, api::ErrorReason::SessionEnded, format!("session {session} has ended ({why})"))
 }
 
-/// `UNAVAILABLE` with the master's id and address in the details.
+/// The `ErrorInfo` metadata key of the master's replica id in a redirect.
+pub const MASTER_ID_KEY: &str = "master_id";
+/// The `ErrorInfo` metadata key of the master's client address.
+pub const MASTER_ADDRESS_KEY: &str = "master_address";
+
+/// `UNAVAILABLE` from a replica that is not the master: reason `NOT_MASTER`
+/// with the master's id and client address in the metadata, or no details
+/// at all when no master is known (an election may be under way).
 pub fn not_master(master: Option<ReplicaId>, address: &str, why: &str) -> Status {
-    let details = api::NotMaster { master_id: master.unwrap_or(0), master_client_address: address.to_string() };
-    let message = match master {
-        Some(id) => format!("{why}; the master is replica {id} at {address}"),
-        None => format!("{why}; no master is known (an election may be under way)"),
-    };
-    Status::with_details(Code::Unavailable, message, Bytes::from(details.encode_to_vec()))
+    match master {
+        Some(id) => redirect(api::ErrorReason::NotMaster, id, address, format!("{why}; the master is replica {id} at {address}")),
+        None => Status::unavailable(format!("{why}; no master is known (an election may be under way)")),
+    }
+}
+
+/// `UNAVAILABLE` from the master itself while it cannot serve yet (its
+/// lease or its recovery is not complete): reason `MASTER_NOT_READY`, with
+/// its own id and address, so a client retries it rather than look
+/// elsewhere.
+pub fn master_not_ready(id: ReplicaId, address: &str) -> Status {
+    let message = format!("replica {id} is master but cannot serve yet (its lease or its recovery is not complete); retry shortly");
+    redirect(api::ErrorReason::MasterNotReady, id, address, message)
+}
+
+fn redirect(reason: api::ErrorReason, id: ReplicaId, address: &str, message: String) -> Status {
+    let metadata = std::collections::HashMap::from([
+        (MASTER_ID_KEY.to_string(), id.to_string()),
+        (MASTER_ADDRESS_KEY.to_string(), address.to_string()),
+    ]);
+    let details = ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(Code::Unavailable, message, details)
 }
 
 /// The status of a refused proposal; `address` resolves a replica id to its
@@ -106,15 +129,6 @@ pub fn propose_status(error: &ProposeError, address: impl Fn(Option<ReplicaId>) 
     }
 }
 
-/// Reads a `NotMaster` back from a status's details (for clients and
-/// tests); `None` if the status carries none.
-pub fn not_master_details(status: &Status) -> Option<api::NotMaster> {
-    if status.code() != Code::Unavailable || status.details().is_empty() {
-        return None;
-    }
-    api::NotMaster::decode(status.details()).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +138,7 @@ mod tests {
         let failure = wire::Failure {
             code: Code::FailedPrecondition as i32,
             message: "session 7 has ended".into(),
-            reason: wire::FailureReason::SessionEnded as i32,
+            reason: api::ErrorReason::SessionEnded as i32,
         };
         let status = failure_status(&failure);
         assert_eq!(status.code(), Code::FailedPrecondition);
@@ -136,13 +150,20 @@ mod tests {
     }
 
     #[test]
-    fn not_master_carries_the_address_in_the_details() {
+    fn a_redirect_is_unavailable_with_a_standard_error_info_naming_the_master() {
+        let info = |status: &Status| status.get_error_details().error_info().cloned().expect("an ErrorInfo");
         let status = not_master(Some(3), "127.0.0.1:7203", "not the master");
         assert_eq!(status.code(), Code::Unavailable);
-        let details = not_master_details(&status).expect("details");
-        assert_eq!(details.master_id, 3);
-        assert_eq!(details.master_client_address, "127.0.0.1:7203");
-        assert!(status.message().contains("replica 3"));
+        let redirect = info(&status);
+        assert_eq!((redirect.reason.as_str(), redirect.domain.as_str()), ("NOT_MASTER", ERROR_DOMAIN));
+        assert_eq!(redirect.metadata.get(MASTER_ID_KEY).map(String::as_str), Some("3"));
+        assert_eq!(redirect.metadata.get(MASTER_ADDRESS_KEY).map(String::as_str), Some("127.0.0.1:7203"));
+        let unknown = not_master(None, "", "not the master");
+        assert_eq!(unknown.code(), Code::Unavailable);
+        assert!(unknown.details().is_empty(), "no details when no master is known");
+        let not_ready = info(&master_not_ready(2, "127.0.0.1:7202"));
+        assert_eq!(not_ready.reason, "MASTER_NOT_READY");
+        assert_eq!(not_ready.metadata.get(MASTER_ID_KEY).map(String::as_str), Some("2"));
     }
 
     #[test]

@@ -362,10 +362,11 @@ async fn bad_inputs_get_their_status_codes_and_the_cell_keeps_serving() {
         .await
         .expect_err("a follower does not serve reads");
     assert_eq!(redirected.code(), Code::Unavailable);
-    let details = gaios_server::errors::not_master_details(&redirected).expect("NotMaster details");
-    assert_eq!(details.master_id, master);
+    let redirect = gaios_client::redirect(&redirected).expect("a NOT_MASTER redirect");
+    assert_eq!(redirect.reason, api::ErrorReason::NotMaster);
+    assert_eq!(redirect.master_id, master);
     let master_address = cell.members.iter().find(|m| m.id == master).expect("master").client.to_string();
-    assert_eq!(details.master_client_address, master_address);
+    assert_eq!(redirect.master_address, master_address);
 
     // Every replica still serves, and nothing written was lost.
     for member in &cell.members {

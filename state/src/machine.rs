@@ -65,7 +65,7 @@ pub const STATE_SNAPSHOT_FORMAT_VERSION: u32 = 1;
 const STATE_OVERHEAD_BYTES: usize = 128;
 const SESSION_OVERHEAD_BYTES: usize = 256;
 const HANDLE_OVERHEAD_BYTES: usize = 128;
-const ANSWER_OVERHEAD_BYTES: usize = 24;
+const ANSWER_OVERHEAD_BYTES: usize = 40;
 
 /// The outcome of one command (the protobuf message, so that it can be
 /// remembered in the state and in snapshots as it is).
@@ -96,7 +96,7 @@ struct Session {
     next_handle: u64,
     last_event: u64,
     handles: BTreeMap<u64, Handle>,
-    answers: BTreeMap<u64, Outcome>,
+    answers: BTreeMap<u64, Answer>,
     highest_request: u64,
 }
 
@@ -105,8 +105,24 @@ impl Session {
         SESSION_OVERHEAD_BYTES
             + self.client_name.len()
             + self.handles.values().map(Handle::footprint_bytes).sum::<usize>()
-            + self.answers.values().map(answer_bytes).sum::<usize>()
+            + self.answers.values().map(|answer| answer_bytes(&answer.outcome)).sum::<usize>()
     }
+}
+
+/// A remembered answer, with a checksum of the call that got it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Answer {
+    outcome: Outcome,
+    /// [`call_checksum`] of the call; 0 if the answer came from a snapshot
+    /// written before calls were checksummed.
+    call_checksum: u64,
+}
+
+/// A checksum of what a session call asks (not its session, secret or
+/// number), never 0.
+fn call_checksum(call: &wire::SessionCall) -> u64 {
+    let asked = wire::SessionCall { call: call.call.clone(), ..Default::default() };
+    crate::namespace::checksum(&asked.encode_to_vec()).max(1)
 }
 
 fn answer_bytes(outcome: &Outcome) -> usize {
@@ -183,11 +199,11 @@ impl Default for StateMachine {
 }
 
 fn failure(code: Code, message: impl Into<String>) -> Outcome {
-    failure_for(wire::FailureReason::Unspecified, code, message)
+    failure_for(api::ErrorReason::Unspecified, code, message)
 }
 
-/// A failure with a reason programs can match on (see `FailureReason`).
-fn failure_for(reason: wire::FailureReason, code: Code, message: impl Into<String>) -> Outcome {
+/// A failure with a reason programs can match on (see `ErrorReason`).
+fn failure_for(reason: api::ErrorReason, code: Code, message: impl Into<String>) -> Outcome {
     refused(validate::failure(code, reason, message))
 }
 
@@ -205,7 +221,7 @@ fn done() -> Outcome {
 }
 
 fn namespace_failure(error: &NamespaceError) -> Outcome {
-    use wire::FailureReason as Reason;
+    use api::ErrorReason as Reason;
     let (code, reason) = match error {
         NamespaceError::NotFound(_) => (Code::NotFound, Reason::Unspecified),
         NamespaceError::AlreadyExists(_) => (Code::AlreadyExists, Reason::Unspecified),
@@ -219,7 +235,7 @@ fn namespace_failure(error: &NamespaceError) -> Outcome {
 }
 
 fn lock_failure(error: &LockError) -> Outcome {
-    use wire::FailureReason as Reason;
+    use api::ErrorReason as Reason;
     let (code, reason) = match error {
         LockError::TooManyWaiters(_) => (Code::ResourceExhausted, Reason::Unspecified),
         LockError::LockDelayTooLong(_) => (Code::InvalidArgument, Reason::Unspecified),
@@ -456,10 +472,10 @@ impl StateMachine {
     /// or never existed, `PERMISSION_DENIED` for a wrong or missing secret).
     fn authorize(&self, session_id: SessionId, presented: &[u8]) -> Result<&Session, Outcome> {
         let Some(session) = self.sessions.get(&session_id) else {
-            return Err(failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended or never existed")));
+            return Err(failure_for(api::ErrorReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended or never existed")));
         };
         if !secrets_match(&session.secret, presented) {
-            return Err(failure_for(wire::FailureReason::SessionSecretMismatch, Code::PermissionDenied, format!("wrong or missing secret for session {session_id}")));
+            return Err(failure_for(api::ErrorReason::SessionSecretMismatch, Code::PermissionDenied, format!("wrong or missing secret for session {session_id}")));
         }
         Ok(session)
     }
@@ -574,13 +590,21 @@ impl StateMachine {
             Ok(session) => session,
             Err(refused) => return refused,
         };
+        let checksum = call_checksum(call);
         if let Some(answer) = session.answers.get(&number) {
-            return answer.clone();
+            if answer.call_checksum != 0 && answer.call_checksum != checksum {
+                return failure_for(
+                    api::ErrorReason::RequestNumberReused,
+                    Code::FailedPrecondition,
+                    format!("request number {number} was used for a different call of session {session_id}"),
+                );
+            }
+            return answer.outcome.clone();
         }
         let window = ANSWERS_PER_SESSION_MAX as u64;
         if session.highest_request >= window && number <= session.highest_request - window {
             return failure_for(
-                wire::FailureReason::RequestNumberTooOld,
+                api::ErrorReason::RequestNumberTooOld,
                 Code::FailedPrecondition,
                 format!(
                     "request number {number} is older than the at-most-once window (the session is at {})",
@@ -602,13 +626,14 @@ impl StateMachine {
         }
         if let Some(session) = self.sessions.get_mut(&session_id) {
             self.sessions_bytes += answer_bytes(&outcome);
-            if let Some(replaced) = session.answers.insert(number, outcome.clone()) {
-                self.sessions_bytes -= answer_bytes(&replaced);
+            let answer = Answer { outcome: outcome.clone(), call_checksum: checksum };
+            if let Some(replaced) = session.answers.insert(number, answer) {
+                self.sessions_bytes -= answer_bytes(&replaced.outcome);
             }
             session.highest_request = session.highest_request.max(number);
             while session.answers.len() > ANSWERS_PER_SESSION_MAX {
                 if let Some((_, old)) = session.answers.pop_first() {
-                    self.sessions_bytes -= answer_bytes(&old);
+                    self.sessions_bytes -= answer_bytes(&old.outcome);
                 }
             }
         }
@@ -636,7 +661,7 @@ impl StateMachine {
             Err(invalid) => return refused(invalid),
         };
         let Some(session) = self.sessions.get(&session_id) else {
-            return failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
+            return failure_for(api::ErrorReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
         };
         if session.handles.len() >= HANDLES_PER_SESSION_MAX {
             return failure(Code::ResourceExhausted, format!("the session has {HANDLES_PER_SESSION_MAX} open handles"));
@@ -676,7 +701,7 @@ impl StateMachine {
             sequencer: None,
         };
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
+            return failure_for(api::ErrorReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended"));
         };
         let id = session.next_handle;
         session.next_handle += 1;
@@ -838,7 +863,7 @@ impl StateMachine {
         }
         let Some(sequencer) = &set.sequencer else { unreachable!("validated") };
         if !self.check_sequencer(sequencer).valid {
-            return failure_for(wire::FailureReason::SequencerStale, Code::FailedPrecondition, format!("sequencer for {} is stale", sequencer.path));
+            return failure_for(api::ErrorReason::SequencerStale, Code::FailedPrecondition, format!("sequencer for {} is stale", sequencer.path));
         }
         let Some(handle) = self.sessions.get_mut(&session_id).and_then(|s| s.handles.get_mut(&set.handle)) else {
             return failure(Code::NotFound, format!("no handle {}", set.handle));
@@ -867,7 +892,7 @@ impl StateMachine {
     /// neither.)
     fn usable_handle(&self, session_id: SessionId, handle_id: u64, check_node: bool) -> Result<Handle, Outcome> {
         let Some(session) = self.sessions.get(&session_id) else {
-            return Err(failure_for(wire::FailureReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended")));
+            return Err(failure_for(api::ErrorReason::SessionEnded, Code::FailedPrecondition, format!("session {session_id} has ended")));
         };
         let Some(handle) = session.handles.get(&handle_id) else {
             return Err(failure(Code::NotFound, format!("session {session_id} has no handle {handle_id}")));
@@ -877,7 +902,7 @@ impl StateMachine {
                 Ok(stat) if stat.instance == handle.instance => {}
                 _ => {
                     return Err(failure_for(
-                        wire::FailureReason::HandleInvalid,
+                        api::ErrorReason::HandleInvalid,
                         Code::FailedPrecondition,
                         format!("handle {handle_id} is invalid: {} was deleted", handle.path),
                     ));
@@ -887,7 +912,7 @@ impl StateMachine {
         if let Some(sequencer) = handle.sequencer.as_ref().filter(|_| check_node)
             && !self.check_sequencer(sequencer).valid {
                 return Err(failure_for(
-                    wire::FailureReason::SequencerStale,
+                    api::ErrorReason::SequencerStale,
                     Code::FailedPrecondition,
                     format!("the sequencer set on handle {handle_id} ({}) is stale", sequencer.path),
                 ));
@@ -1051,7 +1076,7 @@ impl StateMachine {
         self.holding(session, handle).ok_or_else(|| wire::Failure {
             code: Code::FailedPrecondition as i32,
             message: format!("handle {handle} holds no lock"),
-            reason: wire::FailureReason::Unspecified as i32,
+            reason: api::ErrorReason::Unspecified as i32,
         })
     }
 
@@ -1156,9 +1181,10 @@ impl StateMachine {
                     answers: session
                         .answers
                         .iter()
-                        .map(|(&request_number, outcome)| wire::AnswerRecord {
+                        .map(|(&request_number, answer)| wire::AnswerRecord {
                             request_number,
-                            outcome: Some(outcome.clone()),
+                            outcome: Some(answer.outcome.clone()),
+                            call_checksum: answer.call_checksum,
                         })
                         .collect(),
                     highest_request: session.highest_request,
@@ -1276,7 +1302,7 @@ impl StateMachine {
             }
             for answer in record.answers {
                 let outcome = answer.outcome.ok_or_else(|| bad("an answer without an outcome".to_string()))?;
-                session.answers.insert(answer.request_number, outcome);
+                session.answers.insert(answer.request_number, Answer { outcome, call_checksum: answer.call_checksum });
             }
             state.handles_total += session.handles.len();
             state.sessions_bytes += session.footprint_bytes();

@@ -9,6 +9,7 @@ use wire::session_call::Call;
 /// Builds commands with a clock that moves only when told (the master's
 /// wall clock and its lock-delay clock move together here, unless a test
 /// stamps a command itself), and keeps each session's secret.
+#[derive(Clone)]
 struct Cell {
     state: StateMachine,
     now_ms: u64,
@@ -131,6 +132,13 @@ fn handle_of(outcome: &Outcome) -> u64 {
     match &outcome.result {
         Some(wire::outcome::Result::Opened(opened)) => opened.handle,
         other => panic!("not opened: {other:?}"),
+    }
+}
+
+fn reason_of(outcome: &Outcome) -> api::ErrorReason {
+    match &outcome.result {
+        Some(wire::outcome::Result::Failure(failure)) => api::ErrorReason::try_from(failure.reason).expect("a known reason"),
+        other => panic!("not a failure: {other:?}"),
     }
 }
 
@@ -290,8 +298,16 @@ fn a_retried_request_number_returns_the_first_answer_without_applying_again() {
         })
     };
     let first = cell.call_numbered(a, 10, write("one"));
-    let retry = cell.call_numbered(a, 10, write("two"));
+    let retry = cell.call_numbered(a, 10, write("one"));
     assert_eq!(first, retry);
+    // The same number for a different call is refused with its reason, not
+    // answered with the first call's outcome; after a snapshot too.
+    for state in [cell.state.clone(), StateMachine::restore(&cell.state.snapshot()).expect("restores")] {
+        let mut other = Cell { state, ..cell.clone() };
+        let reused = other.call_numbered(a, 10, write("two"));
+        assert_eq!(code_of(&reused), Some(Code::FailedPrecondition));
+        assert_eq!(reason_of(&reused), api::ErrorReason::RequestNumberReused);
+    }
     let (contents, stat) = cell.state.get_contents_and_stat(a, &cell.secret(a), h).expect("read");
     assert_eq!(&contents[..], b"one");
     assert_eq!(stat.content_generation, 2);

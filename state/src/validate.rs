@@ -21,7 +21,7 @@ use crate::namespace::{NodeKind, Path};
 /// A failure with `code`, `reason` and a message for people, cut to
 /// [`FAILURE_MESSAGE_BYTES_MAX`] bytes (it may echo a path), so that a
 /// status never outgrows a client's trailer limit.
-pub fn failure(code: Code, reason: wire::FailureReason, message: impl Into<String>) -> wire::Failure {
+pub fn failure(code: Code, reason: api::ErrorReason, message: impl Into<String>) -> wire::Failure {
     let mut message = message.into();
     if message.len() > FAILURE_MESSAGE_BYTES_MAX {
         let mut cut = FAILURE_MESSAGE_BYTES_MAX - 3;
@@ -35,7 +35,7 @@ pub fn failure(code: Code, reason: wire::FailureReason, message: impl Into<Strin
 }
 
 fn invalid(message: impl Into<String>) -> wire::Failure {
-    failure(Code::InvalidArgument, wire::FailureReason::Unspecified, message)
+    failure(Code::InvalidArgument, api::ErrorReason::Unspecified, message)
 }
 
 /// A path given by a client.
@@ -68,7 +68,7 @@ pub fn session(session_id: u64, secret: &[u8]) -> Result<(), wire::Failure> {
     if secret.len() != SESSION_SECRET_BYTES {
         return Err(failure(
             Code::PermissionDenied,
-            wire::FailureReason::SessionSecretMismatch,
+            api::ErrorReason::SessionSecretMismatch,
             format!("the call carries no secret for session {session_id} (it needs the {SESSION_SECRET_BYTES} bytes CreateSession returned)"),
         ));
     }
@@ -96,7 +96,7 @@ pub fn contents(contents: &[u8]) -> Result<(), wire::Failure> {
     if contents.len() > CONTENTS_BYTES_MAX {
         return Err(failure(
             Code::ResourceExhausted,
-            wire::FailureReason::Unspecified,
+            api::ErrorReason::Unspecified,
             format!("contents of {} bytes exceed the limit of {CONTENTS_BYTES_MAX}", contents.len()),
         ));
     }
@@ -224,7 +224,7 @@ mod tests {
         let refused = path(&long).expect_err("not absolute");
         assert!(refused.message.len() < 200, "{}", refused.message);
         assert!(refused.message.contains("10009 bytes"), "says how long it was: {}", refused.message);
-        let long_message = failure(Code::InvalidArgument, wire::FailureReason::Unspecified, "é".repeat(1_000));
+        let long_message = failure(Code::InvalidArgument, api::ErrorReason::Unspecified, "é".repeat(1_000));
         assert!(long_message.message.len() <= FAILURE_MESSAGE_BYTES_MAX && long_message.message.ends_with("..."));
     }
 }

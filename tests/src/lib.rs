@@ -11,7 +11,7 @@
 //! running.
 //!
 //! [`Client`] calls the `Cell` service on whichever replica is master: it
-//! follows `UNAVAILABLE` answers (their `NotMaster` details) and retries
+//! follows `UNAVAILABLE` answers (their `NOT_MASTER` redirects) and retries
 //! until a deadline, the way a client library would.
 pub mod proxy;
 
@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use gaios_proto::cell::v1::{Role, StatusRequest, StatusResponse};
-use prost::Message as _;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -508,8 +507,8 @@ impl Client {
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) if status.code() == Code::Unavailable || status.code() == Code::Unknown => {
-                    if let Ok(details) = api::NotMaster::decode(status.details()) {
-                        self.master = details.master_client_address.parse().ok().filter(|a| *a != address);
+                    if let Some(redirect) = gaios_client::redirect(&status) {
+                        self.master = redirect.master_address.parse().ok().filter(|a| *a != address);
                     }
                     last = status;
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gaios_proto::cell::v1 as pb;
-use prost::Message as _;
 use serde_json::json;
-use tonic::Code;
 
 use super::{Recorder, lock};
 use crate::rng::Rng;
@@ -305,7 +303,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
                         (OpResult::Written { generation }, Some(crate::monotonic_us() - start))
                     }
                     // A replica that is not the master proposed nothing.
-                    Ok(Err(status)) if status.code() == Code::Unavailable && pb::NotMaster::decode(status.details()).is_ok() && !status.details().is_empty() => {
+                    Ok(Err(status)) if gaios_client::redirect(&status).is_some() => {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
                     }
