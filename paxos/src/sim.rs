@@ -235,6 +235,8 @@ pub struct ReplicaView {
     pub can_serve: bool,
     /// The last slot it applied.
     pub applied: Slot,
+    /// The replica it believes is master (a redirect's hint), if any.
+    pub master_hint: Option<ReplicaId>,
     /// Its own monotonic clock since this incarnation started, in
     /// microseconds: simulated time at this replica's clock rate (it runs
     /// on while the process is paused, as `CLOCK_MONOTONIC` does).
@@ -1642,6 +1644,7 @@ impl Cluster for Simulation<'_> {
             is_master,
             can_serve,
             applied: n.app.applied,
+            master_hint: core.and_then(Replica::master_hint),
             local_us: elapsed_us.saturating_mul(TICK_US) / n.tick_period_us.max(1),
         }
     }
