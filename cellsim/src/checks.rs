@@ -80,7 +80,7 @@ impl History {
     /// A replica restored a snapshot at `slot`: it must be the state
     /// applied there.
     pub fn restored(&mut self, replica: u64, slot: Slot, state: &StateMachine) -> Result<(), String> {
-        if slot % STATE_SAMPLE_SLOTS == 0
+        if slot.is_multiple_of(STATE_SAMPLE_SLOTS)
             && let Some(&expected) = self.states.get(&slot)
             && fnv(0, &state.snapshot()) != expected
         {
@@ -96,7 +96,7 @@ impl History {
         if *self.outcomes.entry(slot).or_insert(hash) != hash {
             return Err(format!("replica {replica}'s outcomes at slot {slot} differ from another replica's"));
         }
-        if slot % STATE_SAMPLE_SLOTS == 0 {
+        if slot.is_multiple_of(STATE_SAMPLE_SLOTS) {
             let hash = fnv(0, &state.snapshot());
             if *self.states.entry(slot).or_insert(hash) != hash {
                 return Err(format!("replica {replica}'s state after slot {slot} differs from another replica's"));

@@ -15,7 +15,7 @@ use gaios_paxos::config::CLOCK_DRIFT_PPM_MAX;
 use gaios_proto::cell::v1 as api;
 use gaios_proto::state::v1 as wire;
 
-use crate::{Answer, Cell, Request, Wire};
+use crate::{Answer, Cell, Event, Request};
 
 /// Files the clients share.
 pub const FILES: usize = 3;
@@ -135,7 +135,7 @@ impl Cell {
             c.call = Some(call);
         }
         let node = c.target;
-        self.send(now_us, Wire::Request { node, client, attempt, request });
+        self.send(now_us, Event::Request { node, client, attempt, request });
     }
 
     /// Sends the outstanding call again (same request, same request

@@ -96,9 +96,10 @@ pub fn run(seed: u64) -> Result<CellReport, Violation> {
     Ok(CellReport { paxos, ..cell.report })
 }
 
-/// A message between a client and a replica, in flight.
+/// What happens between clients and replicas: a message in flight, a
+/// client's turn to act, the masters' duties.
 #[derive(Clone, Debug)]
-pub enum Wire {
+pub enum Event {
     /// A client's request reaches replica `node`.
     Request {
         /// The replica.
@@ -170,7 +171,7 @@ pub struct Cell {
     replicas: Vec<CellReplica>,
     clients: Vec<Client>,
     /// Messages and wake-ups, by (time, order).
-    queue: BTreeMap<(u64, u64), Wire>,
+    queue: BTreeMap<(u64, u64), Event>,
     order: u64,
     /// Replicas whose role changed since the last step.
     role_changed: bool,
@@ -204,19 +205,19 @@ impl Cell {
         };
         for client in 0..clients {
             let first = cell.rng.range(0, 5_000);
-            cell.schedule(0, first, Wire::Wake { client });
+            cell.schedule(0, first, Event::Wake { client });
         }
-        cell.schedule(0, DUTY_INTERVAL_US, Wire::Duties);
+        cell.schedule(0, DUTY_INTERVAL_US, Event::Duties);
         cell
     }
 
-    fn schedule(&mut self, now_us: u64, delay_us: u64, message: Wire) {
+    fn schedule(&mut self, now_us: u64, delay_us: u64, event: Event) {
         self.order += 1;
-        self.queue.insert((now_us + delay_us, self.order), message);
+        self.queue.insert((now_us + delay_us, self.order), event);
     }
 
     /// Sends a message over the clients' network: delayed, sometimes lost.
-    fn send(&mut self, now_us: u64, message: Wire) {
+    fn send(&mut self, now_us: u64, message: Event) {
         if self.rng.chance(self.drop_per_mille, 1_000) {
             return;
         }
@@ -280,16 +281,16 @@ impl Application for Cell {
             }
             let message = entry.remove();
             match message {
-                Wire::Request { node, client, attempt, request } => self.serve(cluster, node, client, attempt, request)?,
-                Wire::Answer { client, attempt, answer } => self.hear(now_us, client, attempt, answer)?,
-                Wire::Wake { client } => {
+                Event::Request { node, client, attempt, request } => self.serve(cluster, node, client, attempt, request)?,
+                Event::Answer { client, attempt, answer } => self.hear(now_us, client, attempt, answer)?,
+                Event::Wake { client } => {
                     self.wake(now_us, client);
                     let gap = self.rng.range(500, 4_000);
-                    self.schedule(now_us, gap, Wire::Wake { client });
+                    self.schedule(now_us, gap, Event::Wake { client });
                 }
-                Wire::Duties => {
+                Event::Duties => {
                     self.duties(cluster)?;
-                    self.schedule(now_us, DUTY_INTERVAL_US, Wire::Duties);
+                    self.schedule(now_us, DUTY_INTERVAL_US, Event::Duties);
                 }
             }
         }

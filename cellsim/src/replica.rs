@@ -17,7 +17,7 @@ use gaios_state::StateMachine;
 use gaios_state::master::{MasterDuties, SessionLeases};
 use prost::Message as _;
 
-use crate::{Answer, Cell, Request, Wire};
+use crate::{Answer, Cell, Event, Request};
 
 /// A call waiting for its command to be applied on this replica.
 #[derive(Clone, Debug)]
@@ -36,8 +36,6 @@ pub struct LockWait {
     cancel: wire::CancelWait,
     /// When it gives up, on this replica's clock.
     deadline: Instant,
-    /// Its `CancelWait` was proposed; the answer comes with its outcome.
-    cancelling: bool,
 }
 
 /// A replica's application side; see the module docs.
@@ -147,7 +145,7 @@ impl Cell {
                 let waits = std::mem::take(&mut self.replicas[node].waits);
                 let calls = pending.into_values().map(|w| (w.client, w.attempt)).chain(waits.into_iter().map(|w| (w.client, w.attempt)));
                 for (client, attempt) in calls.collect::<Vec<_>>() {
-                    self.send(now_us, Wire::Answer { client, attempt, answer: Answer::Indeterminate });
+                    self.send(now_us, Event::Answer { client, attempt, answer: Answer::Indeterminate });
                 }
             }
         }
@@ -160,7 +158,7 @@ impl Cell {
         if !view.running {
             return Ok(());
         }
-        let answer = |answer| Wire::Answer { client, attempt, answer };
+        let answer = |answer| Event::Answer { client, attempt, answer };
         // Replica ids are 1..=n in index order.
         let hint = view.master_hint.filter(|&id| id != view.id).and_then(|id| usize::try_from(id).ok()?.checked_sub(1));
         if !view.can_serve {
@@ -246,7 +244,6 @@ impl Cell {
                             keep_granted: true,
                         },
                         deadline: local + Duration::from_millis(acquire.wait_ms),
-                        cancelling: false,
                     });
                     return;
                 }
@@ -255,12 +252,12 @@ impl Cell {
                 // Not granted in time.
                 let failure = wire::Failure { code: 4, message: "the wait ran out".into(), reason: 0 };
                 let outcome = wire::Outcome { result: Some(wire::outcome::Result::Failure(failure)) };
-                self.send(now_us, Wire::Answer { client, attempt, answer: Answer::Outcome(outcome) });
+                self.send(now_us, Event::Answer { client, attempt, answer: Answer::Outcome(outcome) });
                 return;
             }
             _ => {}
         }
-        self.send(now_us, Wire::Answer { client, attempt, answer: Answer::Outcome(outcome) });
+        self.send(now_us, Event::Answer { client, attempt, answer: Answer::Outcome(outcome) });
     }
 
     /// `Acquire` calls waiting in line on replica `node`: granted ones are
@@ -271,9 +268,6 @@ impl Cell {
         let replica = &mut self.replicas[node];
         let mut answers = Vec::new();
         replica.waits.retain(|wait| {
-            if wait.cancelling {
-                return true;
-            }
             let (session, handle) = (wait.cancel.session_id, wait.cancel.handle);
             if let Some(sequencer) = replica.state.holding(session, handle) {
                 let granted = wire::Outcome {
@@ -289,7 +283,7 @@ impl Cell {
             true
         });
         for (client, attempt, answer) in answers {
-            self.send(now_us, Wire::Answer { client, attempt, answer });
+            self.send(now_us, Event::Answer { client, attempt, answer });
         }
     }
 
@@ -318,20 +312,23 @@ impl Cell {
             if !view.can_serve {
                 continue;
             }
-            let due: Vec<usize> = (0..self.replicas[node].waits.len())
-                .filter(|&i| !self.replicas[node].waits[i].cancelling && self.replicas[node].waits[i].deadline <= local)
-                .collect();
-            for index in due {
-                let cancel = self.replicas[node].waits[index].cancel.clone();
-                let (client, attempt) = (self.replicas[node].waits[index].client, self.replicas[node].waits[index].attempt);
-                if let Some(number) = self.propose_at(cluster, node, wire::command::Kind::CancelWait(cancel.clone())) {
-                    self.replicas[node].waits[index].cancelling = true;
-                    self.replicas[node]
-                        .pending
-                        .insert(number, Waiting { client, attempt, kind: wire::command::Kind::CancelWait(cancel) });
+            // A wait whose deadline passed gives up its place with a
+            // `CancelWait` and is answered by its outcome (a wait whose
+            // cancel the core refused tries again at the next duties).
+            let waits = std::mem::take(&mut self.replicas[node].waits);
+            for wait in waits {
+                if wait.deadline > local {
+                    self.replicas[node].waits.push(wait);
+                    continue;
+                }
+                let kind = wire::command::Kind::CancelWait(wait.cancel.clone());
+                match self.propose_at(cluster, node, kind.clone()) {
+                    Some(number) => {
+                        self.replicas[node].pending.insert(number, Waiting { client: wait.client, attempt: wait.attempt, kind });
+                    }
+                    None => self.replicas[node].waits.push(wait),
                 }
             }
-            self.replicas[node].waits.retain(|wait| !wait.cancelling);
         }
         Ok(())
     }
