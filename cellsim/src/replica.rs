@@ -303,6 +303,7 @@ impl Cell {
                 if let wire::command::Kind::EndSession(end) = &kind {
                     let deadline = self.replicas[node].leases.deadline(end.session_id);
                     self.history.expiry_proposed(view.id, end.session_id, deadline, local)?;
+                    cluster.note(format!("master {} proposes to expire session {}", view.id, end.session_id));
                 }
                 if self.propose_at(cluster, node, kind.clone()).is_some() {
                     let replica = &mut self.replicas[node];

@@ -245,8 +245,6 @@ pub struct ReplicaView {
 
 /// The cluster as an [`Application`] sees it between events.
 pub trait Cluster {
-    /// The seed of the run.
-    fn seed(&self) -> u64;
     /// Simulated time, in microseconds.
     fn now_us(&self) -> u64;
     /// How many replicas there are (indexes `0..replicas()`).
@@ -1617,10 +1615,6 @@ impl<'a> Simulation<'a> {
 }
 
 impl Cluster for Simulation<'_> {
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-
     fn now_us(&self) -> u64 {
         self.now_us
     }
