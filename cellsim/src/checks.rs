@@ -284,3 +284,82 @@ impl History {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sequencer(mode: api::LockMode, lock_generation: u64) -> api::Sequencer {
+        api::Sequencer { path: "/f0".into(), mode: mode as i32, lock_generation, instance: 2 }
+    }
+
+    fn written(content_generation: u64) -> wire::Outcome {
+        let stat = api::Stat { content_generation, ..Default::default() };
+        wire::Outcome { result: Some(wire::outcome::Result::Written(api::SetContentsResponse { stat: Some(stat) })) }
+    }
+
+    fn write_call(session: u64, request_number: u64) -> wire::Command {
+        let call = wire::SessionCall { session_id: session, request_number, ..Default::default() };
+        wire::Command { kind: Some(wire::command::Kind::Call(call)), ..Default::default() }
+    }
+
+    #[test]
+    fn a_lock_told_while_another_client_counts_on_a_conflicting_holding_is_a_violation() {
+        use api::LockMode::{Exclusive, Shared};
+        let clients = vec![Client::holding(0, 1, 1_000, vec![]), Client::holding(1, 2, 1_000, vec![sequencer(Shared, 4)])];
+        let mut history = History::default();
+        assert!(history.lock_told(0, &sequencer(Shared, 5), 500, &clients).is_ok(), "two shared holders conflict");
+        assert!(history.lock_told(0, &sequencer(Exclusive, 6), 500, &clients).is_err());
+        // Once client 1's lease ran out it counts on nothing.
+        assert!(history.lock_told(0, &sequencer(Exclusive, 6), 1_000, &clients).is_ok());
+    }
+
+    #[test]
+    fn a_sequencer_reported_current_after_a_newer_grant_was_told_is_a_violation() {
+        use api::LockMode::{Exclusive, Shared};
+        let mut history = History::default();
+        history.lock_told(0, &sequencer(Shared, 3), 0, &[]).expect("told");
+        assert!(history.sequencer_reported(1, &sequencer(Shared, 2), true, 10).is_ok(), "shared holders coexist");
+        assert!(history.sequencer_reported(1, &sequencer(Exclusive, 2), true, 10).is_err());
+        history.lock_told(0, &sequencer(Exclusive, 7), 0, &[]).expect("told");
+        assert!(history.sequencer_reported(1, &sequencer(Shared, 3), true, 10).is_err());
+        assert!(history.sequencer_reported(1, &sequencer(Shared, 3), false, 10).is_ok());
+        assert!(history.sequencer_reported(1, &sequencer(Exclusive, 7), true, 10).is_ok());
+    }
+
+    #[test]
+    fn a_retried_request_that_answers_differently_was_applied_twice() {
+        let state = StateMachine::new();
+        let mut report = CellReport::default();
+        let mut history = History::default();
+        history.command_applied(1, 5, &write_call(1, 9), &written(3), &state, 0, &[], &mut report).expect("first");
+        history.command_applied(2, 5, &write_call(1, 9), &written(3), &state, 0, &[], &mut report).expect("another replica");
+        history.command_applied(1, 8, &write_call(1, 9), &written(3), &state, 0, &[], &mut report).expect("a retry answered alike");
+        assert_eq!(report.duplicates_applied, 1);
+        assert!(history.command_applied(1, 9, &write_call(1, 9), &written(4), &state, 0, &[], &mut report).is_err());
+    }
+
+    #[test]
+    fn a_session_expired_while_its_client_counts_on_it_is_a_violation() {
+        let state = StateMachine::new();
+        let mut report = CellReport::default();
+        let expire = |session| wire::Command {
+            kind: Some(wire::command::Kind::EndSession(wire::EndSession { session_id: session, expired: true, ..Default::default() })),
+            ..Default::default()
+        };
+        let done = wire::Outcome { result: Some(wire::outcome::Result::Done(wire::Done {})) };
+        let clients = vec![Client::holding(0, 1, 1_000, vec![]), Client::holding(1, 2, 1_000, vec![])];
+        let mut history = History::default();
+        history.session_told(1, 0, 1_000).expect("told");
+        history.session_told(2, 1, 1_000).expect("told");
+        assert!(history.command_applied(1, 3, &expire(1), &done, &state, 999, &clients, &mut report).is_err());
+        assert!(history.command_applied(1, 3, &expire(2), &done, &state, 1_000, &clients, &mut report).is_ok());
+        // A creation answered after the session had already expired.
+        assert!(history.session_told(2, 1, 1_001).is_err());
+        // A master proposes an expiry only once its own copy ran out.
+        let now = Instant::now();
+        assert!(history.expiry_proposed(1, 1, Some(now), now).is_ok());
+        assert!(history.expiry_proposed(1, 1, Some(now + std::time::Duration::from_millis(1)), now).is_err());
+        assert!(history.expiry_proposed(1, 1, None, now).is_err());
+    }
+}

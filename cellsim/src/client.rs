@@ -99,6 +99,22 @@ impl Client {
         self.redirected = true;
     }
 
+    /// A client told it owns `session` until `lease_until_us` and holds
+    /// `holding`, for the checkers' tests.
+    #[cfg(test)]
+    pub(crate) fn holding(index: usize, session: u64, lease_until_us: u64, holding: Vec<api::Sequencer>) -> Client {
+        let mut client = Client::new(index, 5);
+        client.session = Some(Session {
+            id: session,
+            secret: Bytes::new(),
+            lease_until_us,
+            next_request: 1,
+            handles: BTreeMap::new(),
+            holding: holding.into_iter().enumerate().collect(),
+        });
+        client
+    }
+
     /// Whether the client counts on its session at `now_us`.
     pub fn lease_valid(&self, now_us: u64) -> bool {
         self.session.as_ref().is_some_and(|s| now_us < s.lease_until_us)
