@@ -129,7 +129,10 @@ impl Client {
 
 /// The lease a client counts on from a KeepAlive (or a `CreateSession`)
 /// sent at `sent_us`: the master's lease, shortened by the clock-drift
-/// bound, since a master whose clock runs fast ends it early.
+/// bound, since a master whose clock runs fast ends it early. Simulated
+/// clients read exact simulated time, so only the master's rate counts:
+/// `lease × (1 − ρ)`; the client library (`client/src/lease.rs`) also
+/// allows for its own clock running slow, `lease × (1 − ρ) / (1 + ρ)`.
 fn lease_end_us(sent_us: u64, lease_us: u64) -> u64 {
     sent_us + lease_us - lease_us * CLOCK_DRIFT_PPM_MAX / 1_000_000 - 100
 }
