@@ -55,6 +55,12 @@
 //! so no acknowledged proposal is lost.
 //!
 //! Everything derives from one seed: the same seed replays the same run.
+//!
+//! The replicas run an [`Application`]: by default none beyond the hash
+//! chain above; [`run_application`] runs another one (the whole-cell
+//! simulator in `gaios-cellsim` runs the real state machine, the master's
+//! duties and simulated clients this way), under every fault and check
+//! above, and with its own checks after every event.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -85,6 +91,9 @@ pub struct Options {
     pub clock_drift_ppm: u64,
     /// Keep this many events for the trace printed on a violation.
     pub trace_events: usize,
+    /// The command that replays a seed, with `{seed}` for the seed, printed
+    /// with a violation.
+    pub replay_with: &'static str,
 }
 
 impl Default for Options {
@@ -96,6 +105,7 @@ impl Default for Options {
             liveness_ticks: 400,
             clock_drift_ppm: crate::config::CLOCK_DRIFT_PPM_MAX,
             trace_events: 60,
+            replay_with: "GAIOS_SEED={seed} cargo test -p gaios-paxos --test simulation",
         }
     }
 }
@@ -111,12 +121,18 @@ pub struct Violation {
     pub message: String,
     /// The last events before the violation, oldest first.
     pub trace: Vec<String>,
+    /// The command that replays it (empty: the Paxos simulation's).
+    pub replay: String,
 }
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "seed {} at t={}us: {}", self.seed, self.time_us, self.message)?;
-        writeln!(f, "replay with: GAIOS_SEED={} cargo test -p gaios-paxos --test simulation", self.seed)?;
+        if self.replay.is_empty() {
+            writeln!(f, "replay with: GAIOS_SEED={} cargo test -p gaios-paxos --test simulation", self.seed)?;
+        } else {
+            writeln!(f, "replay with: {}", self.replay)?;
+        }
         writeln!(f, "last events:")?;
         for line in &self.trace {
             writeln!(f, "  {line}")?;
@@ -158,7 +174,13 @@ pub struct Report {
 
 /// Runs one seed with `options`.
 pub fn run(seed: u64, options: &Options) -> Result<Report, Violation> {
-    let mut sim = Simulation::new(seed, options.clone());
+    run_application(seed, options, &mut NoApplication)
+}
+
+/// Runs one seed with `options`, the replicas running `application`
+/// besides the hash chain.
+pub fn run_application(seed: u64, options: &Options, application: &mut dyn Application) -> Result<Report, Violation> {
+    let mut sim = Simulation::new(seed, options.clone(), application);
     let result = sim.run_all();
     result.map(|()| sim.report.clone())
 }
@@ -166,7 +188,8 @@ pub fn run(seed: u64, options: &Options) -> Result<Report, Violation> {
 /// Runs one seed with a custom configuration hook, for tests that break the
 /// protocol's configuration on purpose.
 pub fn run_with(seed: u64, options: &Options, adjust: &dyn Fn(&mut Config)) -> Result<Report, Violation> {
-    let mut sim = Simulation::new(seed, options.clone());
+    let mut none = NoApplication;
+    let mut sim = Simulation::new(seed, options.clone(), &mut none);
     for node in &mut sim.nodes {
         adjust(&mut node.config);
     }
@@ -196,6 +219,103 @@ enum Event {
     Compact { node: usize, incarnation: u64 },
 }
 
+/// What a replica looks like to an [`Application`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// Its id.
+    pub id: ReplicaId,
+    /// Counts its starts (a restart is a new process with empty memory).
+    pub incarnation: u64,
+    /// Its process is up and not paused.
+    pub running: bool,
+    /// It believes it is master.
+    pub is_master: bool,
+    /// It may serve as master: master, master lease valid, read barrier
+    /// applied (the driver's rule before it serves reads or runs duties).
+    pub can_serve: bool,
+    /// The last slot it applied.
+    pub applied: Slot,
+    /// The replica it believes is master (a redirect's hint), if any.
+    pub master_hint: Option<ReplicaId>,
+    /// Its own monotonic clock since this incarnation started, in
+    /// microseconds: simulated time at this replica's clock rate (it runs
+    /// on while the process is paused, as `CLOCK_MONOTONIC` does).
+    pub local_us: u64,
+}
+
+/// The cluster as an [`Application`] sees it between events.
+pub trait Cluster {
+    /// Simulated time, in microseconds.
+    fn now_us(&self) -> u64;
+    /// How many replicas there are (indexes `0..replicas()`).
+    fn replicas(&self) -> usize;
+    /// Replica `node` now.
+    fn view(&self, node: usize) -> ReplicaView;
+    /// Hands `command` to replica `node`'s core, as its driver does with a
+    /// client's command; the simulator drives the core after the call.
+    fn propose(&mut self, node: usize, command: Bytes) -> Result<(), ProposeError>;
+    /// Adds a line to the trace printed with a violation.
+    fn note(&mut self, line: String);
+}
+
+/// An application the replicas run beside the simulator's hash chain: it
+/// applies every chosen entry on each replica, snapshots and restores its
+/// state when the core compacts or installs, and acts between events (a
+/// master's duties, clients). An `Err` is a violation of its invariants.
+pub trait Application {
+    /// The largest command it proposes, in bytes (the cores' bound).
+    fn command_bytes_max(&self) -> usize;
+    /// Replica `node` starts: from a snapshot's application part, or from
+    /// nothing (a fresh disk). Also on the install of a peer's snapshot.
+    fn restore(&mut self, cluster: &dyn Cluster, node: usize, data: Option<&[u8]>) -> Result<(), String>;
+    /// Whether `data` would restore (a driver checks a peer's snapshot
+    /// before its core sees it).
+    fn loads(&self, data: &[u8]) -> bool;
+    /// Replica `node`'s state, to be kept in a snapshot at its applied slot.
+    fn snapshot(&mut self, node: usize) -> Bytes;
+    /// Replica `node` applies the chosen `entry` (the simulator has checked
+    /// it is the chosen value, in slot order).
+    fn apply(&mut self, cluster: &dyn Cluster, node: usize, entry: &Entry) -> Result<(), String>;
+    /// Replica `node` became master or lost mastership.
+    fn role_change(&mut self, node: usize, change: &crate::ready::RoleChange);
+    /// Replica `node`'s process died (its memory is gone).
+    fn crashed(&mut self, node: usize);
+    /// Runs after every event: acts (proposes) and checks.
+    fn step(&mut self, cluster: &mut dyn Cluster) -> Result<(), String>;
+    /// The run ended with every replica caught up: final checks.
+    fn finish(&mut self, cluster: &dyn Cluster) -> Result<(), String>;
+}
+
+/// No application beyond the hash chain: the Paxos simulation's default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoApplication;
+
+impl Application for NoApplication {
+    fn command_bytes_max(&self) -> usize {
+        8
+    }
+    fn restore(&mut self, _: &dyn Cluster, _: usize, _: Option<&[u8]>) -> Result<(), String> {
+        Ok(())
+    }
+    fn loads(&self, data: &[u8]) -> bool {
+        data.is_empty()
+    }
+    fn snapshot(&mut self, _: usize) -> Bytes {
+        Bytes::new()
+    }
+    fn apply(&mut self, _: &dyn Cluster, _: usize, _: &Entry) -> Result<(), String> {
+        Ok(())
+    }
+    fn role_change(&mut self, _: usize, _: &crate::ready::RoleChange) {}
+    fn crashed(&mut self, _: usize) {}
+    fn step(&mut self, _: &mut dyn Cluster) -> Result<(), String> {
+        Ok(())
+    }
+    fn finish(&mut self, _: &dyn Cluster) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The application the simulator runs: it keeps a hash chain of applied
 /// values, so two replicas with the same hash at a slot applied the same
 /// prefix.
@@ -220,10 +340,12 @@ impl App {
     }
 }
 
-/// Whether the application could load `snapshot`: the check a driver makes
-/// before it steps an `InstallSnapshot`.
-fn snapshot_loads(snapshot: &Snapshot) -> bool {
-    App::decode(&snapshot.data).is_some_and(|app| app.applied == snapshot.slot && snapshot.data.len() == 16)
+/// Whether the application could load `snapshot` (the hash chain's 16
+/// bytes, then the [`Application`]'s part): the check a driver makes before
+/// it steps an `InstallSnapshot`.
+fn snapshot_loads(snapshot: &Snapshot, application: &dyn Application) -> bool {
+    App::decode(&snapshot.data).is_some_and(|app| app.applied == snapshot.slot)
+        && snapshot.data.get(16..).is_some_and(|data| application.loads(data))
 }
 
 fn chain(hash: u64, value: &Value) -> u64 {
@@ -331,14 +453,20 @@ struct Node {
     app: App,
     outstanding: Option<Ready>,
     tick_period_us: u64,
+    /// When this incarnation started (simulated µs), for its local clock.
+    started_us: u64,
     paused_since: Option<u64>,
     deferred: Vec<Event>,
     last_compacted: Slot,
     compact_every: u64,
 }
 
-struct Simulation {
+struct Simulation<'a> {
     seed: u64,
+    /// The application the replicas run (taken out while it is called).
+    application: Option<&'a mut dyn Application>,
+    /// Replicas the application proposed to since they were last driven.
+    proposed_to: BTreeSet<usize>,
     options: Options,
     rng: Rng,
     now_us: u64,
@@ -389,7 +517,7 @@ struct Simulation {
     report: Report,
 }
 
-fn violation(sim: &Simulation, message: String) -> Violation {
+fn violation(sim: &Simulation<'_>, message: String) -> Violation {
     let mut trace: Vec<String> = sim.trace.iter().cloned().collect();
     for node in &sim.nodes {
         let state = match &node.core {
@@ -399,11 +527,13 @@ fn violation(sim: &Simulation, message: String) -> Violation {
         let paused = if node.paused_since.is_some() { " (paused)" } else { "" };
         trace.push(format!("replica {}{paused}: {state}", node.id));
     }
-    Violation { seed: sim.seed, time_us: sim.now_us, message, trace }
+    let replay = sim.options.replay_with.replace("{seed}", &sim.seed.to_string());
+    Violation { seed: sim.seed, time_us: sim.now_us, message, trace, replay }
 }
 
-impl Simulation {
-    fn new(seed: u64, options: Options) -> Self {
+impl<'a> Simulation<'a> {
+    fn new(seed: u64, options: Options, application: &'a mut dyn Application) -> Self {
+        let command_bytes_max = application.command_bytes_max();
         let mut rng = Rng::new(seed);
         let members: Vec<ReplicaId> = (1..=options.replicas).collect();
         // Vary the limits per seed so small windows, tiny messages and
@@ -418,9 +548,9 @@ impl Simulation {
         let (lease_ticks, heartbeat_ticks, election_min, election_max) =
             [(10, 2, 10, 20), (5, 1, 6, 9), (6, 2, 6, 10), (20, 4, 20, 40), (10, 2, 10, 50)][rng.range(0, 4) as usize];
         let lease_drift_ticks = crate::config::lease_drift_ticks_for(lease_ticks).unwrap_or(lease_ticks);
-        // Commands are 8 bytes; a message holds one full entry at least, and
-        // sometimes no more.
-        let batch_bytes_max = 8 * batch_commands_max;
+        // Commands are 8 bytes (the application's may be longer); a message
+        // holds one full entry at least, and sometimes no more.
+        let batch_bytes_max = command_bytes_max * batch_commands_max;
         let message_entries_max = [1, 3, 64][rng.range(0, 2) as usize];
         // How often replicas snapshot and drop their log: half the seeds keep
         // almost none, so that lagging replicas (and late requests) are
@@ -440,7 +570,7 @@ impl Simulation {
             config.entries_per_message_max = entries_per_message_max;
             config.batch_commands_max = batch_commands_max;
             config.batch_bytes_max = batch_bytes_max;
-            config.command_bytes_max = 8;
+            config.command_bytes_max = command_bytes_max;
             config.proposals_queued_max = 64;
             config.message_bytes_max = config.entry_bytes_max() * message_entries_max;
             nodes.push(Node {
@@ -452,6 +582,7 @@ impl Simulation {
                 app: App::default(),
                 outstanding: None,
                 tick_period_us: TICK_US,
+                started_us: 0,
                 paused_since: None,
                 deferred: Vec::new(),
                 last_compacted: 0,
@@ -460,6 +591,8 @@ impl Simulation {
         }
         let mut sim = Simulation {
             seed,
+            application: Some(application),
+            proposed_to: BTreeSet::new(),
             options,
             rng,
             now_us: 0,
@@ -538,6 +671,32 @@ impl Simulation {
         self.trace.push_back(format!("t={} {line}", self.now_us));
     }
 
+    /// Calls the application with the simulation as its [`Cluster`].
+    fn with_application<R>(&mut self, call: impl FnOnce(&mut dyn Application, &mut Self) -> R) -> R {
+        let application = self.application.take().expect("the application is never called from within itself");
+        let result = call(&mut *application, self);
+        self.application = Some(application);
+        result
+    }
+
+    /// Whether the application could load `snapshot`.
+    fn loads(&mut self, snapshot: &Snapshot) -> bool {
+        self.with_application(|application, _| snapshot_loads(snapshot, application))
+    }
+
+    /// Lets the application act and check after an event, then drives the
+    /// replicas it proposed to.
+    fn step_application(&mut self) -> Result<(), Violation> {
+        let result = self.with_application(|application, sim| application.step(sim));
+        if let Err(message) = result {
+            return Err(violation(self, message));
+        }
+        for index in std::mem::take(&mut self.proposed_to) {
+            self.drive(index)?;
+        }
+        Ok(())
+    }
+
     fn run_all(&mut self) -> Result<(), Violation> {
         for node in &self.nodes {
             if node.core.is_none() {
@@ -609,6 +768,9 @@ impl Simulation {
                 return Err(violation(self, format!("acknowledged command {command} lost from slot {slot}")));
             }
         }
+        if let Err(message) = self.with_application(|application, sim| application.finish(sim)) {
+            return Err(violation(self, message));
+        }
         self.report.chosen_slots = self.chosen.len() as u64;
         self.report.acknowledged = self.acknowledged.len() as u64;
         Ok(())
@@ -616,7 +778,7 @@ impl Simulation {
 
     /// Runs events until `deadline_us` or until `stop` holds; returns whether
     /// `stop` held.
-    fn run_until(&mut self, deadline_us: u64, stop: impl Fn(&Simulation) -> bool) -> Result<bool, Violation> {
+    fn run_until(&mut self, deadline_us: u64, stop: impl Fn(&Simulation<'_>) -> bool) -> Result<bool, Violation> {
         while let Some(&Reverse((time, _, id))) = self.queue.peek() {
             if stop(self) {
                 return Ok(true);
@@ -629,6 +791,7 @@ impl Simulation {
             let Some(event) = self.events.remove(&id) else { continue };
             self.dispatch(event)?;
             self.check_leases()?;
+            self.step_application()?;
         }
         let stopped = stop(self);
         self.now_us = self.now_us.max(deadline_us);
@@ -662,7 +825,7 @@ impl Simulation {
                 }
                 self.report.messages_delivered += 1;
                 if let Message::InstallSnapshot { snapshot } = &message
-                    && !snapshot_loads(snapshot)
+                    && !self.loads(snapshot)
                 {
                     // The driver's duty: a snapshot the application cannot
                     // load never reaches the core.
@@ -794,6 +957,10 @@ impl Simulation {
                 return Err(violation(self, format!("replica {id} installed a snapshot that diverges at slot {}", snapshot.slot)));
             }
             self.nodes[index].app = app;
+            let data = snapshot.data.slice(16..);
+            if let Err(message) = self.with_application(|application, sim| application.restore(sim, index, Some(&data))) {
+                return Err(violation(self, format!("replica {id} cannot install a snapshot: {message}")));
+            }
             self.report.snapshots_installed += 1;
             self.note(format!("replica {id} installed snapshot at slot {}", snapshot.slot));
         }
@@ -805,6 +972,7 @@ impl Simulation {
                 self.report.elections += 1;
             }
             self.note(format!("replica {id}: {change:?}"));
+            self.with_application(|application, _| application.role_change(index, change));
         }
         if let Some(core) = &mut self.nodes[index].core {
             core.advance(ready);
@@ -873,8 +1041,13 @@ impl Simulation {
             self.acked_through = self.acked_through.max(entry.slot);
         }
         self.nodes[index].app = app;
+        if let Err(message) = self.with_application(|application, sim| application.apply(sim, index, entry)) {
+            return Err(violation(self, message));
+        }
         if let Value::Batch(commands) = &entry.value {
-            for command in commands {
+            // The simulator's own commands are 8 bytes; the application's
+            // are its business.
+            for command in commands.iter().filter(|command| command.len() == 8) {
                 if let Some(bytes) = command.get(0..8) {
                     let mut raw = [0u8; 8];
                     raw.copy_from_slice(bytes);
@@ -886,8 +1059,11 @@ impl Simulation {
     }
 
     fn compact(&mut self, index: usize) -> Result<(), Violation> {
+        let state = self.with_application(|application, _| application.snapshot(index));
         let node = &mut self.nodes[index];
-        let snapshot = Snapshot { slot: node.app.applied, data: node.app.encode() };
+        let mut data = node.app.encode().to_vec();
+        data.extend_from_slice(&state);
+        let snapshot = Snapshot { slot: node.app.applied, data: Bytes::from(data) };
         let Some(core) = &mut node.core else { return Ok(()) };
         // The snapshot reaches the disk through the next Ready, atomically
         // with the compaction of the log it covers.
@@ -1073,7 +1249,14 @@ impl Simulation {
             return Err(violation(self, format!("replica {id} restarts from a snapshot it cannot load")));
         };
         node.app = app;
+        node.started_us = self.now_us;
         node.last_compacted = disk.snapshot.as_ref().map_or(0, |s| s.slot);
+        let data = disk.snapshot.as_ref().map(|snapshot| snapshot.data.slice(16.min(snapshot.data.len())..));
+        if let Err(message) = self.with_application(|application, sim| application.restore(sim, index, data.as_deref())) {
+            let id = self.nodes[index].id;
+            return Err(violation(self, format!("replica {id} restarts from a snapshot it cannot load: {message}")));
+        }
+        let node = &mut self.nodes[index];
         let durable = Durable {
             hard_state: disk.hard_state,
             entries: disk.entries.into_values().collect(),
@@ -1118,6 +1301,7 @@ impl Simulation {
         } else {
             self.note(format!("crash replica {id}"));
         }
+        self.with_application(|application, _| application.crashed(index));
     }
 
     fn resume(&mut self, index: usize) -> Result<(), Violation> {
@@ -1211,7 +1395,7 @@ impl Simulation {
     /// A directed link, often one that touches the master.
     fn random_link(&mut self) -> (ReplicaId, ReplicaId) {
         let ids: Vec<ReplicaId> = self.nodes.iter().map(|n| n.id).collect();
-        let pick = |sim: &mut Simulation| ids[sim.rng.range(0, ids.len() as u64 - 1) as usize];
+        let pick = |sim: &mut Simulation<'_>| ids[sim.rng.range(0, ids.len() as u64 - 1) as usize];
         let master = self.master_index().map(|i| self.nodes[i].id);
         let a = match master {
             Some(m) if self.rng.chance(1, 2) => m,
@@ -1281,7 +1465,7 @@ impl Simulation {
             let kind = message.kind();
             self.report.forged += 1;
             if let Message::InstallSnapshot { snapshot } = &message
-                && !snapshot_loads(snapshot)
+                && !self.loads(snapshot)
             {
                 // Dropped by the driver before the core.
                 continue;
@@ -1427,6 +1611,50 @@ impl Simulation {
             self.start(index)?;
         }
         Ok(())
+    }
+}
+
+impl Cluster for Simulation<'_> {
+    fn now_us(&self) -> u64 {
+        self.now_us
+    }
+
+    fn replicas(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn view(&self, node: usize) -> ReplicaView {
+        let n = &self.nodes[node];
+        let running = n.core.is_some() && n.paused_since.is_none();
+        let core = n.core.as_ref();
+        let is_master = core.is_some_and(Replica::is_master);
+        let can_serve = is_master
+            && core.is_some_and(|core| core.lease_valid() && core.read_barrier().is_some_and(|barrier| n.app.applied >= barrier));
+        let elapsed_us = self.now_us.saturating_sub(n.started_us);
+        ReplicaView {
+            id: n.id,
+            incarnation: n.incarnation,
+            running,
+            is_master,
+            can_serve,
+            applied: n.app.applied,
+            master_hint: core.and_then(Replica::master_hint),
+            local_us: elapsed_us.saturating_mul(TICK_US) / n.tick_period_us.max(1),
+        }
+    }
+
+    fn propose(&mut self, node: usize, command: Bytes) -> Result<(), ProposeError> {
+        let n = &mut self.nodes[node];
+        let Some(core) = n.core.as_mut().filter(|_| n.paused_since.is_none()) else {
+            return Err(ProposeError::NotMaster { master_hint: None });
+        };
+        core.propose(command)?;
+        self.proposed_to.insert(node);
+        Ok(())
+    }
+
+    fn note(&mut self, line: String) {
+        Simulation::note(self, line);
     }
 }
 

@@ -47,6 +47,7 @@ fn run_seeds(first: u64, count: u64, options: &Options) -> (u64, Report, Option<
                             time_us: 0,
                             message: format!("the core panicked: {text}"),
                             trace: Vec::new(),
+                            replay: String::new(),
                         })
                     });
                     match outcome {

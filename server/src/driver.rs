@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::errors::ProposeError;
-use gaios_state::master::lock_clock::LockClock;
+use gaios_state::master::MasterDuties;
 use crate::metrics::Metrics;
 use crate::shared::{Proposal, Shared};
 use gaios_state::machine::{Outcome, SnapshotError, StateMachine};
@@ -164,14 +164,10 @@ pub struct Driver {
     incarnation: u64,
     next_proposal: u64,
     pending: BTreeMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
-    /// Master duties (the session leases live in `Shared`): the lock-delay
-    /// end an `AdvanceTime` was proposed for, and when duties last ran.
-    advance_proposed_for: Option<u64>,
+    /// The master's duties (the session leases they move live in
+    /// `Shared`, for the KeepAlive handler), and when they last ran.
+    duties: MasterDuties,
     duties_at: Instant,
-    /// Whether, at the last duties, this master could serve (and so hear
-    /// KeepAlives); on each change to true every session's deadline is
-    /// pushed to a full lease from then, and the lock-delay clock anchored.
-    serving: bool,
     /// A peer's snapshot checked (restored into a state) before the core saw
     /// it, waiting for the core to hand it back for installing: its slot and
     /// the state. Restoring once both checks it and serves the install.
@@ -179,9 +175,6 @@ pub struct Driver {
     /// The core's count of rejected peer messages at the last turn, so the
     /// metric is fed the difference.
     rejected_seen: u64,
-    /// This master's reading of the lock-delay clock, stamped on every
-    /// command it proposes (see [`gaios_state::master::lock_clock`]).
-    lock_clock: LockClock,
 }
 
 impl Driver {
@@ -224,12 +217,10 @@ impl Driver {
             incarnation: incarnation(),
             next_proposal: 1,
             pending: BTreeMap::new(),
-            advance_proposed_for: None,
+            duties: MasterDuties::new(),
             duties_at: Instant::now(),
-            serving: false,
             checked_snapshot: None,
             rejected_seen: 0,
-            lock_clock: LockClock::new(),
         };
         Ok((driver, status_rx, shared))
     }
@@ -509,7 +500,7 @@ impl Driver {
             proposer_incarnation: self.incarnation,
             proposal_number: number,
             now_ms,
-            lock_clock_ms: self.lock_clock.stamp_ms(Instant::now()),
+            lock_clock_ms: self.duties.lock_clock_ms(Instant::now()),
             kind: Some(kind),
         };
         self.options.metrics.proposals_total.inc();
@@ -527,13 +518,9 @@ impl Driver {
     /// master-failover event). Session leases start only once this master
     /// can serve, and hear KeepAlives (see `master_duties`).
     fn became_master(&mut self, ballot: Ballot) {
-        self.shared.leases().clear();
-        self.serving = false;
-        self.lock_clock.forget();
-        self.advance_proposed_for = None;
-        let took_over = wire::MasterTookOver { ballot_round: ballot.round, ballot_replica: ballot.replica };
+        self.duties.reset(&mut self.shared.leases());
         // Number 0 is never pending: nobody waits for this command.
-        if let Err(error) = self.propose_command(wire::command::Kind::MasterTookOver(took_over), 0) {
+        if let Err(error) = self.propose_command(MasterDuties::took_over(ballot.round, ballot.replica), 0) {
             tracing::warn!(%error, "cannot record the failover");
         }
     }
@@ -544,63 +531,32 @@ impl Driver {
         for (_, reply) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(ProposeError::Indeterminate));
         }
-        self.shared.leases().clear();
-        self.serving = false;
-        self.lock_clock.forget();
-        self.advance_proposed_for = None;
+        self.duties.reset(&mut self.shared.leases());
     }
 
-    /// Expires sessions whose lease ran out and moves the clock when a
-    /// lock-delay ended, by proposing commands. Only a master that may serve
-    /// does this (it holds the master lease and its state is current), since
-    /// only then do clients' KeepAlives reach it. Each time it becomes able
-    /// to serve (after an election, or after its lease lapsed) every session
-    /// gets a full lease from that moment, so neither a failover nor a stall
-    /// of the master alone ever expires a session, and the lock-delay clock
-    /// is anchored at the state's value (its state is current then).
+    /// Runs the master's duties ([`MasterDuties::tick`]): only a master that
+    /// may serve (it holds the master lease and its state is current) expires
+    /// sessions whose lease ran out and moves the clock when a lock-delay
+    /// ended, since only then do clients' KeepAlives reach it; each time it
+    /// becomes able to serve, every session gets a full lease from then.
     fn master_duties(&mut self) {
         let can_serve = self.replica.is_master()
             && self.replica.lease_valid()
             && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
-        if !can_serve {
-            if self.serving {
-                self.shared.leases().demote();
-            }
-            self.serving = false;
-            self.lock_clock.forget();
-            return;
-        }
         let now = Instant::now();
-        let expired;
-        let mut advance = None;
-        {
+        let due = {
             let state = self.shared.state();
-            let mut leases = self.shared.leases();
-            if !self.serving {
-                self.serving = true;
-                self.lock_clock.anchor(state.lock_clock_ms(), now);
-                leases.promote(now);
+            self.duties.tick(can_serve, &state, &mut self.shared.leases(), now)
+        };
+        for kind in due {
+            if let wire::command::Kind::EndSession(end) = &kind {
+                tracing::info!(session = end.session_id, "session lease ran out; expiring it");
             }
-            leases.track(state.session_ids(), now);
-            expired = leases.expired(now);
-            if let Some(end) = state.next_lock_delay_end_ms()
-                && self.lock_clock.stamp_ms(now) >= end
-                && self.advance_proposed_for != Some(end)
-            {
-                advance = Some(end);
+            if self.propose_command(kind.clone(), 0).is_ok() {
+                let state = self.shared.state();
+                self.duties.proposed(&kind, &state, &mut self.shared.leases());
             }
         }
-        for session in expired {
-            tracing::info!(session, "session lease ran out; expiring it");
-            let end = wire::EndSession { session_id: session, expired: true, ..Default::default() };
-            if self.propose_command(wire::command::Kind::EndSession(end), 0).is_ok() {
-                self.shared.leases().expiry_proposed(session);
-            }
-        }
-        if let Some(end) = advance
-            && self.propose_command(wire::command::Kind::AdvanceTime(wire::AdvanceTime {}), 0).is_ok() {
-                self.advance_proposed_for = Some(end);
-            }
     }
 
     /// Publishes the status if it changed; `last_tick_at` is when the core's
