@@ -213,6 +213,54 @@ fn read_to_string(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// `gaios status` shows everything the retired `gaios-status` showed: per
+/// replica its id, role, master, chosen and applied slots, master lease and
+/// incarnation (checked against the replicas' own `Status` answers), and
+/// `--wait-ms` waits for an agreed master or exits 5.
+fn status_shows_what_gaios_status_showed(cell: &Cell) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    let truth = runtime.block_on(statuses(cell, &all));
+    assert_eq!(truth.len(), REPLICAS as usize, "every replica answers the harness");
+    let incarnation_of = |id: u64| format!("{:016x}", truth.iter().find(|s| s.id == id).expect("a replica").incarnation);
+
+    let waited = expect(cell, &["--json", "status", "--wait-ms", "20000"], 0).json();
+    let rows = waited.as_array().expect("an array");
+    assert_eq!(rows.len(), REPLICAS as usize, "{waited}");
+    for row in rows {
+        let id = row["id"].as_u64().expect("an id");
+        assert_eq!(row["incarnation"], incarnation_of(id), "{row}");
+        assert!(["master", "follower", "candidate"].contains(&row["role"].as_str().expect("a role")), "{row}");
+        assert!(row["applied"].is_u64() && row["chosen_through"].is_u64() && row["lease_remaining_ms"].is_u64(), "{row}");
+        assert!(row["promised"]["round"].is_u64(), "{row}");
+    }
+    let master = rows.iter().find(|row| row["role"] == "master").expect("a master");
+    assert!(master["master_address"].as_str().is_some_and(|address| !address.is_empty()), "{master}");
+
+    let table = expect(cell, &["status", "--wait-ms", "20000"], 0);
+    let mut lines = table.stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    for column in ["ID", "ADDRESS", "ROLE", "MASTER", "BALLOT", "CHOSEN", "APPLIED", "LEASE_MS", "INCARNATION"] {
+        assert!(header.contains(&column), "{column} in {header:?}");
+    }
+    let column = |name: &str| header.iter().position(|h| *h == name).expect("a column");
+    for line in lines {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.len(), header.len(), "{line}");
+        let id: u64 = cells[column("ID")].parse().expect("an id");
+        assert_eq!(cells[column("INCARNATION")], incarnation_of(id), "{line}");
+        assert!(cells[column("APPLIED")].parse::<u64>().is_ok(), "{line}");
+    }
+
+    // An address where nobody answers: --wait-ms gives up with 5 (each
+    // round is bounded by the client's one-second connect timeout).
+    let mut command = Command::new(binary("gaios"));
+    command.args(["--cell", "127.0.0.1:1", "status", "--wait-ms", "500"]).env_remove("GAIOS_CELL");
+    let output = command.output().expect("run gaios status");
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no answer"), "{output:?}");
+}
+
 #[test]
 fn every_command_with_and_without_json() {
     let _serial = serial();
@@ -234,6 +282,7 @@ fn every_command_with_and_without_json() {
     assert_eq!(rows.iter().filter(|row| row["role"] == "master").count(), 1, "{status}");
     let master = rows.iter().find(|row| row["role"] == "master").expect("a master")["id"].clone();
     assert!(rows.iter().all(|row| row["master_id"] == master), "{status}");
+    status_shows_what_gaios_status_showed(&cell);
 
     // mkdir, -p, already exists.
     expect(&cell, &["mkdir", "/d"], 0);
