@@ -135,8 +135,8 @@ impl History {
                             Some(wire::outcome::Result::Failure(failure)) => failure.reason,
                             _ => 0,
                         };
-                        let excused = reason == wire::FailureReason::RequestNumberTooOld as i32
-                            || reason == wire::FailureReason::SessionEnded as i32;
+                        let excused = reason == api::ErrorReason::RequestNumberTooOld as i32
+                            || reason == api::ErrorReason::SessionEnded as i32;
                         if first != outcome && !excused {
                             return Err(format!(
                                 "request {} of session {} applied twice: replica {replica} answered {outcome:?} at slot {slot}, \

@@ -377,15 +377,15 @@ impl Cell {
                 }
             }
             (_, Some(R::Failure(failure))) => {
-                let reason = wire::FailureReason::try_from(failure.reason).unwrap_or_default();
+                let reason = api::ErrorReason::try_from(failure.reason).unwrap_or_default();
                 match reason {
-                    wire::FailureReason::SessionEnded => self.clients[client].session = None,
-                    wire::FailureReason::HandleInvalid => {
+                    api::ErrorReason::SessionEnded => self.clients[client].session = None,
+                    api::ErrorReason::HandleInvalid => {
                         if let (Some(file), Some(session)) = (call.file, self.clients[client].session.as_mut()) {
                             session.handles.remove(&file);
                         }
                     }
-                    wire::FailureReason::GenerationMismatch => {
+                    api::ErrorReason::GenerationMismatch => {
                         if let (Some(file), Some(session)) = (call.file, self.clients[client].session.as_mut())
                             && let Some(handle) = session.handles.get_mut(&file)
                         {

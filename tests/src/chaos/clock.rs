@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use serde_json::json;
 
 use super::{Recorder, lock};
@@ -114,7 +114,7 @@ impl SkewOutcome {
 
 /// Polls the replica at `index` until `done` holds for its Status or
 /// `deadline` passes.
-async fn wait_status(cell: &Cell, index: usize, deadline: Duration, done: impl Fn(&pb::StatusResponse) -> bool) -> bool {
+async fn wait_status(cell: &Cell, index: usize, deadline: Duration, done: impl Fn(&api::StatusResponse) -> bool) -> bool {
     let until = Instant::now() + deadline;
     while Instant::now() < until {
         if crate::status(cell.members[index].client).await.is_some_and(|s| done(&s)) {
@@ -152,7 +152,7 @@ async fn make_master(cell: &Cell, network: &Network, slow: usize) -> Result<(), 
             }
         }
         let mastered =
-            wait_status(cell, slow, Duration::from_secs(15), |s| s.role() == pb::Role::Master && s.lease_remaining_ms > 0).await;
+            wait_status(cell, slow, Duration::from_secs(15), |s| s.role() == api::Role::Master && s.lease_remaining_ms > 0).await;
         network.heal();
         if !mastered {
             return Err(format!("replica {slow_id} did not win its campaign (star around it, master {master_id} isolated)"));
@@ -258,9 +258,9 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
         let start = recorder.start_us;
         tasks.push(tokio::spawn(async move {
             let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{slow_address}")) else { return };
-            let mut client = pb::cell_client::CellClient::new(channel.connect_lazy());
+            let mut client = api::cell_client::CellClient::new(channel.connect_lazy());
             while !stop.load(Ordering::Relaxed) {
-                let request = pb::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
+                let request = api::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
                 let invoke = crate::monotonic_us() - start;
                 if let Ok(Ok(answer)) = tokio::time::timeout(CALL_TIMEOUT, client.get_contents_and_stat(request)).await {
                     let complete = crate::monotonic_us() - start;
@@ -281,7 +281,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
             let clients: Vec<_> = others
                 .iter()
                 .filter_map(|address| tonic::transport::Channel::from_shared(format!("http://{address}")).ok())
-                .map(|channel| pb::cell_client::CellClient::new(channel.connect_lazy()))
+                .map(|channel| api::cell_client::CellClient::new(channel.connect_lazy()))
                 .collect();
             let mut request_number = 10u64;
             let mut next = 0usize;
@@ -290,7 +290,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
                 let value = 1_000 + request_number;
                 let mut client = clients[next % clients.len()].clone();
                 next += 1;
-                let request = pb::SetContentsRequest {
+                let request = api::SetContentsRequest {
                     header: Some(session.header(request_number)),
                     handle,
                     contents: value.to_string().into_bytes().into(),

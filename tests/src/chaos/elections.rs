@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -57,7 +57,7 @@ impl BallotLog {
     }
 }
 
-fn ballot(ballot: Option<&pb::Ballot>) -> Ballot {
+fn ballot(ballot: Option<&api::Ballot>) -> Ballot {
     ballot.map_or((0, 0), |b| (b.round, b.replica))
 }
 
@@ -72,9 +72,9 @@ pub(super) async fn monitor(replicas: Vec<SocketAddr>, recorder: Arc<Recorder>, 
     while !*stop.borrow() {
         let mut calls = tokio::task::JoinSet::new();
         for channel in &channels {
-            let mut client = pb::cell_client::CellClient::new(channel.clone());
+            let mut client = api::cell_client::CellClient::new(channel.clone());
             calls.spawn(async move {
-                tokio::time::timeout(STATUS_TIMEOUT, client.status(pb::StatusRequest {})).await.ok()?.ok().map(tonic::Response::into_inner)
+                tokio::time::timeout(STATUS_TIMEOUT, client.status(api::StatusRequest {})).await.ok()?.ok().map(tonic::Response::into_inner)
             });
         }
         let mut answers = Vec::new();
@@ -89,10 +89,10 @@ pub(super) async fn monitor(replicas: Vec<SocketAddr>, recorder: Arc<Recorder>, 
 }
 
 /// Records what one round of Status answers says.
-pub(super) fn record(log: &Mutex<BallotLog>, answers: &[pb::StatusResponse], now: u64) {
+pub(super) fn record(log: &Mutex<BallotLog>, answers: &[api::StatusResponse], now: u64) {
     let mut log = lock(log);
     for status in answers {
-        if status.role() == pb::Role::Master && status.lease_remaining_ms > 0 {
+        if status.role() == api::Role::Master && status.lease_remaining_ms > 0 {
             log.masters.entry(ballot(status.own_ballot.as_ref())).or_insert(now);
         }
     }
@@ -104,25 +104,25 @@ pub(super) fn record(log: &Mutex<BallotLog>, answers: &[pb::StatusResponse], now
 }
 
 /// The highest promised ballot among `statuses`.
-pub(super) fn highest_promised(statuses: &[pb::StatusResponse]) -> Ballot {
+pub(super) fn highest_promised(statuses: &[api::StatusResponse]) -> Ballot {
     statuses.iter().map(|s| ballot(s.promised.as_ref())).max().unwrap_or((0, 0))
 }
 
 /// The master's ballot among `statuses`, if one says it is master.
-pub(super) fn master_ballot(statuses: &[pb::StatusResponse]) -> Option<Ballot> {
-    statuses.iter().find(|s| s.role() == pb::Role::Master && s.lease_remaining_ms > 0).map(|s| ballot(s.own_ballot.as_ref()))
+pub(super) fn master_ballot(statuses: &[api::StatusResponse]) -> Option<Ballot> {
+    statuses.iter().find(|s| s.role() == api::Role::Master && s.lease_remaining_ms > 0).map(|s| ballot(s.own_ballot.as_ref()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn status(id: u64, master: bool, promised: Ballot) -> pb::StatusResponse {
-        pb::StatusResponse {
+    fn status(id: u64, master: bool, promised: Ballot) -> api::StatusResponse {
+        api::StatusResponse {
             id,
-            role: if master { pb::Role::Master as i32 } else { pb::Role::Follower as i32 },
-            promised: Some(pb::Ballot { round: promised.0, replica: promised.1 }),
-            own_ballot: master.then_some(pb::Ballot { round: promised.0, replica: promised.1 }),
+            role: if master { api::Role::Master as i32 } else { api::Role::Follower as i32 },
+            promised: Some(api::Ballot { round: promised.0, replica: promised.1 }),
+            own_ballot: master.then_some(api::Ballot { round: promised.0, replica: promised.1 }),
             lease_remaining_ms: if master { 100 } else { 0 },
             ..Default::default()
         }

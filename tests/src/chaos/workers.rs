@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gaios_client::{Client, Error, Fence, FenceError};
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -100,7 +100,7 @@ pub enum Event {
     /// The worker holds the lock.
     Granted {
         /// Its sequencer.
-        sequencer: pb::Sequencer,
+        sequencer: api::Sequencer,
         /// When the grant came back.
         at_us: u64,
     },
@@ -108,7 +108,7 @@ pub enum Event {
     /// answer on stdin.
     Act {
         /// The sequencer it presents.
-        sequencer: pb::Sequencer,
+        sequencer: api::Sequencer,
     },
     /// The worker is about to release the lock.
     Released {
@@ -156,7 +156,7 @@ pub enum Event {
 impl Event {
     /// The event as one line of JSON (without the newline).
     pub fn to_line(&self) -> String {
-        let sequencer = |s: &pb::Sequencer| {
+        let sequencer = |s: &api::Sequencer| {
             json!({"path": s.path, "mode": s.mode, "generation": s.lock_generation, "instance": s.instance})
         };
         let value = match self {
@@ -180,7 +180,7 @@ impl Event {
         let number = |key: &str| value.get(key)?.as_u64();
         let sequencer = || {
             let s = value.get("sequencer")?;
-            Some(pb::Sequencer {
+            Some(api::Sequencer {
                 path: s.get("path")?.as_str()?.to_string(),
                 mode: i32::try_from(s.get("mode")?.as_i64()?).ok()?,
                 lock_generation: s.get("generation")?.as_u64()?,
@@ -276,7 +276,7 @@ impl Resource {
 
     /// Applies one act of `worker` presenting `sequencer` to both copies;
     /// returns whether the fenced copy accepted it.
-    async fn act(&self, recorder: &Recorder, worker: usize, sequencer: &pb::Sequencer) -> bool {
+    async fn act(&self, recorder: &Recorder, worker: usize, sequencer: &api::Sequencer) -> bool {
         let generation = sequencer.lock_generation;
         let now = recorder.now();
         lock(&self.log).unfenced.push(Act { worker, generation, invoked: now, completed: now, accepted: true });
@@ -652,7 +652,7 @@ mod tests {
 
     #[test]
     fn events_round_trip_and_garbage_is_ignored() {
-        let sequencer = pb::Sequencer { path: LOCK_PATH.into(), mode: 1, lock_generation: 7, instance: 3 };
+        let sequencer = api::Sequencer { path: LOCK_PATH.into(), mode: 1, lock_generation: 7, instance: 3 };
         let events = [
             Event::Count(Outcome::Indeterminate),
             Event::Granted { sequencer: sequencer.clone(), at_us: 12 },

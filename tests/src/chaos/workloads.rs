@@ -118,10 +118,10 @@ pub(super) async fn registers(worker: usize, addresses: Vec<String>, recorder: A
 /// one that was deposed (isolated, paused) must not answer from its stale
 /// state. Every answer goes into the register histories.
 pub(super) async fn pinned_reads(reader: usize, addresses: Vec<String>, recorder: Arc<Recorder>, stop: watch::Receiver<bool>, mut rng: Rng) {
-    use gaios_proto::cell::v1 as pb;
+    use gaios_proto::cell::v1 as api;
     let mut client = connect(&addresses).await;
     let mut handles: BTreeMap<String, u64> = BTreeMap::new();
-    let mut channels: BTreeMap<usize, pb::cell_client::CellClient<tonic::transport::Channel>> = BTreeMap::new();
+    let mut channels: BTreeMap<usize, api::cell_client::CellClient<tonic::transport::Channel>> = BTreeMap::new();
     let mut next = 0usize;
     while !*stop.borrow() {
         let key = rng.below(REGISTER_FILES);
@@ -145,15 +145,15 @@ pub(super) async fn pinned_reads(reader: usize, addresses: Vec<String>, recorder
         next = (next + 1) % addresses.len();
         if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(next) {
             let endpoint = format!("http://{}", addresses[next]);
-            if let Ok(Ok(cell)) = tokio::time::timeout(Duration::from_millis(500), pb::cell_client::CellClient::connect(endpoint)).await {
+            if let Ok(Ok(cell)) = tokio::time::timeout(Duration::from_millis(500), api::cell_client::CellClient::connect(endpoint)).await {
                 e.insert(cell);
             } else {
                 continue;
             }
         }
         let Some(cell) = channels.get_mut(&next) else { continue };
-        let request = pb::GetContentsAndStatRequest {
-            handle: Some(pb::HandleRef { session_id: client.session_id(), handle, session_secret: client.session_secret().to_vec().into() }),
+        let request = api::GetContentsAndStatRequest {
+            handle: Some(api::HandleRef { session_id: client.session_id(), handle, session_secret: client.session_secret().to_vec().into() }),
         };
         let invoke = recorder.now();
         match tokio::time::timeout(Duration::from_millis(500), cell.get_contents_and_stat(request)).await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gaios_client::LockState;
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
@@ -49,9 +49,9 @@ fn lock_delay_ms_default() -> u64 {
 
 /// The environment CMD gets: the sequencer (`path:mode:generation:instance`)
 /// and the lock generation.
-pub fn sequencer_env(sequencer: &pb::Sequencer) -> Vec<(&'static str, String)> {
+pub fn sequencer_env(sequencer: &api::Sequencer) -> Vec<(&'static str, String)> {
     let mode = match sequencer.mode() {
-        pb::LockMode::Shared => "shared",
+        api::LockMode::Shared => "shared",
         _ => "exclusive",
     };
     vec![

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use gaios_client::{Client, OpenOptions};
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 
 use crate::exit::{Exit, failure};
 use crate::print::Printer;
@@ -49,7 +49,7 @@ async fn with_parents(client: &Client, path: &str) -> anyhow::Result<bool> {
     }
     if let Some(handle) = last.filter(|handle| !handle.created()) {
         let stat = super::open_existing(client, handle.path()).await?.stat().await.with_context(|| format!("cannot stat {path}"))?;
-        if stat.kind() != pb::NodeKind::Directory {
+        if stat.kind() != api::NodeKind::Directory {
             return Err(failure(Exit::AlreadyExists, format!("{path} exists and is not a directory")));
         }
     }

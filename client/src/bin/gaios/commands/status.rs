@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gaios_client::StatusResponse;
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 
 use crate::exit::{Exit, failure};
 use crate::print::{Printer, Replica};
@@ -43,7 +43,7 @@ pub async fn run(cell: &[String], args: Args, printer: &mut dyn Printer) -> anyh
     if args.wait_ms > 0 && agreed_master(&replicas).is_none() {
         return Err(failure(Exit::Unavailable, format!("the replicas did not agree on a master within {} ms", args.wait_ms)));
     }
-    if !answered.iter().any(|s| s.role() == pb::Role::Master) {
+    if !answered.iter().any(|s| s.role() == api::Role::Master) {
         return Err(failure(Exit::Unavailable, "no replica says it is master"));
     }
     Ok(())
@@ -68,7 +68,7 @@ async fn ask(cell: &[String]) -> anyhow::Result<Vec<Replica>> {
 /// replica that answered names it.
 fn agreed_master(replicas: &[Replica]) -> Option<u64> {
     let answered: Vec<&StatusResponse> = replicas.iter().filter_map(|(_, status)| status.as_ref()).collect();
-    let masters: Vec<&&StatusResponse> = answered.iter().filter(|s| s.role() == pb::Role::Master).collect();
+    let masters: Vec<&&StatusResponse> = answered.iter().filter(|s| s.role() == api::Role::Master).collect();
     let [master] = masters.as_slice() else { return None };
     answered.iter().all(|s| s.master_id == master.id).then_some(master.id)
 }
@@ -77,7 +77,7 @@ fn agreed_master(replicas: &[Replica]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn replica(id: u64, role: pb::Role, master_id: u64) -> Replica {
+    fn replica(id: u64, role: api::Role, master_id: u64) -> Replica {
         let mut status = StatusResponse { id, master_id, ..StatusResponse::default() };
         status.set_role(role);
         (format!("127.0.0.1:720{id}"), Some(status))
@@ -86,11 +86,11 @@ mod tests {
     #[test]
     fn a_master_is_agreed_only_when_every_answer_names_it() {
         let silent = ("127.0.0.1:7209".to_string(), None);
-        let agreed = vec![replica(1, pb::Role::Follower, 2), replica(2, pb::Role::Master, 2), silent.clone()];
+        let agreed = vec![replica(1, api::Role::Follower, 2), replica(2, api::Role::Master, 2), silent.clone()];
         assert_eq!(agreed_master(&agreed), Some(2));
-        let dissent = vec![replica(1, pb::Role::Follower, 3), replica(2, pb::Role::Master, 2)];
+        let dissent = vec![replica(1, api::Role::Follower, 3), replica(2, api::Role::Master, 2)];
         assert_eq!(agreed_master(&dissent), None);
-        let two = vec![replica(1, pb::Role::Master, 1), replica(2, pb::Role::Master, 2)];
+        let two = vec![replica(1, api::Role::Master, 1), replica(2, api::Role::Master, 2)];
         assert_eq!(agreed_master(&two), None);
         assert_eq!(agreed_master(&[silent]), None);
     }

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use gaios_client::{Event, EventKind, Stat};
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 use serde_json::{Value, json};
 
 use super::{Printer, Replica, emit, event_kind_name, incarnation_text, kind_name, role_name};
@@ -48,7 +48,7 @@ fn stat_json(stat: &Stat) -> Value {
 }
 
 /// A ballot as `{round, replica}`, `null` if none.
-fn ballot_json(ballot: Option<&pb::Ballot>) -> Value {
+fn ballot_json(ballot: Option<&api::Ballot>) -> Value {
     ballot.map_or(Value::Null, |b| json!({ "round": b.round, "replica": b.replica }))
 }
 

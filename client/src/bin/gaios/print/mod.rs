@@ -10,7 +10,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use gaios_client::{Event, EventKind, Stat, StatusResponse};
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 
 pub use json::Json;
 pub use text::Text;
@@ -55,9 +55,9 @@ fn emit(out: &mut dyn Write, bytes: &[u8]) -> anyhow::Result<()> {
 /// A node kind's name in either format.
 fn kind_name(stat: &Stat) -> &'static str {
     match stat.kind() {
-        pb::NodeKind::File => "file",
-        pb::NodeKind::Directory => "directory",
-        pb::NodeKind::Unspecified => "unknown",
+        api::NodeKind::File => "file",
+        api::NodeKind::Directory => "directory",
+        api::NodeKind::Unspecified => "unknown",
     }
 }
 
@@ -79,10 +79,10 @@ fn event_kind_name(kind: &EventKind) -> &'static str {
 /// A replica role's name in either format.
 fn role_name(status: &StatusResponse) -> &'static str {
     match status.role() {
-        pb::Role::Master => "master",
-        pb::Role::Candidate => "candidate",
-        pb::Role::Follower => "follower",
-        pb::Role::Unspecified => "unknown",
+        api::Role::Master => "master",
+        api::Role::Candidate => "candidate",
+        api::Role::Follower => "follower",
+        api::Role::Unspecified => "unknown",
     }
 }
 
@@ -107,7 +107,7 @@ mod tests {
         String::from_utf8(buffer).expect("utf-8")
     }
 
-    fn replica(id: u64, role: pb::Role) -> StatusResponse {
+    fn replica(id: u64, role: api::Role) -> StatusResponse {
         let mut status = StatusResponse {
             id,
             master_id: 2,
@@ -115,7 +115,7 @@ mod tests {
             chosen_through: 41,
             applied: 40,
             incarnation: 0x00ab_cdef_0123_4567,
-            promised: Some(pb::Ballot { round: 3, replica: 2 }),
+            promised: Some(api::Ballot { round: 3, replica: 2 }),
             ..StatusResponse::default()
         };
         status.set_role(role);
@@ -124,8 +124,8 @@ mod tests {
 
     fn replicas() -> Vec<Replica> {
         vec![
-            ("127.0.0.1:7201".into(), Some(replica(1, pb::Role::Follower))),
-            ("127.0.0.1:7202".into(), Some(replica(2, pb::Role::Master))),
+            ("127.0.0.1:7201".into(), Some(replica(1, api::Role::Follower))),
+            ("127.0.0.1:7202".into(), Some(replica(2, api::Role::Master))),
             ("127.0.0.1:7203".into(), None),
         ]
     }

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use gaios_client::{Event, EventKind, Stat};
-use gaios_proto::cell::v1 as pb;
+use gaios_proto::cell::v1 as api;
 
 use super::{Printer, Replica, emit, event_kind_name, incarnation_text, kind_name, role_name};
 
@@ -27,7 +27,7 @@ impl<W: Write> Text<W> {
 }
 
 /// A ballot as `round.replica`, `-` if none.
-fn ballot_text(ballot: Option<&pb::Ballot>) -> String {
+fn ballot_text(ballot: Option<&api::Ballot>) -> String {
     ballot.map_or_else(|| "-".to_string(), |b| format!("{}.{}", b.round, b.replica))
 }
 
