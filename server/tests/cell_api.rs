@@ -120,10 +120,14 @@ async fn the_master_is_killed_and_nothing_acknowledged_is_lost() {
     assert_ne!(second_master, first_master);
     assert_eq!(next.stat.expect("stat").content_generation, last.content_generation + 1, "no acknowledged write lost");
 
-    // A retry of the last write before the kill returns the original
-    // answer and does not apply again.
-    let retry = client.set_contents(&session, 10 + writes - 1, data, b"a retry must not apply").await.expect("retry answers");
+    // A retry of the last write before the kill (the same call with the
+    // same request number) returns the original answer and does not apply
+    // again; the same number for another call is refused.
+    let last_value = format!("value {}", writes - 1);
+    let retry = client.set_contents(&session, 10 + writes - 1, data, last_value.as_bytes()).await.expect("retry answers");
     assert_eq!(retry.stat.expect("stat"), last, "a retry returns the first answer");
+    let reused = client.set_contents(&session, 10 + writes - 1, data, b"another call").await.expect_err("a reused number");
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
     let now = client.contents(&session, data).await.expect("read");
     assert_eq!(&now.contents[..], b"after the failover");
 

@@ -512,6 +512,17 @@ impl LockTable {
     /// Recomputes what is kept incrementally (the lock-delay index and the
     /// footprint) and checks each lock's shape; panics on a difference, which
     /// is a bug. Run after every command in debug builds.
+    /// Every holder and waiter: (path, session, handle).
+    pub fn participants(&self) -> impl Iterator<Item = (&Path, SessionId, u64)> + '_ {
+        self.locks.iter().flat_map(|(path, lock)| {
+            let holders = lock.holders.keys().map(move |&(session, handle)| (path, session, handle));
+            let waiters = lock.waiters.iter().map(move |(holder, _)| (path, holder.session, holder.handle));
+            holders.chain(waiters)
+        })
+    }
+
+    /// Recomputes the lock-delay index and the footprint and checks every
+    /// lock's holders; panics on a difference, which is a bug.
     pub fn check_invariants(&self) {
         let mut delay_ends = BTreeSet::new();
         let mut footprint_bytes = 0;

@@ -179,6 +179,11 @@ pub struct StateMachine {
     /// Configuration, not replicated: the footprint above which growing
     /// calls are refused ([`STATE_BYTES_MAX`]; tests use smaller bounds).
     state_bytes_max: usize,
+    /// Configuration, not replicated: whether debug builds run
+    /// [`StateMachine::check_invariants`] after every `apply` (on unless a
+    /// test of huge states turns it off, see
+    /// [`StateMachine::set_check_after_apply`]).
+    check_after_apply: bool,
 }
 
 /// Sessions touched by applied commands; not part of the state (always
@@ -319,7 +324,16 @@ impl StateMachine {
             outbox: BTreeMap::new(),
             touched: Touched::default(),
             state_bytes_max: STATE_BYTES_MAX,
+            check_after_apply: true,
         }
+    }
+
+    /// Whether debug builds recheck the whole state after every `apply`
+    /// (the default). A test that builds states of tens of megabytes turns
+    /// it off, since each check scans the state, and checks every few steps
+    /// itself; release builds never check after `apply`.
+    pub fn set_check_after_apply(&mut self, check: bool) {
+        self.check_after_apply = check;
     }
 
     /// A new cell's state whose growing calls are refused above
@@ -388,12 +402,11 @@ impl StateMachine {
     /// command, however malformed: a bad one fails with a status code.
     pub fn apply(&mut self, command: &wire::Command) -> Outcome {
         let outcome = self.apply_command(command);
-        // The lock table's index and footprint are rechecked after every
-        // command in debug builds; the whole state's derived parts (a
-        // recount of every session's handles and answers) by the tests after
-        // every step, and by `restore`.
-        if cfg!(debug_assertions) {
-            self.locks.check_invariants();
+        // In debug builds the whole state is rechecked after every command
+        // (see `check_invariants`), unless a test that builds huge states
+        // turned it off and checks every few steps instead.
+        if cfg!(debug_assertions) && self.check_after_apply {
+            self.check_invariants();
         }
         outcome
     }
@@ -1370,7 +1383,23 @@ impl StateMachine {
             }
         }
         assert_eq!(self.watchers, watchers, "the watchers index");
+        for (&id, session) in &self.sessions {
+            assert!(id < self.next_session, "session {id} is not below the next id");
+            assert!(session.handles.keys().all(|&h| h > 0 && h < session.next_handle), "session {id}: a handle id not below the next");
+            assert!(session.answers.len() <= ANSWERS_PER_SESSION_MAX, "session {id}: answers over the window");
+        }
+        self.namespace.check_invariants();
         self.locks.check_invariants();
+        // Every holder and waiter of a lock is a live handle on that path.
+        for (path, session, handle) in self.locks.participants() {
+            let bound = self.sessions.get(&session).and_then(|s| s.handles.get(&handle)).map(|h| &h.path);
+            assert_eq!(bound, Some(path), "lock {path}: holder or waiter (session {session}, handle {handle}) is not a live handle on it");
+        }
+        // Every ephemeral node's owner is alive, or the node is a directory
+        // that still has children (it goes with the last of them).
+        for (path, owner, children) in self.namespace.ephemeral_owners() {
+            assert!(self.sessions.contains_key(&owner) || children > 0, "ephemeral {path} outlived its session {owner}");
+        }
     }
 
     /// Compares the replicated parts of two states (not the event queues).

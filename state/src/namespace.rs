@@ -363,6 +363,9 @@ impl Namespace {
             if record.stat.contents_bytes != record.contents.len() as u64 || record.contents.len() > CONTENTS_BYTES_MAX {
                 return Err(format!("{} has {} bytes of contents", record.path, record.contents.len()));
             }
+            if record.stat.checksum != checksum(&record.contents) {
+                return Err(format!("{} has a checksum that does not match its contents", record.path));
+            }
             if record.stat.kind == NodeKind::Directory && !record.contents.is_empty() {
                 return Err(format!("directory {} has contents", record.path));
             }
@@ -406,6 +409,40 @@ impl Namespace {
         let Some(node) = self.nodes.get_mut(path) else { return Err(NamespaceError::NotFound(path.clone())) };
         node.stat.lock_generation = lock_generation;
         Ok(())
+    }
+
+    /// The ephemeral nodes, the sessions that own them, and how many
+    /// children each has (an ephemeral directory outlives its owner until
+    /// its last child goes).
+    pub fn ephemeral_owners(&self) -> impl Iterator<Item = (&Path, SessionId, u64)> + '_ {
+        self.nodes.iter().filter_map(|(path, node)| node.stat.ephemeral_owner.map(|owner| (path, owner, node.stat.children)))
+    }
+
+    /// Recomputes the footprint and checks the tree's shape (the root is a
+    /// directory, every other node's parent exists and is a directory, every
+    /// instance is below the next, a file's size and checksum match its
+    /// contents); panics on a difference, which is a bug.
+    pub fn check_invariants(&self) {
+        let root = self.nodes.get(&Path::root()).expect("the root exists");
+        assert_eq!(root.stat.kind, NodeKind::Directory, "the root is a directory");
+        let mut footprint_bytes = 0;
+        let mut children: BTreeMap<&Path, u64> = BTreeMap::new();
+        for (path, node) in &self.nodes {
+            footprint_bytes += node_bytes(path, &node.contents);
+            children.entry(path).or_default();
+            assert!(node.stat.instance < self.next_instance, "{path}: instance {} not below the next", node.stat.instance);
+            assert_eq!(node.stat.contents_bytes, node.contents.len() as u64, "{path}: contents size");
+            assert_eq!(node.stat.checksum, checksum(&node.contents), "{path}: checksum");
+            if let Some((parent, _)) = path.split() {
+                let (parent_path, parent_node) = self.nodes.get_key_value(&parent).expect("the parent exists");
+                assert_eq!(parent_node.stat.kind, NodeKind::Directory, "{path}: its parent {parent} is a directory");
+                *children.entry(parent_path).or_default() += 1;
+            }
+        }
+        for (path, count) in children {
+            assert_eq!(self.nodes[path].stat.children, count, "{path}: the children count");
+        }
+        assert_eq!(footprint_bytes, self.footprint_bytes, "the namespace's footprint");
     }
 
     /// How many nodes exist, the root included.

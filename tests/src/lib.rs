@@ -36,8 +36,12 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// The workspace's binaries are built next to the test executables
-/// (`target/<profile>/`); the workspace test command builds them all. When a
-/// test crate runs alone and one is missing, it is built here first.
+/// (`target/<profile>/`); the workspace test command (`scripts/test`) builds
+/// them all first, with `cargo build --workspace --bins`. When a test crate
+/// runs alone and one is missing, the same build runs here, with the same
+/// feature set, so RocksDB is never compiled a second time for it. (A binary
+/// that exists is used as it is: after changing the code, run the build
+/// first, or `scripts/test`.)
 pub fn binary(name: &str) -> PathBuf {
     // `GAIOS_BIN_DIR` pins the binaries (a long chaos run uses copies, so
     // rebuilding the workspace meanwhile does not change what it restarts).
@@ -59,7 +63,7 @@ pub fn binary(name: &str) -> PathBuf {
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
             let status = Command::new(cargo)
                 .current_dir(workspace)
-                .args(["build", "--bins", "-p", "gaios-server", "-p", "gaios-client", "-p", "gaios-tests"])
+                .args(["build", "--workspace", "--bins", "--locked"])
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "cargo build of the binaries failed");
