@@ -155,11 +155,13 @@ impl CellService {
     }
 }
 
-/// The `Cell` service as served. tonic refuses a request over the message
-/// limit with `OUT_OF_RANGE`; gRPC's own servers, and Gaios's documentation,
-/// say `RESOURCE_EXHAUSTED`, so the answer's status is rewritten (the
-/// service itself never answers `OUT_OF_RANGE`). Such a refusal is always a
-/// trailers-only answer, whose status is in the headers.
+/// The `Cell` service as served. tonic refuses a unary request over the
+/// message limit with `OUT_OF_RANGE`; gRPC's own servers, and Gaios's
+/// documentation, say `RESOURCE_EXHAUSTED`, so that answer's status is
+/// rewritten. Such a refusal is a trailers-only answer, whose status is in
+/// the headers; the handlers never answer `OUT_OF_RANGE` themselves. Left as
+/// tonic says (in trailers, not rewritten): an answer over the response
+/// limit, and an oversized message on the KeepAlive stream.
 #[derive(Clone)]
 pub struct CellEndpoint(CellServer<CellService>);
 

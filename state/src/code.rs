@@ -9,7 +9,7 @@ pub enum Code {
     /// The request is malformed whatever the state (a bad path, an unknown
     /// enum value, a limit on a field's size).
     InvalidArgument = 3,
-    /// The node does not exist (or the handle's node is another instance).
+    /// The node or the handle does not exist.
     NotFound = 5,
     /// A node exists where a create wanted none.
     AlreadyExists = 6,

@@ -509,9 +509,6 @@ impl LockTable {
         Ok(table)
     }
 
-    /// Recomputes what is kept incrementally (the lock-delay index and the
-    /// footprint) and checks each lock's shape; panics on a difference, which
-    /// is a bug. Run after every command in debug builds.
     /// Every holder and waiter: (path, session, handle).
     pub fn participants(&self) -> impl Iterator<Item = (&Path, SessionId, u64)> + '_ {
         self.locks.iter().flat_map(|(path, lock)| {

@@ -1349,6 +1349,13 @@ impl StateMachine {
         if state.footprint_bytes() > SNAPSHOT_BYTES_MAX {
             return Err(bad(format!("a state of {} bytes, over {SNAPSHOT_BYTES_MAX}", state.footprint_bytes())));
         }
+        // What `check_invariants` asserts must be refused here first: a
+        // snapshot is input, and a bad one must not crash the replica.
+        for (path, owner, children) in state.namespace.ephemeral_owners() {
+            if !state.sessions.contains_key(&owner) && children == 0 {
+                return Err(bad(format!("ephemeral {path} is owned by session {owner}, which has ended")));
+            }
+        }
         state.check_invariants();
         Ok(state)
     }
@@ -1367,10 +1374,12 @@ impl StateMachine {
     }
 
     /// Recomputes what is kept incrementally (the sessions' footprint, the
-    /// handle count, the watchers index, the lock table's index and
-    /// footprint) and panics on a difference, which is a bug. The tests run
-    /// it after every step, `restore` on what it rebuilt; `apply` checks the
-    /// lock table after every command in debug builds.
+    /// handle count, the watchers index, the namespace's and the lock
+    /// table's indexes and footprints) and checks what must hold between
+    /// them (lock holders are live handles on the path, ephemerals' owners
+    /// are alive); panics on a difference, which is a bug. `apply` runs it
+    /// after every command in debug builds, `restore` on what it rebuilt
+    /// (after refusing, as input, anything it asserts).
     pub fn check_invariants(&self) {
         let sessions_bytes: usize = self.sessions.values().map(Session::footprint_bytes).sum();
         assert_eq!(self.sessions_bytes, sessions_bytes, "the sessions' footprint");

@@ -762,6 +762,30 @@ fn exercise(cell: &mut Cell) {
     cell.state.snapshot();
 }
 
+/// A snapshot whose ephemeral node names a session with no record (its
+/// record dropped) is refused as inconsistent, not a panic: `restore` must
+/// refuse, as input, everything `check_invariants` asserts. (Found by a
+/// review once `check_invariants` began to check ephemerals' owners; the
+/// mangling test below drops session records too, but its rich cell's
+/// owners hold locks, which `restore` refuses earlier.)
+#[test]
+fn a_snapshot_with_an_ephemeral_of_a_missing_session_is_refused() {
+    let mut cell = Cell::new();
+    let owner = cell.session();
+    let _other = cell.session();
+    let eph = Call::Open(api::OpenRequest { path: "/eph".into(), create: true, ephemeral: true, ..Default::default() });
+    let opened = cell.call(owner, eph);
+    assert!(code_of(&opened).is_none(), "opened: {opened:?}");
+    let mut record = wire::StateSnapshot::decode(cell.state.snapshot().as_ref()).expect("decodes");
+    record.sessions.retain(|session| session.id != owner);
+    let refused = std::panic::catch_unwind(|| StateMachine::restore(&record.encode_to_vec()));
+    match refused {
+        Ok(Err(SnapshotError::Inconsistent(why))) => assert!(why.contains("ephemeral"), "{why}"),
+        Ok(other) => panic!("not refused as inconsistent: {:?}", other.map(|_| "restored")),
+        Err(_) => panic!("restore panicked on a snapshot whose ephemeral's owner is missing"),
+    }
+}
+
 /// Restore takes any bytes without panicking: random mutations of a real
 /// snapshot (bytes flipped, cut, inserted), and structured ones (numbers
 /// set to extremes, records dropped or repeated). What it accepts must then
@@ -830,7 +854,7 @@ fn extreme(rng: &mut Rng, current: u64) -> u64 {
 fn mangle_record(rng: &mut Rng, record: &wire::StateSnapshot) -> wire::StateSnapshot {
     let mut snapshot = record.clone();
     for _ in 0..=rng.below(3) {
-        match rng.below(14) {
+        match rng.below(15) {
             0 => snapshot.now_ms = extreme(rng, snapshot.now_ms),
             1 => snapshot.next_instance = extreme(rng, snapshot.next_instance),
             2 => snapshot.next_session = extreme(rng, snapshot.next_session),
@@ -914,6 +938,14 @@ fn mangle_record(rng: &mut Rng, record: &wire::StateSnapshot) -> wire::StateSnap
                 let i = rng.below(snapshot.nodes.len() as u64) as usize;
                 if let Some(node) = snapshot.nodes.get_mut(i) {
                     node.path = ["/", "/d", "/d/f/g", "/a/", "", "x"][rng.below(6) as usize].to_string();
+                }
+            }
+            13 => {
+                // A session record dropped, with whatever still names it
+                // (ephemeral nodes, lock holders) left behind.
+                let i = rng.below(snapshot.sessions.len() as u64) as usize;
+                if i < snapshot.sessions.len() {
+                    snapshot.sessions.remove(i);
                 }
             }
             _ => {

@@ -419,9 +419,12 @@ impl Namespace {
     }
 
     /// Recomputes the footprint and checks the tree's shape (the root is a
-    /// directory, every other node's parent exists and is a directory, every
-    /// instance is below the next, a file's size and checksum match its
-    /// contents); panics on a difference, which is a bug.
+    /// directory, every other node's parent exists and is a directory,
+    /// children counts, every instance below the next, a file's size);
+    /// panics on a difference, which is a bug. (Contents checksums are
+    /// checked by [`Namespace::from_records`] on restore, not here: this
+    /// runs after every command in debug builds and must not scan every
+    /// byte of a 48 MiB state each time.)
     pub fn check_invariants(&self) {
         let root = self.nodes.get(&Path::root()).expect("the root exists");
         assert_eq!(root.stat.kind, NodeKind::Directory, "the root is a directory");
@@ -432,7 +435,6 @@ impl Namespace {
             children.entry(path).or_default();
             assert!(node.stat.instance < self.next_instance, "{path}: instance {} not below the next", node.stat.instance);
             assert_eq!(node.stat.contents_bytes, node.contents.len() as u64, "{path}: contents size");
-            assert_eq!(node.stat.checksum, checksum(&node.contents), "{path}: checksum");
             if let Some((parent, _)) = path.split() {
                 let (parent_path, parent_node) = self.nodes.get_key_value(&parent).expect("the parent exists");
                 assert_eq!(parent_node.stat.kind, NodeKind::Directory, "{path}: its parent {parent} is a directory");
