@@ -203,7 +203,7 @@ impl Cell {
         let mut outcomes = Vec::with_capacity(commands.len());
         for bytes in commands {
             let Ok(command) = wire::Command::decode(bytes.as_ref()) else { continue };
-            let outcome = self.replicas[node].state.apply(&command);
+            let outcome = self.replicas[node].state.apply(&command).outcome;
             self.replicas[node].state.check_invariants();
             self.report.commands_applied += 1;
             self.history.command_applied(view.id, entry.slot, &command, &outcome, &self.replicas[node].state, now_us, &self.clients, &mut self.report)?;

@@ -1,32 +1,29 @@
 //! A Gaios replica: the driver around the sans-IO Paxos core and the
 //! replicated state machine (`gaios-state`), and the IO it does on their
-//! behalf.
+//! behalf. The folders are the roles:
 //!
-//! - [`codec`] turns the core's types into the protobuf records and messages
-//!   of `gaios.replica.v1` and back (rejecting malformed input with typed errors);
-//! - [`storage`] keeps the acceptor's promises, log and snapshot in one
-//!   RocksDB per replica and makes each `Ready` durable in one synced write;
-//! - [`transport`] carries protocol messages between replicas over the
-//!   `Replica.Exchange` gRPC stream, with bounded queues everywhere;
-//! - [`driver`] owns the core, the storage and the state machine and runs
-//!   the driver contract, the master's duties and snapshots, stamping
-//!   commands with the lock-delay clock of [`gaios_state::master::lock_clock`];
-//! - [`shared`] is what the driver shares with the gRPC handlers;
-//! - [`cell_service`] answers clients' calls (the `Cell` service), with
-//!   [`errors`] deciding every status code;
-//! - [`metrics`] and [`operations`] serve Prometheus metrics, gRPC health and
-//!   reflection;
-//! - [`config`] turns the command-line flags into a checked configuration.
+//! - [`replica`]: the Paxos replica. [`replica::driver`] owns the core and the
+//!   storage, applies chosen commands, runs the master's duties and takes
+//!   snapshots; [`replica::storage`] makes each `Ready` durable in RocksDB;
+//!   [`replica::transport`] and [`replica::codec`] carry protocol messages
+//!   between replicas; [`replica::status`] is what it tells the rest of the
+//!   server, including the one rule for when it may serve from its applied
+//!   state.
+//! - [`shared`]: the seam between the driver and the handlers: the applied
+//!   state (only the driver changes it), the event outbox, the master's
+//!   session leases, the proposal queue.
+//! - [`service`]: the `Cell` gRPC service clients call. Handlers are thin:
+//!   checks live in `gaios_state::validate`, status codes in
+//!   [`service::errors`], the read gate in [`service::read_gate`], the lock
+//!   wait and its cancellation in [`service::lock_wait`], KeepAlive streams
+//!   in [`service::keep_alive`].
+//! - [`ops`]: what operators touch: the checked configuration
+//!   ([`ops::config`]), Prometheus metrics ([`ops::metrics`]), gRPC health
+//!   and reflection ([`ops::health`]).
 //!
 //! The `gaios-server` binary (`src/main.rs`) wires these together.
 
-pub mod cell_service;
-pub mod codec;
-pub mod config;
-pub mod driver;
-pub mod errors;
-pub mod metrics;
-pub mod operations;
+pub mod ops;
+pub mod replica;
+pub mod service;
 pub mod shared;
-pub mod storage;
-pub mod transport;

@@ -14,13 +14,13 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gaios_server::cell_service::CellService;
-use gaios_server::config::{Cli, Command, MemberArgs, ReplicaConfig};
-use gaios_server::driver::{Driver, DriverOptions};
-use gaios_server::metrics::{Metrics, serve_metrics};
-use gaios_server::operations;
-use gaios_server::storage::{Identity, InitRecord, Storage};
-use gaios_server::transport::{Envelope, Outbound, PeerService, TransportStats};
+use gaios_server::service::CellService;
+use gaios_server::ops::config::{Cli, Command, MemberArgs, ReplicaConfig};
+use gaios_server::replica::driver::{Driver, DriverOptions};
+use gaios_server::ops::metrics::{Metrics, serve_metrics};
+use gaios_server::ops::health;
+use gaios_server::replica::storage::{Identity, InitRecord, Storage};
+use gaios_server::replica::transport::{Envelope, Outbound, PeerService, TransportStats};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
@@ -127,7 +127,7 @@ async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
     let peer_server = serve(builder().add_service(peer_service.into_server()), peer_listener, shutdown_rx.clone());
     let (client_router, health) =
-        operations::client_router(builder()).await.context("cannot build the health and reflection services")?;
+        health::client_router(builder()).await.context("cannot build the health and reflection services")?;
     let client_server = serve(client_router.add_service(cell_service.into_server()), client_listener, shutdown_rx.clone());
     let metrics_server =
         metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone(), shutdown_rx.clone())));

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gaios_paxos::ready::Ready;
 use gaios_paxos::types::{Ballot, Durable, Entry, HardState, Slot, Snapshot, Value};
-use gaios_server::config::PeerSpec;
-use gaios_server::storage::{Identity, InitRecord, Storage};
+use gaios_server::ops::config::PeerSpec;
+use gaios_server::replica::storage::{Identity, InitRecord, Storage};
 
 /// Names the directory the writer uses; its presence makes `child_writer`
 /// the writer.

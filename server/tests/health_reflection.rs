@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gaios_server::operations;
+use gaios_server::ops::health;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -40,7 +40,7 @@ async fn reflect(client: &mut ServerReflectionClient<Channel>, request: MessageR
 async fn health_turns_serving_and_reflection_lists_cell() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let (router, health) = operations::client_router(Server::builder()).await.expect("router");
+    let (router, health) = health::client_router(Server::builder()).await.expect("router");
     let (stop, mut stopped) = watch::channel(false);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
         let _ = stopped.wait_for(|stop| *stop).await;

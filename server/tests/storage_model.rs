@@ -11,8 +11,8 @@ use bytes::Bytes;
 use gaios_paxos::ready::Ready;
 use gaios_paxos::rng::Rng;
 use gaios_paxos::types::{Ballot, Entry, HardState, Slot, Snapshot, Value};
-use gaios_server::config::PeerSpec;
-use gaios_server::storage::{Identity, InitRecord, Storage};
+use gaios_server::ops::config::PeerSpec;
+use gaios_server::replica::storage::{Identity, InitRecord, Storage};
 
 /// What a correct storage holds after the same writes.
 #[derive(Default)]

@@ -8,6 +8,7 @@
 //! | the namespace of files and directories, paths, stats, generations | [`namespace`] |
 //! | locks, waiters, lock-delay, lock generations | [`locks`] |
 //! | sessions, handles, sequencers, event numbering, the at-most-once window, snapshot and restore | [`machine`] |
+//! | events not yet acknowledged (not replicated) | [`outbox`] |
 //! | what only the master keeps: session leases, the lock-delay clock's anchor | [`master`] |
 //! | every limit | [`limits`] |
 //! | the checks of a request, shared by the server's handlers and `apply` | [`validate`] |
@@ -26,7 +27,9 @@ pub mod locks;
 pub mod machine;
 pub mod master;
 pub mod namespace;
+pub mod outbox;
 pub mod validate;
 
 pub use code::Code;
-pub use machine::{Outcome, SnapshotError, StateMachine};
+pub use machine::{Applied, Outcome, SnapshotError, StateMachine};
+pub use outbox::EventOutbox;

@@ -25,11 +25,10 @@
 //! (Session ids are sequential and easy to guess. The security work will
 //! bind sessions to the client's TLS identity instead.)
 //!
-//! One thing here is *not* replicated and not in snapshots: the queue of
-//! events not yet delivered to each session (the master trims it as clients
-//! acknowledge; a follower keeps the newest [`EVENTS_QUEUED_PER_SESSION_MAX`]).
-//! Event *numbers* are replicated, so a client can always tell when it
-//! missed some.
+//! Events are numbered here, per session (the numbers are replicated, so a
+//! client can always tell when it missed some), and handed out in the
+//! [`Applied`] that `apply` returns; the queue of events not yet delivered
+//! lives outside the replicated state, in [`crate::outbox`].
 //!
 //! Limits (each refusal is an [`Outcome`] failure with its gRPC code):
 //! sessions, handles per session, handles in all, nodes, contents, and the
@@ -42,7 +41,7 @@
 //! (close, release, delete), and their failures are answered but not
 //! remembered, so even they cannot grow the state.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use gaios_proto::cell::v1 as api;
@@ -171,11 +170,9 @@ pub struct StateMachine {
     handles_total: usize,
     /// Derived: sessions' footprint (the namespace keeps its own).
     sessions_bytes: usize,
-    /// Not replicated: events not yet acknowledged, per session.
-    outbox: BTreeMap<SessionId, VecDeque<api::Event>>,
-    /// Not replicated: sessions that got events or ended since the driver
-    /// last took them, so it wakes only their KeepAlive streams.
-    touched: Touched,
+    /// Not replicated, empty between commands: what the command being
+    /// applied did besides its outcome (see [`Applied`]).
+    effects: Effects,
     /// Configuration, not replicated: the footprint above which growing
     /// calls are refused ([`STATE_BYTES_MAX`]; tests use smaller bounds).
     state_bytes_max: usize,
@@ -186,15 +183,26 @@ pub struct StateMachine {
     check_after_apply: bool,
 }
 
-/// Sessions touched by applied commands; not part of the state (always
-/// equal), drained by the driver after every applied batch.
-#[derive(Clone, Debug, Default, Eq)]
-struct Touched(BTreeSet<SessionId>);
+/// The events a command numbered and the sessions it ended, gathered while
+/// it is applied and handed out with its outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Effects {
+    events: Vec<(SessionId, api::Event)>,
+    ended: Vec<SessionId>,
+}
 
-impl PartialEq for Touched {
-    fn eq(&self, _: &Touched) -> bool {
-        true
-    }
+/// What applying one command did: its outcome (the answer for the call that
+/// waits for it), the events it numbered for each session, oldest first, and
+/// the sessions it ended. The events and ended sessions are not replicated
+/// state: the replica's [`crate::outbox::EventOutbox`] takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The command's outcome.
+    pub outcome: Outcome,
+    /// The events it numbered, with the session each is for.
+    pub events: Vec<(SessionId, api::Event)>,
+    /// The sessions it ended (closed or expired).
+    pub ended: Vec<SessionId>,
 }
 
 impl Default for StateMachine {
@@ -321,8 +329,7 @@ impl StateMachine {
             watchers: BTreeMap::new(),
             handles_total: 0,
             sessions_bytes: 0,
-            outbox: BTreeMap::new(),
-            touched: Touched::default(),
+            effects: Effects::default(),
             state_bytes_max: STATE_BYTES_MAX,
             check_after_apply: true,
         }
@@ -398,17 +405,19 @@ impl StateMachine {
     // Applying commands.
     // ---------------------------------------------------------------------
 
-    /// Applies one command and returns its outcome. Never panics on any
-    /// command, however malformed: a bad one fails with a status code.
-    pub fn apply(&mut self, command: &wire::Command) -> Outcome {
+    /// Applies one command and returns its outcome and the events it
+    /// numbered. Never panics on any command, however malformed: a bad one
+    /// fails with a status code.
+    pub fn apply(&mut self, command: &wire::Command) -> Applied {
         let outcome = self.apply_command(command);
+        let Effects { events, ended } = std::mem::take(&mut self.effects);
         // In debug builds the whole state is rechecked after every command
         // (see `check_invariants`), unless a test that builds huge states
         // turned it off and checks every few steps instead.
         if cfg!(debug_assertions) && self.check_after_apply {
             self.check_invariants();
         }
-        outcome
+        Applied { outcome, events, ended }
     }
 
     fn apply_command(&mut self, command: &wire::Command) -> Outcome {
@@ -531,8 +540,7 @@ impl StateMachine {
             self.handles_total -= session.handles.len();
             self.sessions_bytes -= session.footprint_bytes();
         }
-        self.outbox.remove(&session_id);
-        self.touched.0.insert(session_id);
+        self.effects.ended.push(session_id);
         for path in self.namespace.ephemerals_of(session_id) {
             // Deepest first. A directory that holds another session's node
             // stays until its last child goes (see `delete_node`); one that
@@ -1009,40 +1017,12 @@ impl StateMachine {
         let Some(session) = self.sessions.get_mut(&session_id) else { return };
         session.last_event += 1;
         let event = api::Event { number: session.last_event, kind: kind as i32, handle, path: path.to_string() };
-        let queue = self.outbox.entry(session_id).or_default();
-        queue.push_back(event);
-        self.touched.0.insert(session_id);
-        while queue.len() > EVENTS_QUEUED_PER_SESSION_MAX {
-            queue.pop_front();
-        }
-    }
-
-    /// The session's queued events numbered above `after`, oldest first, at
-    /// most `max`.
-    pub fn events_after(&self, session: SessionId, after: u64, max: usize) -> Vec<api::Event> {
-        let Some(queue) = self.outbox.get(&session) else { return Vec::new() };
-        queue.iter().filter(|event| event.number > after).take(max).cloned().collect()
-    }
-
-    /// The sessions that got events or ended since the last call; at most
-    /// one entry per session.
-    pub fn take_touched(&mut self) -> BTreeSet<SessionId> {
-        std::mem::take(&mut self.touched.0)
+        self.effects.events.push((session_id, event));
     }
 
     /// The number of the session's last event (0 if none yet).
     pub fn last_event(&self, session: SessionId) -> u64 {
         self.sessions.get(&session).map_or(0, |s| s.last_event)
-    }
-
-    /// Forgets the session's events up to `through`: its client has them.
-    /// Not replicated (only the master's queue shrinks).
-    pub fn acknowledge_events(&mut self, session: SessionId, through: u64) {
-        if let Some(queue) = self.outbox.get_mut(&session) {
-            while queue.front().is_some_and(|event| event.number <= through) {
-                queue.pop_front();
-            }
-        }
     }
 
     // ---------------------------------------------------------------------
@@ -1381,6 +1361,7 @@ impl StateMachine {
     /// after every command in debug builds, `restore` on what it rebuilt
     /// (after refusing, as input, anything it asserts).
     pub fn check_invariants(&self) {
+        assert_eq!(self.effects, Effects::default(), "a command's events or ended sessions were left behind");
         let sessions_bytes: usize = self.sessions.values().map(Session::footprint_bytes).sum();
         assert_eq!(self.sessions_bytes, sessions_bytes, "the sessions' footprint");
         let handles_total: usize = self.sessions.values().map(|s| s.handles.len()).sum();

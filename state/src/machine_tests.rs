@@ -3,6 +3,8 @@
 //! the operations and retries of earlier requests).
 
 use super::*;
+use crate::outbox::EventOutbox;
+use std::collections::VecDeque;
 use wire::command::Kind;
 use wire::session_call::Call;
 
@@ -16,6 +18,8 @@ struct Cell {
     next_request: BTreeMap<SessionId, u64>,
     secrets: BTreeMap<SessionId, Bytes>,
     sessions_created: u64,
+    /// The events applied commands numbered, as a replica keeps them.
+    outbox: EventOutbox,
 }
 
 impl Cell {
@@ -30,6 +34,7 @@ impl Cell {
             next_request: BTreeMap::new(),
             secrets: BTreeMap::new(),
             sessions_created: 0,
+            outbox: EventOutbox::new(),
         }
     }
 
@@ -47,7 +52,9 @@ impl Cell {
         // `apply` rechecks the whole state itself in debug builds (the fill
         // tests, whose states are large, turn that off and check every few
         // steps instead).
-        self.state.apply(&decoded)
+        let applied = self.state.apply(&decoded);
+        self.outbox.record(&applied, &mut BTreeSet::new());
+        applied.outcome
     }
 
     fn session(&mut self) -> SessionId {
@@ -115,7 +122,7 @@ impl Cell {
     }
 
     fn events(&self, session: SessionId) -> Vec<(api::EventKind, String)> {
-        self.state
+        self.outbox
             .events_after(session, 0, usize::MAX)
             .into_iter()
             .map(|event| (api::EventKind::try_from(event.kind).expect("kind"), event.path))
@@ -376,13 +383,13 @@ fn events_are_numbered_per_session_and_follow_the_masks() {
         vec![(api::EventKind::ChildAdded, "/d/f".into()), (api::EventKind::ChildModified, "/d/f".into())]
     );
     assert_eq!(cell.events(b), vec![(api::EventKind::ContentsModified, "/d/f".into())]);
-    let numbers: Vec<u64> = cell.state.events_after(a, 0, 10).iter().map(|e| e.number).collect();
+    let numbers: Vec<u64> = cell.outbox.events_after(a, 0, 10).iter().map(|e| e.number).collect();
     assert_eq!(numbers, vec![1, 2]);
-    cell.state.acknowledge_events(a, 1);
-    assert_eq!(cell.state.events_after(a, 0, 10).len(), 1);
+    cell.outbox.acknowledge(a, 1);
+    assert_eq!(cell.outbox.events_after(a, 0, 10).len(), 1);
     // A master failover reaches every session.
     cell.apply(Kind::MasterTookOver(wire::MasterTookOver { ballot_round: 2, ballot_replica: 1 }));
-    assert_eq!(cell.state.events_after(b, 1, 10)[0].kind, api::EventKind::MasterFailover as i32);
+    assert_eq!(cell.outbox.events_after(b, 1, 10)[0].kind, api::EventKind::MasterFailover as i32);
     // Deleting the file invalidates b's handle.
     let delete = Call::Delete(api::DeleteRequest { handle: file, ..Default::default() });
     assert_eq!(code_of(&cell.call(b, delete)), None);
@@ -429,7 +436,7 @@ fn bad_commands_fail_with_their_codes_and_change_nothing() {
     assert_eq!(code_of(&cell.call(a, Call::Close(api::CloseRequest::default()))), Some(Code::InvalidArgument), "handle 0");
     assert_eq!(code_of(&cell.call(a, Call::Close(api::CloseRequest { handle: 77, ..Default::default() }))), Some(Code::NotFound));
     let empty = wire::Command { now_ms: 0, kind: None, ..Default::default() };
-    assert_eq!(code_of(&cell.state.apply(&empty)), Some(Code::InvalidArgument));
+    assert_eq!(code_of(&cell.state.apply(&empty).outcome), Some(Code::InvalidArgument));
     // Failures are remembered for retries, so compare everything but answers.
     let mut after = StateMachine::restore(&cell.state.snapshot()).expect("restores");
     for session in after.sessions.values_mut() {
@@ -1478,9 +1485,8 @@ fn run_model_seed(seed: u64, steps: usize) {
                         assert_eq!(cell.state.snapshot(), before, "{context}: a retry changed the state");
                     }
                 } else {
-                    let outbox = cell.state.outbox.clone();
                     cell.state = StateMachine::restore(&cell.state.snapshot()).expect("restores");
-                    cell.state.outbox = outbox;
+                    cell.outbox.retain_open(&cell.state);
                 }
             }
         }

@@ -131,7 +131,7 @@ mod tests {
     }
 
     fn apply(state: &mut StateMachine, lock_clock_ms: u64, kind: wire::command::Kind) -> wire::Outcome {
-        state.apply(&wire::Command { now_ms: lock_clock_ms, lock_clock_ms, kind: Some(kind), ..Default::default() })
+        state.apply(&wire::Command { now_ms: lock_clock_ms, lock_clock_ms, kind: Some(kind), ..Default::default() }).outcome
     }
 
     fn create_session(state: &mut StateMachine) -> u64 {

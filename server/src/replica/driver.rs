@@ -30,24 +30,25 @@
 //! synced batch as the log compaction, *is* the applied state on disk, and
 //! applying adds no write of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gaios_paxos::{Ballot, Message, ProposeError as CoreProposeError, Ready, Replica, ReplicaId, RoleChange, Slot, Snapshot, StartError, Value};
+use gaios_paxos::{Ballot, Message, ProposeError as CoreProposeError, Ready, Replica, RoleChange, Slot, Snapshot, StartError, Value};
 use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
-use crate::errors::ProposeError;
+use crate::service::errors::ProposeError;
 use gaios_state::master::MasterDuties;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::shared::{Proposal, Shared};
 use gaios_state::machine::{Outcome, SnapshotError, StateMachine};
-use crate::storage::{Storage, StorageError};
-use crate::transport::{Inbound, Outbound};
+use crate::replica::storage::{Storage, StorageError};
+use crate::replica::status::{ReplicaStatus, Role, may_serve};
+use crate::replica::transport::{Inbound, Outbound};
 
 /// The most queued commands proposed in one turn of the loop.
 pub const PROPOSALS_PER_TURN_MAX: usize = 1024;
@@ -60,59 +61,6 @@ pub const DUTY_INTERVAL: Duration = Duration::from_millis(50);
 /// The most inbox messages stepped in one turn of the loop, so that ticks
 /// and `Ready`s are not starved by a flood of messages.
 pub const MESSAGES_PER_TURN_MAX: usize = 1024;
-
-/// The role of a replica as the status service reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Follows a master or waits for one.
-    Follower,
-    /// Runs phase 1.
-    Candidate,
-    /// Completed phase 1 for its ballot.
-    Master,
-}
-
-/// What the driver tells the rest of the server about its replica after each
-/// turn; the cell service answers from the latest one without touching the
-/// core.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaStatus {
-    /// This replica's id.
-    pub id: ReplicaId,
-    /// Its role.
-    pub role: Role,
-    /// The highest ballot it promised.
-    pub promised: Ballot,
-    /// The ballot it leads with while candidate or master.
-    pub own_ballot: Option<Ballot>,
-    /// The replica it believes is master (itself included).
-    pub master: Option<ReplicaId>,
-    /// Its chosen prefix.
-    pub chosen_through: Slot,
-    /// The last slot it applied.
-    pub applied: Slot,
-    /// The slot at and below which its log is compacted.
-    pub log_start: Slot,
-    /// The last slot of the last snapshot installed from another replica.
-    pub installed_snapshot: Option<Slot>,
-    /// When its master lease runs out (monotonic), if it holds one.
-    pub lease_valid_until: Option<Instant>,
-    /// As master: the slot it must have applied before serving reads.
-    pub read_barrier: Option<Slot>,
-    /// The slot of its newest snapshot (taken or installed), 0 if none.
-    pub snapshot_slot: Slot,
-}
-
-impl ReplicaStatus {
-    /// Whether this replica may answer reads from its applied state now: it
-    /// is master, holds the master lease, and has applied everything chosen
-    /// before its mastership began.
-    pub fn can_serve_reads(&self, now: Instant) -> bool {
-        self.role == Role::Master
-            && self.lease_valid_until.is_some_and(|until| now < until)
-            && self.read_barrier.is_some_and(|barrier| self.applied >= barrier)
-    }
-}
 
 /// What the driver needs besides the core and its IO.
 #[derive(Debug, Clone)]
@@ -383,6 +331,7 @@ impl Driver {
                 self.outbound.send(envelope.to, &envelope.message);
             }
             if let Some((slot, state)) = installed {
+                self.shared.outbox().retain_open(&state);
                 *self.shared.state() = state;
                 self.shared.all_sessions_touched();
                 tracing::info!(slot, "installed a snapshot from another replica");
@@ -414,11 +363,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Applies chosen commands in slot order and answers the calls of this
-    /// process that wait for them.
+    /// Applies chosen commands in slot order, answers the calls of this
+    /// process that wait for them, and hands the events they numbered to
+    /// the outbox (locks taken in the order state, then outbox).
     fn apply(&mut self, committed: &[gaios_paxos::Entry]) {
         let Some(last) = committed.last() else { return };
         let mut state = self.shared.state();
+        let mut outbox = self.shared.outbox();
+        let mut touched = BTreeSet::new();
         for entry in committed {
             if entry.slot <= self.applied {
                 continue;
@@ -435,11 +387,12 @@ impl Driver {
                             continue;
                         }
                     };
-                    let outcome = state.apply(&command);
+                    let applied = state.apply(&command);
                     self.options.metrics.applied_commands_total.inc();
+                    outbox.record(&applied, &mut touched);
                     if command.proposer_incarnation == self.incarnation
                         && let Some(reply) = self.pending.remove(&command.proposal_number) {
-                            let _ = reply.send(Ok(outcome));
+                            let _ = reply.send(Ok(applied.outcome));
                         }
                 }
             }
@@ -448,7 +401,7 @@ impl Driver {
         self.options.metrics.chosen_slots_total.add(committed.len() as u64);
         self.options.metrics.sessions.set(i64::try_from(state.session_count()).unwrap_or(i64::MAX));
         self.options.metrics.locks_held.set(i64::try_from(state.locks_held()).unwrap_or(i64::MAX));
-        let touched = state.take_touched();
+        drop(outbox);
         drop(state);
         self.shared.sessions_touched(touched);
         self.shared.applied_through(last.slot);
@@ -540,9 +493,7 @@ impl Driver {
     /// ended, since only then do clients' KeepAlives reach it; each time it
     /// becomes able to serve, every session gets a full lease from then.
     fn master_duties(&mut self) {
-        let can_serve = self.replica.is_master()
-            && self.replica.lease_valid()
-            && self.replica.read_barrier().is_some_and(|barrier| self.applied >= barrier);
+        let can_serve = may_serve(self.replica.is_master(), self.replica.lease_valid(), self.replica.read_barrier(), self.applied);
         let now = Instant::now();
         let due = {
             let state = self.shared.state();

@@ -50,7 +50,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::codec;
+use crate::replica::codec;
 
 /// The largest gRPC message either side sends or accepts on the peer
 /// transport; see the module docs for what it means for snapshots.

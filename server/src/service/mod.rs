@@ -11,11 +11,12 @@
 //!   one);
 //! - a **read** is answered from the master's applied state, only while it
 //!   holds the master lease and has applied everything chosen before its
-//!   mastership began ([`ReplicaStatus::can_serve_reads`]).
+//!   mastership began (the [`read_gate`], by the replica's one rule
+//!   [`crate::replica::status::may_serve`]).
 //!
 //! Any other replica answers `UNAVAILABLE` with the master's address in the
 //! details. Handlers are thin: checks and error codes live in
-//! [`gaios_state`] and [`crate::errors`].
+//! [`gaios_state`] and [`crate::service::errors`].
 //!
 //! Every call that names a session must carry the session's secret
 //! (`CreateSession` draws it: 16 bytes from the operating system); a missing
@@ -30,21 +31,28 @@ use std::time::{Duration, Instant};
 use gaios_paxos::{Ballot, ReplicaId};
 use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_server::{Cell, CellServer};
-use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use gaios_proto::state::v1 as wire;
+use gaios_state::limits::{CONTENTS_BYTES_MAX, SESSION_SECRET_BYTES};
+use gaios_state::machine::Outcome;
+use gaios_state::validate;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::PeerSpec;
-use crate::driver::{ReplicaStatus, Role};
-use crate::errors::{failure_status, master_not_ready, not_master, propose_status, session_ended};
-use gaios_state::limits::CONTENTS_BYTES_MAX;
-use gaios_state::validate;
+use crate::ops::config::PeerSpec;
+use crate::replica::status::{ReplicaStatus, Role};
+use crate::replica::transport::TransportStats;
 use crate::shared::Shared;
-use gaios_state::limits::SESSION_SECRET_BYTES;
-use gaios_state::machine::Outcome;
-use crate::transport::TransportStats;
+use errors::{failure_status, propose_status};
+use keep_alive::KEEPALIVE_QUEUE_MAX;
+
+mod endpoint;
+pub mod errors;
+pub mod keep_alive;
+pub mod lock_wait;
+mod read_gate;
+
+pub use endpoint::CellEndpoint;
 
 /// The largest message a client may send: a file's contents and the rest of
 /// the request (paths are at most 1 KiB).
@@ -52,12 +60,6 @@ pub const CLIENT_MESSAGE_BYTES_MAX: usize = CONTENTS_BYTES_MAX + (64 << 10);
 /// The largest message the service sends: contents and stat, or a long
 /// directory listing.
 pub const CLIENT_RESPONSE_BYTES_MAX: usize = 16 << 20;
-/// How long an `Acquire` with `wait_ms` 0 waits.
-pub const ACQUIRE_WAIT_MS_DEFAULT: u64 = 60_000;
-/// The most events in one KeepAlive message.
-pub const EVENTS_PER_MESSAGE_MAX: usize = 64;
-/// KeepAlive messages queued for one stream before the sender waits.
-const KEEPALIVE_QUEUE_MAX: usize = 16;
 
 /// Answers the `Cell` service; see the module docs.
 #[derive(Debug, Clone)]
@@ -103,19 +105,6 @@ impl CellService {
             .unwrap_or_default()
     }
 
-    /// `Ok` if this replica may answer reads now, else the `UNAVAILABLE`
-    /// that sends the client to the master.
-    fn check_can_read(&self) -> Result<(), Status> {
-        let status = self.status.borrow().clone();
-        if status.can_serve_reads(Instant::now()) {
-            return Ok(());
-        }
-        if status.role == Role::Master {
-            return Err(master_not_ready(status.id, &self.client_address(Some(status.id))));
-        }
-        Err(not_master(status.master, &self.client_address(status.master), "this replica is not the master"))
-    }
-
     /// Proposes `kind` and returns its outcome, or the status of a failure.
     async fn propose(&self, kind: wire::command::Kind) -> Result<Outcome, Status> {
         let outcome = self.shared.propose(kind).await.map_err(|error| propose_status(&error, |id| self.client_address(id)))?;
@@ -154,49 +143,6 @@ impl CellService {
         self.propose(wire::command::Kind::Call(call)).await
     }
 }
-
-/// The `Cell` service as served. tonic refuses a unary request over the
-/// message limit with `OUT_OF_RANGE`; gRPC's own servers, and Gaios's
-/// documentation, say `RESOURCE_EXHAUSTED`, so that answer's status is
-/// rewritten. Such a refusal is a trailers-only answer, whose status is in
-/// the headers; the handlers never answer `OUT_OF_RANGE` themselves. Left as
-/// tonic says (in trailers, not rewritten): an answer over the response
-/// limit, and an oversized message on the KeepAlive stream.
-#[derive(Clone)]
-pub struct CellEndpoint(CellServer<CellService>);
-
-impl tonic::server::NamedService for CellEndpoint {
-    const NAME: &'static str = <CellServer<CellService> as tonic::server::NamedService>::NAME;
-}
-
-impl<B> Service<http::Request<B>> for CellEndpoint
-where
-    CellServer<CellService>: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    <CellServer<CellService> as Service<http::Request<B>>>::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = <CellServer<CellService> as Service<http::Request<B>>>::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let answer = self.0.call(request);
-        Box::pin(async move {
-            let mut answer = answer.await?;
-            let out_of_range = http::HeaderValue::from(tonic::Code::OutOfRange as i32);
-            if answer.headers().get(GRPC_STATUS) == Some(&out_of_range) {
-                answer.headers_mut().insert(GRPC_STATUS, http::HeaderValue::from(tonic::Code::ResourceExhausted as i32));
-            }
-            Ok(answer)
-        })
-    }
-}
-
-/// The header (or trailer) that carries a gRPC status code.
-const GRPC_STATUS: &str = "grpc-status";
 
 fn ballot(ballot: Ballot) -> Option<api::Ballot> {
     (ballot != Ballot::ZERO).then_some(api::Ballot { round: ballot.round, replica: ballot.replica })
@@ -370,7 +316,7 @@ impl Cell for CellService {
         request: Request<api::GetContentsAndStatRequest>,
     ) -> Result<Response<api::GetContentsAndStatResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
-        self.check_can_read()?;
+        self.read_gate()?;
         let (contents, stat) =
             self.shared.state().get_contents_and_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(api::GetContentsAndStatResponse { contents, stat: Some(stat) }))
@@ -378,14 +324,14 @@ impl Cell for CellService {
 
     async fn get_stat(&self, request: Request<api::GetStatRequest>) -> Result<Response<api::GetStatResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
-        self.check_can_read()?;
+        self.read_gate()?;
         let stat = self.shared.state().get_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(api::GetStatResponse { stat: Some(stat) }))
     }
 
     async fn read_dir(&self, request: Request<api::ReadDirRequest>) -> Result<Response<api::ReadDirResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
-        self.check_can_read()?;
+        self.read_gate()?;
         let (names, stat) =
             self.shared.state().read_dir(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(api::ReadDirResponse { names, stat: Some(stat) }))
@@ -412,37 +358,7 @@ impl Cell for CellService {
     }
 
     async fn acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
-        let mut request = request.into_inner();
-        validate_acquire(&request)?;
-        let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
-        let deadline = Instant::now() + Duration::from_millis(wait_ms);
-        let header = request.header.take().ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
-        // Before the wait is counted: a caller without the session's secret
-        // must not be able to keep another client's dropped wait from being
-        // cancelled (see `Shared::begin_wait`).
-        self.authorize(header.session_id, &header.session_secret)?;
-        let wait = wire::CancelWait {
-            session_id: header.session_id,
-            handle: request.handle,
-            session_secret: header.session_secret.clone(),
-            request_number: header.request_number,
-            keep_granted: true,
-        };
-        // If this call ends any other way than with the lock, a definite
-        // refusal, or its own cancel answered (the client hung up, the
-        // command's fate is unknown, the master lost its lease), the handle
-        // must not stay in line, nor keep a lock granted to this wait that
-        // nobody will hear of (see `Shared::begin_wait`).
-        let mut live = self.shared.begin_wait(wait.clone());
-        let result = self.acquire_and_wait(header, request, &wait, deadline).await;
-        let settled = match &result {
-            Ok(_) => true,
-            Err(status) => status.code() != tonic::Code::Unavailable,
-        };
-        if settled {
-            live.disarm();
-        }
-        result.map(Response::new)
+        self.acquire_waiting(request.into_inner()).await.map(Response::new)
     }
 
     async fn try_acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
@@ -468,7 +384,7 @@ impl Cell for CellService {
         request: Request<api::GetSequencerRequest>,
     ) -> Result<Response<api::GetSequencerResponse>, Status> {
         let handle = handle_ref(request.into_inner().handle)?;
-        self.check_can_read()?;
+        self.read_gate()?;
         let sequencer =
             self.shared.state().get_sequencer(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(api::GetSequencerResponse { sequencer: Some(sequencer) }))
@@ -481,7 +397,7 @@ impl Cell for CellService {
         let sequencer = request.into_inner().sequencer;
         validate::sequencer(sequencer.as_ref()).map_err(|invalid| failure_status(&invalid))?;
         let sequencer = sequencer.unwrap_or_default();
-        self.check_can_read()?;
+        self.read_gate()?;
         Ok(Response::new(self.shared.state().check_sequencer(&sequencer)))
     }
 
@@ -493,183 +409,6 @@ impl Cell for CellService {
         let header = request.header.take();
         expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
         Ok(Response::new(api::SetSequencerResponse {}))
-    }
-}
-
-impl CellService {
-    /// Proposes the `Acquire` and, if the handle was queued, waits for the
-    /// lock (see [`CellService::wait_for_lock`]).
-    async fn acquire_and_wait(
-        &self,
-        header: api::RequestHeader,
-        request: api::AcquireRequest,
-        wait: &wire::CancelWait,
-        deadline: Instant,
-    ) -> Result<api::AcquireResponse, Status> {
-        let outcome = self.call(Some(header), wire::session_call::Call::Acquire(request)).await?;
-        if let Some(sequencer) = acquired_sequencer(&outcome) {
-            return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
-        }
-        if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
-            return Err(unexpected(&outcome));
-        }
-        self.wait_for_lock(wait, deadline).await
-    }
-
-    /// Waits until the queued handle of `wait` holds its lock, the wait
-    /// becomes impossible (handle closed, session ended, node deleted), this
-    /// replica stops being a master that can serve, or `deadline` passes;
-    /// then gives up its place in line with `wait` as a `CancelWait`
-    /// command (which keeps and returns a lock granted just before).
-    ///
-    /// The state is read only after checking that this replica can serve:
-    /// a deposed master's applied state may still show a grant that is
-    /// gone (the node deleted, the session expired on the new master).
-    async fn wait_for_lock(&self, wait: &wire::CancelWait, deadline: Instant) -> Result<api::AcquireResponse, Status> {
-        let (session_id, handle) = (wait.session_id, wait.handle);
-        let mut applied = self.shared.watch_applied();
-        loop {
-            self.check_can_read()?;
-            {
-                let state = self.shared.state();
-                if let Some(sequencer) = state.holding(session_id, handle) {
-                    return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
-                }
-                if !state.is_waiting(session_id, handle) {
-                    return Err(Status::failed_precondition(
-                        "the handle no longer waits for the lock (closed, session ended or node deleted)",
-                    ));
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            // Wake on every applied batch, and at least every 100 ms to
-            // notice a lost lease.
-            let nap = (deadline - now).min(Duration::from_millis(100));
-            let _ = tokio::time::timeout(nap, applied.changed()).await;
-        }
-        let outcome = self.propose(wire::command::Kind::CancelWait(wire::CancelWait { keep_granted: true, ..wait.clone() })).await?;
-        match acquired_sequencer(&outcome) {
-            // Granted just before the cancel was applied.
-            Some(sequencer) => Ok(api::AcquireResponse { sequencer: Some(sequencer) }),
-            None => Err(Status::deadline_exceeded("the lock was not granted within wait_ms; no longer waiting")),
-        }
-    }
-
-    /// Serves one KeepAlive stream: each request extends the session's lease
-    /// and acknowledges events; events are pushed as they are applied.
-    async fn keep_alive_loop(
-        self,
-        mut inbound: Streaming<api::KeepAliveRequest>,
-        outbound: mpsc::Sender<Result<api::KeepAliveResponse, Status>>,
-    ) {
-        let mut session = None;
-        let mut sent_through = 0;
-        // Woken only when this stream's session gets events or ends.
-        let mut watcher: Option<(u64, watch::Receiver<()>)> = None;
-        let lease_ms = duration_ms(self.shared.session_lease);
-        loop {
-            let answer = tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        if watcher.is_none() && request.session_id != 0 {
-                            // Before the first read of its events.
-                            watcher = Some((request.session_id, self.shared.watch_session(request.session_id)));
-                        }
-                        match self.keep_alive_once(&mut session, &request) {
-                            Ok(events) => {
-                                sent_through = sent_through.max(request.acknowledged_event);
-                                if let Some(last) = events.last() {
-                                    sent_through = sent_through.max(last.number);
-                                }
-                                Ok(api::KeepAliveResponse { lease_ms, events })
-                            }
-                            Err(status) => Err(status),
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
-                },
-                changed = session_changed(&mut watcher) => {
-                    if changed.is_err() {
-                        // The watcher was forgotten; watch again.
-                        watcher = session.map(|id| (id, self.shared.watch_session(id)));
-                    }
-                    let Some(session_id) = session else { continue };
-                    let (events, open) = {
-                        let state = self.shared.state();
-                        (state.events_after(session_id, sent_through, EVENTS_PER_MESSAGE_MAX), state.has_session(session_id))
-                    };
-                    if let Some(last) = events.last() {
-                        sent_through = last.number;
-                        if events.len() >= EVENTS_PER_MESSAGE_MAX
-                            && let Some((_, receiver)) = watcher.as_mut()
-                        {
-                            // More may be queued: come round again at once
-                            // rather than wait for the next change.
-                            receiver.mark_changed();
-                        }
-                        Ok(api::KeepAliveResponse { lease_ms: 0, events })
-                    } else if !open {
-                        Err(Status::failed_precondition(format!("session {session_id} has ended (expired or closed)")))
-                    } else {
-                        continue;
-                    }
-                }
-            };
-            let ended = answer.is_err();
-            if outbound.send(answer).await.is_err() || ended {
-                break;
-            }
-        }
-        if let Some((id, receiver)) = watcher {
-            drop(receiver);
-            self.shared.unwatch_session(id);
-        }
-    }
-
-    /// One KeepAlive request: checks, extends the lease, trims and returns
-    /// the events the client has not acknowledged.
-    fn keep_alive_once(&self, session: &mut Option<u64>, request: &api::KeepAliveRequest) -> Result<Vec<api::Event>, Status> {
-        if request.session_id == 0 {
-            return Err(Status::invalid_argument("session_id 0 names no session"));
-        }
-        if session.is_some_and(|id| id != request.session_id) {
-            return Err(Status::invalid_argument("one KeepAlive stream serves one session"));
-        }
-        self.check_can_read()?;
-        let events = {
-            let mut state = self.shared.state();
-            if !state.has_session(request.session_id) {
-                return Err(session_ended(request.session_id, "expired or closed"));
-            }
-            // Only the session's own client keeps it alive and gets its
-            // events; the stream serves it only from here on.
-            state.authorize_session(request.session_id, &request.session_secret).map_err(|f| failure_status(&f))?;
-            *session = Some(request.session_id);
-            state.acknowledge_events(request.session_id, request.acknowledged_event);
-            state.events_after(request.session_id, request.acknowledged_event, EVENTS_PER_MESSAGE_MAX)
-        };
-        // A lease that already ran out is not renewed: the master has
-        // proposed (or is about to propose) the session's expiry, and
-        // answering now would tell the client it is safe while the expiry
-        // commits and its locks go to others.
-        if self.shared.leases().renew(request.session_id, Instant::now()).is_err() {
-            return Err(session_ended(
-                request.session_id,
-                "its lease ran out before this KeepAlive arrived; the master is expiring it",
-            ));
-        }
-        Ok(events)
-    }
-}
-
-/// Resolves when the watched session changed; never without a watcher.
-async fn session_changed(watcher: &mut Option<(u64, watch::Receiver<()>)>) -> Result<(), watch::error::RecvError> {
-    match watcher {
-        Some((_, receiver)) => receiver.changed().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -700,7 +439,7 @@ mod tests {
     }
 
     fn apply(state: &mut StateMachine, kind: wire::command::Kind) -> Outcome {
-        state.apply(&wire::Command { now_ms: 1_000, lock_clock_ms: 1_000, kind: Some(kind), ..Default::default() })
+        state.apply(&wire::Command { now_ms: 1_000, lock_clock_ms: 1_000, kind: Some(kind), ..Default::default() }).outcome
     }
 
     /// A state in which session 1's handle 1 holds the lock on `/lock`.

@@ -52,8 +52,8 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-use crate::codec::{self, CodecError};
-use crate::config::PeerSpec;
+use crate::replica::codec::{self, CodecError};
+use crate::ops::config::PeerSpec;
 
 /// The version of the on-disk format this build reads and writes. A
 /// directory written in another version is refused rather than misread.

@@ -527,7 +527,7 @@ mod tests {
         use gaios_paxos::types::{ROUND_MAX, SLOT_MAX};
         let config = {
             let mut config = gaios_paxos::Config::new(1, vec![1, 2, 3, 4, 5]);
-            config.message_bytes_max = crate::transport::CORE_MESSAGE_BYTES_MAX;
+            config.message_bytes_max = crate::replica::transport::CORE_MESSAGE_BYTES_MAX;
             config
         };
         assert_eq!(config.validate(), Ok(()));
@@ -549,8 +549,8 @@ mod tests {
                 Message::CatchUp { entries },
             ] {
                 let size = encode_message(u64::MAX, u64::MAX, &message).encoded_len();
-                assert!(size <= crate::transport::BATCH_BYTES_MAX.max(config.message_bytes_max) + 4096, "{} is {size} bytes", message.kind());
-                assert!(size < crate::transport::MESSAGE_BYTES_MAX);
+                assert!(size <= crate::replica::transport::BATCH_BYTES_MAX.max(config.message_bytes_max) + 4096, "{} is {size} bytes", message.kind());
+                assert!(size < crate::replica::transport::MESSAGE_BYTES_MAX);
             }
         }
     }

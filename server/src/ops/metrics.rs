@@ -38,7 +38,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::transport::TransportStats;
+use crate::replica::transport::TransportStats;
 
 /// The `Content-Type` of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;

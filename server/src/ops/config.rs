@@ -398,7 +398,7 @@ impl ReplicaConfig {
         config.election_ticks_max = ticks(self.election_timeout * 3 / 2);
         // An unanswered accept or catch-up request is repeated after about
         // four heartbeats.
-        config.message_bytes_max = crate::transport::CORE_MESSAGE_BYTES_MAX;
+        config.message_bytes_max = crate::replica::transport::CORE_MESSAGE_BYTES_MAX;
         config.accept_retry_ticks = config.heartbeat_ticks * 4;
         config.catch_up_retry_ticks = config.heartbeat_ticks * 4;
         config
