@@ -12,7 +12,8 @@ use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
-use crate::error::{Error, is_retryable, master_hint};
+use crate::error::{Error, Redirect, is_retryable, redirect};
+use crate::routing::{Next, Router};
 use crate::handle::{Handle, OpenOptions};
 use crate::lease;
 
@@ -114,6 +115,8 @@ pub(crate) struct Inner {
     pub(crate) options: Options,
     master: Mutex<Option<(String, CellClient<Channel>)>>,
     next_address: AtomicUsize,
+    /// Where a failed attempt sends the next one.
+    router: std::sync::Mutex<Router>,
     pub(crate) session_id: u64,
     /// The session's secret from `CreateSession`; every call that names the
     /// session carries it (see `gaios.cell.v1.CreateSessionResponse`).
@@ -155,6 +158,7 @@ impl Client {
             options,
             master: Mutex::new(None),
             next_address: AtomicUsize::new(0),
+            router: std::sync::Mutex::new(Router::default()),
             session_id: 0,
             session_secret: bytes::Bytes::new(),
             next_request: AtomicU64::new(1),
@@ -307,16 +311,33 @@ impl Inner {
         Some((address, cell))
     }
 
-    /// Forgets `address` as master; `hint` (from a redirect) is tried next.
-    async fn forget(&self, address: &str, hint: Option<String>) {
+    /// `address` failed an attempt; `redirect` is what its answer said
+    /// about the master. The next attempt goes to the master it names, to
+    /// the same replica if it is a master that cannot serve yet (for a
+    /// while, see [`crate::routing`]), or to the next address in turn.
+    async fn forget(&self, address: &str, redirect: Option<Redirect>) {
+        let next = self.router().next(address, redirect.as_ref(), Instant::now());
         let mut master = self.master.lock().await;
-        if master.as_ref().is_some_and(|(current, _)| current == address) {
-            *master = None;
-        }
-        if let Some(hint) = hint.filter(|hint| hint != address)
-            && let Some(cell) = connect(&hint).await {
-                *master = Some((hint, cell));
+        match next {
+            Next::Same => {}
+            Next::Elsewhere => {
+                if master.as_ref().is_some_and(|(current, _)| current == address) {
+                    *master = None;
+                }
             }
+            Next::To(hint) => {
+                if master.as_ref().is_some_and(|(current, _)| current == address) {
+                    *master = None;
+                }
+                if let Some(cell) = connect(&hint).await {
+                    *master = Some((hint, cell));
+                }
+            }
+        }
+    }
+
+    fn router(&self) -> std::sync::MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `call` against the master until it answers, following
@@ -345,10 +366,13 @@ impl Inner {
             }
             if let Some((address, cell)) = self.master().await {
                 match tokio::time::timeout(attempt_timeout, call(cell)).await {
-                    Ok(Ok(response)) => return Ok(response.into_inner()),
+                    Ok(Ok(response)) => {
+                        self.router().served();
+                        return Ok(response.into_inner());
+                    }
                     Ok(Err(status)) if is_retryable(&status) => {
                         last = format!("{address}: {}", status.message());
-                        self.forget(&address, master_hint(&status)).await;
+                        self.forget(&address, redirect(&status)).await;
                     }
                     Ok(Err(status)) => {
                         let error = Error::from_status(&status);
@@ -402,7 +426,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
     let answer_within = (lease / 2).max(Duration::from_millis(500));
     let mut last_event = 0u64;
     let mut backoff = Duration::from_millis(20);
-    loop {
+    'streams: loop {
         let Some((address, mut cell)) = inner.master().await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -428,7 +452,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                     inner.state.send_replace(SessionState::Expired);
                     return;
                 }
-                inner.forget(&address, master_hint(&status)).await;
+                inner.forget(&address, redirect(&status)).await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -454,6 +478,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                 message = responses.message() => match message {
                     Ok(Some(answer)) => {
                         backoff = Duration::from_millis(20);
+                        inner.router().served();
                         if answer.lease_ms > 0
                             && let Some(at) = sent.pop_front() {
                                 // The clock makes the session safe again
@@ -477,8 +502,10 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                             inner.state.send_replace(SessionState::Expired);
                             return;
                         }
-                        inner.forget(&address, master_hint(&status)).await;
-                        break;
+                        inner.forget(&address, redirect(&status)).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue 'streams;
                     }
                 }
             }

@@ -127,10 +127,6 @@ pub(crate) fn is_retryable(status: &Status) -> bool {
         || (status.code() == Code::Internal && std::error::Error::source(status).is_some())
 }
 
-/// The master named in an `UNAVAILABLE` answer, if any.
-pub(crate) fn master_hint(status: &Status) -> Option<String> {
-    redirect(status).map(|redirect| redirect.master_address)
-}
 
 #[cfg(test)]
 mod tests {
@@ -160,7 +156,7 @@ mod tests {
         ]);
         let details = tonic_types::ErrorDetails::with_error_info("NOT_MASTER", ERROR_DOMAIN, metadata);
         let status = <Status as tonic_types::StatusExt>::with_error_details(Code::Unavailable, "not master", details);
-        assert_eq!(master_hint(&status).as_deref(), Some("127.0.0.1:7202"));
+        assert_eq!(redirect(&status).map(|r| r.master_address).as_deref(), Some("127.0.0.1:7202"));
         assert_eq!(redirect(&status).map(|r| (r.reason, r.master_id)), Some((api::ErrorReason::NotMaster, 2)));
         assert!(is_retryable(&status));
         assert_eq!(redirect(&Status::unavailable("no master is known")), None);

@@ -48,6 +48,7 @@ mod error;
 mod fence;
 mod handle;
 mod lease;
+mod routing;
 
 pub use client::{Client, Event, EventKind, Options, SessionState, cell_status};
 pub use error::{Error, Redirect, redirect};

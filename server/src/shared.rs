@@ -31,6 +31,19 @@ pub const PROPOSALS_QUEUED_MAX: usize = 8192;
 /// the same request number is safe).
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The applied state under its lock, read-only: what handlers get, so
+/// that they cannot change the replicated state (see [`Shared::state`]).
+#[derive(Debug)]
+pub struct StateReader<'a>(MutexGuard<'a, StateMachine>);
+
+impl std::ops::Deref for StateReader<'_> {
+    type Target = StateMachine;
+
+    fn deref(&self) -> &StateMachine {
+        &self.0
+    }
+}
+
 /// A command for the driver to propose, and where to send its outcome.
 #[derive(Debug)]
 pub struct Proposal {
@@ -77,10 +90,17 @@ impl Shared {
         (shared, receiver)
     }
 
-    /// The applied state. A poisoned lock (a panic while holding it) is
-    /// taken over: the state machine never panics halfway through a change
-    /// (`apply` does not panic), so the state is whole.
-    pub fn state(&self) -> MutexGuard<'_, StateMachine> {
+    /// The applied state, to read (briefly: the driver waits for it). A
+    /// poisoned lock (a panic while holding it) is taken over: the state
+    /// machine never panics halfway through a change (`apply` does not
+    /// panic), so the state is whole.
+    pub fn state(&self) -> StateReader<'_> {
+        StateReader(self.state_mut())
+    }
+
+    /// The applied state, to change: only the driver calls this (it applies
+    /// chosen commands and installs snapshots).
+    pub(crate) fn state_mut(&self) -> MutexGuard<'_, StateMachine> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

@@ -332,7 +332,7 @@ impl Driver {
             }
             if let Some((slot, state)) = installed {
                 self.shared.outbox().retain_open(&state);
-                *self.shared.state() = state;
+                *self.shared.state_mut() = state;
                 self.shared.all_sessions_touched();
                 tracing::info!(slot, "installed a snapshot from another replica");
                 self.installed_snapshot = Some(slot);
@@ -368,7 +368,7 @@ impl Driver {
     /// the outbox (locks taken in the order state, then outbox).
     fn apply(&mut self, committed: &[gaios_paxos::Entry]) {
         let Some(last) = committed.last() else { return };
-        let mut state = self.shared.state();
+        let mut state = self.shared.state_mut();
         let mut outbox = self.shared.outbox();
         let mut touched = BTreeSet::new();
         for entry in committed {
