@@ -244,6 +244,23 @@ struct Figures {
     sessions: Vec<(String, SessionsResult)>,
 }
 
+/// One run of the benchmark: the systems, what is measured so far, and
+/// where it goes; one method per workload.
+struct Run {
+    args: Args,
+    cell: gaios_tests::Cell,
+    systems: Systems,
+    report: String,
+    figures: Figures,
+    /// Where the plots go, if plotting (the font is installed).
+    plot_dir: Option<PathBuf>,
+    duration: Duration,
+    count: usize,
+    failover_runs: usize,
+    session_counts: Vec<usize>,
+    hold: Duration,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The ZooKeeper sessions workload's worker processes.
@@ -255,232 +272,46 @@ async fn main() -> anyhow::Result<()> {
         return sessions::zookeeper_worker(cluster, count.parse()?, Duration::from_secs(hold.parse()?)).await;
     }
     let args = Args::parse();
-    let (duration, count) = if args.quick { (Duration::from_secs(2), 200) } else { (Duration::from_secs(15), 2_000) };
-    let failover_runs = args.failover_runs.unwrap_or(if args.quick { 1 } else { 5 });
-    let session_counts = args.sessions.clone().unwrap_or_else(|| if args.quick { vec![200] } else { vec![10_000, 20_000] });
-    let hold = Duration::from_secs(args.hold_secs.unwrap_or(if args.quick { 5 } else { 60 }));
     let plot_dir = args.out.as_ref().map(|out| out.with_extension(""));
     if let Some(dir) = &plot_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let plotting = plot_dir.is_some() && plots::font_available();
+    let font_missing = plot_dir.is_some() && !plots::font_available();
     // Progress on stderr every few seconds until main returns.
     let meter = Arc::new(Meter::default());
     meter.set_phase("starting the systems");
     let _progress = Progress::start("bench", None, false, Arc::clone(&meter));
 
-    // Gaios: five real replicas.
-    let server_args: Vec<&str> = args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
-    let mut cell = gaios_tests::Cell::start_with(&server_args);
-    let all: Vec<usize> = (0..gaios_tests::REPLICAS as usize).collect();
-    gaios_tests::wait_for_master(&cell, &all, gaios_tests::FIRST_MASTER_DEADLINE).await.context("Gaios elected no master")?;
-    let gaios = System::Gaios(cell.members.iter().map(|m| m.client.to_string()).collect());
-
-    // The peers, if installed.
+    // The peers, if installed; stopped however main ends (an error, a
+    // panic unwinding).
     let peers_dir = std::env::temp_dir().join(format!("gaios-bench-peers-{}", std::process::id()));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join("peers");
-    let etcd_installed = !args.gaios_only && Command::new("etcd").arg("--version").output().is_ok();
-    let zookeeper_installed =
-        !args.gaios_only && !args.no_zookeeper && Path::new("/usr/share/java/zookeeper.jar").exists();
-    // Stops the peers however main ends (an error, a panic unwinding).
     let _stop_peers = StopPeers { script: script.clone(), dir: peers_dir.clone() };
-    let etcd = if etcd_installed { Some(PeerCluster::start(&script, PeerKind::Etcd, &peers_dir.join("etcd"))?) } else { None };
-    let zookeeper =
-        if zookeeper_installed { Some(PeerCluster::start(&script, PeerKind::ZooKeeper, &peers_dir.join("zk"))?) } else { None };
-    let systems = Systems { gaios, etcd, zookeeper, focused: std::sync::Mutex::new(None), meter, workload: std::sync::Mutex::new(String::new()) };
-
-    let mut report = header(&args, etcd_installed, zookeeper_installed);
-    let mut figures = Figures::default();
-    let plot = |name: &str| plot_dir.as_ref().map(|dir| dir.join(name));
-    let plot_link = |name: &str| {
-        let dir = plot_dir.as_ref().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
-        format!("![{name}]({dir}/{name})\n\n")
-    };
-    for (index, workload) in args.workloads.iter().enumerate() {
+    let mut run = Run::start(args, plot_dir.filter(|_| !font_missing), meter, &script, &peers_dir).await?;
+    let workloads = run.args.workloads.clone();
+    for (index, workload) in workloads.iter().enumerate() {
         eprintln!("workload {workload}…");
-        let stage = format!("{}/{} {workload}", index + 1, args.workloads.len());
-        systems.meter.set_phase(format!("workload {stage}"));
-        *systems.workload.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
+        let stage = format!("{}/{} {workload}", index + 1, workloads.len());
+        run.systems.meter.set_phase(format!("workload {stage}"));
+        *run.systems.workload.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
         match workload.as_str() {
-            "write" => {
-                let row = systems.row(&cell, "write", 1, duration, count, Op::Write).await?;
-                report.push_str(&table("Write latency, 1 client, 256-byte values", std::slice::from_ref(&row), false));
-                if plotting && let Some(path) = plot("write-latency.png") {
-                    plots::latency_cdf(&path, "Write latency, 1 client", &row_series(&row))?;
-                    report.push_str(&plot_link("write-latency.png"));
-                }
-                figures.write = Some(row);
-            }
-            "throughput" => {
-                let mut rows = Vec::new();
-                let levels: &[usize] = if args.quick { &[10, 100] } else { &[10, 100, 1000] };
-                for &clients in levels {
-                    rows.push(systems.row(&cell, &format!("{clients} clients"), clients, duration, usize::MAX, Op::Write).await?);
-                }
-                report.push_str(&table("Write throughput, 256-byte values", &rows, true));
-                if plotting && let Some(path) = plot("write-throughput.png") {
-                    let mut series = Vec::new();
-                    for (name, pick) in system_pickers() {
-                        let points: Vec<(usize, f64)> = rows
-                            .iter()
-                            .zip(levels)
-                            .filter_map(|(row, &clients)| rate(pick(row)).map(|r| (clients, r)))
-                            .collect();
-                        if !points.is_empty() {
-                            series.push((name.to_string(), points));
-                        }
-                    }
-                    plots::throughput(&path, "Write throughput against concurrent clients", &series)?;
-                    report.push_str(&plot_link("write-throughput.png"));
-                }
-                figures.throughput_100 = rows.into_iter().find(|row| row.label == "100 clients");
-            }
-            "read" => {
-                let lease_read = systems.row(&cell, "Gaios lease read; etcd linearizable; ZooKeeper getData", 1, duration, count, Op::Read { serializable: false }).await?;
-                let mut rows = vec![lease_read];
-                if let Some(etcd) = &systems.etcd {
-                    systems.focus(&cell, Which::Etcd).await?;
-                    let serializable = measure(&etcd.system(), 1, duration, count, Op::Read { serializable: true }, &systems.meter).await?;
-                    figures.etcd_serializable = Some(serializable.clone());
-                    rows.push(Row { label: "etcd serializable".into(), gaios: rows[0].gaios.clone(), etcd: Some(serializable), zookeeper: None });
-                }
-                figures.gaios_read = rows[0].gaios.clone();
-                report.push_str(&table("Read latency, 1 client", &rows, false));
-                if plotting && let Some(path) = plot("read-latency.png") {
-                    let mut series = row_series(&rows[0]);
-                    if let Some(serializable) = rows.get(1).and_then(|r| r.etcd.as_ref()) {
-                        series.push(("etcd serializable".to_string(), serializable));
-                    }
-                    for entry in &mut series {
-                        if entry.0 == "etcd" {
-                            entry.0 = "etcd linearizable".to_string();
-                        }
-                    }
-                    plots::latency_cdf(&path, "Read latency, 1 client", &series)?;
-                    report.push_str(&plot_link("read-latency.png"));
-                }
-            }
-            "lock" => {
-                let one = systems.row(&cell, "1 client", 1, duration, count, Op::Lock(false)).await?;
-                let ten = systems.row(&cell, "10 contending clients", 10, duration, usize::MAX, Op::Lock(true)).await?;
-                let rows = [one, ten];
-                report.push_str(&table("Lock acquire + release", &rows, false));
-                if plotting && let Some(path) = plot("lock-latency.png") {
-                    plots::latency_cdf(&path, "Lock acquire + release, 1 client", &row_series(&rows[0]))?;
-                    report.push_str(&plot_link("lock-latency.png"));
-                }
-                figures.lock_1 = rows.into_iter().next();
-            }
-            "failover" => {
-                let mut out = String::from("### Failover: fault of the master/leader → first acknowledged write\n\n");
-                let _ = writeln!(out, "Each client retries a request after {} ms without an answer. {failover_runs} runs per cell.\n", failover::ATTEMPT_TIMEOUT.as_millis());
-                out.push_str("| fault | Gaios median (runs) ms | etcd median (runs) ms | ZooKeeper median (runs) ms | Gaios/etcd | Gaios/ZooKeeper |\n|---|---|---|---|---|---|\n");
-                for fault in [Fault::Kill, Fault::Stop] {
-                    let mut failures = std::collections::BTreeMap::new();
-                    systems.focus(&cell, Which::Gaios).await?;
-                    let gaios = failover::run(&mut Target::Gaios(&mut cell), fault, failover_runs).await?;
-                    let etcd = match &systems.etcd {
-                        Some(peer) => {
-                            systems.focus(&cell, Which::Etcd).await?;
-                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await, &mut failures, "etcd")
-                        }
-                        None => None,
-                    };
-                    let zookeeper = match &systems.zookeeper {
-                        Some(peer) => {
-                            systems.focus(&cell, Which::ZooKeeper).await?;
-                            failover_or_report(failover::run(&mut Target::Peer(peer), fault, failover_runs).await, &mut failures, "ZooKeeper")
-                        }
-                        None => None,
-                    };
-                    let cell_text = |name: &str, times: &Option<Vec<Duration>>| match times {
-                        Some(times) => format!(
-                            "{} ({})",
-                            fmt(median_ms(times), 0),
-                            times.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
-                        ),
-                        None => failures.get(name).map_or("-".to_string(), |why| format!("failed: {why}")),
-                    };
-                    let median = |times: &Option<Vec<Duration>>| times.as_deref().and_then(median_ms);
-                    let gaios = Some(gaios);
-                    let _ = writeln!(
-                        out,
-                        "| {} | {} | {} | {} | {} | {} |",
-                        fault.name(),
-                        cell_text("Gaios", &gaios),
-                        cell_text("etcd", &etcd),
-                        cell_text("ZooKeeper", &zookeeper),
-                        ratio(median(&gaios), median(&etcd)),
-                        ratio(median(&gaios), median(&zookeeper)),
-                    );
-                    for (name, times) in [("Gaios", gaios), ("etcd", etcd), ("ZooKeeper", zookeeper)] {
-                        if let Some(times) = times {
-                            figures.failover.push((name.to_string(), fault, times));
-                        }
-                    }
-                }
-                out.push('\n');
-                report.push_str(&out);
-            }
-            "sessions" => {
-                let mut out = format!(
-                    "### Sessions kept alive for {} s\n\nLease (etcd: lease TTL; ZooKeeper: session timeout) {} s, a keep-alive every quarter of it. CPU: the five replicas' CPU time during the hold over its length (2 cores = 2.0). Memory: the five replicas' resident memory at the end, summed.\n\n",
-                    hold.as_secs(),
-                    sessions::SESSION_LEASE.as_secs()
-                );
-                out.push_str("| sessions | system | set-up s | spurious expiries | keep-alives answered | streams reopened | CPU (cores) | memory MiB |\n|---|---|---|---|---|---|---|---|\n");
-                for &n in &session_counts {
-                    let gaios_pids = systems.pids(&cell, Which::Gaios);
-                    let addresses: Vec<String> = cell.members.iter().map(|m| m.client.to_string()).collect();
-                    systems.focus(&cell, Which::Gaios).await?;
-                    // Gaios failing fails the run; a peer failing (its
-                    // limits, not ours) is reported in its row.
-                    let mut results = vec![("Gaios".to_string(), Ok(sessions::gaios(&addresses, &gaios_pids, n, hold).await?))];
-                    if let Some(peer) = &systems.etcd {
-                        systems.focus(&cell, Which::Etcd).await?;
-                        results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, hold).await));
-                    }
-                    if let Some(peer) = &systems.zookeeper {
-                        systems.focus(&cell, Which::ZooKeeper).await?;
-                        results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, hold).await));
-                    }
-                    for (name, result) in results {
-                        eprintln!("sessions: {n} {name}: {result:?}");
-                        match result {
-                            Ok(result) => {
-                                let _ = writeln!(
-                                    out,
-                                    "| {n} | {name} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
-                                    result.setup.as_secs_f64(),
-                                    result.spurious_expiries,
-                                    result.keep_alives.map_or("-".to_string(), |k| k.to_string()),
-                                    result.reconnects,
-                                    result.cpu_cores,
-                                    result.rss_mib
-                                );
-                                figures.sessions.push((name, result));
-                            }
-                            Err(error) => {
-                                let why = table_cell(&format!("{error:#}"));
-                                let _ = writeln!(out, "| {n} | {name} | failed: {why} | - | - | - | - | - |");
-                            }
-                        }
-                    }
-                }
-                out.push('\n');
-                report.push_str(&out);
-            }
+            "write" => run.write().await?,
+            "throughput" => run.throughput().await?,
+            "read" => run.read().await?,
+            "lock" => run.lock().await?,
+            "failover" => run.failover().await?,
+            "sessions" => run.sessions().await?,
             other => anyhow::bail!("unknown workload {other:?}"),
         }
         // What is measured so far survives a later failure.
-        if let Some(out) = &args.out {
-            std::fs::write(out, &report).with_context(|| format!("write {}", out.display()))?;
-        }
+        run.save()?;
     }
-    report.push_str(&targets(&figures, session_counts.iter().max().copied().unwrap_or(0)));
-    if plot_dir.is_some() && !plotting {
-        let _ = writeln!(report, "No plots: the font {} is missing (`bench/scripts/peers install` installs it).\n", plots::FONT_PATH);
+    let sessions_max = run.session_counts.iter().max().copied().unwrap_or(0);
+    run.report.push_str(&targets(&run.figures, sessions_max));
+    if font_missing {
+        let _ = writeln!(run.report, "No plots: the font {} is missing (`bench/scripts/peers install` installs it).\n", plots::FONT_PATH);
     }
+    let Run { report, args, cell, .. } = run;
     drop(cell);
     println!("{report}");
     if let Some(out) = args.out {
@@ -488,6 +319,236 @@ async fn main() -> anyhow::Result<()> {
         println!("report written to {}", out.display());
     }
     Ok(())
+}
+
+impl Run {
+    /// Starts Gaios (five real replicas) and the peers that are installed,
+    /// and begins the report.
+    async fn start(args: Args, plot_dir: Option<PathBuf>, meter: Arc<Meter>, script: &Path, peers_dir: &Path) -> anyhow::Result<Run> {
+        let (duration, count) = if args.quick { (Duration::from_secs(2), 200) } else { (Duration::from_secs(15), 2_000) };
+        let failover_runs = args.failover_runs.unwrap_or(if args.quick { 1 } else { 5 });
+        let session_counts = args.sessions.clone().unwrap_or_else(|| if args.quick { vec![200] } else { vec![10_000, 20_000] });
+        let hold = Duration::from_secs(args.hold_secs.unwrap_or(if args.quick { 5 } else { 60 }));
+        let server_args: Vec<&str> = args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
+        let cell = gaios_tests::Cell::start_with(&server_args);
+        let all: Vec<usize> = (0..gaios_tests::REPLICAS as usize).collect();
+        gaios_tests::wait_for_master(&cell, &all, gaios_tests::FIRST_MASTER_DEADLINE).await.context("Gaios elected no master")?;
+        let gaios = System::Gaios(cell.members.iter().map(|m| m.client.to_string()).collect());
+        let etcd_installed = !args.gaios_only && Command::new("etcd").arg("--version").output().is_ok();
+        let zookeeper_installed =
+            !args.gaios_only && !args.no_zookeeper && Path::new("/usr/share/java/zookeeper.jar").exists();
+        let etcd = if etcd_installed { Some(PeerCluster::start(script, PeerKind::Etcd, &peers_dir.join("etcd"))?) } else { None };
+        let zookeeper =
+            if zookeeper_installed { Some(PeerCluster::start(script, PeerKind::ZooKeeper, &peers_dir.join("zk"))?) } else { None };
+        let systems = Systems { gaios, etcd, zookeeper, focused: std::sync::Mutex::new(None), meter, workload: std::sync::Mutex::new(String::new()) };
+        let report = header(&args, etcd_installed, zookeeper_installed);
+        Ok(Run { args, cell, systems, report, figures: Figures::default(), plot_dir, duration, count, failover_runs, session_counts, hold })
+    }
+
+    /// Where the plot `name` goes, if plotting.
+    fn plot(&self, name: &str) -> Option<PathBuf> {
+        self.plot_dir.as_ref().map(|dir| dir.join(name))
+    }
+
+    /// The report's link to the plot `name`.
+    fn plot_link(&self, name: &str) -> String {
+        let dir = self.plot_dir.as_ref().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
+        format!("![{name}]({dir}/{name})\n\n")
+    }
+
+    /// Writes the report so far, if asked to.
+    fn save(&self) -> anyhow::Result<()> {
+        if let Some(out) = &self.args.out {
+            std::fs::write(out, &self.report).with_context(|| format!("write {}", out.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Write latency, one client.
+    async fn write(&mut self) -> anyhow::Result<()> {
+        let row = self.systems.row(&self.cell, "write", 1, self.duration, self.count, Op::Write).await?;
+        self.report.push_str(&table("Write latency, 1 client, 256-byte values", std::slice::from_ref(&row), false));
+        if let Some(path) = self.plot("write-latency.png") {
+            plots::latency_cdf(&path, "Write latency, 1 client", &row_series(&row))?;
+            self.report.push_str(&self.plot_link("write-latency.png"));
+        }
+        self.figures.write = Some(row);
+        Ok(())
+    }
+
+    /// Write throughput at 10, 100 (and 1000) clients.
+    async fn throughput(&mut self) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        let levels: &[usize] = if self.args.quick { &[10, 100] } else { &[10, 100, 1000] };
+        for &clients in levels {
+            rows.push(self.systems.row(&self.cell, &format!("{clients} clients"), clients, self.duration, usize::MAX, Op::Write).await?);
+        }
+        self.report.push_str(&table("Write throughput, 256-byte values", &rows, true));
+        if let Some(path) = self.plot("write-throughput.png") {
+            let mut series = Vec::new();
+            for (name, pick) in system_pickers() {
+                let points: Vec<(usize, f64)> = rows
+                    .iter()
+                    .zip(levels)
+                    .filter_map(|(row, &clients)| rate(pick(row)).map(|r| (clients, r)))
+                    .collect();
+                if !points.is_empty() {
+                    series.push((name.to_string(), points));
+                }
+            }
+            plots::throughput(&path, "Write throughput against concurrent clients", &series)?;
+            self.report.push_str(&self.plot_link("write-throughput.png"));
+        }
+        self.figures.throughput_100 = rows.into_iter().find(|row| row.label == "100 clients");
+        Ok(())
+    }
+
+    /// Read latency, one client (and etcd's serializable read beside).
+    async fn read(&mut self) -> anyhow::Result<()> {
+        let lease_read = self.systems.row(&self.cell, "Gaios lease read; etcd linearizable; ZooKeeper getData", 1, self.duration, self.count, Op::Read { serializable: false }).await?;
+        let mut rows = vec![lease_read];
+        if let Some(etcd) = &self.systems.etcd {
+            self.systems.focus(&self.cell, Which::Etcd).await?;
+            let serializable = measure(&etcd.system(), 1, self.duration, self.count, Op::Read { serializable: true }, &self.systems.meter).await?;
+            self.figures.etcd_serializable = Some(serializable.clone());
+            rows.push(Row { label: "etcd serializable".into(), gaios: rows[0].gaios.clone(), etcd: Some(serializable), zookeeper: None });
+        }
+        self.figures.gaios_read = rows[0].gaios.clone();
+        self.report.push_str(&table("Read latency, 1 client", &rows, false));
+        if let Some(path) = self.plot("read-latency.png") {
+            let mut series = row_series(&rows[0]);
+            if let Some(serializable) = rows.get(1).and_then(|r| r.etcd.as_ref()) {
+                series.push(("etcd serializable".to_string(), serializable));
+            }
+            for entry in &mut series {
+                if entry.0 == "etcd" {
+                    entry.0 = "etcd linearizable".to_string();
+                }
+            }
+            plots::latency_cdf(&path, "Read latency, 1 client", &series)?;
+            self.report.push_str(&self.plot_link("read-latency.png"));
+        }
+        Ok(())
+    }
+
+    /// Lock acquire + release, alone and contended.
+    async fn lock(&mut self) -> anyhow::Result<()> {
+        let one = self.systems.row(&self.cell, "1 client", 1, self.duration, self.count, Op::Lock(false)).await?;
+        let ten = self.systems.row(&self.cell, "10 contending clients", 10, self.duration, usize::MAX, Op::Lock(true)).await?;
+        let rows = [one, ten];
+        self.report.push_str(&table("Lock acquire + release", &rows, false));
+        if let Some(path) = self.plot("lock-latency.png") {
+            plots::latency_cdf(&path, "Lock acquire + release, 1 client", &row_series(&rows[0]))?;
+            self.report.push_str(&self.plot_link("lock-latency.png"));
+        }
+        self.figures.lock_1 = rows.into_iter().next();
+        Ok(())
+    }
+
+    /// Fault of the master/leader to the first acknowledged write.
+    async fn failover(&mut self) -> anyhow::Result<()> {
+        let mut out = String::from("### Failover: fault of the master/leader → first acknowledged write\n\n");
+        let _ = writeln!(out, "Each client retries a request after {} ms without an answer. {} runs per cell.\n", failover::ATTEMPT_TIMEOUT.as_millis(), self.failover_runs);
+        out.push_str("| fault | Gaios median (runs) ms | etcd median (runs) ms | ZooKeeper median (runs) ms | Gaios/etcd | Gaios/ZooKeeper |\n|---|---|---|---|---|---|\n");
+        for fault in [Fault::Kill, Fault::Stop] {
+            let mut failures = std::collections::BTreeMap::new();
+            self.systems.focus(&self.cell, Which::Gaios).await?;
+            let gaios = failover::run(&mut Target::Gaios(&mut self.cell), fault, self.failover_runs).await?;
+            let etcd = match &self.systems.etcd {
+                Some(peer) => {
+                    self.systems.focus(&self.cell, Which::Etcd).await?;
+                    failover_or_report(failover::run(&mut Target::Peer(peer), fault, self.failover_runs).await, &mut failures, "etcd")
+                }
+                None => None,
+            };
+            let zookeeper = match &self.systems.zookeeper {
+                Some(peer) => {
+                    self.systems.focus(&self.cell, Which::ZooKeeper).await?;
+                    failover_or_report(failover::run(&mut Target::Peer(peer), fault, self.failover_runs).await, &mut failures, "ZooKeeper")
+                }
+                None => None,
+            };
+            let cell_text = |name: &str, times: &Option<Vec<Duration>>| match times {
+                Some(times) => format!(
+                    "{} ({})",
+                    fmt(median_ms(times), 0),
+                    times.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
+                ),
+                None => failures.get(name).map_or("-".to_string(), |why| format!("failed: {why}")),
+            };
+            let median = |times: &Option<Vec<Duration>>| times.as_deref().and_then(median_ms);
+            let gaios = Some(gaios);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                fault.name(),
+                cell_text("Gaios", &gaios),
+                cell_text("etcd", &etcd),
+                cell_text("ZooKeeper", &zookeeper),
+                ratio(median(&gaios), median(&etcd)),
+                ratio(median(&gaios), median(&zookeeper)),
+            );
+            for (name, times) in [("Gaios", gaios), ("etcd", etcd), ("ZooKeeper", zookeeper)] {
+                if let Some(times) = times {
+                    self.figures.failover.push((name.to_string(), fault, times));
+                }
+            }
+        }
+        out.push('\n');
+        self.report.push_str(&out);
+        Ok(())
+    }
+
+    /// Sessions kept alive: set-up, spurious expiries, CPU, memory.
+    async fn sessions(&mut self) -> anyhow::Result<()> {
+        let mut out = format!(
+            "### Sessions kept alive for {} s\n\nLease (etcd: lease TTL; ZooKeeper: session timeout) {} s, a keep-alive every quarter of it. CPU: the five replicas' CPU time during the hold over its length (2 cores = 2.0). Memory: the five replicas' resident memory at the end, summed.\n\n",
+            self.hold.as_secs(),
+            sessions::SESSION_LEASE.as_secs()
+        );
+        out.push_str("| sessions | system | set-up s | spurious expiries | keep-alives answered | streams reopened | CPU (cores) | memory MiB |\n|---|---|---|---|---|---|---|---|\n");
+        for &n in &self.session_counts {
+            let gaios_pids = self.systems.pids(&self.cell, Which::Gaios);
+            let addresses: Vec<String> = self.cell.members.iter().map(|m| m.client.to_string()).collect();
+            self.systems.focus(&self.cell, Which::Gaios).await?;
+            // Gaios failing fails the run; a peer failing (its
+            // limits, not ours) is reported in its row.
+            let mut results = vec![("Gaios".to_string(), Ok(sessions::gaios(&addresses, &gaios_pids, n, self.hold).await?))];
+            if let Some(peer) = &self.systems.etcd {
+                self.systems.focus(&self.cell, Which::Etcd).await?;
+                results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, self.hold).await));
+            }
+            if let Some(peer) = &self.systems.zookeeper {
+                self.systems.focus(&self.cell, Which::ZooKeeper).await?;
+                results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, self.hold).await));
+            }
+            for (name, result) in results {
+                eprintln!("sessions: {n} {name}: {result:?}");
+                match result {
+                    Ok(result) => {
+                        let _ = writeln!(
+                            out,
+                            "| {n} | {name} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+                            result.setup.as_secs_f64(),
+                            result.spurious_expiries,
+                            result.keep_alives.map_or("-".to_string(), |k| k.to_string()),
+                            result.reconnects,
+                            result.cpu_cores,
+                            result.rss_mib
+                        );
+                        self.figures.sessions.push((name, result));
+                    }
+                    Err(error) => {
+                        let why = table_cell(&format!("{error:#}"));
+                        let _ = writeln!(out, "| {n} | {name} | failed: {why} | - | - | - | - | - |");
+                    }
+                }
+            }
+        }
+        out.push('\n');
+        self.report.push_str(&out);
+        Ok(())
+    }
 }
 
 /// A peer's failover runs, or `None` with the reason kept in `failures`
