@@ -259,6 +259,31 @@ fn lock_failure(error: &LockError) -> Outcome {
     failure_for(reason, code, error.to_string())
 }
 
+
+/// A path in a snapshot, which must parse.
+fn snapshot_path(text: &str) -> Result<Path, SnapshotError> {
+    Path::parse(text).map_err(|error| SnapshotError::Inconsistent(error.to_string()))
+}
+
+/// For `restore`: the namespace from its node records, each checked against
+/// the snapshot's counters.
+fn restore_namespace(nodes: Vec<wire::NodeRecord>, next_instance: u64, next_session: u64, last_lock_generation: u64) -> Result<Namespace, SnapshotError> {
+    let bad = SnapshotError::Inconsistent;
+    let mut records = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let stat = node.stat.as_ref().ok_or_else(|| bad(format!("{} has no stat", node.path)))?;
+        let stat = stat_from_proto(stat).map_err(bad)?;
+        if stat.ephemeral_owner.is_some_and(|owner| owner >= next_session) {
+            return Err(bad(format!("{} is owned by a session that never existed", node.path)));
+        }
+        if stat.lock_generation > last_lock_generation {
+            return Err(bad(format!("{} has lock generation {}", node.path, stat.lock_generation)));
+        }
+        records.push(NodeRecord { path: snapshot_path(&node.path)?, stat, contents: node.contents });
+    }
+    Namespace::from_records(next_instance, records).map_err(bad)
+}
+
 /// The protobuf form of a stat.
 pub fn stat_to_proto(stat: &Stat) -> api::Stat {
     api::Stat {
@@ -1213,7 +1238,6 @@ impl StateMachine {
             });
         }
         let bad = SnapshotError::Inconsistent;
-        let parse = |text: &str| Path::parse(text).map_err(|error| SnapshotError::Inconsistent(error.to_string()));
         for (name, value) in [
             ("next_session", snapshot.next_session),
             ("next_instance", snapshot.next_instance),
@@ -1226,19 +1250,7 @@ impl StateMachine {
         if snapshot.next_session == 0 {
             return Err(bad("next_session is 0".to_string()));
         }
-        let mut records = Vec::with_capacity(snapshot.nodes.len());
-        for node in snapshot.nodes {
-            let stat = node.stat.as_ref().ok_or_else(|| bad(format!("{} has no stat", node.path)))?;
-            let stat = stat_from_proto(stat).map_err(bad)?;
-            if stat.ephemeral_owner.is_some_and(|owner| owner >= snapshot.next_session) {
-                return Err(bad(format!("{} is owned by a session that never existed", node.path)));
-            }
-            if stat.lock_generation > snapshot.last_lock_generation {
-                return Err(bad(format!("{} has lock generation {}", node.path, stat.lock_generation)));
-            }
-            records.push(NodeRecord { path: parse(&node.path)?, stat, contents: node.contents });
-        }
-        let namespace = Namespace::from_records(snapshot.next_instance, records).map_err(bad)?;
+        let namespace = restore_namespace(snapshot.nodes, snapshot.next_instance, snapshot.next_session, snapshot.last_lock_generation)?;
         let mut state = StateMachine {
             namespace,
             now_ms: snapshot.now_ms,
@@ -1250,82 +1262,12 @@ impl StateMachine {
             return Err(bad(format!("{} sessions", snapshot.sessions.len())));
         }
         for record in snapshot.sessions {
-            let id = record.id;
-            if id == 0 || id >= state.next_session {
-                return Err(bad(format!("session id {id} (next is {})", state.next_session)));
-            }
-            let secret = <[u8; SESSION_SECRET_BYTES]>::try_from(record.secret.as_ref())
-                .map_err(|_| bad(format!("session {id} has a secret of {} bytes", record.secret.len())))?;
-            if record.next_handle > COUNTER_MAX || record.last_event > COUNTER_MAX {
-                return Err(bad(format!("session {id} has a counter over {COUNTER_MAX}")));
-            }
-            if record.client_name.len() > CLIENT_NAME_BYTES_MAX {
-                return Err(bad(format!("session {id} has a client name of {} bytes", record.client_name.len())));
-            }
-            let mut session = Session {
-                client_name: record.client_name,
-                secret,
-                next_handle: record.next_handle,
-                last_event: record.last_event,
-                highest_request: record.highest_request,
-                ..Session::default()
-            };
-            if record.handles.len() > HANDLES_PER_SESSION_MAX || record.answers.len() > ANSWERS_PER_SESSION_MAX {
-                return Err(bad(format!("session {id} has too many handles or answers")));
-            }
-            for handle in record.handles {
-                if handle.id == 0 || handle.id >= session.next_handle {
-                    return Err(bad(format!("handle {} of session {id}", handle.id)));
-                }
-                if handle.lock_delay_ms > LOCK_DELAY_MS_MAX || handle.event_mask & !EVENT_MASK_ALL != 0 {
-                    return Err(bad(format!("handle {} of session {id} has a bad lock-delay or event mask", handle.id)));
-                }
-                let path = parse(&handle.path)?;
-                state.watchers.entry(path.clone()).or_default().insert((id, handle.id));
-                let handle_record = Handle {
-                    path,
-                    instance: handle.instance,
-                    event_mask: handle.event_mask,
-                    lock_delay_ms: handle.lock_delay_ms,
-                    sequencer: handle.sequencer,
-                };
-                if session.handles.insert(handle.id, handle_record).is_some() {
-                    return Err(bad(format!("handle {} of session {id} appears twice", handle.id)));
-                }
-            }
-            for answer in record.answers {
-                let outcome = answer.outcome.ok_or_else(|| bad("an answer without an outcome".to_string()))?;
-                session.answers.insert(answer.request_number, Answer { outcome, call_checksum: answer.call_checksum });
-            }
-            state.handles_total += session.handles.len();
-            state.sessions_bytes += session.footprint_bytes();
-            if state.sessions.insert(id, session).is_some() {
-                return Err(bad(format!("session {id} appears twice")));
-            }
+            state.restore_session(record)?;
         }
         if state.handles_total > HANDLES_MAX {
             return Err(bad(format!("{} handles", state.handles_total)));
         }
-        let mut lock_records = Vec::with_capacity(snapshot.locks.len());
-        for lock in &snapshot.locks {
-            let path = parse(&lock.path)?;
-            let holder = |h: &wire::LockHolder| -> Result<(Holder, LockMode), SnapshotError> {
-                let mode = mode_from_proto(h.mode).ok_or_else(|| bad(format!("lock {path}: mode {}", h.mode)))?;
-                state.check_lock_party(&path, h.session_id, h.handle)?;
-                let holder =
-                    Holder { session: h.session_id, handle: h.handle, lock_delay_ms: h.lock_delay_ms, request_number: h.request_number };
-                Ok((holder, mode))
-            };
-            let mut holders = Vec::with_capacity(lock.holders.len());
-            for h in &lock.holders {
-                let (holder, mode) = holder(h)?;
-                holders.push(Holding { holder, mode, lock_generation: h.lock_generation, waited: h.waited });
-            }
-            let waiters = lock.waiters.iter().map(holder).collect::<Result<_, _>>()?;
-            lock_records.push(LockRecord { path, holders, waiters, delay_until_ms: lock.delay_until_ms });
-        }
-        state.locks =
-            LockTable::from_records(snapshot.last_lock_generation, snapshot.lock_clock_ms, lock_records).map_err(bad)?;
+        state.locks = state.restore_locks(&snapshot.locks, snapshot.last_lock_generation)?;
         if state.footprint_bytes() > SNAPSHOT_BYTES_MAX {
             return Err(bad(format!("a state of {} bytes, over {SNAPSHOT_BYTES_MAX}", state.footprint_bytes())));
         }
@@ -1338,6 +1280,89 @@ impl StateMachine {
         }
         state.check_invariants();
         Ok(state)
+    }
+
+    /// For `restore`: one session's record, checked, added to the state.
+    fn restore_session(&mut self, record: wire::SessionRecord) -> Result<(), SnapshotError> {
+        let bad = SnapshotError::Inconsistent;
+        let id = record.id;
+        if id == 0 || id >= self.next_session {
+            return Err(bad(format!("session id {id} (next is {})", self.next_session)));
+        }
+        let secret = <[u8; SESSION_SECRET_BYTES]>::try_from(record.secret.as_ref())
+            .map_err(|_| bad(format!("session {id} has a secret of {} bytes", record.secret.len())))?;
+        if record.next_handle > COUNTER_MAX || record.last_event > COUNTER_MAX {
+            return Err(bad(format!("session {id} has a counter over {COUNTER_MAX}")));
+        }
+        if record.client_name.len() > CLIENT_NAME_BYTES_MAX {
+            return Err(bad(format!("session {id} has a client name of {} bytes", record.client_name.len())));
+        }
+        let mut session = Session {
+            client_name: record.client_name,
+            secret,
+            next_handle: record.next_handle,
+            last_event: record.last_event,
+            highest_request: record.highest_request,
+            ..Session::default()
+        };
+        if record.handles.len() > HANDLES_PER_SESSION_MAX || record.answers.len() > ANSWERS_PER_SESSION_MAX {
+            return Err(bad(format!("session {id} has too many handles or answers")));
+        }
+        for handle in record.handles {
+            if handle.id == 0 || handle.id >= session.next_handle {
+                return Err(bad(format!("handle {} of session {id}", handle.id)));
+            }
+            if handle.lock_delay_ms > LOCK_DELAY_MS_MAX || handle.event_mask & !EVENT_MASK_ALL != 0 {
+                return Err(bad(format!("handle {} of session {id} has a bad lock-delay or event mask", handle.id)));
+            }
+            let path = snapshot_path(&handle.path)?;
+            self.watchers.entry(path.clone()).or_default().insert((id, handle.id));
+            let handle_record = Handle {
+                path,
+                instance: handle.instance,
+                event_mask: handle.event_mask,
+                lock_delay_ms: handle.lock_delay_ms,
+                sequencer: handle.sequencer,
+            };
+            if session.handles.insert(handle.id, handle_record).is_some() {
+                return Err(bad(format!("handle {} of session {id} appears twice", handle.id)));
+            }
+        }
+        for answer in record.answers {
+            let outcome = answer.outcome.ok_or_else(|| bad("an answer without an outcome".to_string()))?;
+            session.answers.insert(answer.request_number, Answer { outcome, call_checksum: answer.call_checksum });
+        }
+        self.handles_total += session.handles.len();
+        self.sessions_bytes += session.footprint_bytes();
+        if self.sessions.insert(id, session).is_some() {
+            return Err(bad(format!("session {id} appears twice")));
+        }
+        Ok(())
+    }
+
+    /// For `restore`: the lock table, every holder and waiter checked
+    /// against the restored sessions.
+    fn restore_locks(&self, locks: &[wire::LockRecord], last_lock_generation: u64) -> Result<LockTable, SnapshotError> {
+        let bad = SnapshotError::Inconsistent;
+        let mut lock_records = Vec::with_capacity(locks.len());
+        for lock in locks {
+            let path = snapshot_path(&lock.path)?;
+            let holder = |h: &wire::LockHolder| -> Result<(Holder, LockMode), SnapshotError> {
+                let mode = mode_from_proto(h.mode).ok_or_else(|| bad(format!("lock {path}: mode {}", h.mode)))?;
+                self.check_lock_party(&path, h.session_id, h.handle)?;
+                let holder =
+                    Holder { session: h.session_id, handle: h.handle, lock_delay_ms: h.lock_delay_ms, request_number: h.request_number };
+                Ok((holder, mode))
+            };
+            let mut holders = Vec::with_capacity(lock.holders.len());
+            for h in &lock.holders {
+                let (holder, mode) = holder(h)?;
+                holders.push(Holding { holder, mode, lock_generation: h.lock_generation, waited: h.waited });
+            }
+            let waiters = lock.waiters.iter().map(holder).collect::<Result<_, _>>()?;
+            lock_records.push(LockRecord { path, holders, waiters, delay_until_ms: lock.delay_until_ms });
+        }
+        LockTable::from_records(last_lock_generation, self.lock_clock_ms, lock_records).map_err(bad)
     }
 
     /// For `restore`: a lock's holder or waiter must be an open handle bound
