@@ -315,10 +315,10 @@ impl Inner {
     /// about the master. The next attempt goes to the master it names, to
     /// the same replica if it is a master that cannot serve yet (for a
     /// while, see [`crate::routing`]), or to the next address in turn.
-    async fn forget(&self, address: &str, redirect: Option<Redirect>) {
+    async fn forget(&self, address: &str, redirect: Option<Redirect>) -> Next {
         let next = self.router().next(address, redirect.as_ref(), Instant::now());
         let mut master = self.master.lock().await;
-        match next {
+        match &next {
             Next::Same => {}
             Next::Elsewhere => {
                 if master.as_ref().is_some_and(|(current, _)| current == address) {
@@ -329,11 +329,12 @@ impl Inner {
                 if master.as_ref().is_some_and(|(current, _)| current == address) {
                     *master = None;
                 }
-                if let Some(cell) = connect(&hint).await {
-                    *master = Some((hint, cell));
+                if let Some(cell) = connect(hint).await {
+                    *master = Some((hint.clone(), cell));
                 }
             }
         }
+        next
     }
 
     fn router(&self) -> std::sync::MutexGuard<'_, Router> {
@@ -367,12 +368,12 @@ impl Inner {
             if let Some((address, cell)) = self.master().await {
                 match tokio::time::timeout(attempt_timeout, call(cell)).await {
                     Ok(Ok(response)) => {
-                        self.router().served();
+                        self.router().served(&address);
                         return Ok(response.into_inner());
                     }
                     Ok(Err(status)) if is_retryable(&status) => {
                         last = format!("{address}: {}", status.message());
-                        self.forget(&address, redirect(&status)).await;
+                        let _ = self.forget(&address, redirect(&status)).await;
                     }
                     Ok(Err(status)) => {
                         let error = Error::from_status(&status);
@@ -383,7 +384,7 @@ impl Inner {
                     }
                     Err(_) => {
                         last = format!("{address} did not answer within {attempt_timeout:?}");
-                        self.forget(&address, None).await;
+                        let _ = self.forget(&address, None).await;
                     }
                 }
             }
@@ -452,13 +453,13 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                     inner.state.send_replace(SessionState::Expired);
                     return;
                 }
-                inner.forget(&address, redirect(&status)).await;
+                let _ = inner.forget(&address, redirect(&status)).await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
             Err(_) => {
-                inner.forget(&address, None).await;
+                let _ = inner.forget(&address, None).await;
                 continue;
             }
         };
@@ -478,7 +479,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                 message = responses.message() => match message {
                     Ok(Some(answer)) => {
                         backoff = Duration::from_millis(20);
-                        inner.router().served();
+                        inner.router().served(&address);
                         if answer.lease_ms > 0
                             && let Some(at) = sent.pop_front() {
                                 // The clock makes the session safe again
@@ -502,15 +503,18 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                             inner.state.send_replace(SessionState::Expired);
                             return;
                         }
-                        inner.forget(&address, redirect(&status)).await;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        // To the master a redirect names at once; the
+                        // same replica or the next after the backoff.
+                        if !matches!(inner.forget(&address, redirect(&status)).await, Next::To(_)) {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
                         continue 'streams;
                     }
                 }
             }
         }
-        inner.forget(&address, None).await;
+        let _ = inner.forget(&address, None).await;
     }
 }
 

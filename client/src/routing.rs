@@ -28,10 +28,14 @@ pub(crate) enum Next {
 }
 
 /// Remembers since when a replica has answered `MASTER_NOT_READY`, so the
-/// library retries it, but not for ever.
+/// library retries it, but not for ever: the patience runs from the first
+/// such answer of an episode, and the episode lasts while the replica keeps
+/// answering so (even if the client went elsewhere and was sent back) until
+/// it serves a call or stays silent for the patience.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
-    not_ready: Option<(String, Instant)>,
+    /// The unready replica, since when, and its latest such answer.
+    not_ready: Option<(String, Instant, Instant)>,
 }
 
 impl Router {
@@ -39,38 +43,27 @@ impl Router {
     /// redirect its answer carried, if any.
     pub(crate) fn next(&mut self, address: &str, redirect: Option<&Redirect>, now: Instant) -> Next {
         match redirect {
-            Some(redirect) if redirect.master_address == address => {
-                // A master that cannot serve yet names itself (a replica
-                // never redirects to itself otherwise).
+            // A master that cannot serve yet names itself (a replica never
+            // redirects to itself otherwise).
+            Some(redirect) if redirect.master_address == address && redirect.reason == api::ErrorReason::MasterNotReady => {
                 let since = match &self.not_ready {
-                    Some((unready, since)) if unready == address => *since,
-                    _ => {
-                        self.not_ready = Some((address.to_string(), now));
-                        now
-                    }
+                    Some((unready, since, last)) if unready == address && now.saturating_duration_since(*last) < MASTER_NOT_READY_PATIENCE => *since,
+                    _ => now,
                 };
-                if redirect.reason == api::ErrorReason::MasterNotReady && now.saturating_duration_since(since) < MASTER_NOT_READY_PATIENCE {
-                    Next::Same
-                } else {
-                    self.not_ready = None;
-                    Next::Elsewhere
-                }
+                self.not_ready = Some((address.to_string(), since, now));
+                if now.saturating_duration_since(since) < MASTER_NOT_READY_PATIENCE { Next::Same } else { Next::Elsewhere }
             }
-            Some(redirect) => {
-                self.not_ready = None;
-                Next::To(redirect.master_address.clone())
-            }
-            None => {
-                self.not_ready = None;
-                Next::Elsewhere
-            }
+            Some(redirect) if redirect.master_address != address => Next::To(redirect.master_address.clone()),
+            _ => Next::Elsewhere,
         }
     }
 
-    /// `address` answered: a later `MASTER_NOT_READY` from it starts a new
-    /// period of patience.
-    pub(crate) fn served(&mut self) {
-        self.not_ready = None;
+    /// `address` answered a call: a later `MASTER_NOT_READY` from it starts
+    /// a new episode.
+    pub(crate) fn served(&mut self, address: &str) {
+        if self.not_ready.as_ref().is_some_and(|(unready, _, _)| unready == address) {
+            self.not_ready = None;
+        }
     }
 }
 
@@ -86,14 +79,24 @@ mod tests {
     fn a_master_not_ready_is_retried_for_a_while_then_left() {
         let mut router = Router::default();
         let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
         let not_ready = redirect(api::ErrorReason::MasterNotReady, "m:1");
-        assert_eq!(router.next("m:1", Some(&not_ready), start), Next::Same);
-        assert_eq!(router.next("m:1", Some(&not_ready), start + Duration::from_millis(1_500)), Next::Same);
-        assert_eq!(router.next("m:1", Some(&not_ready), start + MASTER_NOT_READY_PATIENCE), Next::Elsewhere, "it may be cut off");
-        // Once it served, patience starts again.
-        assert_eq!(router.next("m:1", Some(&not_ready), start + Duration::from_secs(3)), Next::Same);
-        router.served();
-        assert_eq!(router.next("m:1", Some(&not_ready), start + Duration::from_secs(10)), Next::Same);
+        assert_eq!(router.next("m:1", Some(&not_ready), at(0)), Next::Same);
+        assert_eq!(router.next("m:1", Some(&not_ready), at(1_500)), Next::Same);
+        assert_eq!(router.next("m:1", Some(&not_ready), at(2_000)), Next::Elsewhere, "it may be cut off");
+        // Sent back by a follower that still names it: no fresh patience.
+        let not_master = redirect(api::ErrorReason::NotMaster, "m:1");
+        assert_eq!(router.next("f:2", Some(&not_master), at(2_100)), Next::To("m:1".into()));
+        assert_eq!(router.next("m:1", Some(&not_ready), at(2_200)), Next::Elsewhere);
+        // Once it served, a new episode starts with its own patience.
+        router.served("m:1");
+        assert_eq!(router.next("m:1", Some(&not_ready), at(3_000)), Next::Same);
+        // Another replica serving does not end this episode.
+        router.served("f:2");
+        assert_eq!(router.next("m:1", Some(&not_ready), at(4_500)), Next::Same);
+        assert_eq!(router.next("m:1", Some(&not_ready), at(5_100)), Next::Elsewhere);
+        // Silence for the patience ends it too.
+        assert_eq!(router.next("m:1", Some(&not_ready), at(9_000)), Next::Same);
     }
 
     #[test]
@@ -105,11 +108,11 @@ mod tests {
         assert_eq!(router.next("f:2", None, now), Next::Elsewhere);
         // NOT_MASTER naming the replica itself is no reason to stay.
         assert_eq!(router.next("m:1", Some(&not_master), now), Next::Elsewhere);
-        // Another replica's unreadiness does not extend this one's patience.
-        let start = now;
+        // Another replica's unreadiness has its own patience.
         let not_ready = |address: &str| redirect(api::ErrorReason::MasterNotReady, address);
-        assert_eq!(router.next("a:1", Some(&not_ready("a:1")), start), Next::Same);
-        assert_eq!(router.next("b:1", Some(&not_ready("b:1")), start + Duration::from_secs(5)), Next::Same);
-        assert_eq!(router.next("b:1", Some(&not_ready("b:1")), start + Duration::from_secs(8)), Next::Elsewhere);
+        assert_eq!(router.next("a:1", Some(&not_ready("a:1")), now), Next::Same);
+        assert_eq!(router.next("b:1", Some(&not_ready("b:1")), now + Duration::from_secs(5)), Next::Same);
+        assert_eq!(router.next("b:1", Some(&not_ready("b:1")), now + Duration::from_secs(6)), Next::Same);
+        assert_eq!(router.next("b:1", Some(&not_ready("b:1")), now + Duration::from_secs(7)), Next::Elsewhere);
     }
 }

@@ -7,7 +7,8 @@
 //! the driver, which answers each once it is chosen and applied. Handlers
 //! change only what is not replicated: the outbox (a client acknowledged
 //! events), the session leases (a KeepAlive) and the waits. Lock order:
-//! state, then outbox; nothing else is held with either.
+//! state before outbox, state before leases; nobody holding the outbox or
+//! the leases takes the state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};

@@ -8,6 +8,11 @@
 //! keeps at most the newest [`EVENTS_QUEUED_PER_SESSION_MAX`] events of a
 //! session, so a client that stops acknowledging costs a bounded amount.
 //!
+//! When a replica installs a snapshot from another, it keeps the queues of
+//! the sessions the snapshot still holds; the events numbered in the slots
+//! the snapshot covers never reach this replica's outbox, and clients see
+//! them as a gap in the numbers.
+//!
 //! The gRPC handlers change only this outbox (acknowledgements), never the
 //! applied state.
 
