@@ -214,6 +214,13 @@ impl Cell {
             // In jeopardy: only KeepAlives until the master answers.
             return;
         }
+        self.new_call(now_us, client, &session);
+    }
+
+    /// A client in a live session starts a new call on one of the files:
+    /// opens it, takes or gives up its lock, checks a sequencer, writes, or
+    /// closes the session.
+    fn new_call(&mut self, now_us: u64, client: usize, session: &Session) {
         let file = self.rng.range(0, FILES as u64 - 1) as usize;
         let handle = session.handles.get(&file).copied();
         let held = session.holding.contains_key(&file);
@@ -289,29 +296,8 @@ impl Cell {
 
     /// A client hears an answer.
     pub(crate) fn hear(&mut self, now_us: u64, client: usize, attempt: u64, answer: Answer) -> Result<(), String> {
-        let lease_us = self.session_lease_us;
         if self.clients[client].keep_alive.as_ref().is_some_and(|k| k.attempt == attempt) {
-            let Some(call) = self.clients[client].keep_alive.take() else { return Ok(()) };
-            let c = &mut self.clients[client];
-            match answer {
-                Answer::KeepAlive(true) => {
-                    if let Some(session) = c.session.as_mut() {
-                        session.lease_until_us = session.lease_until_us.max(lease_end_us(call.sent_us, lease_us));
-                    }
-                    c.next_keep_alive_us = now_us + lease_us / 5;
-                }
-                Answer::KeepAlive(false) => {
-                    // The session ended: everything it held is gone.
-                    c.session = None;
-                    c.call = None;
-                }
-                other => {
-                    // Not the master: ask the one it names, or another, soon.
-                    let backoff = self.rng.range(300, 2_000);
-                    c.keep_alive = Some(Call { resend_at_us: now_us + backoff, ..call });
-                    c.redirect(&other);
-                }
-            }
+            self.hear_keep_alive(now_us, client, answer);
             return Ok(());
         }
         let Some(call) = self.clients[client].call.clone().filter(|call| call.attempt == attempt) else {
@@ -335,6 +321,39 @@ impl Cell {
             Answer::Outcome(outcome) => outcome,
         };
         self.clients[client].call = None;
+        self.take_outcome(now_us, client, &call, outcome)
+    }
+
+    /// A client hears the answer to its KeepAlive.
+    fn hear_keep_alive(&mut self, now_us: u64, client: usize, answer: Answer) {
+        let lease_us = self.session_lease_us;
+        let Some(call) = self.clients[client].keep_alive.take() else { return };
+        let c = &mut self.clients[client];
+        match answer {
+            Answer::KeepAlive(true) => {
+                if let Some(session) = c.session.as_mut() {
+                    session.lease_until_us = session.lease_until_us.max(lease_end_us(call.sent_us, lease_us));
+                }
+                c.next_keep_alive_us = now_us + lease_us / 5;
+            }
+            Answer::KeepAlive(false) => {
+                // The session ended: everything it held is gone.
+                c.session = None;
+                c.call = None;
+            }
+            other => {
+                // Not the master: ask the one it names, or another, soon.
+                let backoff = self.rng.range(300, 2_000);
+                c.keep_alive = Some(Call { resend_at_us: now_us + backoff, ..call });
+                c.redirect(&other);
+            }
+        }
+    }
+
+    /// A client takes the outcome of its call: notes its session, handles,
+    /// locks and generations, and tells the checker what it was told.
+    fn take_outcome(&mut self, now_us: u64, client: usize, call: &Call, outcome: wire::Outcome) -> Result<(), String> {
+        let lease_us = self.session_lease_us;
         use wire::outcome::Result as R;
         match (&call.request, outcome.result) {
             (Request::Propose(wire::command::Kind::CreateSession(create)), Some(R::SessionCreated(created))) => {
