@@ -33,6 +33,11 @@ pub const ANSWERS_PER_SESSION_MAX: usize = 64;
 /// Events kept per session until acknowledged; beyond it the oldest go (the
 /// client sees the gap in the numbers).
 pub const EVENTS_QUEUED_PER_SESSION_MAX: usize = 1024;
+/// The most bytes of unacknowledged events a replica keeps per session
+/// (see `outbox::event_bytes`).
+pub const EVENTS_QUEUED_BYTES_PER_SESSION_MAX: usize = 256 << 10;
+/// The most bytes of unacknowledged events a replica keeps in all.
+pub const EVENTS_QUEUED_BYTES_MAX: usize = 64 << 20;
 /// The longest client name kept with a session.
 pub const CLIENT_NAME_BYTES_MAX: usize = 256;
 /// The length of a session's secret: 128 random bits.

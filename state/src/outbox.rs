@@ -5,8 +5,11 @@
 //! applied it keeps it here until the session's client acknowledges it
 //! through a KeepAlive. Every replica keeps one (a follower that becomes
 //! master can deliver what its clients have not acknowledged yet), and each
-//! keeps at most the newest [`EVENTS_QUEUED_PER_SESSION_MAX`] events of a
-//! session, so a client that stops acknowledging costs a bounded amount.
+//! keeps at most the newest [`EVENTS_QUEUED_PER_SESSION_MAX`] events and
+//! [`EVENTS_QUEUED_BYTES_PER_SESSION_MAX`] bytes of a session, and
+//! [`EVENTS_QUEUED_BYTES_MAX`] in all (past that, a session that gets an
+//! event loses its oldest), so clients that stop acknowledging cost a
+//! bounded amount of memory. A dropped event shows as a gap in the numbers.
 //!
 //! When a replica installs a snapshot from another, it keeps the queues of
 //! the sessions the snapshot still holds; the events numbered in the slots
@@ -20,14 +23,28 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use gaios_proto::cell::v1 as api;
 
-use crate::limits::EVENTS_QUEUED_PER_SESSION_MAX;
+use crate::limits::{EVENTS_QUEUED_BYTES_MAX, EVENTS_QUEUED_BYTES_PER_SESSION_MAX, EVENTS_QUEUED_PER_SESSION_MAX};
 use crate::machine::{Applied, StateMachine};
 use crate::namespace::SessionId;
 
 /// Events not yet acknowledged, per session; see the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventOutbox {
-    queues: BTreeMap<SessionId, VecDeque<api::Event>>,
+    queues: BTreeMap<SessionId, Queue>,
+    /// The bytes of all queues ([`event_bytes`] of each event).
+    bytes: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Queue {
+    events: VecDeque<api::Event>,
+    bytes: usize,
+}
+
+/// What an event costs in memory, counted against the bounds: its path and
+/// a fixed overhead for the rest.
+pub fn event_bytes(event: &api::Event) -> usize {
+    64 + event.path.len()
 }
 
 impl EventOutbox {
@@ -42,15 +59,30 @@ impl EventOutbox {
     pub fn record(&mut self, applied: &Applied, touched: &mut BTreeSet<SessionId>) {
         for (session, event) in &applied.events {
             let queue = self.queues.entry(*session).or_default();
-            queue.push_back(event.clone());
-            while queue.len() > EVENTS_QUEUED_PER_SESSION_MAX {
-                queue.pop_front();
+            let size = event_bytes(event);
+            queue.events.push_back(event.clone());
+            queue.bytes += size;
+            self.bytes += size;
+            while queue.events.len() > EVENTS_QUEUED_PER_SESSION_MAX
+                || queue.bytes > EVENTS_QUEUED_BYTES_PER_SESSION_MAX
+                || self.bytes > EVENTS_QUEUED_BYTES_MAX
+            {
+                let Some(oldest) = queue.events.pop_front() else { break };
+                let size = event_bytes(&oldest);
+                queue.bytes -= size;
+                self.bytes -= size;
             }
             touched.insert(*session);
         }
         for session in &applied.ended {
-            self.queues.remove(session);
+            self.remove(*session);
             touched.insert(*session);
+        }
+    }
+
+    fn remove(&mut self, session: SessionId) {
+        if let Some(queue) = self.queues.remove(&session) {
+            self.bytes -= queue.bytes;
         }
     }
 
@@ -58,30 +90,40 @@ impl EventOutbox {
     /// replaced the applied state, which may have ended some).
     pub fn retain_open(&mut self, state: &StateMachine) {
         self.queues.retain(|session, _| state.has_session(*session));
+        self.bytes = self.queues.values().map(|queue| queue.bytes).sum();
     }
 
     /// The session's queued events numbered above `after`, oldest first, at
     /// most `max`.
     pub fn events_after(&self, session: SessionId, after: u64, max: usize) -> Vec<api::Event> {
         let Some(queue) = self.queues.get(&session) else { return Vec::new() };
-        queue.iter().filter(|event| event.number > after).take(max).cloned().collect()
+        queue.events.iter().filter(|event| event.number > after).take(max).cloned().collect()
     }
 
     /// Forgets the session's events up to `through`: its client has them.
     pub fn acknowledge(&mut self, session: SessionId, through: u64) {
         if let Some(queue) = self.queues.get_mut(&session) {
-            while queue.front().is_some_and(|event| event.number <= through) {
-                queue.pop_front();
+            while queue.events.front().is_some_and(|event| event.number <= through) {
+                if let Some(acknowledged) = queue.events.pop_front() {
+                    let size = event_bytes(&acknowledged);
+                    queue.bytes -= size;
+                    self.bytes -= size;
+                }
             }
-            if queue.is_empty() {
-                self.queues.remove(&session);
+            if queue.events.is_empty() {
+                self.remove(session);
             }
         }
     }
 
     /// How many events are queued in all.
     pub fn len(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
+        self.queues.values().map(|queue| queue.events.len()).sum()
+    }
+
+    /// The bytes the queued events cost ([`event_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether no event is queued.
@@ -140,5 +182,36 @@ mod tests {
         }
         assert_eq!(outbox.len(), EVENTS_QUEUED_PER_SESSION_MAX);
         assert_eq!(outbox.events_after(1, 0, 1)[0].number, 11, "the oldest went first");
+    }
+
+    fn long_event(number: u64) -> api::Event {
+        api::Event { path: format!("/{}", "p".repeat(1_000)), ..event(number) }
+    }
+
+    #[test]
+    fn a_session_keeps_at_most_its_share_of_bytes_and_all_sessions_the_total() {
+        let mut outbox = EventOutbox::new();
+        let mut touched = BTreeSet::new();
+        let per_session = EVENTS_QUEUED_BYTES_PER_SESSION_MAX / event_bytes(&long_event(1));
+        for number in 1..=(per_session as u64 + 5) {
+            outbox.record(&applied(vec![(1, long_event(number))], vec![]), &mut touched);
+        }
+        assert_eq!(outbox.len(), per_session, "the session's bytes are bounded");
+        assert!(outbox.bytes() <= EVENTS_QUEUED_BYTES_PER_SESSION_MAX);
+        assert_eq!(outbox.events_after(1, 0, 1)[0].number, 6, "the oldest went first");
+        // Many sessions each within their share still meet the total bound.
+        let sessions = (EVENTS_QUEUED_BYTES_MAX / EVENTS_QUEUED_BYTES_PER_SESSION_MAX) as u64 + 3;
+        for session in 2..=sessions + 1 {
+            for number in 1..=per_session as u64 {
+                outbox.record(&applied(vec![(session, long_event(number))], vec![]), &mut touched);
+            }
+        }
+        assert!(outbox.bytes() <= EVENTS_QUEUED_BYTES_MAX, "{} bytes queued", outbox.bytes());
+        let counted: usize = outbox.queues.values().map(|q| q.events.iter().map(event_bytes).sum::<usize>()).sum();
+        assert_eq!(counted, outbox.bytes(), "the byte count is exact");
+        // Acknowledging and ending give the bytes back.
+        outbox.acknowledge(1, u64::MAX);
+        outbox.record(&applied(vec![], (2..=sessions + 1).collect()), &mut touched);
+        assert_eq!((outbox.len(), outbox.bytes()), (0, 0));
     }
 }
