@@ -15,7 +15,7 @@ use gaios_proto::state::v1 as wire;
 use gaios_state::namespace::SessionId;
 use tonic::Status;
 
-use super::{CellService, acquired_sequencer, unexpected, validate_acquire};
+use super::{CellService, Unknown, acquired_sequencer, unexpected, validate_acquire};
 use crate::shared::Shared;
 
 /// How long an `Acquire` with `wait_ms` 0 waits.
@@ -45,7 +45,7 @@ impl CellService {
         // Before the wait is counted: a caller without the session's secret
         // must not be able to keep another client's dropped wait from being
         // cancelled (see [`LiveWait::begin`]).
-        self.authorize(header.session_id, &header.session_secret)?;
+        self.authorize(header.session_id, &header.session_secret, Unknown::Refuse)?;
         let wait = wire::CancelWait {
             session_id: header.session_id,
             handle: request.handle,

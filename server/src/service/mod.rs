@@ -61,6 +61,16 @@ pub const CLIENT_MESSAGE_BYTES_MAX: usize = CONTENTS_BYTES_MAX + (64 << 10);
 /// directory listing.
 pub const CLIENT_RESPONSE_BYTES_MAX: usize = 16 << 20;
 
+/// What [`CellService::authorize`] does with a session the applied state
+/// does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unknown {
+    /// Refuse it if this replica may serve (it would know the session).
+    Refuse,
+    /// Leave it to `apply` (a retried `CloseSession` is answered as done).
+    LeaveToApply,
+}
+
 /// Answers the `Cell` service; see the module docs.
 #[derive(Debug, Clone)]
 pub struct CellService {
@@ -118,12 +128,19 @@ impl CellService {
     /// Refuses a call that names `session_id` without its secret, as early
     /// as this replica can tell: a secret of the wrong length, or one that
     /// differs from the session's in the applied state (a session's secret
-    /// never changes, so a stale state cannot wrongly refuse). A session
-    /// this replica does not know is left to `apply` to judge.
-    fn authorize(&self, session_id: u64, secret: &[u8]) -> Result<(), Status> {
+    /// never changes, so a stale state cannot wrongly refuse).
+    ///
+    /// A session the applied state does not hold is refused here too
+    /// (`SESSION_ENDED`, what `apply` would answer) when this replica may
+    /// serve: such a master has applied every session a client was ever told
+    /// of (the read gate's rule), so a call naming an ended or made-up
+    /// session costs no slot. Otherwise, and for `CloseSession` (closing an
+    /// ended session is answered as done), it is left to `apply` to judge.
+    fn authorize(&self, session_id: u64, secret: &[u8], unknown: Unknown) -> Result<(), Status> {
         validate::session(session_id, secret).map_err(|invalid| failure_status(&invalid))?;
         match self.shared.state().authorize_session(session_id, secret) {
             Err(failure) if failure.code == tonic::Code::PermissionDenied as i32 => Err(failure_status(&failure)),
+            Err(failure) if unknown == Unknown::Refuse && self.read_gate().is_ok() => Err(failure_status(&failure)),
             _ => Ok(()),
         }
     }
@@ -139,7 +156,7 @@ impl CellService {
         };
         // The same checks `apply` makes, before the call costs a slot.
         validate::session_call(&call).map_err(|invalid| failure_status(&invalid))?;
-        self.authorize(call.session_id, &call.session_secret)?;
+        self.authorize(call.session_id, &call.session_secret, Unknown::Refuse)?;
         self.propose(wire::command::Kind::Call(call)).await
     }
 }
@@ -287,7 +304,7 @@ impl Cell for CellService {
     ) -> Result<Response<api::CloseSessionResponse>, Status> {
         let request = request.into_inner();
         let session_id = request.session_id;
-        self.authorize(session_id, &request.session_secret)?;
+        self.authorize(session_id, &request.session_secret, Unknown::LeaveToApply)?;
         let end = wire::EndSession { session_id, expired: false, session_secret: request.session_secret };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
         self.shared.leases().forget(session_id);
@@ -480,6 +497,25 @@ mod tests {
         let result = service.wait_for_lock(&wait, deadline).await;
         let refused = result.expect_err("a master without a lease must not answer from its state");
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    }
+
+    /// A master that may serve knows every session a client was told of:
+    /// a call naming another is refused before it costs a slot. A replica
+    /// that cannot serve leaves it to `apply`, and so does a close.
+    #[tokio::test]
+    async fn a_serving_master_refuses_an_unknown_session_without_a_slot() {
+        let (state, session, secret, _) = state_with_a_holding();
+        let valid = Instant::now().checked_add(Duration::from_secs(60));
+        let (service, status_sender, mut proposals) = service(state, status(Role::Master, valid));
+        let refused = service.authorize(session + 41, &secret, Unknown::Refuse).expect_err("an unknown session");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        let reason = tonic_types::StatusExt::get_error_details(&refused).error_info().map(|info| info.reason.clone());
+        assert_eq!(reason.as_deref(), Some("SESSION_ENDED"));
+        service.authorize(session, &secret, Unknown::Refuse).expect("the session it holds");
+        service.authorize(session + 41, &secret, Unknown::LeaveToApply).expect("a close is left to apply");
+        status_sender.send_replace(status(Role::Follower, valid));
+        service.authorize(session + 41, &secret, Unknown::Refuse).expect("a replica that cannot serve leaves it to apply");
+        assert!(proposals.try_recv().is_err(), "nothing was proposed");
     }
 
     /// Once a session's lease ran out at the master (which proposes its
