@@ -72,13 +72,14 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     // KeepAlive streams cost while sessions are being created.
     let run = Run::new(count);
     let mut holding = JoinSet::new();
+    let addresses: Arc<[String]> = addresses.into();
     for i in 0..count {
         let channel = channels[i % connections].clone();
         let (counters, stop, creating, created) = run.task();
+        let addresses = addresses.clone();
         holding.spawn(async move {
             let permit = creating.acquire_owned().await?;
-            let request = api::CreateSessionRequest { client_name: format!("bench-session-{i}") };
-            let session = CellClient::new(channel.clone()).create_session(request).await;
+            let (channel, session) = create_gaios_session(channel, &addresses, format!("bench-session-{i}")).await;
             drop(permit);
             let _ = created.send(session.as_ref().map(|_| ()).map_err(|status| status.message().to_string())).await;
             let created = session.context("CreateSession")?.into_inner();
@@ -102,6 +103,32 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     }
     while closing.join_next().await.is_some() {}
     Ok(result)
+}
+
+/// Creates a session on `channel`'s replica. The cell may still be settling
+/// after the workload before (a failover): an `UNAVAILABLE` answer (not the
+/// master any more, or mastership lost before the command was chosen) is
+/// retried on the master found then, a few times, as the client library
+/// would; returns the channel the session was created on.
+async fn create_gaios_session(mut channel: Channel, addresses: &[String], client_name: String) -> (Channel, Result<tonic::Response<api::CreateSessionResponse>, tonic::Status>) {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        let request = api::CreateSessionRequest { client_name: client_name.clone() };
+        let answer = CellClient::new(channel.clone()).create_session(request).await;
+        let unavailable = answer.as_ref().is_err_and(|status| status.code() == tonic::Code::Unavailable);
+        if !unavailable || attempt == ATTEMPTS {
+            return (channel, answer);
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(master) = master_address(addresses).await
+            && let Ok(endpoint) = Endpoint::from_shared(format!("http://{master}"))
+            && let Ok(connected) = endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(2)).connect().await
+        {
+            channel = connected;
+        }
+    }
 }
 
 /// What the tasks of one sessions run share. Each task sets up its session

@@ -155,22 +155,7 @@ impl Message {
         let member = |ballot: &Ballot| ballot.in_range() && config.members.contains(&ballot.replica);
         let own = |ballot: &Ballot| member(ballot) && ballot.replica == from;
         let slot = |slot: Slot| (1..=SLOT_MAX).contains(&slot);
-        let entries_ok = |entries: &[Entry]| -> Result<(), &'static str> {
-            if entries.len() > config.entries_per_message_max {
-                return Err("more entries than a message may carry");
-            }
-            let mut bytes: usize = 0;
-            for entry in entries {
-                if !entry.in_range() || !config.members.contains(&entry.ballot.replica) {
-                    return Err("an entry's slot or ballot is out of range");
-                }
-                bytes = bytes.saturating_add(entry.encoded_bytes());
-            }
-            if bytes > config.message_bytes_max {
-                return Err("more entry bytes than a message may carry");
-            }
-            Ok(())
-        };
+        let entries_ok = |entries: &[Entry]| validate_entries(entries, config);
         match self {
             Message::Prepare { ballot, from_slot } => {
                 if !own(ballot) {
@@ -256,4 +241,24 @@ impl Message {
         }
         Ok(())
     }
+}
+
+/// The bounds every carried entry list must meet: at most
+/// `entries_per_message_max` entries and `message_bytes_max` bytes, each
+/// entry's slot and ballot in range and the ballot a member's.
+fn validate_entries(entries: &[Entry], config: &Config) -> Result<(), &'static str> {
+    if entries.len() > config.entries_per_message_max {
+        return Err("more entries than a message may carry");
+    }
+    let mut bytes: usize = 0;
+    for entry in entries {
+        if !entry.in_range() || !config.members.contains(&entry.ballot.replica) {
+            return Err("an entry's slot or ballot is out of range");
+        }
+        bytes = bytes.saturating_add(entry.encoded_bytes());
+    }
+    if bytes > config.message_bytes_max {
+        return Err("more entry bytes than a message may carry");
+    }
+    Ok(())
 }

@@ -531,64 +531,72 @@ fn violation(sim: &Simulation<'_>, message: String) -> Violation {
     Violation { seed: sim.seed, time_us: sim.now_us, message, trace, replay }
 }
 
+/// The replicas of a new simulation, with the limits and timeouts this seed
+/// draws: small windows, tiny messages, coarse ticks and frequent snapshots
+/// all get exercised across seeds.
+fn seeded_nodes(rng: &mut Rng, replicas: u64, command_bytes_max: usize) -> Vec<Node> {
+    let members: Vec<ReplicaId> = (1..=replicas).collect();
+    // Vary the limits per seed so small windows, tiny messages and
+    // frequent snapshots all get exercised.
+    let slots_in_flight_max = [1, 3, 16, 64][rng.range(0, 3) as usize];
+    let entries_per_message_max = [1, 2, 8, 256][rng.range(0, 3) as usize];
+    let batch_commands_max = [1, 4, 64][rng.range(0, 2) as usize];
+    // Timeouts per seed, coarse ticks included: (lease, heartbeat,
+    // election min, election max) in ticks; the master's margin is the
+    // smallest the configuration accepts, so the lease is tested at the
+    // edge of the drift bound.
+    let (lease_ticks, heartbeat_ticks, election_min, election_max) =
+        [(10, 2, 10, 20), (5, 1, 6, 9), (6, 2, 6, 10), (20, 4, 20, 40), (10, 2, 10, 50)][rng.range(0, 4) as usize];
+    let lease_drift_ticks = crate::config::lease_drift_ticks_for(lease_ticks).unwrap_or(lease_ticks);
+    // Commands are 8 bytes (the application's may be longer); a message
+    // holds one full entry at least, and sometimes no more.
+    let batch_bytes_max = command_bytes_max * batch_commands_max;
+    let message_entries_max = [1, 3, 64][rng.range(0, 2) as usize];
+    // How often replicas snapshot and drop their log: half the seeds keep
+    // almost none, so that lagging replicas (and late requests) are
+    // answered with a snapshot of the newest state.
+    let (compact_low, compact_high) = [(4, 40), (1, 3)][rng.range(0, 1) as usize];
+    let mut nodes = Vec::new();
+    for &id in &members {
+        let mut config = Config::new(id, members.clone());
+        config.election_ticks_min = election_min;
+        config.election_ticks_max = election_max;
+        config.heartbeat_ticks = heartbeat_ticks;
+        config.lease_ticks = lease_ticks;
+        config.lease_drift_ticks = lease_drift_ticks;
+        config.accept_retry_ticks = 2 * heartbeat_ticks;
+        config.catch_up_retry_ticks = 2 * heartbeat_ticks;
+        config.slots_in_flight_max = slots_in_flight_max;
+        config.entries_per_message_max = entries_per_message_max;
+        config.batch_commands_max = batch_commands_max;
+        config.batch_bytes_max = batch_bytes_max;
+        config.command_bytes_max = command_bytes_max;
+        config.proposals_queued_max = 64;
+        config.message_bytes_max = config.entry_bytes_max() * message_entries_max;
+        nodes.push(Node {
+            id,
+            config,
+            core: None,
+            incarnation: 0,
+            disk: Disk::default(),
+            app: App::default(),
+            outstanding: None,
+            tick_period_us: TICK_US,
+            started_us: 0,
+            paused_since: None,
+            deferred: Vec::new(),
+            last_compacted: 0,
+            compact_every: rng.range(compact_low, compact_high),
+        });
+    }
+    nodes
+}
+
 impl<'a> Simulation<'a> {
     fn new(seed: u64, options: Options, application: &'a mut dyn Application) -> Self {
         let command_bytes_max = application.command_bytes_max();
         let mut rng = Rng::new(seed);
-        let members: Vec<ReplicaId> = (1..=options.replicas).collect();
-        // Vary the limits per seed so small windows, tiny messages and
-        // frequent snapshots all get exercised.
-        let slots_in_flight_max = [1, 3, 16, 64][rng.range(0, 3) as usize];
-        let entries_per_message_max = [1, 2, 8, 256][rng.range(0, 3) as usize];
-        let batch_commands_max = [1, 4, 64][rng.range(0, 2) as usize];
-        // Timeouts per seed, coarse ticks included: (lease, heartbeat,
-        // election min, election max) in ticks; the master's margin is the
-        // smallest the configuration accepts, so the lease is tested at the
-        // edge of the drift bound.
-        let (lease_ticks, heartbeat_ticks, election_min, election_max) =
-            [(10, 2, 10, 20), (5, 1, 6, 9), (6, 2, 6, 10), (20, 4, 20, 40), (10, 2, 10, 50)][rng.range(0, 4) as usize];
-        let lease_drift_ticks = crate::config::lease_drift_ticks_for(lease_ticks).unwrap_or(lease_ticks);
-        // Commands are 8 bytes (the application's may be longer); a message
-        // holds one full entry at least, and sometimes no more.
-        let batch_bytes_max = command_bytes_max * batch_commands_max;
-        let message_entries_max = [1, 3, 64][rng.range(0, 2) as usize];
-        // How often replicas snapshot and drop their log: half the seeds keep
-        // almost none, so that lagging replicas (and late requests) are
-        // answered with a snapshot of the newest state.
-        let (compact_low, compact_high) = [(4, 40), (1, 3)][rng.range(0, 1) as usize];
-        let mut nodes = Vec::new();
-        for &id in &members {
-            let mut config = Config::new(id, members.clone());
-            config.election_ticks_min = election_min;
-            config.election_ticks_max = election_max;
-            config.heartbeat_ticks = heartbeat_ticks;
-            config.lease_ticks = lease_ticks;
-            config.lease_drift_ticks = lease_drift_ticks;
-            config.accept_retry_ticks = 2 * heartbeat_ticks;
-            config.catch_up_retry_ticks = 2 * heartbeat_ticks;
-            config.slots_in_flight_max = slots_in_flight_max;
-            config.entries_per_message_max = entries_per_message_max;
-            config.batch_commands_max = batch_commands_max;
-            config.batch_bytes_max = batch_bytes_max;
-            config.command_bytes_max = command_bytes_max;
-            config.proposals_queued_max = 64;
-            config.message_bytes_max = config.entry_bytes_max() * message_entries_max;
-            nodes.push(Node {
-                id,
-                config,
-                core: None,
-                incarnation: 0,
-                disk: Disk::default(),
-                app: App::default(),
-                outstanding: None,
-                tick_period_us: TICK_US,
-                started_us: 0,
-                paused_since: None,
-                deferred: Vec::new(),
-                last_compacted: 0,
-                compact_every: rng.range(compact_low, compact_high),
-            });
-        }
+        let nodes = seeded_nodes(&mut rng, options.replicas, command_bytes_max);
         let mut sim = Simulation {
             seed,
             application: Some(application),
@@ -1491,98 +1499,113 @@ impl<'a> Simulation<'a> {
         self.report.partitions += 1;
         let master = self.master_index().map(|i| self.nodes[i].id);
         match pick {
-            5 => {
-                // Isolate the master (or a random replica), both ways.
-                let lonely = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
-                for &other in &ids {
-                    if other != lonely {
-                        self.blocked.insert((lonely, other));
-                        self.blocked.insert((other, lonely));
-                    }
-                }
-                self.note(format!("partition: isolate {lonely}"));
-            }
-            6 => {
-                // Split into a minority and a majority; the master sometimes in
-                // the minority. With a bridge, one replica sees both sides.
-                let mut shuffled = ids.clone();
-                for i in (1..shuffled.len()).rev() {
-                    let j = self.rng.range(0, i as u64) as usize;
-                    shuffled.swap(i, j);
-                }
-                // Half the time the master is in the minority, where it may
-                // go on believing it leads until its check-quorum fires.
-                if let Some(position) = master.and_then(|m| shuffled.iter().position(|&id| id == m))
-                    && self.rng.chance(1, 2)
-                {
-                    shuffled.swap(0, position);
-                }
-                let minority: BTreeSet<ReplicaId> = shuffled[..ids.len() / 2].iter().copied().collect();
-                let bridge = if self.rng.chance(1, 3) { Some(shuffled[ids.len() - 1]) } else { None };
-                for &a in &ids {
-                    for &b in &ids {
-                        let split = minority.contains(&a) != minority.contains(&b);
-                        if split && bridge != Some(a) && bridge != Some(b) {
-                            self.blocked.insert((a, b));
-                        }
-                    }
-                }
-                self.note(format!("partition: minority {minority:?} bridge {bridge:?}"));
-            }
-            15 => {
-                // A gray failure around the master (and, half the time, one
-                // follower beside it, as on a shared switch): each directed
-                // link between that group and the rest fails on its own, so
-                // the group may hear replicas it cannot reach, or reach
-                // replicas it cannot hear. A master cut off this way can go
-                // on believing it leads while the others elect.
-                let lonely = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
-                let mut group = BTreeSet::from([lonely]);
-                if self.rng.chance(1, 2) {
-                    group.insert(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
-                }
-                let cut_in_four = self.rng.range(1, 3);
-                for &a in &ids {
-                    for &b in &ids {
-                        if group.contains(&a) != group.contains(&b) && self.rng.chance(cut_in_four, 4) {
-                            self.blocked.insert((a, b));
-                        }
-                    }
-                }
-                let cut: Vec<String> = self.blocked.iter().map(|(a, b)| format!("{a}->{b}")).collect();
-                self.note(format!("partition: gray failure around {group:?}, cut {}", cut.join(" ")));
-            }
-            14 => {
-                // Every directed link cut with probability one in three: an
-                // arbitrary asymmetric network, where a replica may reach
-                // another that cannot answer it.
-                for &a in &ids {
-                    for &b in &ids {
-                        if a != b && self.rng.chance(1, 3) {
-                            self.blocked.insert((a, b));
-                        }
-                    }
-                }
-                let cut: Vec<String> = self.blocked.iter().map(|(a, b)| format!("{a}->{b}")).collect();
-                self.note(format!("partition: directed links cut {}", cut.join(" ")));
-            }
-            _ => {
-                // One-way loss: a replica (often the master) can send but not
-                // receive, or receive but not send.
-                let one = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
-                let outbound = self.rng.chance(1, 2);
-                for &other in &ids {
-                    if other != one {
-                        if outbound {
-                            self.blocked.insert((one, other));
-                        } else {
-                            self.blocked.insert((other, one));
-                        }
-                    }
-                }
-                self.note(format!("partition: one-way loss at {one} (outbound: {outbound})"));
+            5 => self.partition_isolate(&ids, master),
+            6 => self.partition_split(&ids, master),
+            15 => self.partition_gray(&ids, master),
+            14 => self.partition_directed(&ids),
+            _ => self.partition_one_way(&ids, master),
+        }
+    }
+
+    /// Isolates the master (or a random replica), both ways.
+    fn partition_isolate(&mut self, ids: &[ReplicaId], master: Option<ReplicaId>) {
+        // Isolate the master (or a random replica), both ways.
+        let lonely = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+        for &other in ids {
+            if other != lonely {
+                self.blocked.insert((lonely, other));
+                self.blocked.insert((other, lonely));
             }
         }
+        self.note(format!("partition: isolate {lonely}"));
+    }
+
+    /// Splits the cell into a minority and a majority, perhaps with a bridge.
+    fn partition_split(&mut self, ids: &[ReplicaId], master: Option<ReplicaId>) {
+        // Split into a minority and a majority; the master sometimes in
+        // the minority. With a bridge, one replica sees both sides.
+        let mut shuffled = ids.to_vec();
+        for i in (1..shuffled.len()).rev() {
+            let j = self.rng.range(0, i as u64) as usize;
+            shuffled.swap(i, j);
+        }
+        // Half the time the master is in the minority, where it may
+        // go on believing it leads until its check-quorum fires.
+        if let Some(position) = master.and_then(|m| shuffled.iter().position(|&id| id == m))
+            && self.rng.chance(1, 2)
+        {
+            shuffled.swap(0, position);
+        }
+        let minority: BTreeSet<ReplicaId> = shuffled[..ids.len() / 2].iter().copied().collect();
+        let bridge = if self.rng.chance(1, 3) { Some(shuffled[ids.len() - 1]) } else { None };
+        for &a in ids {
+            for &b in ids {
+                let split = minority.contains(&a) != minority.contains(&b);
+                if split && bridge != Some(a) && bridge != Some(b) {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+        self.note(format!("partition: minority {minority:?} bridge {bridge:?}"));
+    }
+
+    /// A gray failure around the master: directed links cut at random.
+    fn partition_gray(&mut self, ids: &[ReplicaId], master: Option<ReplicaId>) {
+        // A gray failure around the master (and, half the time, one
+        // follower beside it, as on a shared switch): each directed
+        // link between that group and the rest fails on its own, so
+        // the group may hear replicas it cannot reach, or reach
+        // replicas it cannot hear. A master cut off this way can go
+        // on believing it leads while the others elect.
+        let lonely = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+        let mut group = BTreeSet::from([lonely]);
+        if self.rng.chance(1, 2) {
+            group.insert(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+        }
+        let cut_in_four = self.rng.range(1, 3);
+        for &a in ids {
+            for &b in ids {
+                if group.contains(&a) != group.contains(&b) && self.rng.chance(cut_in_four, 4) {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+        let cut: Vec<String> = self.blocked.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+        self.note(format!("partition: gray failure around {group:?}, cut {}", cut.join(" ")));
+    }
+
+    /// Cuts every directed link with probability one in three.
+    fn partition_directed(&mut self, ids: &[ReplicaId]) {
+        // Every directed link cut with probability one in three: an
+        // arbitrary asymmetric network, where a replica may reach
+        // another that cannot answer it.
+        for &a in ids {
+            for &b in ids {
+                if a != b && self.rng.chance(1, 3) {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+        let cut: Vec<String> = self.blocked.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+        self.note(format!("partition: directed links cut {}", cut.join(" ")));
+    }
+
+    /// One-way loss at one replica.
+    fn partition_one_way(&mut self, ids: &[ReplicaId], master: Option<ReplicaId>) {
+        // One-way loss: a replica (often the master) can send but not
+        // receive, or receive but not send.
+        let one = master.unwrap_or(ids[self.rng.range(0, ids.len() as u64 - 1) as usize]);
+        let outbound = self.rng.chance(1, 2);
+        for &other in ids {
+            if other != one {
+                if outbound {
+                    self.blocked.insert((one, other));
+                } else {
+                    self.blocked.insert((other, one));
+                }
+            }
+        }
+        self.note(format!("partition: one-way loss at {one} (outbound: {outbound})"));
     }
 
     /// Ends a fault period: links healed (held ones deliver what they held),
