@@ -59,7 +59,7 @@ pub struct SessionsResult {
 
 /// Gaios: `count` sessions on the cell at `addresses` (replica pids `pids`).
 pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
-    let master = master_address(addresses).await.context("no Gaios master")?;
+    let master = settled_master(addresses).await.context("no Gaios master that creates sessions")?;
     let connections = count.div_ceil(STREAMS_PER_CONNECTION).max(1);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -72,14 +72,13 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     // KeepAlive streams cost while sessions are being created.
     let run = Run::new(count);
     let mut holding = JoinSet::new();
-    let addresses: Arc<[String]> = addresses.into();
     for i in 0..count {
         let channel = channels[i % connections].clone();
         let (counters, stop, creating, created) = run.task();
-        let addresses = addresses.clone();
         holding.spawn(async move {
             let permit = creating.acquire_owned().await?;
-            let (channel, session) = create_gaios_session(channel, &addresses, format!("bench-session-{i}")).await;
+            let request = api::CreateSessionRequest { client_name: format!("bench-session-{i}") };
+            let session = CellClient::new(channel.clone()).create_session(request).await;
             drop(permit);
             let _ = created.send(session.as_ref().map(|_| ()).map_err(|status| status.message().to_string())).await;
             let created = session.context("CreateSession")?.into_inner();
@@ -103,32 +102,6 @@ pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Durat
     }
     while closing.join_next().await.is_some() {}
     Ok(result)
-}
-
-/// Creates a session on `channel`'s replica. The cell may still be settling
-/// after the workload before (a failover): an `UNAVAILABLE` answer (not the
-/// master any more, or mastership lost before the command was chosen) is
-/// retried on the master found then, a few times, as the client library
-/// would; returns the channel the session was created on.
-async fn create_gaios_session(mut channel: Channel, addresses: &[String], client_name: String) -> (Channel, Result<tonic::Response<api::CreateSessionResponse>, tonic::Status>) {
-    const ATTEMPTS: usize = 5;
-    let mut attempt = 1;
-    loop {
-        let request = api::CreateSessionRequest { client_name: client_name.clone() };
-        let answer = CellClient::new(channel.clone()).create_session(request).await;
-        let unavailable = answer.as_ref().is_err_and(|status| status.code() == tonic::Code::Unavailable);
-        if !unavailable || attempt == ATTEMPTS {
-            return (channel, answer);
-        }
-        attempt += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Some(master) = master_address(addresses).await
-            && let Ok(endpoint) = Endpoint::from_shared(format!("http://{master}"))
-            && let Ok(connected) = endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(2)).connect().await
-        {
-            channel = connected;
-        }
-    }
 }
 
 /// What the tasks of one sessions run share. Each task sets up its session
@@ -188,6 +161,36 @@ impl Run {
         }
         Ok((out, self.counters.result(count, setup, &before, &after, hold)))
     }
+}
+
+/// The master, once it creates sessions: the cell may still be settling
+/// after the workload before (a failover), and the sessions of one run all
+/// live on one master, so a probe session is created (and closed) first,
+/// retrying `UNAVAILABLE` answers on the master found then for up to 20 s.
+/// (A probe whose `CreateSession` was cut off by a change of master may
+/// still take effect; that session expires a lease later.)
+async fn settled_master(addresses: &[String]) -> Option<String> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let master = master_address(addresses).await?;
+        let endpoint = Endpoint::from_shared(format!("http://{master}")).ok()?.connect_timeout(Duration::from_secs(2));
+        if let Ok(channel) = endpoint.connect().await {
+            let mut cell = CellClient::new(channel);
+            let probe = api::CreateSessionRequest { client_name: "bench-probe".into() };
+            match cell.create_session(probe).await {
+                Ok(created) => {
+                    let created = created.into_inner();
+                    let close = api::CloseSessionRequest { session_id: created.session_id, session_secret: created.session_secret };
+                    let _ = cell.close_session(close).await;
+                    return Some(master);
+                }
+                Err(status) if status.code() != tonic::Code::Unavailable => return None,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }
 
 /// Which replica is master, by asking them.

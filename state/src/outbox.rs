@@ -7,9 +7,10 @@
 //! master can deliver what its clients have not acknowledged yet), and each
 //! keeps at most the newest [`EVENTS_QUEUED_PER_SESSION_MAX`] events and
 //! [`EVENTS_QUEUED_BYTES_PER_SESSION_MAX`] bytes of a session, and
-//! [`EVENTS_QUEUED_BYTES_MAX`] in all (past that, a session that gets an
-//! event loses its oldest), so clients that stop acknowledging cost a
-//! bounded amount of memory. A dropped event shows as a gap in the numbers.
+//! [`EVENTS_QUEUED_BYTES_MAX`] in all (past that, the session with the most
+//! bytes queued loses its oldest), so clients that stop acknowledging cost a
+//! bounded amount of memory and cannot starve those that do. A dropped
+//! event shows as a gap in the numbers.
 //!
 //! When a replica installs a snapshot from another, it keeps the queues of
 //! the sessions the snapshot still holds; the events numbered in the slots
@@ -31,6 +32,8 @@ use crate::namespace::SessionId;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventOutbox {
     queues: BTreeMap<SessionId, Queue>,
+    /// The sessions by the bytes of their queues, to find the largest.
+    by_bytes: BTreeSet<(usize, SessionId)>,
     /// The bytes of all queues ([`event_bytes`] of each event).
     bytes: usize,
 }
@@ -55,22 +58,21 @@ impl EventOutbox {
 
     /// Takes the events one applied command numbered and forgets the
     /// sessions it ended; adds every session it concerns to `touched` (their
-    /// KeepAlive streams have something to send).
+    /// KeepAlive streams have something to send). A session over its own
+    /// bounds loses its oldest events; past the total bound, the session
+    /// with the most bytes queued does, so clients that do not acknowledge
+    /// cannot starve those that do.
     pub fn record(&mut self, applied: &Applied, touched: &mut BTreeSet<SessionId>) {
         for (session, event) in &applied.events {
-            let queue = self.queues.entry(*session).or_default();
-            let size = event_bytes(event);
-            queue.events.push_back(event.clone());
-            queue.bytes += size;
-            self.bytes += size;
-            while queue.events.len() > EVENTS_QUEUED_PER_SESSION_MAX
-                || queue.bytes > EVENTS_QUEUED_BYTES_PER_SESSION_MAX
-                || self.bytes > EVENTS_QUEUED_BYTES_MAX
-            {
-                let Some(oldest) = queue.events.pop_front() else { break };
-                let size = event_bytes(&oldest);
-                queue.bytes -= size;
-                self.bytes -= size;
+            self.push(*session, event.clone());
+            while self.queues.get(session).is_some_and(|queue| {
+                queue.events.len() > EVENTS_QUEUED_PER_SESSION_MAX || queue.bytes > EVENTS_QUEUED_BYTES_PER_SESSION_MAX
+            }) {
+                self.pop_oldest(*session);
+            }
+            while self.bytes > EVENTS_QUEUED_BYTES_MAX {
+                let Some(&(_, largest)) = self.by_bytes.last() else { break };
+                self.pop_oldest(largest);
             }
             touched.insert(*session);
         }
@@ -80,8 +82,35 @@ impl EventOutbox {
         }
     }
 
+    fn push(&mut self, session: SessionId, event: api::Event) {
+        let queue = self.queues.entry(session).or_default();
+        self.by_bytes.remove(&(queue.bytes, session));
+        let size = event_bytes(&event);
+        queue.events.push_back(event);
+        queue.bytes += size;
+        self.bytes += size;
+        self.by_bytes.insert((queue.bytes, session));
+    }
+
+    /// Drops the session's oldest event (and its queue once empty).
+    fn pop_oldest(&mut self, session: SessionId) {
+        let Some(queue) = self.queues.get_mut(&session) else { return };
+        self.by_bytes.remove(&(queue.bytes, session));
+        if let Some(oldest) = queue.events.pop_front() {
+            let size = event_bytes(&oldest);
+            queue.bytes -= size;
+            self.bytes -= size;
+        }
+        if queue.events.is_empty() {
+            self.queues.remove(&session);
+        } else {
+            self.by_bytes.insert((queue.bytes, session));
+        }
+    }
+
     fn remove(&mut self, session: SessionId) {
         if let Some(queue) = self.queues.remove(&session) {
+            self.by_bytes.remove(&(queue.bytes, session));
             self.bytes -= queue.bytes;
         }
     }
@@ -89,8 +118,10 @@ impl EventOutbox {
     /// Keeps only the queues of sessions open in `state` (after a snapshot
     /// replaced the applied state, which may have ended some).
     pub fn retain_open(&mut self, state: &StateMachine) {
-        self.queues.retain(|session, _| state.has_session(*session));
-        self.bytes = self.queues.values().map(|queue| queue.bytes).sum();
+        let ended: Vec<SessionId> = self.queues.keys().copied().filter(|session| !state.has_session(*session)).collect();
+        for session in ended {
+            self.remove(session);
+        }
     }
 
     /// The session's queued events numbered above `after`, oldest first, at
@@ -102,17 +133,8 @@ impl EventOutbox {
 
     /// Forgets the session's events up to `through`: its client has them.
     pub fn acknowledge(&mut self, session: SessionId, through: u64) {
-        if let Some(queue) = self.queues.get_mut(&session) {
-            while queue.events.front().is_some_and(|event| event.number <= through) {
-                if let Some(acknowledged) = queue.events.pop_front() {
-                    let size = event_bytes(&acknowledged);
-                    queue.bytes -= size;
-                    self.bytes -= size;
-                }
-            }
-            if queue.events.is_empty() {
-                self.remove(session);
-            }
+        while self.queues.get(&session).is_some_and(|queue| queue.events.front().is_some_and(|event| event.number <= through)) {
+            self.pop_oldest(session);
         }
     }
 
@@ -184,6 +206,17 @@ mod tests {
         assert_eq!(outbox.events_after(1, 0, 1)[0].number, 11, "the oldest went first");
     }
 
+    impl EventOutbox {
+        /// Recounts what is kept beside the events.
+        fn check(&self) {
+            let counted: usize = self.queues.values().map(|q| q.events.iter().map(event_bytes).sum::<usize>()).sum();
+            assert_eq!(counted, self.bytes, "the byte count is exact");
+            let index: BTreeSet<(usize, SessionId)> = self.queues.iter().map(|(&s, q)| (q.bytes, s)).collect();
+            assert_eq!(index, self.by_bytes, "the index by bytes");
+            assert!(self.queues.values().all(|q| !q.events.is_empty()), "no empty queue is kept");
+        }
+    }
+
     fn long_event(number: u64) -> api::Event {
         api::Event { path: format!("/{}", "p".repeat(1_000)), ..event(number) }
     }
@@ -207,8 +240,16 @@ mod tests {
             }
         }
         assert!(outbox.bytes() <= EVENTS_QUEUED_BYTES_MAX, "{} bytes queued", outbox.bytes());
-        let counted: usize = outbox.queues.values().map(|q| q.events.iter().map(event_bytes).sum::<usize>()).sum();
-        assert_eq!(counted, outbox.bytes(), "the byte count is exact");
+        outbox.check();
+        // A session that acknowledges keeps its new events although the
+        // outbox is full of others'.
+        let prompt = sessions + 100;
+        for number in 1..=3 {
+            outbox.record(&applied(vec![(prompt, event(number))], vec![]), &mut touched);
+            assert_eq!(outbox.events_after(prompt, number - 1, 10), vec![event(number)], "the prompt session's event was dropped");
+            outbox.acknowledge(prompt, number);
+        }
+        outbox.check();
         // Acknowledging and ending give the bytes back.
         outbox.acknowledge(1, u64::MAX);
         outbox.record(&applied(vec![], (2..=sessions + 1).collect()), &mut touched);
