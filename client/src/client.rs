@@ -32,6 +32,11 @@ pub struct Options {
     pub call_deadline: Duration,
     /// A name for operators, kept with the session.
     pub client_name: String,
+    /// Whether to learn the other members' client addresses from the cell
+    /// (on by default). Turn it off when the replicas' own addresses are
+    /// not reachable from here (the client talks to the cell through a
+    /// proxy or a NAT): then only the given addresses are used.
+    pub learn_members: bool,
 }
 
 impl Default for Options {
@@ -41,6 +46,7 @@ impl Default for Options {
             attempt_timeout: Duration::from_secs(5),
             call_deadline: Duration::from_secs(45),
             client_name: "gaios-client".to_string(),
+            learn_members: true,
         }
     }
 }
@@ -111,7 +117,9 @@ const BACKOFF_MAX: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Inner {
-    addresses: Vec<String>,
+    /// The replicas' client addresses: those given to `connect`, and those
+    /// learned from the cell's `Status` (see [`Inner::learn_members`]).
+    addresses: std::sync::Mutex<Vec<String>>,
     pub(crate) options: Options,
     master: Mutex<Option<(String, CellClient<Channel>)>>,
     next_address: AtomicUsize,
@@ -125,6 +133,11 @@ pub(crate) struct Inner {
     pub(crate) state: watch::Sender<SessionState>,
     pub(crate) events: broadcast::Sender<Event>,
 }
+
+/// The most replica addresses a client keeps (given and learned).
+pub(crate) const ADDRESSES_MAX: usize = 64;
+/// The longest address learned from the cell.
+const ADDRESS_BYTES_MAX: usize = 256;
 
 /// A connection to a cell with one session, kept alive in the background
 /// until [`Client::close`] or drop.
@@ -154,7 +167,7 @@ impl Client {
         let (state, _) = watch::channel(SessionState::Safe);
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let mut inner = Inner {
-            addresses: addresses.to_vec(),
+            addresses: std::sync::Mutex::new(addresses.to_vec()),
             options,
             master: Mutex::new(None),
             next_address: AtomicUsize::new(0),
@@ -175,6 +188,7 @@ impl Client {
             .await?;
         inner.session_id = created.session_id;
         inner.session_secret = created.session_secret;
+        inner.learn_members().await;
         let inner = Arc::new(inner);
         let lease = Duration::from_millis(created.lease_ms);
         let keepalive = tokio::spawn(keep_alive(inner.clone(), lease::local_end(created_at, lease), lease));
@@ -221,7 +235,7 @@ impl Client {
     /// Every replica's view of the cell (those that answer within a
     /// second), in the order of the addresses.
     pub async fn status(&self) -> Vec<api::StatusResponse> {
-        cell_status(&self.inner.addresses).await
+        cell_status(&self.inner.addresses()).await
     }
 
     /// Ends the session: locks are released and ephemeral nodes deleted.
@@ -304,11 +318,39 @@ impl Inner {
         if let Some(current) = master.as_ref() {
             return Some(current.clone());
         }
-        let index = self.next_address.fetch_add(1, Ordering::Relaxed) % self.addresses.len();
-        let address = self.addresses[index].clone();
+        let address = {
+            let addresses = self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let index = self.next_address.fetch_add(1, Ordering::Relaxed) % addresses.len().max(1);
+            addresses.get(index).cloned()?
+        };
         let cell = connect(&address).await?;
         *master = Some((address.clone(), cell.clone()));
         Some((address, cell))
+    }
+
+    /// The replicas' client addresses known now.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Learns the cell's members' client addresses from the master's
+    /// `Status`, so that a client given one address can still find a new
+    /// master when that replica is gone. At most [`ADDRESSES_MAX`] are
+    /// kept; an address that does not look like `host:port` is ignored.
+    pub(crate) async fn learn_members(&self) {
+        if !self.options.learn_members {
+            return;
+        }
+        let Some((_, mut cell)) = self.master().await else { return };
+        let Ok(Ok(status)) = tokio::time::timeout(CONNECT_TIMEOUT, cell.status(api::StatusRequest {})).await else { return };
+        let mut addresses = self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for member in status.into_inner().members {
+            let address = member.client_address;
+            let plausible = !address.is_empty() && address.len() <= ADDRESS_BYTES_MAX && address.contains(':');
+            if plausible && addresses.len() < ADDRESSES_MAX && !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
     }
 
     /// `address` failed an attempt; `redirect` is what its answer said
@@ -447,7 +489,13 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
         sent.push_back(sending);
         let opened = tokio::time::timeout(answer_within, cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))).await;
         let mut responses = match opened {
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(response)) => {
+                // A new stream, perhaps on a new master: the members may
+                // have changed since the client last asked.
+                let learner = inner.clone();
+                tokio::spawn(async move { learner.learn_members().await });
+                response.into_inner()
+            }
             Ok(Err(status)) => {
                 if ends_session(&status) {
                     inner.state.send_replace(SessionState::Expired);

@@ -42,6 +42,7 @@ fn options(grace: Duration) -> Options {
         attempt_timeout: Duration::from_secs(1),
         call_deadline: Duration::from_secs(20),
         client_name: "client-test".into(),
+        learn_members: true,
     }
 }
 
@@ -142,9 +143,11 @@ async fn a_leader_cut_off_from_the_cell_is_told_to_stop_before_another_candidate
     let cell = Cell::start_with(&["--session-lease-ms", "2000"]);
     let master = ready(&cell).await;
     // Alice reaches the cell only through a fault proxy's link to the
-    // master (her only address, so no redirect can go around it).
+    // master (her only address, and she learns no others, so neither a
+    // redirect nor a learned member can go around it).
     let link = Link::start(cell.members[cell.index_of(master)].client).await.expect("a proxy link");
-    let alice = Client::connect(&[link.address().to_string()], options(Duration::from_secs(30))).await.expect("alice connects");
+    let behind_a_proxy = Options { learn_members: false, ..options(Duration::from_secs(30)) };
+    let alice = Client::connect(&[link.address().to_string()], behind_a_proxy).await.expect("alice connects");
     let bob = Client::connect(&addresses(&cell), options(Duration::from_secs(30))).await.expect("bob connects");
     // No lock-delay: nothing but the lease's drift margin stands between
     // Alice's jeopardy and Bob's lead.
@@ -366,4 +369,25 @@ async fn errors_are_told_apart_by_their_reason_not_by_paths_in_their_message() {
         Err(Error::FailedPrecondition(_)) => {}
         other => panic!("a failed compare-and-set: {other:?}"),
     }
+}
+
+/// A client given the address of one replica learns the others' from the
+/// cell, so it survives that replica's death: here the one it knows is the
+/// master, which is killed, and the next write must reach the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_one_address_learns_the_members_and_survives_its_loss() {
+    let _serial = serial();
+    let mut cell = Cell::start();
+    let master = ready(&cell).await;
+    let index = cell.index_of(master);
+    let only = vec![cell.members[index].client.to_string()];
+    let client = Client::connect(&only, options(Duration::from_secs(20))).await.expect("connect");
+    let handle = client.open("/learned", OpenOptions::new().create()).await.expect("open");
+    handle.set_contents("before", None).await.expect("write before");
+    let known = client.status().await.len();
+    assert_eq!(known, REPLICAS as usize, "the client asks every member it learned");
+    cell.kill(index);
+    handle.set_contents("after", None).await.expect("a write after the only given replica died");
+    let (contents, _) = handle.contents().await.expect("read");
+    assert_eq!(&contents[..], b"after");
 }
