@@ -70,7 +70,7 @@ impl CellService {
                         }
                         Ok(api::KeepAliveResponse { lease_ms: 0, events })
                     } else if !self.shared.state().has_session(session_id) {
-                        Err(Status::failed_precondition(format!("session {session_id} has ended (expired or closed)")))
+                        Err(session_ended(session_id, "expired or closed"))
                     } else {
                         continue;
                     }
