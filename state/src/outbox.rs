@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use gaios_proto::cell::v1 as api;
 
 use crate::limits::{EVENTS_QUEUED_BYTES_MAX, EVENTS_QUEUED_BYTES_PER_SESSION_MAX, EVENTS_QUEUED_PER_SESSION_MAX};
-use crate::machine::{Applied, StateMachine};
+use crate::machine::{Applied, Outcome, StateMachine};
 use crate::namespace::SessionId;
 
 /// Events not yet acknowledged, per session; see the module docs.
@@ -58,28 +58,31 @@ impl EventOutbox {
 
     /// Takes the events one applied command numbered and forgets the
     /// sessions it ended; adds every session it concerns to `touched` (their
-    /// KeepAlive streams have something to send). A session over its own
+    /// KeepAlive streams have something to send). Returns the command's
+    /// outcome, the rest of what `apply` returned. A session over its own
     /// bounds loses its oldest events; past the total bound, the session
     /// with the most bytes queued does, so clients that do not acknowledge
     /// cannot starve those that do.
-    pub fn record(&mut self, applied: &Applied, touched: &mut BTreeSet<SessionId>) {
-        for (session, event) in &applied.events {
-            self.push(*session, event.clone());
-            while self.queues.get(session).is_some_and(|queue| {
+    pub fn record(&mut self, applied: Applied, touched: &mut BTreeSet<SessionId>) -> Outcome {
+        let Applied { outcome, events, ended } = applied;
+        for (session, event) in events {
+            self.push(session, event);
+            while self.queues.get(&session).is_some_and(|queue| {
                 queue.events.len() > EVENTS_QUEUED_PER_SESSION_MAX || queue.bytes > EVENTS_QUEUED_BYTES_PER_SESSION_MAX
             }) {
-                self.pop_oldest(*session);
+                self.pop_oldest(session);
             }
             while self.bytes > EVENTS_QUEUED_BYTES_MAX {
                 let Some(&(_, largest)) = self.by_bytes.last() else { break };
                 self.pop_oldest(largest);
             }
-            touched.insert(*session);
+            touched.insert(session);
         }
-        for session in &applied.ended {
-            self.remove(*session);
-            touched.insert(*session);
+        for session in ended {
+            self.remove(session);
+            touched.insert(session);
         }
+        outcome
     }
 
     fn push(&mut self, session: SessionId, event: api::Event) {
@@ -157,7 +160,6 @@ impl EventOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Outcome;
 
     fn event(number: u64) -> api::Event {
         api::Event { number, kind: api::EventKind::ContentsModified as i32, handle: 1, path: "/f".into() }
@@ -171,7 +173,7 @@ mod tests {
     fn events_wait_until_acknowledged_and_wake_their_sessions() {
         let mut outbox = EventOutbox::new();
         let mut touched = BTreeSet::new();
-        outbox.record(&applied(vec![(1, event(1)), (1, event(2)), (2, event(1))], vec![]), &mut touched);
+        outbox.record(applied(vec![(1, event(1)), (1, event(2)), (2, event(1))], vec![]), &mut touched);
         assert_eq!(touched, BTreeSet::from([1, 2]));
         assert_eq!(outbox.events_after(1, 0, 10), vec![event(1), event(2)]);
         assert_eq!(outbox.events_after(1, 1, 10), vec![event(2)]);
@@ -187,9 +189,9 @@ mod tests {
     fn an_ended_session_loses_its_queue_and_its_stream_wakes() {
         let mut outbox = EventOutbox::new();
         let mut touched = BTreeSet::new();
-        outbox.record(&applied(vec![(3, event(1))], vec![]), &mut touched);
+        outbox.record(applied(vec![(3, event(1))], vec![]), &mut touched);
         touched.clear();
-        outbox.record(&applied(vec![], vec![3]), &mut touched);
+        outbox.record(applied(vec![], vec![3]), &mut touched);
         assert_eq!(touched, BTreeSet::from([3]), "its KeepAlive stream must hear that it ended");
         assert!(outbox.is_empty());
     }
@@ -200,7 +202,7 @@ mod tests {
         let mut touched = BTreeSet::new();
         let total = EVENTS_QUEUED_PER_SESSION_MAX as u64 + 10;
         for number in 1..=total {
-            outbox.record(&applied(vec![(1, event(number))], vec![]), &mut touched);
+            outbox.record(applied(vec![(1, event(number))], vec![]), &mut touched);
         }
         assert_eq!(outbox.len(), EVENTS_QUEUED_PER_SESSION_MAX);
         assert_eq!(outbox.events_after(1, 0, 1)[0].number, 11, "the oldest went first");
@@ -227,7 +229,7 @@ mod tests {
         let mut touched = BTreeSet::new();
         let per_session = EVENTS_QUEUED_BYTES_PER_SESSION_MAX / event_bytes(&long_event(1));
         for number in 1..=(per_session as u64 + 5) {
-            outbox.record(&applied(vec![(1, long_event(number))], vec![]), &mut touched);
+            outbox.record(applied(vec![(1, long_event(number))], vec![]), &mut touched);
         }
         assert_eq!(outbox.len(), per_session, "the session's bytes are bounded");
         assert!(outbox.bytes() <= EVENTS_QUEUED_BYTES_PER_SESSION_MAX);
@@ -236,7 +238,7 @@ mod tests {
         let sessions = (EVENTS_QUEUED_BYTES_MAX / EVENTS_QUEUED_BYTES_PER_SESSION_MAX) as u64 + 3;
         for session in 2..=sessions + 1 {
             for number in 1..=per_session as u64 {
-                outbox.record(&applied(vec![(session, long_event(number))], vec![]), &mut touched);
+                outbox.record(applied(vec![(session, long_event(number))], vec![]), &mut touched);
             }
         }
         assert!(outbox.bytes() <= EVENTS_QUEUED_BYTES_MAX, "{} bytes queued", outbox.bytes());
@@ -245,14 +247,14 @@ mod tests {
         // outbox is full of others'.
         let prompt = sessions + 100;
         for number in 1..=3 {
-            outbox.record(&applied(vec![(prompt, event(number))], vec![]), &mut touched);
+            outbox.record(applied(vec![(prompt, event(number))], vec![]), &mut touched);
             assert_eq!(outbox.events_after(prompt, number - 1, 10), vec![event(number)], "the prompt session's event was dropped");
             outbox.acknowledge(prompt, number);
         }
         outbox.check();
         // Acknowledging and ending give the bytes back.
         outbox.acknowledge(1, u64::MAX);
-        outbox.record(&applied(vec![], (2..=sessions + 1).collect()), &mut touched);
+        outbox.record(applied(vec![], (2..=sessions + 1).collect()), &mut touched);
         assert_eq!((outbox.len(), outbox.bytes()), (0, 0));
     }
 }

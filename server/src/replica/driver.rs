@@ -387,12 +387,11 @@ impl Driver {
                             continue;
                         }
                     };
-                    let applied = state.apply(&command);
+                    let outcome = outbox.record(state.apply(&command), &mut touched);
                     self.options.metrics.applied_commands_total.inc();
-                    outbox.record(&applied, &mut touched);
                     if command.proposer_incarnation == self.incarnation
                         && let Some(reply) = self.pending.remove(&command.proposal_number) {
-                            let _ = reply.send(Ok(applied.outcome));
+                            let _ = reply.send(Ok(outcome));
                         }
                 }
             }
