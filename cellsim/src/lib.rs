@@ -90,7 +90,13 @@ pub struct CellReport {
 
 /// Runs one seed of the whole cell.
 pub fn run(seed: u64) -> Result<CellReport, Violation> {
-    let options = Options { replay_with: "GAIOS_CELLSIM_SEED={seed} cargo test -p gaios-cellsim", ..Options::default() };
+    // The cell simulator keeps its five replicas: configuration changes are
+    // the Paxos simulator's (its application state is per replica index).
+    let options = Options {
+        replay_with: "GAIOS_CELLSIM_SEED={seed} cargo test -p gaios-cellsim",
+        membership_changes: false,
+        ..Options::default()
+    };
     let mut cell = Cell::new(seed, options.replicas as usize);
     let paxos = sim::run_application(seed, &options, &mut cell)?;
     Ok(CellReport { paxos, ..cell.report })

@@ -1,6 +1,6 @@
 //! The replica's configuration: membership, timeouts in ticks, and limits.
 
-use crate::types::{COMMAND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES, ReplicaId};
+use crate::types::{COMMAND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES, MEMBERSHIP_BYTES_MAX, ReplicaId};
 
 /// The clock-rate drift the master lease tolerates, in parts per million: any
 /// two replicas' clocks may run at rates that differ from real time by at
@@ -43,11 +43,22 @@ fn lease_margin_covers_drift(lease: u64, drift: u64) -> bool {
 /// it converts its millisecond flags to ticks, see `gaios-server --help`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// This replica's id; must be one of `members`.
+    /// This replica's id.
     pub id: ReplicaId,
-    /// Every replica of the cell, this one included. Majorities are counted
-    /// over this list.
+    /// The cell's first configuration: its founding voters. It governs the
+    /// log until a [`crate::Value::Reconfigure`] is chosen (or a snapshot
+    /// says otherwise); majorities are counted over the configuration in
+    /// force at each slot, never over this list alone. A replica not listed
+    /// here joined later and starts as a learner.
     pub members: Vec<ReplicaId>,
+    /// Replicas this one may hear from before it knows the configuration in
+    /// force (a joining replica's view of the cell when it joined). Messages
+    /// from ids in no configuration the replica knows and not here are
+    /// dropped as from strangers.
+    pub contacts: Vec<ReplicaId>,
+    /// A learner may be promoted to voter once its chosen prefix is within
+    /// this many slots of the master's (unless the change is forced).
+    pub learner_lag_slots_max: u64,
     /// A follower that hears nothing from a master for a random number of
     /// ticks in `[election_ticks_min, election_ticks_max]` runs phase 1.
     pub election_ticks_min: u64,
@@ -99,10 +110,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The replica's own id is not among the members.
-    #[error("replica {0} is not a member of the cell")]
-    NotAMember(ReplicaId),
-    /// A member id is 0 (reserved) or appears twice.
+    /// A member id is 0 (reserved) or appears twice, or there is none.
     #[error("member ids must be distinct and non-zero")]
     BadMembers,
     /// The timeouts contradict each other; the message says which rule.
@@ -141,6 +149,8 @@ impl Config {
         Config {
             id,
             members,
+            contacts: Vec::new(),
+            learner_lag_slots_max: 64,
             election_ticks_min: 20,
             election_ticks_max: 40,
             heartbeat_ticks: 3,
@@ -163,13 +173,16 @@ impl Config {
 
     /// Checks the rules the protocol relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.members.contains(&self.id) {
-            return Err(ConfigError::NotAMember(self.id));
-        }
         let mut sorted = self.members.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        if sorted.len() != self.members.len() || sorted.first() == Some(&0) {
+        if sorted.is_empty()
+            || sorted.len() != self.members.len()
+            || sorted.first() == Some(&0)
+            || self.id == 0
+            || self.contacts.contains(&0)
+            || self.members.len() > crate::types::MEMBERS_MAX
+        {
             return Err(ConfigError::BadMembers);
         }
         if self.election_ticks_min == 0 || self.election_ticks_min > self.election_ticks_max {
@@ -216,14 +229,13 @@ impl Config {
         Ok(())
     }
 
-    /// The largest encoded entry a master's batch can make: the batch's
-    /// bytes (or one command alone, which may exceed them), with the framing
-    /// of as many commands as a batch holds.
+    /// The largest encoded entry a master can make: the batch's bytes (or
+    /// one command alone, which may exceed them), with the framing of as many
+    /// commands as a batch holds; or the largest configuration.
     pub fn entry_bytes_max(&self) -> usize {
         let commands = self.batch_bytes_max.max(self.command_bytes_max);
-        ENTRY_OVERHEAD_BYTES
-            .saturating_add(commands)
-            .saturating_add(self.batch_commands_max.saturating_mul(COMMAND_OVERHEAD_BYTES))
+        let batch = commands.saturating_add(self.batch_commands_max.saturating_mul(COMMAND_OVERHEAD_BYTES));
+        ENTRY_OVERHEAD_BYTES.saturating_add(batch.max(MEMBERSHIP_BYTES_MAX))
     }
 
     /// How many slots past a candidate's first unchosen slot a promise may
@@ -232,10 +244,5 @@ impl Config {
     /// reporting further is malformed.
     pub fn recovery_slots_max(&self) -> u64 {
         (self.promise_parts_max as u64).saturating_mul(self.entries_per_message_max as u64)
-    }
-
-    /// How many replicas make a majority of the cell.
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
     }
 }

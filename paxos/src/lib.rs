@@ -46,6 +46,7 @@
 //! server until when it may answer reads locally.
 
 pub mod config;
+pub mod membership;
 pub mod message;
 pub mod ready;
 pub mod replica;
@@ -54,7 +55,8 @@ pub mod sim;
 pub mod types;
 
 pub use config::{Config, ConfigError};
+pub use membership::{ChangeError, MembershipChange};
 pub use message::{Message, NackReason};
 pub use ready::{Envelope, Ready, RoleChange};
 pub use replica::{CompactError, ProposeError, Replica, StartError, Status};
-pub use types::{Ballot, Durable, Entry, HardState, ReplicaId, Slot, Snapshot, Value};
+pub use types::{Ballot, Durable, Entry, HardState, Member, Membership, ReplicaId, Slot, Snapshot, Value};

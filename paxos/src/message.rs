@@ -1,7 +1,7 @@
 //! The messages replicas exchange. One variant per step of the protocol.
 
 use crate::config::Config;
-use crate::types::{Ballot, Entry, ReplicaId, SLOT_MAX, Slot, Snapshot};
+use crate::types::{Ballot, Entry, ReplicaId, SLOT_MAX, Slot, Snapshot, Value};
 
 /// A protocol message. The transport carries it from one replica to another;
 /// it may lose, duplicate, delay or reorder messages, and the protocol stays
@@ -61,12 +61,16 @@ pub enum Message {
         sent_tick: u64,
     },
     /// The acceptor acknowledges a heartbeat and promises not to promise any
-    /// other replica's ballot for the lease period.
+    /// other replica's ballot for the lease period. The master counts it
+    /// toward its lease only from a voter; from anyone it learns how far
+    /// the replica has learned the log (a learner is promoted on it).
     HeartbeatAck {
         /// The master's ballot.
         ballot: Ballot,
         /// The `sent_tick` of the heartbeat acknowledged.
         sent_tick: u64,
+        /// The acknowledging replica's chosen prefix.
+        chosen_through: Slot,
     },
     /// The acceptor refuses a prepare, accept or heartbeat.
     Nack {
@@ -147,12 +151,14 @@ impl Message {
 
     /// Checks a message from `from` against the bounds of the protocol and
     /// of `config`, before any of it is used: rounds and slots in range,
-    /// ballots owned by members (and by the sender where it claims its own),
-    /// counts and bytes within the limits, promise parts that exist,
-    /// catch-up entries contiguous. A message that fails is dropped and
-    /// counted; the reason names the first rule it broke.
+    /// ballots owned by a real replica id (and by the sender where it claims
+    /// its own), counts and bytes within the limits, promise parts that
+    /// exist, catch-up entries contiguous, configurations well formed. A
+    /// message that fails is dropped and counted; the reason names the first
+    /// rule it broke. (Whether the sender is a member is the replica's check:
+    /// it depends on the configurations it knows.)
     pub fn validate(&self, from: ReplicaId, config: &Config) -> Result<(), &'static str> {
-        let member = |ballot: &Ballot| ballot.in_range() && config.members.contains(&ballot.replica);
+        let member = |ballot: &Ballot| ballot.in_range() && ballot.replica != 0;
         let own = |ballot: &Ballot| member(ballot) && ballot.replica == from;
         let slot = |slot: Slot| (1..=SLOT_MAX).contains(&slot);
         let entries_ok = |entries: &[Entry]| validate_entries(entries, config);
@@ -196,9 +202,9 @@ impl Message {
                     return Err("a heartbeat's ballot is not its sender's or its chosen prefix is out of range");
                 }
             }
-            Message::HeartbeatAck { ballot, .. } => {
-                if !member(ballot) {
-                    return Err("a heartbeat acknowledgement's ballot is out of range");
+            Message::HeartbeatAck { ballot, chosen_through, .. } => {
+                if !member(ballot) || *chosen_through > SLOT_MAX {
+                    return Err("a heartbeat acknowledgement's ballot or chosen prefix is out of range");
                 }
             }
             Message::Nack { ballot, promised, reason } => {
@@ -227,6 +233,7 @@ impl Message {
                 if !slot(snapshot.slot) {
                     return Err("a snapshot's slot is out of range");
                 }
+                snapshot.membership.validate()?;
             }
             Message::PreVote { ballot } => {
                 if !own(ballot) {
@@ -245,15 +252,19 @@ impl Message {
 
 /// The bounds every carried entry list must meet: at most
 /// `entries_per_message_max` entries and `message_bytes_max` bytes, each
-/// entry's slot and ballot in range and the ballot a member's.
+/// entry's slot and ballot in range and the ballot a real replica's, each
+/// configuration well formed.
 fn validate_entries(entries: &[Entry], config: &Config) -> Result<(), &'static str> {
     if entries.len() > config.entries_per_message_max {
         return Err("more entries than a message may carry");
     }
     let mut bytes: usize = 0;
     for entry in entries {
-        if !entry.in_range() || !config.members.contains(&entry.ballot.replica) {
+        if !entry.in_range() || entry.ballot.replica == 0 {
             return Err("an entry's slot or ballot is out of range");
+        }
+        if let Value::Reconfigure(membership) = &entry.value {
+            membership.validate()?;
         }
         bytes = bytes.saturating_add(entry.encoded_bytes());
     }

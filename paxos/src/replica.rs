@@ -12,10 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 use crate::config::{Config, ConfigError};
+use crate::membership::{ChangeError, ConfigHistory, MembershipChange, changed};
 use crate::message::{Message, NackReason};
 use crate::ready::{Envelope, Ready, RoleChange};
 use crate::rng::Rng;
-use crate::types::{Ballot, Durable, Entry, HardState, ROUND_MAX, ReplicaId, SLOT_MAX, Slot, Snapshot, Value};
+use crate::types::{Ballot, Durable, Entry, HardState, Membership, ROUND_MAX, ReplicaId, SLOT_MAX, Slot, Snapshot, Value};
 
 /// Why a replica could not start from its durable state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +106,11 @@ pub struct Status {
     /// slot, since the start. Always 0 unless an acceptor lied or the
     /// protocol has a bug; the candidate then refuses to become master.
     pub conflicting_chosen_reports: u64,
+    /// The slot of the change that put the configuration in force (0: the
+    /// founding one, or the snapshot's).
+    pub membership_slot: Slot,
+    /// Whether this replica is a voter of the configuration in force.
+    pub voter: bool,
 }
 
 /// The promise an acceptor made by acknowledging a heartbeat: until `until`,
@@ -150,6 +156,25 @@ struct Candidate {
     /// True once our own promise of `ballot` is durable; from then on the
     /// prepare may be re-sent at any time.
     ballot_durable: bool,
+    /// Voters asked to promise: those of the configuration after our chosen
+    /// prefix, then those of each change the promises reveal.
+    asked: BTreeSet<ReplicaId>,
+}
+
+/// What a phase 1 learned from the complete promises it holds.
+#[derive(Default)]
+struct Recovered {
+    /// slot -> the value reported chosen.
+    chosen: BTreeMap<Slot, Value>,
+    /// slot -> the highest-ballot value reported accepted.
+    highest: BTreeMap<Slot, (Ballot, Value)>,
+}
+
+impl Recovered {
+    /// The value phase 1 re-proposes at `slot`, if any was reported.
+    fn value(&self, slot: Slot) -> Option<&Value> {
+        self.chosen.get(&slot).or_else(|| self.highest.get(&slot).map(|(_, v)| v))
+    }
 }
 
 #[derive(Debug)]
@@ -167,6 +192,14 @@ struct Master {
     /// The last tick a majority was known to follow us: when we became
     /// master, then the start of each lease.
     quorum_tick: u64,
+    /// Per replica (learners included), the chosen prefix it last reported.
+    progress: BTreeMap<ReplicaId, Slot>,
+    /// The configurations our in-flight slots would put in force, by slot
+    /// (at most one that we proposed; phase 1 may recover others).
+    in_flight_configs: BTreeMap<Slot, Membership>,
+    /// A change accepted by `propose_change`, waiting for the slots in
+    /// flight to be chosen before it goes out alone.
+    change: Option<Membership>,
 }
 
 /// A replica asking whether a majority would promise a new ballot before it
@@ -203,6 +236,8 @@ pub struct Replica {
     lease_grant: LeaseGrant,
 
     // Learner.
+    /// The configurations in force along the log.
+    configs: ConfigHistory,
     chosen_through: Slot,
     applied: Slot,
     /// The highest chosen prefix a master announced to us.
@@ -239,7 +274,7 @@ impl Replica {
     /// Every number read back is checked against the protocol's bounds.
     pub fn new(config: Config, durable: Durable) -> Result<Self, StartError> {
         config.validate()?;
-        check_durable(&config, &durable)?;
+        check_durable(&durable)?;
         let log_start = durable.snapshot.as_ref().map_or(0, |s| s.slot);
         let log: BTreeMap<Slot, (Ballot, Value)> = durable
             .entries
@@ -252,6 +287,20 @@ impl Replica {
         if let Some(slot) = (applied + 1..=chosen_through).find(|slot| !log.contains_key(slot)) {
             return Err(StartError::MissingChosenEntry(slot));
         }
+        // A snapshot stored before configurations changed holds an empty
+        // one: the founding configuration is still in force.
+        let mut configs = match &durable.snapshot {
+            Some(snapshot) if !snapshot.membership.members.is_empty() => {
+                ConfigHistory::new(snapshot.slot, snapshot.membership.clone())
+            }
+            Some(snapshot) => ConfigHistory::new(snapshot.slot, Membership::genesis(&config.members)),
+            None => ConfigHistory::new(0, Membership::genesis(&config.members)),
+        };
+        for (&slot, (_, value)) in log.range(..=chosen_through) {
+            if let Value::Reconfigure(membership) = value {
+                configs.record(slot, membership.clone());
+            }
+        }
         let mut rng = Rng::new(config.seed);
         let election_deadline = rng.range(config.election_ticks_min, config.election_ticks_max);
         let lease_ticks = config.lease_ticks;
@@ -263,6 +312,7 @@ impl Replica {
             log_start,
             snapshot: durable.snapshot,
             lease_grant: LeaseGrant { holder: None, until: lease_ticks },
+            configs,
             chosen_through,
             applied,
             known_chosen_through: chosen_through,
@@ -293,10 +343,12 @@ impl Replica {
         match &self.role {
             Role::Master(_) => self.tick_master(),
             Role::Follower | Role::PreCandidate(_) | Role::Candidate(_) => {
-                if self.now >= self.election_deadline {
+                if self.now < self.election_deadline {
+                    self.resend_prepares();
+                } else if self.is_voter() {
                     self.start_pre_vote();
                 } else {
-                    self.resend_prepares();
+                    self.ask_around();
                 }
             }
         }
@@ -313,7 +365,7 @@ impl Replica {
     /// ([`Status::rejected_messages`]); nothing that arrives can make the
     /// replica panic or overflow.
     pub fn step(&mut self, from: ReplicaId, message: Message) {
-        if from == self.config.id || !self.config.members.contains(&from) {
+        if from == self.config.id || !self.knows(from) {
             self.rejected_messages += 1;
             return;
         }
@@ -350,16 +402,69 @@ impl Replica {
         Ok(())
     }
 
+    /// Proposes a change of the configuration. Only a master whose phase 1
+    /// slots are all chosen accepts one, and only one at a time: it goes out
+    /// alone once the slots in flight are chosen, and nothing is proposed
+    /// after it until it is chosen (see `docs/MEMBERSHIP.md`). Unless
+    /// `force`, a change that would leave fewer than three voters, a new
+    /// configuration whose reachable voters (those that acknowledged a
+    /// heartbeat within an election timeout) make no majority, or the
+    /// promotion of a learner more than `learner_lag_slots_max` slots behind
+    /// is refused. Returns the configuration the change makes; it is in
+    /// force once [`Self::membership`] says so, or lost with mastership.
+    pub fn propose_change(&mut self, change: &MembershipChange, force: bool) -> Result<Membership, ChangeError> {
+        let hint = self.master_hint;
+        let Role::Master(master) = &self.role else {
+            return Err(ChangeError::NotMaster { master_hint: hint });
+        };
+        if self.chosen_through < master.recovered_through {
+            return Err(ChangeError::Recovering);
+        }
+        if master.change.is_some() || !master.in_flight_configs.is_empty() {
+            return Err(ChangeError::InFlight);
+        }
+        let next = changed(self.membership(), change)?;
+        if !force {
+            let voters = next.voters().count();
+            if voters < 3 && voters < self.membership().voters().count() {
+                return Err(ChangeError::TooFewVoters { voters });
+            }
+            let reachable = next.voters().filter(|&id| self.reachable(master, id)).count();
+            if reachable < next.quorum() {
+                return Err(ChangeError::WouldLoseQuorum { reachable, needed: next.quorum() });
+            }
+            if let MembershipChange::Promote(id) = change {
+                let learned = master.progress.get(id).copied().unwrap_or(0);
+                let bound = self.config.learner_lag_slots_max;
+                if learned.saturating_add(bound) < self.chosen_through {
+                    return Err(ChangeError::NotCaughtUp { id: *id, learned, chosen: self.chosen_through, bound });
+                }
+            }
+        }
+        let Role::Master(master) = &mut self.role else { return Err(ChangeError::NotMaster { master_hint: hint }) };
+        master.change = Some(next.clone());
+        Ok(next)
+    }
+
+    /// True when the master heard `id` acknowledge a heartbeat within an
+    /// election timeout (itself always).
+    fn reachable(&self, master: &Master, id: ReplicaId) -> bool {
+        id == self.config.id
+            || master.heartbeat_acks.get(&id).is_some_and(|&sent| self.now.saturating_sub(sent) <= self.config.election_ticks_max)
+    }
+
     /// Tells the replica the application snapshotted its state through
     /// `snapshot.slot`; the log at or below it is dropped and the snapshot is
-    /// kept to send to replicas that fall behind it.
-    pub fn compact(&mut self, snapshot: Snapshot) -> Result<(), CompactError> {
+    /// kept to send to replicas that fall behind it. The core fills in the
+    /// snapshot's configuration.
+    pub fn compact(&mut self, mut snapshot: Snapshot) -> Result<(), CompactError> {
         if snapshot.slot > self.applied {
             return Err(CompactError::NotApplied { snapshot: snapshot.slot, applied: self.applied });
         }
         if snapshot.slot <= self.log_start {
             return Ok(());
         }
+        snapshot.membership = self.configs.after(snapshot.slot).clone();
         self.drop_log_through(snapshot.slot);
         self.out.snapshot = Some(snapshot.clone());
         self.snapshot = Some(snapshot);
@@ -369,7 +474,7 @@ impl Replica {
     /// Starts phase 1 now, without a pre-vote, instead of waiting for the
     /// election timeout (tests and operators use it to move mastership).
     pub fn campaign(&mut self) {
-        if self.defer_for_lease() {
+        if !self.is_voter() || self.defer_for_lease() {
             return;
         }
         let Some(round) = self.next_round() else { return };
@@ -388,13 +493,20 @@ impl Replica {
         self.highest_round_seen = round;
         self.promised = ballot;
         self.hard_state_dirty = true;
-        self.role =
-            Role::Candidate(Candidate { ballot, from_slot, promises: BTreeMap::new(), ballot_durable: false });
+        let asked: BTreeSet<ReplicaId> = self.membership().voters().collect();
         // The ballot goes out only once it is durable, so a restart can never
         // reuse it with other values.
-        for to in self.peers() {
+        let me = self.config.id;
+        for &to in asked.iter().filter(|&&to| to != me) {
             self.send_persisted(to, Message::Prepare { ballot, from_slot });
         }
+        self.role = Role::Candidate(Candidate {
+            ballot,
+            from_slot,
+            promises: BTreeMap::new(),
+            ballot_durable: false,
+            asked,
+        });
         self.send_promise(self.config.id, ballot, own_parts);
     }
 
@@ -436,7 +548,7 @@ impl Replica {
         }
         let ballot = Ballot::new(round, self.config.id);
         self.role = Role::PreCandidate(PreCandidate { ballot, votes: BTreeSet::from([self.config.id]) });
-        for to in self.peers() {
+        for to in self.voter_peers() {
             self.send(to, Message::PreVote { ballot });
         }
         self.count_pre_votes();
@@ -455,11 +567,17 @@ impl Replica {
         self.send(from, Message::PreVoteReply { ballot, granted });
     }
 
-    /// Pre-candidate rule: a majority of grants (ours included) starts
-    /// phase 1.
+    /// Pre-candidate rule: a majority of grants (ours included) from the
+    /// voters of the configuration in force starts phase 1. A refusal means
+    /// the refuser hears a master we do not, perhaps one our configuration
+    /// does not know yet: ask it for what we miss.
     fn on_pre_vote_reply(&mut self, from: ReplicaId, ballot: Ballot, granted: bool) {
         let Role::PreCandidate(pre) = &mut self.role else { return };
-        if pre.ballot != ballot || !granted {
+        if pre.ballot != ballot {
+            return;
+        }
+        if !granted {
+            self.request_catch_up(from);
             return;
         }
         pre.votes.insert(from);
@@ -467,10 +585,27 @@ impl Replica {
     }
 
     fn count_pre_votes(&mut self) {
-        let quorum = self.config.quorum();
-        if matches!(&self.role, Role::PreCandidate(pre) if pre.votes.len() >= quorum) {
+        if matches!(&self.role, Role::PreCandidate(pre) if self.membership().is_quorum(&pre.votes)) {
             self.campaign();
         }
+    }
+
+    /// A replica that may not campaign (a learner, or one removed) and heard
+    /// no master for an election timeout asks the members it knows, one per
+    /// timeout in turn, for what it misses: the master may be one its
+    /// configuration does not know yet.
+    fn ask_around(&mut self) {
+        self.reset_election_timer();
+        let mut known: BTreeSet<ReplicaId> = self.membership().ids().collect();
+        known.extend(self.config.contacts.iter().copied());
+        known.remove(&self.config.id);
+        let known: Vec<ReplicaId> = known.into_iter().collect();
+        if known.is_empty() {
+            return;
+        }
+        let pick = known[self.rng.range(0, known.len() as u64 - 1) as usize];
+        self.catch_up_sent_tick = None;
+        self.request_catch_up(pick);
     }
 
     // ----------------------------------------------------------------------
@@ -482,7 +617,7 @@ impl Replica {
             || self.hard_state_dirty
             || self.applied < self.chosen_through
             || !self.self_inbox.is_empty()
-            || matches!(&self.role, Role::Master(m) if !m.queue.is_empty() && self.window_has_room(m))
+            || matches!(&self.role, Role::Master(m) if self.may_propose(m))
     }
 
     /// Takes the work accumulated since the last call. Proposals queued since
@@ -593,6 +728,32 @@ impl Replica {
         }
     }
 
+    /// The configuration in force after the chosen prefix.
+    pub fn membership(&self) -> &Membership {
+        self.configs.after(self.chosen_through)
+    }
+
+    /// The slot of the change that put [`Self::membership`] in force (0 for
+    /// the founding configuration, or the snapshot's slot).
+    pub fn membership_slot(&self) -> Slot {
+        self.configs.latest_slot()
+    }
+
+    /// True when this replica is a voter of the configuration in force:
+    /// only voters campaign, and only their votes count.
+    pub fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.config.id)
+    }
+
+    /// On the master, the chosen prefix each replica last reported (learners
+    /// included); empty elsewhere.
+    pub fn progress(&self) -> BTreeMap<ReplicaId, Slot> {
+        match &self.role {
+            Role::Master(m) => m.progress.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
+
     /// The chosen prefix.
     pub fn chosen_through(&self) -> Slot {
         self.chosen_through
@@ -635,6 +796,8 @@ impl Replica {
             lease_until_tick: self.lease_until(),
             rejected_messages: self.rejected_messages,
             conflicting_chosen_reports: self.conflicting_chosen_reports,
+            membership_slot: self.membership_slot(),
+            voter: self.is_voter(),
         }
     }
 
@@ -654,7 +817,9 @@ impl Replica {
             Message::Heartbeat { ballot, chosen_through, sent_tick } => {
                 self.on_heartbeat(from, ballot, chosen_through, sent_tick)
             }
-            Message::HeartbeatAck { ballot, sent_tick } => self.on_heartbeat_ack(from, ballot, sent_tick),
+            Message::HeartbeatAck { ballot, sent_tick, chosen_through } => {
+                self.on_heartbeat_ack(from, ballot, sent_tick, chosen_through)
+            }
             Message::Nack { ballot, promised, reason } => self.on_nack(from, ballot, promised, reason),
             Message::CatchUpRequest { from_slot } => self.on_catch_up_request(from, from_slot),
             Message::CatchUp { entries } => self.on_catch_up(from, entries),
@@ -753,18 +918,22 @@ impl Replica {
             return;
         }
         let (ballot, from_slot) = (candidate.ballot, candidate.from_slot);
-        let missing: Vec<ReplicaId> =
-            self.peers().into_iter().filter(|p| !candidate.promises.contains_key(p)).collect();
+        let missing: Vec<ReplicaId> = candidate
+            .asked
+            .iter()
+            .copied()
+            .filter(|&p| p != self.config.id && !candidate.promises.contains_key(&p))
+            .collect();
         for to in missing {
             self.send(to, Message::Prepare { ballot, from_slot });
         }
     }
 
-    /// Candidate rule for phase 1b: collect promises (every part of each); a
-    /// majority makes us master. A part reporting slots outside the recovery
+    /// Candidate rule for phase 1b: collect promises (every part of each);
+    /// majorities of every configuration along the way make us master (see
+    /// [`Self::phase_one_done`]). A part reporting slots outside the recovery
     /// window from our first unchosen slot is malformed and dropped.
     fn on_promise(&mut self, from: ReplicaId, ballot: Ballot, chosen_through: Slot, part: Promised) {
-        let quorum = self.config.quorum();
         let parts_max = self.config.promise_parts_max;
         let window = self.config.recovery_slots_max();
         let Role::Candidate(candidate) = &mut self.role else { return };
@@ -786,14 +955,104 @@ impl Replica {
             // happen; ignore the odd one rather than mix them.
             return;
         }
+        let complete = promise.received.len() == promise.parts as usize;
         promise.received.insert(part.part, part.entries);
+        let completed = !complete && promise.received.len() == promise.parts as usize;
         if from == self.config.id {
             candidate.ballot_durable = true;
         }
-        let complete = candidate.promises.values().filter(|p| p.received.len() == p.parts as usize).count();
-        if complete >= quorum {
-            self.become_master();
+        if completed {
+            self.phase_one_done();
         }
+    }
+
+    /// What the complete promises report, from the slot after our chosen
+    /// prefix: the value reported chosen and the highest-ballot value
+    /// accepted, per slot. `None` when two different values are reported
+    /// chosen for one slot (counted; see [`Self::become_master`]).
+    fn recovered(&mut self) -> Option<Recovered> {
+        let Role::Candidate(candidate) = &self.role else { return None };
+        let mut recovered = Recovered::default();
+        let mut conflict = false;
+        for promise in candidate.promises.values() {
+            if promise.received.len() != promise.parts as usize {
+                continue;
+            }
+            for entry in promise.received.values().flatten() {
+                if entry.slot <= self.chosen_through {
+                    continue;
+                }
+                if entry.slot <= promise.chosen_through {
+                    match recovered.chosen.get(&entry.slot) {
+                        Some(value) if *value != entry.value => conflict = true,
+                        Some(_) => {}
+                        None => {
+                            recovered.chosen.insert(entry.slot, entry.value.clone());
+                        }
+                    }
+                }
+                if recovered.highest.get(&entry.slot).is_none_or(|(known, _)| entry.ballot > *known) {
+                    recovered.highest.insert(entry.slot, (entry.ballot, entry.value.clone()));
+                }
+            }
+        }
+        if conflict {
+            // Not a panic: the report came over the network. The simulator
+            // fails any run where this counter moves.
+            self.conflicting_chosen_reports += 1;
+            self.step_down();
+            return None;
+        }
+        Some(recovered)
+    }
+
+    /// The configurations that govern the slots phase 1 recovers: the one
+    /// after our chosen prefix, then the one each recovered change would put
+    /// in force.
+    fn recovered_chain(&self, recovered: &Recovered) -> Vec<Membership> {
+        let mut chain = vec![self.membership().clone()];
+        let last = recovered.highest.keys().next_back().copied().unwrap_or(0);
+        for slot in self.chosen_through + 1..=last {
+            if let Some(Value::Reconfigure(next)) = recovered.value(slot) {
+                chain.push(next.clone());
+            }
+        }
+        chain
+    }
+
+    /// Candidate rule: phase 1 is done once the complete promises include a
+    /// majority of every configuration that governs a slot from our first
+    /// unchosen one to the highest reported (and of the one after the last
+    /// change recovered). Each configuration differs from the one before by
+    /// one voter, so walking the chain majority by majority sees every value
+    /// that may have been chosen in any of those slots. Voters of
+    /// configurations the promises reveal are asked as they appear. A
+    /// candidate that is no voter of the last configuration gives up.
+    fn phase_one_done(&mut self) {
+        let Some(recovered) = self.recovered() else { return };
+        let chain = self.recovered_chain(&recovered);
+        let Role::Candidate(candidate) = &mut self.role else { return };
+        let complete: BTreeSet<ReplicaId> = candidate
+            .promises
+            .iter()
+            .filter(|(_, p)| p.received.len() == p.parts as usize)
+            .map(|(&id, _)| id)
+            .collect();
+        let (ballot, from_slot) = (candidate.ballot, candidate.from_slot);
+        let new_voters: Vec<ReplicaId> =
+            chain.iter().flat_map(Membership::voters).filter(|id| candidate.asked.insert(*id)).collect();
+        let me = self.config.id;
+        for to in new_voters.into_iter().filter(|&to| to != me) {
+            self.send_persisted(to, Message::Prepare { ballot, from_slot });
+        }
+        if !chain.iter().all(|config| config.is_quorum(&complete)) {
+            return;
+        }
+        if !chain.last().is_some_and(|config| config.is_voter(self.config.id)) {
+            self.step_down();
+            return;
+        }
+        self.become_master(recovered);
     }
 
     /// Phase 1 is done: for every slot from the candidate's first unchosen one
@@ -805,45 +1064,14 @@ impl Replica {
     /// true: it is an invariant violation (an acceptor's chosen prefix
     /// lied, or the protocol has a bug), never a choice. The candidate counts
     /// it ([`Status::conflicting_chosen_reports`]) and gives up the candidacy
-    /// rather than choose; the simulator fails any run in which it happens.
-    fn become_master(&mut self) {
+    /// rather than choose ([`Self::recovered`]); the simulator fails any run
+    /// in which it happens.
+    fn become_master(&mut self, recovered: Recovered) {
         let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
             return;
         };
         let ballot = candidate.ballot;
-        // slot -> the value reported chosen, if any, and the highest-ballot
-        // value reported accepted.
-        let mut chosen: BTreeMap<Slot, Value> = BTreeMap::new();
-        let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
-        for promise in candidate.promises.into_values() {
-            if promise.received.len() != promise.parts as usize {
-                continue;
-            }
-            for entry in promise.received.into_values().flatten() {
-                if entry.slot <= self.chosen_through {
-                    continue;
-                }
-                if entry.slot <= promise.chosen_through {
-                    match chosen.get(&entry.slot) {
-                        Some(value) if *value != entry.value => {
-                            // Not a panic: the report came over the network.
-                            // The simulator fails any run where this counter
-                            // moves.
-                            self.conflicting_chosen_reports += 1;
-                            self.reset_election_timer();
-                            return;
-                        }
-                        Some(_) => {}
-                        None => {
-                            chosen.insert(entry.slot, entry.value.clone());
-                        }
-                    }
-                }
-                if highest.get(&entry.slot).is_none_or(|(known, _)| entry.ballot > *known) {
-                    highest.insert(entry.slot, (entry.ballot, entry.value));
-                }
-            }
-        }
+        let Recovered { mut chosen, mut highest } = recovered;
         let last_reported = highest.keys().next_back().copied().unwrap_or(0);
         let recovered_through = last_reported.max(self.chosen_through);
         self.role = Role::Master(Master {
@@ -857,6 +1085,9 @@ impl Replica {
             last_heartbeat_tick: self.now,
             lease_until: 0,
             quorum_tick: self.now,
+            progress: BTreeMap::new(),
+            in_flight_configs: BTreeMap::new(),
+            change: None,
         });
         self.master_hint = Some(self.config.id);
         self.out.role_changes.push(RoleChange::BecameMaster { ballot, recovered_through });
@@ -869,6 +1100,9 @@ impl Replica {
             };
             proposals.push(Entry { slot, ballot, value: value.clone() });
             let Role::Master(master) = &mut self.role else { return };
+            if let Value::Reconfigure(membership) = &value {
+                master.in_flight_configs.insert(slot, membership.clone());
+            }
             master.in_flight.insert(
                 slot,
                 InFlight { value, votes: BTreeSet::new(), sent_tick: self.now, chosen: known_chosen },
@@ -886,13 +1120,28 @@ impl Replica {
         master.next_slot.saturating_sub(self.chosen_through + 1) < self.config.slots_in_flight_max
     }
 
+    /// Whether the master has something to propose now. A change in flight
+    /// is a stop sign: nothing goes out after it until it is chosen. A change
+    /// waiting goes out alone once the slots in flight are chosen, and
+    /// commands wait behind it.
+    fn may_propose(&self, master: &Master) -> bool {
+        if !master.in_flight_configs.is_empty() {
+            return false;
+        }
+        if master.change.is_some() {
+            return master.in_flight.is_empty();
+        }
+        !master.queue.is_empty() && self.window_has_room(master)
+    }
+
     /// Master rule: batch queued commands into new slots while the window of
-    /// slots in flight has room, and send one accept for all of them.
+    /// slots in flight has room, and send one accept for all of them; or
+    /// send a waiting change alone (see [`Self::may_propose`]).
     fn flush_proposals(&mut self) {
         let mut proposals = Vec::new();
         loop {
             let Role::Master(master) = &self.role else { return };
-            if master.queue.is_empty() || !self.window_has_room(master) {
+            if !self.may_propose(master) {
                 break;
             }
             if master.next_slot <= self.chosen_through || master.next_slot > SLOT_MAX {
@@ -905,6 +1154,18 @@ impl Replica {
                 return;
             }
             let Role::Master(master) = &mut self.role else { return };
+            if let Some(membership) = master.change.take() {
+                let slot = master.next_slot;
+                master.next_slot += 1;
+                master.in_flight_configs.insert(slot, membership.clone());
+                let value = Value::Reconfigure(membership);
+                master.in_flight.insert(
+                    slot,
+                    InFlight { value: value.clone(), votes: BTreeSet::new(), sent_tick: self.now, chosen: false },
+                );
+                proposals.push(Entry { slot, ballot: master.ballot, value });
+                break;
+            }
             let mut batch = Vec::new();
             let mut batch_bytes = 0;
             while let Some(command) = master.queue.front() {
@@ -936,7 +1197,7 @@ impl Replica {
     /// member, ourselves included, in messages of bounded size.
     fn send_accepts(&mut self, proposals: Vec<Entry>) {
         let Some(ballot) = self.master_ballot() else { return };
-        let members = self.config.members.clone();
+        let members = self.recipients();
         let chunks = chunk_entries(proposals.into_iter(), &self.config, usize::MAX).unwrap_or_default();
         for chunk in chunks {
             for &to in &members {
@@ -978,14 +1239,24 @@ impl Replica {
 
     /// Master rule for phase 2b: a slot accepted by a majority in our ballot is
     /// chosen.
+    /// Only the votes of the slot's configuration's voters count (see
+    /// [`Self::governing`]); a learner's accepted notice counts for nothing.
     fn on_accepted(&mut self, from: ReplicaId, ballot: Ballot, slots: &[Slot]) {
-        let quorum = self.config.quorum();
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &self.role else { return };
         if master.ballot != ballot {
             return;
         }
-        for slot in slots {
-            if let Some(in_flight) = master.in_flight.get_mut(slot) {
+        let counted: Vec<(Slot, usize)> = slots
+            .iter()
+            .filter(|slot| master.in_flight.contains_key(slot))
+            .filter_map(|&slot| {
+                let config = self.governing(master, slot);
+                config.is_voter(from).then(|| (slot, config.quorum()))
+            })
+            .collect();
+        let Role::Master(master) = &mut self.role else { return };
+        for (slot, quorum) in counted {
+            if let Some(in_flight) = master.in_flight.get_mut(&slot) {
                 in_flight.votes.insert(from);
                 if in_flight.votes.len() >= quorum {
                     in_flight.chosen = true;
@@ -993,6 +1264,57 @@ impl Replica {
             }
         }
         self.advance_master_chosen();
+    }
+
+    /// The configuration that governs an open `slot` of this master: the
+    /// one its newest change proposed before `slot` would put in force, or
+    /// else the one in force after the chosen prefix.
+    fn governing<'a>(&'a self, master: &'a Master, slot: Slot) -> &'a Membership {
+        match master.in_flight_configs.range(..slot).next_back() {
+            Some((_, membership)) => membership,
+            None => self.configs.after(slot.saturating_sub(1)),
+        }
+    }
+
+    /// Every replica the master talks to: the members of the configuration
+    /// in force, of any change in flight, and of the configuration before
+    /// the last change (so that a removed member learns it was removed), and
+    /// itself.
+    fn recipients(&self) -> Vec<ReplicaId> {
+        let mut ids: BTreeSet<ReplicaId> = self.membership().ids().collect();
+        if let Some(previous) = self.configs.previous() {
+            ids.extend(previous.ids());
+        }
+        if let Role::Master(master) = &self.role {
+            for config in master.in_flight_configs.values() {
+                ids.extend(config.ids());
+            }
+        }
+        ids.insert(self.config.id);
+        ids.into_iter().collect()
+    }
+
+    /// Learner rule for configurations: a change takes force once its slot
+    /// is chosen. A replica no longer a voter stops leading (a master that
+    /// removed itself first tells the others what is chosen) and never
+    /// campaigns again.
+    fn note_chosen(&mut self, slot: Slot) {
+        let Some((_, Value::Reconfigure(membership))) = self.log.get(&slot) else { return };
+        self.configs.record(slot, membership.clone());
+        if let Role::Master(master) = &mut self.role {
+            master.in_flight_configs.remove(&slot);
+        }
+        if self.is_voter() {
+            return;
+        }
+        match self.role {
+            Role::Master(_) => {
+                self.send_heartbeats();
+                self.step_down();
+            }
+            Role::Candidate(_) | Role::PreCandidate(_) => self.step_down(),
+            Role::Follower => {}
+        }
     }
 
     /// Moves the master's chosen prefix over every chosen slot in flight.
@@ -1015,6 +1337,7 @@ impl Replica {
             self.chosen_through = next;
             self.known_chosen_through = self.known_chosen_through.max(next);
             self.hard_state_dirty = true;
+            self.note_chosen(next);
         }
     }
 
@@ -1040,31 +1363,40 @@ impl Replica {
     fn send_heartbeats(&mut self) {
         let now = self.now;
         let chosen_through = self.chosen_through;
+        let recipients = self.recipients();
         let Role::Master(master) = &mut self.role else { return };
         master.last_heartbeat_tick = now;
         let ballot = master.ballot;
-        for to in self.config.members.clone() {
+        for to in recipients {
             self.send(to, Message::Heartbeat { ballot, chosen_through, sent_tick: now });
         }
     }
 
     /// Master rule: resend accepts that a majority has not acknowledged in
-    /// `accept_retry_ticks`, to the acceptors that have not.
+    /// `accept_retry_ticks`, to the slot's voters that have not (learners
+    /// fill their gaps by catch-up).
     fn resend_accepts(&mut self) {
         let now = self.now;
         let retry = self.config.accept_retry_ticks;
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &self.role else { return };
         let ballot = master.ballot;
         let mut per_acceptor: BTreeMap<ReplicaId, Vec<Entry>> = BTreeMap::new();
-        for (&slot, in_flight) in master.in_flight.iter_mut() {
+        let mut resent = Vec::new();
+        for (&slot, in_flight) in &master.in_flight {
             if in_flight.chosen || now - in_flight.sent_tick < retry {
                 continue;
             }
-            in_flight.sent_tick = now;
-            for &to in &self.config.members {
+            resent.push(slot);
+            for to in self.governing(master, slot).voters() {
                 if to != self.config.id && !in_flight.votes.contains(&to) {
                     per_acceptor.entry(to).or_default().push(Entry { slot, ballot, value: in_flight.value.clone() });
                 }
+            }
+        }
+        let Role::Master(master) = &mut self.role else { return };
+        for slot in resent {
+            if let Some(in_flight) = master.in_flight.get_mut(&slot) {
+                in_flight.sent_tick = now;
             }
         }
         let chosen_through = self.chosen_through;
@@ -1084,15 +1416,24 @@ impl Replica {
         if !self.follow(from, ballot) {
             return;
         }
+        // A learner grants the lease too, though the master does not count
+        // it: if it is promoted before the lease runs out, the master may
+        // count an acknowledgement it sent as a learner.
         self.lease_grant = LeaseGrant { holder: Some(from), until: self.now + self.config.lease_ticks };
-        self.send_persisted(from, Message::HeartbeatAck { ballot, sent_tick });
         self.learn_chosen_through(ballot, chosen_through);
+        self.send_persisted(from, Message::HeartbeatAck { ballot, sent_tick, chosen_through: self.chosen_through });
     }
 
     /// Master rule for the lease: it runs from the send tick of the newest
     /// heartbeat a majority acknowledged, for `lease_ticks - lease_drift_ticks`.
-    fn on_heartbeat_ack(&mut self, from: ReplicaId, ballot: Ballot, sent_tick: u64) {
-        let quorum = self.config.quorum();
+    ///
+    /// The acknowledgements must come from a majority of the voters of every
+    /// configuration that governs an open slot (the one in force and any
+    /// change in flight): a candidate holds a majority of one of them (see
+    /// [`Self::phase_one_done`]) and so meets an acceptor bound by the lease.
+    /// A learner's acknowledgement counts for nothing, but tells the master
+    /// how far it has learned.
+    fn on_heartbeat_ack(&mut self, from: ReplicaId, ballot: Ballot, sent_tick: u64, chosen_through: Slot) {
         let lease_ticks = self.config.lease_ticks - self.config.lease_drift_ticks;
         let Role::Master(master) = &mut self.role else { return };
         if master.ballot != ballot || sent_tick > self.now {
@@ -1100,12 +1441,19 @@ impl Replica {
         }
         let acked = master.heartbeat_acks.entry(from).or_insert(0);
         *acked = (*acked).max(sent_tick);
-        let mut ticks: Vec<u64> = master.heartbeat_acks.values().copied().collect();
-        if ticks.len() < quorum {
-            return;
+        let learned = master.progress.entry(from).or_insert(0);
+        *learned = (*learned).max(chosen_through);
+        let mut start = u64::MAX;
+        let in_force = self.configs.after(self.chosen_through);
+        for config in std::iter::once(in_force).chain(master.in_flight_configs.values()) {
+            let mut ticks: Vec<u64> = config.voters().filter_map(|id| master.heartbeat_acks.get(&id).copied()).collect();
+            let quorum = config.quorum();
+            if ticks.len() < quorum {
+                return;
+            }
+            ticks.sort_unstable_by(|a, b| b.cmp(a));
+            start = start.min(ticks[quorum - 1]);
         }
-        ticks.sort_unstable_by(|a, b| b.cmp(a));
-        let start = ticks[quorum - 1];
         master.lease_until = master.lease_until.max(start + lease_ticks);
         master.quorum_tick = master.quorum_tick.max(start);
     }
@@ -1187,6 +1535,7 @@ impl Replica {
                 Some((accepted, _)) if *accepted == ballot => {
                     self.chosen_through = next;
                     self.hard_state_dirty = true;
+                    self.note_chosen(next);
                 }
                 _ => break,
             }
@@ -1276,6 +1625,7 @@ impl Replica {
         self.chosen_through = slot;
         self.known_chosen_through = self.known_chosen_through.max(slot);
         self.hard_state_dirty = true;
+        self.note_chosen(slot);
     }
 
     /// Learner rule: a snapshot past our chosen prefix replaces the log below
@@ -1289,6 +1639,10 @@ impl Replica {
         }
         let slot = snapshot.slot;
         self.drop_log_through(slot);
+        self.configs.reset(slot, snapshot.membership.clone());
+        if !self.is_voter() && !matches!(self.role, Role::Follower) {
+            self.step_down();
+        }
         self.chosen_through = slot;
         self.known_chosen_through = self.known_chosen_through.max(slot);
         self.applied = slot;
@@ -1300,6 +1654,7 @@ impl Replica {
     }
 
     fn drop_log_through(&mut self, slot: Slot) {
+        self.configs.compact(slot);
         self.log = self.log.split_off(&(slot + 1));
         self.log_start = slot;
         self.out.entries.retain(|e| e.slot > slot);
@@ -1364,8 +1719,22 @@ impl Replica {
             self.now + self.rng.range(self.config.election_ticks_min, self.config.election_ticks_max);
     }
 
-    fn peers(&self) -> Vec<ReplicaId> {
-        self.config.members.iter().copied().filter(|&m| m != self.config.id).collect()
+    /// The other voters of the configuration in force.
+    fn voter_peers(&self) -> Vec<ReplicaId> {
+        self.membership().voters().filter(|&m| m != self.config.id).collect()
+    }
+
+    /// True when `id` is a member of a configuration this replica knows (or
+    /// of a change it has in flight, or one its phase 1 revealed, or one of
+    /// its contacts); messages from anyone else are dropped.
+    fn knows(&self, id: ReplicaId) -> bool {
+        self.configs.knows(id)
+            || self.config.contacts.contains(&id)
+            || match &self.role {
+                Role::Master(m) => m.in_flight_configs.values().any(|c| c.contains(id)),
+                Role::Candidate(c) => c.asked.contains(&id),
+                Role::Follower | Role::PreCandidate(_) => false,
+            }
     }
 
     fn nack(&mut self, to: ReplicaId, ballot: Ballot, reason: NackReason) {
@@ -1421,18 +1790,21 @@ fn chunk_entries(entries: impl Iterator<Item = Entry>, config: &Config, chunks_m
 
 /// Checks what was read back from disk against the protocol's bounds; the
 /// core does arithmetic on these numbers and must never overflow on them.
-fn check_durable(config: &Config, durable: &Durable) -> Result<(), StartError> {
-    let ballot_ok = |ballot: &Ballot| {
-        *ballot == Ballot::ZERO || (ballot.in_range() && config.members.contains(&ballot.replica))
-    };
+fn check_durable(durable: &Durable) -> Result<(), StartError> {
+    let ballot_ok = |ballot: &Ballot| *ballot == Ballot::ZERO || (ballot.in_range() && ballot.replica != 0);
     if !ballot_ok(&durable.hard_state.promised) {
         return Err(StartError::OutOfRange("the promised ballot"));
     }
     if durable.hard_state.chosen_through > SLOT_MAX || durable.applied > SLOT_MAX {
         return Err(StartError::OutOfRange("the chosen or applied slot"));
     }
-    if durable.snapshot.as_ref().is_some_and(|s| s.slot > SLOT_MAX) {
-        return Err(StartError::OutOfRange("the snapshot's slot"));
+    let bad_membership = |m: &Membership| !m.members.is_empty() && m.validate().is_err();
+    if durable.snapshot.as_ref().is_some_and(|s| s.slot > SLOT_MAX || bad_membership(&s.membership)) {
+        return Err(StartError::OutOfRange("the snapshot's slot or configuration"));
+    }
+    let bad_config = |e: &Entry| matches!(&e.value, Value::Reconfigure(m) if m.validate().is_err());
+    if durable.entries.iter().any(bad_config) {
+        return Err(StartError::OutOfRange("a configuration in the log"));
     }
     if durable.entries.iter().any(|e| !e.in_range() || !ballot_ok(&e.ballot)) {
         return Err(StartError::OutOfRange("a log entry's slot or ballot"));

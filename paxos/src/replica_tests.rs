@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::message::{Message, NackReason};
 use crate::ready::{Envelope, Ready, RoleChange};
 use crate::replica::{ProposeError, Replica};
-use crate::types::{Ballot, Durable, Entry, HardState, Snapshot, Value};
+use crate::types::{Ballot, Durable, Entry, HardState, Membership, Snapshot, Value};
 
 const MEMBERS: [u64; 5] = [1, 2, 3, 4, 5];
 
@@ -136,7 +136,7 @@ fn acceptor_promises_no_other_replica_while_the_lease_it_granted_runs() {
     let master_ballot = Ballot::new(1, 1);
     r.step(1, Message::Heartbeat { ballot: master_ballot, chosen_through: 0, sent_tick: 0 });
     let ready = persist(&mut r);
-    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: master_ballot, sent_tick: 0 }]);
+    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: master_ballot, sent_tick: 0, chosen_through: 0 }]);
     let candidate = Ballot::new(2, 3);
     for _ in 0..7 {
         r.tick();
@@ -318,7 +318,7 @@ fn replica_behind_the_compacted_log_is_sent_the_snapshot() {
         r.step(from, Message::Accepted { ballot, slots: vec![1] });
     }
     settle(&mut r);
-    let snapshot = Snapshot { slot: 1, data: Bytes::from_static(b"state after slot 1") };
+    let snapshot = Snapshot { slot: 1, data: Bytes::from_static(b"state after slot 1"), membership: Membership::genesis(&[1, 2, 3, 4, 5]) };
     r.compact(snapshot.clone()).expect("slot 1 is applied");
     let ready = persist(&mut r);
     assert_eq!(ready.compact_through, Some(1));
@@ -344,11 +344,11 @@ fn master_lease_runs_from_the_heartbeat_send_tick_minus_the_drift_margin() {
     assert_eq!(r.lease_until(), None, "no heartbeat acknowledged by a majority yet");
     // The self-acknowledgement of the heartbeat sent at tick 8 is in; two
     // peers make a majority.
-    r.step(2, Message::HeartbeatAck { ballot, sent_tick: 8 });
+    r.step(2, Message::HeartbeatAck { ballot, sent_tick: 8, chosen_through: 0 });
     assert_eq!(r.lease_until(), None);
     r.tick();
     r.tick();
-    r.step(3, Message::HeartbeatAck { ballot, sent_tick: 8 });
+    r.step(3, Message::HeartbeatAck { ballot, sent_tick: 8, chosen_through: 0 });
     assert_eq!(r.lease_until(), Some(8 + 8 - 2));
     for _ in 0..3 {
         r.tick();
@@ -425,7 +425,7 @@ fn every_message_with_a_number_out_of_range_is_dropped_and_counted() {
         Message::Nack { ballot: ok, promised: ok, reason: NackReason::Behind { chosen_through: u64::MAX } },
         Message::CatchUpRequest { from_slot: u64::MAX },
         Message::CatchUp { entries: vec![entry(3), entry(2)] },
-        Message::InstallSnapshot { snapshot: Snapshot { slot: u64::MAX, data: Bytes::new() } },
+        Message::InstallSnapshot { snapshot: Snapshot { slot: u64::MAX, data: Bytes::new(), membership: Membership::genesis(&[1]) } },
         Message::PreVote { ballot: Ballot::new(5, 3) },
     ];
     let count = forged.len() as u64;
@@ -560,7 +560,7 @@ fn an_election_timeout_asks_for_pre_votes_and_raises_no_promise() {
     }
     r.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 30 });
     let ready = persist(&mut r);
-    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: Ballot::new(1, 1), sent_tick: 30 }]);
+    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: Ballot::new(1, 1), sent_tick: 30, chosen_through: 0 }]);
     // Grants from a majority start phase 1.
     for _ in 0..10 {
         r.tick();
@@ -618,7 +618,7 @@ fn a_rejoining_replica_never_deposes_a_master_the_others_follow() {
     // The master's heartbeat then reaches it: acknowledged, not refused.
     rejoined.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 40 });
     let ready = persist(&mut rejoined);
-    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: Ballot::new(1, 1), sent_tick: 40 }]);
+    assert_eq!(to(&ready.persisted_messages, 1), vec![&Message::HeartbeatAck { ballot: Ballot::new(1, 1), sent_tick: 40, chosen_through: 0 }]);
     assert!(to(&ready.messages, 1).is_empty(), "no nack for the master");
 }
 
@@ -658,4 +658,175 @@ fn two_different_values_reported_chosen_for_one_slot_are_refused_not_chosen_betw
     assert_eq!(r.status().conflicting_chosen_reports, 1);
     let ready = persist(&mut r);
     assert!(ready.messages.iter().all(|e| !matches!(e.message, Message::Accept { .. })), "nothing proposed");
+}
+
+// ---------------------------------------------------------------------------
+// Configuration changes (docs/MEMBERSHIP.md).
+
+use crate::membership::{ChangeError, MembershipChange};
+use crate::types::Member;
+
+fn new_member(id: u64) -> Member {
+    Member { id, voter: false, incarnation: 1, peer_address: format!("10.0.0.{id}:7000"), client_address: String::new() }
+}
+
+/// Heartbeat acknowledgements from `from` for the master's newest heartbeat,
+/// as having learned through `chosen_through`.
+fn ack_heartbeat(master: &mut Replica, from: &[u64], chosen_through: u64) {
+    let ballot = master.master_ballot().expect("master");
+    let sent_tick = master.now_tick();
+    for &id in from {
+        master.step(id, Message::HeartbeatAck { ballot, sent_tick, chosen_through });
+    }
+}
+
+/// Accepted notices from `from` for every slot in `slots`.
+fn accept_slots(master: &mut Replica, from: &[u64], slots: &[u64]) {
+    let ballot = master.master_ballot().expect("master");
+    for &id in from {
+        master.step(id, Message::Accepted { ballot, slots: slots.to_vec() });
+    }
+    settle(master);
+}
+
+#[test]
+fn a_change_goes_out_alone_and_holds_back_commands_until_it_is_chosen() {
+    let mut m = master();
+    ack_heartbeat(&mut m, &[2, 3, 4, 5], 0);
+    let next = m.propose_change(&MembershipChange::AddLearner(new_member(6)), false).expect("a learner may join");
+    assert!(next.contains(6) && !next.is_voter(6));
+    assert_eq!(
+        m.propose_change(&MembershipChange::Remove(5), false),
+        Err(ChangeError::InFlight),
+        "one change at a time"
+    );
+    m.propose(Bytes::from_static(b"after")).expect("queued");
+    let ready = persist(&mut m);
+    let accepts: Vec<&Message> = to(&ready.messages, 2);
+    assert_eq!(accepts.len(), 1, "only the change goes out: {accepts:?}");
+    let Message::Accept { entries, .. } = accepts[0] else { panic!("an accept") };
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].value, Value::Reconfigure(next.clone()));
+    assert!(!to(&ready.messages, 6).is_empty(), "the new learner receives the change too");
+    // Chosen by a majority of the old voters: in force, and the command goes.
+    let ballot = m.master_ballot().expect("master");
+    for from in [2, 3] {
+        m.step(from, Message::Accepted { ballot, slots: vec![entries[0].slot] });
+    }
+    assert_eq!(m.membership(), &next);
+    assert_eq!(m.membership_slot(), entries[0].slot);
+    let ready = persist(&mut m);
+    assert!(
+        to(&ready.messages, 2).iter().any(|msg| matches!(msg, Message::Accept { entries, .. } if entries[0].value == batch(&["after"]))),
+        "the held command goes out once the change is chosen"
+    );
+}
+
+#[test]
+fn a_learners_vote_counts_for_nothing() {
+    let mut m = master();
+    ack_heartbeat(&mut m, &[2, 3, 4, 5], 0);
+    m.propose_change(&MembershipChange::AddLearner(new_member(6)), false).expect("added");
+    settle(&mut m);
+    accept_slots(&mut m, &[2, 3], &[1]);
+    assert!(m.membership().contains(6));
+    m.propose(Bytes::from_static(b"x")).expect("queued");
+    settle(&mut m);
+    // Us, the learner and one voter: three acceptors, but two voters of five.
+    accept_slots(&mut m, &[6, 2], &[2]);
+    assert_eq!(m.chosen_through(), 1, "slot 2 is not chosen by a learner's vote");
+    accept_slots(&mut m, &[3], &[2]);
+    assert_eq!(m.chosen_through(), 2);
+}
+
+#[test]
+fn the_master_refuses_changes_that_would_stop_the_cell() {
+    let mut m = master();
+    // Only 2 and 3 answer: the master reaches three voters of five.
+    ack_heartbeat(&mut m, &[2, 3], 0);
+    assert_eq!(
+        m.propose_change(&MembershipChange::Remove(2), false),
+        Err(ChangeError::WouldLoseQuorum { reachable: 2, needed: 3 }),
+        "removing a voter it reaches leaves two of four"
+    );
+    m.propose_change(&MembershipChange::Remove(5), false).expect("removing an unreachable voter keeps 3 of 4");
+}
+
+#[test]
+fn the_master_refuses_fewer_than_three_voters_unless_forced() {
+    let mut m = master();
+    ack_heartbeat(&mut m, &[2, 3, 4, 5], 0);
+    for (slot, id) in [(1, 5), (2, 4)] {
+        m.propose_change(&MembershipChange::Remove(id), false).expect("down to three");
+        settle(&mut m);
+        accept_slots(&mut m, &[2, 3], &[slot]);
+    }
+    assert_eq!(m.membership().voters().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(m.propose_change(&MembershipChange::Remove(3), false), Err(ChangeError::TooFewVoters { voters: 2 }));
+    m.propose_change(&MembershipChange::Remove(3), true).expect("forced");
+}
+
+#[test]
+fn a_learner_is_promoted_only_once_it_caught_up() {
+    let mut m = master();
+    ack_heartbeat(&mut m, &[2, 3, 4, 5], 0);
+    m.propose_change(&MembershipChange::AddLearner(new_member(6)), false).expect("added");
+    settle(&mut m);
+    accept_slots(&mut m, &[2, 3], &[1]);
+    for slot in 2..=80 {
+        m.propose(Bytes::from(format!("command {slot}"))).expect("queued");
+        settle(&mut m);
+        accept_slots(&mut m, &[2, 3], &[slot]);
+    }
+    assert_eq!(m.chosen_through(), 80);
+    ack_heartbeat(&mut m, &[2, 3, 4, 5], 80);
+    ack_heartbeat(&mut m, &[6], 3);
+    assert!(matches!(
+        m.propose_change(&MembershipChange::Promote(6), false),
+        Err(ChangeError::NotCaughtUp { id: 6, learned: 3, chosen: 80, .. })
+    ));
+    ack_heartbeat(&mut m, &[6], 79);
+    let next = m.propose_change(&MembershipChange::Promote(6), false).expect("caught up");
+    assert!(next.is_voter(6));
+}
+
+#[test]
+fn a_master_that_removed_itself_steps_down_once_the_change_is_chosen() {
+    let mut m = master();
+    ack_heartbeat(&mut m, &[2, 3, 4, 5], 0);
+    m.propose_change(&MembershipChange::Remove(1), false).expect("may remove itself");
+    settle(&mut m);
+    accept_slots(&mut m, &[2, 3], &[1]);
+    assert!(!m.is_master() && !m.is_voter(), "no longer a voter, so no longer master");
+    // It never campaigns again.
+    m.campaign();
+    assert!(persist(&mut m).messages.is_empty());
+    for _ in 0..3_000 {
+        m.tick();
+    }
+    let ready = persist(&mut m);
+    assert!(ready.messages.iter().all(|e| !matches!(e.message, Message::PreVote { .. } | Message::Prepare { .. })));
+}
+
+#[test]
+fn phase_one_needs_a_majority_of_every_configuration_it_recovers() {
+    // 2 reports a chosen change at slot 1 that replaces voter 5 by 6;
+    // promises from 1, 2 and 3 make a majority of the old voters, but the
+    // new configuration {1, 2, 3, 4, 6} needs three of its own: 1, 2, 3 are
+    // in it, so phase 1 is done. With 5 instead of 3, it is not.
+    let mut replaced = Membership::genesis(&[1, 2, 3, 4, 6]);
+    replaced.members[4] = Member { voter: true, ..new_member(6) };
+    let change = Entry { slot: 1, ballot: Ballot::new(1, 2), value: Value::Reconfigure(replaced.clone()) };
+    let mut r = replica(1, Durable::default());
+    r.campaign();
+    settle(&mut r);
+    let ballot = r.status().own_ballot.expect("a candidate");
+    r.step(2, Message::Promise { ballot, chosen_through: 1, entries: vec![change.clone()], part: 0, parts: 1 });
+    r.step(5, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
+    let ready = persist(&mut r);
+    assert!(!r.is_master(), "1, 2, 5 hold no majority of {{1, 2, 3, 4, 6}}");
+    assert!(!to(&ready.persisted_messages, 6).is_empty(), "the new voter is asked to promise");
+    r.step(6, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
+    settle(&mut r);
+    assert!(r.is_master(), "1, 2, 6 make majorities of both");
 }

@@ -72,7 +72,8 @@ use crate::message::Message;
 use crate::ready::{Envelope, Ready};
 use crate::replica::{ProposeError, Replica};
 use crate::rng::Rng;
-use crate::types::{Ballot, Durable, Entry, HardState, ReplicaId, Slot, Snapshot, Value};
+use crate::membership::MembershipChange;
+use crate::types::{Ballot, Durable, Entry, HardState, Member, Membership, ReplicaId, Slot, Snapshot, Value};
 
 /// How a simulation run is shaped. `Options::default()` is the profile the
 /// test command runs for each seed.
@@ -94,6 +95,11 @@ pub struct Options {
     /// The command that replays a seed, with `{seed}` for the seed, printed
     /// with a violation.
     pub replay_with: &'static str,
+    /// Whether the nemesis changes the configuration: adds learners (new
+    /// replicas), promotes them, removes voters and learners (the master
+    /// included), sometimes forced past the safety checks of
+    /// `propose_change`, and restarts removed replicas from their old disks.
+    pub membership_changes: bool,
 }
 
 impl Default for Options {
@@ -106,6 +112,7 @@ impl Default for Options {
             clock_drift_ppm: crate::config::CLOCK_DRIFT_PPM_MAX,
             trace_events: 60,
             replay_with: "GAIOS_SEED={seed} cargo test -p gaios-paxos --test simulation",
+            membership_changes: true,
         }
     }
 }
@@ -170,6 +177,8 @@ pub struct Report {
     pub forged: u64,
     /// Crashes that lost the unsynced tail of the disk.
     pub power_losses: u64,
+    /// Configuration changes chosen.
+    pub membership_changes: u64,
 }
 
 /// Runs one seed with `options`.
@@ -202,7 +211,9 @@ const TICK_US: u64 = 1_000;
 /// The most messages a held link keeps; beyond it the link drops them.
 const HELD_PER_LINK_MAX: usize = 4_096;
 /// The nemesis kinds are numbered 0 to this.
-const NEMESIS_KINDS_MAX: u64 = 15;
+const NEMESIS_KINDS_MAX: u64 = 16;
+/// The most replicas a run adds to the five it starts with.
+const JOINS_MAX: u64 = 6;
 /// The most recent messages of one kind kept for replays.
 const SENT_LOG_PER_KIND_MAX: usize = 512;
 
@@ -365,6 +376,13 @@ fn chain(hash: u64, value: &Value) -> u64 {
                 eat(command);
             }
         }
+        Value::Reconfigure(membership) => {
+            eat(b"reconfigure");
+            for member in &membership.members {
+                eat(&member.id.to_be_bytes());
+                eat(&[u8::from(member.voter)]);
+            }
+        }
     }
     h
 }
@@ -461,6 +479,27 @@ struct Node {
     compact_every: u64,
 }
 
+impl Node {
+    /// A replica with an empty disk, not started.
+    fn new(config: Config, compact_every: u64) -> Self {
+        Node {
+            id: config.id,
+            config,
+            core: None,
+            incarnation: 0,
+            disk: Disk::default(),
+            app: App::default(),
+            outstanding: None,
+            tick_period_us: TICK_US,
+            started_us: 0,
+            paused_since: None,
+            deferred: Vec::new(),
+            last_compacted: 0,
+            compact_every,
+        }
+    }
+}
+
 struct Simulation<'a> {
     seed: u64,
     /// The application the replicas run (taken out while it is called).
@@ -505,7 +544,16 @@ struct Simulation<'a> {
     sent_log: BTreeMap<&'static str, std::collections::VecDeque<(ReplicaId, ReplicaId, Message)>>,
     // Checkers' state.
     ledger: BTreeMap<(Slot, Ballot), (Value, BTreeSet<ReplicaId>)>,
+    /// Slot -> the value a majority of the voters of the configuration
+    /// governing the slot accepted in one ballot (from the ledger). Filled
+    /// in slot order: a slot's configuration is known only once every slot
+    /// before it is settled.
     chosen: BTreeMap<Slot, Value>,
+    /// Every slot through this one is in `chosen`.
+    settled_through: Slot,
+    /// The configurations along the chosen log, by the slot of their change
+    /// (0: the founding one), computed by the checker itself.
+    configs: BTreeMap<Slot, Membership>,
     chain: BTreeMap<Slot, u64>,
     next_command: u64,
     proposed_at: BTreeMap<u64, u64>,
@@ -573,21 +621,7 @@ fn seeded_nodes(rng: &mut Rng, replicas: u64, command_bytes_max: usize) -> Vec<N
         config.command_bytes_max = command_bytes_max;
         config.proposals_queued_max = 64;
         config.message_bytes_max = config.entry_bytes_max() * message_entries_max;
-        nodes.push(Node {
-            id,
-            config,
-            core: None,
-            incarnation: 0,
-            disk: Disk::default(),
-            app: App::default(),
-            outstanding: None,
-            tick_period_us: TICK_US,
-            started_us: 0,
-            paused_since: None,
-            deferred: Vec::new(),
-            last_compacted: 0,
-            compact_every: rng.range(compact_low, compact_high),
-        });
+        nodes.push(Node::new(config, rng.range(compact_low, compact_high)));
     }
     nodes
 }
@@ -597,6 +631,7 @@ impl<'a> Simulation<'a> {
         let command_bytes_max = application.command_bytes_max();
         let mut rng = Rng::new(seed);
         let nodes = seeded_nodes(&mut rng, options.replicas, command_bytes_max);
+        let genesis = Membership::genesis(&(1..=options.replicas).collect::<Vec<_>>());
         let mut sim = Simulation {
             seed,
             application: Some(application),
@@ -624,6 +659,8 @@ impl<'a> Simulation<'a> {
             sent_log: BTreeMap::new(),
             ledger: BTreeMap::new(),
             chosen: BTreeMap::new(),
+            settled_through: 0,
+            configs: BTreeMap::from([(0, genesis)]),
             chain: BTreeMap::new(),
             next_command: 1,
             proposed_at: BTreeMap::new(),
@@ -638,7 +675,7 @@ impl<'a> Simulation<'a> {
         // Swarm testing: half the seeds use every kind of fault; the others
         // a random subset (each kind kept with probability one half), and
         // faults come denser or sparser per seed.
-        let all: Vec<u64> = (0..=NEMESIS_KINDS_MAX).collect();
+        let all: Vec<u64> = (0..=NEMESIS_KINDS_MAX).filter(|&kind| kind != 16 || sim.options.membership_changes).collect();
         sim.nemesis_kinds = if sim.rng.chance(1, 2) {
             all
         } else {
@@ -751,16 +788,24 @@ impl<'a> Simulation<'a> {
         // everything chosen.
         self.heal(true)?;
         let deadline = self.now_us + self.options.liveness_ticks * 4 * TICK_US;
+        // Replicas removed from the configuration (or added by a change
+        // never chosen) need not catch up.
         let done = self.run_until(deadline, |sim| {
             let target = sim.chain.keys().next_back().copied().unwrap_or(0);
-            sim.nodes.iter().all(|n| n.app.applied >= target)
+            let members = sim.latest_configuration();
+            sim.nodes.iter().filter(|n| members.contains(n.id)).all(|n| n.app.applied >= target)
         })?;
+        let members = self.latest_configuration().clone();
         if !done {
-            let lagging: Vec<String> =
-                self.nodes.iter().map(|n| format!("{}@{}", n.id, n.app.applied)).collect();
-            return Err(violation(self, format!("replicas did not catch up: {}", lagging.join(" "))));
+            let lagging: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| members.contains(n.id))
+                .map(|n| format!("{}@{}", n.id, n.app.applied))
+                .collect();
+            return Err(violation(self, format!("replicas of {members} did not catch up: {}", lagging.join(" "))));
         }
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| members.contains(n.id)) {
             let expected = self.chain.get(&node.app.applied).copied();
             if expected != Some(node.app.hash) {
                 return Err(violation(self, format!("replica {} ends with a diverged state", node.id)));
@@ -995,27 +1040,68 @@ impl<'a> Simulation<'a> {
     }
 
     fn record_accept(&mut self, acceptor: ReplicaId, ballot: Ballot, slot: Slot, value: Value) -> Result<(), Violation> {
-        let quorum = self.options.replicas as usize / 2 + 1;
         let record = self.ledger.entry((slot, ballot)).or_insert_with(|| (value.clone(), BTreeSet::new()));
         if record.0 != value {
             return Err(violation(self, format!("two values accepted for slot {slot} in ballot {ballot}")));
         }
         record.1.insert(acceptor);
-        if record.1.len() >= quorum {
-            match self.chosen.get(&slot) {
-                Some(existing) if *existing != value => {
-                    return Err(violation(
-                        self,
-                        format!("safety: two different values chosen for slot {slot} (second in ballot {ballot})"),
-                    ));
+        let acceptors = record.1.clone();
+        if slot <= self.settled_through {
+            // The slot's configuration is known: a second quorum must agree.
+            let governing = self.governing(slot);
+            if governing.is_quorum(&acceptors) && self.chosen.get(&slot) != Some(&value) {
+                return Err(violation(
+                    self,
+                    format!("safety: two different values chosen for slot {slot} (second in ballot {ballot}, by {acceptors:?} of {governing})"),
+                ));
+            }
+            return Ok(());
+        }
+        self.settle()
+    }
+
+    /// The configuration governing `slot`, by the checker's own reckoning
+    /// from the settled log (valid for slots up to `settled_through + 1`).
+    fn governing(&self, slot: Slot) -> &Membership {
+        let (_, membership) = self.configs.range(..slot).next_back().expect("the founding configuration is at slot 0");
+        membership
+    }
+
+    /// Moves `settled_through` over every next slot that a majority of the
+    /// voters of its configuration accepted in one ballot, per the ledger of
+    /// durable accepts (not what any replica claims), and puts each change
+    /// it meets in force for the slots after it. Two values with such a
+    /// majority in one slot are a violation.
+    fn settle(&mut self) -> Result<(), Violation> {
+        loop {
+            let slot = self.settled_through + 1;
+            let governing = self.governing(slot).clone();
+            let mut found: Option<Value> = None;
+            for ((_, ballot), (value, acceptors)) in
+                self.ledger.range((slot, Ballot::ZERO)..=(slot, Ballot::new(u64::MAX, u64::MAX)))
+            {
+                if !governing.is_quorum(acceptors) {
+                    continue;
                 }
-                Some(_) => {}
-                None => {
-                    self.chosen.insert(slot, value);
+                match &found {
+                    Some(other) if other != value => {
+                        return Err(violation(
+                            self,
+                            format!("safety: two different values chosen for slot {slot} (one in ballot {ballot}, by {acceptors:?} of {governing})"),
+                        ));
+                    }
+                    _ => found = Some(value.clone()),
                 }
             }
+            let Some(value) = found else { return Ok(()) };
+            if let Value::Reconfigure(membership) = &value {
+                self.configs.insert(slot, membership.clone());
+                self.report.membership_changes += 1;
+                self.note(format!("configuration {membership} chosen at slot {slot}"));
+            }
+            self.chosen.insert(slot, value);
+            self.settled_through = slot;
         }
-        Ok(())
     }
 
     fn apply(&mut self, index: usize, entry: &Entry) -> Result<(), Violation> {
@@ -1030,7 +1116,11 @@ impl<'a> Simulation<'a> {
                 return Err(violation(self, format!("replica {id} applied a value for slot {} that is not the chosen one", entry.slot)));
             }
             None => {
-                return Err(violation(self, format!("replica {id} applied slot {} which no majority accepted", entry.slot)));
+                let governing = self.governing(entry.slot).clone();
+                return Err(violation(
+                    self,
+                    format!("replica {id} applied slot {} which no majority of its configuration's voters ({governing}) accepted in one ballot", entry.slot),
+                ));
             }
         }
         let hash = chain(app.hash, &entry.value);
@@ -1071,7 +1161,7 @@ impl<'a> Simulation<'a> {
         let node = &mut self.nodes[index];
         let mut data = node.app.encode().to_vec();
         data.extend_from_slice(&state);
-        let snapshot = Snapshot { slot: node.app.applied, data: Bytes::from(data) };
+        let snapshot = Snapshot { slot: node.app.applied, data: Bytes::from(data), membership: Membership::default() };
         let Some(core) = &mut node.core else { return Ok(()) };
         // The snapshot reaches the disk through the next Ready, atomically
         // with the compaction of the log it covers.
@@ -1395,9 +1485,61 @@ impl<'a> Simulation<'a> {
                 self.report.holds += 1;
             }
             12 => self.replay(),
+            16 => self.reconfigure()?,
             _ => self.forge()?,
         }
         Ok(())
+    }
+
+    /// Asks the master for one configuration change: promote a learner, add
+    /// a new replica as a learner (started at once with an empty disk, as an
+    /// operator would), or remove a member (the master itself sometimes).
+    /// One change in eight is forced past the master's checks (but never
+    /// below three voters), so the cell may lose its quorum until the heal.
+    fn reconfigure(&mut self) -> Result<(), Violation> {
+        let Some(index) = self.master_index().filter(|&i| self.nodes[i].paused_since.is_none()) else { return Ok(()) };
+        let Some(core) = &self.nodes[index].core else { return Ok(()) };
+        let membership = core.membership().clone();
+        let learners: Vec<ReplicaId> = membership.members.iter().filter(|m| !m.voter).map(|m| m.id).collect();
+        let voters = membership.voters().count();
+        let joined = self.nodes.len() as u64 - self.options.replicas;
+        let change = if !learners.is_empty() && self.rng.chance(2, 3) {
+            MembershipChange::Promote(learners[self.rng.range(0, learners.len() as u64 - 1) as usize])
+        } else if joined < JOINS_MAX && (voters <= 3 || self.rng.chance(1, 2)) {
+            let id = self.options.replicas + joined + 1;
+            let address = format!("replica-{id}");
+            MembershipChange::AddLearner(Member {
+                id,
+                voter: false,
+                incarnation: 1,
+                peer_address: address.clone(),
+                client_address: address,
+            })
+        } else {
+            let ids: Vec<ReplicaId> = membership.ids().collect();
+            MembershipChange::Remove(ids[self.rng.range(0, ids.len() as u64 - 1) as usize])
+        };
+        let keeps_three = !matches!(change, MembershipChange::Remove(id) if membership.is_voter(id) && voters <= 3);
+        let force = keeps_three && self.rng.chance(1, 8);
+        let master = self.nodes[index].id;
+        let Some(core) = &mut self.nodes[index].core else { return Ok(()) };
+        let outcome = core.propose_change(&change, force);
+        self.note(format!("master {master} asked to {change:?} (forced: {force}): {outcome:?}"));
+        if let (Ok(_), MembershipChange::AddLearner(member)) = (&outcome, &change) {
+            let mut config = self.nodes[0].config.clone();
+            config.id = member.id;
+            config.contacts = membership.ids().collect();
+            let compact_every = self.nodes[self.rng.range(0, self.nodes.len() as u64 - 1) as usize].compact_every;
+            self.nodes.push(Node::new(config, compact_every));
+            let joiner = self.nodes.len() - 1;
+            self.start(joiner)?;
+        }
+        self.drive(index)
+    }
+
+    /// The newest configuration the checker knows chosen.
+    fn latest_configuration(&self) -> &Membership {
+        self.configs.values().next_back().expect("the founding configuration is at slot 0")
     }
 
     /// A directed link, often one that touches the master.
@@ -1628,9 +1770,23 @@ impl<'a> Simulation<'a> {
                 self.resume(index)?;
             }
         }
+        // Up to two replicas stay down, but never so many voters that the
+        // configuration in force, or one voter away from it (a change may be
+        // in flight), loses its majority.
         let keep_down = if everyone { 0 } else { self.rng.range(0, 2) as usize };
+        let latest = self.latest_configuration().clone();
+        let mut voters_down_max = latest.voters().count().saturating_sub(latest.quorum()).saturating_sub(1);
+        let mut kept = 0;
         let crashed: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].core.is_none()).collect();
-        for &index in crashed.iter().skip(keep_down) {
+        for index in crashed {
+            let voter = latest.is_voter(self.nodes[index].id);
+            if kept < keep_down && (!voter || voters_down_max > 0) {
+                kept += 1;
+                if voter {
+                    voters_down_max -= 1;
+                }
+                continue;
+            }
             self.start(index)?;
         }
         Ok(())
@@ -1722,11 +1878,21 @@ fn forged_message(rng: &mut Rng, config: &Config, to: ReplicaId) -> (ReplicaId, 
         12 => Message::CatchUp { entries: vec![entry(2, ok_ballot), entry(1, ok_ballot)] },
         13 => Message::CatchUpRequest { from_slot: [0, extreme(rng)][rng.range(0, 1) as usize] },
         14 => Message::InstallSnapshot {
-            snapshot: Snapshot { slot: rng.range(1, 1 << 20), data: Bytes::from_static(b"garbage, not a state") },
+            snapshot: Snapshot {
+                slot: rng.range(1, 1 << 20),
+                data: Bytes::from_static(b"garbage, not a state"),
+                membership: Membership::genesis(members),
+            },
         },
         15 => {
-            let slot = extreme(rng);
-            Message::InstallSnapshot { snapshot: Snapshot { slot, data: App { applied: slot, hash: 0 }.encode() } }
+            // Sometimes a configuration without a voter instead of a slot
+            // out of range.
+            let (slot, membership) = if rng.chance(1, 2) {
+                (extreme(rng), Membership::genesis(members))
+            } else {
+                (rng.range(1, 1 << 20), Membership::default())
+            };
+            Message::InstallSnapshot { snapshot: Snapshot { slot, data: App { applied: slot, hash: 0 }.encode(), membership } }
         }
         _ => Message::PreVote { ballot: Ballot::new(1, to) },
     };

@@ -61,6 +61,136 @@ impl std::fmt::Display for Ballot {
     }
 }
 
+/// The most members (voters and learners) a configuration may list.
+pub const MEMBERS_MAX: usize = 64;
+
+/// The longest peer or client address a member may carry, in bytes.
+pub const ADDRESS_BYTES_MAX: usize = 256;
+
+/// The most bytes [`Membership::encoded_bytes`] can count for a valid
+/// configuration: [`MEMBERS_MAX`] members with the longest addresses.
+pub const MEMBERSHIP_BYTES_MAX: usize = MEMBERS_MAX * (4 * COMMAND_OVERHEAD_BYTES + 2 * ADDRESS_BYTES_MAX);
+
+/// One member of a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member's replica id (never 0).
+    pub id: ReplicaId,
+    /// True for a voter; false for a learner, which receives the log but is
+    /// counted in no quorum and grants no lease.
+    pub voter: bool,
+    /// Which life of this id the member is: a replica whose disk was wiped
+    /// comes back (through a replacement) with a new incarnation, and peers
+    /// drop messages from the old one. 0 when the cell does not track it.
+    pub incarnation: u64,
+    /// Where peers reach it (the driver's business; the core never dials).
+    pub peer_address: String,
+    /// Where clients reach it.
+    pub client_address: String,
+}
+
+/// A configuration of the cell: who votes and who learns. A
+/// [`Value::Reconfigure`] chosen at slot `s` puts one in force for every
+/// slot after `s` (see `docs/MEMBERSHIP.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The members, sorted by id, ids distinct.
+    pub members: Vec<Member>,
+}
+
+impl Membership {
+    /// The first configuration of a cell: these voters, no addresses.
+    pub fn genesis(voters: &[ReplicaId]) -> Self {
+        let mut ids = voters.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        Membership {
+            members: ids
+                .into_iter()
+                .map(|id| Member {
+                    id,
+                    voter: true,
+                    incarnation: 0,
+                    peer_address: String::new(),
+                    client_address: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The member with this id, if any.
+    pub fn get(&self, id: ReplicaId) -> Option<&Member> {
+        self.members.binary_search_by_key(&id, |m| m.id).ok().and_then(|i| self.members.get(i))
+    }
+
+    /// True when `id` is a member (voter or learner).
+    pub fn contains(&self, id: ReplicaId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// True when `id` is a voter.
+    pub fn is_voter(&self, id: ReplicaId) -> bool {
+        self.get(id).is_some_and(|m| m.voter)
+    }
+
+    /// The voters' ids, in order.
+    pub fn voters(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.members.iter().filter(|m| m.voter).map(|m| m.id)
+    }
+
+    /// Every member's id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.members.iter().map(|m| m.id)
+    }
+
+    /// How many voters make a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters().count() / 2 + 1
+    }
+
+    /// True when the voters among `ids` make a majority. Learners and
+    /// strangers in `ids` count for nothing.
+    pub fn is_quorum<'a>(&self, ids: impl IntoIterator<Item = &'a ReplicaId>) -> bool {
+        ids.into_iter().filter(|&&id| self.is_voter(id)).count() >= self.quorum()
+    }
+
+    /// Checks the bounds a configuration must meet wherever it comes from (a
+    /// peer, a client, the disk): at least one voter, at most
+    /// [`MEMBERS_MAX`] members, ids non-zero, distinct and sorted, addresses
+    /// at most [`ADDRESS_BYTES_MAX`] bytes.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.members.len() > MEMBERS_MAX {
+            return Err("a configuration lists more members than allowed");
+        }
+        if self.voters().next().is_none() {
+            return Err("a configuration without a voter");
+        }
+        if self.members.first().is_some_and(|m| m.id == 0) || self.members.windows(2).any(|w| w[0].id >= w[1].id) {
+            return Err("a configuration's ids are zero, repeated or unsorted");
+        }
+        if self.members.iter().any(|m| m.peer_address.len() > ADDRESS_BYTES_MAX || m.client_address.len() > ADDRESS_BYTES_MAX) {
+            return Err("a member's address is too long");
+        }
+        Ok(())
+    }
+
+    /// A generous estimate of the encoded size.
+    pub fn encoded_bytes(&self) -> usize {
+        self.members
+            .iter()
+            .map(|m| COMMAND_OVERHEAD_BYTES * 4 + m.peer_address.len() + m.client_address.len())
+            .sum()
+    }
+}
+
+impl std::fmt::Display for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> =
+            self.members.iter().map(|m| if m.voter { m.id.to_string() } else { format!("{}(learner)", m.id) }).collect();
+        write!(f, "{{{}}}", parts.join(", "))
+    }
+}
+
 /// What one slot of the log holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
@@ -69,13 +199,17 @@ pub enum Value {
     /// A batch of client commands, applied in order. The core never looks
     /// inside a command.
     Batch(Vec<Bytes>),
+    /// A new configuration, in force for every slot after this one once this
+    /// slot is chosen. The application has nothing to apply; the core owns
+    /// the configuration ([`crate::Replica::membership`]).
+    Reconfigure(Membership),
 }
 
 impl Value {
     /// The number of bytes of commands the value carries.
     pub fn size_bytes(&self) -> usize {
         match self {
-            Value::Noop => 0,
+            Value::Noop | Value::Reconfigure(_) => 0,
             Value::Batch(commands) => commands.iter().map(Bytes::len).sum(),
         }
     }
@@ -86,6 +220,7 @@ impl Value {
         match self {
             Value::Noop => 0,
             Value::Batch(commands) => commands.iter().map(|c| c.len().saturating_add(COMMAND_OVERHEAD_BYTES)).sum(),
+            Value::Reconfigure(membership) => membership.encoded_bytes(),
         }
     }
 }
@@ -127,13 +262,17 @@ pub struct HardState {
 }
 
 /// A snapshot of the application's state after applying every slot up to and
-/// including `slot`. The core does not interpret `data`.
+/// including `slot`, with the configuration in force after it. The core does
+/// not interpret `data`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// The last slot the snapshot covers.
     pub slot: Slot,
     /// The application's encoding of its state.
     pub data: Bytes,
+    /// The configuration in force after `slot`. [`crate::Replica::compact`]
+    /// fills it in; whatever the application put there is replaced.
+    pub membership: Membership,
 }
 
 /// Everything a replica kept durably, handed back to [`crate::Replica::new`]

@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use gaios_paxos::rng::Rng;
 use gaios_paxos::types::{ROUND_MAX, SLOT_MAX};
-use gaios_paxos::{Ballot, Config, Durable, Entry, HardState, Message, NackReason, Replica, Snapshot, Value};
+use gaios_paxos::{Ballot, Config, Durable, Entry, HardState, Membership, Message, NackReason, Replica, Snapshot, Value};
 
 const MEMBERS: [u64; 5] = [1, 2, 3, 4, 5];
 
@@ -94,7 +94,7 @@ fn message(rng: &mut Rng) -> Message {
             slots: (0..rng.range(0, 10)).map(|_| small_or_extreme(rng)).collect(),
         },
         4 => Message::Heartbeat { ballot: ballot(rng), chosen_through: small_or_extreme(rng), sent_tick: number(rng) },
-        5 => Message::HeartbeatAck { ballot: ballot(rng), sent_tick: small_or_extreme(rng) },
+        5 => Message::HeartbeatAck { ballot: ballot(rng), sent_tick: small_or_extreme(rng), chosen_through: small_or_extreme(rng) },
         6 => {
             let reason = match rng.range(0, 2) {
                 0 => NackReason::HigherBallot,
@@ -106,7 +106,7 @@ fn message(rng: &mut Rng) -> Message {
         7 => Message::CatchUpRequest { from_slot: small_or_extreme(rng) },
         8 => Message::CatchUp { entries: entries(rng) },
         9 => Message::InstallSnapshot {
-            snapshot: Snapshot { slot: small_or_extreme(rng), data: Bytes::from(vec![1u8; rng.range(0, 32) as usize]) },
+            snapshot: Snapshot { slot: small_or_extreme(rng), data: Bytes::from(vec![1u8; rng.range(0, 32) as usize]), membership: Membership::genesis(&[1, 2, 3]) },
         },
         10 => Message::PreVote { ballot: ballot(rng) },
         _ => Message::PreVoteReply { ballot: ballot(rng), granted: rng.chance(1, 2) },
@@ -127,7 +127,7 @@ fn replica(rng: &mut Rng, id: u64) -> Replica {
     let durable = Durable {
         hard_state: HardState { promised: Ballot::new(1, 2), chosen_through: chosen },
         entries: log_entries,
-        snapshot: (snapshot_slot > 0).then(|| Snapshot { slot: snapshot_slot, data: Bytes::from_static(b"state") }),
+        snapshot: (snapshot_slot > 0).then(|| Snapshot { slot: snapshot_slot, data: Bytes::from_static(b"state"), membership: Membership::genesis(&[1, 2, 3, 4, 5]) }),
         applied: snapshot_slot,
     };
     let mut replica = Replica::new(config, durable).expect("a valid durable state");

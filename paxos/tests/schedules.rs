@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use gaios_paxos::{Ballot, Config, Durable, Message, Replica, ReplicaId, Slot, Snapshot, Value};
+use gaios_paxos::{Ballot, Config, Durable, Membership, Message, Replica, ReplicaId, Slot, Snapshot, Value};
 
 const MEMBERS: [ReplicaId; 5] = [1, 2, 3, 4, 5];
 const LEASE_TICKS: u64 = 8;
@@ -260,7 +260,7 @@ fn finding_1_a_deposed_master_never_vouches_for_values_it_learned_by_catch_up() 
 fn finding_1_with_a_snapshot_instead_of_a_catch_up() {
     let mut net = Net::new();
     let held = deposed_master_with_a_held_catch_up_request(&mut net);
-    let snapshot = Snapshot { slot: 2, data: Bytes::from_static(b"state through slot 2") };
+    let snapshot = Snapshot { slot: 2, data: Bytes::from_static(b"state through slot 2"), membership: Membership::default() };
     net.node(4).compact(snapshot).expect("4 applied slot 2");
     net.settle(4);
     net.release(1, 4, held);

@@ -68,6 +68,7 @@ fn run_seeds(first: u64, count: u64, options: &Options) -> (u64, Report, Option<
                             sum.replays += report.replays;
                             sum.forged += report.forged;
                             sum.power_losses += report.power_losses;
+                            sum.membership_changes += report.membership_changes;
                         }
                         Err(violation) => {
                             let mut failure = failure.lock().expect("failure lock");
@@ -105,7 +106,7 @@ fn simulation_seeds_keep_paxos_safe_and_live() {
     println!(
         "{runs} seeds ok in {:.1}s: {} slots chosen, {} commands acknowledged, {} elections, {} crashes, \
          {} pauses, {} partitions, {} snapshots installed, {} messages, {} holds, {} replays, {} forged messages \
-         rejected, {} power losses; worst recovery after heal {} ticks",
+         rejected, {} power losses, {} configuration changes; worst recovery after heal {} ticks",
         started.elapsed().as_secs_f64(),
         report.chosen_slots,
         report.acknowledged,
@@ -119,13 +120,14 @@ fn simulation_seeds_keep_paxos_safe_and_live() {
         report.replays,
         report.forged,
         report.power_losses,
+        report.membership_changes,
         report.worst_recovery_ticks,
     );
     assert_eq!(runs, count, "every seed ran");
     assert!(report.acknowledged > 0 && report.elections > 0 && report.crashes > 0 && report.partitions > 0);
     assert!(report.snapshots_installed > 0, "no run exercised snapshot hand-off");
     assert!(
-        report.holds > 0 && report.replays > 0 && report.forged > 0 && report.power_losses > 0,
+        report.holds > 0 && report.replays > 0 && report.forged > 0 && report.power_losses > 0 && report.membership_changes > 0,
         "a hostile fault never happened: {report:?}"
     );
 }
@@ -135,10 +137,12 @@ fn simulation_seeds_keep_paxos_safe_and_live() {
 /// replicas holding a master lease at once or a stale read. If none does,
 /// the checker (or the fault model) has gone blind. (At 40% none of 300
 /// seeds shows one: election timeouts, which are at least a lease long, and
-/// pre-votes add protection beyond the lease margin.)
+/// pre-votes add protection beyond the lease margin.) Configuration changes
+/// are off here: they move the seeds' random streams, and the lease check is
+/// what this test is about.
 #[test]
 fn simulation_catches_lease_violations_when_clocks_drift_past_the_bound() {
-    let options = Options { clock_drift_ppm: 900_000, ..Options::default() };
+    let options = Options { clock_drift_ppm: 900_000, membership_changes: false, ..Options::default() };
     let seeds = env_u64("GAIOS_SIM_DRIFT_SEEDS").unwrap_or(200);
     for seed in 0..seeds {
         let outcome = std::panic::catch_unwind(|| sim::run(seed, &options));

@@ -160,6 +160,7 @@ fn plan(seq: u64) -> Ready {
         ready.snapshot = Some(Snapshot {
             slot: floor,
             data: snapshot_data(floor),
+            membership: gaios_paxos::Membership::genesis(&[1, 2, 3, 4, 5]),
         });
     } else if seq.is_multiple_of(7) {
         ready.compact_through = Some(floor);

@@ -74,7 +74,13 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
     use peer::paxos_message::Body;
     let garbage_snapshot = || {
         Body::InstallSnapshot(peer::InstallSnapshot {
-            snapshot: Some(peer::Snapshot { slot: 1_000_000, data: b"not a state snapshot".to_vec().into() }),
+            snapshot: Some(peer::Snapshot {
+                slot: 1_000_000,
+                data: b"not a state snapshot".to_vec().into(),
+                membership: Some(peer::Membership {
+                    members: vec![peer::Member { id: 1, voter: true, ..Default::default() }],
+                }),
+            }),
         })
     };
     // The same bad snapshot five times, as a peer retrying would send it.

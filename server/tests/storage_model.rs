@@ -64,7 +64,15 @@ fn random_ready(rng: &mut Rng, model: &Model, step: u64) -> Ready {
     if rng.chance(1, 8) {
         let slot = log_start + rng.range(1, 30);
         let data = Bytes::from(format!("snapshot at {slot} of step {step}").repeat(rng.range(1, 100) as usize));
-        ready.snapshot = Some(Snapshot { slot, data });
+        let mut membership = gaios_paxos::Membership::genesis(&[1, 2, 3]);
+        membership.members.push(gaios_paxos::Member {
+            id: 4 + step,
+            voter: rng.chance(1, 2),
+            incarnation: step,
+            peer_address: format!("127.0.0.1:{step}"),
+            client_address: String::new(),
+        });
+        ready.snapshot = Some(Snapshot { slot, data, membership });
         ready.compact_through = Some(slot);
         // Entries below a snapshot never come in the same Ready from the
         // core (it filters them); keep the generated Ready just as legal.

@@ -9,7 +9,7 @@
 //! that as a [`CodecError`] instead of panicking or inventing a default.
 
 use gaios_paxos::message::{Message, NackReason};
-use gaios_paxos::types::{Ballot, Entry, HardState, ReplicaId, Snapshot, Value};
+use gaios_paxos::types::{Ballot, Entry, HardState, Member, Membership, ReplicaId, Snapshot, Value};
 use gaios_proto::replica::v1 as peer;
 
 /// Why a protobuf record or message could not become a core type.
@@ -25,6 +25,10 @@ pub enum CodecError {
     /// value; accepting it would break the core's slot arithmetic.
     #[error("entry has slot 0; slots start at 1")]
     ZeroSlot,
+    /// A configuration breaks a bound (no voter, too many members, ids
+    /// zero, repeated or unsorted, an address too long).
+    #[error("malformed configuration: {0}")]
+    Membership(&'static str),
     /// A promise names a part outside its number of parts (or has no
     /// parts); the candidate would wait for a part that never comes.
     #[error("promise part {part} of {parts} does not exist")]
@@ -83,8 +87,46 @@ pub fn encode_value(value: &Value) -> peer::Value {
         Value::Batch(commands) => peer::value::Kind::Batch(peer::value::Batch {
             commands: commands.clone(),
         }),
+        Value::Reconfigure(membership) => peer::value::Kind::Reconfigure(encode_membership(membership)),
     };
     peer::Value { kind: Some(kind) }
+}
+
+/// Encodes a configuration.
+pub fn encode_membership(membership: &Membership) -> peer::Membership {
+    peer::Membership {
+        members: membership
+            .members
+            .iter()
+            .map(|m| peer::Member {
+                id: m.id,
+                voter: m.voter,
+                incarnation: m.incarnation,
+                peer_address: m.peer_address.clone(),
+                client_address: m.client_address.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Decodes a configuration and checks its bounds (members, ids,
+/// addresses: [`Membership::validate`]).
+pub fn decode_membership(membership: peer::Membership) -> Result<Membership, CodecError> {
+    let membership = Membership {
+        members: membership
+            .members
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                voter: m.voter,
+                incarnation: m.incarnation,
+                peer_address: m.peer_address,
+                client_address: m.client_address,
+            })
+            .collect(),
+    };
+    membership.validate().map_err(CodecError::Membership)?;
+    Ok(membership)
 }
 
 /// Decodes the value of one slot; a value with no kind set is an error, not
@@ -93,6 +135,7 @@ pub fn decode_value(value: peer::Value) -> Result<Value, CodecError> {
     match value.kind.ok_or(CodecError::Missing("Value.kind"))? {
         peer::value::Kind::Noop(peer::value::Noop {}) => Ok(Value::Noop),
         peer::value::Kind::Batch(batch) => Ok(Value::Batch(batch.commands)),
+        peer::value::Kind::Reconfigure(membership) => Ok(Value::Reconfigure(decode_membership(membership)?)),
     }
 }
 
@@ -148,15 +191,18 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> peer::Snapshot {
     peer::Snapshot {
         slot: snapshot.slot,
         data: snapshot.data.clone(),
+        membership: Some(encode_membership(&snapshot.membership)),
     }
 }
 
-/// Decodes a snapshot with its data.
-pub fn decode_snapshot(snapshot: peer::Snapshot) -> Snapshot {
-    Snapshot {
+/// Decodes a snapshot with its data; its configuration is required.
+pub fn decode_snapshot(snapshot: peer::Snapshot) -> Result<Snapshot, CodecError> {
+    let membership = snapshot.membership.ok_or(CodecError::Missing("Snapshot.membership"))?;
+    Ok(Snapshot {
         slot: snapshot.slot,
         data: snapshot.data,
-    }
+        membership: decode_membership(membership)?,
+    })
 }
 
 /// Encodes one protocol message with its sender and destination.
@@ -202,9 +248,14 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> peer
             chosen_through: *chosen_through,
             sent_tick: *sent_tick,
         }),
-        Message::HeartbeatAck { ballot, sent_tick } => Body::HeartbeatAck(peer::HeartbeatAck {
+        Message::HeartbeatAck {
+            ballot,
+            sent_tick,
+            chosen_through,
+        } => Body::HeartbeatAck(peer::HeartbeatAck {
             ballot: Some(encode_ballot(*ballot)),
             sent_tick: *sent_tick,
+            chosen_through: *chosen_through,
         }),
         Message::Nack {
             ballot,
@@ -306,6 +357,7 @@ pub fn decode_message(message: peer::PaxosMessage) -> Result<AddressedMessage, C
         Body::HeartbeatAck(m) => Message::HeartbeatAck {
             ballot: decode_ballot(m.ballot, "HeartbeatAck.ballot")?,
             sent_tick: m.sent_tick,
+            chosen_through: m.chosen_through,
         },
         Body::Nack(m) => Message::Nack {
             ballot: decode_ballot(m.ballot, "Nack.ballot")?,
@@ -322,7 +374,7 @@ pub fn decode_message(message: peer::PaxosMessage) -> Result<AddressedMessage, C
             snapshot: decode_snapshot(
                 m.snapshot
                     .ok_or(CodecError::Missing("InstallSnapshot.snapshot"))?,
-            ),
+            )?,
         },
         Body::PreVote(m) => Message::PreVote {
             ballot: decode_ballot(m.ballot, "PreVote.ballot")?,
@@ -363,9 +415,22 @@ mod tests {
         }
     }
 
+    fn sample_membership() -> Membership {
+        let mut membership = Membership::genesis(&[1, 2, 3]);
+        membership.members.push(Member {
+            id: 9,
+            voter: false,
+            incarnation: 77,
+            peer_address: "10.0.0.9:7000".to_string(),
+            client_address: "10.0.0.9:7100".to_string(),
+        });
+        membership
+    }
+
     fn sample_entries() -> Vec<Entry> {
         vec![
             entry(1, 2, Value::Noop),
+            entry(7, 2, Value::Reconfigure(sample_membership())),
             entry(2, 2, Value::Batch(vec![])),
             entry(
                 7,
@@ -418,6 +483,7 @@ mod tests {
             Message::HeartbeatAck {
                 ballot,
                 sent_tick: 99,
+                chosen_through: 31,
             },
             Message::Nack {
                 ballot,
@@ -442,6 +508,7 @@ mod tests {
                 snapshot: Snapshot {
                     slot: 40,
                     data: Bytes::from_static(b"state"),
+                    membership: sample_membership(),
                 },
             },
             Message::PreVote { ballot },
@@ -596,9 +663,16 @@ mod tests {
         let snapshot = Snapshot {
             slot: 9,
             data: Bytes::from_static(b"\x00\x01"),
+            membership: sample_membership(),
         };
         let bytes = encode_snapshot(&snapshot).encode_to_vec();
-        assert_eq!(decode_snapshot(decode_bytes(&bytes, "Snapshot")?), snapshot);
+        assert_eq!(decode_snapshot(decode_bytes(&bytes, "Snapshot")?)?, snapshot);
+        // A configuration that breaks a bound is refused, with the rule.
+        let mut unsorted = encode_membership(&sample_membership());
+        unsorted.members.swap(0, 1);
+        assert!(matches!(decode_membership(unsorted), Err(CodecError::Membership(_))));
+        let voterless = peer::Membership { members: vec![peer::Member { id: 4, ..Default::default() }] };
+        assert!(matches!(decode_membership(voterless), Err(CodecError::Membership(_))));
         Ok(())
     }
 

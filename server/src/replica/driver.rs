@@ -415,7 +415,7 @@ impl Driver {
         let data = self.shared.state().snapshot();
         let slot = self.applied;
         let bytes = data.len();
-        match self.replica.compact(Snapshot { slot, data }) {
+        match self.replica.compact(Snapshot { slot, data, membership: gaios_paxos::Membership::default() }) {
             Ok(()) => {
                 tracing::info!(slot, bytes, "took a snapshot");
                 self.snapshot_slot = slot;

@@ -595,9 +595,18 @@ impl Storage {
                         found,
                     }));
                 };
+                // A data directory written before configurations changed
+                // holds none: the founding configuration is in force
+                // (the core reads an empty one so).
+                let membership = match meta.membership {
+                    Some(membership) => codec::decode_membership(membership)
+                        .map_err(|e| self.record_error(CF_META, SNAPSHOT_KEY, e))?,
+                    None => gaios_paxos::Membership::default(),
+                };
                 Some(Snapshot {
                     slot: meta.slot,
                     data: data.into(),
+                    membership,
                 })
             }
         };
@@ -692,6 +701,7 @@ impl Storage {
             let record = peer::SnapshotMeta {
                 slot: snapshot.slot,
                 data_bytes: snapshot.data.len() as u64,
+                membership: Some(codec::encode_membership(&snapshot.membership)),
             };
             batch.put_cf(meta, SNAPSHOT_KEY, record.encode_to_vec());
             batch.put_cf(meta, SNAPSHOT_DATA_KEY, &snapshot.data);
@@ -1147,6 +1157,7 @@ mod tests {
         let snapshot = Snapshot {
             slot: 3,
             data: Bytes::from_static(b"namespace at slot 3"),
+            membership: gaios_paxos::Membership::genesis(&[1, 2, 3]),
         };
         storage.persist(&ready_with(None, vec![], Some(snapshot.clone()), None))?;
         let durable = storage.load()?;
