@@ -43,6 +43,14 @@ pub enum ChangeError {
     /// The id is taken already.
     #[error("replica {0} is already a member")]
     AlreadyAMember(ReplicaId),
+    /// A new member's id must be higher than any id the cell ever used.
+    #[error("replica id {id} was used before; a new member needs an id above {highest}")]
+    IdUsedBefore {
+        /// The id asked for.
+        id: ReplicaId,
+        /// The highest id the cell ever used.
+        highest: ReplicaId,
+    },
     /// Promote names a voter.
     #[error("replica {0} is already a voter")]
     AlreadyAVoter(ReplicaId),
@@ -89,6 +97,10 @@ pub fn changed(current: &Membership, change: &MembershipChange) -> Result<Member
             if current.contains(member.id) {
                 return Err(ChangeError::AlreadyAMember(member.id));
             }
+            if member.id <= current.highest_id {
+                return Err(ChangeError::IdUsedBefore { id: member.id, highest: current.highest_id });
+            }
+            next.highest_id = member.id;
             let mut member = member.clone();
             member.voter = false;
             let at = next.members.partition_point(|m| m.id < member.id);
@@ -194,10 +206,16 @@ mod tests {
         assert_eq!(promoted.quorum(), 4);
         let removed = changed(&promoted, &MembershipChange::Remove(1)).unwrap();
         assert_eq!(removed.voters().collect::<Vec<_>>(), vec![2, 3, 4, 5, 16]);
+        let gone = changed(&removed, &MembershipChange::Remove(16)).unwrap();
+        assert_eq!(
+            changed(&gone, &MembershipChange::AddLearner(learner(16))),
+            Err(ChangeError::IdUsedBefore { id: 16, highest: 16 }),
+            "an id is never used twice, even once its member is gone"
+        );
         assert_eq!(changed(&five, &MembershipChange::Promote(3)), Err(ChangeError::AlreadyAVoter(3)));
         assert_eq!(changed(&five, &MembershipChange::Remove(9)), Err(ChangeError::NotAMember(9)));
         assert_eq!(changed(&five, &MembershipChange::AddLearner(learner(2))), Err(ChangeError::AlreadyAMember(2)));
-        assert!(matches!(changed(&five, &MembershipChange::AddLearner(learner(0))), Err(ChangeError::Invalid(_))));
+        assert!(matches!(changed(&five, &MembershipChange::AddLearner(learner(0))), Err(ChangeError::IdUsedBefore { id: 0, .. })));
     }
 
     #[test]

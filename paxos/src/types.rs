@@ -69,7 +69,7 @@ pub const ADDRESS_BYTES_MAX: usize = 256;
 
 /// The most bytes [`Membership::encoded_bytes`] can count for a valid
 /// configuration: [`MEMBERS_MAX`] members with the longest addresses.
-pub const MEMBERSHIP_BYTES_MAX: usize = MEMBERS_MAX * (4 * COMMAND_OVERHEAD_BYTES + 2 * ADDRESS_BYTES_MAX);
+pub const MEMBERSHIP_BYTES_MAX: usize = COMMAND_OVERHEAD_BYTES + MEMBERS_MAX * (4 * COMMAND_OVERHEAD_BYTES + 2 * ADDRESS_BYTES_MAX);
 
 /// One member of a configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,11 @@ pub struct Member {
 pub struct Membership {
     /// The members, sorted by id, ids distinct.
     pub members: Vec<Member>,
+    /// The highest id any member of the cell ever had. A new member's id
+    /// must be higher, so that no id is ever used twice: a replica that
+    /// lost its disk comes back under a new id, and no acceptor that forgot
+    /// its promises can be mistaken for the one that made them.
+    pub highest_id: ReplicaId,
 }
 
 impl Membership {
@@ -105,6 +110,7 @@ impl Membership {
         ids.sort_unstable();
         ids.dedup();
         Membership {
+            highest_id: ids.last().copied().unwrap_or(0),
             members: ids
                 .into_iter()
                 .map(|id| Member {
@@ -171,15 +177,20 @@ impl Membership {
         if self.members.iter().any(|m| m.peer_address.len() > ADDRESS_BYTES_MAX || m.client_address.len() > ADDRESS_BYTES_MAX) {
             return Err("a member's address is too long");
         }
+        if self.members.last().is_some_and(|m| m.id > self.highest_id) {
+            return Err("a member's id is above the highest id the configuration records");
+        }
         Ok(())
     }
 
     /// A generous estimate of the encoded size.
     pub fn encoded_bytes(&self) -> usize {
-        self.members
+        COMMAND_OVERHEAD_BYTES
+            + self
+                .members
             .iter()
-            .map(|m| COMMAND_OVERHEAD_BYTES * 4 + m.peer_address.len() + m.client_address.len())
-            .sum()
+                .map(|m| COMMAND_OVERHEAD_BYTES * 4 + m.peer_address.len() + m.client_address.len())
+                .sum::<usize>()
     }
 }
 

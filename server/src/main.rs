@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use gaios_server::service::CellService;
-use gaios_server::ops::config::{Cli, Command, MemberArgs, ReplicaConfig};
+use gaios_server::ops::config::{Cli, Command, InitArgs, ReplicaConfig};
 use gaios_server::replica::driver::{Driver, DriverOptions};
 use gaios_server::ops::metrics::{Metrics, serve_metrics};
 use gaios_server::ops::health;
@@ -58,8 +58,12 @@ fn main() -> anyhow::Result<()> {
 const INCARNATION_DRAWS_MAX: usize = 4;
 
 /// `gaios-server init`: creates the data directory and says what it wrote.
-fn init(args: MemberArgs) -> anyhow::Result<()> {
-    let member = args.check().context("invalid configuration")?;
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let joining = args.join;
+    let member = args.member.check().context("invalid configuration")?;
+    if joining && member.members.len() < 2 {
+        anyhow::bail!("--join needs at least one --peer besides this replica: a member of the running cell to reach");
+    }
     let incarnation = (0..INCARNATION_DRAWS_MAX)
         .find_map(|_| getrandom::u64().map(NonZeroU64::new).transpose())
         .context("the operating system's random source returned only zeros")?
@@ -68,12 +72,15 @@ fn init(args: MemberArgs) -> anyhow::Result<()> {
         identity: Identity { cell_id: member.cell_id.clone(), replica_id: member.id },
         incarnation,
         members: member.members,
+        joining,
     };
     Storage::init(&member.data_dir, &record)
         .with_context(|| format!("cannot initialise the data directory {}", member.data_dir.display()))?;
     let ids: Vec<String> = record.members.iter().map(|peer| peer.id.to_string()).collect();
+    let what = if joining { "joining replica" } else { "replica" };
+    let whom = if joining { "contacts" } else { "members" };
     println!(
-        "initialised {} for replica {} of cell {:?} (incarnation {:016x}, members {})",
+        "initialised {} for {what} {} of cell {:?} (incarnation {:016x}, {whom} {})",
         member.data_dir.display(),
         member.id,
         member.cell_id,
@@ -83,11 +90,13 @@ fn init(args: MemberArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: ReplicaConfig) -> anyhow::Result<()> {
+async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
     let identity = Identity { cell_id: config.cell_id.clone(), replica_id: config.id };
     let storage = Storage::open_member(&config.data_dir, &identity, &config.members)
         .with_context(|| format!("refusing to start replica {} on {}", config.id, config.data_dir.display()))?;
-    let incarnation = storage.init_record().context("cannot read the data directory's identity")?.incarnation;
+    let record = storage.init_record().context("cannot read the data directory's identity")?;
+    let incarnation = record.incarnation;
+    config.joining = record.joining;
 
     // Bind first, so that a taken port fails the start instead of a task.
     let peer_listener = TcpListener::bind(config.listen_peer)

@@ -75,6 +75,7 @@ fn init_record() -> InitRecord {
             peer_address: "127.0.0.1:7101".parse().expect("an address"),
             client_address: "127.0.0.1:7201".parse().expect("an address"),
         }],
+        joining: false,
     }
 }
 

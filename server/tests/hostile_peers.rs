@@ -79,6 +79,7 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
                 data: b"not a state snapshot".to_vec().into(),
                 membership: Some(peer::Membership {
                     members: vec![peer::Member { id: 1, voter: true, ..Default::default() }],
+                    highest_id: 1,
                 }),
             }),
         })

@@ -72,6 +72,7 @@ fn random_ready(rng: &mut Rng, model: &Model, step: u64) -> Ready {
             peer_address: format!("127.0.0.1:{step}"),
             client_address: String::new(),
         });
+        membership.highest_id = 4 + step;
         ready.snapshot = Some(Snapshot { slot, data, membership });
         ready.compact_through = Some(slot);
         // Entries below a snapshot never come in the same Ready from the
@@ -102,6 +103,7 @@ fn run(seed: u64) {
             peer_address: "127.0.0.1:7101".parse().expect("an address"),
             client_address: "127.0.0.1:7201".parse().expect("an address"),
         }],
+        joining: false,
     };
     Storage::init(dir.path(), &record).expect("initialise a new directory");
     let mut storage = Some(Storage::open(dir.path(), &identity).expect("open a new directory"));

@@ -63,8 +63,9 @@ pub enum Command {
     /// cell id, the replica id, a fresh random incarnation and the members;
     /// refuses a directory that holds anything. Never use it to bring back a
     /// member of a running cell whose disk was lost: it would vote as an
-    /// acceptor that forgot its promises.
-    Init(MemberArgs),
+    /// acceptor that forgot its promises. With `--join`, creates the
+    /// directory of a replica that joins a running cell under a new id.
+    Init(InitArgs),
     /// Runs the replica on the data directory `init` created (the word
     /// `run` may be left out).
     Run(Args),
@@ -89,6 +90,21 @@ pub struct MemberArgs {
     /// member, this replica included.
     #[arg(long = "peer", required = true)]
     pub peers: Vec<PeerSpec>,
+}
+
+/// The flags of `gaios-server init`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    /// Who the replica is and who its peers are.
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// The replica joins a RUNNING cell: `--id` must be a new id (higher
+    /// than any the cell ever used, see `gaios member list`), and the
+    /// `--peer` flags name the members it may first reach, itself included.
+    /// It starts as a learner, catches up, and takes part once an operator
+    /// adds it (`gaios member add`, or `gaios member replace`).
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// The flags of `gaios-server run`.
@@ -329,6 +345,9 @@ pub struct ReplicaConfig {
     pub snapshot_every_slots: u64,
     /// How long a client session lives without a keep-alive.
     pub session_lease: Duration,
+    /// True for a replica that joined a running cell (`init --join`
+    /// recorded it): its `members` are contacts, not the founding voters.
+    pub joining: bool,
 }
 
 impl ReplicaConfig {
@@ -380,6 +399,7 @@ impl ReplicaConfig {
             listen_metrics: args.listen_metrics,
             snapshot_every_slots: args.snapshot_every_slots,
             session_lease: Duration::from_millis(args.session_lease_ms),
+            joining: false,
         })
     }
 
@@ -389,7 +409,19 @@ impl ReplicaConfig {
     /// lease tolerates need more (`from_args` checked that a margin fits).
     pub fn paxos_config(&self) -> gaios_paxos::Config {
         let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(self.tick.as_millis().max(1) as u64).max(1);
-        let mut config = gaios_paxos::Config::new(self.id, self.member_ids());
+        // A founding member starts from the cell's first configuration. A
+        // joining one starts from the voters it was told of, and hears only
+        // from them until it learns the cell's configuration from the log
+        // or a snapshot (each change carries a whole configuration, so that
+        // start is replaced before it could matter; docs/MEMBERSHIP.md).
+        let others: Vec<ReplicaId> = self.member_ids().into_iter().filter(|&id| id != self.id).collect();
+        let mut config = if self.joining {
+            let mut config = gaios_paxos::Config::new(self.id, others.clone());
+            config.contacts = others;
+            config
+        } else {
+            gaios_paxos::Config::new(self.id, self.member_ids())
+        };
         config.heartbeat_ticks = ticks(self.heartbeat);
         config.lease_ticks = ticks(self.master_lease).max(config.heartbeat_ticks + 1);
         let needed = gaios_paxos::config::lease_drift_ticks_for(config.lease_ticks).unwrap_or(config.lease_ticks - 1);
@@ -571,8 +603,14 @@ mod tests {
         let Ok(Cli { command: Command::Init(init) }) = with(&["init"], &[]) else {
             panic!("`init` does not parse");
         };
-        let init = init.check().expect("valid member flags");
+        assert!(!init.join);
+        let init = init.member.check().expect("valid member flags");
         assert_eq!((init.id, init.cell_id.as_str(), init.members.len()), (2, "c", 3));
+        let Ok(Cli { command: Command::Init(join) }) = with(&["init", "--join"], &[]) else {
+            panic!("`init --join` does not parse");
+        };
+        assert!(join.join);
+        assert!(with(&["run", "--join"], &[]).is_err(), "--join is init's alone");
         assert!(with(&["init"], &["--tick-ms", "5"]).is_err(), "init takes no run flags");
         assert!(Cli::parse_args(["gaios-server", "init", "--id", "1", "--data-dir", "/tmp/x"]).is_err(), "init needs --peer");
         assert!(Cli::parse_args(["gaios-server"]).is_err(), "nothing to do");

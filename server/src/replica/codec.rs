@@ -106,6 +106,7 @@ pub fn encode_membership(membership: &Membership) -> peer::Membership {
                 client_address: m.client_address.clone(),
             })
             .collect(),
+        highest_id: membership.highest_id,
     }
 }
 
@@ -124,6 +125,7 @@ pub fn decode_membership(membership: peer::Membership) -> Result<Membership, Cod
                 client_address: m.client_address,
             })
             .collect(),
+        highest_id: membership.highest_id,
     };
     membership.validate().map_err(CodecError::Membership)?;
     Ok(membership)
@@ -424,6 +426,7 @@ mod tests {
             peer_address: "10.0.0.9:7000".to_string(),
             client_address: "10.0.0.9:7100".to_string(),
         });
+        membership.highest_id = 9;
         membership
     }
 
@@ -671,7 +674,7 @@ mod tests {
         let mut unsorted = encode_membership(&sample_membership());
         unsorted.members.swap(0, 1);
         assert!(matches!(decode_membership(unsorted), Err(CodecError::Membership(_))));
-        let voterless = peer::Membership { members: vec![peer::Member { id: 4, ..Default::default() }] };
+        let voterless = peer::Membership { members: vec![peer::Member { id: 4, ..Default::default() }], highest_id: 4 };
         assert!(matches!(decode_membership(voterless), Err(CodecError::Membership(_))));
         Ok(())
     }

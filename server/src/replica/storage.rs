@@ -88,6 +88,9 @@ const IDENTITY_KEY: &[u8] = b"identity";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot_data";
 const APPLIED_KEY: &[u8] = b"applied";
+/// Written once the replica applied a configuration without itself: the
+/// slot of that change. A removed replica never starts again.
+const REMOVED_KEY: &[u8] = b"removed";
 
 type Db = rocksdb::DBWithThreadMode<rocksdb::SingleThreaded>;
 
@@ -121,6 +124,10 @@ pub struct InitRecord {
     pub incarnation: NonZeroU64,
     /// The cell's members as `init` was given them, in id order.
     pub members: Vec<PeerSpec>,
+    /// True for a replica that joins a running cell (`init --join`): it
+    /// starts as a learner, and `members` are the replicas it may first
+    /// hear from, not the cell's founding ones.
+    pub joining: bool,
 }
 
 /// What an uninitialised data directory looks like.
@@ -171,6 +178,18 @@ pub enum StorageError {
         expected: Identity,
         /// The identity recorded in the directory.
         found: Identity,
+    },
+    /// The replica was removed from its cell (a configuration without it
+    /// was chosen at `slot`). It must not take part again: its id is
+    /// retired, and a replacement joins under a new id.
+    #[error(
+        "the replica owning {dir} was removed from its cell by the configuration change at slot {slot}; it will not start again. To bring this machine back, wipe the directory and join it under a new id (`gaios-server init --join`, then `gaios member add`)"
+    )]
+    Removed {
+        /// The directory refused.
+        dir: PathBuf,
+        /// The slot of the change that removed it.
+        slot: Slot,
     },
     /// The directory is not a Gaios data directory this build can read, or
     /// a record in it does not decode. Nothing was changed; an operator must
@@ -516,6 +535,9 @@ impl Storage {
             if let Some(difference) = members.and_then(|given| member_difference(&record.members, given)) {
                 return Err(StorageError::MembersDiffer { dir: dir.to_path_buf(), difference });
             }
+            if let Some(slot) = probe.removed()? {
+                return Err(StorageError::Removed { dir: dir.to_path_buf(), slot });
+            }
         }
         let (db, options) = open_db(dir, OpenMode::Existing)?;
         Ok(Storage { db, options, dir: dir.to_path_buf() })
@@ -558,7 +580,27 @@ impl Storage {
                 })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        Ok(InitRecord { identity, incarnation, members })
+        Ok(InitRecord { identity, incarnation, members, joining: record.joining })
+    }
+
+    /// The slot of the change that removed this replica from its cell, if
+    /// one did ([`Storage::mark_removed`]).
+    pub fn removed(&self) -> Result<Option<Slot>, StorageError> {
+        let Some(bytes) = self.get(CF_META, REMOVED_KEY)? else { return Ok(None) };
+        let bytes: [u8; 8] =
+            bytes.as_slice().try_into().map_err(|_| self.corrupt(Corruption::AppliedSlot { len: bytes.len() }))?;
+        Ok(Some(Slot::from_be_bytes(bytes)))
+    }
+
+    /// Records, synced, that a configuration without this replica was
+    /// chosen at `slot`: from then on the directory refuses to start
+    /// ([`StorageError::Removed`]).
+    pub fn mark_removed(&self, slot: Slot) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_META)?, REMOVED_KEY, slot.to_be_bytes(), &options)
+            .map_err(|e| rocks_error(&self.dir, e))
     }
 
     /// The data directory, for logs and error messages.
@@ -843,6 +885,7 @@ fn encode_init_record(record: &InitRecord) -> peer::DataDirIdentity {
                 client_address: member.client_address.to_string(),
             })
             .collect(),
+        joining: record.joining,
     }
 }
 
@@ -977,7 +1020,24 @@ mod tests {
             identity: identity(),
             incarnation: NonZeroU64::new(0x5eed_0000_0000_0003).expect("not zero"),
             members: members(),
+            joining: false,
         }
+    }
+
+    /// A replica removed from its cell never opens its directory again; the
+    /// record survives a reopen.
+    #[test]
+    fn a_removed_replica_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let storage = open_new(dir.path())?;
+        assert_eq!(storage.removed()?, None);
+        storage.mark_removed(42)?;
+        drop(storage);
+        match Storage::open_member(dir.path(), &identity(), &members()) {
+            Err(StorageError::Removed { slot: 42, .. }) => {}
+            other => panic!("a removed replica must be refused, got {other:?}"),
+        }
+        Ok(())
     }
 
     /// Initialises `dir` as `init` does and opens it.
