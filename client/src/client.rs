@@ -114,7 +114,7 @@ const EVENTS_BUFFERED_MAX: usize = 1024;
 /// The longest the library waits between two connection attempts.
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// How long connecting to one replica may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Inner {
     /// The replicas' client addresses: those given to `connect`, and those
@@ -289,7 +289,7 @@ pub async fn cell_status(addresses: &[String]) -> Vec<api::StatusResponse> {
     out
 }
 
-async fn connect(address: &str) -> Option<CellClient<Channel>> {
+pub(crate) async fn connect(address: &str) -> Option<CellClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await.ok()?.ok()?;
     Some(CellClient::new(channel).max_decoding_message_size(32 << 20))

@@ -41,6 +41,8 @@
 //!   keeps others out for its lock-delay ([`LOCK_DELAY_DEFAULT`], 15 s).
 //! - **Fencing** ([`Fence`]): for services that must reject stale holders.
 //! - **Election** ([`election`]): `campaign`, `resign`, `leader`, `observe`.
+//! - **Configuration** ([`membership`]): read the members, add a learner,
+//!   promote it, remove a member (no session needed).
 
 mod client;
 pub mod election;
@@ -48,6 +50,7 @@ mod error;
 mod fence;
 mod handle;
 mod lease;
+pub mod membership;
 mod routing;
 
 pub use client::{Client, Event, EventKind, Options, SessionState, cell_status};

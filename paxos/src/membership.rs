@@ -182,6 +182,11 @@ impl ConfigHistory {
         self.by_slot.values().any(|m| m.contains(id))
     }
 
+    /// Every configuration in the history, oldest first.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Membership> {
+        self.by_slot.values()
+    }
+
     /// The configuration before the newest one, if the history holds it.
     pub(crate) fn previous(&self) -> Option<&Membership> {
         self.by_slot.values().rev().nth(1)

@@ -111,6 +111,9 @@ pub enum Message {
         ballot: Ballot,
         /// Whether this replica would promise it now.
         granted: bool,
+        /// This replica's promised ballot: a pre-candidate refused for too
+        /// low a round campaigns above it next time.
+        promised: Ballot,
     },
 }
 
@@ -240,8 +243,8 @@ impl Message {
                     return Err("a pre-vote's ballot is not its sender's");
                 }
             }
-            Message::PreVoteReply { ballot, .. } => {
-                if !member(ballot) {
+            Message::PreVoteReply { ballot, promised, .. } => {
+                if !member(ballot) || !(*promised == Ballot::ZERO || member(promised)) {
                     return Err("a pre-vote reply's ballot is out of range");
                 }
             }

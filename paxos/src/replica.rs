@@ -238,6 +238,8 @@ pub struct Replica {
     // Learner.
     /// The configurations in force along the log.
     configs: ConfigHistory,
+    /// See [`Self::members_version`].
+    members_version: u64,
     chosen_through: Slot,
     applied: Slot,
     /// The highest chosen prefix a master announced to us.
@@ -313,6 +315,7 @@ impl Replica {
             snapshot: durable.snapshot,
             lease_grant: LeaseGrant { holder: None, until: lease_ticks },
             configs,
+            members_version: 0,
             chosen_through,
             applied,
             known_chosen_through: chosen_through,
@@ -485,8 +488,10 @@ impl Replica {
         let from_slot = self.chosen_through + 1;
         let Some(own_parts) = self.promise_parts(from_slot) else {
             // Our own log runs further past our chosen prefix than a phase 1
-            // may recover: we lag and must catch up before leading.
+            // may recover: we lag and must catch up before leading, from
+            // anyone (the master we followed may be the one that died).
             self.role = Role::Follower;
+            self.ask_around();
             return;
         };
         let ballot = Ballot::new(round, self.config.id);
@@ -564,7 +569,7 @@ impl Replica {
             || (self.master_hint != Some(from)
                 && self.master_heard_tick.is_some_and(|heard| self.now - heard < self.config.election_ticks_min));
         let granted = ballot > self.promised && !self.lease_blocks(from) && !master_live;
-        self.send(from, Message::PreVoteReply { ballot, granted });
+        self.send(from, Message::PreVoteReply { ballot, granted, promised: self.promised });
     }
 
     /// Pre-candidate rule: a majority of grants (ours included) from the
@@ -745,6 +750,29 @@ impl Replica {
         self.membership().is_voter(self.config.id)
     }
 
+    /// Every member of a configuration this replica knows (the history
+    /// along its log, and a change its master has in flight), by id, the
+    /// newest entry for each: whom the driver must be able to reach.
+    pub fn known_members(&self) -> BTreeMap<ReplicaId, crate::types::Member> {
+        let mut known: BTreeMap<ReplicaId, crate::types::Member> = BTreeMap::new();
+        let in_flight = match &self.role {
+            Role::Master(m) => m.in_flight_configs.values().collect(),
+            _ => Vec::new(),
+        };
+        for config in self.configs.all().chain(in_flight) {
+            for member in &config.members {
+                known.insert(member.id, member.clone());
+            }
+        }
+        known
+    }
+
+    /// Grows whenever [`Self::known_members`] may have changed, so the
+    /// driver asks for it only then.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
+    }
+
     /// On the master, the chosen prefix each replica last reported (learners
     /// included); empty elsewhere.
     pub fn progress(&self) -> BTreeMap<ReplicaId, Slot> {
@@ -825,7 +853,10 @@ impl Replica {
             Message::CatchUp { entries } => self.on_catch_up(from, entries),
             Message::InstallSnapshot { snapshot } => self.on_install_snapshot(snapshot),
             Message::PreVote { ballot } => self.on_pre_vote(from, ballot),
-            Message::PreVoteReply { ballot, granted } => self.on_pre_vote_reply(from, ballot, granted),
+            Message::PreVoteReply { ballot, granted, promised } => {
+                self.note_round(promised.round);
+                self.on_pre_vote_reply(from, ballot, granted)
+            }
         }
     }
 
@@ -1102,6 +1133,7 @@ impl Replica {
             let Role::Master(master) = &mut self.role else { return };
             if let Value::Reconfigure(membership) = &value {
                 master.in_flight_configs.insert(slot, membership.clone());
+                self.members_version += 1;
             }
             master.in_flight.insert(
                 slot,
@@ -1158,12 +1190,14 @@ impl Replica {
                 let slot = master.next_slot;
                 master.next_slot += 1;
                 master.in_flight_configs.insert(slot, membership.clone());
+                self.members_version += 1;
                 let value = Value::Reconfigure(membership);
                 master.in_flight.insert(
                     slot,
                     InFlight { value: value.clone(), votes: BTreeSet::new(), sent_tick: self.now, chosen: false },
                 );
                 proposals.push(Entry { slot, ballot: master.ballot, value });
+                self.recount_lease();
                 break;
             }
             let mut batch = Vec::new();
@@ -1301,8 +1335,10 @@ impl Replica {
     fn note_chosen(&mut self, slot: Slot) {
         let Some((_, Value::Reconfigure(membership))) = self.log.get(&slot) else { return };
         self.configs.record(slot, membership.clone());
+        self.members_version += 1;
         if let Role::Master(master) = &mut self.role {
             master.in_flight_configs.remove(&slot);
+            self.recount_lease();
         }
         if self.is_voter() {
             return;
@@ -1443,19 +1479,43 @@ impl Replica {
         *acked = (*acked).max(sent_tick);
         let learned = master.progress.entry(from).or_insert(0);
         *learned = (*learned).max(chosen_through);
-        let mut start = u64::MAX;
+        if let Some(start) = self.lease_start() {
+            let Role::Master(master) = &mut self.role else { return };
+            master.lease_until = master.lease_until.max(start + lease_ticks);
+            master.quorum_tick = master.quorum_tick.max(start);
+        }
+    }
+
+    /// The send tick of the newest heartbeat that a majority of the voters
+    /// of every configuration governing the master's open slots (the one in
+    /// force and any change in flight) acknowledged; `None` if some
+    /// configuration has no such majority yet.
+    fn lease_start(&self) -> Option<u64> {
+        let Role::Master(master) = &self.role else { return None };
         let in_force = self.configs.after(self.chosen_through);
+        let mut start = u64::MAX;
         for config in std::iter::once(in_force).chain(master.in_flight_configs.values()) {
             let mut ticks: Vec<u64> = config.voters().filter_map(|id| master.heartbeat_acks.get(&id).copied()).collect();
             let quorum = config.quorum();
             if ticks.len() < quorum {
-                return;
+                return None;
             }
             ticks.sort_unstable_by(|a, b| b.cmp(a));
             start = start.min(ticks[quorum - 1]);
         }
-        master.lease_until = master.lease_until.max(start + lease_ticks);
-        master.quorum_tick = master.quorum_tick.max(start);
+        Some(start)
+    }
+
+    /// When the configurations governing the master's open slots change (a
+    /// change is proposed, or one is chosen), the lease is counted again
+    /// from scratch over the new ones, and may shrink or end: a lease
+    /// counted over a configuration two changes back would not meet a
+    /// candidate holding a majority of the newest one.
+    fn recount_lease(&mut self) {
+        let lease_ticks = self.config.lease_ticks - self.config.lease_drift_ticks;
+        let start = self.lease_start();
+        let Role::Master(master) = &mut self.role else { return };
+        master.lease_until = start.map_or(0, |start| start + lease_ticks);
     }
 
     /// Accept rules shared by accepts and heartbeats: refuse a ballot below the
@@ -1640,6 +1700,7 @@ impl Replica {
         let slot = snapshot.slot;
         self.drop_log_through(slot);
         self.configs.reset(slot, snapshot.membership.clone());
+        self.members_version += 1;
         if !self.is_voter() && !matches!(self.role, Role::Follower) {
             self.step_down();
         }
@@ -1655,6 +1716,7 @@ impl Replica {
 
     fn drop_log_through(&mut self, slot: Slot) {
         self.configs.compact(slot);
+        self.members_version += 1;
         self.log = self.log.split_off(&(slot + 1));
         self.log_start = slot;
         self.out.entries.retain(|e| e.slot > slot);
@@ -1692,6 +1754,7 @@ impl Replica {
     fn step_down(&mut self) {
         if let Role::Master(master) = &self.role {
             self.out.role_changes.push(RoleChange::LostMastership { ballot: master.ballot });
+            self.members_version += 1;
         }
         self.role = Role::Follower;
         self.reset_election_timer();

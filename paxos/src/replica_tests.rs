@@ -556,7 +556,7 @@ fn an_election_timeout_asks_for_pre_votes_and_raises_no_promise() {
     assert_eq!(pre_votes, vec![&Message::PreVote { ballot: Ballot::new(1, 4) }]);
     // Refusals leave it a follower that obeys the master it then hears.
     for from in [1, 2, 3, 5] {
-        r.step(from, Message::PreVoteReply { ballot: Ballot::new(1, 4), granted: false });
+        r.step(from, Message::PreVoteReply { ballot: Ballot::new(1, 4), granted: false, promised: Ballot::ZERO });
     }
     r.step(1, Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: 0, sent_tick: 30 });
     let ready = persist(&mut r);
@@ -567,7 +567,7 @@ fn an_election_timeout_asks_for_pre_votes_and_raises_no_promise() {
     }
     settle(&mut r);
     for from in [2, 3] {
-        r.step(from, Message::PreVoteReply { ballot: Ballot::new(2, 4), granted: true });
+        r.step(from, Message::PreVoteReply { ballot: Ballot::new(2, 4), granted: true, promised: Ballot::ZERO });
     }
     let ready = persist(&mut r);
     assert_eq!(ready.hard_state.map(|h| h.promised), Some(Ballot::new(2, 4)));
@@ -579,11 +579,11 @@ fn a_replica_that_hears_a_master_refuses_pre_votes_of_others() {
     let mut r = follower_of_master_1(2);
     r.step(5, Message::PreVote { ballot: Ballot::new(2, 5) });
     let ready = persist(&mut r);
-    assert_eq!(to(&ready.messages, 5), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 5), granted: false }]);
+    assert_eq!(to(&ready.messages, 5), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 5), granted: false, promised: Ballot::new(1, 1) }]);
     // The master itself may ask (it stepped down and runs phase 1 again).
     r.step(1, Message::PreVote { ballot: Ballot::new(2, 1) });
     let ready = persist(&mut r);
-    assert_eq!(to(&ready.messages, 1), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 1), granted: true }]);
+    assert_eq!(to(&ready.messages, 1), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 1), granted: true, promised: Ballot::new(1, 1) }]);
     // An election timeout (1,000 ticks here) without the master: now
     // others get a yes.
     for _ in 0..1_000 {
@@ -592,7 +592,7 @@ fn a_replica_that_hears_a_master_refuses_pre_votes_of_others() {
     settle(&mut r);
     r.step(5, Message::PreVote { ballot: Ballot::new(2, 5) });
     let ready = persist(&mut r);
-    assert_eq!(to(&ready.messages, 5), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 5), granted: true }]);
+    assert_eq!(to(&ready.messages, 5), vec![&Message::PreVoteReply { ballot: Ballot::new(2, 5), granted: true, promised: Ballot::new(1, 1) }]);
     assert_eq!(r.hard_state().promised, Ballot::new(1, 1), "a pre-vote promises nothing");
 }
 
@@ -829,4 +829,58 @@ fn phase_one_needs_a_majority_of_every_configuration_it_recovers() {
     r.step(6, Message::Promise { ballot, chosen_through: 0, entries: vec![], part: 0, parts: 1 });
     settle(&mut r);
     assert!(r.is_master(), "1, 2, 6 make majorities of both");
+}
+
+/// Found in review: a lease counted over the founding configuration
+/// survived two changes, though a majority of the newest one ({4, 5, 6} of
+/// {1, 3, 4, 5, 6}) never acknowledged a heartbeat; a replica that learned
+/// the changes could then be elected and hold a lease beside it. The lease
+/// is counted again whenever the configurations it covers change.
+#[test]
+fn a_lease_does_not_outlive_the_configurations_it_was_counted_over() {
+    let mut m = master();
+    ack_heartbeat(&mut m, &[2, 3], 0);
+    assert!(m.lease_valid());
+    // AddLearner(6), Promote(6), Remove(2): voters {1..5} -> {1..6} -> {1, 3, 4, 5, 6}.
+    m.propose_change(&MembershipChange::AddLearner(new_member(6)), false).expect("add");
+    settle(&mut m);
+    accept_slots(&mut m, &[2, 3], &[1]);
+    m.propose_change(&MembershipChange::Promote(6), true).expect("promote");
+    settle(&mut m);
+    accept_slots(&mut m, &[2, 3], &[2]);
+    m.propose_change(&MembershipChange::Remove(2), true).expect("remove");
+    settle(&mut m);
+    // 6 accepts (an accept is no lease grant).
+    accept_slots(&mut m, &[2, 3, 6], &[3]);
+    assert_eq!(m.membership().voters().collect::<Vec<_>>(), vec![1, 3, 4, 5, 6]);
+    ack_heartbeat(&mut m, &[3], 3);
+    assert!(!m.lease_valid(), "1 and 3 are no majority of {{1, 3, 4, 5, 6}}: no lease");
+
+    // Replica 4 learned slots 1..3 and is elected by 4, 5, 6.
+    let mut added = Membership::genesis(&[1, 2, 3, 4, 5]);
+    added.members.push(new_member(6));
+    added.highest_id = 6;
+    let mut promoted = added.clone();
+    promoted.members[5].voter = true;
+    let mut removed = promoted.clone();
+    removed.members.remove(1);
+    let b = Ballot::new(1, 1);
+    let entries = vec![
+        Entry { slot: 1, ballot: b, value: Value::Reconfigure(added) },
+        Entry { slot: 2, ballot: b, value: Value::Reconfigure(promoted) },
+        Entry { slot: 3, ballot: b, value: Value::Reconfigure(removed) },
+    ];
+    let durable = Durable { hard_state: HardState { promised: b, chosen_through: 3 }, entries, ..Durable::default() };
+    let mut n = replica(4, durable);
+    n.campaign();
+    settle(&mut n);
+    let ballot = n.status().own_ballot.expect("candidate");
+    for from in [5, 6] {
+        n.step(from, Message::Promise { ballot, chosen_through: 3, entries: vec![], part: 0, parts: 1 });
+    }
+    settle(&mut n);
+    assert!(n.is_master());
+    ack_heartbeat(&mut n, &[5, 6], 3);
+    assert!(n.lease_valid());
+    assert!(!m.lease_valid(), "two masters hold a valid lease");
 }

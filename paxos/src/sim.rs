@@ -211,7 +211,7 @@ const TICK_US: u64 = 1_000;
 /// The most messages a held link keeps; beyond it the link drops them.
 const HELD_PER_LINK_MAX: usize = 4_096;
 /// The nemesis kinds are numbered 0 to this.
-const NEMESIS_KINDS_MAX: u64 = 16;
+const NEMESIS_KINDS_MAX: u64 = 17;
 /// The most replicas a run adds to the five it starts with.
 const JOINS_MAX: u64 = 6;
 /// The most recent messages of one kind kept for replays.
@@ -227,6 +227,9 @@ enum Event {
     Resume { node: usize },
     Propose,
     Nemesis,
+    /// The next change of a burst of configuration changes, `left` more
+    /// after it.
+    Reconfigure { left: u64 },
     Compact { node: usize, incarnation: u64 },
 }
 
@@ -600,10 +603,12 @@ fn seeded_nodes(rng: &mut Rng, replicas: u64, command_bytes_max: usize) -> Vec<N
     // holds one full entry at least, and sometimes no more.
     let batch_bytes_max = command_bytes_max * batch_commands_max;
     let message_entries_max = [1, 3, 64][rng.range(0, 2) as usize];
-    // How often replicas snapshot and drop their log: half the seeds keep
-    // almost none, so that lagging replicas (and late requests) are
-    // answered with a snapshot of the newest state.
-    let (compact_low, compact_high) = [(4, 40), (1, 3)][rng.range(0, 1) as usize];
+    // How often replicas snapshot and drop their log: a third of the seeds
+    // keep almost none, so that lagging replicas (and late requests) are
+    // answered with a snapshot of the newest state; a third keep hundreds
+    // of slots, so that a candidate several changes behind runs phase 1
+    // over them instead of being told it is behind.
+    let (compact_low, compact_high) = [(4, 40), (1, 3), (400, 800)][rng.range(0, 2) as usize];
     let mut nodes = Vec::new();
     for &id in &members {
         let mut config = Config::new(id, members.clone());
@@ -621,6 +626,17 @@ fn seeded_nodes(rng: &mut Rng, replicas: u64, command_bytes_max: usize) -> Vec<N
         config.command_bytes_max = command_bytes_max;
         config.proposals_queued_max = 64;
         config.message_bytes_max = config.entry_bytes_max() * message_entries_max;
+        // Phase 1 recovers at most `promise_parts_max` full parts past a
+        // candidate's chosen prefix; keep that window at least eight
+        // pipelines long, as the server's is (16,384 slots, 256 pipelines).
+        // With one entry per message and 64 parts it is one pipeline, and a
+        // few masters deposed in a row leave every live replica holding more
+        // unlearned slots than any of them may recover: no one can lead
+        // until the replica that knows them returns (seed 11265 of the
+        // simulator once showed it).
+        config.promise_parts_max = config
+            .promise_parts_max
+            .max(u32::try_from((8 * slots_in_flight_max).div_ceil(entries_per_message_max as u64)).unwrap_or(u32::MAX));
         nodes.push(Node::new(config, rng.range(compact_low, compact_high)));
     }
     nodes
@@ -920,6 +936,16 @@ impl<'a> Simulation<'a> {
                 self.schedule(gap, Event::Propose);
                 Ok(())
             }
+            Event::Reconfigure { left } => {
+                if self.faults_active {
+                    self.reconfigure()?;
+                    if left > 0 {
+                        let gap = self.rng.range(2, 12) * TICK_US;
+                        self.schedule(gap, Event::Reconfigure { left: left - 1 });
+                    }
+                }
+                Ok(())
+            }
             Event::Nemesis => {
                 if self.faults_active {
                     self.nemesis()?;
@@ -1048,7 +1074,7 @@ impl<'a> Simulation<'a> {
         let acceptors = record.1.clone();
         if slot <= self.settled_through {
             // The slot's configuration is known: a second quorum must agree.
-            let governing = self.governing(slot);
+            let governing = self.governing_for(slot, ballot);
             if governing.is_quorum(&acceptors) && self.chosen.get(&slot) != Some(&value) {
                 return Err(violation(
                     self,
@@ -1067,19 +1093,40 @@ impl<'a> Simulation<'a> {
         membership
     }
 
+    /// The configuration under which the master of `ballot` counted votes
+    /// for `slot`: the one the newest change chosen before `slot` puts in
+    /// force, if that change's value was accepted in a ballot no higher than
+    /// `ballot` (so that master proposed it or learned it in its phase 1);
+    /// else the one before, and so on. A master of an older ballot, deposed
+    /// before a change, never counted under it: accepts it won from
+    /// acceptors outside its successor's phase 1 may happen to make a
+    /// majority of a configuration two changes later without anything
+    /// having been chosen.
+    fn governing_for(&self, slot: Slot, ballot: Ballot) -> &Membership {
+        for (&change, membership) in self.configs.range(..slot).rev() {
+            let Some(chosen) = self.chosen.get(&change) else { return membership };
+            let known = self.ledger.range((change, Ballot::ZERO)..=(change, ballot)).any(|(_, (value, _))| value == chosen);
+            if known {
+                return membership;
+            }
+        }
+        self.governing(1)
+    }
+
     /// Moves `settled_through` over every next slot that a majority of the
-    /// voters of its configuration accepted in one ballot, per the ledger of
+    /// voters of its configuration (as the master of the ballot counted it,
+    /// [`Self::governing_for`]) accepted in one ballot, per the ledger of
     /// durable accepts (not what any replica claims), and puts each change
     /// it meets in force for the slots after it. Two values with such a
     /// majority in one slot are a violation.
     fn settle(&mut self) -> Result<(), Violation> {
         loop {
             let slot = self.settled_through + 1;
-            let governing = self.governing(slot).clone();
             let mut found: Option<Value> = None;
             for ((_, ballot), (value, acceptors)) in
                 self.ledger.range((slot, Ballot::ZERO)..=(slot, Ballot::new(u64::MAX, u64::MAX)))
             {
+                let governing = self.governing_for(slot, *ballot);
                 if !governing.is_quorum(acceptors) {
                     continue;
                 }
@@ -1485,7 +1532,18 @@ impl<'a> Simulation<'a> {
                 self.report.holds += 1;
             }
             12 => self.replay(),
-            16 => self.reconfigure()?,
+            16 => {
+                // Half the time a burst of changes a few ticks apart: a
+                // promotion and a removal back to back replace a member,
+                // and two changes make majorities that need not meet.
+                self.reconfigure()?;
+                if self.rng.chance(1, 2) {
+                    let left = self.rng.range(1, 6);
+                    let gap = self.rng.range(2, 12) * TICK_US;
+                    self.schedule(gap, Event::Reconfigure { left });
+                }
+            }
+            17 => self.campaign_at_once()?,
             _ => self.forge()?,
         }
         Ok(())
@@ -1533,6 +1591,31 @@ impl<'a> Simulation<'a> {
             self.nodes.push(Node::new(config, compact_every));
             let joiner = self.nodes.len() - 1;
             self.start(joiner)?;
+        }
+        self.drive(index)
+    }
+
+    /// A voter that is not master (most often the one furthest behind) runs
+    /// phase 1 at once, without a pre-vote, as an operator moving
+    /// mastership would make it: the master lease alone must keep it from
+    /// taking over while the lease runs, whatever changes it missed.
+    fn campaign_at_once(&mut self) -> Result<(), Violation> {
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].paused_since.is_none())
+            .filter(|&i| self.nodes[i].core.as_ref().is_some_and(|c| !c.is_master() && c.is_voter()))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let lagging = candidates.iter().copied().min_by_key(|&i| self.nodes[i].core.as_ref().map_or(0, Replica::chosen_through));
+        let index = match lagging {
+            Some(i) if self.rng.chance(3, 4) => i,
+            _ => candidates[self.rng.range(0, candidates.len() as u64 - 1) as usize],
+        };
+        let id = self.nodes[index].id;
+        self.note(format!("replica {id} campaigns at once"));
+        if let Some(core) = &mut self.nodes[index].core {
+            core.campaign();
         }
         self.drive(index)
     }

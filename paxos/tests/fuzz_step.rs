@@ -109,7 +109,7 @@ fn message(rng: &mut Rng) -> Message {
             snapshot: Snapshot { slot: small_or_extreme(rng), data: Bytes::from(vec![1u8; rng.range(0, 32) as usize]), membership: Membership::genesis(&[1, 2, 3]) },
         },
         10 => Message::PreVote { ballot: ballot(rng) },
-        _ => Message::PreVoteReply { ballot: ballot(rng), granted: rng.chance(1, 2) },
+        _ => Message::PreVoteReply { ballot: ballot(rng), granted: rng.chance(1, 2), promised: ballot(rng) },
     }
 }
 

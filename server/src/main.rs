@@ -20,7 +20,7 @@ use gaios_server::replica::driver::{Driver, DriverOptions};
 use gaios_server::ops::metrics::{Metrics, serve_metrics};
 use gaios_server::ops::health;
 use gaios_server::replica::storage::{Identity, InitRecord, Storage};
-use gaios_server::replica::transport::{Envelope, Outbound, PeerService, TransportStats};
+use gaios_server::replica::transport::{Envelope, Outbound, PeerDirectory, PeerEntry, PeerService, TransportStats};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
@@ -116,7 +116,15 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
     // The driver counts into it; the metrics endpoint renders it.
     let metrics = Arc::new(Metrics::new(config.id, stats.clone()));
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
-    let peers: Vec<_> = config.members.iter().map(|peer| (peer.id, peer.peer_address)).collect();
+    // The `--peer` flags until the driver knows the configuration.
+    let peers = PeerDirectory::new(
+        config
+            .members
+            .iter()
+            .filter(|peer| peer.id != config.id)
+            .map(|peer| (peer.id, PeerEntry { address: peer.peer_address.to_string(), incarnation: 0 }))
+            .collect(),
+    );
     let envelope = Envelope { cell_id: config.cell_id.clone(), incarnation };
     let outbound = Outbound::start(config.id, envelope, &peers, stats.clone());
     let paxos_config = config.paxos_config();
@@ -124,12 +132,14 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         snapshot_every_slots: config.snapshot_every_slots,
         session_lease: config.session_lease,
         metrics: metrics.clone(),
+        peers: peers.clone(),
+        flag_members: config.members.clone(),
     };
     let (driver, status, shared) = Driver::new(paxos_config, storage, inbox_rx, outbound, config.tick, options)
         .context("cannot start the replica")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer_service = PeerService::new(config.id, &config.cell_id, config.member_ids(), inbox_tx, stats.clone());
+    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone());
     let cell_service =
         CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats, shared);
 

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use gaios_paxos::{ChangeError, Membership, MembershipChange};
 use gaios_proto::state::v1 as wire;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -54,6 +55,39 @@ pub struct Proposal {
     pub reply: oneshot::Sender<Result<Outcome, ProposeError>>,
 }
 
+/// How long a configuration change may take to be chosen before its caller
+/// is told the outcome is unknown (it may still take effect; `gaios member`
+/// reads the configuration again and resumes).
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A configuration change for the driver to propose, and where to answer.
+#[derive(Debug)]
+pub struct ChangeRequest {
+    /// The change.
+    pub change: MembershipChange,
+    /// Past the master's safety checks (quorum, three voters, catch-up).
+    pub force: bool,
+    /// Gets the configuration once the change is in force (and the slot of
+    /// its change), or why not.
+    pub reply: oneshot::Sender<Result<(Membership, u64), ChangeRefusal>>,
+}
+
+/// Why a configuration change was not (or not known to be) made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeRefusal {
+    /// The core refused it; nothing was proposed.
+    #[error(transparent)]
+    Refused(#[from] ChangeError),
+    /// Mastership was lost, or the change took too long: it may or may not
+    /// take effect. Read the configuration and try again.
+    #[error("mastership lost before the change was chosen; it may or may not take effect: read the configuration and retry")]
+    Indeterminate,
+    /// Another change request waits at this replica.
+    #[error("another configuration change waits at this replica; retry when it is done")]
+    Busy,
+}
+
 /// Shared between the driver and the handlers; see the module docs.
 #[derive(Debug)]
 pub struct Shared {
@@ -66,6 +100,7 @@ pub struct Shared {
     /// or ends, so an applied batch wakes only the streams it concerns.
     session_watchers: Mutex<BTreeMap<SessionId, watch::Sender<()>>>,
     proposals: mpsc::Sender<Proposal>,
+    changes: mpsc::Sender<ChangeRequest>,
     /// The `Acquire` calls waiting on this replica.
     pub(crate) waits: LockWaits,
     /// How long a session lives without a KeepAlive.
@@ -73,10 +108,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shares `state`; returns the receiving end of the proposal queue for
-    /// the driver.
-    pub fn new(state: StateMachine, session_lease: Duration) -> (Shared, mpsc::Receiver<Proposal>) {
+    /// Shares `state`; returns the receiving ends of the proposal queue and
+    /// of the configuration change queue for the driver.
+    pub fn new(
+        state: StateMachine,
+        session_lease: Duration,
+    ) -> (Shared, mpsc::Receiver<Proposal>, mpsc::Receiver<ChangeRequest>) {
         let (proposals, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        // One change at a time: a few queued requests are plenty.
+        let (changes, change_receiver) = mpsc::channel(4);
         let (applied, _) = watch::channel(0);
         let shared = Shared {
             state: Mutex::new(state),
@@ -85,10 +125,29 @@ impl Shared {
             applied,
             session_watchers: Mutex::new(BTreeMap::new()),
             proposals,
+            changes,
             waits: LockWaits::default(),
             session_lease,
         };
-        (shared, receiver)
+        (shared, receiver, change_receiver)
+    }
+
+    /// Asks the driver to change the configuration and waits until the
+    /// change is in force (or refused, or its fate unknown).
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+        force: bool,
+    ) -> Result<(Membership, u64), ChangeRefusal> {
+        let (reply, answer) = oneshot::channel();
+        self.changes.try_send(ChangeRequest { change, force, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => ChangeRefusal::Busy,
+            mpsc::error::TrySendError::Closed(_) => ChangeRefusal::Indeterminate,
+        })?;
+        match tokio::time::timeout(CHANGE_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(ChangeRefusal::Indeterminate),
+        }
     }
 
     /// The applied state, to read (briefly: the driver waits for it). A

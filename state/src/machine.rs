@@ -408,6 +408,12 @@ impl StateMachine {
         self.namespace.len()
     }
 
+    /// The namespace, to read (tests and tools that inspect a replica's
+    /// state without a session).
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
     /// How many lock holdings there are.
     pub fn locks_held(&self) -> usize {
         self.locks.held_count()

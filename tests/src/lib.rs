@@ -113,6 +113,9 @@ pub struct Cell {
     /// Replicas (by index) whose clocks run at another rate under
     /// libfaketime, and that rate (1.0 is real time).
     clock_rates: std::collections::BTreeMap<usize, f64>,
+    /// For replicas that joined the running cell (by index): the members
+    /// their `init --join` was given, which every start must repeat.
+    joined_with: std::collections::BTreeMap<usize, Vec<Member>>,
 }
 
 impl Cell {
@@ -166,7 +169,15 @@ impl Cell {
     ) -> Cell {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
-        let mut cell = Cell { dir, members, children: Vec::new(), extra_args, peer_routes: routes, clock_rates };
+        let mut cell = Cell {
+            dir,
+            members,
+            children: Vec::new(),
+            extra_args,
+            peer_routes: routes,
+            clock_rates,
+            joined_with: std::collections::BTreeMap::new(),
+        };
         for index in 0..REPLICAS as usize {
             cell.init(index);
         }
@@ -192,6 +203,35 @@ impl Cell {
             self.members[index].id,
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// Adds replica `me` to the running cell's processes as an operator
+    /// would: `gaios-server init --join` with the members it may reach
+    /// (`contacts`, it is added to them), then starts it. It is a learner
+    /// that takes no part until `gaios member add` (or `replace`) adds it.
+    /// Returns its index.
+    pub fn join(&mut self, me: Member, contacts: &[Member]) -> usize {
+        let index = self.members.len();
+        self.members.push(me);
+        let mut with: Vec<Member> = contacts.to_vec();
+        with.push(me);
+        self.joined_with.insert(index, with);
+        let output = Command::new(binary("gaios-server"))
+            .arg("init")
+            .arg("--join")
+            .args(self.member_args(index))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gaios-server init --join");
+        assert!(
+            output.status.success(),
+            "gaios-server init --join for replica {} failed: {}",
+            me.id,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let child = self.spawn(index);
+        self.children.push(Some(child));
+        index
     }
 
     /// Where replica `id` logs.
@@ -222,7 +262,9 @@ impl Cell {
             "--cell-id".into(),
             CELL_ID.into(),
         ];
-        for member in &self.members {
+        let founders = &self.members[..self.members.len().min(REPLICAS as usize)];
+        let members = self.joined_with.get(&index).map_or(founders, Vec::as_slice);
+        for member in members {
             // Through the fault proxy's link me -> member when there is one.
             let peer = self.peer_routes.get(&(me.id, member.id)).copied().unwrap_or(member.peer);
             args.push("--peer".into());

@@ -280,9 +280,10 @@ pub fn encode_message(from: ReplicaId, to: ReplicaId, message: &Message) -> peer
         Message::PreVote { ballot } => Body::PreVote(peer::PreVote {
             ballot: Some(encode_ballot(*ballot)),
         }),
-        Message::PreVoteReply { ballot, granted } => Body::PreVoteReply(peer::PreVoteReply {
+        Message::PreVoteReply { ballot, granted, promised } => Body::PreVoteReply(peer::PreVoteReply {
             ballot: Some(encode_ballot(*ballot)),
             granted: *granted,
+            promised: Some(encode_ballot(*promised)),
         }),
     };
     peer::PaxosMessage {
@@ -384,6 +385,7 @@ pub fn decode_message(message: peer::PaxosMessage) -> Result<AddressedMessage, C
         Body::PreVoteReply(m) => Message::PreVoteReply {
             ballot: decode_ballot(m.ballot, "PreVoteReply.ballot")?,
             granted: m.granted,
+            promised: m.promised.map_or(Ballot::ZERO, |b| Ballot::new(b.round, b.replica)),
         },
     };
     Ok(AddressedMessage {
@@ -515,7 +517,7 @@ mod tests {
                 },
             },
             Message::PreVote { ballot },
-            Message::PreVoteReply { ballot, granted: true },
+            Message::PreVoteReply { ballot, granted: true, promised: Ballot::new(4, 2) },
         ]
     }
 

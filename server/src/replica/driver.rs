@@ -22,7 +22,11 @@
 //! 5. as master, does the master's duties: expires sessions whose lease ran
 //!    out and moves the clock when a lock-delay ends (both by proposing
 //!    commands), and after an election gives every session a fresh lease;
-//! 6. publishes a [`ReplicaStatus`] for the cell service.
+//! 6. follows the configuration: keeps the peer directory and the sending
+//!    tasks to every member the core knows, answers a configuration change
+//!    once it is in force, and stops for good (recording it) once a
+//!    configuration without this replica is chosen;
+//! 7. publishes a [`ReplicaStatus`] for the cell service.
 //!
 //! The applied state lives in memory and in snapshots. After a restart it is
 //! rebuilt from the last snapshot, and the core hands the chosen commands
@@ -35,7 +39,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gaios_paxos::{Ballot, Message, ProposeError as CoreProposeError, Ready, Replica, RoleChange, Slot, Snapshot, StartError, Value};
+use gaios_paxos::{
+    Ballot, Membership, Message, ProposeError as CoreProposeError, Ready, Replica, ReplicaId, RoleChange, Slot, Snapshot,
+    StartError, Value,
+};
 use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,11 +51,12 @@ use tracing::Instrument as _;
 use crate::service::errors::ProposeError;
 use gaios_state::master::MasterDuties;
 use crate::ops::metrics::Metrics;
-use crate::shared::{Proposal, Shared};
+use crate::ops::config::PeerSpec;
+use crate::shared::{ChangeRefusal, ChangeRequest, Proposal, Shared};
 use gaios_state::machine::{Outcome, SnapshotError, StateMachine};
 use crate::replica::storage::{Storage, StorageError};
-use crate::replica::status::{ReplicaStatus, Role, may_serve};
-use crate::replica::transport::{Inbound, Outbound};
+use crate::replica::status::{MemberView, ReplicaStatus, Role, may_serve};
+use crate::replica::transport::{Inbound, Outbound, PeerDirectory, PeerEntry};
 
 /// The most queued commands proposed in one turn of the loop.
 pub const PROPOSALS_PER_TURN_MAX: usize = 1024;
@@ -71,6 +79,12 @@ pub struct DriverOptions {
     pub session_lease: Duration,
     /// Where to count.
     pub metrics: Arc<Metrics>,
+    /// The peers the transport talks to; the driver keeps it to the members
+    /// the core knows.
+    pub peers: PeerDirectory,
+    /// The `--peer` flags: the addresses of members whose configuration
+    /// records none (the founding members).
+    pub flag_members: Vec<PeerSpec>,
 }
 
 /// Why the driver stopped.
@@ -89,6 +103,13 @@ pub enum DriverError {
     /// state this code could have made.
     #[error("bad snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// A configuration without this replica was chosen: it has stopped, and
+    /// its data directory refuses to start again.
+    #[error("this replica was removed from the cell by the configuration change at slot {slot}; it stopped and will not start again")]
+    Removed {
+        /// The slot of the change.
+        slot: Slot,
+    },
 }
 
 /// Owns the core and the storage of one replica; see the module docs.
@@ -123,6 +144,18 @@ pub struct Driver {
     /// The core's count of rejected peer messages at the last turn, so the
     /// metric is fed the difference.
     rejected_seen: u64,
+    changes: mpsc::Receiver<ChangeRequest>,
+    /// The change proposed for a caller, and the caller, until the change
+    /// is in force or mastership is lost.
+    change_waiting: Option<(Membership, oneshot::Sender<Result<(Membership, Slot), ChangeRefusal>>)>,
+    /// The core's `members_version` the peer directory was last built from.
+    members_seen: Option<u64>,
+    /// Whether a configuration in force listed this replica (a joining
+    /// replica is not listed until its addition is chosen); once one did, a
+    /// configuration without it means it was removed.
+    was_member: bool,
+    /// The configuration in force as `Status` shows it.
+    members_view: Arc<Vec<MemberView>>,
 }
 
 impl Driver {
@@ -146,8 +179,12 @@ impl Driver {
         // command after it to be applied again.
         durable.applied = snapshot_slot;
         let replica = Replica::new(config, durable)?;
-        let (status, status_rx) = watch::channel(status_of(&replica, None, Instant::now(), tick));
-        let (shared, proposals) = Shared::new(state, options.session_lease);
+        let was_member = replica.membership().contains(replica.id());
+        let members_view = Arc::new(members_view(&replica, &options.flag_members));
+        let mut first_status = status_of(&replica, None, Instant::now(), tick);
+        first_status.members = members_view.clone();
+        let (status, status_rx) = watch::channel(first_status);
+        let (shared, proposals, changes) = Shared::new(state, options.session_lease);
         let shared = Arc::new(shared);
         let driver = Driver {
             replica,
@@ -169,6 +206,11 @@ impl Driver {
             duties_at: Instant::now(),
             checked_snapshot: None,
             rejected_seen: 0,
+            changes,
+            change_waiting: None,
+            members_seen: None,
+            was_member,
+            members_view,
         };
         Ok((driver, status_rx, shared))
     }
@@ -192,6 +234,7 @@ impl Driver {
             loop {
                 let mut first = None;
                 let mut first_proposal = None;
+                let mut change = None;
                 tokio::select! {
                     biased;
                     changed = shutdown.changed() => {
@@ -205,6 +248,7 @@ impl Driver {
                         None => break,
                     },
                     Some(proposal) = self.proposals.recv() => first_proposal = Some(proposal),
+                    Some(request) = self.changes.recv() => change = Some(request),
                 }
 
                 let now_promised = self.replica.hard_state().promised;
@@ -243,6 +287,12 @@ impl Driver {
                     self.propose(proposal);
                 }
 
+                // The select above is biased toward ticks and messages; a
+                // change waiting behind them is taken here.
+                if let Some(request) = change.or_else(|| self.changes.try_recv().ok()) {
+                    self.propose_change(request);
+                }
+
                 // 4. The core's work.
                 self.process_ready()?;
 
@@ -253,12 +303,18 @@ impl Driver {
                     self.process_ready()?;
                 }
 
-                // 6. Status.
+                // 6. The configuration.
+                self.follow_configuration()?;
+
+                // 7. Status.
                 let last_tick_at = start + self.tick.saturating_mul(u32::try_from(ticks_delivered).unwrap_or(u32::MAX));
                 self.publish(last_tick_at);
             }
             for (_, reply) in std::mem::take(&mut self.pending) {
                 let _ = reply.send(Err(ProposeError::Indeterminate));
+            }
+            if let Some((_, reply)) = self.change_waiting.take() {
+                let _ = reply.send(Err(ChangeRefusal::Indeterminate));
             }
             tracing::info!("driver stopped");
             Ok(())
@@ -483,6 +539,15 @@ impl Driver {
         for (_, reply) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(ProposeError::Indeterminate));
         }
+        // A change this master removed itself with is in force by now.
+        if let Some((target, reply)) = self.change_waiting.take() {
+            let answer = if *self.replica.membership() == target {
+                Ok((target, self.replica.membership_slot()))
+            } else {
+                Err(ChangeRefusal::Indeterminate)
+            };
+            let _ = reply.send(answer);
+        }
         self.duties.reset(&mut self.shared.leases());
     }
 
@@ -492,6 +557,10 @@ impl Driver {
     /// ended, since only then do clients' KeepAlives reach it; each time it
     /// becomes able to serve, every session gets a full lease from then.
     fn master_duties(&mut self) {
+        if self.replica.is_master() {
+            // How far learners have come, for `gaios member list`.
+            self.members_view = Arc::new(members_view(&self.replica, &self.options.flag_members));
+        }
         let can_serve = may_serve(self.replica.is_master(), self.replica.lease_valid(), self.replica.read_barrier(), self.applied);
         let now = Instant::now();
         let due = {
@@ -509,12 +578,74 @@ impl Driver {
         }
     }
 
+    /// Hands a configuration change to the core; the caller hears back once
+    /// it is in force ([`Self::follow_configuration`]), or why not.
+    fn propose_change(&mut self, request: ChangeRequest) {
+        if self.change_waiting.is_some() {
+            let _ = request.reply.send(Err(ChangeRefusal::Busy));
+            return;
+        }
+        match self.replica.propose_change(&request.change, request.force) {
+            Ok(target) => {
+                tracing::info!(change = ?request.change, force = request.force, %target, "proposing a configuration change");
+                self.change_waiting = Some((target, request.reply));
+            }
+            Err(error) => {
+                tracing::info!(change = ?request.change, %error, "configuration change refused");
+                let _ = request.reply.send(Err(ChangeRefusal::Refused(error)));
+            }
+        }
+    }
+
+    /// Follows the configuration the core knows: rebuilds the peer
+    /// directory and the sending tasks when it changed, answers the change
+    /// a caller waits for once it is in force, and stops the replica for
+    /// good once a configuration without it is in force.
+    fn follow_configuration(&mut self) -> Result<(), DriverError> {
+        if self.change_waiting.as_ref().is_some_and(|(target, _)| self.replica.membership() == target)
+            && let Some((target, reply)) = self.change_waiting.take()
+        {
+            tracing::info!(%target, slot = self.replica.membership_slot(), "configuration change in force");
+            let _ = reply.send(Ok((target, self.replica.membership_slot())));
+        }
+        let version = self.replica.members_version();
+        if self.members_seen == Some(version) {
+            return Ok(());
+        }
+        self.members_seen = Some(version);
+        let me = self.replica.id();
+        let peers: BTreeMap<ReplicaId, PeerEntry> = self
+            .replica
+            .known_members()
+            .into_values()
+            .filter(|member| member.id != me)
+            .filter_map(|member| {
+                let address = resolve(&member.peer_address, member.id, &self.options.flag_members, |p| p.peer_address)?;
+                Some((member.id, PeerEntry { address, incarnation: member.incarnation }))
+            })
+            .collect();
+        self.options.peers.set(peers);
+        self.outbound.update(&self.options.peers);
+        self.members_view = Arc::new(members_view(&self.replica, &self.options.flag_members));
+        let in_force = self.replica.membership().contains(me);
+        if in_force {
+            self.was_member = true;
+        } else if self.was_member {
+            let slot = self.replica.membership_slot();
+            tracing::warn!(slot, "this replica was removed from the cell; stopping for good");
+            tokio::task::block_in_place(|| self.storage.mark_removed(slot))?;
+            return Err(DriverError::Removed { slot });
+        }
+        Ok(())
+    }
+
     /// Publishes the status if it changed; `last_tick_at` is when the core's
     /// current tick began, from which the lease's end is placed in time.
     fn publish(&self, last_tick_at: Instant) {
         let mut status = status_of(&self.replica, self.installed_snapshot, last_tick_at, self.tick);
         status.applied = self.applied;
         status.snapshot_slot = self.snapshot_slot;
+        status.members = self.members_view.clone();
         self.status.send_if_modified(|current| {
             if *current == status {
                 false
@@ -556,7 +687,42 @@ fn status_of(replica: &Replica, installed_snapshot: Option<Slot>, last_tick_at: 
         lease_valid_until,
         read_barrier: replica.read_barrier(),
         snapshot_slot: 0,
+        members: Arc::default(),
+        membership_slot: status.membership_slot,
+        highest_member_id: replica.membership().highest_id,
     }
+}
+
+/// An address a configuration records, or else the `--peer` flag's for a
+/// founding member (whose configuration records none).
+fn resolve(recorded: &str, id: ReplicaId, flags: &[PeerSpec], pick: impl Fn(&PeerSpec) -> std::net::SocketAddr) -> Option<String> {
+    if !recorded.is_empty() {
+        return Some(recorded.to_string());
+    }
+    flags.iter().find(|peer| peer.id == id).map(|peer| pick(peer).to_string())
+}
+
+/// The configuration in force as `Status` shows it, with the master's view
+/// of how far each member has learned.
+fn members_view(replica: &Replica, flags: &[PeerSpec]) -> Vec<MemberView> {
+    let progress = replica.progress();
+    replica
+        .membership()
+        .members
+        .iter()
+        .map(|member| MemberView {
+            id: member.id,
+            voter: member.voter,
+            incarnation: member.incarnation,
+            peer_address: resolve(&member.peer_address, member.id, flags, |p| p.peer_address).unwrap_or_default(),
+            client_address: resolve(&member.client_address, member.id, flags, |p| p.client_address).unwrap_or_default(),
+            learned_through: if member.id == replica.id() && replica.is_master() {
+                Some(replica.chosen_through())
+            } else {
+                progress.get(&member.id).copied()
+            },
+        })
+        .collect()
 }
 
 /// The wall clock in ms since the Unix epoch, for the master's timestamps

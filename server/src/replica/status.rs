@@ -2,6 +2,7 @@
 //! each turn, and the one rule for when a replica may serve from its applied
 //! state ([`may_serve`]).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use gaios_paxos::{Ballot, ReplicaId, Slot};
@@ -46,6 +47,33 @@ pub struct ReplicaStatus {
     pub read_barrier: Option<Slot>,
     /// The slot of its newest snapshot (taken or installed), 0 if none.
     pub snapshot_slot: Slot,
+    /// The configuration in force after its chosen prefix, addresses
+    /// resolved (from the log, or the `--peer` flags for founding members).
+    pub members: Arc<Vec<MemberView>>,
+    /// The slot of the change that put that configuration in force (0: the
+    /// founding one; a snapshot's slot if the change is below it).
+    pub membership_slot: Slot,
+    /// The highest replica id the cell ever used.
+    pub highest_member_id: ReplicaId,
+}
+
+/// One member of the configuration in force, as `Status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    /// Its replica id.
+    pub id: ReplicaId,
+    /// A voter, or a learner.
+    pub voter: bool,
+    /// Its incarnation as the configuration records it (0 for a founding
+    /// member).
+    pub incarnation: u64,
+    /// Where peers reach it.
+    pub peer_address: String,
+    /// Where clients reach it.
+    pub client_address: String,
+    /// On the master: the chosen prefix it last reported (how far a
+    /// learner has come).
+    pub learned_through: Option<Slot>,
 }
 
 impl ReplicaStatus {

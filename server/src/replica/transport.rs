@@ -8,16 +8,24 @@
 //! task connects when it has something to send, streams the queue as
 //! batches, and reconnects with backoff when the stream breaks.
 //!
+//! Who the peers are is the [`PeerDirectory`]: the `--peer` flags at start,
+//! then every member of a configuration the core knows (the driver updates
+//! it when the configuration changes), with their addresses and
+//! incarnations. [`Outbound::update`] starts a sending task for a new member
+//! and ends the task of one that left.
+//!
 //! Every message carries the sender's cell id and incarnation
 //! ([`Envelope`]). A receiver drops and counts a message from another cell
-//! (a `--peer` address that reaches another cell's replica), and remembers
-//! the first incarnation it hears from each member: a message from any other
-//! incarnation of that id (a second process started with the id, or its data
-//! directory initialised again) is dropped, counted and logged as an error
-//! naming the replica and both incarnations. That memory lasts only as long
-//! as the receiving process, so a receiver that restarts accepts whichever
-//! incarnation speaks first: a tripwire, not a guarantee, until membership
-//! change makes incarnations part of the replicated configuration.
+//! (a `--peer` address that reaches another cell's replica), and one from
+//! an incarnation other than the one the configuration records for the
+//! sender (a member that joined through a configuration change has one). For
+//! the founding members, whose incarnations no configuration records, it
+//! remembers the first incarnation it hears from each: a message from any
+//! other incarnation of that id (a second process started with the id, or
+//! its data directory initialised again) is dropped, counted and logged as
+//! an error naming the replica and both incarnations. That memory lasts only
+//! as long as the receiving process: a tripwire for the founding members, a
+//! guarantee for the members that joined later.
 //!
 //! Every queue here is bounded and every overflow drops a message and counts
 //! it. That is safe because Paxos tolerates lost messages (the core resends
@@ -135,12 +143,51 @@ pub struct TransportStats {
     pub outbound_dropped: AtomicU64,
 }
 
+/// The replicas this one exchanges messages with, shared by the driver
+/// (which updates it when the configuration changes) and the transport.
+/// Bounded: one entry per member of a known configuration
+/// (`gaios_paxos::types::MEMBERS_MAX` each).
+#[derive(Debug, Clone, Default)]
+pub struct PeerDirectory(Arc<std::sync::RwLock<BTreeMap<ReplicaId, PeerEntry>>>);
+
+/// What the directory knows of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// Where it listens for peers (`host:port`).
+    pub address: String,
+    /// Its incarnation as a configuration records it; 0 when none does
+    /// (the founding members).
+    pub incarnation: u64,
+}
+
+impl PeerDirectory {
+    /// A directory holding `peers`.
+    pub fn new(peers: BTreeMap<ReplicaId, PeerEntry>) -> Self {
+        PeerDirectory(Arc::new(std::sync::RwLock::new(peers)))
+    }
+
+    /// Replaces what the directory holds.
+    pub fn set(&self, peers: BTreeMap<ReplicaId, PeerEntry>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = peers;
+    }
+
+    /// The entry of `id`, if it is a peer.
+    pub fn get(&self, id: ReplicaId) -> Option<PeerEntry> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    /// Every peer.
+    pub fn all(&self) -> BTreeMap<ReplicaId, PeerEntry> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
 /// The `Replica` gRPC service: receives peers' batches and feeds the driver.
 #[derive(Debug, Clone)]
 pub struct PeerService {
     id: ReplicaId,
     cell_id: Arc<str>,
-    members: Arc<[ReplicaId]>,
+    members: PeerDirectory,
     inbox: mpsc::Sender<Inbound>,
     stats: Arc<TransportStats>,
     /// The first incarnation heard from each member since this process
@@ -160,19 +207,19 @@ struct PeerIncarnation {
 }
 
 impl PeerService {
-    /// A service for replica `id` of the cell `cell_id` with `members`,
-    /// delivering into the driver's bounded `inbox`.
+    /// A service for replica `id` of the cell `cell_id` hearing from the
+    /// peers in `members`, delivering into the driver's bounded `inbox`.
     pub fn new(
         id: ReplicaId,
         cell_id: &str,
-        members: Vec<ReplicaId>,
+        members: PeerDirectory,
         inbox: mpsc::Sender<Inbound>,
         stats: Arc<TransportStats>,
     ) -> Self {
         PeerService {
             id,
             cell_id: cell_id.into(),
-            members: members.into(),
+            members,
             inbox,
             stats,
             incarnations: Arc::default(),
@@ -207,12 +254,13 @@ impl PeerService {
                 return;
             }
         };
-        if decoded.to != self.id || decoded.from == self.id || !self.members.contains(&decoded.from) {
+        let sender = self.members.get(decoded.from);
+        let Some(sender) = sender.filter(|_| decoded.to == self.id && decoded.from != self.id) else {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(?remote, from = decoded.from, to = decoded.to, "dropping misrouted peer message");
             return;
-        }
-        if !self.admit_incarnation(decoded.from, incarnation) {
+        };
+        if !self.admit_incarnation(decoded.from, sender.incarnation, incarnation) {
             return;
         }
         let inbound = Inbound { from: decoded.from, message: decoded.message };
@@ -232,14 +280,31 @@ impl PeerService {
 
 impl PeerService {
     /// Whether a message of member `from`'s `incarnation` may reach the
-    /// driver: only the first incarnation heard from `from` since this
-    /// process started is. Another one means a second process runs as
-    /// `from`, or `from`'s data directory was initialised again; its
-    /// messages are dropped, counted and reported loudly.
-    fn admit_incarnation(&self, from: ReplicaId, incarnation: u64) -> bool {
+    /// driver: the one the configuration records (`recorded`, when not 0),
+    /// or else the first incarnation heard from `from` since this process
+    /// started. Another one means a second process runs as `from`, or
+    /// `from`'s data directory was initialised again; its messages are
+    /// dropped, counted and reported loudly.
+    fn admit_incarnation(&self, from: ReplicaId, recorded: u64, incarnation: u64) -> bool {
         if incarnation == 0 {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(from, "dropping a peer message without an incarnation (a peer of an older Gaios?)");
+            return false;
+        }
+        if recorded != 0 {
+            if recorded == incarnation {
+                return true;
+            }
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.stats.wrong_incarnation_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(
+                    replica = from,
+                    recorded = %format_args!("{recorded:016x}"),
+                    other_incarnation = %format_args!("{incarnation:016x}"),
+                    "messages from an incarnation of replica {from} that its configuration does not record; dropping them"
+                );
+            }
             return false;
         }
         let mut known = self.incarnations.lock().unwrap_or_else(PoisonError::into_inner);
@@ -305,38 +370,45 @@ impl ReplicaRpc for PeerService {
 }
 
 /// The sending side: one bounded queue and one task per peer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbound {
     id: ReplicaId,
     envelope: Arc<Envelope>,
-    peers: Arc<BTreeMap<ReplicaId, mpsc::Sender<peer::PaxosMessage>>>,
+    /// Per peer: the address its task sends to, and the task's queue.
+    peers: BTreeMap<ReplicaId, (String, mpsc::Sender<peer::PaxosMessage>)>,
     stats: Arc<TransportStats>,
 }
 
 impl Outbound {
-    /// Starts one sending task per peer (every member but `id`); every
-    /// message goes out stamped with `envelope`. Must be called inside a
-    /// tokio runtime; the tasks end when every clone of the returned
-    /// `Outbound` is dropped.
-    pub fn start(
-        id: ReplicaId,
-        envelope: Envelope,
-        peers: &[(ReplicaId, SocketAddr)],
-        stats: Arc<TransportStats>,
-    ) -> Self {
-        let mut senders = BTreeMap::new();
-        for &(peer, address) in peers.iter().filter(|(peer, _)| *peer != id) {
+    /// Starts one sending task per peer of `peers` but `id`; every message
+    /// goes out stamped with `envelope`. Must be called inside a tokio
+    /// runtime; a task ends when its peer leaves ([`Outbound::update`]) or
+    /// the `Outbound` is dropped.
+    pub fn start(id: ReplicaId, envelope: Envelope, peers: &PeerDirectory, stats: Arc<TransportStats>) -> Self {
+        let mut outbound = Outbound { id, envelope: Arc::new(envelope), peers: BTreeMap::new(), stats };
+        outbound.update(peers);
+        outbound
+    }
+
+    /// Follows the directory: starts a task for each new peer (or one whose
+    /// address changed) and ends the tasks of peers no longer in it.
+    pub fn update(&mut self, peers: &PeerDirectory) {
+        let wanted = peers.all();
+        self.peers.retain(|id, (address, _)| wanted.get(id).is_some_and(|entry| entry.address == *address));
+        for (peer, entry) in wanted {
+            if peer == self.id || self.peers.contains_key(&peer) {
+                continue;
+            }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            senders.insert(peer, tx);
-            tokio::spawn(peer_task(id, peer, address, rx, stats.clone()));
+            tokio::spawn(peer_task(self.id, peer, entry.address.clone(), rx, self.stats.clone()));
+            self.peers.insert(peer, (entry.address, tx));
         }
-        Outbound { id, envelope: Arc::new(envelope), peers: Arc::new(senders), stats }
     }
 
     /// Queues `message` for `to` without waiting; drops it (and counts the
     /// drop) when the peer's queue is full or `to` is not a peer.
     pub fn send(&self, to: ReplicaId, message: &Message) {
-        let Some(queue) = self.peers.get(&to) else {
+        let Some((_, queue)) = self.peers.get(&to) else {
             tracing::warn!(to, "dropping message for a replica that is not a peer");
             self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -355,7 +427,7 @@ impl Outbound {
 async fn peer_task(
     id: ReplicaId,
     peer: ReplicaId,
-    address: SocketAddr,
+    address: String,
     mut queue: mpsc::Receiver<peer::PaxosMessage>,
     stats: Arc<TransportStats>,
 ) {
@@ -475,7 +547,30 @@ mod tests {
     fn service(capacity: usize) -> (PeerService, mpsc::Receiver<Inbound>, Arc<TransportStats>) {
         let stats = Arc::new(TransportStats::default());
         let (tx, rx) = mpsc::channel(capacity);
-        (PeerService::new(1, CELL, vec![1, 2, 3], tx, stats.clone()), rx, stats)
+        let peers = [2, 3].map(|id| (id, PeerEntry { address: format!("127.0.0.1:{}", 7100 + id), incarnation: 0 }));
+        (PeerService::new(1, CELL, PeerDirectory::new(peers.into_iter().collect()), tx, stats.clone()), rx, stats)
+    }
+
+    /// A member that joined through a configuration change has its
+    /// incarnation recorded: only that one gets through, whoever speaks
+    /// first; and once it leaves the directory (removed), nothing from it
+    /// does.
+    #[test]
+    fn a_joined_member_is_heard_only_in_its_recorded_incarnation() {
+        let (service, mut inbox, stats) = service(8);
+        let mut peers = service.members.all();
+        peers.insert(6, PeerEntry { address: "127.0.0.1:7106".into(), incarnation: incarnation(6).get() });
+        service.members.set(peers.clone());
+        let impostor = NonZeroU64::new(0xbad).expect("not zero");
+        service.deliver(None, heartbeat_from(CELL, impostor, 6, 1));
+        assert!(inbox.try_recv().is_err(), "an incarnation the configuration does not record got through");
+        assert_eq!(stats.wrong_incarnation_dropped.load(Ordering::Relaxed), 1);
+        service.deliver(None, heartbeat(6, 1));
+        assert_eq!(inbox.try_recv().expect("delivered").from, 6);
+        peers.remove(&6);
+        service.members.set(peers);
+        service.deliver(None, heartbeat(6, 1));
+        assert!(inbox.try_recv().is_err(), "a removed member got through");
     }
 
     /// The incarnation the tests give replica `id` unless they say otherwise.

@@ -58,6 +58,9 @@ pub enum ProposeError {
     },
 }
 
+use crate::shared::ChangeRefusal;
+use gaios_paxos::ChangeError;
+
 /// The `ErrorInfo` domain of Gaios's reasons.
 pub const ERROR_DOMAIN: &str = "gaios";
 
@@ -129,9 +132,63 @@ pub fn propose_status(error: &ProposeError, address: impl Fn(Option<ReplicaId>) 
     }
 }
 
+/// The status of a configuration change that was not made (or not known to
+/// be): the table in `cell.proto` at `ChangeMembershipRequest`.
+pub fn change_status(refusal: &ChangeRefusal, address: impl Fn(Option<ReplicaId>) -> String) -> Status {
+    use api::ErrorReason as R;
+    let message = refusal.to_string();
+    let error = match refusal {
+        ChangeRefusal::Refused(error) => error,
+        ChangeRefusal::Indeterminate => return Status::unavailable(message),
+        ChangeRefusal::Busy => return with_reason(Code::FailedPrecondition, R::ChangeInFlight, message),
+    };
+    match error {
+        ChangeError::NotMaster { master_hint } => {
+            not_master(*master_hint, &address(*master_hint), "only the master changes the configuration")
+        }
+        ChangeError::Recovering => Status::unavailable(message),
+        ChangeError::InFlight => with_reason(Code::FailedPrecondition, R::ChangeInFlight, message),
+        ChangeError::WouldLoseQuorum { .. } => with_reason(Code::FailedPrecondition, R::WouldLoseQuorum, message),
+        ChangeError::TooFewVoters { .. } => with_reason(Code::FailedPrecondition, R::TooFewVoters, message),
+        ChangeError::NotCaughtUp { .. } => with_reason(Code::FailedPrecondition, R::LearnerBehind, message),
+        ChangeError::NotAMember(_) => with_reason(Code::FailedPrecondition, R::NotAMember, message),
+        ChangeError::AlreadyAMember(_) | ChangeError::AlreadyAVoter(_) => {
+            with_reason(Code::FailedPrecondition, R::AlreadyAMember, message)
+        }
+        ChangeError::IdUsedBefore { .. } => with_reason(Code::InvalidArgument, R::IdUsedBefore, message),
+        _ => Status::invalid_argument(message),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_change_refusal_carries_its_reason() {
+        let address = |_: Option<ReplicaId>| String::new();
+        let reason = |refusal: ChangeRefusal| {
+            let status = change_status(&refusal, address);
+            (status.code(), status.get_error_details().error_info().map(|info| info.reason.clone()))
+        };
+        assert_eq!(
+            reason(ChangeError::InFlight.into()),
+            (Code::FailedPrecondition, Some("CHANGE_IN_FLIGHT".to_string()))
+        );
+        assert_eq!(
+            reason(ChangeError::WouldLoseQuorum { reachable: 2, needed: 3 }.into()),
+            (Code::FailedPrecondition, Some("WOULD_LOSE_QUORUM".to_string()))
+        );
+        assert_eq!(
+            reason(ChangeError::TooFewVoters { voters: 2 }.into()),
+            (Code::FailedPrecondition, Some("TOO_FEW_VOTERS".to_string()))
+        );
+        assert_eq!(
+            reason(ChangeError::IdUsedBefore { id: 3, highest: 5 }.into()),
+            (Code::InvalidArgument, Some("ID_USED_BEFORE".to_string()))
+        );
+        assert_eq!(reason(ChangeRefusal::Indeterminate), (Code::Unavailable, None));
+    }
 
     #[test]
     fn a_failure_with_a_reason_carries_a_standard_error_info() {

@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_dropped_wait_proposes_a_cancel_unless_another_attempt_still_waits() {
-        let (shared, mut proposals) = Shared::new(StateMachine::new(), Duration::from_secs(10));
+        let (shared, mut proposals, _changes) = Shared::new(StateMachine::new(), Duration::from_secs(10));
         let shared = Arc::new(shared);
         let first = LiveWait::begin(&shared, cancel(7));
         let retry = LiveWait::begin(&shared, cancel(7));

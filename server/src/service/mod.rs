@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gaios_paxos::{Ballot, ReplicaId};
+use gaios_paxos::{Ballot, MembershipChange, ReplicaId};
 use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_server::{Cell, CellServer};
 use gaios_proto::state::v1 as wire;
@@ -40,10 +40,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ops::config::PeerSpec;
-use crate::replica::status::{ReplicaStatus, Role};
+use crate::replica::status::{MemberView, ReplicaStatus, Role};
 use crate::replica::transport::TransportStats;
 use crate::shared::Shared;
-use errors::{failure_status, propose_status};
+use errors::{change_status, failure_status, propose_status};
 use keep_alive::KEEPALIVE_QUEUE_MAX;
 
 mod endpoint;
@@ -109,10 +109,16 @@ impl CellService {
         )
     }
 
+    /// The client address of `id`: from the configuration in force, or the
+    /// `--peer` flags.
     fn client_address(&self, id: Option<ReplicaId>) -> String {
-        id.and_then(|id| self.members.iter().find(|peer| peer.id == id))
-            .map(|peer| peer.client_address.to_string())
-            .unwrap_or_default()
+        let Some(id) = id else { return String::new() };
+        let status = self.status.borrow();
+        if let Some(member) = status.members.iter().find(|member| member.id == id) {
+            return member.client_address.clone();
+        }
+        drop(status);
+        self.members.iter().find(|peer| peer.id == id).map(|peer| peer.client_address.to_string()).unwrap_or_default()
     }
 
     /// Proposes `kind` and returns its outcome, or the status of a failure.
@@ -159,6 +165,21 @@ impl CellService {
         self.authorize(call.session_id, &call.session_secret, Unknown::Refuse)?;
         self.propose(wire::command::Kind::Call(call)).await
     }
+}
+
+/// The configuration in force as the API shows it.
+fn api_members(members: &[MemberView]) -> Vec<api::Member> {
+    members
+        .iter()
+        .map(|member| api::Member {
+            id: member.id,
+            client_address: member.client_address.clone(),
+            peer_address: member.peer_address.clone(),
+            voter: member.voter,
+            incarnation: member.incarnation,
+            learned_through: member.learned_through,
+        })
+        .collect()
 }
 
 fn ballot(ballot: Ballot) -> Option<api::Ballot> {
@@ -211,6 +232,8 @@ impl Cell for CellService {
             master_client_address: self.client_address(status.master),
             ballot: ballot(master_ballot),
             answered_by: status.id,
+            members: api_members(&status.members),
+            membership_slot: status.membership_slot,
         }))
     }
 
@@ -240,15 +263,9 @@ impl Cell for CellService {
             applied: status.applied,
             log_start: status.log_start,
             lease_remaining_ms,
-            members: self
-                .members
-                .iter()
-                .map(|peer| api::Member {
-                    id: peer.id,
-                    client_address: peer.client_address.to_string(),
-                    peer_address: peer.peer_address.to_string(),
-                })
-                .collect(),
+            members: api_members(&status.members),
+            membership_slot: status.membership_slot,
+            highest_member_id: status.highest_member_id,
             cell_id: self.cell_id.clone(),
             inbox_dropped: self.stats.inbox_dropped.load(Ordering::Relaxed),
             incarnation: self.incarnation.get(),
@@ -259,6 +276,62 @@ impl Cell for CellService {
             locks_held,
             snapshot_slot: status.snapshot_slot,
         }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<api::ChangeMembershipRequest>,
+    ) -> Result<Response<api::ChangeMembershipResponse>, Status> {
+        use api::change_membership_request::Change;
+        let request = request.into_inner();
+        let change = match request.change {
+            Some(Change::AddLearner(learner)) => {
+                if learner.id == 0 || learner.incarnation == 0 {
+                    return Err(Status::invalid_argument("a learner needs a non-zero id and incarnation"));
+                }
+                for address in [&learner.peer_address, &learner.client_address] {
+                    if address.is_empty() || address.len() > gaios_paxos::types::ADDRESS_BYTES_MAX {
+                        return Err(Status::invalid_argument(format!(
+                            "a learner's addresses must be 1 to {} bytes",
+                            gaios_paxos::types::ADDRESS_BYTES_MAX
+                        )));
+                    }
+                }
+                MembershipChange::AddLearner(gaios_paxos::Member {
+                    id: learner.id,
+                    voter: false,
+                    incarnation: learner.incarnation,
+                    peer_address: learner.peer_address,
+                    client_address: learner.client_address,
+                })
+            }
+            Some(Change::Promote(0) | Change::Remove(0)) => return Err(Status::invalid_argument("replica id 0 is reserved")),
+            Some(Change::Promote(id)) => MembershipChange::Promote(id),
+            Some(Change::Remove(id)) => MembershipChange::Remove(id),
+            None => return Err(Status::invalid_argument("no change given")),
+        };
+        let (membership, slot) = self
+            .shared
+            .change_membership(change, request.force)
+            .await
+            .map_err(|refusal| change_status(&refusal, |id| self.client_address(id)))?;
+        let status = self.status.borrow().clone();
+        let members = membership
+            .members
+            .iter()
+            .map(|member| {
+                let known = status.members.iter().find(|view| view.id == member.id);
+                api::Member {
+                    id: member.id,
+                    client_address: known.map_or_else(|| member.client_address.clone(), |view| view.client_address.clone()),
+                    peer_address: known.map_or_else(|| member.peer_address.clone(), |view| view.peer_address.clone()),
+                    voter: member.voter,
+                    incarnation: member.incarnation,
+                    learned_through: None,
+                }
+            })
+            .collect();
+        Ok(Response::new(api::ChangeMembershipResponse { members, membership_slot: slot }))
     }
 
     async fn create_session(
@@ -452,6 +525,9 @@ mod tests {
             lease_valid_until,
             read_barrier: Some(1),
             snapshot_slot: 0,
+            members: Arc::default(),
+            membership_slot: 0,
+            highest_member_id: 0,
         }
     }
 
@@ -478,7 +554,7 @@ mod tests {
     }
 
     fn service(state: StateMachine, status: ReplicaStatus) -> (CellService, watch::Sender<ReplicaStatus>, mpsc::Receiver<crate::shared::Proposal>) {
-        let (shared, proposals) = Shared::new(state, Duration::from_secs(10));
+        let (shared, proposals, _changes) = Shared::new(state, Duration::from_secs(10));
         let (sender, receiver) = watch::channel(status);
         let service = CellService::new("test".into(), NonZeroU64::MIN, Vec::new(), receiver, Arc::new(TransportStats::default()), Arc::new(shared));
         (service, sender, proposals)

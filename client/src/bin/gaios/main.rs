@@ -71,6 +71,7 @@ enum Command {
     Leader(commands::leader::Args),
     Watch(commands::watch::Args),
     Status(commands::status::Args),
+    Member(commands::member::Args),
 }
 
 impl Command {
@@ -88,6 +89,7 @@ impl Command {
             Command::Leader(_) => "leader",
             Command::Watch(_) => "watch",
             Command::Status(_) => "status",
+            Command::Member(_) => "member",
         }
     }
 }
@@ -115,9 +117,12 @@ async fn run(mut args: Args) -> anyhow::Result<u8> {
     let mut printer = print::stdout(args.json);
     let printer = printer.as_mut();
     let ok = |()| Exit::Ok.code();
-    if let Command::Status(status) = args.command {
-        return commands::status::run(&cell, status, printer).await.map(ok);
-    }
+    let command = match args.command {
+        Command::Status(status) => return commands::status::run(&cell, status, printer).await.map(ok),
+        Command::Member(member) => return commands::member::run(&cell, member, printer).await.map(ok),
+        command => command,
+    };
+    args.command = command;
     if let Command::Put(put) = &mut args.command {
         put.read_stdin()?;
     }
@@ -139,7 +144,7 @@ async fn run(mut args: Args) -> anyhow::Result<u8> {
         Command::Elect(elect) => commands::elect::run(&client, elect).await,
         Command::Leader(leader) => commands::leader::run(&client, leader, printer).await.map(ok),
         Command::Watch(watch) => commands::watch::run(&client, watch, printer).await.map(ok),
-        Command::Status(_) => unreachable!("answered without a session"),
+        Command::Status(_) | Command::Member(_) => unreachable!("answered without a session"),
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, client.close()).await;
     result

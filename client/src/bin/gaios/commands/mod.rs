@@ -8,6 +8,7 @@ pub mod elect;
 pub mod leader;
 pub mod lock;
 pub mod ls;
+pub mod member;
 pub mod mkdir;
 pub mod put;
 pub mod rm;

@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use anyhow::Context as _;
+use gaios_client::membership::Configuration;
 use gaios_client::{Event, EventKind, Stat};
 use gaios_proto::cell::v1 as api;
 use serde_json::{Value, json};
@@ -122,5 +123,29 @@ impl<W: Write> Printer for Json<W> {
             })
             .collect();
         self.value(&Value::Array(rows))
+    }
+
+    fn members(&mut self, config: &Configuration) -> anyhow::Result<()> {
+        let members: Vec<Value> = config
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id,
+                    "voter": m.voter,
+                    "peer_address": m.peer_address,
+                    "client_address": m.client_address,
+                    "incarnation": format!("{:016x}", m.incarnation),
+                    "learned_through": m.learned_through,
+                })
+            })
+            .collect();
+        self.value(&json!({
+            "members": members,
+            "membership_slot": config.slot,
+            "master_id": config.master_id,
+            "master_chosen_through": config.master_chosen_through,
+            "highest_member_id": config.highest_member_id,
+        }))
     }
 }

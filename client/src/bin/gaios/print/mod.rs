@@ -9,6 +9,7 @@ mod text;
 use std::io::Write;
 
 use anyhow::Context as _;
+use gaios_client::membership::Configuration;
 use gaios_client::{Event, EventKind, Stat, StatusResponse};
 use gaios_proto::cell::v1 as api;
 
@@ -40,6 +41,8 @@ pub trait Printer {
     fn event(&mut self, event: &Event) -> anyhow::Result<()>;
     /// Every replica's status, in the order they were named.
     fn status(&mut self, replicas: &[Replica]) -> anyhow::Result<()>;
+    /// The configuration in force.
+    fn members(&mut self, config: &Configuration) -> anyhow::Result<()>;
 }
 
 /// The printer of the chosen format, writing to stdout.

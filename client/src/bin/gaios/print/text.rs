@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use gaios_client::membership::Configuration;
 use gaios_client::{Event, EventKind, Stat};
 use gaios_proto::cell::v1 as api;
 
@@ -112,14 +113,43 @@ impl<W: Write> Printer for Text<W> {
                 ],
             });
         }
-        let widths: Vec<usize> =
-            (0..header.len()).map(|i| rows.iter().filter_map(|row| row.get(i)).map(String::len).max().unwrap_or(0)).collect();
-        let mut text = String::new();
-        for row in &rows {
-            let cells: Vec<String> = row.iter().enumerate().map(|(i, cell)| format!("{cell:<width$}", width = widths[i])).collect();
-            text.push_str(cells.join("  ").trim_end());
-            text.push('\n');
+        emit(&mut self.out, table(&rows).as_bytes())
+    }
+
+    fn members(&mut self, config: &Configuration) -> anyhow::Result<()> {
+        let header = ["ID", "ROLE", "PEER", "CLIENT", "INCARNATION", "LEARNED"];
+        let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_string()).collect()];
+        for member in &config.members {
+            rows.push(vec![
+                member.id.to_string(),
+                if member.voter { "voter" } else { "learner" }.into(),
+                member.peer_address.clone(),
+                member.client_address.clone(),
+                if member.incarnation == 0 { "-".into() } else { format!("{:016x}", member.incarnation) },
+                member.learned_through.map_or_else(|| "-".into(), |slot| slot.to_string()),
+            ]);
         }
+        let mut text = table(&rows);
+        text.push_str(&format!(
+            "configuration of slot {}; master {}; next free id {}\n",
+            config.slot,
+            if config.master_id == 0 { "-".to_string() } else { config.master_id.to_string() },
+            config.highest_member_id + 1
+        ));
         emit(&mut self.out, text.as_bytes())
     }
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..columns).map(|i| rows.iter().filter_map(|row| row.get(i)).map(String::len).max().unwrap_or(0)).collect();
+    let mut text = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().enumerate().map(|(i, cell)| format!("{cell:<width$}", width = widths[i])).collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
 }
