@@ -86,7 +86,12 @@ async fn statuses(addresses: &[String]) -> Vec<api::StatusResponse> {
 /// Reads the configuration in force from the replicas at `addresses`.
 pub async fn configuration(addresses: &[String]) -> Result<Configuration, Error> {
     let answers = statuses(addresses).await;
-    let master = answers.iter().find(|s| s.role() == api::Role::Master);
+    // A deposed master may not know it yet: the one with the newest
+    // configuration (then the highest ballot) is the one to believe.
+    let master = answers
+        .iter()
+        .filter(|s| s.role() == api::Role::Master)
+        .max_by_key(|s| (s.membership_slot, s.own_ballot.map(|b| (b.round, b.replica))));
     let newest = answers.iter().max_by_key(|s| s.membership_slot);
     let Some(best) = master.or(newest) else {
         return Err(Error::NoMaster(format!("no replica answered at {}", addresses.join(","))));

@@ -51,6 +51,12 @@ pub struct Config {
     /// force at each slot, never over this list alone. A replica not listed
     /// here joined later and starts as a learner.
     pub members: Vec<ReplicaId>,
+    /// The first configuration with the members' addresses, when the driver
+    /// knows them (the `--peer` flags): recorded in every change, so that a
+    /// replica that joins later learns every member's address from the log.
+    /// `None` builds it from `members` without addresses. Its voters must
+    /// be `members`.
+    pub genesis: Option<crate::types::Membership>,
     /// Replicas this one may hear from before it knows the configuration in
     /// force (a joining replica's view of the cell when it joined). Messages
     /// from ids in no configuration the replica knows and not here are
@@ -149,6 +155,7 @@ impl Config {
         Config {
             id,
             members,
+            genesis: None,
             contacts: Vec::new(),
             learner_lag_slots_max: 64,
             election_ticks_min: 20,
@@ -182,6 +189,11 @@ impl Config {
             || self.id == 0
             || self.contacts.contains(&0)
             || self.members.len() > crate::types::MEMBERS_MAX
+        {
+            return Err(ConfigError::BadMembers);
+        }
+        if let Some(genesis) = &self.genesis
+            && (genesis.validate().is_err() || genesis.voters().collect::<Vec<_>>() != sorted)
         {
             return Err(ConfigError::BadMembers);
         }
@@ -236,6 +248,12 @@ impl Config {
         let commands = self.batch_bytes_max.max(self.command_bytes_max);
         let batch = commands.saturating_add(self.batch_commands_max.saturating_mul(COMMAND_OVERHEAD_BYTES));
         ENTRY_OVERHEAD_BYTES.saturating_add(batch.max(MEMBERSHIP_BYTES_MAX))
+    }
+
+    /// The configuration the log starts from: `genesis`, or `members` as
+    /// voters without addresses.
+    pub fn first_membership(&self) -> crate::types::Membership {
+        self.genesis.clone().unwrap_or_else(|| crate::types::Membership::genesis(&self.members))
     }
 
     /// How many slots past a candidate's first unchosen slot a promise may

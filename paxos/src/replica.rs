@@ -194,6 +194,9 @@ struct Master {
     quorum_tick: u64,
     /// Per replica (learners included), the chosen prefix it last reported.
     progress: BTreeMap<ReplicaId, Slot>,
+    /// The newest configuration (by the slot of its change) that the lease
+    /// was last counted over: see [`Replica::recount_lease`].
+    lease_counted_over: Slot,
     /// The configurations our in-flight slots would put in force, by slot
     /// (at most one that we proposed; phase 1 may recover others).
     in_flight_configs: BTreeMap<Slot, Membership>,
@@ -295,8 +298,8 @@ impl Replica {
             Some(snapshot) if !snapshot.membership.members.is_empty() => {
                 ConfigHistory::new(snapshot.slot, snapshot.membership.clone())
             }
-            Some(snapshot) => ConfigHistory::new(snapshot.slot, Membership::genesis(&config.members)),
-            None => ConfigHistory::new(0, Membership::genesis(&config.members)),
+            Some(snapshot) => ConfigHistory::new(snapshot.slot, config.first_membership()),
+            None => ConfigHistory::new(0, config.first_membership()),
         };
         for (&slot, (_, value)) in log.range(..=chosen_through) {
             if let Value::Reconfigure(membership) = value {
@@ -449,11 +452,13 @@ impl Replica {
         Ok(next)
     }
 
-    /// True when the master heard `id` acknowledge a heartbeat within an
-    /// election timeout (itself always).
+    /// True when the master heard `id` acknowledge a heartbeat recently
+    /// enough for that acknowledgement to count toward a lease now (itself
+    /// always): a change whose new voters are reachable this way keeps the
+    /// master's lease when it is counted again.
     fn reachable(&self, master: &Master, id: ReplicaId) -> bool {
-        id == self.config.id
-            || master.heartbeat_acks.get(&id).is_some_and(|&sent| self.now.saturating_sub(sent) <= self.config.election_ticks_max)
+        let window = self.config.lease_ticks - self.config.lease_drift_ticks;
+        id == self.config.id || master.heartbeat_acks.get(&id).is_some_and(|&sent| self.now.saturating_sub(sent) < window)
     }
 
     /// Tells the replica the application snapshotted its state through
@@ -1117,6 +1122,7 @@ impl Replica {
             lease_until: 0,
             quorum_tick: self.now,
             progress: BTreeMap::new(),
+            lease_counted_over: 0,
             in_flight_configs: BTreeMap::new(),
             change: None,
         });
@@ -1338,7 +1344,6 @@ impl Replica {
         self.members_version += 1;
         if let Role::Master(master) = &mut self.role {
             master.in_flight_configs.remove(&slot);
-            self.recount_lease();
         }
         if self.is_voter() {
             return;
@@ -1480,8 +1485,12 @@ impl Replica {
         let learned = master.progress.entry(from).or_insert(0);
         *learned = (*learned).max(chosen_through);
         if let Some(start) = self.lease_start() {
+            let newest = self.newest_governing_slot();
             let Role::Master(master) = &mut self.role else { return };
-            master.lease_until = master.lease_until.max(start + lease_ticks);
+            if start + lease_ticks > master.lease_until {
+                master.lease_until = start + lease_ticks;
+                master.lease_counted_over = newest;
+            }
             master.quorum_tick = master.quorum_tick.max(start);
         }
     }
@@ -1506,16 +1515,34 @@ impl Replica {
         Some(start)
     }
 
-    /// When the configurations governing the master's open slots change (a
-    /// change is proposed, or one is chosen), the lease is counted again
-    /// from scratch over the new ones, and may shrink or end: a lease
-    /// counted over a configuration two changes back would not meet a
-    /// candidate holding a majority of the newest one.
+    /// The slot of the change that made the newest configuration governing
+    /// the master's open slots (in flight, or else in force).
+    fn newest_governing_slot(&self) -> Slot {
+        let in_flight = match &self.role {
+            Role::Master(m) => m.in_flight_configs.keys().next_back().copied(),
+            _ => None,
+        };
+        in_flight.unwrap_or_else(|| self.configs.latest_slot())
+    }
+
+    /// When a change is proposed, a lease counted over a configuration
+    /// older than the one in force is counted again from scratch over the
+    /// configurations now governing the open slots, and may shrink or end:
+    /// such a lease is two changes from the new one, whose majorities need
+    /// not meet its own. A lease counted over the configuration in force (or
+    /// a newer one) is one change away from anything a candidate may hold,
+    /// and stands.
     fn recount_lease(&mut self) {
         let lease_ticks = self.config.lease_ticks - self.config.lease_drift_ticks;
+        let in_force = self.configs.latest_slot();
+        if matches!(&self.role, Role::Master(m) if m.lease_counted_over >= in_force) {
+            return;
+        }
         let start = self.lease_start();
+        let newest = self.newest_governing_slot();
         let Role::Master(master) = &mut self.role else { return };
         master.lease_until = start.map_or(0, |start| start + lease_ticks);
+        master.lease_counted_over = newest;
     }
 
     /// Accept rules shared by accepts and heartbeats: refuse a ballot below the
@@ -1668,10 +1695,11 @@ impl Replica {
             self.learn_chosen(entry);
         }
         if self.chosen_through > before {
+            // Ask on while it gives: the sender may know more than any
+            // master told us (a learner asking a member it knows, before
+            // it knows the master), and a batch is bounded.
             self.catch_up_sent_tick = None;
-            if self.chosen_through < self.known_chosen_through {
-                self.request_catch_up(from);
-            }
+            self.request_catch_up(from);
         }
     }
 

@@ -11,7 +11,9 @@
 //! isolated or paused; a lock holder and a leader (client processes)
 //! paused past their session lease; a follower restarted, or restarted
 //! after missing hundreds of large writes; a replica's data directory
-//! wiped. Some replicas run with clocks at different rates (libfaketime),
+//! wiped (it must refuse to start), then that machine replaced by a new
+//! replica (a new id, the same addresses) with `gaios-server init --join`
+//! and `gaios member replace` while the workloads run. Some replicas run with clocks at different rates (libfaketime),
 //! inside the drift bound ([`clock`]). At most two replicas are down or
 //! cut off at once; a separate check at the end kills three and shows that
 //! the cell refuses writes rather than losing them, and a last scenario
@@ -346,6 +348,47 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How long the replacement of the wiped replica may take.
+const REPLACE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Starts a new replica (the next free id) on the wiped machine at `victim`
+/// with `gaios-server init --join` and runs `gaios member replace`; then
+/// checks the configuration holds five voters with the newcomer and without
+/// the wiped replica. Says what happened.
+async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> Result<String, String> {
+    let old = cell.members[victim];
+    let config = gaios_client::membership::configuration(addresses).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let newcomer = crate::Member { id: config.highest_member_id + 1, ..old };
+    let contacts: Vec<crate::Member> = cell.members.iter().copied().filter(|m| m.id != old.id).collect();
+    cell.replace_at(victim, newcomer, &contacts);
+    let began = Instant::now();
+    let mut command = tokio::process::Command::new(crate::binary("gaios"));
+    command
+        .arg("--cell")
+        .arg(addresses.join(","))
+        .args(["member", "replace", &old.id.to_string(), "--id", &newcomer.id.to_string()])
+        .args(["--peer", &newcomer.peer.to_string(), "--client", &newcomer.client.to_string()])
+        .args(["--timeout-ms", &REPLACE_DEADLINE.as_millis().to_string()])
+        .env_remove("GAIOS_CELL")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = match tokio::time::timeout(REPLACE_DEADLINE + Duration::from_secs(10), command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => return Err(format!("cannot run gaios member replace: {error}")),
+        Err(_) => return Err(format!("gaios member replace did not finish within {REPLACE_DEADLINE:?}")),
+    };
+    let took = began.elapsed();
+    if !output.status.success() {
+        return Err(format!("gaios member replace {} by {} failed: {}", old.id, newcomer.id, String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    let config = gaios_client::membership::configuration(addresses).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let voters: Vec<u64> = config.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    if voters.len() != REPLICAS as usize || !voters.contains(&newcomer.id) || voters.contains(&old.id) {
+        return Err(format!("after replacing {} by {}, the voters are {voters:?}", old.id, newcomer.id));
+    }
+    Ok(format!("replica {} replaced by {} (same addresses) in {:.1} s; voters {voters:?}", old.id, newcomer.id, took.as_secs_f64()))
+}
+
 /// Whether an error means the operation surely did not take effect.
 pub fn definite(error: &Error) -> bool {
     matches!(
@@ -621,6 +664,38 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     } else {
         unchecked.push("rejoin after large writes");
     }
+
+    // Very last (its peer links bypass the fault proxy, which the steps
+    // above rely on): the wiped machine comes back as a new replica (a new
+    // id, the same addresses) through `gaios member replace`, while a
+    // unique-set workload writes; none of its acknowledged creates may be
+    // lost.
+    let mut replacement = None;
+    if let (true, Some(_), Some(victim)) = (healed, wipe.as_ref(), down_for_good) {
+        recorder.meter.set_phase("fault replace-wiped");
+        let (stop_tx, stop) = watch::channel(false);
+        let writers: Vec<_> =
+            (0..2).map(|worker| tokio::spawn(workloads::unique_set(10 + worker, addresses.clone(), recorder.clone(), stop.clone()))).collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = recorder.now();
+        let outcome = replace_wiped(&mut cell, victim, &addresses).await;
+        let detail = match &outcome {
+            Ok(detail) | Err(detail) => detail.clone(),
+        };
+        lock(&recorder.faults).push(FaultRecord { name: "replace-wiped", master: None, detail, start, heal: recorder.now() });
+        injected(&mut fault_counts, &recorder, "replace-wiped");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = stop_tx.send(true);
+        for writer in writers {
+            let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
+        }
+        let lost_after = checks::check_set(&recorder, &addresses).await;
+        violations.insert("replace: acknowledged creates lost while replacing the wiped replica", lost_after);
+        replacement = Some(outcome);
+    } else if wipe.is_some() {
+        unchecked.push("replacing the wiped replica");
+    }
+    violations.insert("replace: the wiped replica was not replaced by gaios member replace", u64::from(matches!(replacement, Some(Err(_)))));
     let end = recorder.now();
     let _ = monitor_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), monitor).await;

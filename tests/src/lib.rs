@@ -116,6 +116,9 @@ pub struct Cell {
     /// For replicas that joined the running cell (by index): the members
     /// their `init --join` was given, which every start must repeat.
     joined_with: std::collections::BTreeMap<usize, Vec<Member>>,
+    /// The founding members, as `init` was given them: what every founding
+    /// replica's start repeats, whatever joined or left since.
+    founders: Vec<Member>,
 }
 
 impl Cell {
@@ -169,8 +172,10 @@ impl Cell {
     ) -> Cell {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
+        let founders = members.clone();
         let mut cell = Cell {
             dir,
+            founders,
             members,
             children: Vec::new(),
             extra_args,
@@ -213,6 +218,15 @@ impl Cell {
     pub fn join(&mut self, me: Member, contacts: &[Member]) -> usize {
         let index = self.members.len();
         self.members.push(me);
+        self.children.push(None);
+        self.init_joining(index, contacts);
+        index
+    }
+
+    /// `init --join` for the replica at `index` with `contacts` (and
+    /// itself), then a start.
+    fn init_joining(&mut self, index: usize, contacts: &[Member]) {
+        let me = self.members[index];
         let mut with: Vec<Member> = contacts.to_vec();
         with.push(me);
         self.joined_with.insert(index, with);
@@ -229,9 +243,16 @@ impl Cell {
             me.id,
             String::from_utf8_lossy(&output.stderr)
         );
-        let child = self.spawn(index);
-        self.children.push(Some(child));
-        index
+        self.children[index] = Some(self.spawn(index));
+    }
+
+    /// Puts replica `me` on the machine at `index` (whose process must be
+    /// down, its data gone): `init --join` with `contacts`, then a start,
+    /// as [`Cell::join`] does. The index keeps naming that machine.
+    pub fn replace_at(&mut self, index: usize, me: Member, contacts: &[Member]) {
+        assert!(self.children[index].is_none(), "replica {index} still runs");
+        self.members[index] = me;
+        self.init_joining(index, contacts);
     }
 
     /// Where replica `id` logs.
@@ -262,8 +283,7 @@ impl Cell {
             "--cell-id".into(),
             CELL_ID.into(),
         ];
-        let founders = &self.members[..self.members.len().min(REPLICAS as usize)];
-        let members = self.joined_with.get(&index).map_or(founders, Vec::as_slice);
+        let members = self.joined_with.get(&index).map_or(self.founders.as_slice(), Vec::as_slice);
         for member in members {
             // Through the fault proxy's link me -> member when there is one.
             let peer = self.peer_routes.get(&(me.id, member.id)).copied().unwrap_or(member.peer);

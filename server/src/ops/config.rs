@@ -415,6 +415,7 @@ impl ReplicaConfig {
         // or a snapshot (each change carries a whole configuration, so that
         // start is replaced before it could matter; docs/MEMBERSHIP.md).
         let others: Vec<ReplicaId> = self.member_ids().into_iter().filter(|&id| id != self.id).collect();
+        let first: Vec<&PeerSpec> = self.members.iter().filter(|peer| !self.joining || peer.id != self.id).collect();
         let mut config = if self.joining {
             let mut config = gaios_paxos::Config::new(self.id, others.clone());
             config.contacts = others;
@@ -422,6 +423,21 @@ impl ReplicaConfig {
         } else {
             gaios_paxos::Config::new(self.id, self.member_ids())
         };
+        // The first configuration carries the flags' addresses, so every
+        // change records them and a replica that joins later learns them.
+        config.genesis = Some(gaios_paxos::Membership {
+            highest_id: first.iter().map(|peer| peer.id).max().unwrap_or(0),
+            members: first
+                .iter()
+                .map(|peer| gaios_paxos::Member {
+                    id: peer.id,
+                    voter: true,
+                    incarnation: 0,
+                    peer_address: peer.peer_address.to_string(),
+                    client_address: peer.client_address.to_string(),
+                })
+                .collect(),
+        });
         config.heartbeat_ticks = ticks(self.heartbeat);
         config.lease_ticks = ticks(self.master_lease).max(config.heartbeat_ticks + 1);
         let needed = gaios_paxos::config::lease_drift_ticks_for(config.lease_ticks).unwrap_or(config.lease_ticks - 1);

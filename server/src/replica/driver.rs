@@ -179,7 +179,11 @@ impl Driver {
         // command after it to be applied again.
         durable.applied = snapshot_slot;
         let replica = Replica::new(config, durable)?;
-        let was_member = replica.membership().contains(replica.id());
+        // A founding member was a member from the start (even if its disk
+        // holds a configuration without it, chosen before it could record
+        // its removal); a joining replica becomes one once its addition is
+        // in force.
+        let was_member = replica.config().members.contains(&replica.id()) || replica.membership().contains(replica.id());
         let members_view = Arc::new(members_view(&replica, &options.flag_members));
         let mut first_status = status_of(&replica, None, Instant::now(), tick);
         first_status.members = members_view.clone();
@@ -354,6 +358,9 @@ impl Driver {
     fn process_ready(&mut self) -> Result<(), DriverError> {
         while self.replica.has_ready() {
             let ready: Ready = self.replica.ready();
+            // A change proposed in this Ready may address a member the
+            // directory does not hold yet.
+            self.refresh_peers();
             for envelope in &ready.messages {
                 self.outbound.send(envelope.to, &envelope.message);
             }
@@ -608,9 +615,26 @@ impl Driver {
             tracing::info!(%target, slot = self.replica.membership_slot(), "configuration change in force");
             let _ = reply.send(Ok((target, self.replica.membership_slot())));
         }
+        self.refresh_peers();
+        let me = self.replica.id();
+        let in_force = self.replica.membership().contains(me);
+        if in_force {
+            self.was_member = true;
+        } else if self.was_member {
+            let slot = self.replica.membership_slot();
+            tracing::warn!(slot, "this replica was removed from the cell; stopping for good");
+            tokio::task::block_in_place(|| self.storage.mark_removed(slot))?;
+            return Err(DriverError::Removed { slot });
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the peer directory, the sending tasks and the members view
+    /// when the members the core knows changed.
+    fn refresh_peers(&mut self) {
         let version = self.replica.members_version();
         if self.members_seen == Some(version) {
-            return Ok(());
+            return;
         }
         self.members_seen = Some(version);
         let me = self.replica.id();
@@ -627,16 +651,6 @@ impl Driver {
         self.options.peers.set(peers);
         self.outbound.update(&self.options.peers);
         self.members_view = Arc::new(members_view(&self.replica, &self.options.flag_members));
-        let in_force = self.replica.membership().contains(me);
-        if in_force {
-            self.was_member = true;
-        } else if self.was_member {
-            let slot = self.replica.membership_slot();
-            tracing::warn!(slot, "this replica was removed from the cell; stopping for good");
-            tokio::task::block_in_place(|| self.storage.mark_removed(slot))?;
-            return Err(DriverError::Removed { slot });
-        }
-        Ok(())
     }
 
     /// Publishes the status if it changed; `last_tick_at` is when the core's
@@ -693,13 +707,14 @@ fn status_of(replica: &Replica, installed_snapshot: Option<Slot>, last_tick_at: 
     }
 }
 
-/// An address a configuration records, or else the `--peer` flag's for a
-/// founding member (whose configuration records none).
+/// The address of member `id`: this replica's `--peer` flag for it if it
+/// has one (an operator may route each replica's links its own way, as the
+/// chaos suite's fault proxy does), else the one the configuration records.
 fn resolve(recorded: &str, id: ReplicaId, flags: &[PeerSpec], pick: impl Fn(&PeerSpec) -> std::net::SocketAddr) -> Option<String> {
-    if !recorded.is_empty() {
-        return Some(recorded.to_string());
+    if let Some(peer) = flags.iter().find(|peer| peer.id == id) {
+        return Some(pick(peer).to_string());
     }
-    flags.iter().find(|peer| peer.id == id).map(|peer| pick(peer).to_string())
+    (!recorded.is_empty()).then(|| recorded.to_string())
 }
 
 /// The configuration in force as `Status` shows it, with the master's view

@@ -57,6 +57,10 @@ pub use endpoint::CellEndpoint;
 /// The largest message a client may send: a file's contents and the rest of
 /// the request (paths are at most 1 KiB).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = CONTENTS_BYTES_MAX + (64 << 10);
+/// The highest replica id a new member may take: ids are never reused, and
+/// this keeps a careless (or hostile) request from using up the id space.
+pub const REPLICA_ID_MAX: u64 = (1 << 32) - 1;
+
 /// The largest message the service sends: contents and stat, or a long
 /// directory listing.
 pub const CLIENT_RESPONSE_BYTES_MAX: usize = 16 << 20;
@@ -286,8 +290,10 @@ impl Cell for CellService {
         let request = request.into_inner();
         let change = match request.change {
             Some(Change::AddLearner(learner)) => {
-                if learner.id == 0 || learner.incarnation == 0 {
-                    return Err(Status::invalid_argument("a learner needs a non-zero id and incarnation"));
+                if learner.id == 0 || learner.id > REPLICA_ID_MAX || learner.incarnation == 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "a learner needs an id in 1..={REPLICA_ID_MAX} and a non-zero incarnation"
+                    )));
                 }
                 for address in [&learner.peer_address, &learner.client_address] {
                     if address.is_empty() || address.len() > gaios_paxos::types::ADDRESS_BYTES_MAX {

@@ -147,6 +147,13 @@ impl Steps {
             match change_membership(&self.cell, &change, self.force, self.left()?).await {
                 Ok(_) => return Ok(()),
                 Err(ChangeFailed { reason: Some(api::ErrorReason::ChangeInFlight), .. }) => {}
+                // Our view was older than the master's (a lost answer, a
+                // deposed master read first): read again; done is done.
+                Err(ChangeFailed { reason: Some(api::ErrorReason::AlreadyAMember | api::ErrorReason::NotAMember), .. })
+                    if done(&self.read().await?) =>
+                {
+                    return Ok(());
+                }
                 Err(ChangeFailed { reason: None, error: gaios_client::Error::NoMaster(_) | gaios_client::Error::Timeout(_) }) => {}
                 Err(failed) => return Err(anyhow::Error::new(failed)).with_context(|| format!("cannot {change:?}")),
             }
@@ -156,8 +163,19 @@ impl Steps {
 
     async fn add(&self, new: &NewMember) -> anyhow::Result<()> {
         let config = self.read().await?;
-        if !config.members.iter().any(|m| m.id == new.id) {
-            let incarnation = self.joiner_incarnation(new).await?;
+        let incarnation = self.joiner_incarnation(new).await?;
+        if let Some(member) = config.members.iter().find(|m| m.id == new.id) {
+            // Added before (this command resumed): it must be this replica.
+            if member.incarnation != incarnation || member.peer_address != new.peer || member.client_address != new.client {
+                return Err(failure(
+                    Exit::FailedPrecondition,
+                    format!(
+                        "replica {} is a member with incarnation {:016x} at {} / {}, not the replica at {} (incarnation {incarnation:016x}); remove it and join the new one under a new id",
+                        new.id, member.incarnation, member.peer_address, member.client_address, new.client
+                    ),
+                ));
+            }
+        } else {
             let change = Change::AddLearner {
                 id: new.id,
                 peer_address: new.peer.clone(),

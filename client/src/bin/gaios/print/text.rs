@@ -134,7 +134,7 @@ impl<W: Write> Printer for Text<W> {
             "configuration of slot {}; master {}; next free id {}\n",
             config.slot,
             if config.master_id == 0 { "-".to_string() } else { config.master_id.to_string() },
-            config.highest_member_id + 1
+            config.highest_member_id.saturating_add(1)
         ));
         emit(&mut self.out, text.as_bytes())
     }
