@@ -31,6 +31,12 @@
 //! - swarm testing: half the seeds use every kind of fault, the others a
 //!   random subset of kinds, denser or sparser, so that some seeds pile up a
 //!   few kinds and reach combinations an even mix rarely does;
+//! - the configuration changes under all of this: learners join (new
+//!   replicas started with empty disks), are promoted, and members (the
+//!   master too) are removed, one change in eight forced past the master's
+//!   checks, half the time in bursts a few ticks apart; a lagging voter
+//!   sometimes campaigns at once, without a pre-vote, so that only the
+//!   master lease keeps it out;
 //! - each seed picks its own timeouts, coarse ticks (a lease of five ticks)
 //!   and a wide election timeout spread among them, with the smallest lease
 //!   margin the configuration accepts, its own message bounds (tiny ones
@@ -40,7 +46,10 @@
 //!
 //! After every event the simulator checks:
 //! - at most one value is chosen per slot (from a ledger of every durable
-//!   accept, not from what replicas claim);
+//!   accept, not from what replicas claim): a value is chosen when a
+//!   majority of the voters of the configuration governing its slot (as
+//!   the master of that ballot knew it) accepted it in one ballot, so a
+//!   learner's vote, or a configuration acting before it is chosen, shows;
 //! - every value a replica applies is the chosen one, and applied prefixes
 //!   agree (a hash chain per slot);
 //! - at most one running replica believes it holds a valid master lease, and

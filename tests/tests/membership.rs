@@ -127,6 +127,20 @@ async fn write_load(addresses: Vec<String>, stop: Arc<AtomicBool>) -> Load {
     load
 }
 
+/// Writes about `mib` MiB of 256 KiB files under /fill.
+async fn fill_state(addresses: Vec<String>, mib: usize) {
+    let options = Options { call_deadline: Duration::from_secs(60), client_name: "membership fill".into(), ..Options::default() };
+    let client = Client::connect(&addresses, options).await.expect("a session for the fill");
+    client.open("/fill", OpenOptions::new().directory().create().event_mask(0)).await.expect("/fill");
+    let block = vec![b'x'; 256 << 10];
+    for file in 0..mib * 4 {
+        let options = OpenOptions::new().create().event_mask(0).contents(block.clone());
+        let handle = client.open(&format!("/fill/f{file}"), options).await.expect("a fill file");
+        let _ = handle.close().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
+}
+
 fn percentile(mut latencies: Vec<Duration>, fraction: f64) -> Duration {
     if latencies.is_empty() {
         return Duration::ZERO;
@@ -170,6 +184,15 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     let mut cell = Cell::start();
     let all: Vec<usize> = (0..REPLICAS as usize).collect();
     let master = runtime.block_on(master_of(&cell, &all));
+    // A soak, not CI: GAIOS_REPLACE_STATE_MIB=N fills the state with about
+    // N MiB first (at most 40: the state limit is 48 MiB), to time a
+    // replacement that must move that much.
+    let state_mib: usize = std::env::var("GAIOS_REPLACE_STATE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(0).min(40);
+    if state_mib > 0 {
+        let began = Instant::now();
+        runtime.block_on(fill_state(client_addresses(&cell.members), state_mib));
+        println!("filled the state with {state_mib} MiB in {:?}", began.elapsed());
+    }
 
     // The write load, on every founding address (the client learns the
     // new member's from Status).
@@ -392,4 +415,27 @@ fn the_master_refuses_unsafe_changes_and_a_removed_replica_never_starts_again() 
     // The cell goes on with four voters.
     let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
     assert_eq!(config.members.iter().filter(|m| m.voter).count(), 4);
+
+    // 4. A replacement interrupted after its first step (here: the learner
+    // added, not promoted) is resumed by running `replace` again: it skips
+    // what is done.
+    let master = runtime.block_on(master_of(&cell, &[0, 1, 2, 3, 4].into_iter().filter(|&i| i != removed_index).collect::<Vec<_>>()));
+    let old = cell.members.iter().map(|m| m.id).find(|&id| id != master && id != removed).expect("a follower");
+    let spare = Cell::free_members()[0];
+    let newcomer = Member { id: config.highest_member_id + 1, ..spare };
+    let contacts: Vec<Member> = cell.members.iter().copied().filter(|m| m.id != removed).take(1).collect();
+    cell.join(newcomer, &contacts);
+    let new_flags = ["--id".to_string(), newcomer.id.to_string(), "--peer".into(), newcomer.peer.to_string(), "--client".into(), newcomer.client.to_string()];
+    let new_flags: Vec<&str> = new_flags.iter().map(String::as_str).collect();
+    let (code, _, stderr) = gaios(&cell_addresses, &[&["member", "add", "--no-promote"], new_flags.as_slice()].concat(), Duration::from_secs(60));
+    assert_eq!(code, 0, "add a learner: {stderr}");
+    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    assert!(config.members.iter().any(|m| m.id == newcomer.id && !m.voter), "a learner after add --no-promote");
+    let old_text = old.to_string();
+    let (code, _, stderr) =
+        gaios(&cell_addresses, &[&["member", "replace", old_text.as_str()], new_flags.as_slice()].concat(), Duration::from_secs(90));
+    assert_eq!(code, 0, "the resumed replace: {stderr}\n{}", cell.logs());
+    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    let voters: Vec<u64> = config.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    assert!(voters.contains(&newcomer.id) && !voters.contains(&old) && voters.len() == 4, "after the resumed replace: {voters:?}");
 }
