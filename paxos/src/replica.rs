@@ -170,13 +170,6 @@ struct Recovered {
     highest: BTreeMap<Slot, (Ballot, Value)>,
 }
 
-impl Recovered {
-    /// The value phase 1 re-proposes at `slot`, if any was reported.
-    fn value(&self, slot: Slot) -> Option<&Value> {
-        self.chosen.get(&slot).or_else(|| self.highest.get(&slot).map(|(_, v)| v))
-    }
-}
-
 #[derive(Debug)]
 struct Master {
     ballot: Ballot,
@@ -1044,12 +1037,25 @@ impl Replica {
 
     /// The configurations that govern the slots phase 1 recovers: the one
     /// after our chosen prefix, then the one each recovered change would put
-    /// in force.
-    fn recovered_chain(&self, recovered: &Recovered) -> Vec<Membership> {
+    /// in force (the value reported chosen at its slot, or else the
+    /// highest-ballot one). Read from the complete promises in place, so
+    /// that every promise that completes costs no copy of the values.
+    fn recovered_chain(&self) -> Vec<Membership> {
         let mut chain = vec![self.membership().clone()];
-        let last = recovered.highest.keys().next_back().copied().unwrap_or(0);
-        for slot in self.chosen_through + 1..=last {
-            if let Some(Value::Reconfigure(next)) = recovered.value(slot) {
+        let Role::Candidate(candidate) = &self.role else { return chain };
+        // slot -> (reported chosen, ballot, value): a chosen report wins.
+        let mut pick: BTreeMap<Slot, (bool, Ballot, &Value)> = BTreeMap::new();
+        for promise in candidate.promises.values().filter(|p| p.received.len() == p.parts as usize) {
+            for entry in promise.received.values().flatten().filter(|e| e.slot > self.chosen_through) {
+                let candidate = (entry.slot <= promise.chosen_through, entry.ballot, &entry.value);
+                let better = pick.get(&entry.slot).is_none_or(|&(chosen, ballot, _)| (candidate.0, candidate.1) > (chosen, ballot));
+                if better {
+                    pick.insert(entry.slot, candidate);
+                }
+            }
+        }
+        for (_, _, value) in pick.into_values() {
+            if let Value::Reconfigure(next) = value {
                 chain.push(next.clone());
             }
         }
@@ -1065,8 +1071,7 @@ impl Replica {
     /// configurations the promises reveal are asked as they appear. A
     /// candidate that is no voter of the last configuration gives up.
     fn phase_one_done(&mut self) {
-        let Some(recovered) = self.recovered() else { return };
-        let chain = self.recovered_chain(&recovered);
+        let chain = self.recovered_chain();
         let Role::Candidate(candidate) = &mut self.role else { return };
         let complete: BTreeSet<ReplicaId> = candidate
             .promises
@@ -1088,6 +1093,7 @@ impl Replica {
             self.step_down();
             return;
         }
+        let Some(recovered) = self.recovered() else { return };
         self.become_master(recovered);
     }
 
