@@ -126,7 +126,7 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
             .collect(),
     );
     let envelope = Envelope { cell_id: config.cell_id.clone(), incarnation };
-    let outbound = Outbound::start(config.id, envelope, &peers, stats.clone());
+    let outbound = Outbound::start(config.id, envelope, &peers, stats.clone(), config.snapshot_send_bytes_per_s);
     let paxos_config = config.paxos_config();
     let options = DriverOptions {
         snapshot_every_slots: config.snapshot_every_slots,
@@ -139,7 +139,7 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         .context("cannot start the replica")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone());
+    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone()).with_status(status.clone());
     let cell_service =
         CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats, shared);
 

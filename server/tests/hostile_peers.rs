@@ -1,9 +1,11 @@
 //! Peers that send garbage, and followers that fall far behind on large
 //! writes, against five real processes (issue 11, findings 2, 4 and 5).
 //!
-//! - A snapshot that does not restore, sent again and again by a "peer",
-//!   is dropped and counted; the replica keeps following the master (before,
-//!   it exited and crash-looped on every resend).
+//! - A snapshot that does not restore, sent again and again by a "peer"
+//!   over the `InstallSnapshot` stream (with a matching CRC-32), is refused
+//!   and counted; one sent on `Exchange` is dropped there; the replica keeps
+//!   following the master (before, it exited and crash-looped on every
+//!   resend).
 //! - Messages with numbers out of range (a round of `u64::MAX`, slot 0,
 //!   parts that cannot exist) are dropped; nothing moves.
 //! - A follower that was down while about 100 MiB of 256 KiB writes were
@@ -64,6 +66,46 @@ async fn send_as_peer(cell: &Cell, index: usize, from: u64, bodies: Vec<peer::pa
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+/// Offers the replica at `index` a snapshot of `data` at `slot` over the
+/// `InstallSnapshot` stream, as member `from`; returns the receiver's
+/// refusal, if any.
+async fn send_snapshot_as_peer(cell: &Cell, index: usize, from: u64, slot: u64, data: &[u8]) -> Option<tonic::Status> {
+    let to = cell.members[index].id;
+    let address = cell.members[index].peer;
+    let sender = statuses(cell, &[cell.index_of(from)]).await;
+    let incarnation = sender.first().map(|s| s.incarnation).expect("the impersonated member's status");
+    let mut client = ReplicaClient::connect(format!("http://{address}")).await.expect("connect to the peer port");
+    let members = cell.members.iter().map(|m| peer::Member { id: m.id, voter: true, ..Default::default() }).collect();
+    let offer = peer::SnapshotOffer {
+        cell_id: CELL_ID.into(),
+        from,
+        incarnation,
+        to,
+        slot,
+        membership: Some(peer::Membership { members, highest_id: REPLICAS }),
+        data_bytes: data.len() as u64,
+        data_crc32: crc32fast::hash(data),
+    };
+    use peer::snapshot_chunk::Body;
+    let chunks = vec![
+        peer::SnapshotChunk { body: Some(Body::Offer(offer)) },
+        peer::SnapshotChunk { body: Some(Body::Data(data.to_vec().into())) },
+    ];
+    let mut answers = match client.install_snapshot(tokio_stream::iter(chunks)).await {
+        Ok(answers) => answers.into_inner(),
+        Err(status) => return Some(status),
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), answers.message()).await {
+            Ok(Ok(Some(answer))) if answer.done => return None,
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return None,
+            Ok(Err(status)) => return Some(status),
+            Err(_) => return Some(tonic::Status::deadline_exceeded("no answer")),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replica_serving() {
     let _serial = serial();
@@ -84,9 +126,13 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
             }),
         })
     };
-    // The same bad snapshot five times, as a peer retrying would send it.
+    // On Exchange, where snapshots never travel.
+    send_as_peer(&cell, target, forger, vec![garbage_snapshot()]).await;
+    // The same bad snapshot five times on the snapshot stream, as a peer
+    // retrying would send it: its CRC-32 matches, but it does not restore.
     for _ in 0..5 {
-        send_as_peer(&cell, target, forger, vec![garbage_snapshot()]).await;
+        let refusal = send_snapshot_as_peer(&cell, target, forger, 1_000_000, b"not a state snapshot").await;
+        assert_eq!(refusal.map(|s| s.code()), Some(tonic::Code::InvalidArgument), "a garbage snapshot was not refused");
     }
     let extreme = vec![
         Body::Nack(peer::Nack {
@@ -114,6 +160,7 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
     assert!(promised.round < 1 << 40, "a forged round was promised: {promised:?}");
     let log = std::fs::read_to_string(cell.log_path(cell.members[target].id)).expect("log");
     assert!(log.contains("dropping a snapshot that does not restore"), "no snapshot was refused:\n{log}");
+    assert!(log.contains("dropping a snapshot sent on Exchange"), "a snapshot on Exchange was not dropped:\n{log}");
     assert!(cell.exited(target).is_none());
 }
 

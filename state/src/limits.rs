@@ -12,8 +12,9 @@ pub const COMPONENT_BYTES_MAX: usize = 255;
 pub const PATH_DEPTH_MAX: usize = 32;
 /// The most bytes a file's contents may have.
 pub const CONTENTS_BYTES_MAX: usize = 256 << 10;
-/// The most nodes the namespace holds, the root included.
-pub const NODES_MAX: usize = 1 << 17;
+/// The most nodes the namespace holds, the root included: about a million,
+/// so a directory of 100,000 children is an ordinary thing to hold.
+pub const NODES_MAX: usize = 1 << 20;
 /// The highest value a snapshot may give any counter (instances,
 /// generations, session and handle ids, event numbers): far beyond what a
 /// cell reaches (2^62 increments), and low enough that the next increment
@@ -54,17 +55,23 @@ pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
 pub const WAITERS_PER_LOCK_MAX: usize = 1024;
 
 // The state's size and what a snapshot may be.
-/// The state's footprint above which nothing that grows it is accepted. A
-/// snapshot is at most about this big (plus one command's growth), which
-/// keeps it well inside the peer transport's message limit.
-pub const STATE_BYTES_MAX: usize = 48 << 20;
+/// The state's footprint above which nothing that grows it is accepted.
+///
+/// Chosen by memory, now that snapshots stream in chunks (there is no
+/// message limit to fit): at this bound a replica holds the state twice (the
+/// live one and the copy snapshots are taken from, off the driver thread),
+/// the newest snapshot's encoding, and while it takes or receives a snapshot
+/// one more encoding plus a restored state; with allocator overhead that is
+/// about 4 GiB at the bound. 512 MiB keeps a replica within about 4 GiB of
+/// memory, and a local five-replica cell on one 24 GiB machine.
+pub const STATE_BYTES_MAX: usize = 512 << 20;
 /// The most one command can grow the footprint beyond the bound it was
 /// checked against: a file's contents plus a few paths and records.
 pub const COMMAND_GROWTH_BYTES_MAX: usize = CONTENTS_BYTES_MAX + (16 << 10);
 /// The largest snapshot the state can encode: the footprint never exceeds
 /// [`STATE_BYTES_MAX`] plus one command's growth, and the footprint counts
-/// at least every byte a snapshot carries. Below the peer transport's
-/// message limit (64 MiB), with room for the message around it.
+/// at least every byte a snapshot carries. A receiver refuses an offered
+/// snapshot larger than this before taking any of it.
 pub const SNAPSHOT_BYTES_MAX: usize = STATE_BYTES_MAX + COMMAND_GROWTH_BYTES_MAX;
 
 // Failures.

@@ -1319,6 +1319,15 @@ mod tests {
             });
             Ok(Response::new(ReceiverStream::new(receiver)))
         }
+
+        type InstallSnapshotStream = ReceiverStream<Result<peer::SnapshotProgress, Status>>;
+
+        async fn install_snapshot(
+            &self,
+            _request: Request<Streaming<peer::SnapshotChunk>>,
+        ) -> Result<Response<Self::InstallSnapshotStream>, Status> {
+            Err(Status::unimplemented("the echo replica takes no snapshots"))
+        }
     }
 
     /// Opens an `Exchange` stream through `address`, sends a batch of

@@ -181,13 +181,16 @@ fn state_on_disk(cell: &Cell, id: u64) -> gaios_state::machine::StateMachine {
 fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-    let mut cell = Cell::start();
+    // A soak, not CI: GAIOS_REPLACE_STATE_MIB=N fills the state with about
+    // N MiB first (at most 480: the state limit is 512 MiB), to time a
+    // replacement that must move that much.
+    let state_mib: usize = std::env::var("GAIOS_REPLACE_STATE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(0).min(480);
+    // Snapshots often enough that the master's log is compacted past what
+    // the newcomer needs: it must be sent a snapshot (streamed in chunks).
+    let snapshot_every = if state_mib > 0 { "500" } else { "200" };
+    let mut cell = Cell::start_with(&["--snapshot-every-slots", snapshot_every]);
     let all: Vec<usize> = (0..REPLICAS as usize).collect();
     let master = runtime.block_on(master_of(&cell, &all));
-    // A soak, not CI: GAIOS_REPLACE_STATE_MIB=N fills the state with about
-    // N MiB first (at most 40: the state limit is 48 MiB), to time a
-    // replacement that must move that much.
-    let state_mib: usize = std::env::var("GAIOS_REPLACE_STATE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(0).min(40);
     if state_mib > 0 {
         let began = Instant::now();
         runtime.block_on(fill_state(client_addresses(&cell.members), state_mib));
@@ -280,6 +283,8 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
         std::thread::sleep(POLL_INTERVAL);
     }
     cell.kill(new_index);
+    let log = std::fs::read_to_string(cell.log_path(new_id)).expect("the newcomer's log");
+    assert!(log.contains("installed a snapshot from another replica"), "the newcomer caught up without a snapshot:\n{}", cell.logs());
     let state = state_on_disk(&cell, new_id);
     for file in 0..LOAD_FILES {
         let Some(acked) = load.acknowledged[file] else { continue };

@@ -147,6 +147,11 @@ pub struct Args {
     /// so that the log can be truncated behind it.
     #[arg(long, default_value_t = SNAPSHOT_EVERY_SLOTS_DEFAULT)]
     pub snapshot_every_slots: u64,
+    /// The pace of a snapshot sent to a lagging or new replica, in MiB per
+    /// second per receiver (1 to 4096), so that a catch-up leaves the
+    /// master's disk, network and CPU to its writes.
+    #[arg(long, default_value_t = SNAPSHOT_SEND_MIB_PER_S_DEFAULT)]
+    pub snapshot_send_mib_per_s: u64,
     /// How long a client session lives without a keep-alive, in
     /// milliseconds.
     #[arg(long, default_value_t = SESSION_LEASE_MS_DEFAULT)]
@@ -167,6 +172,9 @@ pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 300;
 
 /// The default of `--snapshot-every-slots`.
 pub const SNAPSHOT_EVERY_SLOTS_DEFAULT: u64 = 10_000;
+/// The default of `--snapshot-send-mib-per-s`: a 256 MiB state goes in
+/// 4 s, a small part of a disk's or a 10 Gbit/s link's bandwidth.
+pub const SNAPSHOT_SEND_MIB_PER_S_DEFAULT: u64 = 64;
 /// The default of `--session-lease-ms`: Chubby's 12 s.
 pub const SESSION_LEASE_MS_DEFAULT: u64 = 12_000;
 /// The shortest session lease: below a second, a client's keep-alives
@@ -265,6 +273,9 @@ pub enum ConfigError {
     /// A snapshot every 0 slots means no interval at all.
     #[error("--snapshot-every-slots must be at least 1")]
     BadSnapshotInterval,
+    /// The snapshot pace is outside 1..=4096 MiB/s.
+    #[error("--snapshot-send-mib-per-s {0} is outside 1..=4096")]
+    BadSnapshotPace(u64),
     /// The session lease is outside the range a client can keep alive and
     /// a dead client's locks can wait out.
     #[error("--session-lease-ms {0} is outside {SESSION_LEASE_MS_MIN}..={SESSION_LEASE_MS_MAX}")]
@@ -343,6 +354,8 @@ pub struct ReplicaConfig {
     pub listen_metrics: Option<SocketAddr>,
     /// How many applied slots between two snapshots; at least 1.
     pub snapshot_every_slots: u64,
+    /// The pace of a snapshot sent to a peer, in bytes per second.
+    pub snapshot_send_bytes_per_s: u64,
     /// How long a client session lives without a keep-alive.
     pub session_lease: Duration,
     /// True for a replica that joined a running cell (`init --join`
@@ -374,6 +387,9 @@ impl ReplicaConfig {
         if args.snapshot_every_slots == 0 {
             return Err(ConfigError::BadSnapshotInterval);
         }
+        if !(1..=4096).contains(&args.snapshot_send_mib_per_s) {
+            return Err(ConfigError::BadSnapshotPace(args.snapshot_send_mib_per_s));
+        }
         let lease_ticks = args.master_lease_ms.div_ceil(args.tick_ms);
         let heartbeat_ticks = args.heartbeat_ms.div_ceil(args.tick_ms);
         let margin_fits = gaios_paxos::config::lease_drift_ticks_for(lease_ticks)
@@ -398,6 +414,7 @@ impl ReplicaConfig {
             election_timeout: Duration::from_millis(args.election_timeout_ms),
             listen_metrics: args.listen_metrics,
             snapshot_every_slots: args.snapshot_every_slots,
+            snapshot_send_bytes_per_s: args.snapshot_send_mib_per_s << 20,
             session_lease: Duration::from_millis(args.session_lease_ms),
             joining: false,
         })

@@ -17,8 +17,11 @@
 //!    with one synced write, sends its `persisted_messages`, installs a
 //!    snapshot from another replica if there is one, applies the committed
 //!    commands to the state machine (handing each outcome to the call that
-//!    waits for it), and advances the core; every `snapshot_every_slots`
-//!    applied slots it snapshots the state and lets the core compact the log;
+//!    waits for it) and feeds them to the snapshot thread's copy of the
+//!    state, and advances the core; every `snapshot_every_slots` applied
+//!    slots it asks the snapshot thread for a snapshot
+//!    ([`crate::replica::snapshotter`]), and when one comes back (its data
+//!    already written) lets the core compact the log behind it;
 //! 5. as master, does the master's duties: expires sessions whose lease ran
 //!    out and moves the clock when a lock-delay ends (both by proposing
 //!    commands), and after an election gives every session a fresh lease;
@@ -54,6 +57,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::config::PeerSpec;
 use crate::shared::{ChangeRefusal, ChangeRequest, Proposal, Shared};
 use gaios_state::machine::{Outcome, SnapshotError, StateMachine};
+use crate::replica::snapshotter::{Snapshotter, SnapshotterError, Taken};
 use crate::replica::storage::{Storage, StorageError};
 use crate::replica::status::{MemberView, ReplicaStatus, Role, may_serve};
 use crate::replica::transport::{Inbound, Outbound, PeerDirectory, PeerEntry};
@@ -69,6 +73,15 @@ pub const DUTY_INTERVAL: Duration = Duration::from_millis(50);
 /// The most inbox messages stepped in one turn of the loop, so that ticks
 /// and `Ready`s are not starved by a flood of messages.
 pub const MESSAGES_PER_TURN_MAX: usize = 1024;
+/// How long one turn of the loop carries out `Ready`s before it lets ticks,
+/// messages and the status through (a restarted replica replays up to
+/// `snapshot_every_slots` slots, which can take seconds); the rest waits
+/// for the next turn, which comes at once.
+pub const READY_TIME_PER_TURN: Duration = Duration::from_millis(20);
+/// In debug builds the driver rechecks the whole state after each `Ready`
+/// it applies while the state is below this footprint (above it a check
+/// costs more than the writes it checks).
+const CHECK_STATE_BYTES_MAX: usize = 8 << 20;
 
 /// What the driver needs besides the core and its IO.
 #[derive(Debug, Clone)]
@@ -103,6 +116,9 @@ pub enum DriverError {
     /// state this code could have made.
     #[error("bad snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The snapshot thread failed (see [`SnapshotterError`]).
+    #[error("snapshots: {0}")]
+    Snapshotter(#[from] SnapshotterError),
     /// A configuration without this replica was chosen: it has stopped, and
     /// its data directory refuses to start again.
     #[error("this replica was removed from the cell by the configuration change at slot {slot}; it stopped and will not start again")]
@@ -137,10 +153,15 @@ pub struct Driver {
     /// `Shared`, for the KeepAlive handler), and when they last ran.
     duties: MasterDuties,
     duties_at: Instant,
-    /// A peer's snapshot checked (restored into a state) before the core saw
-    /// it, waiting for the core to hand it back for installing: its slot and
-    /// the state. Restoring once both checks it and serves the install.
+    /// A peer's snapshot checked (restored into a state by the transport)
+    /// before the core saw it, waiting for the core to hand it back for
+    /// installing: its slot and the state.
     checked_snapshot: Option<(Slot, StateMachine)>,
+    /// Takes snapshots off this thread (see [`crate::replica::snapshotter`]).
+    snapshotter: Snapshotter,
+    /// Set once the snapshot thread's state was found diverged: no more
+    /// snapshots until the replica restarts (said loudly once).
+    snapshots_stopped: bool,
     /// The core's count of rejected peer messages at the last turn, so the
     /// metric is fed the difference.
     rejected_seen: u64,
@@ -171,14 +192,17 @@ impl Driver {
         options: DriverOptions,
     ) -> Result<(Driver, watch::Receiver<ReplicaStatus>, Arc<Shared>), DriverError> {
         let mut durable = storage.load()?;
-        let (state, snapshot_slot) = match &durable.snapshot {
+        let (mut state, snapshot_slot) = match &durable.snapshot {
             Some(snapshot) => (StateMachine::restore(&snapshot.data)?, snapshot.slot),
             None => (StateMachine::new(), 0),
         };
+        // Checked once per `Ready` instead (see `apply`).
+        state.set_check_after_apply(false);
         // The state is the snapshot's: the core must hand every chosen
         // command after it to be applied again.
         durable.applied = snapshot_slot;
         let replica = Replica::new(config, durable)?;
+        let snapshotter = Snapshotter::start(state.clone(), snapshot_slot, storage.snapshot_store())?;
         // A founding member was a member from the start (even if its disk
         // holds a configuration without it, chosen before it could record
         // its removal); a joining replica becomes one once its addition is
@@ -209,6 +233,8 @@ impl Driver {
             duties: MasterDuties::new(),
             duties_at: Instant::now(),
             checked_snapshot: None,
+            snapshotter,
+            snapshots_stopped: false,
             rejected_seen: 0,
             changes,
             change_waiting: None,
@@ -235,10 +261,12 @@ impl Driver {
             let mut promised = self.replica.hard_state().promised;
             let mut ballot_span = tracing::info_span!("paxos", ballot = %promised);
             tracing::info!(applied = self.applied, "driver started");
+            let mut more_ready = false;
             loop {
                 let mut first = None;
                 let mut first_proposal = None;
                 let mut change = None;
+                let mut taken = None;
                 tokio::select! {
                     biased;
                     changed = shutdown.changed() => {
@@ -253,6 +281,9 @@ impl Driver {
                     },
                     Some(proposal) = self.proposals.recv() => first_proposal = Some(proposal),
                     Some(request) = self.changes.recv() => change = Some(request),
+                    result = self.snapshotter.next_taken(), if self.snapshotter.taking() => taken = Some(result),
+                    // `Ready`s left over from the last turn go on at once.
+                    () = std::future::ready(()), if more_ready => {}
                 }
 
                 let now_promised = self.replica.hard_state().promised;
@@ -297,14 +328,19 @@ impl Driver {
                     self.propose_change(request);
                 }
 
-                // 4. The core's work.
-                self.process_ready()?;
+                // A snapshot the snapshot thread took: the core compacts.
+                if let Some(result) = taken {
+                    self.snapshot_taken(result)?;
+                }
+
+                // 4. The core's work, for at most READY_TIME_PER_TURN.
+                more_ready = self.process_ready()?;
 
                 // 5. The master's duties.
-                if self.duties_at.elapsed() >= DUTY_INTERVAL {
+                if !more_ready && self.duties_at.elapsed() >= DUTY_INTERVAL {
                     self.duties_at = Instant::now();
                     self.master_duties();
-                    self.process_ready()?;
+                    more_ready = self.process_ready()?;
                 }
 
                 // 6. The configuration.
@@ -327,24 +363,18 @@ impl Driver {
         .await
     }
 
-    /// Steps one peer message into the core. A snapshot is checked first
-    /// (the core drops its log as soon as it takes one): one that does not
-    /// restore into a state is dropped and counted, and the replica keeps
-    /// serving; a good one is kept restored for the install.
+    /// Steps one peer message into the core. A snapshot must come checked
+    /// (the core drops its log as soon as it takes one): the transport
+    /// checked its length and CRC-32 and restored it into a state, off this
+    /// thread; the state is kept for the install.
     fn step(&mut self, inbound: Inbound) {
         if let Message::InstallSnapshot { snapshot } = &inbound.message {
-            if snapshot.slot <= self.replica.chosen_through() || self.replica.is_master() {
-                // The core ignores it; no need to decode it.
-            } else {
-                match StateMachine::restore(&snapshot.data) {
-                    Ok(state) => self.checked_snapshot = Some((snapshot.slot, state)),
-                    Err(error) => {
-                        self.options.metrics.snapshots_rejected_total.inc();
-                        tracing::warn!(from = inbound.from, slot = snapshot.slot, %error, "dropping a snapshot that does not restore");
-                        return;
-                    }
-                }
-            }
+            let Some(state) = inbound.checked else {
+                self.options.metrics.snapshots_rejected_total.inc();
+                tracing::warn!(from = inbound.from, slot = snapshot.slot, "dropping a snapshot that the transport did not check");
+                return;
+            };
+            self.checked_snapshot = Some((snapshot.slot, *state));
         }
         self.replica.step(inbound.from, inbound.message);
         let rejected = self.replica.status().rejected_messages;
@@ -354,9 +384,15 @@ impl Driver {
         }
     }
 
-    /// Carries out every `Ready` the core has, in the contract's order.
-    fn process_ready(&mut self) -> Result<(), DriverError> {
+    /// Carries out the `Ready`s the core has, in the contract's order, for
+    /// at most [`READY_TIME_PER_TURN`]; returns whether some are left.
+    fn process_ready(&mut self) -> Result<bool, DriverError> {
+        let started = Instant::now();
         while self.replica.has_ready() {
+            if started.elapsed() >= READY_TIME_PER_TURN {
+                // A checked snapshot stays for the `Ready` that installs it.
+                return Ok(true);
+            }
             let ready: Ready = self.replica.ready();
             // A change proposed in this Ready may address a member the
             // directory does not hold yet.
@@ -368,8 +404,8 @@ impl Driver {
             // was stepped; it is made durable only as that checked state.
             let installed = match (&ready.snapshot, ready.install_snapshot) {
                 (Some(snapshot), true) => match self.checked_snapshot.take() {
-                    Some((slot, state)) if slot == snapshot.slot => Some((slot, state)),
-                    _ => Some((snapshot.slot, StateMachine::restore(&snapshot.data)?)),
+                    Some((slot, state)) if slot == snapshot.slot => Some((slot, state, snapshot.data.clone())),
+                    _ => Some((snapshot.slot, StateMachine::restore(&snapshot.data)?, snapshot.data.clone())),
                 },
                 _ => None,
             };
@@ -393,16 +429,18 @@ impl Driver {
             for envelope in &ready.persisted_messages {
                 self.outbound.send(envelope.to, &envelope.message);
             }
-            if let Some((slot, state)) = installed {
+            if let Some((slot, mut state, data)) = installed {
+                state.set_check_after_apply(false);
                 self.shared.outbox().retain_open(&state);
                 *self.shared.state_mut() = state;
                 self.shared.all_sessions_touched();
-                tracing::info!(slot, "installed a snapshot from another replica");
+                tracing::info!(slot, bytes = data.len(), "installed a snapshot from another replica");
                 self.installed_snapshot = Some(slot);
                 self.snapshot_slot = slot;
                 self.applied = self.applied.max(slot);
+                self.snapshotter.installed(slot, data)?;
             }
-            self.apply(&ready.committed);
+            self.apply(&ready.committed)?;
             for change in &ready.role_changes {
                 match change {
                     RoleChange::BecameMaster { ballot, recovered_through } => {
@@ -418,19 +456,19 @@ impl Driver {
                 }
             }
             self.replica.advance(ready);
-            self.maybe_snapshot();
+            self.maybe_snapshot()?;
         }
         // A checked snapshot the core did not take (it learned the slots
         // another way meanwhile) is not kept around.
         self.checked_snapshot = None;
-        Ok(())
+        Ok(false)
     }
 
     /// Applies chosen commands in slot order, answers the calls of this
     /// process that wait for them, and hands the events they numbered to
     /// the outbox (locks taken in the order state, then outbox).
-    fn apply(&mut self, committed: &[gaios_paxos::Entry]) {
-        let Some(last) = committed.last() else { return };
+    fn apply(&mut self, committed: &[gaios_paxos::Entry]) -> Result<(), DriverError> {
+        let Some(last) = committed.last() else { return Ok(()) };
         let mut state = self.shared.state_mut();
         let mut outbox = self.shared.outbox();
         let mut touched = BTreeSet::new();
@@ -460,6 +498,9 @@ impl Driver {
             }
             self.applied = entry.slot;
         }
+        if cfg!(debug_assertions) && state.footprint_bytes() <= CHECK_STATE_BYTES_MAX {
+            state.check_invariants();
+        }
         self.options.metrics.chosen_slots_total.add(committed.len() as u64);
         self.options.metrics.sessions.set(i64::try_from(state.session_count()).unwrap_or(i64::MAX));
         self.options.metrics.locks_held.set(i64::try_from(state.locks_held()).unwrap_or(i64::MAX));
@@ -467,25 +508,49 @@ impl Driver {
         drop(state);
         self.shared.sessions_touched(touched);
         self.shared.applied_through(last.slot);
+        // The snapshot thread's copy follows, after the calls were answered.
+        self.snapshotter.applied(committed)?;
+        Ok(())
     }
 
-    /// Snapshots the state and lets the core compact the log once
-    /// `snapshot_every_slots` slots were applied since the last snapshot.
-    fn maybe_snapshot(&mut self) {
-        if self.applied < self.snapshot_slot.saturating_add(self.options.snapshot_every_slots) {
-            return;
+    /// Asks the snapshot thread for a snapshot at the applied slot once
+    /// `snapshot_every_slots` slots were applied since the last snapshot
+    /// (and none is being taken).
+    fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
+        if self.snapshots_stopped
+            || self.snapshotter.taking()
+            || self.applied < self.snapshot_slot.saturating_add(self.options.snapshot_every_slots)
+        {
+            return Ok(());
         }
-        let data = self.shared.state().snapshot();
-        let slot = self.applied;
+        self.snapshotter.take(self.applied)?;
+        Ok(())
+    }
+
+    /// The snapshot thread took a snapshot (its data is durable): the core
+    /// compacts its log behind it, and the next `Ready` records it.
+    fn snapshot_taken(&mut self, result: Result<Taken, SnapshotterError>) -> Result<(), DriverError> {
+        let taken = match result {
+            Ok(taken) => taken,
+            Err(error @ SnapshotterError::Diverged { .. }) => {
+                tracing::error!(%error, "no more snapshots until this replica restarts; its log grows meanwhile");
+                self.snapshots_stopped = true;
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let Taken { slot, data, encoding, writing } = taken;
         let bytes = data.len();
         match self.replica.compact(Snapshot { slot, data, membership: gaios_paxos::Membership::default() }) {
             Ok(()) => {
-                tracing::info!(slot, bytes, "took a snapshot");
+                tracing::info!(slot, bytes, encoding_ms = encoding.as_millis(), writing_ms = writing.as_millis(), "took a snapshot");
                 self.snapshot_slot = slot;
                 self.options.metrics.snapshots_total.inc();
             }
-            Err(error) => tracing::warn!(%error, "cannot take a snapshot"),
+            // A snapshot from another replica was installed meanwhile.
+            Err(error) => tracing::info!(%error, "not compacting behind the snapshot taken"),
         }
+        Ok(())
     }
 
     /// Queues a handler's command in the core, or answers why not.

@@ -14,6 +14,7 @@
 //!   errors).
 
 pub mod codec;
+pub mod snapshotter;
 pub mod driver;
 pub mod status;
 pub mod storage;

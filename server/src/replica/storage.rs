@@ -8,8 +8,9 @@
 //! | `paxos` | `l` + slot (8 bytes, big-endian) | one accepted [`Entry`](gaios_paxos::types::Entry) (`gaios.replica.v1.Entry`); big-endian so keys sort by slot |
 //! | `state` | (none yet) | reserved; the applied state is kept as the snapshot below |
 //! | `meta` | `identity` | the format version, the cell and replica that own the directory, its incarnation and the members `init` was given (`gaios.replica.v1.DataDirIdentity`) |
-//! | `meta` | `snapshot` | the latest snapshot's slot and length (`gaios.replica.v1.SnapshotMeta`) |
-//! | `meta` | `snapshot_data` | the latest snapshot's data, raw: the applied state (`gaios.state.v1.StateSnapshot`) at its slot |
+//! | `meta` | `snapshot` | the latest snapshot's slot, length, CRC-32 and configuration (`gaios.replica.v1.SnapshotMeta`) |
+//! | `meta` | `snapshot_data/` + slot (8 bytes, big-endian) | the snapshot's data, raw: the applied state (`gaios.state.v1.StateSnapshot`) at its slot; written before the record above when the replica took the snapshot itself (see [`SnapshotStore`]) |
+//! | `meta` | `snapshot_data` | the same, in directories written before snapshots were taken off the driver thread (read, never written) |
 //! | `meta` | `applied` | an applied slot above the snapshot's, if a state machine records one (Gaios's does not: its state is rebuilt from the snapshot and the log after it) |
 //!
 //! # Write order
@@ -17,6 +18,13 @@
 //! Everything one [`Ready`] asks to make durable goes into **one** RocksDB
 //! `WriteBatch` written with `sync = true`: hard state, entries (put by slot),
 //! snapshot, then the deletion of the log at or below the compaction point.
+//!
+//! The one exception is the data of a snapshot the replica takes itself: it
+//! can be hundreds of MiB, so the thread that encodes it also writes it
+//! ([`SnapshotStore::stage`], synced, under a key of its slot) before the
+//! driver persists the `Ready` that records it. Until that record is written
+//! the staged data is an orphan that nothing reads; the record's write
+//! deletes the data of every older snapshot.
 //! RocksDB applies a batch atomically, also across column families, so after a
 //! crash either all of a `Ready` is on disk or none of it is. The driver sends
 //! the `Ready`'s persisted messages only after [`Storage::persist`] returns.
@@ -37,11 +45,13 @@
 //! database, or whose records do not decode (a missing hard state included)
 //! is refused with a [`StorageError`] that says which and what to do.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use gaios_paxos::ready::Ready;
 use gaios_paxos::types::{Durable, HardState, ReplicaId, Slot, Snapshot};
@@ -86,13 +96,57 @@ const LOG_PREFIX: u8 = b'l';
 const LOG_KEY_LEN: usize = 9;
 const IDENTITY_KEY: &[u8] = b"identity";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
-const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot_data";
+/// Where directories written before snapshots were staged keep the data.
+const SNAPSHOT_DATA_LEGACY_KEY: &[u8] = b"snapshot_data";
+/// The prefix of the keys of snapshots' data, followed by the slot.
+const SNAPSHOT_DATA_PREFIX: &[u8] = b"snapshot_data/";
 const APPLIED_KEY: &[u8] = b"applied";
 /// Written once the replica applied a configuration without itself: the
 /// slot of that change. A removed replica never starts again.
 const REMOVED_KEY: &[u8] = b"removed";
 
 type Db = rocksdb::DBWithThreadMode<rocksdb::SingleThreaded>;
+
+/// The key of the data of the snapshot at `slot`.
+fn snapshot_data_key(slot: Slot) -> Vec<u8> {
+    let mut key = SNAPSHOT_DATA_PREFIX.to_vec();
+    key.extend_from_slice(&slot.to_be_bytes());
+    key
+}
+
+/// Writes the data of a snapshot the replica took, from the thread that
+/// encoded it, so that the driver's write of the `Ready` recording the
+/// snapshot carries only its metadata (see the module docs).
+#[derive(Clone)]
+pub struct SnapshotStore {
+    db: Arc<Db>,
+    staged: Arc<Mutex<BTreeMap<Slot, u32>>>,
+    dir: PathBuf,
+}
+
+impl fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl SnapshotStore {
+    /// Writes `data` as the data of the snapshot at `slot`, synced. The
+    /// next [`Storage::persist`] of a snapshot at `slot` records it without
+    /// writing the data again.
+    pub fn stage(&self, slot: Slot, data: &[u8]) -> Result<(), StorageError> {
+        let meta = self
+            .db
+            .cf_handle(CF_META)
+            .ok_or_else(|| StorageError::Corrupt { dir: self.dir.clone(), corruption: Corruption::MissingColumnFamily(CF_META) })?;
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        let crc = crc32fast::hash(data);
+        self.db.put_cf_opt(meta, snapshot_data_key(slot), data, &options).map_err(|e| rocks_error(&self.dir, e))?;
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner).insert(slot, crc);
+        Ok(())
+    }
+}
 
 /// Who owns a data directory: written when the directory is initialised and
 /// checked on every open, so that a replica never runs on another replica's
@@ -374,6 +428,14 @@ pub enum Corruption {
         /// The length found, or `None` if the data is missing.
         found: Option<u64>,
     },
+    /// The snapshot's data does not have the CRC-32 its metadata records.
+    #[error("snapshot data has CRC-32 {found:08x}, metadata says {expected:08x}")]
+    SnapshotChecksum {
+        /// The checksum the metadata records.
+        expected: u32,
+        /// The checksum of the data found.
+        found: u32,
+    },
     /// The directory is initialised but holds no hard state. `init` writes
     /// one with the identity, and no write deletes it; reading its absence
     /// as "promised nothing" could break a promise the acceptor made.
@@ -401,7 +463,10 @@ pub enum Corruption {
 /// One `Storage` per process and directory: RocksDB locks the directory, so
 /// a second open (in this or another process) fails instead of corrupting it.
 pub struct Storage {
-    db: Db,
+    db: Arc<Db>,
+    /// The slots whose snapshot data [`SnapshotStore::stage`] wrote and no
+    /// record names yet, with the data's CRC-32.
+    staged: Arc<Mutex<BTreeMap<Slot, u32>>>,
     /// The options the database was opened with; they own its statistics.
     #[cfg_attr(not(test), allow(dead_code))]
     options: Options,
@@ -415,6 +480,16 @@ impl fmt::Debug for Storage {
 }
 
 impl Storage {
+    fn with_db(db: Db, options: Options, dir: &Path) -> Storage {
+        Storage { db: Arc::new(db), staged: Arc::default(), options, dir: dir.to_path_buf() }
+    }
+
+    /// A handle another thread writes snapshot data with (see
+    /// [`SnapshotStore`]).
+    pub fn snapshot_store(&self) -> SnapshotStore {
+        SnapshotStore { db: self.db.clone(), staged: self.staged.clone(), dir: self.dir.clone() }
+    }
+
     /// Creates the data directory of a member of a new cell: `dir` must be
     /// missing or empty. Writes `record` and the acceptor's first hard state
     /// (promised nothing) in one synced RocksDB write batch.
@@ -447,7 +522,7 @@ impl Storage {
         sync_directory(dir)?;
 
         let (db, options) = open_db(dir, OpenMode::Create)?;
-        let storage = Storage { db, options, dir: dir.to_path_buf() };
+        let storage = Storage::with_db(db, options, dir);
         let mut batch = WriteBatch::default();
         batch.put_cf(storage.cf(CF_META)?, IDENTITY_KEY, encode_init_record(record).encode_to_vec());
         batch.put_cf(
@@ -523,7 +598,7 @@ impl Storage {
         }
         {
             let (db, options) = open_db(dir, OpenMode::ReadOnly)?;
-            let probe = Storage { db, options, dir: dir.to_path_buf() };
+            let probe = Storage::with_db(db, options, dir);
             let record = probe.init_record()?;
             if record.identity != *identity {
                 return Err(StorageError::ForeignDataDir {
@@ -540,7 +615,7 @@ impl Storage {
             }
         }
         let (db, options) = open_db(dir, OpenMode::Existing)?;
-        Ok(Storage { db, options, dir: dir.to_path_buf() })
+        Ok(Storage::with_db(db, options, dir))
     }
 
     /// What `init` recorded in the directory (identity, incarnation,
@@ -629,7 +704,11 @@ impl Storage {
             Some(bytes) => {
                 let meta: peer::SnapshotMeta =
                     decode_record(&self.dir, CF_META, SNAPSHOT_KEY, &bytes)?;
-                let data = self.get(CF_META, SNAPSHOT_DATA_KEY)?;
+                let data = if meta.data_keyed_by_slot {
+                    self.get(CF_META, &snapshot_data_key(meta.slot))?
+                } else {
+                    self.get(CF_META, SNAPSHOT_DATA_LEGACY_KEY)?
+                };
                 let found = data.as_ref().map(|d| d.len() as u64);
                 let Some(data) = data.filter(|_| found == Some(meta.data_bytes)) else {
                     return Err(self.corrupt(Corruption::SnapshotData {
@@ -637,6 +716,12 @@ impl Storage {
                         found,
                     }));
                 };
+                if let Some(expected) = meta.data_crc32 {
+                    let found = crc32fast::hash(&data);
+                    if found != expected {
+                        return Err(self.corrupt(Corruption::SnapshotChecksum { expected, found }));
+                    }
+                }
                 // A data directory written before configurations changed
                 // holds none: the founding configuration is in force
                 // (the core reads an empty one so).
@@ -740,13 +825,28 @@ impl Storage {
             );
         }
         if let Some(snapshot) = &ready.snapshot {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            // Staged data is not written (nor read for its checksum) again.
+            let crc = match staged.remove(&snapshot.slot) {
+                Some(crc) => crc,
+                None => {
+                    batch.put_cf(meta, snapshot_data_key(snapshot.slot), &snapshot.data);
+                    crc32fast::hash(&snapshot.data)
+                }
+            };
             let record = peer::SnapshotMeta {
                 slot: snapshot.slot,
                 data_bytes: snapshot.data.len() as u64,
                 membership: Some(codec::encode_membership(&snapshot.membership)),
+                data_keyed_by_slot: true,
+                data_crc32: Some(crc),
             };
             batch.put_cf(meta, SNAPSHOT_KEY, record.encode_to_vec());
-            batch.put_cf(meta, SNAPSHOT_DATA_KEY, &snapshot.data);
+            // Older snapshots' data goes, staged or not: no record will
+            // ever name a slot at or below this one again.
+            staged.retain(|&slot, _| slot > snapshot.slot);
+            batch.delete_cf(meta, SNAPSHOT_DATA_LEGACY_KEY);
+            batch.delete_range_cf(meta, snapshot_data_key(0), snapshot_data_key(snapshot.slot));
         }
         // Deleted last, so that the batch leaves nothing at or below the
         // compaction point even if it also carried entries there.
@@ -1229,6 +1329,63 @@ mod tests {
             .db
             .put_cf(storage.cf(CF_META)?, APPLIED_KEY, 5u64.to_be_bytes())?;
         assert_eq!(storage.load()?.applied, 5);
+        Ok(())
+    }
+
+    /// A snapshot whose data was staged (by the snapshot thread) is recorded
+    /// without writing the data again and reads back whole; each new
+    /// snapshot deletes the older ones' data, staged or not; a directory
+    /// from before staging (data under `snapshot_data`, no checksum) still
+    /// loads; data that does not match its recorded CRC-32 is corruption.
+    #[test]
+    fn staged_snapshot_data_is_recorded_and_checked() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let storage = open_new(dir.path())?;
+        let membership = gaios_paxos::Membership::genesis(&[1, 2, 3]);
+        let snapshot = |slot, data: &'static [u8]| Snapshot { slot, data: Bytes::from_static(data), membership: membership.clone() };
+        let meta = storage.cf(CF_META)?;
+        let data_keys = |storage: &Storage| -> Result<Vec<Slot>, Box<dyn std::error::Error>> {
+            let mut slots = Vec::new();
+            for item in storage.db.prefix_iterator_cf(storage.cf(CF_META)?, SNAPSHOT_DATA_PREFIX) {
+                let (key, _) = item?;
+                if let Some(slot) = key.strip_prefix(SNAPSHOT_DATA_PREFIX) {
+                    slots.push(Slot::from_be_bytes(slot.try_into()?));
+                }
+            }
+            Ok(slots)
+        };
+
+        // Staged, then recorded: the batch carries no data of its own.
+        let store = storage.snapshot_store();
+        store.stage(3, b"state at slot 3")?;
+        store.stage(9, b"an orphan a crash left")?;
+        let mut ready = ready_with(None, vec![], Some(snapshot(3, b"state at slot 3")), None);
+        if let Some(snapshot) = ready.snapshot.as_mut() {
+            // Were the batch to write the data, this would land on disk.
+            snapshot.data = Bytes::from_static(b"WRONG DATA 3333");
+        }
+        storage.persist(&ready)?;
+        assert_eq!(storage.load()?.snapshot, Some(snapshot(3, b"state at slot 3")), "the staged data was not what got recorded");
+
+        // Not staged (a peer's snapshot): written by the batch; the older
+        // snapshot's data goes, the orphan above stays until passed.
+        storage.persist(&ready_with(None, vec![], Some(snapshot(5, b"state at slot 5")), None))?;
+        assert_eq!(storage.load()?.snapshot, Some(snapshot(5, b"state at slot 5")));
+        assert_eq!(data_keys(&storage)?, [5, 9]);
+        storage.persist(&ready_with(None, vec![], Some(snapshot(12, b"state at slot 12")), None))?;
+        assert_eq!(data_keys(&storage)?, [12]);
+
+        // A directory from before staging.
+        let legacy = peer::SnapshotMeta { slot: 12, data_bytes: 6, membership: None, data_keyed_by_slot: false, data_crc32: None };
+        storage.db.put_cf(meta, SNAPSHOT_KEY, legacy.encode_to_vec())?;
+        storage.db.put_cf(meta, SNAPSHOT_DATA_LEGACY_KEY, b"legacy")?;
+        assert_eq!(storage.load()?.snapshot.map(|s| s.data), Some(Bytes::from_static(b"legacy")));
+
+        // Flipped bits with the length intact.
+        storage.persist(&ready_with(None, vec![], Some(snapshot(20, b"state at slot 20")), None))?;
+        storage.db.put_cf(meta, snapshot_data_key(20), b"state at slot 21")?;
+        let error = storage.load().expect_err("corrupted snapshot data loaded");
+        assert!(matches!(error, StorageError::Corrupt { corruption: Corruption::SnapshotChecksum { .. }, .. }), "{error}");
         Ok(())
     }
 

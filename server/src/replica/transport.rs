@@ -32,14 +32,30 @@
 //! prepares, accepts and catch-up requests, and the master heartbeats), and
 //! it keeps a slow or dead peer from growing this replica's memory.
 //!
-//! Messages are bounded by [`MESSAGE_BYTES_MAX`] (64 MiB) in both directions:
-//! enough for a snapshot of the largest state the state machine accepts
-//! ([`gaios_state::limits::STATE_BYTES_MAX`], 48 MiB), which travels in one message.
-//! Every other message is bounded by the Paxos core's `message_bytes_max`
-//! (16 MiB of entries, [`CORE_MESSAGE_BYTES_MAX`]). A batch of messages is cut
-//! at [`BATCH_BYTES_MAX`]; a message larger than that goes alone. Snapshots
-//! larger than the bound cannot be sent until they are split into chunks
-//! (the membership issue streams them).
+//! Messages are bounded by [`MESSAGE_BYTES_MAX`] (24 MiB) in both
+//! directions; the Paxos core bounds its own by `message_bytes_max` (16 MiB
+//! of entries, [`CORE_MESSAGE_BYTES_MAX`]). A batch of messages is cut at
+//! [`BATCH_BYTES_MAX`]; a message larger than that goes alone.
+//!
+//! # Snapshots
+//!
+//! A snapshot (up to [`gaios_state::limits::SNAPSHOT_BYTES_MAX`], hundreds
+//! of MiB) never travels on `Exchange`: one arriving there is dropped. The
+//! core's `InstallSnapshot` for a peer goes to that peer's *snapshot task*
+//! (the newest one replaces one not yet started, so at most one waits per
+//! peer), which sends it on a connection of its own over the
+//! `Replica.InstallSnapshot` stream: an offer naming it (slot, length,
+//! CRC-32, configuration, and the sender as an envelope does), then chunks
+//! of [`SNAPSHOT_CHUNK_BYTES`] from where the receiver says it stands, paced
+//! to the configured rate so that a catch-up leaves the master's disk,
+//! network and CPU to its writes. A transfer cut off (a dropped connection,
+//! a restart of the sender's task) is resumed: the receiver keeps the bytes
+//! of one partial snapshot and answers a new offer of the same snapshot
+//! with how many it holds. The receiver checks the whole snapshot (length
+//! and CRC-32) and restores it into a state on a blocking thread before
+//! handing it, restored, to the driver, so nothing large runs on the
+//! driver thread; a receiver that has learned past the snapshot's slot
+//! answers `done` at once without taking it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,25 +64,45 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gaios_paxos::{Message, ReplicaId};
+use bytes::Bytes;
+use gaios_paxos::types::Membership;
+use gaios_paxos::{Message, ReplicaId, Slot, Snapshot};
+use gaios_state::machine::StateMachine;
 use gaios_proto::replica::v1 as peer;
 use gaios_proto::replica::v1::replica_client::ReplicaClient;
 use gaios_proto::replica::v1::replica_server::{Replica as ReplicaRpc, ReplicaServer};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::replica::codec;
+use crate::replica::status::ReplicaStatus;
 
 /// The largest gRPC message either side sends or accepts on the peer
-/// transport; see the module docs for what it means for snapshots.
-pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// transport: a core message with room for its framing (snapshots travel in
+/// chunks, see the module docs).
+pub const MESSAGE_BYTES_MAX: usize = 24 << 20;
 
-// The largest snapshot travels in one message, with room for the message
-// around it.
-const _: () = assert!(gaios_state::limits::SNAPSHOT_BYTES_MAX + (1 << 20) <= MESSAGE_BYTES_MAX);
+/// The most bytes of a snapshot's data in one chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES + (64 << 10) <= MESSAGE_BYTES_MAX);
+/// How long either side of a snapshot transfer waits for the other's next
+/// message (an answer, a chunk) before giving up on the stream; the bytes
+/// received so far stay for a resume.
+pub const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a sender waits for the receiver's last answer once every chunk
+/// went: the receiver checks and restores the whole state first (seconds at
+/// the largest, more in debug builds).
+pub const SNAPSHOT_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many times a sender tries one snapshot before waiting for the core
+/// to ask again.
+pub const SNAPSHOT_ATTEMPTS_MAX: u32 = 20;
+/// The most bytes of an offer's configuration (`MEMBERS_MAX` members with
+/// their addresses fit with room to spare).
+const SNAPSHOT_OFFER_BYTES_MAX: usize = 256 << 10;
+
 /// The most bytes of entries the Paxos core puts in one message (its
 /// `message_bytes_max`); with framing such a message stays far below
 /// [`MESSAGE_BYTES_MAX`] (see the test `core_messages_fit_the_transport`).
@@ -102,6 +138,10 @@ pub struct Inbound {
     pub from: ReplicaId,
     /// The message.
     pub message: Message,
+    /// For an `InstallSnapshot`: its data checked (length, CRC-32) and
+    /// restored into a state, off the driver thread. The driver drops a
+    /// snapshot without one.
+    pub checked: Option<Box<StateMachine>>,
 }
 
 /// What every message this replica sends carries besides its addresses: the
@@ -141,6 +181,13 @@ pub struct TransportStats {
     /// Outbound messages dropped because a peer's queue was full or the peer
     /// was unreachable.
     pub outbound_dropped: AtomicU64,
+    /// Snapshots received whole and handed to the driver.
+    pub snapshots_received: AtomicU64,
+    /// Snapshots (or offers of one) refused: a bad offer, a wrong length or
+    /// checksum, data that does not restore into a state.
+    pub snapshots_refused: AtomicU64,
+    /// Bytes of snapshot data sent to peers.
+    pub snapshot_bytes_sent: AtomicU64,
 }
 
 /// The replicas this one exchanges messages with, shared by the driver
@@ -194,6 +241,34 @@ pub struct PeerService {
     /// started, and how many messages of other incarnations were dropped;
     /// at most one entry per member.
     incarnations: Arc<Mutex<BTreeMap<ReplicaId, PeerIncarnation>>>,
+    /// The one snapshot being received (or cut off and kept for a resume).
+    partial: Arc<Mutex<Option<Partial>>>,
+    /// Numbers the `InstallSnapshot` streams, so that only the newest one
+    /// of a snapshot appends to it.
+    streams: Arc<AtomicU64>,
+    /// The replica's status, to tell a snapshot it no longer needs.
+    status: Option<watch::Receiver<ReplicaStatus>>,
+}
+
+/// Which snapshot an offer names: a new offer of the same one resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OfferKey {
+    from: ReplicaId,
+    incarnation: u64,
+    slot: Slot,
+    data_bytes: usize,
+    data_crc32: u32,
+}
+
+/// A snapshot being received.
+#[derive(Debug)]
+struct Partial {
+    key: OfferKey,
+    membership: Membership,
+    data: Vec<u8>,
+    crc: crc32fast::Hasher,
+    /// The stream that may append to it (the newest offer's).
+    stream: u64,
 }
 
 /// What the receiver remembers of one member's incarnations.
@@ -223,7 +298,18 @@ impl PeerService {
             inbox,
             stats,
             incarnations: Arc::default(),
+            partial: Arc::default(),
+            streams: Arc::default(),
+            status: None,
         }
+    }
+
+    /// Lets the service read the replica's status, so that it answers an
+    /// offer of a snapshot the replica has learned past without taking it.
+    #[must_use]
+    pub fn with_status(mut self, status: watch::Receiver<ReplicaStatus>) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// Wraps the service for tonic with explicit message-size bounds.
@@ -236,13 +322,7 @@ impl PeerService {
     /// Checks and decodes one message and offers it to the inbox; never
     /// blocks and never panics on bad input.
     fn deliver(&self, remote: Option<SocketAddr>, message: peer::PaxosMessage) {
-        if *message.cell_id != *self.cell_id {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            let dropped = self.stats.wrong_cell_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(?remote, from = message.from, cell = %message.cell_id, ours = %self.cell_id, dropped,
-                    "dropping peer messages from another cell; check the --peer addresses");
-            }
+        if !self.same_cell(remote, &message.cell_id, message.from) {
             return;
         }
         let incarnation = message.incarnation;
@@ -254,26 +334,59 @@ impl PeerService {
                 return;
             }
         };
-        let sender = self.members.get(decoded.from);
-        let Some(sender) = sender.filter(|_| decoded.to == self.id && decoded.from != self.id) else {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(?remote, from = decoded.from, to = decoded.to, "dropping misrouted peer message");
-            return;
-        };
-        if !self.admit_incarnation(decoded.from, sender.incarnation, incarnation) {
+        if !self.admit_sender(remote, decoded.from, decoded.to, incarnation) {
             return;
         }
-        let inbound = Inbound { from: decoded.from, message: decoded.message };
+        if matches!(decoded.message, Message::InstallSnapshot { .. }) {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?remote, from = decoded.from, "dropping a snapshot sent on Exchange; snapshots travel on InstallSnapshot");
+            return;
+        }
+        self.offer_to_driver(Inbound { from: decoded.from, message: decoded.message, checked: None });
+    }
+
+    /// Whether a message naming `cell_id` comes from this cell; one from
+    /// another is counted (and logged now and then).
+    fn same_cell(&self, remote: Option<SocketAddr>, cell_id: &str, from: ReplicaId) -> bool {
+        if *cell_id == *self.cell_id {
+            return true;
+        }
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let dropped = self.stats.wrong_cell_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped.is_power_of_two() {
+            tracing::warn!(?remote, from, cell = %cell_id, ours = %self.cell_id, dropped,
+                "dropping peer messages from another cell; check the --peer addresses");
+        }
+        false
+    }
+
+    /// Whether something `from` sent `to` this replica in `incarnation` may
+    /// reach the driver: `from` is another member, and the incarnation is
+    /// the one it is known by (see [`Self::admit_incarnation`]).
+    fn admit_sender(&self, remote: Option<SocketAddr>, from: ReplicaId, to: ReplicaId, incarnation: u64) -> bool {
+        let sender = self.members.get(from);
+        let Some(sender) = sender.filter(|_| to == self.id && from != self.id) else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?remote, from, to, "dropping misrouted peer message");
+            return false;
+        };
+        self.admit_incarnation(from, sender.incarnation, incarnation)
+    }
+
+    /// Offers `inbound` to the driver's inbox without waiting; drops and
+    /// counts it when the inbox is full. Returns whether it was taken.
+    fn offer_to_driver(&self, inbound: Inbound) -> bool {
         match self.inbox.try_send(inbound) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let dropped = self.stats.inbox_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     tracing::warn!(dropped, "driver inbox full; dropping peer messages");
                 }
+                false
             }
             // The driver has stopped; the process is shutting down.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -333,9 +446,186 @@ impl PeerService {
     }
 }
 
+/// What the receiving side of an `InstallSnapshot` stream answers.
+type ProgressSender = mpsc::Sender<Result<peer::SnapshotProgress, Status>>;
+
+fn progress(received_bytes: usize, done: bool) -> peer::SnapshotProgress {
+    peer::SnapshotProgress { received_bytes: received_bytes as u64, done }
+}
+
+impl PeerService {
+    /// Checks an offer: from a member of this cell in the incarnation it
+    /// is known by, for this replica, of a snapshot within the bounds.
+    fn check_offer(&self, remote: Option<SocketAddr>, offer: peer::SnapshotOffer) -> Result<(OfferKey, Membership), Status> {
+        if !self.same_cell(remote, &offer.cell_id, offer.from) {
+            return Err(Status::permission_denied("the offer names another cell"));
+        }
+        if !self.admit_sender(remote, offer.from, offer.to, offer.incarnation) {
+            return Err(Status::permission_denied("the offer's sender is not a member, or not in the incarnation it is known by, or the offer is not for this replica"));
+        }
+        let refuse = |why: String| {
+            self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?remote, from = offer.from, "refusing a snapshot offer: {why}");
+            Status::invalid_argument(why)
+        };
+        let data_bytes = usize::try_from(offer.data_bytes)
+            .ok()
+            .filter(|&bytes| bytes > 0 && bytes <= gaios_state::limits::SNAPSHOT_BYTES_MAX)
+            .ok_or_else(|| refuse(format!("a snapshot of {} bytes, over the bound of {}", offer.data_bytes, gaios_state::limits::SNAPSHOT_BYTES_MAX)))?;
+        if offer.slot == 0 || offer.slot > gaios_paxos::types::SLOT_MAX {
+            return Err(refuse(format!("slot {} out of range", offer.slot)));
+        }
+        let membership = offer
+            .membership
+            .ok_or_else(|| refuse("no configuration".into()))
+            .and_then(|m| codec::decode_membership(m).map_err(|e| refuse(e.to_string())))?;
+        membership.validate().map_err(|e| refuse(e.to_string()))?;
+        let key = OfferKey { from: offer.from, incarnation: offer.incarnation, slot: offer.slot, data_bytes, data_crc32: offer.data_crc32 };
+        Ok((key, membership))
+    }
+
+    /// Whether the replica has learned through `slot`, so that a snapshot
+    /// at it would be ignored.
+    fn needs_no_snapshot_at(&self, slot: Slot) -> bool {
+        self.status.as_ref().is_some_and(|status| status.borrow().chosen_through >= slot)
+    }
+
+    /// Starts (or resumes) receiving the snapshot `key` for stream
+    /// `stream`; returns how many of its bytes are held.
+    fn begin_partial(&self, key: OfferKey, membership: Membership, stream: u64) -> usize {
+        let mut partial = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
+        match partial.as_mut() {
+            Some(held) if held.key == key => {
+                held.stream = stream;
+                held.data.len()
+            }
+            _ => {
+                *partial = Some(Partial { key, membership, data: Vec::new(), crc: crc32fast::Hasher::new(), stream });
+                0
+            }
+        }
+    }
+
+    /// Appends a chunk of stream `stream`; the whole snapshot once it is
+    /// complete (taken out, so a new offer starts afresh).
+    fn append_chunk(&self, stream: u64, chunk: &[u8]) -> Result<Option<Partial>, Status> {
+        let mut held = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(partial) = held.as_mut().filter(|p| p.stream == stream) else {
+            return Err(Status::aborted("a newer offer took over this snapshot"));
+        };
+        let room = partial.key.data_bytes - partial.data.len();
+        if chunk.len() > room || chunk.len() > SNAPSHOT_CHUNK_BYTES {
+            self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+            *held = None;
+            return Err(Status::invalid_argument("a chunk runs past the offered length or the chunk bound"));
+        }
+        partial.data.extend_from_slice(chunk);
+        partial.crc.update(chunk);
+        if partial.data.len() < partial.key.data_bytes {
+            return Ok(None);
+        }
+        Ok(held.take())
+    }
+
+    /// Checks a complete snapshot (CRC-32, then restoring it into a state
+    /// on a blocking thread) and hands it, restored, to the driver.
+    async fn finish_snapshot(&self, remote: Option<SocketAddr>, partial: Partial) -> Result<(), Status> {
+        let Partial { key, membership, data, crc, .. } = partial;
+        let found = crc.finalize();
+        if found != key.data_crc32 {
+            self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?remote, from = key.from, slot = key.slot, expected = key.data_crc32, found, "a snapshot's CRC-32 does not match; dropping it");
+            return Err(Status::data_loss(format!(
+                "the snapshot's CRC-32 is {found:08x}, the offer said {:08x}",
+                key.data_crc32
+            )));
+        }
+        let data = Bytes::from(data);
+        let restoring = data.clone();
+        let restored = tokio::task::spawn_blocking(move || StateMachine::restore(&restoring))
+            .await
+            .map_err(|_| Status::internal("restoring the snapshot panicked"))?;
+        let state = match restored {
+            Ok(state) => state,
+            Err(error) => {
+                self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?remote, from = key.from, slot = key.slot, %error, "dropping a snapshot that does not restore");
+                return Err(Status::invalid_argument(format!("the snapshot does not restore: {error}")));
+            }
+        };
+        let snapshot = Snapshot { slot: key.slot, data, membership };
+        let inbound = Inbound { from: key.from, message: Message::InstallSnapshot { snapshot }, checked: Some(Box::new(state)) };
+        if !self.offer_to_driver(inbound) {
+            return Err(Status::unavailable("the replica's inbox is full; offer the snapshot again"));
+        }
+        self.stats.snapshots_received.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(?remote, from = key.from, slot = key.slot, bytes = key.data_bytes, "received a snapshot");
+        Ok(())
+    }
+
+    /// Receives the chunks of stream `stream` until the snapshot is
+    /// complete, the stream ends or stalls, or a newer offer takes over.
+    async fn receive_chunks(&self, remote: Option<SocketAddr>, stream: u64, mut chunks: Streaming<peer::SnapshotChunk>, answers: &ProgressSender) -> Result<(), Status> {
+        loop {
+            let chunk = match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, chunks.message()).await {
+                Err(_) => return Err(Status::deadline_exceeded("no chunk for too long; the bytes so far are kept for a resume")),
+                Ok(Err(status)) => return Err(status),
+                Ok(Ok(None)) => return Err(Status::cancelled("the sender ended the stream before the snapshot was complete")),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let Some(peer::snapshot_chunk::Body::Data(bytes)) = chunk.body else {
+                return Err(Status::invalid_argument("only data chunks may follow the offer"));
+            };
+            if let Some(complete) = self.append_chunk(stream, &bytes)? {
+                let bytes = complete.key.data_bytes;
+                self.finish_snapshot(remote, complete).await?;
+                let _ = answers.send(Ok(progress(bytes, true))).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ReplicaRpc for PeerService {
     type ExchangeStream = ReceiverStream<Result<peer::PaxosBatch, Status>>;
+    type InstallSnapshotStream = ReceiverStream<Result<peer::SnapshotProgress, Status>>;
+
+    /// Receives one snapshot: the offer first, then chunks from where this
+    /// replica said it stands (see the module docs).
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<peer::SnapshotChunk>>,
+    ) -> Result<Response<Self::InstallSnapshotStream>, Status> {
+        let remote = request.remote_addr();
+        let mut chunks = request.into_inner();
+        let first = tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, chunks.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no offer"))??;
+        let Some(peer::SnapshotChunk { body: Some(peer::snapshot_chunk::Body::Offer(offer)) }) = first else {
+            return Err(Status::invalid_argument("an InstallSnapshot stream starts with an offer"));
+        };
+        if offer.encoded_len() > SNAPSHOT_OFFER_BYTES_MAX {
+            return Err(Status::invalid_argument("the offer is too large"));
+        }
+        let (key, membership) = self.check_offer(remote, offer)?;
+        let (answers, response) = mpsc::channel(2);
+        if self.needs_no_snapshot_at(key.slot) {
+            let _ = answers.send(Ok(progress(key.data_bytes, true))).await;
+            return Ok(Response::new(ReceiverStream::new(response)));
+        }
+        let stream = self.streams.fetch_add(1, Ordering::Relaxed);
+        let held = self.begin_partial(key, membership, stream);
+        let _ = answers.send(Ok(progress(held, false))).await;
+        let service = self.clone();
+        tokio::spawn(async move {
+            if let Err(status) = service.receive_chunks(remote, stream, chunks, &answers).await {
+                tracing::debug!(?remote, %status, "snapshot stream ended before the snapshot was installed");
+                let _ = answers.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(response)))
+    }
 
     /// Reads the peer's batches until the stream ends. Nothing is sent back on
     /// this stream (replies go over this replica's own connection to the
@@ -369,23 +659,50 @@ impl ReplicaRpc for PeerService {
     }
 }
 
-/// The sending side: one bounded queue and one task per peer.
+/// The sending side: per peer, one bounded queue and one task for messages,
+/// and one task for snapshots.
 #[derive(Debug)]
 pub struct Outbound {
     id: ReplicaId,
     envelope: Arc<Envelope>,
-    /// Per peer: the address its task sends to, and the task's queue.
-    peers: BTreeMap<ReplicaId, (String, mpsc::Sender<peer::PaxosMessage>)>,
+    /// Per peer: its address, its message task's queue and its snapshot
+    /// task's next snapshot.
+    peers: BTreeMap<ReplicaId, PeerTasks>,
     stats: Arc<TransportStats>,
+    /// The pace of a snapshot transfer, in bytes per second.
+    snapshot_bytes_per_s: u64,
+}
+
+/// The sending tasks of one peer (they end when this is dropped).
+#[derive(Debug)]
+struct PeerTasks {
+    address: String,
+    messages: mpsc::Sender<peer::PaxosMessage>,
+    snapshots: watch::Sender<Option<Snapshot>>,
+    /// The slot of the snapshot the snapshot task is sending; 0 when idle.
+    sending: Arc<AtomicU64>,
 }
 
 impl Outbound {
-    /// Starts one sending task per peer of `peers` but `id`; every message
-    /// goes out stamped with `envelope`. Must be called inside a tokio
-    /// runtime; a task ends when its peer leaves ([`Outbound::update`]) or
-    /// the `Outbound` is dropped.
-    pub fn start(id: ReplicaId, envelope: Envelope, peers: &PeerDirectory, stats: Arc<TransportStats>) -> Self {
-        let mut outbound = Outbound { id, envelope: Arc::new(envelope), peers: BTreeMap::new(), stats };
+    /// Starts the sending tasks of every peer of `peers` but `id`; every
+    /// message goes out stamped with `envelope`, snapshots at
+    /// `snapshot_bytes_per_s` (at least 1 MiB/s). Must be called inside a
+    /// tokio runtime; the tasks end when their peer leaves
+    /// ([`Outbound::update`]) or the `Outbound` is dropped.
+    pub fn start(
+        id: ReplicaId,
+        envelope: Envelope,
+        peers: &PeerDirectory,
+        stats: Arc<TransportStats>,
+        snapshot_bytes_per_s: u64,
+    ) -> Self {
+        let mut outbound = Outbound {
+            id,
+            envelope: Arc::new(envelope),
+            peers: BTreeMap::new(),
+            stats,
+            snapshot_bytes_per_s: snapshot_bytes_per_s.max(1 << 20),
+        };
         outbound.update(peers);
         outbound
     }
@@ -394,26 +711,47 @@ impl Outbound {
     /// address changed) and ends the tasks of peers no longer in it.
     pub fn update(&mut self, peers: &PeerDirectory) {
         let wanted = peers.all();
-        self.peers.retain(|id, (address, _)| wanted.get(id).is_some_and(|entry| entry.address == *address));
+        self.peers.retain(|id, tasks| wanted.get(id).is_some_and(|entry| entry.address == tasks.address));
         for (peer, entry) in wanted {
             if peer == self.id || self.peers.contains_key(&peer) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let (messages, rx) = mpsc::channel(PEER_QUEUE_MAX);
             tokio::spawn(peer_task(self.id, peer, entry.address.clone(), rx, self.stats.clone()));
-            self.peers.insert(peer, (entry.address, tx));
+            let (snapshots, offers) = watch::channel(None);
+            let sending = Arc::new(AtomicU64::new(0));
+            let sender = SnapshotSender {
+                sending: sending.clone(),
+                to: peer,
+                address: entry.address.clone(),
+                envelope: self.envelope.clone(),
+                from: self.id,
+                stats: self.stats.clone(),
+                bytes_per_s: self.snapshot_bytes_per_s,
+            };
+            tokio::spawn(sender.run(offers));
+            self.peers.insert(peer, PeerTasks { address: entry.address, messages, snapshots, sending });
         }
     }
 
     /// Queues `message` for `to` without waiting; drops it (and counts the
     /// drop) when the peer's queue is full or `to` is not a peer.
     pub fn send(&self, to: ReplicaId, message: &Message) {
-        let Some((_, queue)) = self.peers.get(&to) else {
+        let Some(tasks) = self.peers.get(&to) else {
             tracing::warn!(to, "dropping message for a replica that is not a peer");
             self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if queue.try_send(self.envelope.stamp(codec::encode_message(self.id, to, message))).is_err() {
+        if let Message::InstallSnapshot { snapshot } = message {
+            // The snapshot task takes the newest, unless it is sending this
+            // one already (the core offers it again on every catch-up
+            // request of a lagging peer).
+            if tasks.sending.load(Ordering::Relaxed) != snapshot.slot {
+                tasks.snapshots.send_replace(Some(snapshot.clone()));
+            }
+            return;
+        }
+        if tasks.messages.try_send(self.envelope.stamp(codec::encode_message(self.id, to, message))).is_err() {
             let dropped = self.stats.outbound_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(to, dropped, "peer queue full; dropping messages");
@@ -431,19 +769,7 @@ async fn peer_task(
     mut queue: mpsc::Receiver<peer::PaxosMessage>,
     stats: Arc<TransportStats>,
 ) {
-    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            // A peer whose machine vanished sends no reset; pings find out.
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true),
-        Err(error) => {
-            tracing::error!(peer, %address, %error, "cannot build an endpoint for peer; not sending to it");
-            return;
-        }
-    };
+    let Some(endpoint) = peer_endpoint(peer, &address) else { return };
     let mut backoff = BACKOFF_MIN;
     // Wait for something to send before connecting (lazy connection).
     while let Some(first) = queue.recv().await {
@@ -468,6 +794,153 @@ async fn peer_task(
             }
         }
     }
+}
+
+/// The endpoint of `peer` at `address`, or `None` (logged) if the address
+/// is not one.
+fn peer_endpoint(peer: ReplicaId, address: &str) -> Option<Endpoint> {
+    match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(endpoint) => Some(
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                // A peer whose machine vanished sends no reset; pings find out.
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true),
+        ),
+        Err(error) => {
+            tracing::error!(peer, %address, %error, "cannot build an endpoint for peer; not sending to it");
+            None
+        }
+    }
+}
+
+/// Sends one peer the snapshots the core hands it (see the module docs).
+#[derive(Debug)]
+struct SnapshotSender {
+    /// The slot being sent, 0 when idle (shared with [`Outbound::send`]).
+    sending: Arc<AtomicU64>,
+    from: ReplicaId,
+    to: ReplicaId,
+    address: String,
+    envelope: Arc<Envelope>,
+    stats: Arc<TransportStats>,
+    bytes_per_s: u64,
+}
+
+/// Why one attempt at sending a snapshot failed.
+#[derive(Debug, thiserror::Error)]
+enum SendSnapshotError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the receiver answered: {0}")]
+    Refused(#[from] Status),
+    #[error("the receiver did not answer in time")]
+    Stalled,
+    #[error("the stream closed early")]
+    Closed,
+    #[error("the receiver claims {0} bytes, more than the snapshot has")]
+    BadProgress(u64),
+}
+
+impl SnapshotSender {
+    /// Sends each snapshot `offers` holds until it is delivered, superseded
+    /// by a newer one, or tried [`SNAPSHOT_ATTEMPTS_MAX`] times; ends when
+    /// the `Outbound` drops the peer.
+    async fn run(self, mut offers: watch::Receiver<Option<Snapshot>>) {
+        let Some(endpoint) = peer_endpoint(self.to, &self.address) else { return };
+        let mut client = None;
+        while offers.changed().await.is_ok() {
+            let Some(snapshot) = offers.borrow_and_update().clone() else { continue };
+            self.sending.store(snapshot.slot, Ordering::Relaxed);
+            let mut backoff = BACKOFF_MIN;
+            for attempt in 1..=SNAPSHOT_ATTEMPTS_MAX {
+                match self.send(&endpoint, &mut client, &snapshot).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        client = None;
+                        tracing::info!(to = self.to, slot = snapshot.slot, attempt, %error, "snapshot transfer cut off; resuming");
+                    }
+                }
+                let newer = offers.borrow().as_ref().is_some_and(|next| next.slot > snapshot.slot);
+                if newer || attempt == SNAPSHOT_ATTEMPTS_MAX {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            // Offers that came meanwhile were of this snapshot or newer;
+            // a newer one is still marked unseen.
+            if offers.borrow().as_ref().is_some_and(|next| next.slot == snapshot.slot) {
+                offers.borrow_and_update();
+            }
+            self.sending.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// One attempt: offer, then the chunks from where the receiver stands,
+    /// paced, then the receiver's last answer.
+    async fn send(&self, endpoint: &Endpoint, client: &mut Option<ReplicaClient<Channel>>, snapshot: &Snapshot) -> Result<(), SendSnapshotError> {
+        let client = match client {
+            Some(client) => client,
+            None => client.insert(
+                ReplicaClient::new(endpoint.connect().await?)
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            ),
+        };
+        let offer = peer::SnapshotOffer {
+            cell_id: self.envelope.cell_id.clone(),
+            from: self.from,
+            incarnation: self.envelope.incarnation.get(),
+            to: self.to,
+            slot: snapshot.slot,
+            membership: Some(codec::encode_membership(&snapshot.membership)),
+            data_bytes: snapshot.data.len() as u64,
+            data_crc32: crc32fast::hash(&snapshot.data),
+        };
+        let (chunks, rx) = mpsc::channel(2);
+        let offer = peer::SnapshotChunk { body: Some(peer::snapshot_chunk::Body::Offer(offer)) };
+        chunks.send(offer).await.map_err(|_| SendSnapshotError::Closed)?;
+        let mut answers = client.install_snapshot(ReceiverStream::new(rx)).await?.into_inner();
+        let answer = next_answer(&mut answers, SNAPSHOT_STALL_TIMEOUT).await?;
+        if answer.done {
+            return Ok(());
+        }
+        let length = snapshot.data.len();
+        let mut offset = usize::try_from(answer.received_bytes)
+            .ok()
+            .filter(|&held| held <= length)
+            .ok_or(SendSnapshotError::BadProgress(answer.received_bytes))?;
+        tracing::info!(to = self.to, slot = snapshot.slot, bytes = length, from_byte = offset, "sending a snapshot");
+        let started = tokio::time::Instant::now();
+        let mut sent: u64 = 0;
+        while offset < length {
+            let end = offset.saturating_add(SNAPSHOT_CHUNK_BYTES).min(length);
+            let chunk = peer::SnapshotChunk { body: Some(peer::snapshot_chunk::Body::Data(snapshot.data.slice(offset..end))) };
+            tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, chunks.send(chunk))
+                .await
+                .map_err(|_| SendSnapshotError::Stalled)?
+                .map_err(|_| SendSnapshotError::Closed)?;
+            sent = sent.saturating_add((end - offset) as u64);
+            self.stats.snapshot_bytes_sent.fetch_add((end - offset) as u64, Ordering::Relaxed);
+            offset = end;
+            // Paced: never ahead of `bytes_per_s` since the first chunk.
+            let due = started + Duration::from_secs_f64(sent as f64 / self.bytes_per_s as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        let answer = next_answer(&mut answers, SNAPSHOT_FINISH_TIMEOUT).await?;
+        if answer.done { Ok(()) } else { Err(SendSnapshotError::Closed) }
+    }
+}
+
+/// The receiver's next answer on a snapshot stream, within `timeout`.
+async fn next_answer(answers: &mut Streaming<peer::SnapshotProgress>, timeout: Duration) -> Result<peer::SnapshotProgress, SendSnapshotError> {
+    tokio::time::timeout(timeout, answers.message())
+        .await
+        .map_err(|_| SendSnapshotError::Stalled)??
+        .ok_or(SendSnapshotError::Closed)
 }
 
 /// Why a connection to a peer could not be set up.
@@ -674,6 +1147,209 @@ mod tests {
         service.deliver(None, heartbeat(1, 1)); // claims to be us
         assert!(inbox.try_recv().is_err());
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
+    }
+
+    /// A state whose snapshot is a few MiB: sessions with long names.
+    fn big_state() -> StateMachine {
+        use gaios_proto::state::v1 as wire;
+        let mut state = StateMachine::new();
+        state.set_check_after_apply(false);
+        for i in 0..12_000u64 {
+            let kind = wire::command::Kind::CreateSession(wire::CreateSession {
+                client_name: format!("{i:0>250}"),
+                session_secret: Bytes::from(i.to_le_bytes().repeat(2)),
+            });
+            let command = wire::Command { proposer_incarnation: 1, proposal_number: i, now_ms: 1, lock_clock_ms: 0, kind: Some(kind) };
+            state.apply(&command);
+        }
+        state
+    }
+
+    fn snapshot_of(state: &StateMachine, slot: Slot) -> Snapshot {
+        let members = [1, 2, 3].map(|id| gaios_paxos::types::Member {
+            id,
+            voter: true,
+            incarnation: 0,
+            peer_address: format!("127.0.0.1:{}", 7100 + id),
+            client_address: String::new(),
+        });
+        Snapshot { slot, data: state.snapshot(), membership: Membership { members: members.to_vec(), highest_id: 3 } }
+    }
+
+    /// Serves `service` on a free loopback port.
+    async fn serve(service: PeerService) -> Result<SocketAddr, Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(tonic::transport::Server::builder().add_service(service.into_server()).serve_with_incoming(incoming));
+        Ok(address)
+    }
+
+    fn sender_to(address: SocketAddr, stats: Arc<TransportStats>) -> SnapshotSender {
+        SnapshotSender {
+            sending: Arc::default(),
+            from: 2,
+            to: 1,
+            address: address.to_string(),
+            envelope: Arc::new(Envelope { cell_id: CELL.into(), incarnation: incarnation(2) }),
+            stats,
+            bytes_per_s: 1 << 30,
+        }
+    }
+
+    /// Opens an `InstallSnapshot` stream to `address` with `offer`; returns
+    /// the chunk sender, the answers and the first answer.
+    async fn open_transfer(
+        address: SocketAddr,
+        offer: peer::SnapshotOffer,
+    ) -> Result<(mpsc::Sender<peer::SnapshotChunk>, Streaming<peer::SnapshotProgress>), Status> {
+        let mut client = ReplicaClient::connect(format!("http://{address}")).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let (chunks, rx) = mpsc::channel(4);
+        chunks.send(peer::SnapshotChunk { body: Some(peer::snapshot_chunk::Body::Offer(offer)) }).await.map_err(|_| Status::internal("closed"))?;
+        let answers = client.install_snapshot(ReceiverStream::new(rx)).await?.into_inner();
+        Ok((chunks, answers))
+    }
+
+    fn offer_of(snapshot: &Snapshot) -> peer::SnapshotOffer {
+        peer::SnapshotOffer {
+            cell_id: CELL.into(),
+            from: 2,
+            incarnation: incarnation(2).get(),
+            to: 1,
+            slot: snapshot.slot,
+            membership: Some(codec::encode_membership(&snapshot.membership)),
+            data_bytes: snapshot.data.len() as u64,
+            data_crc32: crc32fast::hash(&snapshot.data),
+        }
+    }
+
+    fn data_chunk(data: Bytes) -> peer::SnapshotChunk {
+        peer::SnapshotChunk { body: Some(peer::snapshot_chunk::Body::Data(data)) }
+    }
+
+    /// A snapshot of several MiB goes in chunks of at most 1 MiB and
+    /// reaches the driver checked and restored, equal to what was sent; an
+    /// offer of it once the replica learned past its slot is answered done
+    /// without taking a byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_streams_in_chunks_and_arrives_restored() -> Result<(), Box<dyn std::error::Error>> {
+        let (service, mut inbox, stats) = service(4);
+        let state = big_state();
+        let snapshot = snapshot_of(&state, 500);
+        assert!(snapshot.data.len() > 3 * SNAPSHOT_CHUNK_BYTES, "the snapshot is {} bytes", snapshot.data.len());
+        let address = serve(service).await?;
+        let sender = sender_to(address, stats.clone());
+        let mut client = None;
+        let endpoint = peer_endpoint(1, &address.to_string()).ok_or("endpoint")?;
+        sender.send(&endpoint, &mut client, &snapshot).await?;
+        let inbound = inbox.try_recv()?;
+        assert_eq!(inbound.from, 2);
+        let Message::InstallSnapshot { snapshot: received } = inbound.message else { panic!("not a snapshot") };
+        assert!(received == snapshot, "the snapshot received differs from the one sent");
+        let restored = inbound.checked.ok_or("the snapshot came unchecked")?;
+        assert!(restored.snapshot() == state.snapshot(), "the restored state differs from the one sent");
+        assert_eq!(stats.snapshots_received.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.snapshot_bytes_sent.load(Ordering::Relaxed), snapshot.data.len() as u64);
+        Ok(())
+    }
+
+    /// A transfer cut off half way is resumed by the next offer of the
+    /// same snapshot: the receiver says how many bytes it holds and only
+    /// the rest is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_off_transfer_resumes_where_it_stopped() -> Result<(), Box<dyn std::error::Error>> {
+        let (service, mut inbox, stats) = service(4);
+        let snapshot = snapshot_of(&big_state(), 700);
+        let address = serve(service).await?;
+        let (chunks, mut answers) = open_transfer(address, offer_of(&snapshot)).await?;
+        assert_eq!(answers.message().await?.map(|a| (a.received_bytes, a.done)), Some((0, false)));
+        let half = 2 * SNAPSHOT_CHUNK_BYTES;
+        for start in (0..half).step_by(SNAPSHOT_CHUNK_BYTES) {
+            chunks.send(data_chunk(snapshot.data.slice(start..start + SNAPSHOT_CHUNK_BYTES))).await?;
+        }
+        // The connection drops (the whole client goes).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop((chunks, answers));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(inbox.try_recv().is_err(), "half a snapshot reached the driver");
+
+        let (_chunks, mut answers) = open_transfer(address, offer_of(&snapshot)).await?;
+        let answer = answers.message().await?.ok_or("no answer")?;
+        assert_eq!((answer.received_bytes, answer.done), (half as u64, false), "the receiver did not keep what it had");
+        drop(_chunks);
+
+        let sender = sender_to(address, stats.clone());
+        let endpoint = peer_endpoint(1, &address.to_string()).ok_or("endpoint")?;
+        sender.send(&endpoint, &mut None, &snapshot).await?;
+        assert_eq!(stats.snapshot_bytes_sent.load(Ordering::Relaxed), (snapshot.data.len() - half) as u64, "the resume sent more than the rest");
+        let Message::InstallSnapshot { snapshot: received } = inbox.try_recv()?.message else { panic!("not a snapshot") };
+        assert!(received == snapshot, "the snapshot received differs from the one sent");
+        Ok(())
+    }
+
+    /// Data that does not match the offered CRC-32 is refused whole and
+    /// never reaches the driver; so is data that does not restore into a
+    /// state, even with a matching checksum.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupted_snapshot_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (service, mut inbox, stats) = service(4);
+        let snapshot = snapshot_of(&big_state(), 900);
+        let address = serve(service).await?;
+        let mut corrupted = snapshot.data.to_vec();
+        corrupted[SNAPSHOT_CHUNK_BYTES + 7] ^= 0x40;
+        let corrupted = Bytes::from(corrupted);
+        let (chunks, mut answers) = open_transfer(address, offer_of(&snapshot)).await?;
+        assert_eq!(answers.message().await?.map(|a| a.received_bytes), Some(0));
+        for start in (0..corrupted.len()).step_by(SNAPSHOT_CHUNK_BYTES) {
+            chunks.send(data_chunk(corrupted.slice(start..(start + SNAPSHOT_CHUNK_BYTES).min(corrupted.len())))).await?;
+        }
+        let refusal = answers.message().await.expect_err("a corrupted snapshot was accepted");
+        assert_eq!(refusal.code(), tonic::Code::DataLoss, "{refusal:?}");
+
+        // Garbage with its own (correct) checksum: restoring finds it out.
+        let garbage = Snapshot { data: Bytes::from(vec![0xff; 4096]), ..snapshot.clone() };
+        let (chunks, mut answers) = open_transfer(address, offer_of(&garbage)).await?;
+        assert_eq!(answers.message().await?.map(|a| a.received_bytes), Some(0));
+        chunks.send(data_chunk(garbage.data.clone())).await?;
+        let refusal = answers.message().await.expect_err("garbage was accepted");
+        assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+        assert!(inbox.try_recv().is_err(), "a bad snapshot reached the driver");
+        assert_eq!(stats.snapshots_refused.load(Ordering::Relaxed), 2);
+        Ok(())
+    }
+
+    /// Offers from another cell, from a non-member, in an incarnation the
+    /// member is not known by, for another replica, or of a snapshot over
+    /// the bound are refused before any byte is taken; a snapshot sent on
+    /// `Exchange` is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_offers_are_refused_and_exchange_carries_no_snapshot() -> Result<(), Box<dyn std::error::Error>> {
+        let (service, mut inbox, stats) = service(4);
+        let snapshot = snapshot_of(&StateMachine::new(), 9);
+        // Teach the receiver member 2's incarnation first.
+        service.deliver(None, heartbeat(2, 1));
+        assert!(inbox.try_recv().is_ok());
+        service.deliver(None, Envelope { cell_id: CELL.into(), incarnation: incarnation(2) }
+            .stamp(codec::encode_message(2, 1, &Message::InstallSnapshot { snapshot: snapshot.clone() })));
+        assert!(inbox.try_recv().is_err(), "a snapshot on Exchange reached the driver");
+        let address = serve(service).await?;
+        let good = offer_of(&snapshot);
+        let cases = [
+            ("another cell", peer::SnapshotOffer { cell_id: "other".into(), ..good.clone() }, tonic::Code::PermissionDenied),
+            ("a non-member", peer::SnapshotOffer { from: 9, ..good.clone() }, tonic::Code::PermissionDenied),
+            ("another incarnation", peer::SnapshotOffer { incarnation: 0xbad, ..good.clone() }, tonic::Code::PermissionDenied),
+            ("another replica", peer::SnapshotOffer { to: 3, ..good.clone() }, tonic::Code::PermissionDenied),
+            ("too large", peer::SnapshotOffer { data_bytes: gaios_state::limits::SNAPSHOT_BYTES_MAX as u64 + 1, ..good.clone() }, tonic::Code::InvalidArgument),
+            ("empty", peer::SnapshotOffer { data_bytes: 0, ..good.clone() }, tonic::Code::InvalidArgument),
+            ("no configuration", peer::SnapshotOffer { membership: None, ..good.clone() }, tonic::Code::InvalidArgument),
+        ];
+        for (what, offer, code) in cases {
+            let refusal = open_transfer(address, offer).await.map(|_| ()).expect_err(what);
+            assert_eq!(refusal.code(), code, "{what}: {refusal:?}");
+        }
+        assert!(inbox.try_recv().is_err());
+        assert_eq!(stats.snapshots_refused.load(Ordering::Relaxed), 3);
+        Ok(())
     }
 
     #[test]

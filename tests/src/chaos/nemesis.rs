@@ -479,7 +479,12 @@ impl Nemesis<'_> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut left_down = String::new();
-        if caught_up_ms.is_none() {
+        if caught_up_ms.is_none() && self.down_for_good.is_some() {
+            // A replica is down for good already: taking out a second would
+            // leave the cell without a spare, and a third its quorum. It
+            // stays up (the failure is a violation either way).
+            left_down = "; left running (another replica is down for good already)".into();
+        } else if caught_up_ms.is_none() {
             // It could not catch up (and may keep the cell from electing a
             // master): take it out for the rest of the run so the run goes on.
             self.cell.kill(follower);
