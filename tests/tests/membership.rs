@@ -200,8 +200,16 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     // The write load, on every founding address (the client learns the
     // new member's from Status).
     let stop = Arc::new(AtomicBool::new(false));
+    let load_began = Instant::now();
     let load = runtime.spawn(write_load(client_addresses(&cell.members), stop.clone()));
     std::thread::sleep(Duration::from_secs(3));
+    // The master has compacted its log at least once, so the newcomer
+    // needs a snapshot.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !runtime.block_on(statuses(&cell, &all)).iter().any(|s| s.role() == api::Role::Master && s.snapshot_slot > 0) {
+        assert!(Instant::now() < until, "the master took no snapshot\n{}", cell.logs());
+        std::thread::sleep(POLL_INTERVAL);
+    }
 
     // A follower dies for good: SIGKILL, data directory wiped.
     let victim = cell.members.iter().map(|m| m.id).find(|&id| id != master).expect("a follower");
@@ -210,6 +218,7 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     cell.kill(victim_index);
     std::fs::remove_dir_all(cell.data_dir(victim)).expect("wipe the data directory");
     let replace_began = Instant::now();
+    let replace_from = load_began.elapsed().as_secs_f64();
 
     // Its replacement: a new id, on the same machine (addresses).
     let alive: Vec<Member> = cell.members.iter().copied().filter(|m| m.id != victim).collect();
@@ -302,13 +311,13 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     let before: Vec<Duration> = load
         .latencies
         .iter()
-        .filter(|(at, _)| *at < 3.0)
+        .filter(|(at, _)| *at < replace_from)
         .map(|(_, latency)| *latency)
         .collect();
     let during: Vec<Duration> = load
         .latencies
         .iter()
-        .filter(|(at, _)| *at >= 3.0 && *at < 3.0 + replace_took.as_secs_f64())
+        .filter(|(at, _)| *at >= replace_from && *at < replace_from + replace_took.as_secs_f64())
         .map(|(_, latency)| *latency)
         .collect();
     println!(

@@ -159,9 +159,6 @@ pub struct Driver {
     checked_snapshot: Option<(Slot, StateMachine)>,
     /// Takes snapshots off this thread (see [`crate::replica::snapshotter`]).
     snapshotter: Snapshotter,
-    /// Set once the snapshot thread's state was found diverged: no more
-    /// snapshots until the replica restarts (said loudly once).
-    snapshots_stopped: bool,
     /// The core's count of rejected peer messages at the last turn, so the
     /// metric is fed the difference.
     rejected_seen: u64,
@@ -234,7 +231,6 @@ impl Driver {
             duties_at: Instant::now(),
             checked_snapshot: None,
             snapshotter,
-            snapshots_stopped: false,
             rejected_seen: 0,
             changes,
             change_waiting: None,
@@ -336,11 +332,12 @@ impl Driver {
                 // 4. The core's work, for at most READY_TIME_PER_TURN.
                 more_ready = self.process_ready()?;
 
-                // 5. The master's duties.
-                if !more_ready && self.duties_at.elapsed() >= DUTY_INTERVAL {
+                // 5. The master's duties (even with `Ready`s left over: a
+                // loaded master may always have some).
+                if self.duties_at.elapsed() >= DUTY_INTERVAL {
                     self.duties_at = Instant::now();
                     self.master_duties();
-                    more_ready = self.process_ready()?;
+                    more_ready |= self.process_ready()?;
                 }
 
                 // 6. The configuration.
@@ -374,7 +371,10 @@ impl Driver {
                 tracing::warn!(from = inbound.from, slot = snapshot.slot, "dropping a snapshot that the transport did not check");
                 return;
             };
-            self.checked_snapshot = Some((snapshot.slot, *state));
+            // One the core will ignore must not displace one it will take.
+            if snapshot.slot > self.replica.chosen_through() && !self.replica.is_master() {
+                self.checked_snapshot = Some((snapshot.slot, *state));
+            }
         }
         self.replica.step(inbound.from, inbound.message);
         let rejected = self.replica.status().rejected_messages;
@@ -517,8 +517,7 @@ impl Driver {
     /// `snapshot_every_slots` slots were applied since the last snapshot
     /// (and none is being taken).
     fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
-        if self.snapshots_stopped
-            || self.snapshotter.taking()
+        if self.snapshotter.taking()
             || self.applied < self.snapshot_slot.saturating_add(self.options.snapshot_every_slots)
         {
             return Ok(());
@@ -533,13 +532,21 @@ impl Driver {
         let taken = match result {
             Ok(taken) => taken,
             Err(error @ SnapshotterError::Diverged { .. }) => {
-                tracing::error!(%error, "no more snapshots until this replica restarts; its log grows meanwhile");
-                self.snapshots_stopped = true;
+                // A bug: start the snapshot thread again from a copy of the
+                // state (slow for a large state, but this never happens).
+                tracing::error!(%error, "the snapshot thread's copy of the state diverged; starting it again");
+                let state = StateMachine::clone(&self.shared.state());
+                self.snapshotter = Snapshotter::start(state, self.applied, self.storage.snapshot_store())?;
                 return Ok(());
             }
             Err(error) => return Err(error.into()),
         };
         let Taken { slot, data, encoding, writing } = taken;
+        if slot <= self.snapshot_slot {
+            // A snapshot from another replica was installed meanwhile.
+            tracing::info!(slot, installed = self.snapshot_slot, "not compacting behind the snapshot taken: a newer one is installed");
+            return Ok(());
+        }
         let bytes = data.len();
         match self.replica.compact(Snapshot { slot, data, membership: gaios_paxos::Membership::default() }) {
             Ok(()) => {

@@ -35,8 +35,9 @@ use tokio::sync::mpsc;
 use crate::replica::storage::{SnapshotStore, StorageError};
 
 /// The most feed messages (each the commands of one `Ready`) queued for the
-/// shadow.
-pub const FEED_MAX: usize = 1024;
+/// shadow: generous, since they hold only references to entries the core
+/// keeps anyway.
+pub const FEED_MAX: usize = 65_536;
 
 /// What the driver tells the shadow, in the order it applies.
 #[derive(Debug)]
@@ -73,8 +74,8 @@ pub enum SnapshotterError {
     #[error("writing the snapshot's data: {0}")]
     Storage(#[from] StorageError),
     /// The shadow is not at the slot asked for, or a snapshot it was reset
-    /// to did not restore: a bug. The driver goes on without snapshots
-    /// until restarted (its log is not compacted meanwhile).
+    /// to did not restore: a bug. The driver starts the thread again from
+    /// a copy of its state.
     #[error("the snapshot thread's state is at slot {at}, not at slot {wanted}")]
     Diverged {
         /// The slot asked for.

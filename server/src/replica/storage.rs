@@ -9,8 +9,8 @@
 //! | `state` | (none yet) | reserved; the applied state is kept as the snapshot below |
 //! | `meta` | `identity` | the format version, the cell and replica that own the directory, its incarnation and the members `init` was given (`gaios.replica.v1.DataDirIdentity`) |
 //! | `meta` | `snapshot` | the latest snapshot's slot, length, CRC-32 and configuration (`gaios.replica.v1.SnapshotMeta`) |
-//! | `meta` | `snapshot_data/` + slot (8 bytes, big-endian) | the snapshot's data, raw: the applied state (`gaios.state.v1.StateSnapshot`) at its slot; written before the record above when the replica took the snapshot itself (see [`SnapshotStore`]) |
-//! | `meta` | `snapshot_data` | the same, in directories written before snapshots were taken off the driver thread (read, never written) |
+//! | (a file) | `snapshots/<slot, 20 digits>.snap` | the snapshot's data, raw: the applied state (`gaios.state.v1.StateSnapshot`) at its slot; written (and synced) before the record above |
+//! | `meta` | `snapshot_data` | the data, in directories written before snapshots were taken off the driver thread (read, never written) |
 //! | `meta` | `applied` | an applied slot above the snapshot's, if a state machine records one (Gaios's does not: its state is rebuilt from the snapshot and the log after it) |
 //!
 //! # Write order
@@ -19,12 +19,16 @@
 //! `WriteBatch` written with `sync = true`: hard state, entries (put by slot),
 //! snapshot, then the deletion of the log at or below the compaction point.
 //!
-//! The one exception is the data of a snapshot the replica takes itself: it
-//! can be hundreds of MiB, so the thread that encodes it also writes it
-//! ([`SnapshotStore::stage`], synced, under a key of its slot) before the
-//! driver persists the `Ready` that records it. Until that record is written
-//! the staged data is an orphan that nothing reads; the record's write
-//! deletes the data of every older snapshot.
+//! The one exception is a snapshot's data: it can be hundreds of MiB, so it
+//! is a file of its own beside the database, written to a temporary name,
+//! synced and renamed (and the directory synced) before the batch that
+//! records it. Writing it through RocksDB would hold every other write (the
+//! driver's included) behind it. The thread that encodes a snapshot the
+//! replica takes itself writes the file ([`SnapshotStore::stage`]), so the
+//! driver's batch carries only the record; for a snapshot from another
+//! replica `persist` writes the file first. Until a record names it a file is
+//! an orphan that nothing reads; once the record is written the files of
+//! older snapshots are deleted.
 //! RocksDB applies a batch atomically, also across column families, so after a
 //! crash either all of a `Ready` is on disk or none of it is. The driver sends
 //! the `Ready`'s persisted messages only after [`Storage::persist`] returns.
@@ -96,10 +100,10 @@ const LOG_PREFIX: u8 = b'l';
 const LOG_KEY_LEN: usize = 9;
 const IDENTITY_KEY: &[u8] = b"identity";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
-/// Where directories written before snapshots were staged keep the data.
+/// Where directories written before snapshot data went to files keep it.
 const SNAPSHOT_DATA_LEGACY_KEY: &[u8] = b"snapshot_data";
-/// The prefix of the keys of snapshots' data, followed by the slot.
-const SNAPSHOT_DATA_PREFIX: &[u8] = b"snapshot_data/";
+/// The folder of the data directory that holds snapshots' data.
+const SNAPSHOTS_DIR: &str = "snapshots";
 const APPLIED_KEY: &[u8] = b"applied";
 /// Written once the replica applied a configuration without itself: the
 /// slot of that change. A removed replica never starts again.
@@ -107,27 +111,69 @@ const REMOVED_KEY: &[u8] = b"removed";
 
 type Db = rocksdb::DBWithThreadMode<rocksdb::SingleThreaded>;
 
-/// The key of the data of the snapshot at `slot`.
-fn snapshot_data_key(slot: Slot) -> Vec<u8> {
-    let mut key = SNAPSHOT_DATA_PREFIX.to_vec();
-    key.extend_from_slice(&slot.to_be_bytes());
-    key
+/// The file of the data of the snapshot at `slot` in data directory `dir`.
+fn snapshot_file(dir: &Path, slot: Slot) -> PathBuf {
+    dir.join(SNAPSHOTS_DIR).join(format!("{slot:020}.snap"))
+}
+
+/// Writes `data` as the snapshot file of `slot` (to a temporary name,
+/// synced, renamed, the folder synced); returns its CRC-32.
+fn write_snapshot_file(dir: &Path, slot: Slot, data: &[u8]) -> Result<u32, StorageError> {
+    let folder = dir.join(SNAPSHOTS_DIR);
+    let io_error = |source| StorageError::Io { dir: dir.to_path_buf(), source };
+    if !folder.exists() {
+        std::fs::create_dir_all(&folder).map_err(io_error)?;
+        sync_directory(dir)?;
+    }
+    let path = snapshot_file(dir, slot);
+    let temporary = path.with_extension("snap.tmp");
+    let mut file = std::fs::File::create(&temporary).map_err(io_error)?;
+    file.write_all(data).and_then(|()| file.sync_all()).map_err(io_error)?;
+    std::fs::rename(&temporary, &path).map_err(io_error)?;
+    sync_directory(&folder)?;
+    Ok(crc32fast::hash(data))
+}
+
+/// Reads the snapshot file of `slot`, `None` if there is none.
+fn read_snapshot_file(dir: &Path, slot: Slot) -> Result<Option<Vec<u8>>, StorageError> {
+    match std::fs::read(snapshot_file(dir, slot)) {
+        Ok(data) => Ok(Some(data)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StorageError::Io { dir: dir.to_path_buf(), source }),
+    }
+}
+
+/// Deletes the snapshot files (and temporary files) of slots below `slot`;
+/// a file that cannot be deleted is only logged (it wastes space, nothing
+/// reads it).
+fn remove_snapshot_files_below(dir: &Path, slot: Slot) {
+    let Ok(entries) = std::fs::read_dir(dir.join(SNAPSHOTS_DIR)) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let digits = name.strip_suffix(".snap").or_else(|| name.strip_suffix(".snap.tmp"));
+        if digits.and_then(|d| d.parse::<Slot>().ok()).is_some_and(|found| found < slot)
+            && let Err(error) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!(file = %entry.path().display(), %error, "cannot delete an old snapshot file");
+        }
+    }
+}
+
+/// What [`SnapshotStore::stage`] wrote for a slot.
+#[derive(Debug, Clone, Copy)]
+struct Staged {
+    crc32: u32,
+    bytes: u64,
 }
 
 /// Writes the data of a snapshot the replica took, from the thread that
 /// encoded it, so that the driver's write of the `Ready` recording the
 /// snapshot carries only its metadata (see the module docs).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SnapshotStore {
-    db: Arc<Db>,
-    staged: Arc<Mutex<BTreeMap<Slot, u32>>>,
+    staged: Arc<Mutex<BTreeMap<Slot, Staged>>>,
     dir: PathBuf,
-}
-
-impl fmt::Debug for SnapshotStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SnapshotStore").field("dir", &self.dir).finish()
-    }
 }
 
 impl SnapshotStore {
@@ -135,15 +181,8 @@ impl SnapshotStore {
     /// next [`Storage::persist`] of a snapshot at `slot` records it without
     /// writing the data again.
     pub fn stage(&self, slot: Slot, data: &[u8]) -> Result<(), StorageError> {
-        let meta = self
-            .db
-            .cf_handle(CF_META)
-            .ok_or_else(|| StorageError::Corrupt { dir: self.dir.clone(), corruption: Corruption::MissingColumnFamily(CF_META) })?;
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        let crc = crc32fast::hash(data);
-        self.db.put_cf_opt(meta, snapshot_data_key(slot), data, &options).map_err(|e| rocks_error(&self.dir, e))?;
-        self.staged.lock().unwrap_or_else(PoisonError::into_inner).insert(slot, crc);
+        let crc32 = write_snapshot_file(&self.dir, slot, data)?;
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner).insert(slot, Staged { crc32, bytes: data.len() as u64 });
         Ok(())
     }
 }
@@ -465,8 +504,8 @@ pub enum Corruption {
 pub struct Storage {
     db: Arc<Db>,
     /// The slots whose snapshot data [`SnapshotStore::stage`] wrote and no
-    /// record names yet, with the data's CRC-32.
-    staged: Arc<Mutex<BTreeMap<Slot, u32>>>,
+    /// record names yet, with the data's CRC-32 and length.
+    staged: Arc<Mutex<BTreeMap<Slot, Staged>>>,
     /// The options the database was opened with; they own its statistics.
     #[cfg_attr(not(test), allow(dead_code))]
     options: Options,
@@ -487,7 +526,7 @@ impl Storage {
     /// A handle another thread writes snapshot data with (see
     /// [`SnapshotStore`]).
     pub fn snapshot_store(&self) -> SnapshotStore {
-        SnapshotStore { db: self.db.clone(), staged: self.staged.clone(), dir: self.dir.clone() }
+        SnapshotStore { staged: self.staged.clone(), dir: self.dir.clone() }
     }
 
     /// Creates the data directory of a member of a new cell: `dir` must be
@@ -704,8 +743,8 @@ impl Storage {
             Some(bytes) => {
                 let meta: peer::SnapshotMeta =
                     decode_record(&self.dir, CF_META, SNAPSHOT_KEY, &bytes)?;
-                let data = if meta.data_keyed_by_slot {
-                    self.get(CF_META, &snapshot_data_key(meta.slot))?
+                let data = if meta.data_in_file {
+                    read_snapshot_file(&self.dir, meta.slot)?
                 } else {
                     self.get(CF_META, SNAPSHOT_DATA_LEGACY_KEY)?
                 };
@@ -825,28 +864,24 @@ impl Storage {
             );
         }
         if let Some(snapshot) = &ready.snapshot {
-            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            let staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner).remove(&snapshot.slot);
             // Staged data is not written (nor read for its checksum) again.
-            let crc = match staged.remove(&snapshot.slot) {
-                Some(crc) => crc,
-                None => {
-                    batch.put_cf(meta, snapshot_data_key(snapshot.slot), &snapshot.data);
-                    crc32fast::hash(&snapshot.data)
+            let crc = match staged {
+                Some(staged) => {
+                    debug_assert_eq!(staged.bytes, snapshot.data.len() as u64, "the staged data is another snapshot's");
+                    staged.crc32
                 }
+                None => write_snapshot_file(&self.dir, snapshot.slot, &snapshot.data)?,
             };
             let record = peer::SnapshotMeta {
                 slot: snapshot.slot,
                 data_bytes: snapshot.data.len() as u64,
                 membership: Some(codec::encode_membership(&snapshot.membership)),
-                data_keyed_by_slot: true,
+                data_in_file: true,
                 data_crc32: Some(crc),
             };
             batch.put_cf(meta, SNAPSHOT_KEY, record.encode_to_vec());
-            // Older snapshots' data goes, staged or not: no record will
-            // ever name a slot at or below this one again.
-            staged.retain(|&slot, _| slot > snapshot.slot);
             batch.delete_cf(meta, SNAPSHOT_DATA_LEGACY_KEY);
-            batch.delete_range_cf(meta, snapshot_data_key(0), snapshot_data_key(snapshot.slot));
         }
         // Deleted last, so that the batch leaves nothing at or below the
         // compaction point even if it also carried entries there.
@@ -866,7 +901,13 @@ impl Storage {
         options.set_sync(sync);
         self.db
             .write_opt(batch, &options)
-            .map_err(|e| rocks_error(&self.dir, e))
+            .map_err(|e| rocks_error(&self.dir, e))?;
+        if let Some(snapshot) = &ready.snapshot {
+            // No record will ever name a slot at or below this one again.
+            self.staged.lock().unwrap_or_else(PoisonError::into_inner).retain(|&slot, _| slot > snapshot.slot);
+            remove_snapshot_files_below(&self.dir, snapshot.slot);
+        }
+        Ok(())
     }
 
     fn all_column_families_empty(&self) -> Result<bool, StorageError> {
@@ -1333,59 +1374,63 @@ mod tests {
     }
 
     /// A snapshot whose data was staged (by the snapshot thread) is recorded
-    /// without writing the data again and reads back whole; each new
-    /// snapshot deletes the older ones' data, staged or not; a directory
-    /// from before staging (data under `snapshot_data`, no checksum) still
-    /// loads; data that does not match its recorded CRC-32 is corruption.
+    /// without writing the data again and reads back whole, also after the
+    /// database is reopened; each new snapshot deletes the older ones'
+    /// files, staged or not (an orphan above stays until passed); a
+    /// directory from before data files (data under `snapshot_data`, no
+    /// checksum) still loads; a file that does not match its recorded
+    /// CRC-32, or is missing, is corruption.
     #[test]
     fn staged_snapshot_data_is_recorded_and_checked() -> TestResult {
         let dir = tempfile::tempdir()?;
         let storage = open_new(dir.path())?;
         let membership = gaios_paxos::Membership::genesis(&[1, 2, 3]);
         let snapshot = |slot, data: &'static [u8]| Snapshot { slot, data: Bytes::from_static(data), membership: membership.clone() };
-        let meta = storage.cf(CF_META)?;
-        let data_keys = |storage: &Storage| -> Result<Vec<Slot>, Box<dyn std::error::Error>> {
-            let mut slots = Vec::new();
-            for item in storage.db.prefix_iterator_cf(storage.cf(CF_META)?, SNAPSHOT_DATA_PREFIX) {
-                let (key, _) = item?;
-                if let Some(slot) = key.strip_prefix(SNAPSHOT_DATA_PREFIX) {
-                    slots.push(Slot::from_be_bytes(slot.try_into()?));
-                }
-            }
-            Ok(slots)
+        let files = |dir: &Path| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.join(SNAPSHOTS_DIR))?
+                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            names.sort();
+            Ok(names)
         };
 
-        // Staged, then recorded: the batch carries no data of its own.
+        // Staged, then recorded: the batch writes no data of its own.
         let store = storage.snapshot_store();
         store.stage(3, b"state at slot 3")?;
         store.stage(9, b"an orphan a crash left")?;
         let mut ready = ready_with(None, vec![], Some(snapshot(3, b"state at slot 3")), None);
         if let Some(snapshot) = ready.snapshot.as_mut() {
-            // Were the batch to write the data, this would land on disk.
+            // Were the data written again, this would land on disk.
             snapshot.data = Bytes::from_static(b"WRONG DATA 3333");
         }
         storage.persist(&ready)?;
+        drop(storage);
+        let storage = Storage::open(dir.path(), &identity())?;
         assert_eq!(storage.load()?.snapshot, Some(snapshot(3, b"state at slot 3")), "the staged data was not what got recorded");
 
-        // Not staged (a peer's snapshot): written by the batch; the older
-        // snapshot's data goes, the orphan above stays until passed.
+        // Not staged (a peer's snapshot): written by `persist`; the older
+        // snapshot's file goes, the orphan above stays until passed.
         storage.persist(&ready_with(None, vec![], Some(snapshot(5, b"state at slot 5")), None))?;
         assert_eq!(storage.load()?.snapshot, Some(snapshot(5, b"state at slot 5")));
-        assert_eq!(data_keys(&storage)?, [5, 9]);
+        assert_eq!(files(dir.path())?, ["00000000000000000005.snap", "00000000000000000009.snap"]);
         storage.persist(&ready_with(None, vec![], Some(snapshot(12, b"state at slot 12")), None))?;
-        assert_eq!(data_keys(&storage)?, [12]);
+        assert_eq!(files(dir.path())?, ["00000000000000000012.snap"]);
 
-        // A directory from before staging.
-        let legacy = peer::SnapshotMeta { slot: 12, data_bytes: 6, membership: None, data_keyed_by_slot: false, data_crc32: None };
+        // A directory from before data files.
+        let meta = storage.cf(CF_META)?;
+        let legacy = peer::SnapshotMeta { slot: 12, data_bytes: 6, membership: None, data_in_file: false, data_crc32: None };
         storage.db.put_cf(meta, SNAPSHOT_KEY, legacy.encode_to_vec())?;
         storage.db.put_cf(meta, SNAPSHOT_DATA_LEGACY_KEY, b"legacy")?;
         assert_eq!(storage.load()?.snapshot.map(|s| s.data), Some(Bytes::from_static(b"legacy")));
 
-        // Flipped bits with the length intact.
+        // Flipped bits with the length intact; then no file at all.
         storage.persist(&ready_with(None, vec![], Some(snapshot(20, b"state at slot 20")), None))?;
-        storage.db.put_cf(meta, snapshot_data_key(20), b"state at slot 21")?;
+        std::fs::write(snapshot_file(dir.path(), 20), b"state at slot 21")?;
         let error = storage.load().expect_err("corrupted snapshot data loaded");
         assert!(matches!(error, StorageError::Corrupt { corruption: Corruption::SnapshotChecksum { .. }, .. }), "{error}");
+        std::fs::remove_file(snapshot_file(dir.path(), 20))?;
+        let error = storage.load().expect_err("a missing snapshot file loaded");
+        assert!(matches!(error, StorageError::Corrupt { corruption: Corruption::SnapshotData { found: None, .. }, .. }), "{error}");
         Ok(())
     }
 

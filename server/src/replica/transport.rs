@@ -99,6 +99,10 @@ pub const SNAPSHOT_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many times a sender tries one snapshot before waiting for the core
 /// to ask again.
 pub const SNAPSHOT_ATTEMPTS_MAX: u32 = 20;
+/// How long a partly received snapshot is kept without progress (for a
+/// resume) before its memory is given back; it goes at once when the
+/// replica learns past its slot another way.
+pub const SNAPSHOT_PARTIAL_IDLE_MAX: Duration = Duration::from_secs(60);
 /// The most bytes of an offer's configuration (`MEMBERS_MAX` members with
 /// their addresses fit with room to spare).
 const SNAPSHOT_OFFER_BYTES_MAX: usize = 256 << 10;
@@ -248,6 +252,8 @@ pub struct PeerService {
     streams: Arc<AtomicU64>,
     /// The replica's status, to tell a snapshot it no longer needs.
     status: Option<watch::Receiver<ReplicaStatus>>,
+    /// One snapshot restored at a time (each can take a GiB for a moment).
+    restoring: Arc<tokio::sync::Semaphore>,
 }
 
 /// Which snapshot an offer names: a new offer of the same one resumes.
@@ -269,6 +275,8 @@ struct Partial {
     crc: crc32fast::Hasher,
     /// The stream that may append to it (the newest offer's).
     stream: u64,
+    /// When it last received a chunk (or was offered).
+    progressed: std::time::Instant,
 }
 
 /// What the receiver remembers of one member's incarnations.
@@ -301,6 +309,7 @@ impl PeerService {
             partial: Arc::default(),
             streams: Arc::default(),
             status: None,
+            restoring: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -336,6 +345,9 @@ impl PeerService {
         };
         if !self.admit_sender(remote, decoded.from, decoded.to, incarnation) {
             return;
+        }
+        if matches!(decoded.message, Message::Heartbeat { .. }) {
+            self.drop_stale_partial();
         }
         if matches!(decoded.message, Message::InstallSnapshot { .. }) {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -490,18 +502,48 @@ impl PeerService {
         self.status.as_ref().is_some_and(|status| status.borrow().chosen_through >= slot)
     }
 
+    /// Gives back the memory of a partly received snapshot that is no
+    /// longer needed (the replica learned past it) or was abandoned (no
+    /// progress for [`SNAPSHOT_PARTIAL_IDLE_MAX`]). Called on heartbeats;
+    /// never waits for the lock.
+    fn drop_stale_partial(&self) {
+        let Ok(mut partial) = self.partial.try_lock() else { return };
+        if partial.as_ref().is_some_and(|held| {
+            self.needs_no_snapshot_at(held.key.slot) || held.progressed.elapsed() >= SNAPSHOT_PARTIAL_IDLE_MAX
+        }) {
+            *partial = None;
+        }
+    }
+
     /// Starts (or resumes) receiving the snapshot `key` for stream
-    /// `stream`; returns how many of its bytes are held.
-    fn begin_partial(&self, key: OfferKey, membership: Membership, stream: u64) -> usize {
+    /// `stream`; returns how many of its bytes are held. Another snapshot
+    /// being received (it progressed within [`SNAPSHOT_STALL_TIMEOUT`]) is
+    /// displaced only by a newer one: two senders of the same follower
+    /// must not wipe out each other's progress.
+    fn begin_partial(&self, key: OfferKey, membership: Membership, stream: u64) -> Result<usize, Status> {
         let mut partial = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
         match partial.as_mut() {
             Some(held) if held.key == key => {
                 held.stream = stream;
-                held.data.len()
+                held.progressed = std::time::Instant::now();
+                Ok(held.data.len())
+            }
+            Some(held) if held.key.slot >= key.slot && held.progressed.elapsed() < SNAPSHOT_STALL_TIMEOUT => {
+                Err(Status::unavailable(format!(
+                    "receiving the snapshot at slot {} from replica {}; offer again later",
+                    held.key.slot, held.key.from
+                )))
             }
             _ => {
-                *partial = Some(Partial { key, membership, data: Vec::new(), crc: crc32fast::Hasher::new(), stream });
-                0
+                *partial = Some(Partial {
+                    key,
+                    membership,
+                    data: Vec::new(),
+                    crc: crc32fast::Hasher::new(),
+                    stream,
+                    progressed: std::time::Instant::now(),
+                });
+                Ok(0)
             }
         }
     }
@@ -519,8 +561,13 @@ impl PeerService {
             *held = None;
             return Err(Status::invalid_argument("a chunk runs past the offered length or the chunk bound"));
         }
+        if partial.data.capacity() == 0 {
+            // Exactly once: the length is bounded and the sender a member.
+            partial.data.reserve_exact(partial.key.data_bytes);
+        }
         partial.data.extend_from_slice(chunk);
         partial.crc.update(chunk);
+        partial.progressed = std::time::Instant::now();
         if partial.data.len() < partial.key.data_bytes {
             return Ok(None);
         }
@@ -542,9 +589,11 @@ impl PeerService {
         }
         let data = Bytes::from(data);
         let restoring = data.clone();
+        let permit = self.restoring.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
         let restored = tokio::task::spawn_blocking(move || StateMachine::restore(&restoring))
             .await
             .map_err(|_| Status::internal("restoring the snapshot panicked"))?;
+        drop(permit);
         let state = match restored {
             Ok(state) => state,
             Err(error) => {
@@ -555,8 +604,15 @@ impl PeerService {
         };
         let snapshot = Snapshot { slot: key.slot, data, membership };
         let inbound = Inbound { from: key.from, message: Message::InstallSnapshot { snapshot }, checked: Some(Box::new(state)) };
-        if !self.offer_to_driver(inbound) {
-            return Err(Status::unavailable("the replica's inbox is full; offer the snapshot again"));
+        // Worth a wait, unlike a small message: a full inbox would cost
+        // sending it all again.
+        match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, self.inbox.send(inbound)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Status::unavailable("the replica is stopping")),
+            Err(_) => {
+                self.stats.inbox_dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::unavailable("the replica's inbox stayed full; offer the snapshot again"));
+            }
         }
         self.stats.snapshots_received.fetch_add(1, Ordering::Relaxed);
         tracing::info!(?remote, from = key.from, slot = key.slot, bytes = key.data_bytes, "received a snapshot");
@@ -615,7 +671,7 @@ impl ReplicaRpc for PeerService {
             return Ok(Response::new(ReceiverStream::new(response)));
         }
         let stream = self.streams.fetch_add(1, Ordering::Relaxed);
-        let held = self.begin_partial(key, membership, stream);
+        let held = self.begin_partial(key, membership, stream)?;
         let _ = answers.send(Ok(progress(held, false))).await;
         let service = self.clone();
         tokio::spawn(async move {
@@ -854,14 +910,21 @@ impl SnapshotSender {
         while offers.changed().await.is_ok() {
             let Some(snapshot) = offers.borrow_and_update().clone() else { continue };
             self.sending.store(snapshot.slot, Ordering::Relaxed);
+            // Once per snapshot, off the runtime's threads.
+            let data = snapshot.data.clone();
+            let Ok(crc) = tokio::task::spawn_blocking(move || crc32fast::hash(&data)).await else { return };
             let mut backoff = BACKOFF_MIN;
             for attempt in 1..=SNAPSHOT_ATTEMPTS_MAX {
-                match self.send(&endpoint, &mut client, &snapshot).await {
+                match self.send(&endpoint, &mut client, &snapshot, crc).await {
                     Ok(()) => break,
                     Err(error) => {
                         client = None;
                         tracing::info!(to = self.to, slot = snapshot.slot, attempt, %error, "snapshot transfer cut off; resuming");
                     }
+                }
+                if offers.has_changed().is_err() {
+                    // The peer left the configuration.
+                    return;
                 }
                 let newer = offers.borrow().as_ref().is_some_and(|next| next.slot > snapshot.slot);
                 if newer || attempt == SNAPSHOT_ATTEMPTS_MAX {
@@ -881,7 +944,13 @@ impl SnapshotSender {
 
     /// One attempt: offer, then the chunks from where the receiver stands,
     /// paced, then the receiver's last answer.
-    async fn send(&self, endpoint: &Endpoint, client: &mut Option<ReplicaClient<Channel>>, snapshot: &Snapshot) -> Result<(), SendSnapshotError> {
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        client: &mut Option<ReplicaClient<Channel>>,
+        snapshot: &Snapshot,
+        data_crc32: u32,
+    ) -> Result<(), SendSnapshotError> {
         let client = match client {
             Some(client) => client,
             None => client.insert(
@@ -898,7 +967,7 @@ impl SnapshotSender {
             slot: snapshot.slot,
             membership: Some(codec::encode_membership(&snapshot.membership)),
             data_bytes: snapshot.data.len() as u64,
-            data_crc32: crc32fast::hash(&snapshot.data),
+            data_crc32,
         };
         let (chunks, rx) = mpsc::channel(2);
         let offer = peer::SnapshotChunk { body: Some(peer::snapshot_chunk::Body::Offer(offer)) };
@@ -1241,7 +1310,7 @@ mod tests {
         let sender = sender_to(address, stats.clone());
         let mut client = None;
         let endpoint = peer_endpoint(1, &address.to_string()).ok_or("endpoint")?;
-        sender.send(&endpoint, &mut client, &snapshot).await?;
+        sender.send(&endpoint, &mut client, &snapshot, crc32fast::hash(&snapshot.data)).await?;
         let inbound = inbox.try_recv()?;
         assert_eq!(inbound.from, 2);
         let Message::InstallSnapshot { snapshot: received } = inbound.message else { panic!("not a snapshot") };
@@ -1280,7 +1349,7 @@ mod tests {
 
         let sender = sender_to(address, stats.clone());
         let endpoint = peer_endpoint(1, &address.to_string()).ok_or("endpoint")?;
-        sender.send(&endpoint, &mut None, &snapshot).await?;
+        sender.send(&endpoint, &mut None, &snapshot, crc32fast::hash(&snapshot.data)).await?;
         assert_eq!(stats.snapshot_bytes_sent.load(Ordering::Relaxed), (snapshot.data.len() - half) as u64, "the resume sent more than the rest");
         let Message::InstallSnapshot { snapshot: received } = inbox.try_recv()?.message else { panic!("not a snapshot") };
         assert!(received == snapshot, "the snapshot received differs from the one sent");
@@ -1349,6 +1418,82 @@ mod tests {
         }
         assert!(inbox.try_recv().is_err());
         assert_eq!(stats.snapshots_refused.load(Ordering::Relaxed), 3);
+        Ok(())
+    }
+
+    fn status_with_chosen_through(chosen_through: Slot) -> ReplicaStatus {
+        ReplicaStatus {
+            id: 1,
+            role: crate::replica::status::Role::Follower,
+            promised: gaios_paxos::Ballot::default(),
+            own_ballot: None,
+            master: None,
+            chosen_through,
+            applied: chosen_through,
+            log_start: 0,
+            installed_snapshot: None,
+            lease_valid_until: None,
+            read_barrier: None,
+            snapshot_slot: 0,
+            members: Arc::default(),
+            membership_slot: 0,
+            highest_member_id: 3,
+        }
+    }
+
+    /// A second sender's offer of an older or equal snapshot does not wipe
+    /// out a transfer in progress (it is told to come back), a newer one
+    /// displaces it; a chunk past the offered length, or data before any
+    /// offer, is refused; an offer of a snapshot at or below what the
+    /// replica learned is answered done at once, without a byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn competing_offers_bad_chunks_and_needless_snapshots() -> Result<(), Box<dyn std::error::Error>> {
+        let (service, mut inbox, _stats) = service(4);
+        let (status_tx, status_rx) = watch::channel(status_with_chosen_through(100));
+        let service = service.with_status(status_rx);
+        let snapshot = snapshot_of(&big_state(), 700);
+        let address = serve(service).await?;
+
+        // Member 2 is half way through slot 700.
+        let (chunks, mut answers) = open_transfer(address, offer_of(&snapshot)).await?;
+        assert_eq!(answers.message().await?.map(|a| a.received_bytes), Some(0));
+        chunks.send(data_chunk(snapshot.data.slice(0..SNAPSHOT_CHUNK_BYTES))).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Member 3 offers an older one: refused, 2's progress intact.
+        let older = Snapshot { slot: 650, ..snapshot.clone() };
+        let from_three = peer::SnapshotOffer { from: 3, incarnation: incarnation(3).get(), ..offer_of(&older) };
+        let refusal = open_transfer(address, from_three).await.map(|_| ()).expect_err("an older offer displaced a transfer");
+        assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+        let (_again, mut resumed) = open_transfer(address, offer_of(&snapshot)).await?;
+        assert_eq!(resumed.message().await?.map(|a| a.received_bytes), Some(SNAPSHOT_CHUNK_BYTES as u64));
+        drop((chunks, answers, _again, resumed));
+
+        // A newer one from member 3 displaces it; then a chunk too many.
+        let tiny = snapshot_of(&StateMachine::new(), 800);
+        let from_three = peer::SnapshotOffer { from: 3, incarnation: incarnation(3).get(), ..offer_of(&tiny) };
+        let (chunks, mut answers) = open_transfer(address, from_three).await?;
+        assert_eq!(answers.message().await?.map(|a| a.received_bytes), Some(0));
+        let mut too_long = tiny.data.to_vec();
+        too_long.push(0);
+        chunks.send(data_chunk(Bytes::from(too_long))).await?;
+        let refusal = answers.message().await.expect_err("a chunk past the offered length was taken");
+        assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+
+        // Data before any offer.
+        let mut client = ReplicaClient::connect(format!("http://{address}")).await?;
+        let refusal = client
+            .install_snapshot(tokio_stream::iter(vec![data_chunk(tiny.data.clone())]))
+            .await
+            .map(|_| ())
+            .expect_err("data without an offer was taken");
+        assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+
+        // The replica learned through slot 900: a snapshot at 800 is done.
+        status_tx.send_replace(status_with_chosen_through(900));
+        let (_chunks, mut answers) = open_transfer(address, offer_of(&tiny)).await?;
+        let answer = answers.message().await?.ok_or("no answer")?;
+        assert!(answer.done, "a snapshot the replica learned past was asked for: {answer:?}");
+        assert!(inbox.try_recv().is_err(), "something reached the driver");
         Ok(())
     }
 
