@@ -294,6 +294,12 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     cell.kill(new_index);
     let log = std::fs::read_to_string(cell.log_path(new_id)).expect("the newcomer's log");
     assert!(log.contains("installed a snapshot from another replica"), "the newcomer caught up without a snapshot:\n{}", cell.logs());
+    if state_mib > 0 {
+        // Where the soak's time went, on the newcomer.
+        for line in log.lines().filter(|line| line.contains("snapshot") || line.contains("driver started")) {
+            println!("newcomer: {line}");
+        }
+    }
     let state = state_on_disk(&cell, new_id);
     for file in 0..LOAD_FILES {
         let Some(acked) = load.acknowledged[file] else { continue };

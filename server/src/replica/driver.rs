@@ -517,9 +517,12 @@ impl Driver {
     /// `snapshot_every_slots` slots were applied since the last snapshot
     /// (and none is being taken).
     fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
-        if self.snapshotter.taking()
-            || self.applied < self.snapshot_slot.saturating_add(self.options.snapshot_every_slots)
-        {
+        // Replicas take their snapshots at staggered slots (by id, up to
+        // 3/8 of the interval apart), so that they do not all encode and
+        // write at the same moment.
+        let every = self.options.snapshot_every_slots;
+        let stagger = (self.replica.id() % 4).saturating_mul(every / 8);
+        if self.snapshotter.taking() || self.applied < self.snapshot_slot.saturating_add(every).saturating_add(stagger) {
             return Ok(());
         }
         self.snapshotter.take(self.applied)?;

@@ -15,7 +15,9 @@
 //!
 //! The price is memory and CPU: the state is held twice and every command
 //! is applied twice (the shadow's copy skips the debug-build invariant
-//! checks). The feed is bounded ([`FEED_MAX`] messages); when the shadow
+//! checks). The thread runs at the lowest CPU priority (nice 19), so that
+//! on a machine with few cores its seconds of encoding never delay a
+//! heartbeat. The feed is bounded ([`FEED_MAX`] messages); when the shadow
 //! falls that far behind (it is encoding a very large state under a heavy
 //! write load), the driver waits for room rather than dropping a command,
 //! which would make the shadow wrong. Its entries are the core's own
@@ -108,7 +110,10 @@ impl Snapshotter {
         let (taken_tx, taken) = mpsc::channel(1);
         std::thread::Builder::new()
             .name("gaios-snapshot".into())
-            .spawn(move || run(state, slot, &feed_rx, &taken_tx, &store))?;
+            .spawn(move || {
+                lower_priority();
+                run(state, slot, &feed_rx, &taken_tx, &store);
+            })?;
         Ok(Snapshotter { feed, taken, in_flight: None })
     }
 
@@ -158,6 +163,23 @@ impl Snapshotter {
             }
             Err(TrySendError::Disconnected(_)) => Err(SnapshotterError::Stopped),
         }
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19): encoding a
+/// large state takes seconds of CPU, which on a machine with few cores must
+/// never come before the driver's heartbeats and writes.
+fn lower_priority() {
+    // SAFETY: `gettid` has no preconditions; `setpriority` on the calling
+    // thread's own id changes only that thread's nice value and reports
+    // failure through its return value.
+    #[allow(unsafe_code)]
+    let result = unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, u32::try_from(thread).unwrap_or(0), 19)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
     }
 }
 

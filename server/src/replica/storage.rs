@@ -104,6 +104,8 @@ const SNAPSHOT_KEY: &[u8] = b"snapshot";
 const SNAPSHOT_DATA_LEGACY_KEY: &[u8] = b"snapshot_data";
 /// The folder of the data directory that holds snapshots' data.
 const SNAPSHOTS_DIR: &str = "snapshots";
+/// A snapshot file is synced after every this many bytes written.
+const SNAPSHOT_FILE_SYNC_BYTES: usize = 4 << 20;
 const APPLIED_KEY: &[u8] = b"applied";
 /// Written once the replica applied a configuration without itself: the
 /// slot of that change. A removed replica never starts again.
@@ -128,7 +130,13 @@ fn write_snapshot_file(dir: &Path, slot: Slot, data: &[u8]) -> Result<u32, Stora
     let path = snapshot_file(dir, slot);
     let temporary = path.with_extension("snap.tmp");
     let mut file = std::fs::File::create(&temporary).map_err(io_error)?;
-    file.write_all(data).and_then(|()| file.sync_all()).map_err(io_error)?;
+    // Synced piece by piece: hundreds of MiB of dirty pages would make the
+    // next fsync of the write-ahead log (on ext4, which commits a file's
+    // data with the journal) wait for all of them.
+    for piece in data.chunks(SNAPSHOT_FILE_SYNC_BYTES) {
+        file.write_all(piece).and_then(|()| file.sync_data()).map_err(io_error)?;
+    }
+    file.sync_all().map_err(io_error)?;
     std::fs::rename(&temporary, &path).map_err(io_error)?;
     sync_directory(&folder)?;
     Ok(crc32fast::hash(data))
