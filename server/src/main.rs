@@ -135,11 +135,13 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         peers: peers.clone(),
         flag_members: config.members.clone(),
     };
+    let snapshot_store = storage.snapshot_store();
     let (driver, status, shared) = Driver::new(paxos_config, storage, inbox_rx, outbound, config.tick, options)
         .context("cannot start the replica")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone()).with_status(status.clone());
+    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone()).with_status(status.clone())
+        .with_snapshot_store(snapshot_store);
     let cell_service =
         CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats, shared);
 

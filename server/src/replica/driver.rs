@@ -432,7 +432,10 @@ impl Driver {
             if let Some((slot, mut state, data)) = installed {
                 state.set_check_after_apply(false);
                 self.shared.outbox().retain_open(&state);
-                *self.shared.state_mut() = state;
+                let replaced = std::mem::replace(&mut *self.shared.state_mut(), state);
+                // Freed after the lock is released (a large state takes a
+                // while to free).
+                drop(replaced);
                 self.shared.all_sessions_touched();
                 tracing::info!(slot, bytes = data.len(), "installed a snapshot from another replica");
                 self.installed_snapshot = Some(slot);

@@ -128,7 +128,10 @@ fn write_snapshot_file(dir: &Path, slot: Slot, data: &[u8]) -> Result<u32, Stora
         sync_directory(dir)?;
     }
     let path = snapshot_file(dir, slot);
-    let temporary = path.with_extension("snap.tmp");
+    // A name of its own per write: two threads may write one slot's file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = path.with_extension(format!("snap.tmp{write}"));
     let mut file = std::fs::File::create(&temporary).map_err(io_error)?;
     // Synced piece by piece: hundreds of MiB of dirty pages would make the
     // next fsync of the write-ahead log (on ext4, which commits a file's
@@ -159,8 +162,9 @@ fn remove_snapshot_files_below(dir: &Path, slot: Slot) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let digits = name.strip_suffix(".snap").or_else(|| name.strip_suffix(".snap.tmp"));
-        if digits.and_then(|d| d.parse::<Slot>().ok()).is_some_and(|found| found < slot)
+        let Some((digits, extension)) = name.split_once('.') else { continue };
+        let ours = extension == "snap" || extension.starts_with("snap.tmp");
+        if ours && digits.parse::<Slot>().is_ok_and(|found| found < slot)
             && let Err(error) = std::fs::remove_file(entry.path())
         {
             tracing::warn!(file = %entry.path().display(), %error, "cannot delete an old snapshot file");

@@ -79,6 +79,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::replica::codec;
 use crate::replica::status::ReplicaStatus;
+use crate::replica::storage::SnapshotStore;
 
 /// The largest gRPC message either side sends or accepts on the peer
 /// transport: a core message with room for its framing (snapshots travel in
@@ -254,6 +255,9 @@ pub struct PeerService {
     status: Option<watch::Receiver<ReplicaStatus>>,
     /// One snapshot restored at a time (each can take a GiB for a moment).
     restoring: Arc<tokio::sync::Semaphore>,
+    /// Where a received snapshot's data is written before the driver gets
+    /// it, so that the driver's write records it without writing it.
+    store: Option<SnapshotStore>,
 }
 
 /// Which snapshot an offer names: a new offer of the same one resumes.
@@ -310,7 +314,17 @@ impl PeerService {
             streams: Arc::default(),
             status: None,
             restoring: Arc::new(tokio::sync::Semaphore::new(1)),
+            store: None,
         }
+    }
+
+    /// Lets the service write a received snapshot's data (checked) to the
+    /// replica's data directory before handing it to the driver, off the
+    /// driver thread.
+    #[must_use]
+    pub fn with_snapshot_store(mut self, store: SnapshotStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Lets the service read the replica's status, so that it answers an
@@ -458,6 +472,15 @@ impl PeerService {
     }
 }
 
+/// Why a received snapshot could not be kept.
+#[derive(Debug, thiserror::Error)]
+enum StageError {
+    #[error(transparent)]
+    Restore(#[from] gaios_state::machine::SnapshotError),
+    #[error(transparent)]
+    Storage(crate::replica::storage::StorageError),
+}
+
 /// What the receiving side of an `InstallSnapshot` stream answers.
 type ProgressSender = mpsc::Sender<Result<peer::SnapshotProgress, Status>>;
 
@@ -590,13 +613,25 @@ impl PeerService {
         let data = Bytes::from(data);
         let restoring = data.clone();
         let permit = self.restoring.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
-        let restored = tokio::task::spawn_blocking(move || StateMachine::restore(&restoring))
-            .await
-            .map_err(|_| Status::internal("restoring the snapshot panicked"))?;
+        let store = self.store.clone();
+        let slot = key.slot;
+        let restored = tokio::task::spawn_blocking(move || {
+            let state = StateMachine::restore(&restoring)?;
+            if let Some(store) = store {
+                store.stage(slot, &restoring).map_err(StageError::Storage)?;
+            }
+            Ok::<_, StageError>(state)
+        })
+        .await
+        .map_err(|_| Status::internal("restoring the snapshot panicked"))?;
         drop(permit);
         let state = match restored {
             Ok(state) => state,
-            Err(error) => {
+            Err(StageError::Storage(error)) => {
+                tracing::error!(from = key.from, slot = key.slot, %error, "cannot write a received snapshot");
+                return Err(Status::unavailable(format!("cannot write the snapshot: {error}")));
+            }
+            Err(StageError::Restore(error)) => {
                 self.stats.snapshots_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?remote, from = key.from, slot = key.slot, %error, "dropping a snapshot that does not restore");
                 return Err(Status::invalid_argument(format!("the snapshot does not restore: {error}")));
@@ -1303,6 +1338,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_streams_in_chunks_and_arrives_restored() -> Result<(), Box<dyn std::error::Error>> {
         let (service, mut inbox, stats) = service(4);
+        // With a data directory, the received data is written there first.
+        let dir = tempfile::tempdir()?;
+        let identity = crate::replica::storage::Identity { cell_id: CELL.into(), replica_id: 1 };
+        let record = crate::replica::storage::InitRecord {
+            identity: identity.clone(),
+            incarnation: incarnation(1),
+            members: vec![],
+            joining: false,
+        };
+        crate::replica::storage::Storage::init(dir.path(), &record)?;
+        let storage = crate::replica::storage::Storage::open(dir.path(), &identity)?;
+        let service = service.with_snapshot_store(storage.snapshot_store());
         let state = big_state();
         let snapshot = snapshot_of(&state, 500);
         assert!(snapshot.data.len() > 3 * SNAPSHOT_CHUNK_BYTES, "the snapshot is {} bytes", snapshot.data.len());
@@ -1319,6 +1366,8 @@ mod tests {
         assert!(restored.snapshot() == state.snapshot(), "the restored state differs from the one sent");
         assert_eq!(stats.snapshots_received.load(Ordering::Relaxed), 1);
         assert_eq!(stats.snapshot_bytes_sent.load(Ordering::Relaxed), snapshot.data.len() as u64);
+        let written = std::fs::read(dir.path().join("snapshots").join(format!("{:020}.snap", snapshot.slot)))?;
+        assert!(written == snapshot.data, "the data written is not the snapshot's");
         Ok(())
     }
 

@@ -496,7 +496,17 @@ impl Nemesis<'_> {
             );
         }
         tokio::time::sleep(QUIET_AFTER_REJOIN).await;
-        let after = crate::statuses(&*self.cell, &self.live()).await;
+        // One reading can miss the master (a status answered late, a lease
+        // renewed a moment later): the master after is the one seen within
+        // MASTER_WAIT, and a different one (or none) is what counts.
+        let until = Instant::now() + MASTER_WAIT;
+        let after = loop {
+            let after = crate::statuses(&*self.cell, &self.live()).await;
+            if elections::master_ballot(&after).is_some() || Instant::now() >= until {
+                break after;
+            }
+            tokio::time::sleep(crate::POLL_INTERVAL).await;
+        };
         let (elections, ballot_rises) = lock(&self.recorder.ballots).in_window(restarted_at, self.recorder.now());
         let rejoin = Rejoin {
             kind,

@@ -16,6 +16,10 @@ use crate::print::Printer;
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long `add` waits for a new replica that is still starting.
 const JOINER_START_WAIT: Duration = Duration::from_secs(15);
+/// How long a change refused as `WOULD_LOSE_QUORUM` is asked again before
+/// the refusal is reported: right after a fault heals, a voter may miss the
+/// master's lease window for a moment.
+const QUORUM_WAIT: Duration = Duration::from_secs(10);
 /// A learner may be promoted once it is this close to the master (the
 /// master refuses a promotion further behind unless forced).
 const PROMOTE_LAG_SLOTS: u64 = 64;
@@ -140,6 +144,7 @@ impl Steps {
     /// configuration (`done` says whether the change is in force), and
     /// `CHANGE_IN_FLIGHT` is waited out.
     async fn change(&self, change: Change, done: impl Fn(&Configuration) -> bool) -> anyhow::Result<()> {
+        let quorum_until = Instant::now() + QUORUM_WAIT;
         loop {
             if done(&self.read().await?) {
                 return Ok(());
@@ -147,6 +152,9 @@ impl Steps {
             match change_membership(&self.cell, &change, self.force, self.left()?).await {
                 Ok(_) => return Ok(()),
                 Err(ChangeFailed { reason: Some(api::ErrorReason::ChangeInFlight), .. }) => {}
+                // Reachability moves; a lasting refusal is reported.
+                Err(ChangeFailed { reason: Some(api::ErrorReason::WouldLoseQuorum), .. })
+                    if Instant::now() < quorum_until && Instant::now() < self.until => {}
                 // Our view was older than the master's (a lost answer, a
                 // deposed master read first): read again; done is done.
                 Err(ChangeFailed { reason: Some(api::ErrorReason::AlreadyAMember | api::ErrorReason::NotAMember), .. })
