@@ -15,9 +15,9 @@
 //!
 //! The price is memory and CPU: the state is held twice and every command
 //! is applied twice (the shadow's copy skips the debug-build invariant
-//! checks). The thread runs at the lowest CPU priority (nice 19), so that
-//! on a machine with few cores its seconds of encoding never delay a
-//! heartbeat. The feed is bounded ([`FEED_MAX`] messages); when the shadow
+//! checks). Encoding and writing run on a thread at the lowest CPU
+//! priority (nice 19), so that on a machine with few cores their seconds of
+//! work never delay a heartbeat. The feed is bounded ([`FEED_MAX`] messages); when the shadow
 //! falls that far behind (it is encoding a very large state under a heavy
 //! write load), the driver waits for room rather than dropping a command,
 //! which would make the shadow wrong. Its entries are the core's own
@@ -110,10 +110,7 @@ impl Snapshotter {
         let (taken_tx, taken) = mpsc::channel(1);
         std::thread::Builder::new()
             .name("gaios-snapshot".into())
-            .spawn(move || {
-                lower_priority();
-                run(state, slot, &feed_rx, &taken_tx, &store);
-            })?;
+            .spawn(move || run(state, slot, &feed_rx, &taken_tx, &store))?;
         Ok(Snapshotter { feed, taken, in_flight: None })
     }
 
@@ -168,18 +165,22 @@ impl Snapshotter {
 
 /// Gives the calling thread the lowest CPU priority (nice 19): encoding a
 /// large state takes seconds of CPU, which on a machine with few cores must
-/// never come before the driver's heartbeats and writes.
+/// never come before the driver's heartbeats and writes. Linux only (a
+/// thread's nice value is its own there); elsewhere a no-op.
 fn lower_priority() {
-    // SAFETY: `gettid` has no preconditions; `setpriority` on the calling
-    // thread's own id changes only that thread's nice value and reports
-    // failure through its return value.
-    #[allow(unsafe_code)]
-    let result = unsafe {
-        let thread = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, u32::try_from(thread).unwrap_or(0), 19)
-    };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` has no preconditions; `setpriority` on the
+        // calling thread's own id changes only that thread's nice value and
+        // reports failure through its return value.
+        #[allow(unsafe_code)]
+        let result = unsafe {
+            let thread = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, u32::try_from(thread).unwrap_or(0), 19)
+        };
+        if result != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot encoder's priority");
+        }
     }
 }
 
@@ -241,14 +242,23 @@ fn run(
     }
 }
 
-/// Encodes the shadow at `slot` and writes the data down.
+/// Encodes the shadow at `slot` and writes the data down, on a thread of
+/// its own at the lowest priority (the shadow waits for it; applying the
+/// feed keeps the normal priority, so the driver never waits for room in
+/// the feed behind a starved thread for long).
 fn take(state: &StateMachine, slot: Slot, store: &SnapshotStore) -> Result<Taken, SnapshotterError> {
-    let started = Instant::now();
-    let data = state.snapshot();
-    let encoding = started.elapsed();
-    let started = Instant::now();
-    store.stage(slot, &data)?;
-    Ok(Taken { slot, data, encoding, writing: started.elapsed() })
+    std::thread::scope(|scope| {
+        let encoder = std::thread::Builder::new().name("gaios-snapshot-encode".into()).spawn_scoped(scope, || {
+            lower_priority();
+            let started = Instant::now();
+            let data = state.snapshot();
+            let encoding = started.elapsed();
+            let started = Instant::now();
+            store.stage(slot, &data)?;
+            Ok(Taken { slot, data, encoding, writing: started.elapsed() })
+        })?;
+        encoder.join().unwrap_or(Err(SnapshotterError::Stopped))
+    })
 }
 
 #[cfg(test)]

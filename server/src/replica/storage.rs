@@ -24,9 +24,10 @@
 //! synced and renamed (and the directory synced) before the batch that
 //! records it. Writing it through RocksDB would hold every other write (the
 //! driver's included) behind it. The thread that encodes a snapshot the
-//! replica takes itself writes the file ([`SnapshotStore::stage`]), so the
-//! driver's batch carries only the record; for a snapshot from another
-//! replica `persist` writes the file first. Until a record names it a file is
+//! replica takes itself writes the file ([`SnapshotStore::stage`]), and so
+//! does the transport for a snapshot received from another replica, so the
+//! driver's batch carries only the record (`persist` writes a file no one
+//! staged before its batch). Until a record names it a file is
 //! an orphan that nothing reads; once the record is written the files of
 //! older snapshots are deleted.
 //! RocksDB applies a batch atomically, also across column families, so after a
@@ -123,9 +124,15 @@ fn snapshot_file(dir: &Path, slot: Slot) -> PathBuf {
 fn write_snapshot_file(dir: &Path, slot: Slot, data: &[u8]) -> Result<u32, StorageError> {
     let folder = dir.join(SNAPSHOTS_DIR);
     let io_error = |source| StorageError::Io { dir: dir.to_path_buf(), source };
-    if !folder.exists() {
-        std::fs::create_dir_all(&folder).map_err(io_error)?;
-        sync_directory(dir)?;
+    {
+        // Created (and its name synced) by one writer at a time, so that
+        // no writer relies on a folder whose entry is not durable yet.
+        static CREATING: Mutex<()> = Mutex::new(());
+        let _one = CREATING.lock().unwrap_or_else(PoisonError::into_inner);
+        if !folder.exists() {
+            std::fs::create_dir_all(&folder).map_err(io_error)?;
+            sync_directory(dir)?;
+        }
     }
     let path = snapshot_file(dir, slot);
     // A name of its own per write: two threads may write one slot's file.
@@ -154,16 +161,17 @@ fn read_snapshot_file(dir: &Path, slot: Slot) -> Result<Option<Vec<u8>>, Storage
     }
 }
 
-/// Deletes the snapshot files (and temporary files) of slots below `slot`;
-/// a file that cannot be deleted is only logged (it wastes space, nothing
-/// reads it).
-fn remove_snapshot_files_below(dir: &Path, slot: Slot) {
+/// Deletes the snapshot files of slots below `slot` (or, with
+/// `temporary`, the temporary files of writes a crash cut short: only when
+/// no write can be under way, at open); a file that cannot be deleted is
+/// only logged (it wastes space, nothing reads it).
+fn remove_snapshot_files_below(dir: &Path, slot: Slot, temporary: bool) {
     let Ok(entries) = std::fs::read_dir(dir.join(SNAPSHOTS_DIR)) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let Some((digits, extension)) = name.split_once('.') else { continue };
-        let ours = extension == "snap" || extension.starts_with("snap.tmp");
+        let ours = if temporary { extension.starts_with("snap.tmp") } else { extension == "snap" };
         if ours && digits.parse::<Slot>().is_ok_and(|found| found < slot)
             && let Err(error) = std::fs::remove_file(entry.path())
         {
@@ -666,6 +674,9 @@ impl Storage {
             }
         }
         let (db, options) = open_db(dir, OpenMode::Existing)?;
+        // Temporary snapshot files a crash left behind (the directory
+        // passed every check; no write is under way before it is open).
+        remove_snapshot_files_below(dir, Slot::MAX, true);
         Ok(Storage::with_db(db, options, dir))
     }
 
@@ -878,12 +889,12 @@ impl Storage {
         if let Some(snapshot) = &ready.snapshot {
             let staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner).remove(&snapshot.slot);
             // Staged data is not written (nor read for its checksum) again.
+            // (A state encodes to the same bytes wherever it is encoded, so
+            // two stagings of one slot wrote the same file; a length that
+            // differs all the same is written again.)
             let crc = match staged {
-                Some(staged) => {
-                    debug_assert_eq!(staged.bytes, snapshot.data.len() as u64, "the staged data is another snapshot's");
-                    staged.crc32
-                }
-                None => write_snapshot_file(&self.dir, snapshot.slot, &snapshot.data)?,
+                Some(staged) if staged.bytes == snapshot.data.len() as u64 => staged.crc32,
+                _ => write_snapshot_file(&self.dir, snapshot.slot, &snapshot.data)?,
             };
             let record = peer::SnapshotMeta {
                 slot: snapshot.slot,
@@ -917,7 +928,9 @@ impl Storage {
         if let Some(snapshot) = &ready.snapshot {
             // No record will ever name a slot at or below this one again.
             self.staged.lock().unwrap_or_else(PoisonError::into_inner).retain(|&slot, _| slot > snapshot.slot);
-            remove_snapshot_files_below(&self.dir, snapshot.slot);
+            // Temporary files stay: a snapshot being written right now
+            // (by the snapshot thread, or for a peer's) owns one.
+            remove_snapshot_files_below(&self.dir, snapshot.slot, false);
         }
         Ok(())
     }
@@ -1425,7 +1438,13 @@ mod tests {
         storage.persist(&ready_with(None, vec![], Some(snapshot(5, b"state at slot 5")), None))?;
         assert_eq!(storage.load()?.snapshot, Some(snapshot(5, b"state at slot 5")));
         assert_eq!(files(dir.path())?, ["00000000000000000005.snap", "00000000000000000009.snap"]);
+        // A write under way (its temporary file) is not disturbed.
+        std::fs::write(dir.path().join(SNAPSHOTS_DIR).join("00000000000000000001.snap.tmp7"), b"being written")?;
         storage.persist(&ready_with(None, vec![], Some(snapshot(12, b"state at slot 12")), None))?;
+        assert_eq!(files(dir.path())?, ["00000000000000000001.snap.tmp7", "00000000000000000012.snap"]);
+        // At open none can be: a crash's leftovers go.
+        drop(storage);
+        let storage = Storage::open(dir.path(), &identity())?;
         assert_eq!(files(dir.path())?, ["00000000000000000012.snap"]);
 
         // A directory from before data files.

@@ -153,8 +153,10 @@ impl Steps {
                 Ok(_) => return Ok(()),
                 Err(ChangeFailed { reason: Some(api::ErrorReason::ChangeInFlight), .. }) => {}
                 // Reachability moves; a lasting refusal is reported.
+                // (Only while a retry fits before either deadline: the
+                // refusal, exit 4, is what a lasting one gets.)
                 Err(ChangeFailed { reason: Some(api::ErrorReason::WouldLoseQuorum), .. })
-                    if Instant::now() < quorum_until && Instant::now() < self.until => {}
+                    if Instant::now() + 2 * POLL_INTERVAL < quorum_until.min(self.until) => {}
                 // Our view was older than the master's (a lost answer, a
                 // deposed master read first): read again; done is done.
                 Err(ChangeFailed { reason: Some(api::ErrorReason::AlreadyAMember | api::ErrorReason::NotAMember), .. })
