@@ -78,6 +78,9 @@ pub const MESSAGES_PER_TURN_MAX: usize = 1024;
 /// `snapshot_every_slots` slots, which can take seconds); the rest waits
 /// for the next turn, which comes at once.
 pub const READY_TIME_PER_TURN: Duration = Duration::from_millis(20);
+/// A turn of the loop that takes this long is logged (a synced write that
+/// stalled, a large install): heartbeats wait for it.
+const SLOW_TURN: Duration = Duration::from_millis(100);
 /// In debug builds the driver rechecks the whole state after each `Ready`
 /// it applies while the state is below this footprint (above it a check
 /// costs more than the writes it checks).
@@ -288,6 +291,7 @@ impl Driver {
                     ballot_span = tracing::info_span!("paxos", ballot = %promised);
                 }
                 let _entered = ballot_span.enter();
+                let turn_began = Instant::now();
 
                 // 1. Ticks first, from elapsed time, before any message.
                 // Even a pause of hours is a few hundred thousand cheap ticks.
@@ -346,6 +350,10 @@ impl Driver {
                 // 7. Status.
                 let last_tick_at = start + self.tick.saturating_mul(u32::try_from(ticks_delivered).unwrap_or(u32::MAX));
                 self.publish(last_tick_at);
+                let turn = turn_began.elapsed();
+                if turn >= SLOW_TURN {
+                    tracing::warn!(turn_ms = turn.as_millis(), "slow driver turn");
+                }
             }
             for (_, reply) in std::mem::take(&mut self.pending) {
                 let _ = reply.send(Err(ProposeError::Indeterminate));
