@@ -131,10 +131,10 @@ pub async fn change_membership(
     // The master first: a replica that does not answer (stopped, cut off)
     // would hold the call for as long as a change may take.
     let mut candidates: Vec<String> = Vec::new();
-    if let Some(master) = statuses(addresses).await.into_iter().find(|s| s.role() == api::Role::Master) {
-        if let Some(me) = master.members.iter().find(|m| m.id == master.id) {
-            candidates.push(me.client_address.clone());
-        }
+    if let Some(master) = statuses(addresses).await.into_iter().find(|s| s.role() == api::Role::Master)
+        && let Some(me) = master.members.iter().find(|m| m.id == master.id)
+    {
+        candidates.push(me.client_address.clone());
     }
     candidates.extend(addresses.iter().filter(|a| !candidates.contains(a)).cloned().collect::<Vec<_>>());
     let mut next = 0usize;

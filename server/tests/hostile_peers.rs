@@ -156,7 +156,7 @@ async fn garbage_snapshots_and_numbers_out_of_range_from_a_peer_leave_the_replic
     client.set_contents(&session, 2, file, b"still serving").await.expect("a write after the garbage");
     wait_caught_up(&cell, target, REJOIN_DEADLINE).await;
     let statuses = statuses(&cell, &[target]).await;
-    let promised = statuses.first().and_then(|s| s.promised.clone()).expect("the target's status");
+    let promised = statuses.first().and_then(|s| s.promised).expect("the target's status");
     assert!(promised.round < 1 << 40, "a forged round was promised: {promised:?}");
     let log = std::fs::read_to_string(cell.log_path(cell.members[target].id)).expect("log");
     assert!(log.contains("dropping a snapshot that does not restore"), "no snapshot was refused:\n{log}");

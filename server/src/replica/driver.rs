@@ -61,6 +61,7 @@ use crate::replica::snapshotter::{Snapshotter, SnapshotterError, Taken};
 use crate::replica::storage::{Storage, StorageError};
 use crate::replica::status::{MemberView, ReplicaStatus, Role, may_serve};
 use crate::replica::transport::{Inbound, Outbound, PeerDirectory, PeerEntry};
+use crate::replica::turn_cost::TurnCost;
 
 /// The most queued commands proposed in one turn of the loop.
 pub const PROPOSALS_PER_TURN_MAX: usize = 1024;
@@ -85,6 +86,10 @@ const SLOW_TURN: Duration = Duration::from_millis(100);
 /// it applies while the state is below this footprint (above it a check
 /// costs more than the writes it checks).
 const CHECK_STATE_BYTES_MAX: usize = 8 << 20;
+
+/// Where the outcome of a configuration change goes: the configuration in
+/// force and its slot, or why it was refused.
+type ChangeReply = oneshot::Sender<Result<(Membership, Slot), ChangeRefusal>>;
 
 /// What the driver needs besides the core and its IO.
 #[derive(Debug, Clone)]
@@ -168,7 +173,7 @@ pub struct Driver {
     changes: mpsc::Receiver<ChangeRequest>,
     /// The change proposed for a caller, and the caller, until the change
     /// is in force or mastership is lost.
-    change_waiting: Option<(Membership, oneshot::Sender<Result<(Membership, Slot), ChangeRefusal>>)>,
+    change_waiting: Option<(Membership, ChangeReply)>,
     /// The core's `members_version` the peer directory was last built from.
     members_seen: Option<u64>,
     /// Whether a configuration in force listed this replica (a joining
@@ -177,6 +182,8 @@ pub struct Driver {
     was_member: bool,
     /// The configuration in force as `Status` shows it.
     members_view: Arc<Vec<MemberView>>,
+    /// The current turn's costs (logged if the turn is slow).
+    cost: TurnCost,
 }
 
 impl Driver {
@@ -240,6 +247,7 @@ impl Driver {
             members_seen: None,
             was_member,
             members_view,
+            cost: TurnCost::begin(),
         };
         Ok((driver, status_rx, shared))
     }
@@ -291,7 +299,7 @@ impl Driver {
                     ballot_span = tracing::info_span!("paxos", ballot = %promised);
                 }
                 let _entered = ballot_span.enter();
-                let turn_began = Instant::now();
+                self.cost = TurnCost::begin();
 
                 // 1. Ticks first, from elapsed time, before any message.
                 // Even a pause of hours is a few hundred thousand cheap ticks.
@@ -350,10 +358,7 @@ impl Driver {
                 // 7. Status.
                 let last_tick_at = start + self.tick.saturating_mul(u32::try_from(ticks_delivered).unwrap_or(u32::MAX));
                 self.publish(last_tick_at);
-                let turn = turn_began.elapsed();
-                if turn >= SLOW_TURN {
-                    tracing::warn!(turn_ms = turn.as_millis(), "slow driver turn");
-                }
+                self.cost.end(SLOW_TURN);
             }
             for (_, reply) in std::mem::take(&mut self.pending) {
                 let _ = reply.send(Err(ProposeError::Indeterminate));
@@ -425,6 +430,7 @@ impl Driver {
                 // master. The simulator loses such unsynced tails on power
                 // loss, so the rule is tested as it runs here.
                 let storage = &self.storage;
+                let persist_began = Instant::now();
                 if ready.must_sync {
                     let started = Instant::now();
                     tokio::task::block_in_place(|| storage.persist(&ready))?;
@@ -433,6 +439,7 @@ impl Driver {
                     // No fsync, but RocksDB may still stall a write.
                     tokio::task::block_in_place(|| storage.persist_with(&ready, false))?;
                 }
+                self.cost.persist += persist_began.elapsed();
             }
             for envelope in &ready.persisted_messages {
                 self.outbound.send(envelope.to, &envelope.message);
@@ -480,8 +487,11 @@ impl Driver {
     /// the outbox (locks taken in the order state, then outbox).
     fn apply(&mut self, committed: &[gaios_paxos::Entry]) -> Result<(), DriverError> {
         let Some(last) = committed.last() else { return Ok(()) };
+        let locking = Instant::now();
         let mut state = self.shared.state_mut();
         let mut outbox = self.shared.outbox();
+        let applying = Instant::now();
+        self.cost.state_lock += applying.saturating_duration_since(locking);
         let mut touched = BTreeSet::new();
         for entry in committed {
             if entry.slot <= self.applied {
@@ -517,6 +527,7 @@ impl Driver {
         self.options.metrics.locks_held.set(i64::try_from(state.locks_held()).unwrap_or(i64::MAX));
         drop(outbox);
         drop(state);
+        self.cost.apply += applying.elapsed();
         self.shared.sessions_touched(touched);
         self.shared.applied_through(last.slot);
         // The snapshot thread's copy follows, after the calls were answered.

@@ -19,3 +19,4 @@ pub mod driver;
 pub mod status;
 pub mod storage;
 pub mod transport;
+pub mod turn_cost;
