@@ -197,7 +197,7 @@ async fn settled_master(addresses: &[String]) -> Option<String> {
 async fn master_address(addresses: &[String]) -> Option<String> {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
-        let statuses = gaios_client::cell_status(addresses).await;
+        let statuses = gaios_client::cell_status(addresses, None).await;
         if let Some(master) = statuses.iter().find(|s| s.role() == api::Role::Master) {
             return Some(master.members.iter().find(|m| m.id == master.id).map(|m| m.client_address.clone()).unwrap_or_default())
                 .filter(|a| !a.is_empty());

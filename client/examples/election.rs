@@ -17,7 +17,7 @@ use tokio_stream::StreamExt as _;
 async fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_else(|| format!("candidate-{}", std::process::id()));
     let cell = gaios_client::cell_from_env();
-    let client = Client::connect(&cell, Options::default()).await?;
+    let client = Client::connect(&cell, Options { tls: gaios_client::tls_from_env()?, ..Options::default() }).await?;
     let mut leaders = election::observe(&client, "/examples-election");
     let watcher = tokio::spawn(async move {
         while let Some(leader) = leaders.next().await {

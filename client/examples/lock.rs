@@ -14,7 +14,7 @@ use gaios_client::{Client, Fence, LockMode, OpenOptions, Options};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cell = gaios_client::cell_from_env();
-    let client = Client::connect(&cell, Options::default()).await?;
+    let client = Client::connect(&cell, Options { tls: gaios_client::tls_from_env()?, ..Options::default() }).await?;
     let handle = client.open("/examples-lock", OpenOptions::new().create().lock_delay(Duration::from_secs(5))).await?;
     println!("session {}: waiting for the lock", client.session_id());
     let lock = handle.acquire(LockMode::Exclusive, Duration::from_secs(60)).await?;

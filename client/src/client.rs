@@ -16,6 +16,7 @@ use crate::error::{Error, Redirect, is_retryable, redirect};
 use crate::routing::{Next, Router};
 use crate::handle::{Handle, OpenOptions};
 use crate::lease;
+use crate::tls::Tls;
 
 /// How the library behaves; [`Options::default`] suits most applications.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct Options {
     /// not reachable from here (the client talks to the cell through a
     /// proxy or a NAT): then only the given addresses are used.
     pub learn_members: bool,
+    /// TLS to the cell (required by a cell not started `--insecure`).
+    pub tls: Option<Tls>,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             call_deadline: Duration::from_secs(45),
             client_name: "gaios-client".to_string(),
             learn_members: true,
+            tls: None,
         }
     }
 }
@@ -235,7 +239,7 @@ impl Client {
     /// Every replica's view of the cell (those that answer within a
     /// second), in the order of the addresses.
     pub async fn status(&self) -> Vec<api::StatusResponse> {
-        cell_status(&self.inner.addresses()).await
+        cell_status(&self.inner.addresses(), self.inner.options.tls.as_ref()).await
     }
 
     /// Ends the session: locks are released and ephemeral nodes deleted.
@@ -274,12 +278,13 @@ impl Drop for Client {
     }
 }
 
-/// Asks every replica at `addresses` for its `Status` (one second each).
-pub async fn cell_status(addresses: &[String]) -> Vec<api::StatusResponse> {
+/// Asks every replica at `addresses` for its `Status` (one second each),
+/// over TLS if `tls` is given.
+pub async fn cell_status(addresses: &[String], tls: Option<&Tls>) -> Vec<api::StatusResponse> {
     let mut out = Vec::new();
     for address in addresses {
         let call = async {
-            let mut cell = connect(address).await?;
+            let mut cell = connect(address, tls).await?;
             cell.status(api::StatusRequest {}).await.ok().map(Response::into_inner)
         };
         if let Ok(Some(status)) = tokio::time::timeout(CONNECT_TIMEOUT, call).await {
@@ -289,8 +294,13 @@ pub async fn cell_status(addresses: &[String]) -> Vec<api::StatusResponse> {
     out
 }
 
-pub(crate) async fn connect(address: &str) -> Option<CellClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+pub(crate) async fn connect(address: &str, tls: Option<&Tls>) -> Option<CellClient<Channel>> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        Endpoint::from_shared(format!("{scheme}://{address}")).ok()?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.config()).ok()?;
+    }
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await.ok()?.ok()?;
     Some(CellClient::new(channel).max_decoding_message_size(32 << 20))
 }
@@ -323,7 +333,7 @@ impl Inner {
             let index = self.next_address.fetch_add(1, Ordering::Relaxed) % addresses.len().max(1);
             addresses.get(index).cloned()?
         };
-        let cell = connect(&address).await?;
+        let cell = connect(&address, self.options.tls.as_ref()).await?;
         *master = Some((address.clone(), cell.clone()));
         Some((address, cell))
     }
@@ -371,7 +381,7 @@ impl Inner {
                 if master.as_ref().is_some_and(|(current, _)| current == address) {
                     *master = None;
                 }
-                if let Some(cell) = connect(hint).await {
+                if let Some(cell) = connect(hint, self.options.tls.as_ref()).await {
                     *master = Some((hint.clone(), cell));
                 }
             }

@@ -51,6 +51,7 @@ mod fence;
 mod handle;
 mod lease;
 pub mod membership;
+pub mod tls;
 mod routing;
 
 pub use client::{Client, Event, EventKind, Options, SessionState, cell_status};
@@ -59,6 +60,7 @@ pub use fence::{FENCE_LOCKS_MAX, Fence, FenceError};
 pub use gaios_proto::cell::v1::{Sequencer, Stat, StatusResponse};
 pub use handle::{Handle, LOCK_DELAY_DEFAULT, Lock, LockMode, LockState, OpenOptions};
 pub use lease::CLOCK_DRIFT_PPM;
+pub use tls::Tls;
 
 /// The addresses of the development cell `scripts/cell` starts.
 pub const LOCAL_CELL: &str = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203,127.0.0.1:7204,127.0.0.1:7205";
@@ -73,4 +75,17 @@ pub fn cell_from_env() -> Vec<String> {
         .filter(|address| !address.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// The TLS material named by `GAIOS_CACERT`, `GAIOS_CERT` and `GAIOS_KEY`
+/// (the variables `scripts/cell` prints and the `gaios` tool reads);
+/// `None` if none is set, an error if only some are or a file cannot be
+/// read.
+pub fn tls_from_env() -> std::io::Result<Option<Tls>> {
+    let var = |name| std::env::var_os(name).map(std::path::PathBuf::from);
+    match (var("GAIOS_CACERT"), var("GAIOS_CERT"), var("GAIOS_KEY")) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Tls::from_files(&ca, &cert, &key).map(Some),
+        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "set all of GAIOS_CACERT, GAIOS_CERT and GAIOS_KEY, or none")),
+    }
 }

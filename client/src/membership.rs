@@ -12,6 +12,7 @@ use gaios_proto::cell::v1 as api;
 
 use crate::client::{CONNECT_TIMEOUT, cell_status, connect};
 use crate::error::{Error, reason, redirect};
+use crate::tls::Tls;
 
 /// How long to wait before asking a master that is not ready again.
 const NOT_READY_PAUSE: Duration = Duration::from_millis(100);
@@ -68,11 +69,12 @@ pub struct Configuration {
 
 /// Every replica's `Status`, asked at once (a replica that does not answer
 /// costs one second, not one second per replica).
-async fn statuses(addresses: &[String]) -> Vec<api::StatusResponse> {
+async fn statuses(addresses: &[String], tls: Option<&Tls>) -> Vec<api::StatusResponse> {
     let mut asks = tokio::task::JoinSet::new();
     for address in addresses {
         let address = address.clone();
-        asks.spawn(async move { cell_status(std::slice::from_ref(&address)).await.pop() });
+        let tls = tls.cloned();
+        asks.spawn(async move { cell_status(std::slice::from_ref(&address), tls.as_ref()).await.pop() });
     }
     let mut answers = Vec::new();
     while let Some(answer) = asks.join_next().await {
@@ -84,8 +86,8 @@ async fn statuses(addresses: &[String]) -> Vec<api::StatusResponse> {
 }
 
 /// Reads the configuration in force from the replicas at `addresses`.
-pub async fn configuration(addresses: &[String]) -> Result<Configuration, Error> {
-    let answers = statuses(addresses).await;
+pub async fn configuration(addresses: &[String], tls: Option<&Tls>) -> Result<Configuration, Error> {
+    let answers = statuses(addresses, tls).await;
     // A deposed master may not know it yet: the one with the newest
     // configuration (then the highest ballot) is the one to believe.
     let master = answers
@@ -110,6 +112,7 @@ pub async fn configuration(addresses: &[String]) -> Result<Configuration, Error>
 /// retries a master that is not ready for up to `patience`.
 pub async fn change_membership(
     addresses: &[String],
+    tls: Option<&Tls>,
     change: &Change,
     force: bool,
     patience: Duration,
@@ -131,7 +134,7 @@ pub async fn change_membership(
     // The master first: a replica that does not answer (stopped, cut off)
     // would hold the call for as long as a change may take.
     let mut candidates: Vec<String> = Vec::new();
-    if let Some(master) = statuses(addresses).await.into_iter().find(|s| s.role() == api::Role::Master)
+    if let Some(master) = statuses(addresses, tls).await.into_iter().find(|s| s.role() == api::Role::Master)
         && let Some(me) = master.members.iter().find(|m| m.id == master.id)
     {
         candidates.push(me.client_address.clone());
@@ -145,7 +148,7 @@ pub async fn change_membership(
         let Some(address) = candidates.get(next % candidates.len().max(1)).cloned() else {
             return Err(failed(Error::BadAddress("no address given".into())));
         };
-        let Some(mut cell) = connect(&address).await else {
+        let Some(mut cell) = connect(&address, tls).await else {
             next += 1;
             tokio::time::sleep(NOT_READY_PAUSE).await;
             continue;

@@ -19,6 +19,7 @@ use gaios_server::ops::config::{Cli, Command, InitArgs, ReplicaConfig};
 use gaios_server::replica::driver::{Driver, DriverOptions};
 use gaios_server::ops::metrics::{Metrics, serve_metrics};
 use gaios_server::ops::health;
+use gaios_server::ops::tls::{self, Tls};
 use gaios_server::replica::storage::{Identity, InitRecord, Storage};
 use gaios_server::replica::transport::{Envelope, Outbound, PeerDirectory, PeerEntry, PeerService, TransportStats};
 use tokio::net::TcpListener;
@@ -43,6 +44,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = match cli.command {
         Command::Init(args) => return init(args),
+        Command::Certs(args) => {
+            for file in gaios_server::ops::certs::make(&args)? {
+                println!("wrote {}", file.display());
+            }
+            return Ok(());
+        }
         Command::Run(args) => args,
     };
     let config = ReplicaConfig::from_args(args).context("invalid configuration")?;
@@ -112,6 +119,13 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         None => None,
     };
 
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files.clone()).context("cannot load the TLS certificates")?),
+        None => {
+            tracing::warn!("--insecure: serving plaintext on loopback, with no authentication of peers or clients");
+            None
+        }
+    };
     let stats = Arc::new(TransportStats::default());
     // The driver counts into it; the metrics endpoint renders it.
     let metrics = Arc::new(Metrics::new(config.id, stats.clone()));
@@ -126,7 +140,7 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
             .collect(),
     );
     let envelope = Envelope { cell_id: config.cell_id.clone(), incarnation };
-    let outbound = Outbound::start(config.id, envelope, &peers, stats.clone(), config.snapshot_send_bytes_per_s);
+    let outbound = Outbound::start(config.id, envelope, &peers, stats.clone(), config.snapshot_send_bytes_per_s, tls.clone());
     let paxos_config = config.paxos_config();
     let options = DriverOptions {
         snapshot_every_slots: config.snapshot_every_slots,
@@ -140,16 +154,23 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         .context("cannot start the replica")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone()).with_status(status.clone())
-        .with_snapshot_store(snapshot_store);
+    let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone())
+        .with_status(status.clone())
+        .with_snapshot_store(snapshot_store)
+        .with_peer_certificates_required(tls.is_some());
     let cell_service =
-        CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats, shared);
+        CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats.clone(), shared);
 
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
-    let peer_server = serve(builder().add_service(peer_service.into_server()), peer_listener, shutdown_rx.clone());
+    let with_stats = tls.as_ref().map(|tls| (tls.clone(), stats.clone()));
+    let peer_server = serve(builder().add_service(peer_service.into_server()), peer_listener, with_stats.clone(), shutdown_rx.clone());
     let (client_router, health) =
         health::client_router(builder()).await.context("cannot build the health and reflection services")?;
-    let client_server = serve(client_router.add_service(cell_service.into_server()), client_listener, shutdown_rx.clone());
+    let client_server =
+        serve(client_router.add_service(cell_service.into_server()), client_listener, with_stats, shutdown_rx.clone());
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::watch_files(tls.clone(), shutdown_rx.clone()));
+    }
     let metrics_server =
         metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone(), shutdown_rx.clone())));
     tracing::info!(
@@ -160,6 +181,7 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         client = %config.listen_client,
         metrics = ?config.listen_metrics,
         data_dir = %config.data_dir.display(),
+        tls = tls.is_some(),
         "replica started"
     );
 
@@ -207,12 +229,21 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true.
+/// Serves `router` on `listener` (over TLS if `tls` is given) until
+/// `shutdown` turns true.
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
+    tls: Option<(Arc<Tls>, Arc<TransportStats>)>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Some((tls, stats)) = tls {
+        // The TLS acceptor sets TCP_NODELAY itself.
+        return tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, tls, stats), stop));
+    }
     // With its own listener tonic cannot set socket options, so every
     // accepted connection gets TCP_NODELAY here: without it, Nagle's
     // algorithm and the peer's delayed ACK hold back the last frames of an
@@ -223,7 +254,5 @@ fn serve(
         }
         accepted
     });
-    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    }))
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
 }

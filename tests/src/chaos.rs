@@ -357,7 +357,7 @@ const REPLACE_DEADLINE: Duration = Duration::from_secs(90);
 /// the wiped replica. Says what happened.
 async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> Result<String, String> {
     let old = cell.members[victim];
-    let config = gaios_client::membership::configuration(addresses).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let config = gaios_client::membership::configuration(addresses, None).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
     let newcomer = crate::Member { id: config.highest_member_id + 1, ..old };
     let contacts: Vec<crate::Member> = cell.members.iter().copied().filter(|m| m.id != old.id).collect();
     cell.replace_at(victim, newcomer, &contacts);
@@ -381,7 +381,7 @@ async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> 
     if !output.status.success() {
         return Err(format!("gaios member replace {} by {} failed: {}", old.id, newcomer.id, String::from_utf8_lossy(&output.stderr).trim()));
     }
-    let config = gaios_client::membership::configuration(addresses).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let config = gaios_client::membership::configuration(addresses, None).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
     let voters: Vec<u64> = config.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
     if voters.len() != REPLICAS as usize || !voters.contains(&newcomer.id) || voters.contains(&old.id) {
         return Err(format!("after replacing {} by {}, the voters are {voters:?}", old.id, newcomer.id));

@@ -119,7 +119,13 @@ pub struct Cell {
     /// The founding members, as `init` was given them: what every founding
     /// replica's start repeats, whatever joined or left since.
     founders: Vec<Member>,
+    /// Whether the replicas serve TLS (certificates under `tls/`, made by
+    /// `gaios-server certs`) rather than `--insecure` plaintext.
+    tls: bool,
 }
+
+/// The client identities the TLS cell's certificates are made for.
+pub const TLS_CLIENTS: [&str; 3] = ["admin", "alice", "bob"];
 
 impl Cell {
     /// Starts five replicas with default flags.
@@ -170,6 +176,23 @@ impl Cell {
         routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
         clock_rates: std::collections::BTreeMap<usize, f64>,
     ) -> Cell {
+        Cell::start_configured(extra_args, members, routes, clock_rates, false)
+    }
+
+    /// Starts five replicas with TLS on both ports: a CA, a certificate per
+    /// replica and client certificates for [`TLS_CLIENTS`], all made by
+    /// `gaios-server certs` under the cell's directory.
+    pub fn start_tls(extra_args: &[&str]) -> Cell {
+        Cell::start_configured(extra_args, Cell::free_members(), std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), true)
+    }
+
+    fn start_configured(
+        extra_args: &[&str],
+        members: Vec<Member>,
+        routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
+        clock_rates: std::collections::BTreeMap<usize, f64>,
+        tls: bool,
+    ) -> Cell {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let extra_args = extra_args.iter().map(|arg| (*arg).to_string()).collect();
         let founders = members.clone();
@@ -182,7 +205,18 @@ impl Cell {
             peer_routes: routes,
             clock_rates,
             joined_with: std::collections::BTreeMap::new(),
+            tls,
         };
+        if tls {
+            let mut args = vec!["--cell-id".to_string(), CELL_ID.into(), "--host".into(), "127.0.0.1".into()];
+            for member in &cell.members {
+                args.extend(["--replica".to_string(), member.id.to_string()]);
+            }
+            for client in TLS_CLIENTS {
+                args.extend(["--client".to_string(), client.into()]);
+            }
+            cell.make_certificates(&args);
+        }
         for index in 0..REPLICAS as usize {
             cell.init(index);
         }
@@ -298,8 +332,52 @@ impl Cell {
         let mut args = self.member_args(index);
         args.push("--listen-peer".into());
         args.push(self.members[index].peer.to_string());
+        if self.tls {
+            let id = self.members[index].id;
+            let tls = self.tls_dir();
+            if !tls.join(format!("replica-{id}.pem")).exists() {
+                // A replica that joined later.
+                self.make_certificates(&["--cell-id".into(), CELL_ID.into(), "--host".into(), "127.0.0.1".into(), "--replica".into(), id.to_string()]);
+            }
+            for (flag, file) in [("--tls-ca", "ca.pem".to_string()), ("--tls-cert", format!("replica-{id}.pem")), ("--tls-key", format!("replica-{id}.key"))] {
+                args.push(flag.into());
+                args.push(tls.join(file).display().to_string());
+            }
+        } else {
+            args.push("--insecure".into());
+        }
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    /// Where a TLS cell's CA, replica and client certificates are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// Runs `gaios-server certs --dir <tls_dir> ARGS`; panics if it fails.
+    pub fn make_certificates(&self, args: &[String]) {
+        let output = Command::new(binary("gaios-server"))
+            .arg("certs")
+            .arg("--dir")
+            .arg(self.tls_dir())
+            .args(args)
+            .output()
+            .expect("run gaios-server certs");
+        assert!(output.status.success(), "gaios-server certs failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// The TLS material of client `name` (one of [`TLS_CLIENTS`]) for a
+    /// TLS cell; `None` for a plaintext one.
+    pub fn client_tls(&self, name: &str) -> Option<gaios_client::Tls> {
+        if !self.tls {
+            return None;
+        }
+        let dir = self.tls_dir();
+        Some(
+            gaios_client::Tls::from_files(&dir.join("ca.pem"), &dir.join(format!("client-{name}.pem")), &dir.join(format!("client-{name}.key")))
+                .expect("the client's TLS files"),
+        )
     }
 
     /// Runs the replica at `index` under libfaketime at `rate` (its wall
@@ -495,8 +573,14 @@ pub async fn status(address: SocketAddr) -> Option<StatusResponse> {
 /// The statuses of the replicas at `indexes` that answered.
 pub async fn statuses(cell: &Cell, indexes: &[usize]) -> Vec<StatusResponse> {
     let mut out = Vec::new();
+    let tls = cell.client_tls("admin");
     for &index in indexes {
-        if let Some(status) = status(cell.members[index].client).await {
+        let address = cell.members[index].client;
+        let answer = match &tls {
+            Some(tls) => gaios_client::cell_status(&[address.to_string()], Some(tls)).await.pop(),
+            None => status(address).await,
+        };
+        if let Some(status) = answer {
             out.push(status);
         }
     }

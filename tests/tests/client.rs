@@ -43,6 +43,7 @@ fn options(grace: Duration) -> Options {
         call_deadline: Duration::from_secs(20),
         client_name: "client-test".into(),
         learn_members: true,
+        tls: None,
     }
 }
 

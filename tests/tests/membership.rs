@@ -223,7 +223,7 @@ fn a_wiped_replica_is_replaced_under_load_without_losing_a_write() {
     // Its replacement: a new id, on the same machine (addresses).
     let alive: Vec<Member> = cell.members.iter().copied().filter(|m| m.id != victim).collect();
     let alive_clients = client_addresses(&alive);
-    let config = runtime.block_on(configuration(&alive_clients)).expect("the configuration");
+    let config = runtime.block_on(configuration(&alive_clients, None)).expect("the configuration");
     let new_id = config.highest_member_id + 1;
     let newcomer = Member { id: new_id, ..victim_member };
     // It is told of one member only: it learns the others (and their
@@ -371,7 +371,7 @@ fn the_master_refuses_unsafe_changes_and_a_removed_replica_never_starts_again() 
     // stays in flight (until the master notices it lost its quorum), and
     // another change meanwhile is refused. Both go straight to the master.
     let master_address = cell.members[cell.index_of(master)].client;
-    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    let config = runtime.block_on(configuration(&cell_addresses, None)).expect("the configuration");
     let learner = api::ChangeMembershipRequest {
         change: Some(api::change_membership_request::Change::AddLearner(api::change_membership_request::AddLearner {
             id: config.highest_member_id + 1,
@@ -417,7 +417,7 @@ fn the_master_refuses_unsafe_changes_and_a_removed_replica_never_starts_again() 
     let master = runtime.block_on(master_of(&cell, &all));
 
     // The forced learner may have been chosen after all; it never runs.
-    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    let config = runtime.block_on(configuration(&cell_addresses, None)).expect("the configuration");
     for member in config.members.iter().filter(|m| !m.voter) {
         let (code, _, stderr) = gaios(&cell_addresses, &["member", "remove", &member.id.to_string()], Duration::from_secs(60));
         assert_eq!(code, 0, "remove the learner that never ran: {stderr}");
@@ -438,7 +438,7 @@ fn the_master_refuses_unsafe_changes_and_a_removed_replica_never_starts_again() 
     assert!(log.contains("was removed from its cell"), "the refusal says why:\n{log}");
 
     // The cell goes on with four voters.
-    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    let config = runtime.block_on(configuration(&cell_addresses, None)).expect("the configuration");
     assert_eq!(config.members.iter().filter(|m| m.voter).count(), 4);
 
     // 4. A replacement interrupted after its first step (here: the learner
@@ -454,13 +454,13 @@ fn the_master_refuses_unsafe_changes_and_a_removed_replica_never_starts_again() 
     let new_flags: Vec<&str> = new_flags.iter().map(String::as_str).collect();
     let (code, _, stderr) = gaios(&cell_addresses, &[&["member", "add", "--no-promote"], new_flags.as_slice()].concat(), Duration::from_secs(60));
     assert_eq!(code, 0, "add a learner: {stderr}");
-    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    let config = runtime.block_on(configuration(&cell_addresses, None)).expect("the configuration");
     assert!(config.members.iter().any(|m| m.id == newcomer.id && !m.voter), "a learner after add --no-promote");
     let old_text = old.to_string();
     let (code, _, stderr) =
         gaios(&cell_addresses, &[&["member", "replace", old_text.as_str()], new_flags.as_slice()].concat(), Duration::from_secs(90));
     assert_eq!(code, 0, "the resumed replace: {stderr}\n{}", cell.logs());
-    let config = runtime.block_on(configuration(&cell_addresses)).expect("the configuration");
+    let config = runtime.block_on(configuration(&cell_addresses, None)).expect("the configuration");
     let voters: Vec<u64> = config.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
     assert!(voters.contains(&newcomer.id) && !voters.contains(&old) && voters.len() == 4, "after the resumed replace: {voters:?}");
 }

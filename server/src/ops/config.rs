@@ -69,6 +69,9 @@ pub enum Command {
     /// Runs the replica on the data directory `init` created (the word
     /// `run` may be left out).
     Run(Args),
+    /// Makes a cell's CA (once) and certificates for its replicas and
+    /// clients.
+    Certs(crate::ops::certs::CertsArgs),
 }
 
 /// The flags that name a replica, its data directory and its cell's members:
@@ -156,6 +159,21 @@ pub struct Args {
     /// milliseconds.
     #[arg(long, default_value_t = SESSION_LEASE_MS_DEFAULT)]
     pub session_lease_ms: u64,
+    /// The cell's CA certificate (PEM): peers and clients must present a
+    /// certificate it signed.
+    #[arg(long, env = "GAIOS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This replica's certificate (PEM), naming `replica-<id>.<cell-id>`.
+    #[arg(long, env = "GAIOS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This replica's private key (PEM).
+    #[arg(long, env = "GAIOS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext, with no authentication at all: for local
+    /// development only, and refused unless both listeners are on loopback
+    /// addresses.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The default of `--tick-ms`.
@@ -280,6 +298,18 @@ pub enum ConfigError {
     /// a dead client's locks can wait out.
     #[error("--session-lease-ms {0} is outside {SESSION_LEASE_MS_MIN}..={SESSION_LEASE_MS_MAX}")]
     BadSessionLease(u64),
+    /// Neither TLS nor `--insecure`, or some TLS files but not all.
+    #[error("give --tls-ca, --tls-cert and --tls-key (see `gaios-server certs`), or, for local development on loopback addresses only, --insecure")]
+    NoTls,
+    /// TLS files and `--insecure` together.
+    #[error("--insecure and --tls-* contradict each other")]
+    InsecureWithTls,
+    /// `--insecure` on an address other hosts can reach.
+    #[error("--insecure serves plaintext with no authentication; it listens only on loopback addresses, not {0}")]
+    InsecureNotLoopback(SocketAddr),
+    /// A cell id that cannot be part of the DNS name in certificates.
+    #[error("with TLS, --cell-id {0:?} must be a DNS label (letters, digits, hyphens; at most 63)")]
+    CellIdNotDnsLabel(String),
 }
 
 /// The checked identity of a replica and its cell's members.
@@ -361,6 +391,8 @@ pub struct ReplicaConfig {
     /// True for a replica that joined a running cell (`init --join`
     /// recorded it): its `members` are contacts, not the founding voters.
     pub joining: bool,
+    /// The TLS material; `None` only with `--insecure`.
+    pub tls: Option<crate::ops::tls::TlsFiles>,
 }
 
 impl ReplicaConfig {
@@ -401,13 +433,31 @@ impl ReplicaConfig {
             return Err(ConfigError::BadSessionLease(args.session_lease_ms));
         }
         let me = *member.members.iter().find(|peer| peer.id == member.id).ok_or(ConfigError::NotAMember(member.id))?;
+        let listen_peer = args.listen_peer.unwrap_or(me.peer_address);
+        let listen_client = args.listen_client.unwrap_or(me.client_address);
+        let tls = match (args.tls_ca, args.tls_cert, args.tls_key, args.insecure) {
+            (None, None, None, true) => {
+                if let Some(open) = [listen_peer, listen_client].into_iter().find(|address| !address.ip().is_loopback()) {
+                    return Err(ConfigError::InsecureNotLoopback(open));
+                }
+                None
+            }
+            (Some(ca), Some(cert), Some(key), false) => {
+                if !crate::ops::tls::cell_id_is_dns_label(&member.cell_id) {
+                    return Err(ConfigError::CellIdNotDnsLabel(member.cell_id));
+                }
+                Some(crate::ops::tls::TlsFiles { ca, cert, key })
+            }
+            (_, _, _, true) => return Err(ConfigError::InsecureWithTls),
+            _ => return Err(ConfigError::NoTls),
+        };
         Ok(ReplicaConfig {
             id: member.id,
             data_dir: member.data_dir,
             cell_id: member.cell_id,
             members: member.members,
-            listen_peer: args.listen_peer.unwrap_or(me.peer_address),
-            listen_client: args.listen_client.unwrap_or(me.client_address),
+            listen_peer,
+            listen_client,
             tick: Duration::from_millis(args.tick_ms),
             heartbeat: Duration::from_millis(args.heartbeat_ms),
             master_lease: Duration::from_millis(args.master_lease_ms),
@@ -417,6 +467,7 @@ impl ReplicaConfig {
             snapshot_send_bytes_per_s: args.snapshot_send_mib_per_s << 20,
             session_lease: Duration::from_millis(args.session_lease_ms),
             joining: false,
+            tls,
         })
     }
 
@@ -485,11 +536,45 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The flags with `--insecure` unless they speak of TLS.
     fn parse(extra: &[&str]) -> Result<ReplicaConfig, ConfigError> {
+        let tls = extra.iter().any(|flag| flag.starts_with("--tls") || *flag == "--insecure");
+        let mut argv = if tls { vec![] } else { vec!["--insecure"] };
+        argv.extend_from_slice(extra);
+        parse_exactly(&argv)
+    }
+
+    fn parse_exactly(extra: &[&str]) -> Result<ReplicaConfig, ConfigError> {
         let mut argv = vec!["gaios-server", "--data-dir", "/tmp/x"];
         argv.extend_from_slice(extra);
         let args = Args::try_parse_from(argv).map_err(|e| ConfigError::BadPeer(e.to_string()))?;
         ReplicaConfig::from_args(args)
+    }
+
+    #[test]
+    fn plaintext_needs_insecure_and_loopback_and_tls_needs_all_three_files() {
+        let mut argv = vec!["--id", "1"];
+        argv.extend_from_slice(&THREE);
+        let with = |extra: &[&'static str]| {
+            let mut flags = argv.clone();
+            flags.extend_from_slice(extra);
+            parse_exactly(&flags)
+        };
+        assert_eq!(with(&[]), Err(ConfigError::NoTls));
+        assert_eq!(with(&["--tls-ca", "ca.pem", "--tls-cert", "r.pem"]), Err(ConfigError::NoTls));
+        assert_eq!(with(&["--insecure", "--tls-ca", "ca.pem"]), Err(ConfigError::InsecureWithTls));
+        assert_eq!(with(&["--insecure"]).map(|c| c.tls), Ok(None));
+        assert_eq!(
+            with(&["--insecure", "--listen-client", "0.0.0.0:7201"]),
+            Err(ConfigError::InsecureNotLoopback("0.0.0.0:7201".parse().expect("address")))
+        );
+        let files = with(&["--tls-ca", "ca.pem", "--tls-cert", "r.pem", "--tls-key", "r.key", "--listen-peer", "0.0.0.0:7101"])
+            .expect("TLS on any address")
+            .tls;
+        assert_eq!(files.map(|f| f.key), Some(PathBuf::from("r.key")));
+        let mut flags = vec!["--id", "1", "--cell-id", "a.b", "--tls-ca", "c", "--tls-cert", "c", "--tls-key", "k"];
+        flags.extend_from_slice(&THREE);
+        assert_eq!(parse_exactly(&flags), Err(ConfigError::CellIdNotDnsLabel("a.b".into())));
     }
 
     const THREE: [&str; 6] = [

@@ -77,6 +77,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ops::tls::{self, Tls};
 use crate::replica::codec;
 use crate::replica::status::ReplicaStatus;
 use crate::replica::storage::SnapshotStore;
@@ -193,6 +194,12 @@ pub struct TransportStats {
     pub snapshots_refused: AtomicU64,
     /// Bytes of snapshot data sent to peers.
     pub snapshot_bytes_sent: AtomicU64,
+    /// Inbound messages, and whole streams, dropped because the TLS
+    /// certificate of the connection names no member of this cell, or
+    /// another member than the message's sender.
+    pub identity_dropped: AtomicU64,
+    /// TLS handshakes that failed or timed out on either port.
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 /// The replicas this one exchanges messages with, shared by the driver
@@ -258,6 +265,9 @@ pub struct PeerService {
     /// Where a received snapshot's data is written before the driver gets
     /// it, so that the driver's write records it without writing it.
     store: Option<SnapshotStore>,
+    /// Whether every stream must come over TLS with a certificate naming
+    /// the member that sends on it (see `ops::tls`).
+    certificates_required: bool,
 }
 
 /// Which snapshot an offer names: a new offer of the same one resumes.
@@ -315,6 +325,57 @@ impl PeerService {
             status: None,
             restoring: Arc::new(tokio::sync::Semaphore::new(1)),
             store: None,
+            certificates_required: false,
+        }
+    }
+
+    /// Makes every stream need a TLS certificate that names the member
+    /// sending on it (`replica-<id>.<cell-id>`); messages claiming another
+    /// sender are dropped and counted.
+    #[must_use]
+    pub fn with_peer_certificates_required(mut self, required: bool) -> Self {
+        self.certificates_required = required;
+        self
+    }
+
+    /// The member the stream's TLS certificate names; `None` when
+    /// certificates are not required. A stream whose certificate names no
+    /// member of this cell is refused (and counted).
+    fn certified_sender<T>(&self, request: &Request<T>) -> Result<Option<ReplicaId>, Status> {
+        if !self.certificates_required {
+            return Ok(None);
+        }
+        let named = request.peer_certs().and_then(|certificates| tls::replica_of(&certificates, &self.cell_id));
+        match named {
+            Some(id) if id != self.id && self.members.get(id).is_some() => Ok(Some(id)),
+            _ => {
+                let dropped = self.stats.identity_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(remote = ?request.remote_addr(), ?named, dropped,
+                        "refusing a peer stream: its certificate names no other member of this cell");
+                }
+                Err(Status::permission_denied(format!(
+                    "peer streams need a certificate naming a member as replica-<id>.{}",
+                    self.cell_id
+                )))
+            }
+        }
+    }
+
+    /// Whether a message from `from` may come on a stream whose certificate
+    /// names `certified` (any sender when certificates are not required).
+    fn sender_certified(&self, remote: Option<SocketAddr>, certified: Option<ReplicaId>, from: ReplicaId) -> bool {
+        match certified {
+            Some(id) if id != from => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let dropped = self.stats.identity_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(?remote, certified = id, from, dropped,
+                        "dropping a peer message whose sender is not the member its certificate names");
+                }
+                false
+            }
+            _ => true,
         }
     }
 
@@ -344,7 +405,7 @@ impl PeerService {
 
     /// Checks and decodes one message and offers it to the inbox; never
     /// blocks and never panics on bad input.
-    fn deliver(&self, remote: Option<SocketAddr>, message: peer::PaxosMessage) {
+    fn deliver(&self, remote: Option<SocketAddr>, certified: Option<ReplicaId>, message: peer::PaxosMessage) {
         if !self.same_cell(remote, &message.cell_id, message.from) {
             return;
         }
@@ -357,7 +418,9 @@ impl PeerService {
                 return;
             }
         };
-        if !self.admit_sender(remote, decoded.from, decoded.to, incarnation) {
+        if !self.sender_certified(remote, certified, decoded.from)
+            || !self.admit_sender(remote, decoded.from, decoded.to, incarnation)
+        {
             return;
         }
         if matches!(decoded.message, Message::Heartbeat { .. }) {
@@ -689,6 +752,7 @@ impl ReplicaRpc for PeerService {
         request: Request<Streaming<peer::SnapshotChunk>>,
     ) -> Result<Response<Self::InstallSnapshotStream>, Status> {
         let remote = request.remote_addr();
+        let certified = self.certified_sender(&request)?;
         let mut chunks = request.into_inner();
         let first = tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, chunks.message())
             .await
@@ -698,6 +762,9 @@ impl ReplicaRpc for PeerService {
         };
         if offer.encoded_len() > SNAPSHOT_OFFER_BYTES_MAX {
             return Err(Status::invalid_argument("the offer is too large"));
+        }
+        if !self.sender_certified(remote, certified, offer.from) {
+            return Err(Status::permission_denied("the offer's sender is not the member the certificate names"));
         }
         let (key, membership) = self.check_offer(remote, offer)?;
         let (answers, response) = mpsc::channel(2);
@@ -726,6 +793,7 @@ impl ReplicaRpc for PeerService {
         request: Request<Streaming<peer::PaxosBatch>>,
     ) -> Result<Response<Self::ExchangeStream>, Status> {
         let remote = request.remote_addr();
+        let certified = self.certified_sender(&request)?;
         let mut stream = request.into_inner();
         let (keep_open, response) = mpsc::channel(1);
         let service = self.clone();
@@ -734,7 +802,7 @@ impl ReplicaRpc for PeerService {
                 match stream.message().await {
                     Ok(Some(batch)) => {
                         for message in batch.messages {
-                            service.deliver(remote, message);
+                            service.deliver(remote, certified, message);
                         }
                     }
                     Ok(None) => break,
@@ -762,6 +830,47 @@ pub struct Outbound {
     stats: Arc<TransportStats>,
     /// The pace of a snapshot transfer, in bytes per second.
     snapshot_bytes_per_s: u64,
+    /// How connections to peers are made.
+    dialer: Dialer,
+}
+
+/// Makes the endpoint of a peer: plaintext, or TLS with this replica's
+/// certificate (read anew for every connection, so that rotated
+/// certificates are used from the next one on), expecting the peer's
+/// certificate to name it as `replica-<id>.<cell-id>`.
+#[derive(Debug, Clone)]
+struct Dialer {
+    tls: Option<Arc<Tls>>,
+    cell_id: Arc<str>,
+}
+
+impl Dialer {
+    /// The endpoint of `peer` at `address`, or `None` (logged) if the
+    /// address is not one.
+    fn endpoint(&self, peer: ReplicaId, address: &str) -> Option<Endpoint> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}")) {
+            Ok(endpoint) => endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                // A peer whose machine vanished sends no reset; pings find out.
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true),
+            Err(error) => {
+                tracing::error!(peer, %address, %error, "cannot build an endpoint for peer; not sending to it");
+                return None;
+            }
+        };
+        let Some(tls) = &self.tls else { return Some(endpoint) };
+        match endpoint.tls_config(tls.client_config(Some(&tls::replica_name(peer, &self.cell_id)))) {
+            Ok(endpoint) => Some(endpoint),
+            Err(error) => {
+                tracing::error!(peer, %address, %error, "cannot use the TLS certificates for peer; not sending to it");
+                None
+            }
+        }
+    }
 }
 
 /// The sending tasks of one peer (they end when this is dropped).
@@ -786,13 +895,16 @@ impl Outbound {
         peers: &PeerDirectory,
         stats: Arc<TransportStats>,
         snapshot_bytes_per_s: u64,
+        tls: Option<Arc<Tls>>,
     ) -> Self {
+        let dialer = Dialer { tls, cell_id: envelope.cell_id.as_str().into() };
         let mut outbound = Outbound {
             id,
             envelope: Arc::new(envelope),
             peers: BTreeMap::new(),
             stats,
             snapshot_bytes_per_s: snapshot_bytes_per_s.max(1 << 20),
+            dialer,
         };
         outbound.update(peers);
         outbound
@@ -808,7 +920,7 @@ impl Outbound {
                 continue;
             }
             let (messages, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(peer_task(self.id, peer, entry.address.clone(), rx, self.stats.clone()));
+            tokio::spawn(peer_task(self.id, peer, entry.address.clone(), rx, self.stats.clone(), self.dialer.clone()));
             let (snapshots, offers) = watch::channel(None);
             let sending = Arc::new(AtomicU64::new(0));
             let sender = SnapshotSender {
@@ -819,6 +931,7 @@ impl Outbound {
                 from: self.id,
                 stats: self.stats.clone(),
                 bytes_per_s: self.snapshot_bytes_per_s,
+                dialer: self.dialer.clone(),
             };
             tokio::spawn(sender.run(offers));
             self.peers.insert(peer, PeerTasks { address: entry.address, messages, snapshots, sending });
@@ -859,11 +972,12 @@ async fn peer_task(
     address: String,
     mut queue: mpsc::Receiver<peer::PaxosMessage>,
     stats: Arc<TransportStats>,
+    dialer: Dialer,
 ) {
-    let Some(endpoint) = peer_endpoint(peer, &address) else { return };
     let mut backoff = BACKOFF_MIN;
     // Wait for something to send before connecting (lazy connection).
     while let Some(first) = queue.recv().await {
+        let Some(endpoint) = dialer.endpoint(peer, &address) else { return };
         match connect(&endpoint).await {
             Ok((client, batches, responses)) => {
                 tracing::info!(id, peer, %address, "connected to peer");
@@ -887,26 +1001,6 @@ async fn peer_task(
     }
 }
 
-/// The endpoint of `peer` at `address`, or `None` (logged) if the address
-/// is not one.
-fn peer_endpoint(peer: ReplicaId, address: &str) -> Option<Endpoint> {
-    match Endpoint::from_shared(format!("http://{address}")) {
-        Ok(endpoint) => Some(
-            endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                // A peer whose machine vanished sends no reset; pings find out.
-                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-                .keep_alive_while_idle(true),
-        ),
-        Err(error) => {
-            tracing::error!(peer, %address, %error, "cannot build an endpoint for peer; not sending to it");
-            None
-        }
-    }
-}
-
 /// Sends one peer the snapshots the core hands it (see the module docs).
 #[derive(Debug)]
 struct SnapshotSender {
@@ -918,6 +1012,7 @@ struct SnapshotSender {
     envelope: Arc<Envelope>,
     stats: Arc<TransportStats>,
     bytes_per_s: u64,
+    dialer: Dialer,
 }
 
 /// Why one attempt at sending a snapshot failed.
@@ -940,7 +1035,6 @@ impl SnapshotSender {
     /// by a newer one, or tried [`SNAPSHOT_ATTEMPTS_MAX`] times; ends when
     /// the `Outbound` drops the peer.
     async fn run(self, mut offers: watch::Receiver<Option<Snapshot>>) {
-        let Some(endpoint) = peer_endpoint(self.to, &self.address) else { return };
         let mut client = None;
         while offers.changed().await.is_ok() {
             let Some(snapshot) = offers.borrow_and_update().clone() else { continue };
@@ -950,6 +1044,7 @@ impl SnapshotSender {
             let Ok(crc) = tokio::task::spawn_blocking(move || crc32fast::hash(&data)).await else { return };
             let mut backoff = BACKOFF_MIN;
             for attempt in 1..=SNAPSHOT_ATTEMPTS_MAX {
+                let Some(endpoint) = self.dialer.endpoint(self.to, &self.address) else { return };
                 match self.send(&endpoint, &mut client, &snapshot, crc).await {
                     Ok(()) => break,
                     Err(error) => {
@@ -1139,14 +1234,14 @@ mod tests {
         peers.insert(6, PeerEntry { address: "127.0.0.1:7106".into(), incarnation: incarnation(6).get() });
         service.members.set(peers.clone());
         let impostor = NonZeroU64::new(0xbad).expect("not zero");
-        service.deliver(None, heartbeat_from(CELL, impostor, 6, 1));
+        service.deliver(None, None, heartbeat_from(CELL, impostor, 6, 1));
         assert!(inbox.try_recv().is_err(), "an incarnation the configuration does not record got through");
         assert_eq!(stats.wrong_incarnation_dropped.load(Ordering::Relaxed), 1);
-        service.deliver(None, heartbeat(6, 1));
+        service.deliver(None, None, heartbeat(6, 1));
         assert_eq!(inbox.try_recv().expect("delivered").from, 6);
         peers.remove(&6);
         service.members.set(peers);
-        service.deliver(None, heartbeat(6, 1));
+        service.deliver(None, None, heartbeat(6, 1));
         assert!(inbox.try_recv().is_err(), "a removed member got through");
     }
 
@@ -1180,13 +1275,13 @@ mod tests {
     #[test]
     fn a_message_from_another_cell_is_dropped_and_counted() {
         let (service, mut inbox, stats) = service(4);
-        service.deliver(None, heartbeat_from("other-cell", incarnation(2), 2, 1));
-        service.deliver(None, heartbeat_from("", incarnation(2), 2, 1));
+        service.deliver(None, None, heartbeat_from("other-cell", incarnation(2), 2, 1));
+        service.deliver(None, None, heartbeat_from("", incarnation(2), 2, 1));
         assert!(inbox.try_recv().is_err(), "a message from another cell reached the driver");
         assert_eq!(stats.wrong_cell_dropped.load(Ordering::Relaxed), 2);
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 2);
         // The same member from this cell still gets through.
-        service.deliver(None, heartbeat(2, 1));
+        service.deliver(None, None, heartbeat(2, 1));
         assert_eq!(inbox.try_recv().expect("delivered").from, 2);
     }
 
@@ -1200,23 +1295,23 @@ mod tests {
     fn a_second_incarnation_of_a_member_is_dropped_and_counted() {
         let (service, mut inbox, stats) = service(16);
         let impostor = NonZeroU64::new(0x0bad_0002).expect("not zero");
-        service.deliver(None, heartbeat(2, 1));
+        service.deliver(None, None, heartbeat(2, 1));
         assert_eq!(inbox.try_recv().expect("first incarnation delivered").from, 2);
-        service.deliver(None, heartbeat_from(CELL, impostor, 2, 1));
-        service.deliver(None, heartbeat_from(CELL, impostor, 2, 1));
+        service.deliver(None, None, heartbeat_from(CELL, impostor, 2, 1));
+        service.deliver(None, None, heartbeat_from(CELL, impostor, 2, 1));
         assert!(inbox.try_recv().is_err(), "a second incarnation of replica 2 reached the driver");
-        service.deliver(None, heartbeat(2, 1));
+        service.deliver(None, None, heartbeat(2, 1));
         assert_eq!(inbox.try_recv().expect("the first incarnation still delivered").from, 2);
         // Replica 3's first incarnation is its own, whatever 2 did.
-        service.deliver(None, heartbeat_from(CELL, impostor, 3, 1));
+        service.deliver(None, None, heartbeat_from(CELL, impostor, 3, 1));
         assert_eq!(inbox.try_recv().expect("replica 3 delivered").from, 3);
-        service.deliver(None, heartbeat(3, 1));
+        service.deliver(None, None, heartbeat(3, 1));
         assert!(inbox.try_recv().is_err(), "replica 3's second incarnation reached the driver");
         assert_eq!(stats.wrong_incarnation_dropped.load(Ordering::Relaxed), 3);
 
         let mut unstamped = codec::encode_message(2, 1, &Message::CatchUpRequest { from_slot: 1 });
         unstamped.cell_id = CELL.to_owned();
-        service.deliver(None, unstamped);
+        service.deliver(None, None, unstamped);
         assert!(inbox.try_recv().is_err(), "a message without an incarnation reached the driver");
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
     }
@@ -1227,15 +1322,15 @@ mod tests {
     fn a_dropped_message_does_not_set_the_incarnation() {
         let (service, mut inbox, _stats) = service(4);
         let early = NonZeroU64::new(0x0bad_0003).expect("not zero");
-        service.deliver(None, heartbeat_from(CELL, early, 3, 2)); // not for us
-        service.deliver(None, heartbeat(3, 1));
+        service.deliver(None, None, heartbeat_from(CELL, early, 3, 2)); // not for us
+        service.deliver(None, None, heartbeat(3, 1));
         assert_eq!(inbox.try_recv().expect("replica 3's real incarnation delivered").from, 3);
     }
 
     #[test]
     fn a_member_message_reaches_the_inbox() {
         let (service, mut inbox, stats) = service(4);
-        service.deliver(None, heartbeat(2, 1));
+        service.deliver(None, None, heartbeat(2, 1));
         let inbound = inbox.try_recv().expect("delivered");
         assert_eq!(inbound.from, 2);
         assert!(matches!(inbound.message, Message::Heartbeat { sent_tick: 7, .. }));
@@ -1245,10 +1340,10 @@ mod tests {
     #[test]
     fn malformed_misrouted_and_foreign_messages_are_dropped() {
         let (service, mut inbox, stats) = service(4);
-        service.deliver(None, peer::PaxosMessage { from: 2, to: 1, body: None, ..heartbeat(2, 1) });
-        service.deliver(None, heartbeat(2, 3)); // not for us
-        service.deliver(None, heartbeat(9, 1)); // not a member
-        service.deliver(None, heartbeat(1, 1)); // claims to be us
+        service.deliver(None, None, peer::PaxosMessage { from: 2, to: 1, body: None, ..heartbeat(2, 1) });
+        service.deliver(None, None, heartbeat(2, 3)); // not for us
+        service.deliver(None, None, heartbeat(9, 1)); // not a member
+        service.deliver(None, None, heartbeat(1, 1)); // claims to be us
         assert!(inbox.try_recv().is_err());
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
     }
@@ -1298,6 +1393,7 @@ mod tests {
             envelope: Arc::new(Envelope { cell_id: CELL.into(), incarnation: incarnation(2) }),
             stats,
             bytes_per_s: 1 << 30,
+            dialer: Dialer { tls: None, cell_id: CELL.into() },
         }
     }
 
@@ -1356,7 +1452,7 @@ mod tests {
         let address = serve(service).await?;
         let sender = sender_to(address, stats.clone());
         let mut client = None;
-        let endpoint = peer_endpoint(1, &address.to_string()).ok_or("endpoint")?;
+        let endpoint = Dialer { tls: None, cell_id: CELL.into() }.endpoint(1, &address.to_string()).ok_or("endpoint")?;
         sender.send(&endpoint, &mut client, &snapshot, crc32fast::hash(&snapshot.data)).await?;
         let inbound = inbox.try_recv()?;
         assert_eq!(inbound.from, 2);
@@ -1397,7 +1493,7 @@ mod tests {
         drop(_chunks);
 
         let sender = sender_to(address, stats.clone());
-        let endpoint = peer_endpoint(1, &address.to_string()).ok_or("endpoint")?;
+        let endpoint = Dialer { tls: None, cell_id: CELL.into() }.endpoint(1, &address.to_string()).ok_or("endpoint")?;
         sender.send(&endpoint, &mut None, &snapshot, crc32fast::hash(&snapshot.data)).await?;
         assert_eq!(stats.snapshot_bytes_sent.load(Ordering::Relaxed), (snapshot.data.len() - half) as u64, "the resume sent more than the rest");
         let Message::InstallSnapshot { snapshot: received } = inbox.try_recv()?.message else { panic!("not a snapshot") };
@@ -1445,9 +1541,9 @@ mod tests {
         let (service, mut inbox, stats) = service(4);
         let snapshot = snapshot_of(&StateMachine::new(), 9);
         // Teach the receiver member 2's incarnation first.
-        service.deliver(None, heartbeat(2, 1));
+        service.deliver(None, None, heartbeat(2, 1));
         assert!(inbox.try_recv().is_ok());
-        service.deliver(None, Envelope { cell_id: CELL.into(), incarnation: incarnation(2) }
+        service.deliver(None, None, Envelope { cell_id: CELL.into(), incarnation: incarnation(2) }
             .stamp(codec::encode_message(2, 1, &Message::InstallSnapshot { snapshot: snapshot.clone() })));
         assert!(inbox.try_recv().is_err(), "a snapshot on Exchange reached the driver");
         let address = serve(service).await?;
@@ -1549,8 +1645,8 @@ mod tests {
     #[test]
     fn a_full_inbox_drops_and_counts() {
         let (service, mut inbox, stats) = service(1);
-        service.deliver(None, heartbeat(2, 1));
-        service.deliver(None, heartbeat(3, 1));
+        service.deliver(None, None, heartbeat(2, 1));
+        service.deliver(None, None, heartbeat(3, 1));
         assert_eq!(inbox.try_recv().expect("first kept").from, 2);
         assert!(inbox.try_recv().is_err());
         assert_eq!(stats.inbox_dropped.load(Ordering::Relaxed), 1);

@@ -275,6 +275,8 @@ impl Cell for CellService {
             incarnation: self.incarnation.get(),
             peer_wrong_cell_dropped: self.stats.wrong_cell_dropped.load(Ordering::Relaxed),
             peer_wrong_incarnation_dropped: self.stats.wrong_incarnation_dropped.load(Ordering::Relaxed),
+            peer_identity_dropped: self.stats.identity_dropped.load(Ordering::Relaxed),
+            tls_handshakes_failed: self.stats.tls_handshakes_failed.load(Ordering::Relaxed),
             sessions,
             nodes,
             locks_held,

@@ -53,6 +53,16 @@ struct Args {
     /// with exit code 5, in milliseconds.
     #[arg(long, default_value_t = 45_000, global = true)]
     deadline_ms: u64,
+    /// The cell's CA certificate (PEM), to check the replicas' certificates.
+    #[arg(long, env = "GAIOS_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM); its subject CN is who you are to
+    /// the cell.
+    #[arg(long, env = "GAIOS_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, env = "GAIOS_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,12 +124,19 @@ async fn run(mut args: Args) -> anyhow::Result<u8> {
     if cell.is_empty() {
         return Err(failure(Exit::InvalidArgument, "--cell names no address"));
     }
+    let tls = match (&args.cacert, &args.cert, &args.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(
+            gaios_client::Tls::from_files(ca, cert, key).map_err(|error| failure(Exit::InvalidArgument, format!("cannot read the TLS files: {error}")))?,
+        ),
+        _ => return Err(failure(Exit::InvalidArgument, "TLS needs all of --cacert, --cert and --key")),
+    };
     let mut printer = print::stdout(args.json);
     let printer = printer.as_mut();
     let ok = |()| Exit::Ok.code();
     let command = match args.command {
-        Command::Status(status) => return commands::status::run(&cell, status, printer).await.map(ok),
-        Command::Member(member) => return commands::member::run(&cell, member, printer).await.map(ok),
+        Command::Status(status) => return commands::status::run(&cell, tls.as_ref(), status, printer).await.map(ok),
+        Command::Member(member) => return commands::member::run(&cell, tls.as_ref(), member, printer).await.map(ok),
         command => command,
     };
     args.command = command;
@@ -130,6 +147,7 @@ async fn run(mut args: Args) -> anyhow::Result<u8> {
         grace_period: Duration::from_millis(args.grace_ms),
         call_deadline: Duration::from_millis(args.deadline_ms),
         client_name: format!("gaios {}", args.command.name()),
+        tls,
         ..Options::default()
     };
     let client = Client::connect(&cell, options).await.with_context(|| format!("cannot start a session with the cell at {}", cell.join(",")))?;

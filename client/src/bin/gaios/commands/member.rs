@@ -3,6 +3,7 @@
 //! force and skips what is already done, so a command interrupted (or whose
 //! master failed) can simply be run again.
 
+use gaios_client::Tls;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -91,9 +92,9 @@ struct NewMember {
 }
 
 /// Runs a `gaios member` command against `cell`.
-pub async fn run(cell: &[String], args: Args, printer: &mut dyn Printer) -> anyhow::Result<()> {
+pub async fn run(cell: &[String], tls: Option<&Tls>, args: Args, printer: &mut dyn Printer) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_millis(args.timeout_ms);
-    let steps = Steps { cell: cell.to_vec(), force: args.force, until };
+    let steps = Steps { cell: cell.to_vec(), tls: tls.cloned(), force: args.force, until };
     match args.command {
         Step::List => {}
         Step::Add(new) => steps.add(&new).await?,
@@ -122,6 +123,7 @@ fn already_voter(config: &Configuration, id: u64) -> bool {
 /// The steps of a change, against one cell, with one deadline.
 struct Steps {
     cell: Vec<String>,
+    tls: Option<Tls>,
     force: bool,
     until: Instant,
 }
@@ -137,7 +139,7 @@ impl Steps {
 
     /// The configuration in force, as the master reports it.
     async fn read(&self) -> anyhow::Result<Configuration> {
-        Ok(configuration(&self.cell).await?)
+        Ok(configuration(&self.cell, self.tls.as_ref()).await?)
     }
 
     /// Asks for one change; a lost answer is read back from the
@@ -149,7 +151,7 @@ impl Steps {
             if done(&self.read().await?) {
                 return Ok(());
             }
-            match change_membership(&self.cell, &change, self.force, self.left()?).await {
+            match change_membership(&self.cell, self.tls.as_ref(), &change, self.force, self.left()?).await {
                 Ok(_) => return Ok(()),
                 Err(ChangeFailed { reason: Some(api::ErrorReason::ChangeInFlight), .. }) => {}
                 // Reachability moves; a lasting refusal is reported.
@@ -203,11 +205,11 @@ impl Steps {
     /// The incarnation of the replica at `new.client`, which must be
     /// replica `new.id` of this cell, started with `init --join`.
     async fn joiner_incarnation(&self, new: &NewMember) -> anyhow::Result<u64> {
-        let cell_id = gaios_client::cell_status(&self.cell).await.first().map(|s| s.cell_id.clone());
+        let cell_id = gaios_client::cell_status(&self.cell, self.tls.as_ref()).await.first().map(|s| s.cell_id.clone());
         // It may still be starting: give it a little while.
         let until = Instant::now() + JOINER_START_WAIT;
         let status = loop {
-            if let Some(status) = gaios_client::cell_status(std::slice::from_ref(&new.client)).await.pop() {
+            if let Some(status) = gaios_client::cell_status(std::slice::from_ref(&new.client), self.tls.as_ref()).await.pop() {
                 break status;
             }
             if Instant::now() >= until {

@@ -2,6 +2,7 @@
 //! it works while no master can serve; `--wait-ms` makes it the readiness
 //! check of `scripts/cell`.
 
+use gaios_client::Tls;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -28,12 +29,12 @@ pub struct Args {
 }
 
 /// Asks every replica in `cell` and prints what each said.
-pub async fn run(cell: &[String], args: Args, printer: &mut dyn Printer) -> anyhow::Result<()> {
+pub async fn run(cell: &[String], tls: Option<&Tls>, args: Args, printer: &mut dyn Printer) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_millis(args.wait_ms);
-    let mut replicas = ask(cell).await?;
+    let mut replicas = ask(cell, tls).await?;
     while args.wait_ms > 0 && agreed_master(&replicas).is_none() && Instant::now() < until {
         tokio::time::sleep(POLL_INTERVAL.min(until.saturating_duration_since(Instant::now()))).await;
-        replicas = ask(cell).await?;
+        replicas = ask(cell, tls).await?;
     }
     printer.status(&replicas)?;
     let answered: Vec<&StatusResponse> = replicas.iter().filter_map(|(_, status)| status.as_ref()).collect();
@@ -50,11 +51,12 @@ pub async fn run(cell: &[String], args: Args, printer: &mut dyn Printer) -> anyh
 }
 
 /// Asks every replica at once (each may take a second not to answer).
-async fn ask(cell: &[String]) -> anyhow::Result<Vec<Replica>> {
+async fn ask(cell: &[String], tls: Option<&Tls>) -> anyhow::Result<Vec<Replica>> {
     let mut asks = tokio::task::JoinSet::new();
     for (index, address) in cell.iter().enumerate() {
         let address = address.clone();
-        asks.spawn(async move { (index, gaios_client::cell_status(std::slice::from_ref(&address)).await.pop()) });
+        let tls = tls.cloned();
+        asks.spawn(async move { (index, gaios_client::cell_status(std::slice::from_ref(&address), tls.as_ref()).await.pop()) });
     }
     let mut replicas: Vec<Replica> = cell.iter().map(|address| (address.clone(), None)).collect();
     while let Some(answer) = asks.join_next().await {

@@ -1,0 +1,430 @@
+//! TLS on both listeners and on the peer links, mutual everywhere.
+//!
+//! A replica started with `--tls-ca`, `--tls-cert` and `--tls-key` serves
+//! its client and peer ports over TLS and accepts only connections that
+//! present a certificate signed by the cell's CA (the file `--tls-ca`
+//! names). On the peer port that is not enough: a peer's certificate must
+//! name a member, as the DNS name `replica-<id>.<cell-id>` among its
+//! subject alternative names, and every message on the connection must come
+//! from that member (see `transport.rs`; anything else is dropped and
+//! counted). A replica connecting to a peer checks the peer's certificate
+//! for the same name, whatever address it dialled.
+//!
+//! A client's identity is the common name (CN) of its certificate's
+//! subject, as for etcd's client certificates.
+//!
+//! The files are read again when any of them changes (checked every
+//! [`RELOAD_CHECK_INTERVAL`]) or on SIGHUP. A reload that fails (a file
+//! half written, a key that does not match) keeps the certificates in use
+//! and is logged; connections made afterwards use the new certificates,
+//! connections already open keep theirs.
+//!
+//! Handshakes run on tasks of their own, at most [`HANDSHAKES_MAX`] at a
+//! time and each for at most [`HANDSHAKE_TIMEOUT`], so that a client that
+//! connects and sends nothing holds up no one.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use gaios_paxos::ReplicaId;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::replica::transport::TransportStats;
+
+/// How often the certificate files are checked for a change.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most handshakes under way at once on one listener; a connection
+/// beyond it is closed at once.
+pub const HANDSHAKES_MAX: usize = 256;
+/// The handshaken connections waiting for the gRPC server to take them.
+const ACCEPTED_QUEUE: usize = 64;
+/// The largest certificate or key file read (a chain of a few certificates
+/// is a few KiB).
+const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// Where a replica's (or a client's) TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cell's CA certificate(s), PEM: what peers and clients must be
+    /// signed by.
+    pub ca: PathBuf,
+    /// This process's certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> [&Path; 3] {
+        [&self.ca, &self.cert, &self.key]
+    }
+}
+
+/// Why TLS material cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file holds no usable PEM of the kind expected.
+    #[error("{path} holds no {what} in PEM")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+    },
+    /// rustls refused the material (a key that does not match the
+    /// certificate, a CA certificate it cannot parse).
+    #[error("the TLS material is unusable: {0}")]
+    Rustls(String),
+}
+
+/// The material read at one moment.
+struct Loaded {
+    server: Arc<rustls::ServerConfig>,
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    /// The files' modification times when read.
+    stamps: Vec<Option<SystemTime>>,
+}
+
+/// A replica's TLS material, reloadable (see the module docs).
+pub struct Tls {
+    files: TlsFiles,
+    loaded: RwLock<Arc<Loaded>>,
+    /// Reloads that took effect.
+    pub reloads: AtomicU64,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let error = |source| TlsError::Read { path: path.to_path_buf(), source };
+    let length = std::fs::metadata(path).map_err(error)?.len();
+    if length > PEM_FILE_BYTES_MAX {
+        return Err(error(io::Error::new(io::ErrorKind::InvalidData, format!("{length} bytes; at most {PEM_FILE_BYTES_MAX}"))));
+    }
+    std::fs::read(path).map_err(error)
+}
+
+fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    files.paths().iter().map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok()).collect()
+}
+
+/// The certificates in `pem`, at least one.
+pub fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Pem { path: path.to_path_buf(), what: "certificate" })?;
+    if certificates.is_empty() {
+        return Err(TlsError::Pem { path: path.to_path_buf(), what: "certificate" });
+    }
+    Ok(certificates)
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    let stamps = stamps(files);
+    let ca_pem = read_pem(&files.ca)?;
+    let cert_pem = read_pem(&files.cert)?;
+    let key_pem = read_pem(&files.key)?;
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(&ca_pem, &files.ca)? {
+        roots.add(ca).map_err(|error| TlsError::Rustls(format!("{}: {error}", files.ca.display())))?;
+    }
+    let chain = certificates(&cert_pem, &files.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| TlsError::Pem { path: files.key.clone(), what: "private key" })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|error| TlsError::Rustls(error.to_string()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Rustls(error.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|error| TlsError::Rustls(error.to_string()))?;
+    // gRPC is HTTP/2 only.
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Loaded { server: Arc::new(server), ca_pem, cert_pem, key_pem, stamps })
+}
+
+impl Tls {
+    /// Reads the files; fails if any is missing or unusable.
+    pub fn load(files: TlsFiles) -> Result<Arc<Tls>, TlsError> {
+        let loaded = load(&files)?;
+        Ok(Arc::new(Tls {
+            files,
+            loaded: RwLock::new(Arc::new(loaded)),
+            reloads: AtomicU64::new(0),
+        }))
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Reads the files again; on failure the material in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let loaded = load(&self.files)?;
+        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reloads if a file changed since the last read; says whether it did.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        if stamps(&self.files) == self.current().stamps {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    /// What accepts connections now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current().server.clone())
+    }
+
+    /// A client configuration with this process's certificate that trusts
+    /// the cell's CA and expects the server to be named `server_name` (the
+    /// dialled host if `None`).
+    pub fn client_config(&self, server_name: Option<&str>) -> tonic::transport::ClientTlsConfig {
+        let loaded = self.current();
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&loaded.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(&loaded.cert_pem, &loaded.key_pem));
+        match server_name {
+            Some(name) => config.domain_name(name),
+            None => config,
+        }
+    }
+}
+
+/// The DNS name a member's certificate carries: `replica-<id>.<cell-id>`.
+pub fn replica_name(id: ReplicaId, cell_id: &str) -> String {
+    format!("replica-{id}.{cell_id}")
+}
+
+/// Whether `cell_id` can be part of a DNS name (TLS needs it to be): one
+/// label of letters, digits and hyphens, at most 63, not starting or ending
+/// with a hyphen.
+pub fn cell_id_is_dns_label(cell_id: &str) -> bool {
+    !cell_id.is_empty()
+        && cell_id.len() <= 63
+        && cell_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !cell_id.starts_with('-')
+        && !cell_id.ends_with('-')
+}
+
+/// The member a peer's certificate names (`replica-<id>.<cell_id>` among
+/// its DNS names), if it names exactly one.
+pub fn replica_of(certificates: &[CertificateDer<'_>], cell_id: &str) -> Option<ReplicaId> {
+    let leaf = certificates.first()?;
+    let certificate = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let suffix = format!(".{cell_id}");
+    let mut ids = certificate.valid_dns_names().filter_map(|name| {
+        let id = name.strip_prefix("replica-")?.strip_suffix(suffix.as_str())?;
+        // Digits only: no sign, no spaces.
+        id.bytes().all(|b| b.is_ascii_digit()).then(|| id.parse::<ReplicaId>().ok()).flatten()
+    });
+    let first = ids.next()?;
+    ids.all(|other| other == first).then_some(first)
+}
+
+/// The identity of a client: the common name of its certificate's subject.
+pub fn client_identity(certificates: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = certificates.first()?;
+    let certificate = webpki::EndEntityCert::try_from(leaf).ok()?;
+    common_name(certificate.subject())
+}
+
+/// One DER element of `input`: its tag, its contents and what follows.
+/// Lengths are checked against the input; `None` on anything malformed.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let length = bytes.iter().try_fold(0usize, |acc, &b| acc.checked_mul(256)?.checked_add(usize::from(b)))?;
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let (contents, after) = rest.split_at(length);
+    Some((tag, contents, after))
+}
+
+/// The first common name (OID 2.5.4.3) in the contents of an X.509 `Name`.
+fn common_name(mut name: &[u8]) -> Option<String> {
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    // UTF8String, PrintableString, IA5String.
+    const STRINGS: &[u8] = &[0x0c, 0x13, 0x16];
+    while !name.is_empty() {
+        let (tag, mut set, rest) = der_element(name)?;
+        name = rest;
+        if tag != SET {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, attribute, rest) = der_element(set)?;
+            set = rest;
+            if tag != SEQUENCE {
+                return None;
+            }
+            let (tag, oid, value) = der_element(attribute)?;
+            if tag != OID || oid != COMMON_NAME {
+                continue;
+            }
+            let (tag, text, _) = der_element(value)?;
+            if !STRINGS.contains(&tag) {
+                return None;
+            }
+            return String::from_utf8(text.to_vec()).ok();
+        }
+    }
+    None
+}
+
+/// Accepts TCP connections on `listener` and hands on those whose TLS
+/// handshake succeeds (see the module docs), until the receiving side is
+/// dropped; counts the handshakes that fail (no certificate, one from
+/// another CA, not TLS at all, too slow) in `failed`.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    failed: Arc<TransportStats>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    let (accepted, stream) = mpsc::channel(ACCEPTED_QUEUE);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    tokio::spawn(async move {
+        loop {
+            let connection = tokio::select! {
+                () = accepted.closed() => break,
+                connection = listener.accept() => connection,
+            };
+            let (tcp, remote) = match connection {
+                Ok(connection) => connection,
+                Err(error) => {
+                    // Out of descriptors, say: try again shortly.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, "closing a connection: {HANDSHAKES_MAX} TLS handshakes are under way");
+                continue;
+            };
+            let acceptor = tls.acceptor();
+            let accepted = accepted.clone();
+            let failed = failed.clone();
+            tokio::spawn(async move {
+                let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match outcome {
+                    Ok(Ok(stream)) => {
+                        let _ = accepted.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        let failed = failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                        if failed.is_power_of_two() {
+                            tracing::warn!(%remote, %error, failed, "TLS handshake failed");
+                        }
+                    }
+                    Err(_) => {
+                        failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
+/// Reloads the material when its files change or on SIGHUP, until
+/// `shutdown` turns true.
+pub async fn watch_files(tls: Arc<Tls>, mut shutdown: watch::Receiver<bool>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot install the SIGHUP handler; certificates reload only when their files change");
+            None
+        }
+    };
+    let mut check = tokio::time::interval(RELOAD_CHECK_INTERVAL);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = check.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(signal) => signal.recv().await, None => None } } => true,
+        };
+        let outcome = if forced { tls.reload().map(|()| true) } else { tls.reload_if_changed() };
+        match outcome {
+            Ok(true) => tracing::info!(reloads = tls.reloads.load(Ordering::Relaxed), "reloaded the TLS certificates"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot reload the TLS certificates; keeping those in use"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths_are_checked() {
+        assert_eq!(der_element(&[0x30, 0x02, 1, 2, 9]), Some((0x30, &[1u8, 2][..], &[9u8][..])));
+        assert_eq!(der_element(&[0x30, 0x03, 1, 2]), None, "contents shorter than the length");
+        assert_eq!(der_element(&[0x30, 0x81]), None, "a long length without its byte");
+        assert_eq!(der_element(&[0x30, 0x85, 1, 1, 1, 1, 1]), None, "a length of five bytes");
+        assert_eq!(der_element(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None, "4 GiB of contents that are not there");
+        assert_eq!(der_element(&[]), None);
+        assert_eq!(common_name(&[0x31, 0x05, 0x30, 0x7f]), None, "garbage inside a name");
+    }
+
+    #[test]
+    fn cell_ids_must_be_dns_labels() {
+        assert!(cell_id_is_dns_label("local"));
+        assert!(cell_id_is_dns_label("prod-eu-1"));
+        for bad in ["", "-a", "a-", "a.b", "a b", "ä", &"x".repeat(64)] {
+            assert!(!cell_id_is_dns_label(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! TLS against five real processes (issue 14): who may talk to a cell.
+//!
+//! - A client without a certificate, or with one from another CA, cannot
+//!   start a session (the handshake fails, and is counted); one with a
+//!   certificate from the cell's CA can.
+//! - A process with a valid client certificate cannot deliver Paxos
+//!   messages to a peer port: its streams are refused and counted. A
+//!   member's certificate carries only that member's messages: messages it
+//!   sends in another member's name are dropped and counted. The cell keeps
+//!   serving writes throughout.
+
+use std::time::Duration;
+
+use gaios_client::{Client, OpenOptions, Options, Tls};
+use gaios_proto::replica::v1 as peer;
+use gaios_proto::replica::v1::replica_client::ReplicaClient;
+use gaios_tests::*;
+
+fn options(tls: Option<Tls>) -> Options {
+    Options { call_deadline: Duration::from_secs(20), client_name: "security test".into(), tls, ..Options::default() }
+}
+
+fn addresses(cell: &Cell) -> Vec<String> {
+    cell.members.iter().map(|m| m.client.to_string()).collect()
+}
+
+/// Opens an `Exchange` stream to the replica at `index`'s peer port with
+/// the certificate `stem` (`client-alice`, `replica-3`) of the cell's TLS
+/// folder (expecting the replica's certificate to name it), sends one
+/// heartbeat claiming to come from `from`, and returns how the stream was
+/// answered.
+async fn exchange_as(cell: &Cell, index: usize, stem: &str, from: u64, incarnation: u64) -> Result<(), tonic::Status> {
+    let to = cell.members[index].id;
+    let dir = cell.tls_dir();
+    let read = |name: String| std::fs::read(dir.join(name)).expect("a TLS file");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", cell.members[index].peer))
+        .expect("endpoint")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
+                .identity(tonic::transport::Identity::from_pem(read(format!("{stem}.pem")), read(format!("{stem}.key"))))
+                .domain_name(format!("replica-{to}.{CELL_ID}")),
+        )
+        .expect("TLS config");
+    let channel = endpoint.connect().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let mut client = ReplicaClient::new(channel);
+    let heartbeat = peer::PaxosMessage {
+        from,
+        to,
+        cell_id: CELL_ID.into(),
+        incarnation,
+        body: Some(peer::paxos_message::Body::Heartbeat(peer::Heartbeat {
+            ballot: Some(peer::Ballot { round: u64::MAX / 2, replica: from }),
+            ..Default::default()
+        })),
+    };
+    let stream = tokio_stream::iter(vec![peer::PaxosBatch { messages: vec![heartbeat] }]);
+    let outcome = tokio::time::timeout(Duration::from_secs(3), client.exchange(stream)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match outcome {
+        Ok(Ok(_)) | Err(_) => Ok(()),
+        Ok(Err(status)) => Err(status),
+    }
+}
+
+#[test]
+fn only_the_cells_certificates_get_in_and_peers_speak_only_for_themselves() {
+    let cell = Cell::start_tls(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
+
+    // The cell's own client certificate works.
+    let admin = runtime.block_on(Client::connect(&addresses(&cell), options(cell.client_tls("admin")))).expect("a session over TLS");
+    runtime.block_on(async {
+        let handle = admin.open("/secure", OpenOptions::new().create()).await.expect("open");
+        handle.set_contents(b"v1".to_vec(), None).await.expect("write");
+    });
+
+    // No certificate, plaintext, or a certificate from another CA: refused.
+    let plaintext = Options { call_deadline: Duration::from_secs(3), ..options(None) };
+    assert!(runtime.block_on(Client::connect(&addresses(&cell), plaintext)).is_err(), "a plaintext client got a session");
+    let other = tempfile::tempdir().expect("dir");
+    let output = std::process::Command::new(binary("gaios-server"))
+        .args(["certs", "--cell-id", CELL_ID, "--client", "mallory", "--dir"])
+        .arg(other.path())
+        .output()
+        .expect("gaios-server certs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Mallory trusts the cell's CA but presents a certificate of her own CA.
+    let mallory = Tls::from_files(&cell.tls_dir().join("ca.pem"), &other.path().join("client-mallory.pem"), &other.path().join("client-mallory.key"))
+        .expect("mallory's files");
+    let foreign = Options { call_deadline: Duration::from_secs(3), ..options(Some(mallory)) };
+    assert!(runtime.block_on(Client::connect(&addresses(&cell), foreign)).is_err(), "a certificate from another CA got a session");
+    let failed: u64 = runtime.block_on(statuses(&cell, &all)).iter().map(|s| s.tls_handshakes_failed).sum();
+    assert!(failed >= 2, "the refused handshakes were not counted ({failed})");
+
+    // A valid client certificate on a peer port: its stream is refused.
+    let target = (0..REPLICAS as usize).find(|&i| cell.members[i].id != master).expect("a follower");
+    let master_status = runtime.block_on(statuses(&cell, &[cell.index_of(master)]));
+    let master_incarnation = master_status.first().map(|s| s.incarnation).expect("the master's status");
+    let refused = runtime.block_on(exchange_as(&cell, target, "client-alice", master, master_incarnation));
+    let refused = refused.expect_err("a client certificate opened a peer stream");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // A member's certificate speaking for another member: dropped.
+    let impostor_index = (0..REPLICAS as usize).find(|&i| i != target && cell.members[i].id != master).expect("a third replica");
+    let impostor = cell.members[impostor_index].id;
+    let dropped_before = runtime.block_on(statuses(&cell, &[target])).first().map(|s| s.peer_identity_dropped).expect("status");
+    runtime
+        .block_on(exchange_as(&cell, target, &format!("replica-{impostor}"), master, master_incarnation))
+        .expect("a member's certificate opens a peer stream");
+    let after = runtime.block_on(statuses(&cell, &[target]));
+    let after = after.first().expect("the target's status");
+    assert!(after.peer_identity_dropped > dropped_before, "a message in another member's name was not dropped: {after:?}");
+    assert_eq!(after.master_id, master, "the forged heartbeat moved the target to another master");
+
+    // The cell is unharmed.
+    runtime.block_on(async {
+        let handle = admin.open("/secure", OpenOptions::new()).await.expect("open");
+        handle.set_contents(b"v2".to_vec(), None).await.expect("write after the attacks");
+        assert_eq!(handle.contents().await.expect("read").0.as_ref(), b"v2");
+    });
+    runtime.block_on(admin.close()).expect("close");
+}
