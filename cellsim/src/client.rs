@@ -206,7 +206,7 @@ impl Cell {
         let Some(session) = c.session.clone() else {
             let name = format!("client-{}-{}", self.clients[client].index, self.clients[client].sessions_opened);
             let secret = Bytes::from(self.rng.next_u64().to_be_bytes().repeat(2));
-            let create = wire::CreateSession { client_name: name, session_secret: secret };
+            let create = wire::CreateSession { client_name: name, session_secret: secret, ..Default::default() };
             self.send_call(now_us, client, Request::Propose(wire::command::Kind::CreateSession(create)), None, false);
             return;
         };

@@ -159,7 +159,8 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         .with_snapshot_store(snapshot_store)
         .with_peer_certificates_required(tls.is_some());
     let cell_service =
-        CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats.clone(), shared);
+        CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats.clone(), shared)
+            .with_client_identities(tls.is_some());
 
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
     let with_stats = tls.as_ref().map(|tls| (tls.clone(), stats.clone()));

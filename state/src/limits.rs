@@ -41,6 +41,8 @@ pub const EVENTS_QUEUED_BYTES_PER_SESSION_MAX: usize = 256 << 10;
 pub const EVENTS_QUEUED_BYTES_MAX: usize = 64 << 20;
 /// The longest client name kept with a session.
 pub const CLIENT_NAME_BYTES_MAX: usize = 256;
+/// The longest client identity (a TLS certificate's CN) a session records.
+pub const IDENTITY_BYTES_MAX: usize = 256;
 /// The length of a session's secret: 128 random bits.
 pub const SESSION_SECRET_BYTES: usize = 16;
 /// The event bits a handle may ask for.

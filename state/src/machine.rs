@@ -90,6 +90,8 @@ impl Handle {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Session {
     client_name: String,
+    /// The identity that created it; empty without TLS.
+    owner: String,
     /// Every command that acts for the session must carry it.
     secret: [u8; SESSION_SECRET_BYTES],
     next_handle: u64,
@@ -103,6 +105,7 @@ impl Session {
     fn footprint_bytes(&self) -> usize {
         SESSION_OVERHEAD_BYTES
             + self.client_name.len()
+            + self.owner.len()
             + self.handles.values().map(Handle::footprint_bytes).sum::<usize>()
             + self.answers.values().map(|answer| answer_bytes(&answer.outcome)).sum::<usize>()
     }
@@ -506,7 +509,13 @@ impl StateMachine {
         }
         let id = self.next_session;
         self.next_session += 1;
-        let session = Session { client_name: create.client_name.clone(), secret, next_handle: 1, ..Session::default() };
+        let session = Session {
+            client_name: create.client_name.clone(),
+            owner: create.owner.clone(),
+            secret,
+            next_handle: 1,
+            ..Session::default()
+        };
         self.sessions_bytes += session.footprint_bytes();
         self.sessions.insert(id, session);
         Outcome {
@@ -531,6 +540,12 @@ impl StateMachine {
             return Err(failure_for(api::ErrorReason::SessionSecretMismatch, Code::PermissionDenied, format!("wrong or missing secret for session {session_id}")));
         }
         Ok(session)
+    }
+
+    /// The identity that created `session` (empty without TLS), if it is
+    /// open.
+    pub fn session_owner(&self, session: SessionId) -> Option<&str> {
+        self.sessions.get(&session).map(|s| s.owner.as_str())
     }
 
     /// Whether a call presenting `secret` may act for `session` (for the
@@ -1187,6 +1202,7 @@ impl StateMachine {
                 .map(|(&id, session)| wire::SessionRecord {
                     id,
                     client_name: session.client_name.clone(),
+                    owner: session.owner.clone(),
                     secret: Bytes::copy_from_slice(&session.secret),
                     next_handle: session.next_handle,
                     last_event: session.last_event,
@@ -1303,8 +1319,12 @@ impl StateMachine {
         if record.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(bad(format!("session {id} has a client name of {} bytes", record.client_name.len())));
         }
+        if record.owner.len() > IDENTITY_BYTES_MAX {
+            return Err(bad(format!("session {id} has an owner of {} bytes", record.owner.len())));
+        }
         let mut session = Session {
             client_name: record.client_name,
+            owner: record.owner,
             secret,
             next_handle: record.next_handle,
             last_event: record.last_event,

@@ -60,7 +60,7 @@ impl Cell {
         self.sessions_created += 1;
         // Distinct per session, as the master's random draw would be.
         let secret = Bytes::from((0..16u8).map(|i| i.wrapping_mul(31) ^ self.sessions_created as u8).collect::<Vec<u8>>());
-        let create = wire::CreateSession { client_name: "test".into(), session_secret: secret.clone() };
+        let create = wire::CreateSession { client_name: "test".into(), session_secret: secret.clone(), ..Default::default() };
         match self.apply(Kind::CreateSession(create)).result {
             Some(wire::outcome::Result::SessionCreated(created)) => {
                 self.secrets.insert(created.session_id, secret);
@@ -450,6 +450,25 @@ fn bad_commands_fail_with_their_codes_and_change_nothing() {
 const CONTENTS_BYTES_MAX_FOR_TESTS: usize = crate::limits::CONTENTS_BYTES_MAX;
 
 #[test]
+fn a_sessions_owner_is_recorded_kept_in_snapshots_and_bounded() {
+    let mut cell = Cell::new();
+    let anonymous = cell.session();
+    let secret = Bytes::from_static(&[5; 16]);
+    let create = wire::CreateSession { client_name: "a".into(), session_secret: secret, owner: "alice".into() };
+    let Some(wire::outcome::Result::SessionCreated(created)) = cell.apply(Kind::CreateSession(create)).result else {
+        panic!("no session for alice");
+    };
+    assert_eq!(cell.state.session_owner(created.session_id), Some("alice"));
+    assert_eq!(cell.state.session_owner(anonymous), Some(""), "a session without TLS has no owner");
+    assert_eq!(cell.state.session_owner(999), None);
+    let restored = StateMachine::restore(&cell.state.snapshot()).expect("restores");
+    assert_eq!(restored.session_owner(created.session_id), Some("alice"), "the owner did not survive the snapshot");
+    let long = wire::CreateSession { client_name: "a".into(), session_secret: Bytes::from_static(&[6; 16]), owner: "x".repeat(IDENTITY_BYTES_MAX + 1) };
+    let refused = cell.apply(Kind::CreateSession(long));
+    assert!(matches!(refused.result, Some(wire::outcome::Result::Failure(_))), "an owner over the limit was taken: {refused:?}");
+}
+
+#[test]
 fn a_snapshot_restores_the_same_state_and_refuses_garbage() {
     let mut cell = Cell::new();
     let (a, b) = (cell.session(), cell.session());
@@ -605,7 +624,7 @@ fn a_session_is_usable_only_with_its_secret() {
     assert!(cell.state.holding(b, hb).is_some());
     // A session cannot be created without a full secret.
     for secret in [Bytes::new(), Bytes::from(vec![7; 15])] {
-        let create = cell.apply(Kind::CreateSession(wire::CreateSession { client_name: "x".into(), session_secret: secret }));
+        let create = cell.apply(Kind::CreateSession(wire::CreateSession { client_name: "x".into(), session_secret: secret, ..Default::default() }));
         assert_eq!(code_of(&create), Some(Code::InvalidArgument));
     }
     // Secrets are replicated state: a restored state checks them alike.
@@ -1076,7 +1095,7 @@ fn grow_or_churn(cell: &mut Cell, rng: &mut Rng, directory: &str, handles: &mut 
         0 => {
             cell.sessions_created += 1;
             let secret = Bytes::from(vec![cell.sessions_created as u8; 16]);
-            let create = wire::CreateSession { client_name: "n".repeat(CLIENT_NAME_BYTES_MAX), session_secret: secret.clone() };
+            let create = wire::CreateSession { client_name: "n".repeat(CLIENT_NAME_BYTES_MAX), session_secret: secret.clone(), ..Default::default() };
             let outcome = cell.apply(Kind::CreateSession(create));
             if let Some(wire::outcome::Result::SessionCreated(created)) = &outcome.result {
                 cell.secrets.insert(created.session_id, secret);

@@ -12,7 +12,7 @@ use gaios_proto::state::v1 as wire;
 
 use crate::code::Code;
 use crate::limits::{
-    ACQUIRE_WAIT_MS_MAX, CLIENT_NAME_BYTES_MAX, CONTENTS_BYTES_MAX, EVENT_MASK_ALL, FAILURE_MESSAGE_BYTES_MAX,
+    ACQUIRE_WAIT_MS_MAX, CLIENT_NAME_BYTES_MAX, CONTENTS_BYTES_MAX, EVENT_MASK_ALL, FAILURE_MESSAGE_BYTES_MAX, IDENTITY_BYTES_MAX,
     LOCK_DELAY_MS_MAX, SESSION_SECRET_BYTES,
 };
 use crate::locks::LockMode;
@@ -55,6 +55,9 @@ pub fn client_name(name: &str) -> Result<(), wire::Failure> {
 /// drew.
 pub fn create_session(create: &wire::CreateSession) -> Result<[u8; SESSION_SECRET_BYTES], wire::Failure> {
     client_name(&create.client_name)?;
+    if create.owner.len() > IDENTITY_BYTES_MAX {
+        return Err(invalid(format!("an owner identity over {IDENTITY_BYTES_MAX} bytes")));
+    }
     <[u8; SESSION_SECRET_BYTES]>::try_from(create.session_secret.as_ref())
         .map_err(|_| invalid(format!("a session needs a secret of {SESSION_SECRET_BYTES} bytes")))
 }

@@ -123,3 +123,85 @@ fn only_the_cells_certificates_get_in_and_peers_speak_only_for_themselves() {
     });
     runtime.block_on(admin.close()).expect("close");
 }
+
+/// A raw client of the replica at `address` with the certificate `stem`.
+async fn raw_client(cell: &Cell, address: std::net::SocketAddr, stem: &str) -> gaios_proto::cell::v1::cell_client::CellClient<tonic::transport::Channel> {
+    let dir = cell.tls_dir();
+    let read = |name: String| std::fs::read(dir.join(name)).expect("a TLS file");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .expect("endpoint")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
+                .identity(tonic::transport::Identity::from_pem(read(format!("{stem}.pem")), read(format!("{stem}.key")))),
+        )
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connect over TLS");
+    gaios_proto::cell::v1::cell_client::CellClient::new(channel)
+}
+
+/// The `ErrorInfo` reason of a refusal.
+fn reason_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
+}
+
+#[test]
+fn another_identity_cannot_use_keep_alive_or_close_a_session_nor_release_its_lock() {
+    use gaios_proto::cell::v1 as api;
+    let cell = Cell::start_tls(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
+    let master_address = cell.members[cell.index_of(master)].client;
+
+    let alice = runtime.block_on(Client::connect(&addresses(&cell), options(cell.client_tls("alice")))).expect("alice's session");
+    let (handle, lock) = runtime.block_on(async {
+        let handle = alice.open("/jobs", OpenOptions::new().create()).await.expect("open");
+        handle.set_contents(b"alice's".to_vec(), None).await.expect("write");
+        let lock = handle.try_acquire(gaios_client::LockMode::Exclusive).await.expect("alice locks");
+        (handle, lock)
+    });
+    let session_id = alice.session_id();
+    let secret = bytes::Bytes::copy_from_slice(alice.session_secret());
+    let header = |number: u64| Some(api::RequestHeader { session_id, request_number: 1_000 + number, session_secret: secret.clone() });
+    let handle_ref = Some(api::HandleRef { session_id, handle: handle.id(), session_secret: secret.clone() });
+
+    // Bob holds alice's session id and secret (leaked, say), and a valid
+    // certificate of his own: every use of the session is refused.
+    runtime.block_on(async {
+        let mut bob = raw_client(&cell, master_address, "client-bob").await;
+        let refusals = [
+            ("Release", bob.release(api::ReleaseRequest { header: header(1), handle: handle.id() }).await.map(|_| ())),
+            ("GetContentsAndStat", bob.get_contents_and_stat(api::GetContentsAndStatRequest { handle: handle_ref.clone() }).await.map(|_| ())),
+            (
+                "SetContents",
+                bob.set_contents(api::SetContentsRequest { header: header(2), handle: handle.id(), contents: b"bob's".to_vec().into(), ..Default::default() })
+                    .await
+                    .map(|_| ()),
+            ),
+            ("CloseSession", bob.close_session(api::CloseSessionRequest { session_id, session_secret: secret.clone() }).await.map(|_| ())),
+        ];
+        for (call, outcome) in refusals {
+            let refused = outcome.expect_err(&format!("bob's {call} on alice's session was served"));
+            assert_eq!((refused.code(), reason_of(&refused).as_str()), (tonic::Code::PermissionDenied, "SESSION_OWNER_MISMATCH"), "{call}: {refused:?}");
+        }
+        let keep_alive = tokio_stream::iter(vec![api::KeepAliveRequest { session_id, acknowledged_event: 0, session_secret: secret.clone() }]);
+        let answer = match bob.keep_alive(keep_alive).await {
+            Ok(response) => response.into_inner().message().await.map(|_| ()),
+            Err(status) => Err(status),
+        };
+        let refused = answer.expect_err("bob kept alice's session alive");
+        assert_eq!((refused.code(), reason_of(&refused).as_str()), (tonic::Code::PermissionDenied, "SESSION_OWNER_MISMATCH"), "KeepAlive: {refused:?}");
+    });
+
+    // Alice's session, lock and file are as she left them.
+    runtime.block_on(async {
+        assert!(!lock.is_lost(), "alice lost her lock");
+        assert_eq!(handle.contents().await.expect("read").0.as_ref(), b"alice's");
+        lock.release().await.expect("alice releases her own lock");
+    });
+    runtime.block_on(alice.close()).expect("alice closes her own session");
+}

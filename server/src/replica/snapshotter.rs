@@ -298,6 +298,7 @@ mod tests {
             let kind = wire::command::Kind::CreateSession(wire::CreateSession {
                 client_name: format!("client-{slot}"),
                 session_secret: Bytes::from(vec![u8::try_from(slot)?; 16]),
+                ..Default::default()
             });
             let bytes = command(slot, kind);
             driver_state.apply(&wire::Command::decode(bytes.as_ref())?);

@@ -1357,6 +1357,7 @@ mod tests {
             let kind = wire::command::Kind::CreateSession(wire::CreateSession {
                 client_name: format!("{i:0>250}"),
                 session_secret: Bytes::from(i.to_le_bytes().repeat(2)),
+                ..Default::default()
             });
             let command = wire::Command { proposer_incarnation: 1, proposal_number: i, now_ms: 1, lock_clock_ms: 0, kind: Some(kind) };
             state.apply(&command);

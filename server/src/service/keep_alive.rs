@@ -11,7 +11,7 @@ use std::time::Instant;
 use gaios_proto::cell::v1 as api;
 
 use super::errors::{failure_status, session_ended};
-use super::{CellService, duration_ms};
+use super::{Caller, CellService, duration_ms};
 
 /// The most events in one KeepAlive message.
 pub const EVENTS_PER_MESSAGE_MAX: usize = 64;
@@ -25,6 +25,7 @@ impl CellService {
         self,
         mut inbound: Streaming<api::KeepAliveRequest>,
         outbound: mpsc::Sender<Result<api::KeepAliveResponse, Status>>,
+        caller: Caller,
     ) {
         let mut session = None;
         let mut sent_through = 0;
@@ -39,7 +40,7 @@ impl CellService {
                             // Before the first read of its events.
                             watcher = Some((request.session_id, self.shared.watch_session(request.session_id)));
                         }
-                        match self.keep_alive_once(&mut session, &request) {
+                        match self.keep_alive_once(&mut session, &request, &caller) {
                             Ok(events) => {
                                 sent_through = sent_through.max(request.acknowledged_event);
                                 if let Some(last) = events.last() {
@@ -89,7 +90,12 @@ impl CellService {
 
     /// One KeepAlive request: checks, extends the lease, trims and returns
     /// the events the client has not acknowledged.
-    pub(super) fn keep_alive_once(&self, session: &mut Option<u64>, request: &api::KeepAliveRequest) -> Result<Vec<api::Event>, Status> {
+    pub(super) fn keep_alive_once(
+        &self,
+        session: &mut Option<u64>,
+        request: &api::KeepAliveRequest,
+        caller: &Caller,
+    ) -> Result<Vec<api::Event>, Status> {
         if request.session_id == 0 {
             return Err(Status::invalid_argument("session_id 0 names no session"));
         }
@@ -106,6 +112,7 @@ impl CellService {
             // events; the stream serves it only from here on.
             state.authorize_session(request.session_id, &request.session_secret).map_err(|f| failure_status(&f))?;
         }
+        self.check_owner(caller, request.session_id)?;
         *session = Some(request.session_id);
         let events = {
             let mut outbox = self.shared.outbox();

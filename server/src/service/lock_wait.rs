@@ -15,7 +15,7 @@ use gaios_proto::state::v1 as wire;
 use gaios_state::namespace::SessionId;
 use tonic::Status;
 
-use super::{CellService, Unknown, acquired_sequencer, unexpected, validate_acquire};
+use super::{Caller, CellService, Unknown, acquired_sequencer, unexpected, validate_acquire};
 use crate::shared::Shared;
 
 /// How long an `Acquire` with `wait_ms` 0 waits.
@@ -37,7 +37,7 @@ impl CellService {
     /// Serves an `Acquire` that may wait: proposes it and, if the handle
     /// was queued, waits for the lock until `wait_ms` runs out; makes sure
     /// a wait that ends without a definite answer does not stay in line.
-    pub(super) async fn acquire_waiting(&self, mut request: api::AcquireRequest) -> Result<api::AcquireResponse, Status> {
+    pub(super) async fn acquire_waiting(&self, caller: &Caller, mut request: api::AcquireRequest) -> Result<api::AcquireResponse, Status> {
         validate_acquire(&request)?;
         let wait_ms = if request.wait_ms == 0 { ACQUIRE_WAIT_MS_DEFAULT } else { request.wait_ms };
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
@@ -45,7 +45,7 @@ impl CellService {
         // Before the wait is counted: a caller without the session's secret
         // must not be able to keep another client's dropped wait from being
         // cancelled (see [`LiveWait::begin`]).
-        self.authorize(header.session_id, &header.session_secret, Unknown::Refuse)?;
+        self.authorize(caller, header.session_id, &header.session_secret, Unknown::Refuse)?;
         let wait = wire::CancelWait {
             session_id: header.session_id,
             handle: request.handle,
@@ -59,7 +59,7 @@ impl CellService {
         // must not stay in line, nor keep a lock granted to this wait that
         // nobody will hear of (see [`LiveWait::begin`]).
         let mut live = LiveWait::begin(&self.shared, wait.clone());
-        let result = self.acquire_and_wait(header, request, &wait, deadline).await;
+        let result = self.acquire_and_wait(caller, header, request, &wait, deadline).await;
         let settled = match &result {
             Ok(_) => true,
             Err(status) => status.code() != tonic::Code::Unavailable,
@@ -74,12 +74,13 @@ impl CellService {
     /// lock (see [`CellService::wait_for_lock`]).
     async fn acquire_and_wait(
         &self,
+        caller: &Caller,
         header: api::RequestHeader,
         request: api::AcquireRequest,
         wait: &wire::CancelWait,
         deadline: Instant,
     ) -> Result<api::AcquireResponse, Status> {
-        let outcome = self.call(Some(header), wire::session_call::Call::Acquire(request)).await?;
+        let outcome = self.call(caller, Some(header), wire::session_call::Call::Acquire(request)).await?;
         if let Some(sequencer) = acquired_sequencer(&outcome) {
             return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
         }

@@ -32,7 +32,7 @@ use gaios_paxos::{Ballot, MembershipChange, ReplicaId};
 use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_server::{Cell, CellServer};
 use gaios_proto::state::v1 as wire;
-use gaios_state::limits::{CONTENTS_BYTES_MAX, SESSION_SECRET_BYTES};
+use gaios_state::limits::{CONTENTS_BYTES_MAX, IDENTITY_BYTES_MAX, SESSION_SECRET_BYTES};
 use gaios_state::machine::Outcome;
 use gaios_state::validate;
 use tokio::sync::{mpsc, watch};
@@ -43,7 +43,7 @@ use crate::ops::config::PeerSpec;
 use crate::replica::status::{MemberView, ReplicaStatus, Role};
 use crate::replica::transport::TransportStats;
 use crate::shared::Shared;
-use errors::{change_status, failure_status, propose_status};
+use errors::{change_status, failure_status, propose_status, with_reason};
 use keep_alive::KEEPALIVE_QUEUE_MAX;
 
 mod endpoint;
@@ -85,7 +85,14 @@ pub struct CellService {
     status: watch::Receiver<ReplicaStatus>,
     stats: Arc<TransportStats>,
     shared: Arc<Shared>,
+    /// Whether clients come over TLS: then every call has an identity (its
+    /// certificate's CN) and a session serves only the one that created it.
+    tls: bool,
 }
+
+/// Who is calling: the CN of the client's TLS certificate; `None` on an
+/// `--insecure` cell.
+pub(super) type Caller = Option<String>;
 
 impl CellService {
     /// A service for the cell `cell_id` with `members`, answered by the
@@ -99,7 +106,47 @@ impl CellService {
         stats: Arc<TransportStats>,
         shared: Arc<Shared>,
     ) -> Self {
-        CellService { cell_id, incarnation, members: members.into(), status, stats, shared }
+        CellService { cell_id, incarnation, members: members.into(), status, stats, shared, tls: false }
+    }
+
+    /// Makes every call need a TLS client certificate that names an
+    /// identity (see [`Self::caller`]).
+    #[must_use]
+    pub fn with_client_identities(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The caller's identity: the subject CN of its TLS client certificate
+    /// (the handshake already checked the certificate against the cell's
+    /// CA). `UNAUTHENTICATED` if TLS is on and the certificate names none.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let identity = request.peer_certs().and_then(|certificates| crate::ops::tls::client_identity(&certificates));
+        match identity {
+            Some(identity) if !identity.is_empty() && identity.len() <= IDENTITY_BYTES_MAX => Ok(Some(identity)),
+            _ => Err(Status::unauthenticated(format!(
+                "the client certificate names no identity: its subject needs a common name (CN) of 1 to {IDENTITY_BYTES_MAX} bytes"
+            ))),
+        }
+    }
+
+    /// Refuses a call on `session_id` from another identity than the one
+    /// that created it (an identity never changes, so the applied state,
+    /// however stale, judges right). A session this replica does not hold
+    /// is left to the other checks.
+    pub(super) fn check_owner(&self, caller: &Caller, session_id: u64) -> Result<(), Status> {
+        let state = self.shared.state();
+        match state.session_owner(session_id) {
+            Some(owner) if owner != caller.as_deref().unwrap_or("") => Err(with_reason(
+                tonic::Code::PermissionDenied,
+                api::ErrorReason::SessionOwnerMismatch,
+                format!("session {session_id} belongs to another identity than this client certificate's"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Wraps the service for tonic with explicit message-size bounds (a
@@ -146,8 +193,9 @@ impl CellService {
     /// of (the read gate's rule), so a call naming an ended or made-up
     /// session costs no slot. Otherwise, and for `CloseSession` (closing an
     /// ended session is answered as done), it is left to `apply` to judge.
-    fn authorize(&self, session_id: u64, secret: &[u8], unknown: Unknown) -> Result<(), Status> {
+    fn authorize(&self, caller: &Caller, session_id: u64, secret: &[u8], unknown: Unknown) -> Result<(), Status> {
         validate::session(session_id, secret).map_err(|invalid| failure_status(&invalid))?;
+        self.check_owner(caller, session_id)?;
         match self.shared.state().authorize_session(session_id, secret) {
             Err(failure) if failure.code == tonic::Code::PermissionDenied as i32 => Err(failure_status(&failure)),
             Err(failure) if unknown == Unknown::Refuse && self.read_gate().is_ok() => Err(failure_status(&failure)),
@@ -156,7 +204,7 @@ impl CellService {
     }
 
     /// Proposes a session's mutating call.
-    async fn call(&self, header: Option<api::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
+    async fn call(&self, caller: &Caller, header: Option<api::RequestHeader>, call: wire::session_call::Call) -> Result<Outcome, Status> {
         let header = header.ok_or_else(|| Status::invalid_argument("the request header is missing"))?;
         let call = wire::SessionCall {
             session_id: header.session_id,
@@ -166,7 +214,7 @@ impl CellService {
         };
         // The same checks `apply` makes, before the call costs a slot.
         validate::session_call(&call).map_err(|invalid| failure_status(&invalid))?;
-        self.authorize(call.session_id, &call.session_secret, Unknown::Refuse)?;
+        self.authorize(caller, call.session_id, &call.session_secret, Unknown::Refuse)?;
         self.propose(wire::command::Kind::Call(call)).await
     }
 }
@@ -346,6 +394,7 @@ impl Cell for CellService {
         &self,
         request: Request<api::CreateSessionRequest>,
     ) -> Result<Response<api::CreateSessionResponse>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         validate::client_name(&request.client_name).map_err(|invalid| failure_status(&invalid))?;
         // Drawn here, on the master, and carried in the command, so applying
@@ -354,7 +403,11 @@ impl Cell for CellService {
         getrandom::fill(&mut secret)
             .map_err(|error| Status::internal(format!("cannot draw a session secret from the operating system: {error}")))?;
         let session_secret = bytes::Bytes::copy_from_slice(&secret);
-        let create = wire::CreateSession { client_name: request.client_name, session_secret: session_secret.clone() };
+        let create = wire::CreateSession {
+            client_name: request.client_name,
+            session_secret: session_secret.clone(),
+            owner: caller.unwrap_or_default(),
+        };
         let outcome = self.propose(wire::command::Kind::CreateSession(create)).await?;
         let Some(wire::outcome::Result::SessionCreated(created)) = outcome.result else {
             return Err(unexpected(&outcome));
@@ -373,9 +426,10 @@ impl Cell for CellService {
         &self,
         request: Request<Streaming<api::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let caller = self.caller(&request)?;
         let inbound = request.into_inner();
         let (outbound, stream) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
-        tokio::spawn(self.clone().keep_alive_loop(inbound, outbound));
+        tokio::spawn(self.clone().keep_alive_loop(inbound, outbound, caller));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -383,9 +437,10 @@ impl Cell for CellService {
         &self,
         request: Request<api::CloseSessionRequest>,
     ) -> Result<Response<api::CloseSessionResponse>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let session_id = request.session_id;
-        self.authorize(session_id, &request.session_secret, Unknown::LeaveToApply)?;
+        self.authorize(&caller, session_id, &request.session_secret, Unknown::LeaveToApply)?;
         let end = wire::EndSession { session_id, expired: false, session_secret: request.session_secret };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
         self.shared.leases().forget(session_id);
@@ -393,9 +448,10 @@ impl Cell for CellService {
     }
 
     async fn open(&self, request: Request<api::OpenRequest>) -> Result<Response<api::OpenResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         let header = request.header.take();
-        let outcome = self.call(header, wire::session_call::Call::Open(request)).await?;
+        let outcome = self.call(&caller, header, wire::session_call::Call::Open(request)).await?;
         match outcome.result {
             Some(wire::outcome::Result::Opened(opened)) => Ok(Response::new(opened)),
             _ => Err(unexpected(&outcome)),
@@ -403,9 +459,10 @@ impl Cell for CellService {
     }
 
     async fn close(&self, request: Request<api::CloseRequest>) -> Result<Response<api::CloseResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         let header = request.header.take();
-        expect_done(self.call(header, wire::session_call::Call::Close(request)).await?)?;
+        expect_done(self.call(&caller, header, wire::session_call::Call::Close(request)).await?)?;
         Ok(Response::new(api::CloseResponse {}))
     }
 
@@ -413,7 +470,9 @@ impl Cell for CellService {
         &self,
         request: Request<api::GetContentsAndStatRequest>,
     ) -> Result<Response<api::GetContentsAndStatResponse>, Status> {
+        let caller = self.caller(&request)?;
         let handle = handle_ref(request.into_inner().handle)?;
+        self.check_owner(&caller, handle.session_id)?;
         self.read_gate()?;
         let (contents, stat) =
             self.shared.state().get_contents_and_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
@@ -421,14 +480,18 @@ impl Cell for CellService {
     }
 
     async fn get_stat(&self, request: Request<api::GetStatRequest>) -> Result<Response<api::GetStatResponse>, Status> {
+        let caller = self.caller(&request)?;
         let handle = handle_ref(request.into_inner().handle)?;
+        self.check_owner(&caller, handle.session_id)?;
         self.read_gate()?;
         let stat = self.shared.state().get_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
         Ok(Response::new(api::GetStatResponse { stat: Some(stat) }))
     }
 
     async fn read_dir(&self, request: Request<api::ReadDirRequest>) -> Result<Response<api::ReadDirResponse>, Status> {
+        let caller = self.caller(&request)?;
         let handle = handle_ref(request.into_inner().handle)?;
+        self.check_owner(&caller, handle.session_id)?;
         self.read_gate()?;
         let (names, stat) =
             self.shared.state().read_dir(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
@@ -439,9 +502,10 @@ impl Cell for CellService {
         &self,
         request: Request<api::SetContentsRequest>,
     ) -> Result<Response<api::SetContentsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         let header = request.header.take();
-        let outcome = self.call(header, wire::session_call::Call::SetContents(request)).await?;
+        let outcome = self.call(&caller, header, wire::session_call::Call::SetContents(request)).await?;
         match outcome.result {
             Some(wire::outcome::Result::Written(written)) => Ok(Response::new(written)),
             _ => Err(unexpected(&outcome)),
@@ -449,21 +513,24 @@ impl Cell for CellService {
     }
 
     async fn delete(&self, request: Request<api::DeleteRequest>) -> Result<Response<api::DeleteResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         let header = request.header.take();
-        expect_done(self.call(header, wire::session_call::Call::Delete(request)).await?)?;
+        expect_done(self.call(&caller, header, wire::session_call::Call::Delete(request)).await?)?;
         Ok(Response::new(api::DeleteResponse {}))
     }
 
     async fn acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
-        self.acquire_waiting(request.into_inner()).await.map(Response::new)
+        let caller = self.caller(&request)?;
+        self.acquire_waiting(&caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn try_acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         validate_acquire(&request)?;
         let header = request.header.take();
-        let outcome = self.call(header, wire::session_call::Call::TryAcquire(request)).await?;
+        let outcome = self.call(&caller, header, wire::session_call::Call::TryAcquire(request)).await?;
         match acquired_sequencer(&outcome) {
             Some(sequencer) => Ok(Response::new(api::AcquireResponse { sequencer: Some(sequencer) })),
             None => Err(unexpected(&outcome)),
@@ -471,9 +538,10 @@ impl Cell for CellService {
     }
 
     async fn release(&self, request: Request<api::ReleaseRequest>) -> Result<Response<api::ReleaseResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         let header = request.header.take();
-        expect_done(self.call(header, wire::session_call::Call::Release(request)).await?)?;
+        expect_done(self.call(&caller, header, wire::session_call::Call::Release(request)).await?)?;
         Ok(Response::new(api::ReleaseResponse {}))
     }
 
@@ -481,7 +549,9 @@ impl Cell for CellService {
         &self,
         request: Request<api::GetSequencerRequest>,
     ) -> Result<Response<api::GetSequencerResponse>, Status> {
+        let caller = self.caller(&request)?;
         let handle = handle_ref(request.into_inner().handle)?;
+        self.check_owner(&caller, handle.session_id)?;
         self.read_gate()?;
         let sequencer =
             self.shared.state().get_sequencer(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
@@ -503,9 +573,10 @@ impl Cell for CellService {
         &self,
         request: Request<api::SetSequencerRequest>,
     ) -> Result<Response<api::SetSequencerResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut request = request.into_inner();
         let header = request.header.take();
-        expect_done(self.call(header, wire::session_call::Call::SetSequencer(request)).await?)?;
+        expect_done(self.call(&caller, header, wire::session_call::Call::SetSequencer(request)).await?)?;
         Ok(Response::new(api::SetSequencerResponse {}))
     }
 }
@@ -549,7 +620,7 @@ mod tests {
         use wire::session_call::Call;
         let mut state = StateMachine::new();
         let secret = bytes::Bytes::from_static(b"0123456789abcdef");
-        apply(&mut state, Kind::CreateSession(wire::CreateSession { client_name: "t".into(), session_secret: secret.clone() }));
+        apply(&mut state, Kind::CreateSession(wire::CreateSession { client_name: "t".into(), session_secret: secret.clone(), ..Default::default() }));
         let call = |number, call| {
             Kind::Call(wire::SessionCall { session_id: 1, request_number: number, session_secret: secret.clone(), call: Some(call) })
         };
@@ -613,7 +684,7 @@ mod tests {
         let request = api::KeepAliveRequest { session_id: session, acknowledged_event: 0, session_secret: secret };
         let ran_out = Instant::now().checked_sub(Duration::from_millis(1)).expect("an instant in the past");
         service.shared.leases().grant(session, ran_out - Duration::from_secs(10));
-        let refused = service.keep_alive_once(&mut None, &request).expect_err("a lease that ran out was renewed");
+        let refused = service.keep_alive_once(&mut None, &request, &None).expect_err("a lease that ran out was renewed");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
         let reason = tonic_types::StatusExt::get_error_details(&refused).error_info().map(|info| info.reason.clone());
         assert_eq!(reason.as_deref(), Some("SESSION_ENDED"), "the client must read it as the end: {refused:?}");
@@ -621,7 +692,7 @@ mod tests {
         // A lease still running is renewed.
         let running = Instant::now() + Duration::from_millis(500);
         service.shared.leases().grant(session, running - Duration::from_secs(10));
-        service.keep_alive_once(&mut None, &request).expect("a running lease is renewed");
+        service.keep_alive_once(&mut None, &request, &None).expect("a running lease is renewed");
         assert!(service.shared.leases().deadline(session).is_some_and(|deadline| deadline > running));
     }
 }

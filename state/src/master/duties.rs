@@ -135,7 +135,7 @@ mod tests {
     }
 
     fn create_session(state: &mut StateMachine) -> u64 {
-        let create = wire::CreateSession { client_name: "t".into(), session_secret: Bytes::from_static(&[7; 16]) };
+        let create = wire::CreateSession { client_name: "t".into(), session_secret: Bytes::from_static(&[7; 16]), ..Default::default() };
         match apply(state, 0, wire::command::Kind::CreateSession(create)).result {
             Some(wire::outcome::Result::SessionCreated(created)) => created.session_id,
             other => panic!("{other:?}"),
