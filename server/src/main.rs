@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
     };
     let config = ReplicaConfig::from_args(args).context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -120,7 +120,9 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
     };
 
     let tls = match &config.tls {
-        Some(files) => Some(Tls::load(files.clone()).context("cannot load the TLS certificates")?),
+        Some(files) => Some(
+            Tls::load(files.clone(), Some((config.id, config.cell_id.clone()))).context("cannot load the TLS certificates")?,
+        ),
         None => {
             tracing::warn!("--insecure: serving plaintext on loopback, with no authentication of peers or clients");
             None
@@ -160,7 +162,8 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         .with_peer_certificates_required(tls.is_some());
     let cell_service =
         CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats.clone(), shared)
-            .with_client_identities(tls.is_some());
+            .with_client_identities(tls.is_some())
+            .with_admins(config.admins.clone());
 
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
     let with_stats = tls.as_ref().map(|tls| (tls.clone(), stats.clone()));

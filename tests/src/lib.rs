@@ -339,6 +339,7 @@ impl Cell {
                 // A replica that joined later.
                 self.make_certificates(&["--cell-id".into(), CELL_ID.into(), "--host".into(), "127.0.0.1".into(), "--replica".into(), id.to_string()]);
             }
+            args.extend(["--admin".to_string(), "admin".into()]);
             for (flag, file) in [("--tls-ca", "ca.pem".to_string()), ("--tls-cert", format!("replica-{id}.pem")), ("--tls-key", format!("replica-{id}.key"))] {
                 args.push(flag.into());
                 args.push(tls.join(file).display().to_string());

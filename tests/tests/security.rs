@@ -197,6 +197,19 @@ fn another_identity_cannot_use_keep_alive_or_close_a_session_nor_release_its_loc
         assert_eq!((refused.code(), reason_of(&refused).as_str()), (tonic::Code::PermissionDenied, "SESSION_OWNER_MISMATCH"), "KeepAlive: {refused:?}");
     });
 
+    // Only an administrator (`--admin admin`) may change the members.
+    runtime.block_on(async {
+        use api::change_membership_request::Change;
+        let ask = || api::ChangeMembershipRequest { change: Some(Change::Promote(master)), force: false };
+        let mut bob = raw_client(&cell, master_address, "client-bob").await;
+        let refused = bob.change_membership(ask()).await.expect_err("bob changed the members");
+        assert_eq!((refused.code(), reason_of(&refused).as_str()), (tonic::Code::PermissionDenied, "NOT_AN_ADMIN"), "{refused:?}");
+        let mut admin = raw_client(&cell, master_address, "client-admin").await;
+        // Past the gate, to the configuration's own check.
+        let judged = admin.change_membership(ask()).await.expect_err("promoting a voter");
+        assert_eq!(reason_of(&judged), "ALREADY_A_MEMBER", "{judged:?}");
+    });
+
     // Alice's session, lock and file are as she left them.
     runtime.block_on(async {
         assert!(!lock.is_lost(), "alice lost her lock");
@@ -204,4 +217,133 @@ fn another_identity_cannot_use_keep_alive_or_close_a_session_nor_release_its_loc
         lock.release().await.expect("alice releases her own lock");
     });
     runtime.block_on(alice.close()).expect("alice closes her own session");
+}
+
+/// The leaf certificate (DER) the TLS server at `address` presents now, to
+/// a client with the `admin` certificate of the cell's CA.
+async fn served_certificate(cell: &Cell, address: std::net::SocketAddr) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let dir = cell.tls_dir();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).ok()? {
+        roots.add(ca.ok()?).ok()?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("client-admin.pem")).ok()?.collect::<Result<_, _>>().ok()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("client-admin.key")).ok()?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address).await.ok()?;
+    let name = ServerName::IpAddress(address.ip().into());
+    let stream = tokio::time::timeout(Duration::from_secs(3), connector.connect(name, tcp)).await.ok()?.ok()?;
+    stream.get_ref().1.peer_certificates()?.first().map(|der| der.as_ref().to_vec())
+}
+
+/// The certificate of `stem` in the cell's TLS folder, DER.
+fn certificate_file(cell: &Cell, stem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let path = cell.tls_dir().join(format!("{stem}.pem"));
+    CertificateDer::from_pem_file(&path).expect("a certificate").as_ref().to_vec()
+}
+
+#[test]
+fn certificates_rotate_under_a_write_load_without_a_failed_write() {
+    let mut cell = Cell::start_tls(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
+    let old: Vec<Vec<u8>> = cell.members.iter().map(|m| certificate_file(&cell, &format!("replica-{}", m.id))).collect();
+    for (index, member) in cell.members.iter().enumerate() {
+        for address in [member.client, member.peer] {
+            assert_eq!(runtime.block_on(served_certificate(&cell, address)).as_ref(), Some(&old[index]), "replica {} serves another certificate", member.id);
+        }
+    }
+
+    // A steady write load, bounded in time, while every replica's
+    // certificate and key are replaced (new keys, same CA).
+    let client = std::sync::Arc::new(
+        runtime.block_on(Client::connect(&addresses(&cell), options(cell.client_tls("admin")))).expect("a session over TLS"),
+    );
+    let load = {
+        let client = client.clone();
+        runtime.spawn(async move {
+            let handle = client.open("/rotation", OpenOptions::new().create()).await.expect("open");
+            let (mut acknowledged, mut failed) = (0u64, Vec::new());
+            let until = std::time::Instant::now() + Duration::from_secs(12);
+            let mut n = 0u64;
+            while std::time::Instant::now() < until {
+                n += 1;
+                match handle.set_contents(format!("v{n}").into_bytes(), None).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(error) => failed.push(error.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acknowledged, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let mut args = vec!["--cell-id".to_string(), CELL_ID.into(), "--host".into(), "127.0.0.1".into()];
+    for member in &cell.members {
+        args.extend(["--replica".to_string(), member.id.to_string()]);
+    }
+    cell.make_certificates(&args);
+    // Two replicas are told at once; the others notice the files changed.
+    cell.signal(0, libc::SIGHUP);
+    cell.signal(1, libc::SIGHUP);
+    let new: Vec<Vec<u8>> = cell.members.iter().map(|m| certificate_file(&cell, &format!("replica-{}", m.id))).collect();
+    assert!(new.iter().zip(&old).all(|(new, old)| new != old), "gaios-server certs did not make new certificates");
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let serving: Vec<bool> = runtime.block_on(async {
+            let mut serving = Vec::new();
+            for (index, member) in cell.members.iter().enumerate() {
+                for address in [member.client, member.peer] {
+                    serving.push(served_certificate(&cell, address).await.as_ref() == Some(&new[index]));
+                }
+            }
+            serving
+        });
+        if serving.iter().all(|&s| s) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "not every port serves its new certificate: {serving:?}\n{}", cell.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (acknowledged, failed) = runtime.block_on(load).expect("the load task");
+    assert!(failed.is_empty(), "writes failed during the rotation: {failed:?}");
+    assert!(acknowledged > 50, "only {acknowledged} writes were acknowledged");
+
+    // Connections made after the rotation use the new certificates both
+    // ways: a follower restarted now catches up over new peer links.
+    let follower = (0..REPLICAS as usize).find(|&i| cell.members[i].id != master).expect("a follower");
+    cell.kill(follower);
+    runtime.block_on(async {
+        let handle = client.open("/rotation", OpenOptions::new()).await.expect("open");
+        handle.set_contents(b"after the rotation".to_vec(), None).await.expect("a write after the rotation");
+    });
+    cell.restart(follower);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = runtime.block_on(statuses(&cell, &all));
+        let master_applied = now.iter().find(|s| s.role() == gaios_proto::cell::v1::Role::Master).map(|s| s.applied);
+        let follower_applied = now.iter().find(|s| s.id == cell.members[follower].id).map(|s| s.applied);
+        if let (Some(m), Some(f)) = (master_applied, follower_applied)
+            && f >= m
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the restarted follower did not catch up over TLS: {now:?}\n{}", cell.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = cell.logs();
+    assert!(log.contains("reloaded the TLS certificates"), "no replica logged a reload");
 }

@@ -78,7 +78,10 @@ fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> 
     if private {
         options.mode(0o600);
     }
-    let temporary = path.with_extension("tmp");
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    // A leftover of a crashed run is replaced, never reused with its mode.
+    let _ = std::fs::remove_file(&temporary);
+    options.create_new(true);
     let mut file = options.open(&temporary).with_context(|| format!("cannot write {}", temporary.display()))?;
     file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", temporary.display()))?;
     // Renamed into place, so that a replica reloading never reads half a file.
@@ -96,7 +99,7 @@ fn leaf(key: &KeyPair, params: CertificateParams, issuer: &Issuer<'_, KeyPair>, 
 /// Makes what `args` asks for; returns the files written.
 pub fn make(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(cell_id_is_dns_label(&args.cell_id), "--cell-id {:?} must be a DNS label (letters, digits, hyphens) to be named in certificates", args.cell_id);
-    anyhow::ensure!(args.days >= 1, "--days must be at least 1");
+    anyhow::ensure!((1..=36_500).contains(&args.days), "--days must be 1 to 36500");
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let mut written = Vec::new();
     let (ca_cert, ca_key) = (args.dir.join(CA_CERT), args.dir.join(CA_KEY));

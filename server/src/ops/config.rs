@@ -68,7 +68,7 @@ pub enum Command {
     Init(InitArgs),
     /// Runs the replica on the data directory `init` created (the word
     /// `run` may be left out).
-    Run(Args),
+    Run(Box<Args>),
     /// Makes a cell's CA (once) and certificates for its replicas and
     /// clients.
     Certs(crate::ops::certs::CertsArgs),
@@ -174,6 +174,11 @@ pub struct Args {
     /// addresses.
     #[arg(long)]
     pub insecure: bool,
+    /// An identity (client certificate CN) that administers the cell: only
+    /// administrators may change its members. Repeat for several; give
+    /// every replica the same list. Without TLS everyone may.
+    #[arg(long = "admin")]
+    pub admins: Vec<String>,
 }
 
 /// The default of `--tick-ms`.
@@ -393,6 +398,8 @@ pub struct ReplicaConfig {
     pub joining: bool,
     /// The TLS material; `None` only with `--insecure`.
     pub tls: Option<crate::ops::tls::TlsFiles>,
+    /// The identities that may change the members (with TLS).
+    pub admins: Vec<String>,
 }
 
 impl ReplicaConfig {
@@ -468,6 +475,7 @@ impl ReplicaConfig {
             session_lease: Duration::from_millis(args.session_lease_ms),
             joining: false,
             tls,
+            admins: args.admins,
         })
     }
 

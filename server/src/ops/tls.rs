@@ -45,10 +45,14 @@ use crate::replica::transport::TransportStats;
 /// How often the certificate files are checked for a change.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most handshakes under way at once on one listener; a connection
 /// beyond it is closed at once.
 pub const HANDSHAKES_MAX: usize = 256;
+/// The most handshakes under way at once from one IP address, so that one
+/// host opening connections and sending nothing cannot take every slot of
+/// [`HANDSHAKES_MAX`] from the others (peers reconnecting, clients).
+pub const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
 /// The handshaken connections waiting for the gRPC server to take them.
 const ACCEPTED_QUEUE: usize = 64;
 /// The largest certificate or key file read (a chain of a few certificates
@@ -111,6 +115,10 @@ struct Loaded {
 /// A replica's TLS material, reloadable (see the module docs).
 pub struct Tls {
     files: TlsFiles,
+    /// The replica (id and cell) the certificate must name, for a
+    /// replica's own material: a reload of another member's certificate
+    /// would cut this one off from its peers.
+    expected: Option<(ReplicaId, String)>,
     loaded: RwLock<Arc<Loaded>>,
     /// Reloads that took effect.
     pub reloads: AtomicU64,
@@ -146,7 +154,7 @@ pub fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'stati
     Ok(certificates)
 }
 
-fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+fn load(files: &TlsFiles, expected: Option<&(ReplicaId, String)>) -> Result<Loaded, TlsError> {
     let stamps = stamps(files);
     let ca_pem = read_pem(&files.ca)?;
     let cert_pem = read_pem(&files.cert)?;
@@ -156,6 +164,17 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         roots.add(ca).map_err(|error| TlsError::Rustls(format!("{}: {error}", files.ca.display())))?;
     }
     let chain = certificates(&cert_pem, &files.cert)?;
+    if let Some((id, cell_id)) = expected {
+        let named = replica_of(&chain, cell_id);
+        if named != Some(*id) {
+            return Err(TlsError::Rustls(format!(
+                "{} must name this replica as {} among its DNS names; it names {}",
+                files.cert.display(),
+                replica_name(*id, cell_id),
+                named.map_or_else(|| "no member".to_string(), |other| format!("replica {other}")),
+            )));
+        }
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| TlsError::Pem { path: files.key.clone(), what: "private key" })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -174,11 +193,13 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
 }
 
 impl Tls {
-    /// Reads the files; fails if any is missing or unusable.
-    pub fn load(files: TlsFiles) -> Result<Arc<Tls>, TlsError> {
-        let loaded = load(&files)?;
+    /// Reads the files; fails if any is missing or unusable, or (with
+    /// `expected`) if the certificate does not name that replica.
+    pub fn load(files: TlsFiles, expected: Option<(ReplicaId, String)>) -> Result<Arc<Tls>, TlsError> {
+        let loaded = load(&files, expected.as_ref())?;
         Ok(Arc::new(Tls {
             files,
+            expected,
             loaded: RwLock::new(Arc::new(loaded)),
             reloads: AtomicU64::new(0),
         }))
@@ -190,7 +211,7 @@ impl Tls {
 
     /// Reads the files again; on failure the material in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let loaded = load(&self.files)?;
+        let loaded = load(&self.files, self.expected.as_ref())?;
         *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -238,6 +259,12 @@ pub fn cell_id_is_dns_label(cell_id: &str) -> bool {
         && cell_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !cell_id.starts_with('-')
         && !cell_id.ends_with('-')
+        // rustls refuses a name whose last label is all digits (`2024`)
+        // or looks like hex (`0xbeef`), as an IP address in disguise.
+        && matches!(
+            rustls::pki_types::ServerName::try_from(replica_name(1, cell_id).as_str()),
+            Ok(rustls::pki_types::ServerName::DnsName(_))
+        )
 }
 
 /// The member a peer's certificate names (`replica-<id>.<cell_id>` among
@@ -245,11 +272,14 @@ pub fn cell_id_is_dns_label(cell_id: &str) -> bool {
 pub fn replica_of(certificates: &[CertificateDer<'_>], cell_id: &str) -> Option<ReplicaId> {
     let leaf = certificates.first()?;
     let certificate = webpki::EndEntityCert::try_from(leaf).ok()?;
-    let suffix = format!(".{cell_id}");
+    // DNS names compare without regard to case.
+    let suffix = format!(".{}", cell_id.to_ascii_lowercase());
     let mut ids = certificate.valid_dns_names().filter_map(|name| {
+        let name = name.to_ascii_lowercase();
         let id = name.strip_prefix("replica-")?.strip_suffix(suffix.as_str())?;
-        // Digits only: no sign, no spaces.
-        id.bytes().all(|b| b.is_ascii_digit()).then(|| id.parse::<ReplicaId>().ok()).flatten()
+        // The canonical decimal only (no sign, spaces or leading zeros), as
+        // a peer dialling the member spells it.
+        id.parse::<ReplicaId>().ok().filter(|parsed| parsed.to_string() == id)
     });
     let first = ids.next()?;
     ids.all(|other| other == first).then_some(first)
@@ -330,6 +360,8 @@ pub fn incoming(
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
     let (accepted, stream) = mpsc::channel(ACCEPTED_QUEUE);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    // Handshakes under way per address (entries go when they reach 0).
+    let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     tokio::spawn(async move {
         loop {
             let connection = tokio::select! {
@@ -346,9 +378,21 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%remote, "closing a connection: {HANDSHAKES_MAX} TLS handshakes are under way");
+            let from_address = {
+                let mut counts = per_address.lock().unwrap_or_else(PoisonError::into_inner);
+                let count = counts.entry(remote.ip()).or_insert(0);
+                if *count >= HANDSHAKES_PER_ADDRESS_MAX {
+                    None
+                } else {
+                    *count += 1;
+                    Some(AddressSlot { counts: per_address.clone(), address: remote.ip() })
+                }
+            };
+            let (Some(slot), Ok(permit)) = (from_address, handshakes.clone().try_acquire_owned()) else {
+                let refused = failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%remote, refused, "closing a connection: too many TLS handshakes under way (from this address, or in all)");
+                }
                 continue;
             };
             let acceptor = tls.acceptor();
@@ -357,6 +401,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(permit);
+                drop(slot);
                 match outcome {
                     Ok(Ok(stream)) => {
                         let _ = accepted.send(Ok(stream)).await;
@@ -376,6 +421,24 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(stream)
+}
+
+/// A handshake's place in its address's count; freed when dropped.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    address: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// Reloads the material when its files change or on SIGHUP, until
@@ -420,10 +483,43 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_refuses_a_certificate_that_names_another_member() {
+        let dir = tempfile::tempdir().expect("dir");
+        let args = crate::ops::certs::CertsArgs {
+            dir: dir.path().to_path_buf(),
+            cell_id: "c".into(),
+            replicas: vec![1, 2],
+            hosts: vec!["127.0.0.1".into()],
+            clients: vec!["alice".into()],
+            days: 1,
+        };
+        crate::ops::certs::make(&args).expect("certificates");
+        let files = |stem: &str| TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join(format!("{stem}.pem")),
+            key: dir.path().join(format!("{stem}.key")),
+        };
+        assert!(Tls::load(files("replica-2"), Some((2, "c".into()))).is_ok());
+        for (stem, id) in [("replica-2", 1), ("client-alice", 1), ("replica-1", 1)] {
+            let outcome = Tls::load(files(stem), Some((id, "other".into())));
+            assert!(outcome.is_err(), "{stem} was taken as replica {id} of cell other");
+        }
+        let wrong = Tls::load(files("replica-2"), Some((1, "c".into()))).expect_err("replica 2's certificate taken by replica 1");
+        assert!(wrong.to_string().contains("names replica 2"), "{wrong}");
+        // A key that is not the certificate's.
+        let mismatched = TlsFiles { key: dir.path().join("replica-1.key"), ..files("replica-2") };
+        assert!(Tls::load(mismatched, None).is_err(), "a key of another certificate was taken");
+        // Names compare canonically.
+        let chain = certificates(&std::fs::read(dir.path().join("replica-2.pem")).expect("pem"), dir.path()).expect("chain");
+        assert_eq!(replica_of(&chain, "c"), Some(2));
+        assert_eq!(replica_of(&chain, "C"), Some(2), "DNS names ignore case");
+    }
+
+    #[test]
     fn cell_ids_must_be_dns_labels() {
         assert!(cell_id_is_dns_label("local"));
         assert!(cell_id_is_dns_label("prod-eu-1"));
-        for bad in ["", "-a", "a-", "a.b", "a b", "ä", &"x".repeat(64)] {
+        for bad in ["", "-a", "a-", "a.b", "a b", "ä", &"x".repeat(64), "2024", "0xbeef"] {
             assert!(!cell_id_is_dns_label(bad), "{bad:?}");
         }
     }

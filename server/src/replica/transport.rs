@@ -977,8 +977,13 @@ async fn peer_task(
     let mut backoff = BACKOFF_MIN;
     // Wait for something to send before connecting (lazy connection).
     while let Some(first) = queue.recv().await {
-        let Some(endpoint) = dialer.endpoint(peer, &address) else { return };
-        match connect(&endpoint).await {
+        // An endpoint that cannot be built now (unusable certificates
+        // after a reload, say) may be buildable later.
+        let connected = match dialer.endpoint(peer, &address) {
+            Some(endpoint) => connect(&endpoint).await,
+            None => Err(ConnectError::NoEndpoint),
+        };
+        match connected {
             Ok((client, batches, responses)) => {
                 tracing::info!(id, peer, %address, "connected to peer");
                 backoff = BACKOFF_MIN;
@@ -1044,7 +1049,10 @@ impl SnapshotSender {
             let Ok(crc) = tokio::task::spawn_blocking(move || crc32fast::hash(&data)).await else { return };
             let mut backoff = BACKOFF_MIN;
             for attempt in 1..=SNAPSHOT_ATTEMPTS_MAX {
-                let Some(endpoint) = self.dialer.endpoint(self.to, &self.address) else { return };
+                let Some(endpoint) = self.dialer.endpoint(self.to, &self.address) else {
+                    tokio::time::sleep(BACKOFF_MAX).await;
+                    continue;
+                };
                 match self.send(&endpoint, &mut client, &snapshot, crc).await {
                     Ok(()) => break,
                     Err(error) => {
@@ -1084,7 +1092,9 @@ impl SnapshotSender {
         let client = match client {
             Some(client) => client,
             None => client.insert(
-                ReplicaClient::new(endpoint.connect().await?)
+                ReplicaClient::new(
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await.map_err(|_| SendSnapshotError::Stalled)??,
+                )
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(MESSAGE_BYTES_MAX),
             ),
@@ -1152,12 +1162,24 @@ pub enum ConnectError {
     /// The peer refused the `Exchange` call.
     #[error("opening the exchange stream: {0}")]
     Rpc(#[from] Status),
+    /// The connection (TCP, then the TLS handshake) took longer than
+    /// [`HANDSHAKE_TIMEOUT`] (a peer that is stopped still completes TCP).
+    #[error("connecting took longer than {HANDSHAKE_TIMEOUT:?}")]
+    TimedOut,
+    /// No endpoint could be built (logged): a bad address, or TLS
+    /// material tonic refused.
+    #[error("no endpoint can be built for the peer")]
+    NoEndpoint,
 }
+
+/// The longest a connection to a peer may take, TLS handshake included
+/// (`connect_timeout` bounds only the TCP connect).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Connection = (ReplicaClient<Channel>, mpsc::Sender<peer::PaxosBatch>, Streaming<peer::PaxosBatch>);
 
 async fn connect(endpoint: &Endpoint) -> Result<Connection, ConnectError> {
-    let channel = endpoint.connect().await?;
+    let channel = tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await.map_err(|_| ConnectError::TimedOut)??;
     let mut client = ReplicaClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);

@@ -88,6 +88,8 @@ pub struct CellService {
     /// Whether clients come over TLS: then every call has an identity (its
     /// certificate's CN) and a session serves only the one that created it.
     tls: bool,
+    /// The identities that may change the members (with TLS).
+    admins: Arc<[String]>,
 }
 
 /// Who is calling: the CN of the client's TLS certificate; `None` on an
@@ -106,7 +108,14 @@ impl CellService {
         stats: Arc<TransportStats>,
         shared: Arc<Shared>,
     ) -> Self {
-        CellService { cell_id, incarnation, members: members.into(), status, stats, shared, tls: false }
+        CellService { cell_id, incarnation, members: members.into(), status, stats, shared, tls: false, admins: Arc::new([]) }
+    }
+
+    /// The identities that may change the members when TLS is on.
+    #[must_use]
+    pub fn with_admins(mut self, admins: Vec<String>) -> Self {
+        self.admins = admins.into();
+        self
     }
 
     /// Makes every call need a TLS client certificate that names an
@@ -337,6 +346,16 @@ impl Cell for CellService {
         request: Request<api::ChangeMembershipRequest>,
     ) -> Result<Response<api::ChangeMembershipResponse>, Status> {
         use api::change_membership_request::Change;
+        let caller = self.caller(&request)?;
+        if let Some(identity) = &caller
+            && !self.admins.contains(identity)
+        {
+            return Err(with_reason(
+                tonic::Code::PermissionDenied,
+                api::ErrorReason::NotAnAdmin,
+                format!("changing the members needs a cell administrator; {identity:?} is not one (see --admin)"),
+            ));
+        }
         let request = request.into_inner();
         let change = match request.change {
             Some(Change::AddLearner(learner)) => {
@@ -662,14 +681,14 @@ mod tests {
         let (state, session, secret, _) = state_with_a_holding();
         let valid = Instant::now().checked_add(Duration::from_secs(60));
         let (service, status_sender, mut proposals) = service(state, status(Role::Master, valid));
-        let refused = service.authorize(session + 41, &secret, Unknown::Refuse).expect_err("an unknown session");
+        let refused = service.authorize(&None, session + 41, &secret, Unknown::Refuse).expect_err("an unknown session");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
         let reason = tonic_types::StatusExt::get_error_details(&refused).error_info().map(|info| info.reason.clone());
         assert_eq!(reason.as_deref(), Some("SESSION_ENDED"));
-        service.authorize(session, &secret, Unknown::Refuse).expect("the session it holds");
-        service.authorize(session + 41, &secret, Unknown::LeaveToApply).expect("a close is left to apply");
+        service.authorize(&None, session, &secret, Unknown::Refuse).expect("the session it holds");
+        service.authorize(&None, session + 41, &secret, Unknown::LeaveToApply).expect("a close is left to apply");
         status_sender.send_replace(status(Role::Follower, valid));
-        service.authorize(session + 41, &secret, Unknown::Refuse).expect("a replica that cannot serve leaves it to apply");
+        service.authorize(&None, session + 41, &secret, Unknown::Refuse).expect("a replica that cannot serve leaves it to apply");
         assert!(proposals.try_recv().is_err(), "nothing was proposed");
     }
 
