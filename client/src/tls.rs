@@ -35,8 +35,9 @@ impl Tls {
         Ok(Tls::from_pem(&read(ca)?, &read(cert)?, &read(key)?))
     }
 
-    /// The tonic configuration: trust the CA, present the certificate.
-    pub(crate) fn config(&self) -> tonic::transport::ClientTlsConfig {
+    /// The tonic configuration: trust the CA, present the certificate (for
+    /// programs that make their own channels to the cell).
+    pub fn config(&self) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&*self.ca_pem))
             .identity(tonic::transport::Identity::from_pem(&*self.cert_pem, &*self.key_pem))

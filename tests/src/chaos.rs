@@ -357,7 +357,7 @@ const REPLACE_DEADLINE: Duration = Duration::from_secs(90);
 /// the wiped replica. Says what happened.
 async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> Result<String, String> {
     let old = cell.members[victim];
-    let config = gaios_client::membership::configuration(addresses, None).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let config = gaios_client::membership::configuration(addresses, client_tls().as_ref()).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
     let newcomer = crate::Member { id: config.highest_member_id + 1, ..old };
     let contacts: Vec<crate::Member> = cell.members.iter().copied().filter(|m| m.id != old.id).collect();
     cell.replace_at(victim, newcomer, &contacts);
@@ -370,6 +370,7 @@ async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> 
         .args(["--peer", &newcomer.peer.to_string(), "--client", &newcomer.client.to_string()])
         .args(["--timeout-ms", &REPLACE_DEADLINE.as_millis().to_string()])
         .env_remove("GAIOS_CELL")
+        .envs(tls_env())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let output = match tokio::time::timeout(REPLACE_DEADLINE + Duration::from_secs(10), command.output()).await {
@@ -381,7 +382,7 @@ async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> 
     if !output.status.success() {
         return Err(format!("gaios member replace {} by {} failed: {}", old.id, newcomer.id, String::from_utf8_lossy(&output.stderr).trim()));
     }
-    let config = gaios_client::membership::configuration(addresses, None).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
+    let config = gaios_client::membership::configuration(addresses, client_tls().as_ref()).await.map_err(|e| format!("cannot read the configuration: {e}"))?;
     let voters: Vec<u64> = config.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
     if voters.len() != REPLICAS as usize || !voters.contains(&newcomer.id) || voters.contains(&old.id) {
         return Err(format!("after replacing {} by {}, the voters are {voters:?}", old.id, newcomer.id));
@@ -418,6 +419,44 @@ pub struct Report {
 /// client loses its session within a few seconds.
 const SESSION_LEASE_MS: u64 = 3_000;
 
+/// The TLS folder of this process's chaos cell (set once, when the run
+/// starts its cell with TLS; `GAIOS_CHAOS_TLS=0` runs it in plaintext).
+static TLS_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Names the run's TLS folder to the worker processes.
+const TLS_DIR_VAR: &str = "GAIOS_CHAOS_TLS_DIR";
+
+/// The TLS material of the run's clients: the cell's `admin` certificate,
+/// from the folder of the run's cell (in the test process) or the one
+/// `GAIOS_CHAOS_TLS_DIR` names (in the worker processes); `None` for a
+/// plaintext run and outside chaos runs.
+pub fn client_tls() -> Option<gaios_client::Tls> {
+    let dir = TLS_DIR.get().cloned().or_else(|| std::env::var_os(TLS_DIR_VAR).map(std::path::PathBuf::from))?;
+    gaios_client::Tls::from_files(&dir.join("ca.pem"), &dir.join("client-admin.pem"), &dir.join("client-admin.key")).ok()
+}
+
+/// The environment that points a process (a worker, the `gaios` tool) at
+/// the run's TLS material.
+pub fn tls_env() -> Vec<(&'static str, std::path::PathBuf)> {
+    TLS_DIR.get().map_or_else(Vec::new, |dir| {
+        vec![
+            (TLS_DIR_VAR, dir.clone()),
+            ("GAIOS_CACERT", dir.join("ca.pem")),
+            ("GAIOS_CERT", dir.join("client-admin.pem")),
+            ("GAIOS_KEY", dir.join("client-admin.key")),
+        ]
+    })
+}
+
+/// A channel endpoint for the client address `address`, over TLS when the
+/// run uses it.
+pub fn endpoint(address: &str) -> Option<tonic::transport::Endpoint> {
+    match client_tls() {
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{address}")).ok()?.tls_config(tls.config()).ok(),
+        None => tonic::transport::Endpoint::from_shared(format!("http://{address}")).ok(),
+    }
+}
+
 /// The client options of every workload: `name` identifies the session.
 /// Options not named here (the library may grow some) keep their defaults.
 #[allow(clippy::needless_update)]
@@ -427,6 +466,7 @@ pub fn client_options(name: &str) -> Options {
         attempt_timeout: Duration::from_millis(1_500),
         call_deadline: Duration::from_secs(6),
         client_name: name.to_string(),
+        tls: client_tls(),
         ..Options::default()
     }
 }
@@ -488,7 +528,12 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     // The proxy's links are bound; free the replicas' ports for them.
     drop(reserved);
     let network = &network;
-    let mut cell = Cell::start_with_clocks(&["--session-lease-ms", &lease], members, network.routes(), rates.clone());
+    let tls = std::env::var("GAIOS_CHAOS_TLS").map_or(true, |v| v != "0");
+    let mut cell = Cell::start_full(&["--session-lease-ms", &lease], members, network.routes(), rates.clone(), tls);
+    if tls {
+        // One chaos run per process.
+        let _ = TLS_DIR.set(cell.tls_dir());
+    }
     let addresses: Vec<String> = cell.members.iter().map(|m| m.client.to_string()).collect();
 
     let all: Vec<usize> = (0..REPLICAS as usize).collect();

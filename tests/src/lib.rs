@@ -186,6 +186,18 @@ impl Cell {
         Cell::start_configured(extra_args, Cell::free_members(), std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), true)
     }
 
+    /// Starts the cell as [`Cell::start_with_clocks`] does, with TLS (as
+    /// [`Cell::start_tls`]) if `tls`.
+    pub fn start_full(
+        extra_args: &[&str],
+        members: Vec<Member>,
+        routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
+        clock_rates: std::collections::BTreeMap<usize, f64>,
+        tls: bool,
+    ) -> Cell {
+        Cell::start_configured(extra_args, members, routes, clock_rates, tls)
+    }
+
     fn start_configured(
         extra_args: &[&str],
         members: Vec<Member>,
@@ -564,6 +576,9 @@ pub fn monotonic_us() -> u64 {
 
 /// One replica's Status, or `None` if it does not answer in time.
 pub async fn status(address: SocketAddr) -> Option<StatusResponse> {
+    if let Some(tls) = chaos::client_tls() {
+        return gaios_client::cell_status(&[address.to_string()], Some(&tls)).await.pop();
+    }
     let call = async {
         let mut client = CellClient::connect(format!("http://{address}")).await.ok()?;
         client.status(StatusRequest {}).await.ok().map(tonic::Response::into_inner)
@@ -629,7 +644,8 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
 
 impl Client {
     async fn connect(address: SocketAddr) -> Option<CellClient<Channel>> {
-        let channel = tokio::time::timeout(RPC_TIMEOUT, Channel::from_shared(format!("http://{address}")).ok()?.connect())
+        // Over TLS in a chaos run that uses it.
+        let channel = tokio::time::timeout(RPC_TIMEOUT, chaos::endpoint(&address.to_string())?.connect())
             .await
             .ok()?
             .ok()?;

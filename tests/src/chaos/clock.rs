@@ -257,7 +257,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
         let (history, stop, session) = (Arc::clone(&history), Arc::clone(&stop), session.clone());
         let start = recorder.start_us;
         tasks.push(tokio::spawn(async move {
-            let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{slow_address}")) else { return };
+            let Some(channel) = super::endpoint(&slow_address.to_string()) else { return };
             let mut client = api::cell_client::CellClient::new(channel.connect_lazy());
             while !stop.load(Ordering::Relaxed) {
                 let request = api::GetContentsAndStatRequest { handle: Some(session.handle(handle)) };
@@ -280,7 +280,7 @@ async fn isolate_and_read(cell: &Cell, network: &Network, recorder: &Recorder, s
         tasks.push(tokio::spawn(async move {
             let clients: Vec<_> = others
                 .iter()
-                .filter_map(|address| tonic::transport::Channel::from_shared(format!("http://{address}")).ok())
+                .filter_map(|address| super::endpoint(&address.to_string()))
                 .map(|channel| api::cell_client::CellClient::new(channel.connect_lazy()))
                 .collect();
             let mut request_number = 10u64;

@@ -66,7 +66,7 @@ fn ballot(ballot: Option<&api::Ballot>) -> Ballot {
 pub(super) async fn monitor(replicas: Vec<SocketAddr>, recorder: Arc<Recorder>, stop: watch::Receiver<bool>) {
     let channels: Vec<Channel> = replicas
         .iter()
-        .filter_map(|address| Channel::from_shared(format!("http://{address}")).ok())
+        .filter_map(|address| super::endpoint(&address.to_string()))
         .map(|endpoint| endpoint.connect_timeout(STATUS_TIMEOUT).connect_lazy())
         .collect();
     while !*stop.borrow() {

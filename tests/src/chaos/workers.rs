@@ -406,6 +406,7 @@ fn command(role: Role, index: usize, spawn: &Spawn<'_>) -> std::io::Result<Comma
         .arg("--seed")
         .arg(spawn.seed.to_string())
         .env("RUST_LOG", "warn")
+        .envs(super::tls_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -144,8 +144,9 @@ pub(super) async fn pinned_reads(reader: usize, addresses: Vec<String>, recorder
         };
         next = (next + 1) % addresses.len();
         if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(next) {
-            let endpoint = format!("http://{}", addresses[next]);
-            if let Ok(Ok(cell)) = tokio::time::timeout(Duration::from_millis(500), api::cell_client::CellClient::connect(endpoint)).await {
+            let Some(endpoint) = super::endpoint(&addresses[next].to_string()) else { continue };
+            if let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_millis(500), endpoint.connect()).await {
+                let cell = api::cell_client::CellClient::new(channel);
                 e.insert(cell);
             } else {
                 continue;
