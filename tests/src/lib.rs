@@ -176,29 +176,19 @@ impl Cell {
         routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
         clock_rates: std::collections::BTreeMap<usize, f64>,
     ) -> Cell {
-        Cell::start_configured(extra_args, members, routes, clock_rates, false)
+        Cell::start_full(extra_args, members, routes, clock_rates, false)
     }
 
     /// Starts five replicas with TLS on both ports: a CA, a certificate per
     /// replica and client certificates for [`TLS_CLIENTS`], all made by
     /// `gaios-server certs` under the cell's directory.
     pub fn start_tls(extra_args: &[&str]) -> Cell {
-        Cell::start_configured(extra_args, Cell::free_members(), std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), true)
+        Cell::start_full(extra_args, Cell::free_members(), std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), true)
     }
 
     /// Starts the cell as [`Cell::start_with_clocks`] does, with TLS (as
     /// [`Cell::start_tls`]) if `tls`.
     pub fn start_full(
-        extra_args: &[&str],
-        members: Vec<Member>,
-        routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,
-        clock_rates: std::collections::BTreeMap<usize, f64>,
-        tls: bool,
-    ) -> Cell {
-        Cell::start_configured(extra_args, members, routes, clock_rates, tls)
-    }
-
-    fn start_configured(
         extra_args: &[&str],
         members: Vec<Member>,
         routes: std::collections::BTreeMap<(u64, u64), SocketAddr>,

@@ -144,16 +144,21 @@ impl CellService {
 
     /// Refuses a call on `session_id` from another identity than the one
     /// that created it (an identity never changes, so the applied state,
-    /// however stale, judges right). A session this replica does not hold
-    /// is left to the other checks.
+    /// however stale, judges right). `apply` checks only the secret, so a
+    /// session this replica does not hold yet (a master just elected,
+    /// still applying what its predecessor chose) must not get a command
+    /// through: with TLS it waits until the replica may serve (then it has
+    /// applied every session a client was told of, and the other checks
+    /// refuse an unknown one).
     pub(super) fn check_owner(&self, caller: &Caller, session_id: u64) -> Result<(), Status> {
-        let state = self.shared.state();
-        match state.session_owner(session_id) {
+        let owner = self.shared.state().session_owner(session_id).map(str::to_owned);
+        match owner {
             Some(owner) if owner != caller.as_deref().unwrap_or("") => Err(with_reason(
                 tonic::Code::PermissionDenied,
                 api::ErrorReason::SessionOwnerMismatch,
                 format!("session {session_id} belongs to another identity than this client certificate's"),
             )),
+            None if self.tls => self.read_gate(),
             _ => Ok(()),
         }
     }
@@ -689,6 +694,28 @@ mod tests {
         service.authorize(&None, session + 41, &secret, Unknown::LeaveToApply).expect("a close is left to apply");
         status_sender.send_replace(status(Role::Follower, valid));
         service.authorize(&None, session + 41, &secret, Unknown::Refuse).expect("a replica that cannot serve leaves it to apply");
+        assert!(proposals.try_recv().is_err(), "nothing was proposed");
+    }
+
+    /// With TLS, `apply` cannot tell whose a session is: a replica that
+    /// does not hold the session yet (a master still applying what its
+    /// predecessor chose) must not propose for it, even for a close.
+    #[tokio::test]
+    async fn with_tls_a_session_not_applied_yet_waits_for_the_read_gate() {
+        let (state, session, secret, _) = state_with_a_holding();
+        let valid = Instant::now().checked_add(Duration::from_secs(60));
+        let (service, status_sender, mut proposals) = service(state, status(Role::Master, valid));
+        let service = service.with_client_identities(true);
+        let bob = Some("bob".to_string());
+        status_sender.send_replace(status(Role::Follower, valid));
+        for unknown in [Unknown::Refuse, Unknown::LeaveToApply] {
+            let refused = service.authorize(&bob, session + 41, &secret, unknown).expect_err("an unknown session while not serving");
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        }
+        // A session it holds is judged by its owner (empty here: made
+        // without TLS), whatever the gate.
+        let refused = service.authorize(&bob, session, &secret, Unknown::Refuse).expect_err("bob on an ownerless session");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         assert!(proposals.try_recv().is_err(), "nothing was proposed");
     }
 
