@@ -24,6 +24,31 @@ fn addresses(cell: &Cell) -> Vec<String> {
     cell.members.iter().map(|m| m.client.to_string()).collect()
 }
 
+/// Starts a TLS cell and waits for its master; returns the cell, a
+/// runtime and the master's id.
+fn tls_cell() -> (Cell, tokio::runtime::Runtime, u64) {
+    let cell = Cell::start_tls(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let all: Vec<usize> = (0..REPLICAS as usize).collect();
+    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
+    (cell, runtime, master)
+}
+
+/// An endpoint at `address` over TLS with the certificate `stem`
+/// (`client-alice`, `replica-3`) of the cell's TLS folder, expecting the
+/// server's certificate to name `server_name` (the address if `None`).
+fn tls_endpoint(cell: &Cell, address: std::net::SocketAddr, stem: &str, server_name: Option<String>) -> tonic::transport::Endpoint {
+    let dir = cell.tls_dir();
+    let read = |name: String| std::fs::read(dir.join(name)).expect("a TLS file");
+    let mut config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
+        .identity(tonic::transport::Identity::from_pem(read(format!("{stem}.pem")), read(format!("{stem}.key"))));
+    if let Some(name) = server_name {
+        config = config.domain_name(name);
+    }
+    tonic::transport::Endpoint::from_shared(format!("https://{address}")).expect("endpoint").tls_config(config).expect("TLS config")
+}
+
 /// Opens an `Exchange` stream to the replica at `index`'s peer port with
 /// the certificate `stem` (`client-alice`, `replica-3`) of the cell's TLS
 /// folder (expecting the replica's certificate to name it), sends one
@@ -31,17 +56,7 @@ fn addresses(cell: &Cell) -> Vec<String> {
 /// answered.
 async fn exchange_as(cell: &Cell, index: usize, stem: &str, from: u64, incarnation: u64) -> Result<(), tonic::Status> {
     let to = cell.members[index].id;
-    let dir = cell.tls_dir();
-    let read = |name: String| std::fs::read(dir.join(name)).expect("a TLS file");
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", cell.members[index].peer))
-        .expect("endpoint")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
-                .identity(tonic::transport::Identity::from_pem(read(format!("{stem}.pem")), read(format!("{stem}.key"))))
-                .domain_name(format!("replica-{to}.{CELL_ID}")),
-        )
-        .expect("TLS config");
+    let endpoint = tls_endpoint(cell, cell.members[index].peer, stem, Some(format!("replica-{to}.{CELL_ID}")));
     let channel = endpoint.connect().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
     let mut client = ReplicaClient::new(channel);
     let heartbeat = peer::PaxosMessage {
@@ -65,10 +80,8 @@ async fn exchange_as(cell: &Cell, index: usize, stem: &str, from: u64, incarnati
 
 #[test]
 fn only_the_cells_certificates_get_in_and_peers_speak_only_for_themselves() {
-    let cell = Cell::start_tls(&[]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (cell, runtime, master) = tls_cell();
     let all: Vec<usize> = (0..REPLICAS as usize).collect();
-    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
 
     // The cell's own client certificate works.
     let admin = runtime.block_on(Client::connect(&addresses(&cell), options(cell.client_tls("admin")))).expect("a session over TLS");
@@ -126,19 +139,7 @@ fn only_the_cells_certificates_get_in_and_peers_speak_only_for_themselves() {
 
 /// A raw client of the replica at `address` with the certificate `stem`.
 async fn raw_client(cell: &Cell, address: std::net::SocketAddr, stem: &str) -> gaios_proto::cell::v1::cell_client::CellClient<tonic::transport::Channel> {
-    let dir = cell.tls_dir();
-    let read = |name: String| std::fs::read(dir.join(name)).expect("a TLS file");
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
-        .expect("endpoint")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
-                .identity(tonic::transport::Identity::from_pem(read(format!("{stem}.pem")), read(format!("{stem}.key")))),
-        )
-        .expect("TLS config")
-        .connect()
-        .await
-        .expect("connect over TLS");
+    let channel = tls_endpoint(cell, address, stem, None).connect().await.expect("connect over TLS");
     gaios_proto::cell::v1::cell_client::CellClient::new(channel)
 }
 
@@ -151,10 +152,7 @@ fn reason_of(status: &tonic::Status) -> String {
 #[test]
 fn another_identity_cannot_use_keep_alive_or_close_a_session_nor_release_its_lock() {
     use gaios_proto::cell::v1 as api;
-    let cell = Cell::start_tls(&[]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let all: Vec<usize> = (0..REPLICAS as usize).collect();
-    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
+    let (cell, runtime, master) = tls_cell();
     let master_address = cell.members[cell.index_of(master)].client;
 
     let alice = runtime.block_on(Client::connect(&addresses(&cell), options(cell.client_tls("alice")))).expect("alice's session");
@@ -256,10 +254,8 @@ fn certificate_file(cell: &Cell, stem: &str) -> Vec<u8> {
 
 #[test]
 fn certificates_rotate_under_a_write_load_without_a_failed_write() {
-    let mut cell = Cell::start_tls(&[]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut cell, runtime, master) = tls_cell();
     let all: Vec<usize> = (0..REPLICAS as usize).collect();
-    let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
     let old: Vec<Vec<u8>> = cell.members.iter().map(|m| certificate_file(&cell, &format!("replica-{}", m.id))).collect();
     for (index, member) in cell.members.iter().enumerate() {
         for address in [member.client, member.peer] {

@@ -151,9 +151,10 @@ impl CellService {
     /// applied every session a client was told of, and the other checks
     /// refuse an unknown one).
     pub(super) fn check_owner(&self, caller: &Caller, session_id: u64) -> Result<(), Status> {
-        let owner = self.shared.state().session_owner(session_id).map(str::to_owned);
-        match owner {
-            Some(owner) if owner != caller.as_deref().unwrap_or("") => Err(with_reason(
+        // Whether the caller is the owner; `None` if the session is unknown.
+        let owns = self.shared.state().session_owner(session_id).map(|owner| owner == caller.as_deref().unwrap_or(""));
+        match owns {
+            Some(false) => Err(with_reason(
                 tonic::Code::PermissionDenied,
                 api::ErrorReason::SessionOwnerMismatch,
                 format!("session {session_id} belongs to another identity than this client certificate's"),
