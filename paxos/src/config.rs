@@ -263,4 +263,21 @@ impl Config {
     pub fn recovery_slots_max(&self) -> u64 {
         (self.promise_parts_max as u64).saturating_mul(self.entries_per_message_max as u64)
     }
+
+    /// How far past its chosen prefix an acceptor accepts: an acceptor
+    /// takes a slot `s` only while `s - (chosen_through + 1)` is below this,
+    /// so that whatever it holds past its chosen prefix always fits in one
+    /// promise ([`Self::recovery_slots_max`] slots, `promise_parts_max`
+    /// parts). Each part holds at least as many entries as fit in a message
+    /// by count and by bytes (every entry a master makes is at most
+    /// [`Self::entry_bytes_max`]), so `promise_parts_max` such parts always
+    /// suffice. Without this bound followers that learn slower than the
+    /// master chooses (slow or lossy catch-up) accept ever further ahead of
+    /// their chosen prefix; once the master that knew those slots chosen is
+    /// gone, no survivor can run phase 1 over its own log and no one else
+    /// knows more: the cell could never elect a master again.
+    pub fn accept_window_slots(&self) -> u64 {
+        let per_part = (self.message_bytes_max / self.entry_bytes_max().max(1)).clamp(1, self.entries_per_message_max.max(1));
+        (self.promise_parts_max as u64).saturating_mul(per_part as u64)
+    }
 }

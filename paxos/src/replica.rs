@@ -1255,6 +1255,16 @@ impl Replica {
 
     /// Acceptor rule for phase 2a: accept unless a higher ballot was promised.
     /// The accepted notice leaves only once the entries are durable.
+    ///
+    /// A follower accepts no slot past its accept window
+    /// ([`Config::accept_window_slots`]) from its own chosen prefix: it
+    /// catches up first (the master resends the slot while it is open, and
+    /// a majority of others may choose it meanwhile). So every replica's
+    /// log past its chosen prefix fits in one promise, and the replica with
+    /// the highest chosen prefix among any majority can always run phase 1.
+    /// The master's own acceptor is not bound: its proposals are at most a
+    /// window of slots in flight, or what phase 1 recovered, past its chosen
+    /// prefix.
     fn on_accept(&mut self, from: ReplicaId, ballot: Ballot, entries: Vec<Entry>, chosen_through: Slot) {
         if ballot.replica != from {
             return;
@@ -1262,6 +1272,14 @@ impl Replica {
         if !self.follow(from, ballot) {
             return;
         }
+        // The slot is first learned chosen below (the master's prefix may
+        // cover our entries of its ballot), so the window is counted from
+        // our chosen prefix as it stands before this accept.
+        let window_end = if from == self.config.id {
+            Slot::MAX
+        } else {
+            self.chosen_through.saturating_add(self.config.accept_window_slots())
+        };
         let mut slots = Vec::with_capacity(entries.len());
         for entry in entries {
             if entry.ballot != ballot {
@@ -1271,6 +1289,10 @@ impl Replica {
                 // Already chosen here; the master can only be re-proposing the
                 // chosen value.
                 slots.push(entry.slot);
+                continue;
+            }
+            if entry.slot > window_end {
+                // Too far ahead of what we know chosen: catch up first.
                 continue;
             }
             self.log.insert(entry.slot, (ballot, entry.value.clone()));

@@ -309,6 +309,58 @@ fn follower_learns_chosen_slots_accepted_in_the_masters_ballot_and_asks_for_the_
 }
 
 #[test]
+fn a_follower_accepts_no_further_past_its_chosen_prefix_than_one_promise_can_report() {
+    // One entry per message and four promise parts: a window of four slots.
+    let mut r = follower_of_window(4);
+    assert_eq!(r.config().accept_window_slots(), 4);
+    let ballot = Ballot::new(1, 1);
+    let entry = |slot| Entry { slot, ballot, value: batch(&["x"]) };
+    // The master chose slots 1 and 2 without us; we missed slot 1 and hold
+    // up to the window, no further.
+    for slot in 2..=6 {
+        r.step(1, Message::Accept { ballot, entries: vec![entry(slot)], chosen_through: 0 });
+    }
+    let ready = persist(&mut r);
+    let accepted: Vec<u64> = to(&ready.persisted_messages, 1)
+        .into_iter()
+        .flat_map(|m| match m {
+            Message::Accepted { slots, .. } => slots.clone(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(accepted, vec![2, 3, 4], "slots 5 and 6 lie past the window from chosen slot 0");
+    assert_eq!(ready.entries.iter().map(|e| e.slot).collect::<Vec<_>>(), vec![2, 3, 4]);
+    // Whatever we hold past our chosen prefix fits in one promise: with the
+    // master gone, we can still lead.
+    r.campaign();
+    assert_eq!(r.status().role, "candidate");
+    // Once we learn slot 1, the window moves on.
+    let mut r2 = follower_of_window(4);
+    r2.step(1, Message::Accept { ballot, entries: vec![entry(5)], chosen_through: 0 });
+    assert!(to(&persist(&mut r2).persisted_messages, 1).is_empty());
+    r2.step(1, Message::CatchUp { entries: vec![entry(1)] });
+    r2.step(1, Message::Accept { ballot, entries: vec![entry(5)], chosen_through: 0 });
+    let ready = persist(&mut r2);
+    assert_eq!(r2.chosen_through(), 1);
+    assert!(to(&ready.persisted_messages, 1).contains(&&Message::Accepted { ballot, slots: vec![5] }));
+}
+
+/// Replica 2 with an accept window of `window` slots (one entry per part).
+fn follower_of_window(window: u32) -> Replica {
+    let mut config = config(2);
+    config.election_ticks_min = 1_000;
+    config.election_ticks_max = 1_000;
+    config.entries_per_message_max = 1;
+    config.promise_parts_max = window;
+    let mut r = Replica::new(config, Durable::default()).expect("valid config");
+    for _ in 0..8 {
+        r.tick();
+    }
+    settle(&mut r);
+    r
+}
+
+#[test]
 fn replica_behind_the_compacted_log_is_sent_the_snapshot() {
     let mut r = master();
     let ballot = Ballot::new(1, 1);

@@ -642,7 +642,13 @@ fn seeded_nodes(rng: &mut Rng, replicas: u64, command_bytes_max: usize) -> Vec<N
         // few masters deposed in a row leave every live replica holding more
         // unlearned slots than any of them may recover: no one can lead
         // until the replica that knows them returns (seed 11265 of the
-        // simulator once showed it).
+        // simulator once showed it). Acceptors, for their part, accept no
+        // further past their own chosen prefix than one promise can report
+        // (`Config::accept_window_slots`): followers whose catch-up (one
+        // entry per message) fell behind the master's pace once held 76
+        // slots past what they knew chosen when the master died, and none
+        // of the four survivors could ever lead (seed 556 of the cell
+        // simulator).
         config.promise_parts_max = config
             .promise_parts_max
             .max(u32::try_from((8 * slots_in_flight_max).div_ceil(entries_per_message_max as u64)).unwrap_or(u32::MAX));
