@@ -206,7 +206,11 @@ impl Cell {
         let Some(session) = c.session.clone() else {
             let name = format!("client-{}-{}", self.clients[client].index, self.clients[client].sessions_opened);
             let secret = Bytes::from(self.rng.next_u64().to_be_bytes().repeat(2));
-            let create = wire::CreateSession { client_name: name, session_secret: secret, ..Default::default() };
+            // Each client has an identity, and the even ones are in group
+            // `ops`, which some files' ACLs let alone write.
+            let index = self.clients[client].index;
+            let groups = if index.is_multiple_of(2) { vec![OPS_GROUP.to_string()] } else { Vec::new() };
+            let create = wire::CreateSession { client_name: name, session_secret: secret, owner: format!("client-{index}"), groups };
             self.send_call(now_us, client, Request::Propose(wire::command::Kind::CreateSession(create)), None, false);
             return;
         };
@@ -278,7 +282,13 @@ impl Cell {
                 let if_content_generation = if self.rng.chance(3, 4) { generation } else { None };
                 call(C::SetContents(api::SetContentsRequest { handle, contents, if_content_generation, ..Default::default() }), number)
             }
-            (Some(_), 98..=99) => {
+            (Some((handle, _)), 98) => {
+                // Anyone may change a file's ACL (`*` in change-ACL): to
+                // open, or to writes (and so locks) for group ops alone.
+                let acl = if self.rng.chance(1, 2) { open_acl() } else { api::Acl { write: vec![format!("group:{OPS_GROUP}")], ..open_acl() } };
+                call(C::SetAcl(api::SetAclRequest { handle, acl: Some(acl), ..Default::default() }), number)
+            }
+            (Some(_), 99) => {
                 // Closing: nothing of the session counts any more.
                 let close = wire::EndSession { session_id: session.id, expired: false, session_secret: session.secret.clone() };
                 self.clients[client].session = None;
@@ -395,9 +405,11 @@ impl Cell {
                     }
                 }
             }
+            (_, Some(R::AclSet(_))) => self.report.acl_changes += 1,
             (_, Some(R::Failure(failure))) => {
                 let reason = api::ErrorReason::try_from(failure.reason).unwrap_or_default();
                 match reason {
+                    api::ErrorReason::AclDenied => self.report.acl_denials += 1,
                     api::ErrorReason::SessionEnded => self.clients[client].session = None,
                     api::ErrorReason::HandleInvalid => {
                         if let (Some(file), Some(session)) = (call.file, self.clients[client].session.as_mut()) {
@@ -418,4 +430,13 @@ impl Cell {
         }
         Ok(())
     }
+}
+
+/// The group the even clients are in.
+const OPS_GROUP: &str = "ops";
+
+/// An ACL with `*` in every list.
+fn open_acl() -> api::Acl {
+    let anyone = vec!["*".to_string()];
+    api::Acl { read: anyone.clone(), write: anyone.clone(), change_acl: anyone }
 }

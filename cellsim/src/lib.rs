@@ -86,6 +86,10 @@ pub struct CellReport {
     pub commands_applied: u64,
     /// Client pauses past their lease.
     pub client_pauses: u64,
+    /// ACL changes applied.
+    pub acl_changes: u64,
+    /// Calls refused by a node's ACL.
+    pub acl_denials: u64,
 }
 
 /// Runs one seed of the whole cell.

@@ -57,6 +57,8 @@ fn add(sum: &mut CellReport, report: &CellReport) {
     sum.sequencer_checks += report.sequencer_checks;
     sum.commands_applied += report.commands_applied;
     sum.client_pauses += report.client_pauses;
+    sum.acl_changes += report.acl_changes;
+    sum.acl_denials += report.acl_denials;
 }
 
 /// Runs `count` seeds from `first` on every core; the lowest failing
@@ -114,7 +116,8 @@ fn whole_cell_seeds_keep_locks_sessions_and_replicas_safe() {
     println!(
         "{runs} seeds ok in {:.1}s: {} slots chosen, {} commands applied (all replicas), {} elections, {} crashes \
          ({} power losses), {} partitions, {} pauses, {} snapshots installed; {} sessions created, {} expired, \
-         {} client pauses; {} locks granted, {} writes, {} sequencer checks; {} retries, {} retried calls applied again",
+         {} client pauses; {} locks granted, {} writes, {} sequencer checks, {} ACL changes, {} ACL denials; {} retries, \
+         {} retried calls applied again",
         started.elapsed().as_secs_f64(),
         report.paxos.chosen_slots,
         report.commands_applied,
@@ -130,6 +133,8 @@ fn whole_cell_seeds_keep_locks_sessions_and_replicas_safe() {
         report.locks_granted,
         report.writes,
         report.sequencer_checks,
+        report.acl_changes,
+        report.acl_denials,
         report.retries,
         report.duplicates_applied,
     );
@@ -139,5 +144,6 @@ fn whole_cell_seeds_keep_locks_sessions_and_replicas_safe() {
     assert!(report.sessions_created > 0 && report.sessions_expired > 0, "{report:?}");
     assert!(report.locks_granted > 0 && report.writes > 0 && report.sequencer_checks > 0, "{report:?}");
     assert!(report.retries > 0 && report.duplicates_applied > 0, "{report:?}");
+    assert!(report.acl_changes > 0 && report.acl_denials > 0, "{report:?}");
     assert!(report.paxos.crashes > 0 && report.paxos.snapshots_installed > 0 && report.paxos.elections > 0, "{report:?}");
 }

@@ -294,6 +294,22 @@ pub async fn cell_status(addresses: &[String], tls: Option<&Tls>) -> Vec<api::St
     out
 }
 
+/// Asks the first replica at `addresses` that answers who the cell takes
+/// this client for: its certificate's identity and the groups the replica's
+/// configuration puts it in.
+pub async fn who_am_i(addresses: &[String], tls: Option<&Tls>) -> Result<api::WhoAmIResponse, Error> {
+    let mut last = Error::NoMaster(format!("no replica at {addresses:?} answered"));
+    for address in addresses {
+        let Some(mut cell) = connect(address, tls).await else { continue };
+        match tokio::time::timeout(CONNECT_TIMEOUT, cell.who_am_i(api::WhoAmIRequest {})).await {
+            Ok(Ok(answer)) => return Ok(answer.into_inner()),
+            Ok(Err(status)) => last = Error::from_status(&status),
+            Err(_) => {}
+        }
+    }
+    Err(last)
+}
+
 pub(crate) async fn connect(address: &str, tls: Option<&Tls>) -> Option<CellClient<Channel>> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint =

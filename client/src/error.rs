@@ -28,9 +28,15 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The cell refused to act for the session: the call did not carry the
-    /// session's secret (the library always does; a raw client may not).
+    /// session's secret (the library always does; a raw client may not),
+    /// the session belongs to another identity, or the call needs a cell
+    /// administrator.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The node's ACL does not give this session's identity (or its
+    /// groups) the permission the call needs.
+    #[error("denied by the ACL: {0}")]
+    AclDenied(String),
     /// A limit of the cell was hit.
     #[error("limit reached: {0}")]
     ResourceExhausted(String),
@@ -72,6 +78,7 @@ impl Error {
             Code::FailedPrecondition if reason == Some(api::ErrorReason::SessionEnded) => Error::SessionExpired,
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::PermissionDenied if reason == Some(api::ErrorReason::AclDenied) => Error::AclDenied(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
             Code::ResourceExhausted | Code::OutOfRange => Error::ResourceExhausted(message),
             Code::DeadlineExceeded => Error::Timeout(message),

@@ -35,6 +35,11 @@ pub const LOCK_DELAY_DEFAULT: Duration = Duration::from_secs(15);
 
 /// How to open a node. The default opens an existing node, asks for
 /// every event and sets the lock-delay to [`LOCK_DELAY_DEFAULT`].
+///
+/// Opening an existing node needs some permission of its ACL, and read
+/// permission when the handle asks for events about the node (the default
+/// does: use [`OpenOptions::event_mask`] with 0 to open a node one may
+/// only write). Creating one needs write permission on its directory.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
     create: Option<Create>,
@@ -48,6 +53,7 @@ struct Create {
     directory: bool,
     ephemeral: bool,
     contents: Bytes,
+    acl: Option<api::Acl>,
 }
 
 impl Default for OpenOptions {
@@ -83,6 +89,12 @@ impl OpenOptions {
     /// Creates an ephemeral node, deleted when this session ends.
     pub fn ephemeral(mut self) -> Self {
         self.create.get_or_insert_with(Create::default).ephemeral = true;
+        self
+    }
+
+    /// A new node's ACL; without one it takes its directory's.
+    pub fn acl(mut self, acl: api::Acl) -> Self {
+        self.create.get_or_insert_with(Create::default).acl = Some(acl);
         self
     }
 
@@ -154,6 +166,7 @@ impl Handle {
             initial_contents: create.contents,
             event_mask: options.event_mask,
             lock_delay_ms: u64::try_from(options.lock_delay.as_millis()).unwrap_or(u64::MAX),
+            acl: create.acl,
         };
         let opened = inner
             .call(move |mut cell| {
@@ -236,6 +249,36 @@ impl Handle {
             .call(move |mut cell| {
                 let request = request.clone();
                 async move { cell.set_contents(request).await }
+            })
+            .await?;
+        Ok(answer.stat.unwrap_or_default())
+    }
+
+    /// The node's ACL, and its stat (whose `acl_generation` names this ACL
+    /// for a conditional [`Handle::set_acl`]). Needs read or change-ACL
+    /// permission.
+    pub async fn acl(&self) -> Result<(api::Acl, api::Stat), Error> {
+        let request = api::GetAclRequest { handle: self.reference() };
+        let answer = self
+            .inner
+            .call(move |mut cell| {
+                let request = request.clone();
+                async move { cell.get_acl(request).await }
+            })
+            .await?;
+        Ok((answer.acl.unwrap_or_default(), answer.stat.unwrap_or_default()))
+    }
+
+    /// Replaces the node's ACL; with `if_acl_generation`, only if its ACL
+    /// generation is that one (else [`Error::FailedPrecondition`]). Needs
+    /// change-ACL permission.
+    pub async fn set_acl(&self, acl: api::Acl, if_acl_generation: Option<u64>) -> Result<api::Stat, Error> {
+        let request = api::SetAclRequest { header: self.inner.header(), handle: self.id, acl: Some(acl), if_acl_generation };
+        let answer = self
+            .inner
+            .call(move |mut cell| {
+                let request = request.clone();
+                async move { cell.set_acl(request).await }
             })
             .await?;
         Ok(answer.stat.unwrap_or_default())

@@ -163,7 +163,7 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
     let cell_service =
         CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats.clone(), shared)
             .with_client_identities(tls.is_some())
-            .with_admins(config.admins.clone());
+            .with_groups(config.groups.clone());
 
     let builder = || tonic::transport::Server::builder().tcp_nodelay(true);
     let with_stats = tls.as_ref().map(|tls| (tls.clone(), stats.clone()));

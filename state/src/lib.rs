@@ -6,6 +6,7 @@
 //! | concept | home |
 //! |---|---|
 //! | the namespace of files and directories, paths, stats, generations | [`namespace`] |
+//! | ACLs: entries, permissions, who a session is when they are checked | [`acl`] |
 //! | locks, waiters, lock-delay, lock generations | [`locks`] |
 //! | sessions, handles, sequencers, event numbering, the at-most-once window, snapshot and restore | [`machine`] |
 //! | events not yet acknowledged (not replicated) | [`outbox`] |
@@ -21,6 +22,7 @@
 //! tonic or RocksDB): its tests build without RocksDB, and the whole-cell
 //! simulator runs it.
 
+pub mod acl;
 pub mod code;
 pub mod limits;
 pub mod locks;

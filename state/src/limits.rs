@@ -43,6 +43,15 @@ pub const EVENTS_QUEUED_BYTES_MAX: usize = 64 << 20;
 pub const CLIENT_NAME_BYTES_MAX: usize = 256;
 /// The longest client identity (a TLS certificate's CN) a session records.
 pub const IDENTITY_BYTES_MAX: usize = 256;
+/// The most groups a session is created with (each a name of at most
+/// [`IDENTITY_BYTES_MAX`] bytes).
+pub const GROUPS_PER_SESSION_MAX: usize = 32;
+/// The most entries in one of a node's three ACL lists.
+pub const ACL_ENTRIES_MAX: usize = 32;
+/// The most bytes of entries in a node's ACL, all three lists together:
+/// with a path and a file's contents, a created node still fits in one
+/// command's growth ([`COMMAND_GROWTH_BYTES_MAX`]).
+pub const ACL_BYTES_MAX: usize = 4096;
 /// The length of a session's secret: 128 random bits.
 pub const SESSION_SECRET_BYTES: usize = 16;
 /// The event bits a handle may ask for.

@@ -22,8 +22,13 @@
 //! every command that acts for a session (its calls, `CancelWait`, a close)
 //! must carry them, and a wrong or missing secret is refused with
 //! `PERMISSION_DENIED` here as well as in the handler: the log is input too.
-//! (Session ids are sequential and easy to guess. The security work will
-//! bind sessions to the client's TLS identity instead.)
+//! (Session ids are sequential and easy to guess. With TLS a session also
+//! belongs to its creator's identity, which the server's handlers check.)
+//!
+//! **ACLs.** Each node has an ACL ([`crate::acl`]); every call that reads
+//! or changes a node is judged against it, here in `apply` and in the reads,
+//! by the identity and groups its session was created with (both in the
+//! replicated `CreateSession`), so every replica judges alike.
 //!
 //! Events are numbered here, per session (the numbers are replicated, so a
 //! client can always tell when it missed some), and handed out in the
@@ -49,14 +54,23 @@ use gaios_proto::state::v1 as wire;
 use prost::Message as _;
 use crate::code::Code;
 
+use crate::acl::{Acl, Permission, Principal};
 use crate::limits::*;
 use crate::validate;
 use crate::locks::{Acquired, Grant, Holder, Holding, LockError, LockMode, LockRecord, LockTable};
 use crate::namespace::{Change, Namespace, NamespaceError, NodeKind, NodeRecord, Path, SessionId, Stat};
 
 /// The layout of [`StateMachine::snapshot`]'s record; `restore` refuses any
-/// other.
-pub const STATE_SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// other but [`STATE_SNAPSHOT_FORMAT_VERSION_BEFORE_ACLS`]. Version 2 added
+/// nodes' ACLs and sessions' groups.
+pub const STATE_SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The version before ACLs, which `restore` still reads: its nodes get
+/// [`Acl::open`] (what it enforced) and its sessions no groups.
+pub const STATE_SNAPSHOT_FORMAT_VERSION_BEFORE_ACLS: u32 = 1;
+/// Event bits that tell about a node's contents, children or lock: asking
+/// for them at `Open` needs read permission (the others, which are always
+/// delivered, do not).
+const EVENT_BITS_NEEDING_READ: u32 = 0x1f;
 
 // What each record costs in the footprint besides the variable-length bytes
 // counted separately: upper bounds of the record's encoding in a snapshot
@@ -92,6 +106,9 @@ struct Session {
     client_name: String,
     /// The identity that created it; empty without TLS.
     owner: String,
+    /// The groups the master put the owner in when it created the session;
+    /// ACLs judge the session by the owner and these.
+    groups: Vec<String>,
     /// Every command that acts for the session must carry it.
     secret: [u8; SESSION_SECRET_BYTES],
     next_handle: u64,
@@ -106,6 +123,7 @@ impl Session {
         SESSION_OVERHEAD_BYTES
             + self.client_name.len()
             + self.owner.len()
+            + self.groups.iter().map(|group| group.len() + 4).sum::<usize>()
             + self.handles.values().map(Handle::footprint_bytes).sum::<usize>()
             + self.answers.values().map(|answer| answer_bytes(&answer.outcome)).sum::<usize>()
     }
@@ -245,6 +263,7 @@ fn namespace_failure(error: &NamespaceError) -> Outcome {
         NamespaceError::ContentsTooLarge(_) | NamespaceError::Full => (Code::ResourceExhausted, Reason::Unspecified),
         NamespaceError::NotEmpty(_) => (Code::FailedPrecondition, Reason::NotEmpty),
         NamespaceError::GenerationMismatch { .. } => (Code::FailedPrecondition, Reason::GenerationMismatch),
+        NamespaceError::AclGenerationMismatch { .. } => (Code::FailedPrecondition, Reason::AclGenerationMismatch),
         _ => (Code::FailedPrecondition, Reason::Unspecified),
     };
     failure_for(reason, code, error.to_string())
@@ -270,8 +289,20 @@ fn snapshot_path(text: &str) -> Result<Path, SnapshotError> {
 
 /// For `restore`: the namespace from its node records, each checked against
 /// the snapshot's counters.
-fn restore_namespace(nodes: Vec<wire::NodeRecord>, next_instance: u64, next_session: u64, last_lock_generation: u64) -> Result<Namespace, SnapshotError> {
+/// Nodes of a snapshot written before ACLs existed (`before_acls`) get
+/// [`Acl::open`], one shared value; later ones must carry their ACL.
+fn restore_namespace(
+    nodes: Vec<wire::NodeRecord>,
+    next_instance: u64,
+    next_session: u64,
+    last_lock_generation: u64,
+    before_acls: bool,
+) -> Result<Namespace, SnapshotError> {
     let bad = SnapshotError::Inconsistent;
+    let open = std::sync::Arc::new(Acl::open());
+    // Equal ACLs of consecutive nodes (a subtree that inherited one) share
+    // one value, as they did before the snapshot.
+    let mut previous: Option<std::sync::Arc<Acl>> = None;
     let mut records = Vec::with_capacity(nodes.len());
     for node in nodes {
         let stat = node.stat.as_ref().ok_or_else(|| bad(format!("{} has no stat", node.path)))?;
@@ -282,7 +313,20 @@ fn restore_namespace(nodes: Vec<wire::NodeRecord>, next_instance: u64, next_sess
         if stat.lock_generation > last_lock_generation {
             return Err(bad(format!("{} has lock generation {}", node.path, stat.lock_generation)));
         }
-        records.push(NodeRecord { path: snapshot_path(&node.path)?, stat, contents: node.contents });
+        let acl = match (&node.acl, before_acls) {
+            (None, true) => std::sync::Arc::clone(&open),
+            (Some(acl), false) => {
+                let acl = Acl::from_proto(acl).map_err(|invalid| bad(format!("{}: {}", node.path, invalid.message)))?;
+                match previous.take().filter(|shared| **shared == acl) {
+                    Some(shared) => shared,
+                    None => std::sync::Arc::new(acl),
+                }
+            }
+            (Some(_), true) => return Err(bad(format!("{} has an ACL in a snapshot written before ACLs", node.path))),
+            (None, false) => return Err(bad(format!("{} has no ACL", node.path))),
+        };
+        previous = Some(std::sync::Arc::clone(&acl));
+        records.push(NodeRecord { path: snapshot_path(&node.path)?, stat, contents: node.contents, acl });
     }
     Namespace::from_records(next_instance, records).map_err(bad)
 }
@@ -512,6 +556,7 @@ impl StateMachine {
         let session = Session {
             client_name: create.client_name.clone(),
             owner: create.owner.clone(),
+            groups: create.groups.clone(),
             secret,
             next_handle: 1,
             ..Session::default()
@@ -546,6 +591,33 @@ impl StateMachine {
     /// open.
     pub fn session_owner(&self, session: SessionId) -> Option<&str> {
         self.sessions.get(&session).map(|s| s.owner.as_str())
+    }
+
+    /// Who `session` is for ACL checks (an ended session is nobody: no
+    /// identity, no groups).
+    fn principal(&self, session: SessionId) -> Principal<'_> {
+        match self.sessions.get(&session) {
+            Some(s) => Principal { identity: &s.owner, groups: &s.groups },
+            None => Principal { identity: "", groups: &[] },
+        }
+    }
+
+    /// `Ok` if the ACL of the node at `path` (of `instance`, if given)
+    /// gives `session` one of `permissions`; otherwise `PERMISSION_DENIED`,
+    /// reason `ACL_DENIED` (or the namespace's failure if there is no such
+    /// node).
+    fn check_acl(&self, session: SessionId, path: &Path, instance: Option<u64>, permissions: &[Permission]) -> Result<(), Outcome> {
+        let acl = self.namespace.acl(path, instance).map_err(|error| namespace_failure(&error))?;
+        let principal = self.principal(session);
+        if permissions.iter().any(|&permission| acl.allows(permission, principal)) {
+            return Ok(());
+        }
+        let names: Vec<&str> = permissions.iter().map(|permission| permission.name()).collect();
+        Err(failure_for(
+            api::ErrorReason::AclDenied,
+            Code::PermissionDenied,
+            format!("the ACL of {path} gives {} no {} permission", principal.describe(), names.join(" or ")),
+        ))
     }
 
     /// Whether a call presenting `secret` may act for `session` (for the
@@ -719,11 +791,12 @@ impl StateMachine {
             Call::TryAcquire(acquire) => self.acquire(session_id, call.request_number, acquire, false),
             Call::Release(release) => self.release(session_id, release.handle),
             Call::SetSequencer(set) => self.set_sequencer(session_id, set),
+            Call::SetAcl(set) => self.set_acl(session_id, set),
         }
     }
 
     fn open(&mut self, session_id: SessionId, open: &api::OpenRequest) -> Outcome {
-        let (path, kind) = match validate::open(open) {
+        let (path, kind, acl) = match validate::open(open) {
             Ok(valid) => valid,
             Err(invalid) => return refused(invalid),
         };
@@ -736,7 +809,8 @@ impl StateMachine {
         if self.handles_total >= HANDLES_MAX {
             return failure(Code::ResourceExhausted, format!("the cell has {HANDLES_MAX} open handles"));
         }
-        let growth = open.initial_contents.len() + 2 * path.as_str().len() + 1024;
+        // The node, its handle and an ACL (given, or its parent's).
+        let growth = open.initial_contents.len() + 2 * path.as_str().len() + 1024 + ACL_BYTES_MAX + 512;
         if self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
@@ -745,12 +819,28 @@ impl StateMachine {
                 if open.create && open.exclusive_create {
                     return failure(Code::AlreadyExists, format!("a node already exists at {path}"));
                 }
+                let needed: &[Permission] = if open.event_mask & EVENT_BITS_NEEDING_READ != 0 {
+                    &[Permission::Read]
+                } else {
+                    &[Permission::Read, Permission::Write, Permission::ChangeAcl]
+                };
+                if let Err(denied) = self.check_acl(session_id, &path, None, needed) {
+                    return denied;
+                }
                 (stat, false)
             }
             Err(NamespaceError::NotFound(_)) if open.create => {
+                // Creating changes the parent directory. (A missing parent
+                // is the namespace's NOT_FOUND, below.)
+                if let Some((parent, _)) = path.split()
+                    && self.namespace.stat(&parent, None).is_ok()
+                    && let Err(denied) = self.check_acl(session_id, &parent, None, &[Permission::Write])
+                {
+                    return denied;
+                }
                 let owner = open.ephemeral.then_some(session_id);
                 let contents = open.initial_contents.clone();
-                match self.namespace.create(&path, kind, owner, contents, self.now_ms) {
+                match self.namespace.create(&path, kind, owner, contents, acl.map(std::sync::Arc::new), self.now_ms) {
                     Ok((stat, changes)) => {
                         self.notify(&changes);
                         (stat, true)
@@ -806,7 +896,7 @@ impl StateMachine {
     }
 
     fn set_contents(&mut self, session_id: SessionId, set: &api::SetContentsRequest) -> Outcome {
-        let handle = match self.usable_handle(session_id, set.handle, true) {
+        let handle = match self.permitted_handle(session_id, set.handle, Permission::Write) {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
@@ -839,6 +929,13 @@ impl StateMachine {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
+        // Deleting changes the parent directory (the root cannot be
+        // deleted: the namespace refuses it below).
+        if let Some((parent, _)) = handle.path.split()
+            && let Err(denied) = self.check_acl(session_id, &parent, None, &[Permission::Write])
+        {
+            return denied;
+        }
         match self.delete_node(&handle.path, Some(handle.instance), Some(session_id)) {
             Ok(()) => done(),
             Err(error) => namespace_failure(&error),
@@ -878,7 +975,7 @@ impl StateMachine {
             Ok(mode) => mode,
             Err(invalid) => return refused(invalid),
         };
-        let handle = match self.usable_handle(session_id, request.handle, true) {
+        let handle = match self.permitted_handle(session_id, request.handle, Permission::Write) {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
@@ -942,6 +1039,28 @@ impl StateMachine {
         done()
     }
 
+    fn set_acl(&mut self, session_id: SessionId, set: &api::SetAclRequest) -> Outcome {
+        let acl = match validate::set_acl(set) {
+            Ok(acl) => acl,
+            Err(invalid) => return refused(invalid),
+        };
+        let handle = match self.permitted_handle(session_id, set.handle, Permission::ChangeAcl) {
+            Ok(handle) => handle,
+            Err(outcome) => return outcome,
+        };
+        let old = self.namespace.acl(&handle.path, Some(handle.instance)).map_or(0, |acl| acl.footprint_bytes());
+        let growth = acl.footprint_bytes().saturating_sub(old);
+        if growth > 0 && self.footprint_bytes() + growth > self.state_bytes_max {
+            return failure(Code::ResourceExhausted, "the cell's state is full");
+        }
+        match self.namespace.set_acl(&handle.path, Some(handle.instance), acl, set.if_acl_generation) {
+            Ok(stat) => Outcome {
+                result: Some(wire::outcome::Result::AclSet(api::SetAclResponse { stat: Some(stat_to_proto(&stat)) })),
+            },
+            Err(error) => namespace_failure(&error),
+        }
+    }
+
     /// Records grants the lock table made: each took the next cell-wide
     /// lock generation (shared ones too, so every holding's sequencer names
     /// it alone), which becomes the node's; watchers hear "lock acquired".
@@ -985,6 +1104,14 @@ impl StateMachine {
                 ));
             }
         Ok(handle.clone())
+    }
+
+    /// A usable handle (see [`Self::usable_handle`]) whose node's ACL gives
+    /// the session `permission`.
+    fn permitted_handle(&self, session_id: SessionId, handle_id: u64, permission: Permission) -> Result<Handle, Outcome> {
+        let handle = self.usable_handle(session_id, handle_id, true)?;
+        self.check_acl(session_id, &handle.path, Some(handle.instance), &[permission])?;
+        Ok(handle)
     }
 
     fn unwatch(&mut self, path: &Path, session: SessionId, handle: u64) {
@@ -1078,8 +1205,7 @@ impl StateMachine {
     /// A file's contents and stat, through a handle of the session whose
     /// `secret` is presented.
     pub fn get_contents_and_stat(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<(Bytes, api::Stat), wire::Failure> {
-        self.authorize_session(session, secret)?;
-        let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
+        let handle = self.readable_handle(session, secret, handle, &[Permission::Read])?;
         self.namespace
             .get_contents_and_stat(&handle.path, Some(handle.instance))
             .map(|(contents, stat)| (contents, stat_to_proto(&stat)))
@@ -1088,8 +1214,7 @@ impl StateMachine {
 
     /// A node's stat, through a handle (as `get_contents_and_stat`).
     pub fn get_stat(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<api::Stat, wire::Failure> {
-        self.authorize_session(session, secret)?;
-        let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
+        let handle = self.readable_handle(session, secret, handle, &[Permission::Read])?;
         self.namespace
             .stat(&handle.path, Some(handle.instance))
             .map(|stat| stat_to_proto(&stat))
@@ -1099,12 +1224,30 @@ impl StateMachine {
     /// A directory's children and stat, through a handle (as
     /// `get_contents_and_stat`).
     pub fn read_dir(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<(Vec<String>, api::Stat), wire::Failure> {
-        self.authorize_session(session, secret)?;
-        let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
+        let handle = self.readable_handle(session, secret, handle, &[Permission::Read])?;
         self.namespace
             .read_dir(&handle.path, Some(handle.instance))
             .map(|(names, stat)| (names, stat_to_proto(&stat)))
             .map_err(|error| into_failure(namespace_failure(&error)))
+    }
+
+    /// A node's ACL and stat, through a handle whose session has read or
+    /// change-ACL permission on it (as `get_contents_and_stat`).
+    pub fn get_acl(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<(api::Acl, api::Stat), wire::Failure> {
+        let handle = self.readable_handle(session, secret, handle, &[Permission::Read, Permission::ChangeAcl])?;
+        let acl = self.namespace.acl(&handle.path, Some(handle.instance)).map_err(|error| into_failure(namespace_failure(&error)))?;
+        let stat = self.namespace.stat(&handle.path, Some(handle.instance)).map_err(|error| into_failure(namespace_failure(&error)))?;
+        Ok((acl.to_proto(), stat_to_proto(&stat)))
+    }
+
+    /// For the reads: the handle, if `secret` is its session's, the handle
+    /// is usable, and the node's ACL gives the session one of
+    /// `permissions`.
+    fn readable_handle(&self, session: SessionId, secret: &[u8], handle: u64, permissions: &[Permission]) -> Result<Handle, wire::Failure> {
+        self.authorize_session(session, secret)?;
+        let handle = self.usable_handle(session, handle, true).map_err(into_failure)?;
+        self.check_acl(session, &handle.path, Some(handle.instance), permissions).map_err(into_failure)?;
+        Ok(handle)
     }
 
     /// The sequencer of the lock the handle holds (as
@@ -1194,6 +1337,7 @@ impl StateMachine {
                     path: record.path.as_str().to_string(),
                     stat: Some(stat_to_proto(&record.stat)),
                     contents: record.contents,
+                    acl: Some(record.acl.to_proto()),
                 })
                 .collect(),
             sessions: self
@@ -1203,6 +1347,7 @@ impl StateMachine {
                     id,
                     client_name: session.client_name.clone(),
                     owner: session.owner.clone(),
+                    groups: session.groups.clone(),
                     secret: Bytes::copy_from_slice(&session.secret),
                     next_handle: session.next_handle,
                     last_event: session.last_event,
@@ -1253,7 +1398,8 @@ impl StateMachine {
     /// value over a limit).
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
         let snapshot = wire::StateSnapshot::decode(bytes)?;
-        if snapshot.format_version != STATE_SNAPSHOT_FORMAT_VERSION {
+        let before_acls = snapshot.format_version == STATE_SNAPSHOT_FORMAT_VERSION_BEFORE_ACLS;
+        if snapshot.format_version != STATE_SNAPSHOT_FORMAT_VERSION && !before_acls {
             return Err(SnapshotError::UnknownVersion {
                 found: snapshot.format_version,
                 supported: STATE_SNAPSHOT_FORMAT_VERSION,
@@ -1272,7 +1418,8 @@ impl StateMachine {
         if snapshot.next_session == 0 {
             return Err(bad("next_session is 0".to_string()));
         }
-        let namespace = restore_namespace(snapshot.nodes, snapshot.next_instance, snapshot.next_session, snapshot.last_lock_generation)?;
+        let namespace =
+            restore_namespace(snapshot.nodes, snapshot.next_instance, snapshot.next_session, snapshot.last_lock_generation, before_acls)?;
         let mut state = StateMachine {
             namespace,
             now_ms: snapshot.now_ms,
@@ -1284,6 +1431,9 @@ impl StateMachine {
             return Err(bad(format!("{} sessions", snapshot.sessions.len())));
         }
         for record in snapshot.sessions {
+            if before_acls && !record.groups.is_empty() {
+                return Err(bad(format!("session {} has groups in a snapshot of version {}", record.id, snapshot.format_version)));
+            }
             state.restore_session(record)?;
         }
         if state.handles_total > HANDLES_MAX {
@@ -1322,9 +1472,11 @@ impl StateMachine {
         if record.owner.len() > IDENTITY_BYTES_MAX {
             return Err(bad(format!("session {id} has an owner of {} bytes", record.owner.len())));
         }
+        crate::acl::groups(&record.groups).map_err(|invalid| bad(format!("session {id}: {}", invalid.message)))?;
         let mut session = Session {
             client_name: record.client_name,
             owner: record.owner,
+            groups: record.groups,
             secret,
             next_handle: record.next_handle,
             last_event: record.last_event,

@@ -8,8 +8,11 @@
 //! sees them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::acl::Acl;
 
 use crate::limits::{COMPONENT_BYTES_MAX, CONTENTS_BYTES_MAX, COUNTER_MAX, NODES_MAX, PATH_BYTES_MAX, PATH_DEPTH_MAX};
 
@@ -176,6 +179,8 @@ pub struct Stat {
 struct Node {
     stat: Stat,
     contents: Bytes,
+    /// Shared with the nodes that inherited it unchanged.
+    acl: Arc<Acl>,
 }
 
 /// What changed, for the sessions that watch: the state machine turns these
@@ -239,6 +244,17 @@ pub enum NamespaceError {
         /// The file's generation.
         actual: u64,
     },
+    /// A conditional `SetAcl` found another ACL generation
+    /// (`FAILED_PRECONDITION`).
+    #[error("{path} is at ACL generation {actual}, not {expected}")]
+    AclGenerationMismatch {
+        /// The node.
+        path: Path,
+        /// The generation the change was conditional on.
+        expected: u64,
+        /// The node's ACL generation.
+        actual: u64,
+    },
     /// The caller's handle names an instance that no longer exists
     /// (`FAILED_PRECONDITION`).
     #[error("{path} is instance {actual}, the handle was bound to {expected}")]
@@ -277,10 +293,14 @@ pub struct NodeRecord {
     pub stat: Stat,
     /// A file's contents.
     pub contents: Bytes,
+    /// Its ACL.
+    pub acl: Arc<Acl>,
 }
 
-fn node_bytes(path: &Path, contents: &Bytes) -> usize {
-    NODE_OVERHEAD_BYTES + path.as_str().len() + contents.len()
+/// What a node costs in the footprint; an inherited ACL is counted for each
+/// node that has it, as a snapshot encodes it.
+fn node_bytes(path: &Path, contents: &Bytes, acl: &Acl) -> usize {
+    NODE_OVERHEAD_BYTES + path.as_str().len() + contents.len() + acl.footprint_bytes()
 }
 
 impl Default for Namespace {
@@ -317,8 +337,9 @@ impl Namespace {
                 children: 0,
             },
             contents: Bytes::new(),
+            acl: Arc::new(Acl::open()),
         };
-        let footprint_bytes = node_bytes(&Path::root(), &root.contents);
+        let footprint_bytes = node_bytes(&Path::root(), &root.contents, &root.acl);
         Namespace { nodes: BTreeMap::from([(Path::root(), root)]), next_instance: 2, footprint_bytes }
     }
 
@@ -338,6 +359,7 @@ impl Namespace {
             path: path.clone(),
             stat: node.stat.clone(),
             contents: node.contents.clone(),
+            acl: Arc::clone(&node.acl),
         })
     }
 
@@ -369,8 +391,8 @@ impl Namespace {
             if record.stat.kind == NodeKind::Directory && !record.contents.is_empty() {
                 return Err(format!("directory {} has contents", record.path));
             }
-            footprint_bytes += node_bytes(&record.path, &record.contents);
-            let node = Node { stat: record.stat, contents: record.contents };
+            footprint_bytes += node_bytes(&record.path, &record.contents, &record.acl);
+            let node = Node { stat: record.stat, contents: record.contents, acl: record.acl };
             if nodes.insert(record.path.clone(), node).is_some() {
                 return Err(format!("{} appears twice", record.path));
             }
@@ -431,7 +453,7 @@ impl Namespace {
         let mut footprint_bytes = 0;
         let mut children: BTreeMap<&Path, u64> = BTreeMap::new();
         for (path, node) in &self.nodes {
-            footprint_bytes += node_bytes(path, &node.contents);
+            footprint_bytes += node_bytes(path, &node.contents, &node.acl);
             children.entry(path).or_default();
             assert!(node.stat.instance < self.next_instance, "{path}: instance {} not below the next", node.stat.instance);
             assert_eq!(node.stat.contents_bytes, node.contents.len() as u64, "{path}: contents size");
@@ -458,13 +480,15 @@ impl Namespace {
     }
 
     /// Creates a node. Its parent must be an existing directory. Files start
-    /// with `contents`; directories must be given none.
+    /// with `contents`; directories must be given none. The node takes its
+    /// parent's ACL unless given `acl`.
     pub fn create(
         &mut self,
         path: &Path,
         kind: NodeKind,
         ephemeral_owner: Option<SessionId>,
         contents: Bytes,
+        acl: Option<Arc<Acl>>,
         now_ms: u64,
     ) -> Result<(Stat, Vec<Change>), NamespaceError> {
         let Some((parent, _)) = path.split() else { return Err(NamespaceError::Root) };
@@ -484,6 +508,7 @@ impl Namespace {
         if self.nodes.len() >= NODES_MAX {
             return Err(NamespaceError::Full);
         }
+        let acl = acl.unwrap_or_else(|| Arc::clone(&parent_node.acl));
         let stat = Stat {
             instance: self.next_instance,
             kind,
@@ -501,8 +526,8 @@ impl Namespace {
         if let Some(parent_node) = self.nodes.get_mut(&parent) {
             parent_node.stat.children += 1;
         }
-        self.footprint_bytes += node_bytes(path, &contents);
-        self.nodes.insert(path.clone(), Node { stat: stat.clone(), contents });
+        self.footprint_bytes += node_bytes(path, &contents, &acl);
+        self.nodes.insert(path.clone(), Node { stat: stat.clone(), contents, acl });
         Ok((stat, vec![Change::ChildAdded { parent, path: path.clone() }]))
     }
 
@@ -516,7 +541,7 @@ impl Namespace {
         }
         let instance = node.stat.instance;
         if let Some(removed) = self.nodes.remove(path) {
-            self.footprint_bytes -= node_bytes(path, &removed.contents);
+            self.footprint_bytes -= node_bytes(path, &removed.contents, &removed.acl);
         }
         if let Some(parent_node) = self.nodes.get_mut(&parent) {
             parent_node.stat.children -= 1;
@@ -570,6 +595,28 @@ impl Namespace {
     /// A node's stat.
     pub fn stat(&self, path: &Path, instance: Option<u64>) -> Result<Stat, NamespaceError> {
         Ok(self.get_node(path, instance)?.stat.clone())
+    }
+
+    /// A node's ACL.
+    pub fn acl(&self, path: &Path, instance: Option<u64>) -> Result<&Arc<Acl>, NamespaceError> {
+        Ok(&self.get_node(path, instance)?.acl)
+    }
+
+    /// Replaces a node's ACL, only if its ACL generation is `if_generation`
+    /// when given; the generation moves on by one.
+    pub fn set_acl(&mut self, path: &Path, instance: Option<u64>, acl: Acl, if_generation: Option<u64>) -> Result<Stat, NamespaceError> {
+        let node = self.get_node(path, instance)?;
+        if let Some(expected) = if_generation.filter(|&g| g != node.stat.acl_generation) {
+            return Err(NamespaceError::AclGenerationMismatch { path: path.clone(), expected, actual: node.stat.acl_generation });
+        }
+        if node.stat.acl_generation >= COUNTER_MAX {
+            return Err(NamespaceError::Full);
+        }
+        let Some(node) = self.nodes.get_mut(path) else { return Err(NamespaceError::NotFound(path.clone())) };
+        self.footprint_bytes = self.footprint_bytes - node.acl.footprint_bytes() + acl.footprint_bytes();
+        node.acl = Arc::new(acl);
+        node.stat.acl_generation += 1;
+        Ok(node.stat.clone())
     }
 
     /// The names of a directory's children, in order, and its stat.
@@ -664,26 +711,26 @@ mod tests {
     fn create_needs_an_existing_parent_directory_and_a_free_name() {
         let mut ns = Namespace::new();
         let (stat, changes) =
-            ns.create(&path("/ls"), NodeKind::Directory, None, Bytes::new(), 5).expect("created");
+            ns.create(&path("/ls"), NodeKind::Directory, None, Bytes::new(), None, 5).expect("created");
         assert_eq!(stat.instance, 2);
         assert_eq!(changes, vec![Change::ChildAdded { parent: Path::root(), path: path("/ls") }]);
         assert_eq!(
-            ns.create(&path("/ls"), NodeKind::File, None, Bytes::new(), 6),
+            ns.create(&path("/ls"), NodeKind::File, None, Bytes::new(), None, 6),
             Err(NamespaceError::AlreadyExists(path("/ls")))
         );
         assert_eq!(
-            ns.create(&path("/nope/x"), NodeKind::File, None, Bytes::new(), 6),
+            ns.create(&path("/nope/x"), NodeKind::File, None, Bytes::new(), None, 6),
             Err(NamespaceError::NotFound(path("/nope")))
         );
-        ns.create(&path("/ls/f"), NodeKind::File, None, Bytes::from_static(b"v1"), 7).expect("created");
+        ns.create(&path("/ls/f"), NodeKind::File, None, Bytes::from_static(b"v1"), None, 7).expect("created");
         assert_eq!(
-            ns.create(&path("/ls/f/x"), NodeKind::File, None, Bytes::new(), 8),
+            ns.create(&path("/ls/f/x"), NodeKind::File, None, Bytes::new(), None, 8),
             Err(NamespaceError::NotADirectory(path("/ls/f")))
         );
-        assert_eq!(ns.create(&Path::root(), NodeKind::Directory, None, Bytes::new(), 8), Err(NamespaceError::Root));
+        assert_eq!(ns.create(&Path::root(), NodeKind::Directory, None, Bytes::new(), None, 8), Err(NamespaceError::Root));
         let too_big = Bytes::from(vec![0u8; CONTENTS_BYTES_MAX + 1]);
         assert_eq!(
-            ns.create(&path("/ls/big"), NodeKind::File, None, too_big, 8),
+            ns.create(&path("/ls/big"), NodeKind::File, None, too_big, None, 8),
             Err(NamespaceError::ContentsTooLarge(CONTENTS_BYTES_MAX + 1))
         );
     }
@@ -691,7 +738,7 @@ mod tests {
     #[test]
     fn set_contents_bumps_the_generation_and_honours_compare_and_set() {
         let mut ns = Namespace::new();
-        ns.create(&path("/f"), NodeKind::File, None, Bytes::from_static(b"a"), 1).expect("created");
+        ns.create(&path("/f"), NodeKind::File, None, Bytes::from_static(b"a"), None, 1).expect("created");
         let (stat, changes) =
             ns.set_contents(&path("/f"), None, Bytes::from_static(b"bb"), Some(1), 2).expect("generation 1 matches");
         assert_eq!((stat.content_generation, stat.contents_bytes, stat.modified_ms), (2, 2, 2));
@@ -712,13 +759,13 @@ mod tests {
     #[test]
     fn a_recreated_node_is_a_new_instance_and_old_handles_fail() {
         let mut ns = Namespace::new();
-        let (first, _) = ns.create(&path("/f"), NodeKind::File, None, Bytes::new(), 1).expect("created");
+        let (first, _) = ns.create(&path("/f"), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
         let changes = ns.delete(&path("/f"), Some(first.instance)).expect("deleted");
         assert_eq!(
             changes,
             vec![Change::ChildRemoved { parent: Path::root(), path: path("/f"), instance: first.instance }]
         );
-        let (second, _) = ns.create(&path("/f"), NodeKind::File, None, Bytes::new(), 2).expect("recreated");
+        let (second, _) = ns.create(&path("/f"), NodeKind::File, None, Bytes::new(), None, 2).expect("recreated");
         assert_ne!(first.instance, second.instance);
         assert_eq!(
             ns.stat(&path("/f"), Some(first.instance)),
@@ -729,13 +776,13 @@ mod tests {
     #[test]
     fn directories_are_deleted_only_when_empty_and_list_their_children_in_order() {
         let mut ns = Namespace::new();
-        ns.create(&path("/d"), NodeKind::Directory, None, Bytes::new(), 1).expect("created");
+        ns.create(&path("/d"), NodeKind::Directory, None, Bytes::new(), None, 1).expect("created");
         for name in ["b", "a", "c"] {
-            ns.create(&path(&format!("/d/{name}")), NodeKind::File, None, Bytes::new(), 1).expect("created");
+            ns.create(&path(&format!("/d/{name}")), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
         }
-        ns.create(&path("/d/c2"), NodeKind::Directory, None, Bytes::new(), 1).expect("created");
-        ns.create(&path("/d/c2/deep"), NodeKind::File, None, Bytes::new(), 1).expect("created");
-        ns.create(&path("/d-sibling"), NodeKind::File, None, Bytes::new(), 1).expect("created");
+        ns.create(&path("/d/c2"), NodeKind::Directory, None, Bytes::new(), None, 1).expect("created");
+        ns.create(&path("/d/c2/deep"), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
+        ns.create(&path("/d-sibling"), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
         let (names, stat) = ns.read_dir(&path("/d"), None).expect("a directory");
         assert_eq!(names, vec!["a", "b", "c", "c2"]);
         assert_eq!(stat.children, 4);
@@ -748,10 +795,10 @@ mod tests {
     #[test]
     fn ephemerals_of_a_session_come_deepest_first() {
         let mut ns = Namespace::new();
-        ns.create(&path("/e"), NodeKind::Directory, Some(7), Bytes::new(), 1).expect("created");
-        ns.create(&path("/e/x"), NodeKind::File, Some(7), Bytes::new(), 1).expect("created");
-        ns.create(&path("/other"), NodeKind::File, Some(8), Bytes::new(), 1).expect("created");
-        ns.create(&path("/permanent"), NodeKind::File, None, Bytes::new(), 1).expect("created");
+        ns.create(&path("/e"), NodeKind::Directory, Some(7), Bytes::new(), None, 1).expect("created");
+        ns.create(&path("/e/x"), NodeKind::File, Some(7), Bytes::new(), None, 1).expect("created");
+        ns.create(&path("/other"), NodeKind::File, Some(8), Bytes::new(), None, 1).expect("created");
+        ns.create(&path("/permanent"), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
         let paths = ns.ephemerals_of(7);
         assert_eq!(paths, vec![path("/e/x"), path("/e")]);
         for path in &paths {

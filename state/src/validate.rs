@@ -15,6 +15,7 @@ use crate::limits::{
     ACQUIRE_WAIT_MS_MAX, CLIENT_NAME_BYTES_MAX, CONTENTS_BYTES_MAX, EVENT_MASK_ALL, FAILURE_MESSAGE_BYTES_MAX, IDENTITY_BYTES_MAX,
     LOCK_DELAY_MS_MAX, SESSION_SECRET_BYTES,
 };
+use crate::acl::Acl;
 use crate::locks::LockMode;
 use crate::namespace::{NodeKind, Path};
 
@@ -58,6 +59,7 @@ pub fn create_session(create: &wire::CreateSession) -> Result<[u8; SESSION_SECRE
     if create.owner.len() > IDENTITY_BYTES_MAX {
         return Err(invalid(format!("an owner identity over {IDENTITY_BYTES_MAX} bytes")));
     }
+    crate::acl::groups(&create.groups)?;
     <[u8; SESSION_SECRET_BYTES]>::try_from(create.session_secret.as_ref())
         .map_err(|_| invalid(format!("a session needs a secret of {SESSION_SECRET_BYTES} bytes")))
 }
@@ -106,10 +108,12 @@ pub fn contents(contents: &[u8]) -> Result<(), wire::Failure> {
     Ok(())
 }
 
-/// `Open`: its path, initial contents, lock-delay, event mask and node
-/// kind. Returns the parsed path and the kind a create makes.
-pub fn open(open: &api::OpenRequest) -> Result<(Path, NodeKind), wire::Failure> {
+/// `Open`: its path, initial contents, lock-delay, event mask, node kind
+/// and the ACL a create gives. Returns the parsed path, the kind a create
+/// makes, and that ACL if one is given.
+pub fn open(open: &api::OpenRequest) -> Result<(Path, NodeKind, Option<Acl>), wire::Failure> {
     let path = path(&open.path)?;
+    let acl = open.acl.as_ref().map(Acl::from_proto).transpose()?;
     contents(&open.initial_contents)?;
     if open.lock_delay_ms > LOCK_DELAY_MS_MAX {
         return Err(invalid(format!("lock_delay_ms {} over {LOCK_DELAY_MS_MAX}", open.lock_delay_ms)));
@@ -122,7 +126,13 @@ pub fn open(open: &api::OpenRequest) -> Result<(Path, NodeKind), wire::Failure> 
         Ok(api::NodeKind::File | api::NodeKind::Unspecified) => NodeKind::File,
         Err(_) => return Err(invalid(format!("unknown node kind {}", open.kind))),
     };
-    Ok((path, kind))
+    Ok((path, kind, acl))
+}
+
+/// `SetAcl`: its handle and the new ACL, which is required.
+pub fn set_acl(set: &api::SetAclRequest) -> Result<Acl, wire::Failure> {
+    handle(set.handle)?;
+    Acl::from_proto(set.acl.as_ref().ok_or_else(|| invalid("SetAcl needs an ACL"))?)
 }
 
 /// A lock mode given by a client.
@@ -170,6 +180,7 @@ pub fn session_call(call: &wire::SessionCall) -> Result<(), wire::Failure> {
         Call::Close(request) => handle(request.handle),
         Call::Delete(request) => handle(request.handle),
         Call::Release(request) => handle(request.handle),
+        Call::SetAcl(request) => set_acl(request).map(|_| ()),
     }
 }
 
@@ -187,6 +198,8 @@ mod tests {
     fn open_refuses_each_bad_field_and_accepts_a_good_request() {
         let good = api::OpenRequest { path: "/a/b".into(), create: true, ..Default::default() };
         assert_eq!(open(&good).expect("good").0.as_str(), "/a/b");
+        let bad_acl = api::OpenRequest { acl: Some(api::Acl { read: vec![String::new()], ..Default::default() }), ..good.clone() };
+        assert_eq!(code(open(&bad_acl)), Code::InvalidArgument);
         let bad_path = api::OpenRequest { path: "x".repeat(10_000), ..good.clone() };
         assert_eq!(code(open(&bad_path)), Code::InvalidArgument);
         let big = api::OpenRequest { initial_contents: vec![0; CONTENTS_BYTES_MAX + 1].into(), ..good.clone() };

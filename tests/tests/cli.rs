@@ -51,7 +51,10 @@ fn cell_flag(cell: &Cell) -> String {
 fn gaios(cell: &Cell, args: &[&str]) -> Command {
     let mut command = Command::new(binary("gaios"));
     command.arg("--cell").arg(cell_flag(cell)).args(["--deadline-ms", "20000"]).args(args);
-    command.env_remove("GAIOS_CELL");
+    // A developer's shell may hold `scripts/cell`'s exports.
+    for variable in ["GAIOS_CELL", "GAIOS_CACERT", "GAIOS_CERT", "GAIOS_KEY"] {
+        command.env_remove(variable);
+    }
     // Its own process group, so a guard can kill it with its CMD.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     command

@@ -8,6 +8,13 @@
 //!   member's certificate carries only that member's messages: messages it
 //!   sends in another member's name are dropped and counted. The cell keeps
 //!   serving writes throughout.
+//! - Another identity cannot use, keep alive or close a session, nor
+//!   release its lock; only an administrator changes the members.
+//! - Each of a node's ACL names (read, write, change-ACL) allows and denies
+//!   as stated, for identities, groups (`--group`) and the cell-admin
+//!   group, with inheritance at create and a conditional `SetAcl`; the
+//!   `gaios acl` and `gaios whoami` commands show and change the same.
+//! - Certificates rotate under a write load without a failed write.
 
 use std::time::Duration;
 
@@ -24,10 +31,10 @@ fn addresses(cell: &Cell) -> Vec<String> {
     cell.members.iter().map(|m| m.client.to_string()).collect()
 }
 
-/// Starts a TLS cell and waits for its master; returns the cell, a
-/// runtime and the master's id.
+/// Starts a TLS cell (bob in group `ops`) and waits for its master;
+/// returns the cell, a runtime and the master's id.
 fn tls_cell() -> (Cell, tokio::runtime::Runtime, u64) {
-    let cell = Cell::start_tls(&[]);
+    let cell = Cell::start_tls(&["--group", "ops=bob"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let all: Vec<usize> = (0..REPLICAS as usize).collect();
     let (master, _) = runtime.block_on(wait_for_master(&cell, &all, Duration::from_secs(20))).unwrap_or_else(|| panic!("no master over TLS\n{}", cell.logs()));
@@ -342,4 +349,127 @@ fn certificates_rotate_under_a_write_load_without_a_failed_write() {
     }
     let log = cell.logs();
     assert!(log.contains("reloaded the TLS certificates"), "no replica logged a reload");
+}
+
+fn acl(read: &[&str], write: &[&str], change_acl: &[&str]) -> gaios_client::Acl {
+    let list = |entries: &[&str]| entries.iter().map(|e| e.to_string()).collect();
+    gaios_client::Acl { read: list(read), write: list(write), change_acl: list(change_acl) }
+}
+
+fn acl_denied<T: std::fmt::Debug>(result: Result<T, gaios_client::Error>, what: &str) {
+    match result {
+        Err(gaios_client::Error::AclDenied(_)) => {}
+        other => panic!("{what}: not denied by the ACL: {other:?}"),
+    }
+}
+
+/// Runs the `gaios` CLI against the cell with the certificate of `client`;
+/// returns its exit code and stdout.
+fn gaios_as(cell: &Cell, client: &str, args: &[&str]) -> (i32, String) {
+    let dir = cell.tls_dir();
+    let file = |name: String| dir.join(name).display().to_string();
+    let output = std::process::Command::new(binary("gaios"))
+        .args(["--cell", &addresses(cell).join(","), "--deadline-ms", "20000", "--json"])
+        .args(["--cacert", &file("ca.pem".into()), "--cert", &file(format!("client-{client}.pem")), "--key", &file(format!("client-{client}.key"))])
+        .args(args)
+        .env_remove("GAIOS_CELL")
+        .output()
+        .expect("gaios runs");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn node_acls_allow_and_deny_by_identity_group_and_admin_with_inheritance_and_generations() {
+    let (cell, runtime, _master) = tls_cell();
+    let connect = |name: &str| runtime.block_on(Client::connect(&addresses(&cell), options(cell.client_tls(name)))).expect("a session");
+    let (admin, alice, bob) = (connect("admin"), connect("alice"), connect("bob"));
+    let quiet = || OpenOptions::new().event_mask(0);
+    runtime.block_on(async {
+        // The admin narrows the root: anyone reads, alice and group ops
+        // write, nobody but administrators changes the ACL.
+        let root = admin.open("/", quiet()).await.expect("the root");
+        let (open_acl, stat) = root.acl().await.expect("the root's ACL");
+        assert_eq!(open_acl, acl(&["*"], &["*"], &["*"]), "a new cell's root is open to anyone");
+        root.set_acl(acl(&["*"], &["alice", "group:ops"], &[]), Some(stat.acl_generation)).await.expect("the admin narrows the root");
+
+        // Inheritance at create: alice's directory takes the root's ACL;
+        // her file takes the ACL she gives it.
+        let team = alice.open("/team", OpenOptions::new().create().directory().event_mask(0)).await.expect("alice creates /team");
+        let (inherited, stat) = team.acl().await.expect("read /team's ACL");
+        assert_eq!((inherited, stat.acl_generation), (acl(&["*"], &["alice", "group:ops"], &[]), 1), "a new node takes its parent's ACL");
+        let secret_acl = acl(&["alice"], &["alice"], &["alice"]);
+        let secret = alice.open("/team/secret", OpenOptions::new().create().acl(secret_acl.clone()).contents(b"s1".to_vec())).await.expect("alice creates /team/secret");
+        assert_eq!(secret.acl().await.expect("ACL").0, secret_acl);
+
+        // Without any permission bob cannot even open it; with write on
+        // /team (group ops) he creates and deletes his own file there.
+        acl_denied(bob.open("/team/secret", quiet()).await.map(|_| ()), "bob opens /team/secret");
+        let mine = bob.open("/team/bob", OpenOptions::new().create().event_mask(0)).await.expect("bob creates in /team through group ops");
+        mine.delete().await.expect("bob deletes in /team through group ops");
+
+        // Read for group ops, conditional on the ACL generation: a stale
+        // generation is refused and changes nothing.
+        let (_, stat) = secret.acl().await.expect("ACL");
+        let read_for_ops = acl(&["alice", "group:ops"], &["alice"], &["alice"]);
+        let moved = secret.set_acl(read_for_ops.clone(), Some(stat.acl_generation)).await.expect("alice lets ops read");
+        assert_eq!(moved.acl_generation, stat.acl_generation + 1, "the ACL generation moves on by one");
+        match secret.set_acl(secret_acl.clone(), Some(stat.acl_generation)).await {
+            Err(gaios_client::Error::FailedPrecondition(_)) => {}
+            other => panic!("a SetAcl with a stale ACL generation: {other:?}"),
+        }
+        assert_eq!(secret.acl().await.expect("ACL").0, read_for_ops, "the stale SetAcl changed the ACL");
+
+        // Read allows reads; write and change-ACL stay alice's; the lock
+        // needs write.
+        let bobs = bob.open("/team/secret", OpenOptions::new()).await.expect("bob opens with events: he may read");
+        assert_eq!(bobs.contents().await.expect("bob reads").0.as_ref(), b"s1");
+        bobs.stat().await.expect("bob stats");
+        acl_denied(bobs.set_contents(b"bob".to_vec(), None).await, "bob writes /team/secret");
+        acl_denied(bobs.try_acquire(gaios_client::LockMode::Exclusive).await.map(|_| ()), "bob locks /team/secret");
+        acl_denied(bobs.set_acl(acl(&["*"], &["*"], &["*"]), None).await, "bob changes /team/secret's ACL");
+        let lock = secret.try_acquire(gaios_client::LockMode::Exclusive).await.expect("alice, with write, locks");
+        lock.release().await.expect("release");
+
+        // ReadDir and GetStat need read.
+        let bobs_team = bob.open("/team", quiet()).await.expect("bob opens /team");
+        assert_eq!(bobs_team.read_dir().await.expect("anyone lists /team"), vec!["secret".to_string()]);
+        // /team inherited an empty change-ACL list: alice cannot change it,
+        // an administrator can.
+        acl_denied(team.set_acl(acl(&["alice"], &["alice"], &["alice"]), None).await, "alice changes /team's inherited ACL");
+        let admins_team = admin.open("/team", quiet()).await.expect("the admin opens /team");
+        let (_, stat) = admins_team.acl().await.expect("ACL");
+        admins_team.set_acl(acl(&["alice"], &["alice", "group:ops"], &["alice"]), Some(stat.acl_generation)).await.expect("the admin narrows reading /team");
+        acl_denied(bobs_team.read_dir().await, "bob lists /team");
+        acl_denied(bobs_team.stat().await, "bob stats /team");
+
+        // The cell-admin group passes every ACL.
+        let admins = admin.open("/team/secret", OpenOptions::new()).await.expect("the admin opens anything");
+        admins.contents().await.expect("the admin reads");
+        admins.set_contents(b"admin".to_vec(), None).await.expect("the admin writes");
+        admins.set_acl(secret_acl.clone(), None).await.expect("the admin changes any ACL");
+        acl_denied(bobs.contents().await, "bob reads after the admin took his read away");
+    });
+
+    // The CLI: who am I, and the same ACLs through `gaios acl`.
+    let (code, out) = gaios_as(&cell, "bob", &["whoami"]);
+    assert_eq!(code, 0, "{out}");
+    let who: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!((who["identity"].as_str(), who["groups"].clone()), (Some("bob"), serde_json::json!(["ops"])), "{out}");
+    let (code, out) = gaios_as(&cell, "admin", &["whoami"]);
+    assert_eq!((code, serde_json::from_str::<serde_json::Value>(&out).expect("JSON")["groups"].clone()), (0, serde_json::json!(["admin"])));
+    let (code, out) = gaios_as(&cell, "alice", &["acl", "get", "/team/secret"]);
+    assert_eq!(code, 0, "{out}");
+    let got: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(got["read"], serde_json::json!(["alice"]), "{out}");
+    let (code, out) = gaios_as(&cell, "bob", &["acl", "set", "/team/secret", "--read", "bob"]);
+    assert_eq!(code, 10, "bob's `acl set` exits with permission denied: {out}");
+    let (code, out) = gaios_as(&cell, "alice", &["acl", "set", "/team/secret", "--read", "alice,group:ops"]);
+    assert_eq!(code, 0, "{out}");
+    let set: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!((set["read"].clone(), set["write"].clone()), (serde_json::json!(["alice", "group:ops"]), serde_json::json!(["alice"])), "lists not given stay: {out}");
+    let (code, out) = gaios_as(&cell, "alice", &["acl", "set", "/team/secret", "--write", "", "--if-generation", "1"]);
+    assert_eq!(code, 4, "a stale --if-generation exits 4: {out}");
+    for client in [admin, alice, bob] {
+        runtime.block_on(client.close()).expect("close");
+    }
 }

@@ -9,12 +9,14 @@
 //! fills in the defaults, so that a mistake (a replica not among the members,
 //! two members with one id) stops the replica before it opens its data.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use gaios_paxos::ReplicaId;
+use gaios_state::limits::GROUPS_PER_SESSION_MAX;
 
 /// The command line of `gaios-server`: `init` creates the data directory of
 /// a member of a new cell; `run` runs the replica on a directory `init`
@@ -174,11 +176,64 @@ pub struct Args {
     /// addresses.
     #[arg(long)]
     pub insecure: bool,
-    /// An identity (client certificate CN) that administers the cell: only
-    /// administrators may change its members. Repeat for several; give
-    /// every replica the same list. Without TLS everyone may.
+    /// An identity (client certificate CN) that administers the cell: a
+    /// member of the cell-admin group `admin`, which alone may change the
+    /// members and passes every node's ACL. Repeat for several; give every
+    /// replica the same list. Without TLS everyone may change the members.
     #[arg(long = "admin")]
     pub admins: Vec<String>,
+    /// A group for ACLs, `NAME=IDENTITY[,IDENTITY...]`: ACL entries
+    /// `group:NAME` name these identities (client certificate CNs).
+    /// Repeat for more groups, or for more members of one. A session is
+    /// judged with the groups its identity had at the master that created
+    /// it; give every replica the same groups. `--group admin=...` adds
+    /// cell administrators, as `--admin` does.
+    #[arg(long = "group", value_name = "NAME=IDENTITY,...")]
+    pub groups: Vec<String>,
+}
+
+/// The groups of the `--group` and `--admin` flags: which identities each
+/// names. The cell-admin group is [`gaios_state::acl::ADMIN_GROUP`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Groups(BTreeMap<String, BTreeSet<String>>);
+
+impl Groups {
+    /// The groups from `--group NAME=ID,...` flags and `--admin` identities,
+    /// each name checked as `apply` checks a session's groups.
+    pub fn from_flags(groups: &[String], admins: &[String]) -> Result<Groups, ConfigError> {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let admin_members = admins.iter().map(|admin| (gaios_state::acl::ADMIN_GROUP, admin.as_str()));
+        let mut named = Vec::new();
+        for flag in groups {
+            let (name, members) = flag.split_once('=').ok_or_else(|| ConfigError::BadGroup(flag.clone()))?;
+            for member in members.split(',') {
+                named.push((name, member));
+            }
+        }
+        for (name, member) in admin_members.chain(named) {
+            let checked = [name.to_string(), member.to_string()];
+            if gaios_state::acl::groups(&checked).is_err() || name.starts_with(gaios_state::acl::GROUP_PREFIX) {
+                return Err(ConfigError::BadGroup(format!("{name}={member}")));
+            }
+            map.entry(name.to_string()).or_default().insert(member.to_string());
+        }
+        let groups = Groups(map);
+        if let Some(identity) = groups.0.values().flatten().find(|identity| groups.of(identity).len() > GROUPS_PER_SESSION_MAX) {
+            return Err(ConfigError::BadGroup(format!("{identity} is in more than {GROUPS_PER_SESSION_MAX} groups")));
+        }
+        Ok(groups)
+    }
+
+    /// The groups `identity` is in, sorted (a session created for it
+    /// records them).
+    pub fn of(&self, identity: &str) -> Vec<String> {
+        self.0.iter().filter(|(_, members)| members.contains(identity)).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Whether `identity` is a cell administrator.
+    pub fn is_admin(&self, identity: &str) -> bool {
+        self.0.get(gaios_state::acl::ADMIN_GROUP).is_some_and(|admins| admins.contains(identity))
+    }
 }
 
 /// The default of `--tick-ms`.
@@ -312,6 +367,11 @@ pub enum ConfigError {
     /// `--insecure` on an address other hosts can reach.
     #[error("--insecure serves plaintext with no authentication; it listens only on loopback addresses, not {0}")]
     InsecureNotLoopback(SocketAddr),
+    /// A `--group` flag that is not `NAME=IDENTITY,...` with names of 1 to
+    /// 256 bytes and no control characters (or puts an identity in too
+    /// many groups).
+    #[error("--group {0:?}: give NAME=IDENTITY[,IDENTITY...], names of 1 to 256 bytes without control characters, NAME not starting with group:, each identity in at most 32 groups")]
+    BadGroup(String),
     /// A cell id that cannot be part of the DNS name in certificates.
     #[error("with TLS, --cell-id {0:?} must be a DNS label (letters, digits, hyphens; at most 63)")]
     CellIdNotDnsLabel(String),
@@ -398,8 +458,8 @@ pub struct ReplicaConfig {
     pub joining: bool,
     /// The TLS material; `None` only with `--insecure`.
     pub tls: Option<crate::ops::tls::TlsFiles>,
-    /// The identities that may change the members (with TLS).
-    pub admins: Vec<String>,
+    /// The groups for ACLs, the cell-admin group included.
+    pub groups: Groups,
 }
 
 impl ReplicaConfig {
@@ -475,7 +535,7 @@ impl ReplicaConfig {
             session_lease: Duration::from_millis(args.session_lease_ms),
             joining: false,
             tls,
-            admins: args.admins,
+            groups: Groups::from_flags(&args.groups, &args.admins)?,
         })
     }
 
@@ -583,6 +643,22 @@ mod tests {
         let mut flags = vec!["--id", "1", "--cell-id", "a.b", "--tls-ca", "c", "--tls-cert", "c", "--tls-key", "k"];
         flags.extend_from_slice(&THREE);
         assert_eq!(parse_exactly(&flags), Err(ConfigError::CellIdNotDnsLabel("a.b".into())));
+    }
+
+    #[test]
+    fn groups_come_from_group_and_admin_flags_and_are_checked() {
+        let flags = [String::from("ops=alice,bob"), String::from("ops=carol"), String::from("admin=dave")];
+        let groups = Groups::from_flags(&flags, &[String::from("erin")]).expect("valid groups");
+        assert_eq!(groups.of("bob"), vec!["ops".to_string()]);
+        assert_eq!(groups.of("carol"), vec!["ops".to_string()]);
+        assert!(groups.is_admin("dave") && groups.is_admin("erin") && !groups.is_admin("alice"));
+        assert_eq!(groups.of("erin"), vec![gaios_state::acl::ADMIN_GROUP.to_string()]);
+        assert!(groups.of("nobody").is_empty());
+        for bad in ["ops", "=alice", "ops=", "ops=a,,b", "group:x=alice"] {
+            assert!(matches!(Groups::from_flags(&[bad.to_string()], &[]), Err(ConfigError::BadGroup(_))), "{bad}");
+        }
+        let many: Vec<String> = (0..=GROUPS_PER_SESSION_MAX).map(|i| format!("g{i}=alice")).collect();
+        assert!(Groups::from_flags(&many, &[]).is_err(), "alice in too many groups");
     }
 
     const THREE: [&str; 6] = [

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ops::config::PeerSpec;
+use crate::ops::config::{Groups, PeerSpec};
 use crate::replica::status::{MemberView, ReplicaStatus, Role};
 use crate::replica::transport::TransportStats;
 use crate::shared::Shared;
@@ -88,8 +88,9 @@ pub struct CellService {
     /// Whether clients come over TLS: then every call has an identity (its
     /// certificate's CN) and a session serves only the one that created it.
     tls: bool,
-    /// The identities that may change the members (with TLS).
-    admins: Arc<[String]>,
+    /// The groups for ACLs, the cell-admin group (which alone may change
+    /// the members, with TLS) included.
+    groups: Arc<Groups>,
 }
 
 /// Who is calling: the CN of the client's TLS certificate; `None` on an
@@ -108,13 +109,14 @@ impl CellService {
         stats: Arc<TransportStats>,
         shared: Arc<Shared>,
     ) -> Self {
-        CellService { cell_id, incarnation, members: members.into(), status, stats, shared, tls: false, admins: Arc::new([]) }
+        CellService { cell_id, incarnation, members: members.into(), status, stats, shared, tls: false, groups: Arc::default() }
     }
 
-    /// The identities that may change the members when TLS is on.
+    /// The groups for ACLs, the cell-admin group included: a session
+    /// records its identity's groups when this replica creates it.
     #[must_use]
-    pub fn with_admins(mut self, admins: Vec<String>) -> Self {
-        self.admins = admins.into();
+    pub fn with_groups(mut self, groups: Groups) -> Self {
+        self.groups = Arc::new(groups);
         self
     }
 
@@ -354,7 +356,7 @@ impl Cell for CellService {
         use api::change_membership_request::Change;
         let caller = self.caller(&request)?;
         if let Some(identity) = &caller
-            && !self.admins.contains(identity)
+            && !self.groups.is_admin(identity)
         {
             return Err(with_reason(
                 tonic::Code::PermissionDenied,
@@ -428,10 +430,12 @@ impl Cell for CellService {
         getrandom::fill(&mut secret)
             .map_err(|error| Status::internal(format!("cannot draw a session secret from the operating system: {error}")))?;
         let session_secret = bytes::Bytes::copy_from_slice(&secret);
+        let groups = caller.as_deref().map(|identity| self.groups.of(identity)).unwrap_or_default();
         let create = wire::CreateSession {
             client_name: request.client_name,
             session_secret: session_secret.clone(),
             owner: caller.unwrap_or_default(),
+            groups,
         };
         let outcome = self.propose(wire::command::Kind::CreateSession(create)).await?;
         let Some(wire::outcome::Result::SessionCreated(created)) = outcome.result else {
@@ -603,6 +607,33 @@ impl Cell for CellService {
         let header = request.header.take();
         expect_done(self.call(&caller, header, wire::session_call::Call::SetSequencer(request)).await?)?;
         Ok(Response::new(api::SetSequencerResponse {}))
+    }
+
+    async fn get_acl(&self, request: Request<api::GetAclRequest>) -> Result<Response<api::GetAclResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let handle = handle_ref(request.into_inner().handle)?;
+        self.check_owner(&caller, handle.session_id)?;
+        self.read_gate()?;
+        let (acl, stat) =
+            self.shared.state().get_acl(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
+        Ok(Response::new(api::GetAclResponse { acl: Some(acl), stat: Some(stat) }))
+    }
+
+    async fn set_acl(&self, request: Request<api::SetAclRequest>) -> Result<Response<api::SetAclResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let mut request = request.into_inner();
+        let header = request.header.take();
+        let outcome = self.call(&caller, header, wire::session_call::Call::SetAcl(request)).await?;
+        match outcome.result {
+            Some(wire::outcome::Result::AclSet(set)) => Ok(Response::new(set)),
+            _ => Err(unexpected(&outcome)),
+        }
+    }
+
+    async fn who_am_i(&self, request: Request<api::WhoAmIRequest>) -> Result<Response<api::WhoAmIResponse>, Status> {
+        let identity = self.caller(&request)?.unwrap_or_default();
+        let groups = if identity.is_empty() { Vec::new() } else { self.groups.of(&identity) };
+        Ok(Response::new(api::WhoAmIResponse { identity, groups, tls: self.tls }))
     }
 }
 

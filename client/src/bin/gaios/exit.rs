@@ -34,6 +34,9 @@ pub enum Exit {
     Lost = 8,
     /// The session entered jeopardy: a lock or leadership may be lost.
     AtRisk = 9,
+    /// The cell refused: a node's ACL, a session of another identity, or a
+    /// call that needs a cell administrator.
+    PermissionDenied = 10,
     /// CMD exists but could not be started.
     CannotRun = 126,
     /// CMD was not found.
@@ -44,7 +47,7 @@ pub enum Exit {
 
 impl Exit {
     /// Every exit code, in the order of the help table.
-    pub const ALL: [Exit; 13] = [
+    pub const ALL: [Exit; 14] = [
         Exit::Ok,
         Exit::Other,
         Exit::Usage,
@@ -55,6 +58,7 @@ impl Exit {
         Exit::AlreadyExists,
         Exit::Lost,
         Exit::AtRisk,
+        Exit::PermissionDenied,
         Exit::CannotRun,
         Exit::CommandNotFound,
         Exit::Interrupted,
@@ -90,6 +94,8 @@ impl Exit {
                  or leadership may be lost); CMD was sent SIGTERM (8 instead if it was\n\
                  lost for sure by the time CMD ended)"
             }
+            Exit::PermissionDenied => "permission denied (a node's ACL, a session of another identity, or a\n\
+                 call that needs a cell administrator)",
             Exit::CannotRun => "`lock`/`elect`: CMD could not be started",
             Exit::CommandNotFound => "`lock`/`elect`: CMD not found",
             Exit::Interrupted => "interrupted (ctrl-c) before CMD started",
@@ -105,6 +111,7 @@ impl Exit {
             Error::InvalidArgument(_) | Error::BadAddress(_) => Exit::InvalidArgument,
             Error::AlreadyExists(_) => Exit::AlreadyExists,
             Error::SessionExpired => Exit::Lost,
+            Error::AclDenied(_) | Error::PermissionDenied(_) => Exit::PermissionDenied,
             _ => Exit::Other,
         }
     }

@@ -82,6 +82,8 @@ enum Command {
     Watch(commands::watch::Args),
     Status(commands::status::Args),
     Member(commands::member::Args),
+    Acl(commands::acl::Args),
+    Whoami(commands::whoami::Args),
 }
 
 impl Command {
@@ -100,6 +102,8 @@ impl Command {
             Command::Watch(_) => "watch",
             Command::Status(_) => "status",
             Command::Member(_) => "member",
+            Command::Acl(_) => "acl",
+            Command::Whoami(_) => "whoami",
         }
     }
 }
@@ -137,6 +141,7 @@ async fn run(mut args: Args) -> anyhow::Result<u8> {
     let command = match args.command {
         Command::Status(status) => return commands::status::run(&cell, tls.as_ref(), status, printer).await.map(ok),
         Command::Member(member) => return commands::member::run(&cell, tls.as_ref(), member, printer).await.map(ok),
+        Command::Whoami(whoami) => return commands::whoami::run(&cell, tls.as_ref(), whoami, printer).await.map(ok),
         command => command,
     };
     args.command = command;
@@ -162,7 +167,8 @@ async fn run(mut args: Args) -> anyhow::Result<u8> {
         Command::Elect(elect) => commands::elect::run(&client, elect).await,
         Command::Leader(leader) => commands::leader::run(&client, leader, printer).await.map(ok),
         Command::Watch(watch) => commands::watch::run(&client, watch, printer).await.map(ok),
-        Command::Status(_) | Command::Member(_) => unreachable!("answered without a session"),
+        Command::Acl(acl) => commands::acl::run(&client, acl, printer).await.map(ok),
+        Command::Status(_) | Command::Member(_) | Command::Whoami(_) => unreachable!("answered without a session"),
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, client.close()).await;
     result

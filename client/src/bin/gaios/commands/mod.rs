@@ -3,6 +3,7 @@
 //! found through a [`Printer`](crate::print::Printer) and fail with errors
 //! that carry their [`Exit`](crate::exit::Exit).
 
+pub mod acl;
 pub mod cat;
 pub mod elect;
 pub mod leader;
@@ -15,6 +16,7 @@ pub mod rm;
 pub mod stat;
 pub mod status;
 pub mod watch;
+pub mod whoami;
 
 use anyhow::Context as _;
 use gaios_client::{Client, Handle, OpenOptions};

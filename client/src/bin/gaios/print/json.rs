@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use gaios_client::membership::Configuration;
-use gaios_client::{Event, EventKind, Stat};
+use gaios_client::{Acl, Event, EventKind, Stat, WhoAmIResponse};
 use gaios_proto::cell::v1 as api;
 use serde_json::{Value, json};
 
@@ -54,6 +54,20 @@ fn ballot_json(ballot: Option<&api::Ballot>) -> Value {
 }
 
 impl<W: Write> Printer for Json<W> {
+    fn acl(&mut self, path: &str, acl: &Acl, acl_generation: u64) -> anyhow::Result<()> {
+        self.value(&json!({
+            "path": path,
+            "acl_generation": acl_generation,
+            "read": acl.read,
+            "write": acl.write,
+            "change_acl": acl.change_acl,
+        }))
+    }
+
+    fn whoami(&mut self, who: &WhoAmIResponse) -> anyhow::Result<()> {
+        self.value(&json!({ "identity": who.identity, "groups": who.groups, "tls": who.tls }))
+    }
+
     fn ls(&mut self, path: &str, names: &[String]) -> anyhow::Result<()> {
         self.value(&json!({ "path": path, "children": names }))
     }

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use gaios_client::membership::Configuration;
-use gaios_client::{Event, EventKind, Stat, StatusResponse};
+use gaios_client::{Acl, Event, EventKind, Stat, StatusResponse, WhoAmIResponse};
 use gaios_proto::cell::v1 as api;
 
 pub use json::Json;
@@ -43,6 +43,10 @@ pub trait Printer {
     fn status(&mut self, replicas: &[Replica]) -> anyhow::Result<()>;
     /// The configuration in force.
     fn members(&mut self, config: &Configuration) -> anyhow::Result<()>;
+    /// A node's ACL and its ACL generation.
+    fn acl(&mut self, path: &str, acl: &Acl, acl_generation: u64) -> anyhow::Result<()>;
+    /// Who the cell takes this client for.
+    fn whoami(&mut self, who: &WhoAmIResponse) -> anyhow::Result<()>;
 }
 
 /// The printer of the chosen format, writing to stdout.

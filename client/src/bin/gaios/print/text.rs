@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use gaios_client::membership::Configuration;
-use gaios_client::{Event, EventKind, Stat};
+use gaios_client::{Acl, Event, EventKind, Stat, WhoAmIResponse};
 use gaios_proto::cell::v1 as api;
 
 use super::{Printer, Replica, emit, event_kind_name, incarnation_text, kind_name, role_name};
@@ -32,7 +32,29 @@ fn ballot_text(ballot: Option<&api::Ballot>) -> String {
     ballot.map_or_else(|| "-".to_string(), |b| format!("{}.{}", b.round, b.replica))
 }
 
+/// An ACL list as space-separated entries, `(nobody)` if empty.
+fn entries_text(list: &[String]) -> String {
+    if list.is_empty() { "(nobody)".to_string() } else { list.join(" ") }
+}
+
 impl<W: Write> Printer for Text<W> {
+    fn acl(&mut self, path: &str, acl: &Acl, acl_generation: u64) -> anyhow::Result<()> {
+        let lines = [
+            format!("path:           {path}"),
+            format!("acl generation: {acl_generation}"),
+            format!("read:           {}", entries_text(&acl.read)),
+            format!("write:          {}", entries_text(&acl.write)),
+            format!("change-acl:     {}", entries_text(&acl.change_acl)),
+        ];
+        self.line(&lines.join("\n"))
+    }
+
+    fn whoami(&mut self, who: &WhoAmIResponse) -> anyhow::Result<()> {
+        let identity = if who.identity.is_empty() { "(none: the cell is --insecure)" } else { &who.identity };
+        let groups = if who.groups.is_empty() { "(none)".to_string() } else { who.groups.join(" ") };
+        self.line(&format!("identity: {identity}\ngroups:   {groups}"))
+    }
+
     fn ls(&mut self, _path: &str, names: &[String]) -> anyhow::Result<()> {
         let text: String = names.iter().map(|name| format!("{name}\n")).collect();
         emit(&mut self.out, text.as_bytes())
