@@ -61,7 +61,7 @@ pub enum Target<'a> {
 impl Target<'_> {
     fn system(&self) -> System {
         match self {
-            Target::Gaios(cell) => System::Gaios(cell.members.iter().map(|m| m.client.to_string()).collect()),
+            Target::Gaios(cell) => System::gaios(cell),
             Target::Peer(peer) => peer.system(),
         }
     }

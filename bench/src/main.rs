@@ -36,10 +36,14 @@ struct Args {
     /// bench works; not for comparison).
     #[arg(long)]
     quick: bool,
-    /// Workloads to run (comma-separated): write, throughput, read, lock,
-    /// failover, sessions.
-    #[arg(long, value_delimiter = ',', default_value = "write,throughput,read,lock,failover,sessions")]
+    /// Workloads to run (comma-separated): write, throughput, tls, read,
+    /// lock, failover, sessions.
+    #[arg(long, value_delimiter = ',', default_value = "write,throughput,tls,read,lock,failover,sessions")]
     workloads: Vec<String>,
+    /// Run Gaios without TLS (`--insecure`), as before TLS existed. By
+    /// default its replicas and clients speak mutual TLS.
+    #[arg(long)]
+    plaintext: bool,
     /// Skip etcd and ZooKeeper even if installed.
     #[arg(long)]
     gaios_only: bool,
@@ -297,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
         match workload.as_str() {
             "write" => run.write().await?,
             "throughput" => run.throughput().await?,
+            "tls" => run.tls().await?,
             "read" => run.read().await?,
             "lock" => run.lock().await?,
             "failover" => run.failover().await?,
@@ -330,10 +335,8 @@ impl Run {
         let session_counts = args.sessions.clone().unwrap_or_else(|| if args.quick { vec![200] } else { vec![10_000, 20_000] });
         let hold = Duration::from_secs(args.hold_secs.unwrap_or(if args.quick { 5 } else { 60 }));
         let server_args: Vec<&str> = args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
-        let cell = gaios_tests::Cell::start_with(&server_args);
-        let all: Vec<usize> = (0..gaios_tests::REPLICAS as usize).collect();
-        gaios_tests::wait_for_master(&cell, &all, gaios_tests::FIRST_MASTER_DEADLINE).await.context("Gaios elected no master")?;
-        let gaios = System::Gaios(cell.members.iter().map(|m| m.client.to_string()).collect());
+        let cell = start_gaios(&server_args, !args.plaintext).await?;
+        let gaios = System::gaios(&cell);
         let etcd_installed = !args.gaios_only && Command::new("etcd").arg("--version").output().is_ok();
         let zookeeper_installed =
             !args.gaios_only && !args.no_zookeeper && Path::new("/usr/share/java/zookeeper.jar").exists();
@@ -400,6 +403,89 @@ impl Run {
             self.report.push_str(&self.plot_link("write-throughput.png"));
         }
         self.figures.throughput_100 = rows.into_iter().find(|row| row.label == "100 clients");
+        Ok(())
+    }
+
+    /// What TLS costs Gaios: write latency (1 client) and throughput (100
+    /// clients) on this run's cell and on a second cell that differs only
+    /// in TLS, measured in turns (rounds interleaved, each cell alone on
+    /// the machine), with the median and spread of the ratios.
+    async fn tls(&mut self) -> anyhow::Result<()> {
+        let server_args: Vec<&str> = self.args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
+        // The peers wait paused; the main cell is paused while the other
+        // one runs, and the other way round.
+        for which in [Which::Etcd, Which::ZooKeeper] {
+            for pid in self.systems.pids(&self.cell, which) {
+                let _ = systems::signal(pid, "STOP");
+            }
+        }
+        *self.systems.focused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let main_tls = !self.args.plaintext;
+        let other = start_gaios(&server_args, !main_tls).await?;
+        let (tls_cell, plain_cell) = if main_tls { (&self.cell, &other) } else { (&other, &self.cell) };
+        let rounds = if self.args.quick { 1 } else { 3 };
+        let clients = if self.args.quick { 10 } else { 100 };
+        let mut latency: [Vec<Samples>; 2] = [Vec::new(), Vec::new()];
+        let mut throughput: [Vec<Samples>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            // Alternate which goes first, so neither always follows the other.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let (cell, paused) = if side == 0 { (tls_cell, plain_cell) } else { (plain_cell, tls_cell) };
+                let name = if side == 0 { "TLS" } else { "plaintext" };
+                self.systems.meter.set_phase(format!("workload tls: Gaios with {name}, round {}/{rounds}", round + 1));
+                give_machine_to(cell, paused).await?;
+                let system = System::gaios(cell);
+                latency[side].push(measure(&system, 1, self.duration, self.count, Op::Write, &self.systems.meter).await?);
+                throughput[side].push(measure(&system, clients, self.duration, usize::MAX, Op::Write, &self.systems.meter).await?);
+            }
+        }
+        // Back to the main cell alone; the next workload focuses again.
+        give_machine_to(&self.cell, &other).await?;
+        drop(other);
+        let mut out = format!(
+            "### The cost of TLS (Gaios)
+
+The same workloads on two five-replica cells that differ only in TLS (mutual TLS between replicas and for clients, or `--insecure` plaintext), each alone on the machine, {rounds} round(s) taken in turns. Ratios: TLS / plaintext per round; median [min–max].
+
+"
+        );
+        out.push_str("| case | TLS | plaintext | TLS / plaintext |
+|---|---|---|---|
+");
+        let p50 = |s: &Samples| s.percentile_ms(50.0);
+        let per_round = |pick: &dyn Fn(&Samples) -> Option<f64>, rows: &[Vec<Samples>; 2]| -> Vec<f64> {
+            rows[0].iter().zip(&rows[1]).filter_map(|(t, p)| pick(t).zip(pick(p)).filter(|(_, p)| *p > 0.0).map(|(t, p)| t / p)).collect()
+        };
+        let summary = |values: &[f64], digits: usize| -> String {
+            let mut sorted = values.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            match (sorted.first(), sorted.last()) {
+                (Some(low), Some(high)) => format!("{:.digits$} [{low:.digits$}–{high:.digits$}]", sorted[sorted.len() / 2]),
+                _ => "-".to_string(),
+            }
+        };
+        let column = |rows: &[Samples], pick: &dyn Fn(&Samples) -> Option<f64>, digits: usize| {
+            let values: Vec<f64> = rows.iter().filter_map(pick).collect();
+            summary(&values, digits)
+        };
+        let _ = writeln!(
+            out,
+            "| write p50 ms, 1 client | {} | {} | {} |",
+            column(&latency[0], &p50, 2),
+            column(&latency[1], &p50, 2),
+            summary(&per_round(&p50, &latency), 2)
+        );
+        let ops = |s: &Samples| s.ops_per_second();
+        let _ = writeln!(
+            out,
+            "| write throughput ops/s, {clients} clients | {} | {} | {} |",
+            column(&throughput[0], &ops, 0),
+            column(&throughput[1], &ops, 0),
+            summary(&per_round(&ops, &throughput), 2)
+        );
+        out.push('\n');
+        self.report.push_str(&out);
         Ok(())
     }
 
@@ -510,10 +596,11 @@ impl Run {
         for &n in &self.session_counts {
             let gaios_pids = self.systems.pids(&self.cell, Which::Gaios);
             let addresses: Vec<String> = self.cell.members.iter().map(|m| m.client.to_string()).collect();
+            let tls = self.cell.client_tls("admin");
             self.systems.focus(&self.cell, Which::Gaios).await?;
             // Gaios failing fails the run; a peer failing (its
             // limits, not ours) is reported in its row.
-            let mut results = vec![("Gaios".to_string(), Ok(sessions::gaios(&addresses, &gaios_pids, n, self.hold).await?))];
+            let mut results = vec![("Gaios".to_string(), Ok(sessions::gaios(&addresses, tls.as_ref(), &gaios_pids, n, self.hold).await?))];
             if let Some(peer) = &self.systems.etcd {
                 self.systems.focus(&self.cell, Which::Etcd).await?;
                 results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, self.hold).await));
@@ -549,6 +636,30 @@ impl Run {
         self.report.push_str(&out);
         Ok(())
     }
+}
+
+/// Starts a five-replica Gaios cell (with TLS if `tls`) and waits for its
+/// master.
+async fn start_gaios(server_args: &[&str], tls: bool) -> anyhow::Result<gaios_tests::Cell> {
+    let members = gaios_tests::Cell::free_members();
+    let cell = gaios_tests::Cell::start_full(server_args, members, std::collections::BTreeMap::new(), std::collections::BTreeMap::new(), tls);
+    let all: Vec<usize> = (0..gaios_tests::REPLICAS as usize).collect();
+    gaios_tests::wait_for_master(&cell, &all, gaios_tests::FIRST_MASTER_DEADLINE).await.context("Gaios elected no master")?;
+    Ok(cell)
+}
+
+/// Pauses the cell `paused` (SIGSTOP) and continues `cell`, waiting until
+/// it agrees on a master again.
+async fn give_machine_to(cell: &gaios_tests::Cell, paused: &gaios_tests::Cell) -> anyhow::Result<()> {
+    for index in 0..paused.members.len() {
+        paused.signal(index, libc::SIGSTOP);
+    }
+    for index in 0..cell.members.len() {
+        cell.signal(index, libc::SIGCONT);
+    }
+    let all: Vec<usize> = (0..cell.members.len()).collect();
+    gaios_tests::wait_for_master(cell, &all, FOCUS_DEADLINE).await.context("Gaios agreed on no master after being continued")?;
+    Ok(())
 }
 
 /// A peer's failover runs, or `None` with the reason kept in `failures`
@@ -666,6 +777,11 @@ fn header(args: &Args, etcd: bool, zookeeper: bool) -> String {
         "- etcd: {}; ZooKeeper: {}",
         if etcd { run("dpkg-query", &["-W", "-f", "etcd-server ${Version}", "etcd-server"]) } else { "not run".into() },
         if zookeeper { run("dpkg-query", &["-W", "-f", "zookeeper ${Version}", "zookeeper"]) } else { "not run".into() }
+    );
+    let _ = writeln!(
+        out,
+        "- Gaios: {} (etcd and ZooKeeper run plaintext, their default; the `tls` workload measures what TLS costs Gaios)",
+        if args.plaintext { "plaintext (`--plaintext`, replicas run `--insecure`)" } else { "mutual TLS between replicas and for clients (rustls, ECDSA P-256 certificates)" }
     );
     out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values. While one system is measured, the other two are paused (SIGSTOP), so that each has the machine to itself.\n\n");
     out

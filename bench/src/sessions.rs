@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use gaios_client::Tls;
 use gaios_proto::cell::v1 as api;
 use gaios_proto::cell::v1::cell_client::CellClient;
 use tokio::task::JoinSet;
@@ -57,13 +58,24 @@ pub struct SessionsResult {
     pub rss_mib: f64,
 }
 
-/// Gaios: `count` sessions on the cell at `addresses` (replica pids `pids`).
-pub async fn gaios(addresses: &[String], pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
-    let master = settled_master(addresses).await.context("no Gaios master that creates sessions")?;
+/// An endpoint of the Gaios replica at `address`, over TLS with `tls`.
+fn endpoint(address: &str, tls: Option<&Tls>) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?.tcp_nodelay(true).connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.config())?;
+    }
+    Ok(endpoint)
+}
+
+/// Gaios: `count` sessions on the cell at `addresses` (replica pids
+/// `pids`), over TLS with `tls`.
+pub async fn gaios(addresses: &[String], tls: Option<&Tls>, pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
+    let master = settled_master(addresses, tls).await.context("no Gaios master that creates sessions")?;
     let connections = count.div_ceil(STREAMS_PER_CONNECTION).max(1);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let endpoint = Endpoint::from_shared(format!("http://{master}"))?.tcp_nodelay(true).connect_timeout(Duration::from_secs(2));
+        let endpoint = endpoint(&master, tls)?;
         channels.push(endpoint.connect().await.with_context(|| format!("connect to {master}"))?);
     }
 
@@ -169,11 +181,11 @@ impl Run {
 /// retrying `UNAVAILABLE` answers on the master found then for up to 20 s.
 /// (A probe whose `CreateSession` was cut off by a change of master may
 /// still take effect; that session expires a lease later.)
-async fn settled_master(addresses: &[String]) -> Option<String> {
+async fn settled_master(addresses: &[String], tls: Option<&Tls>) -> Option<String> {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
-        let master = master_address(addresses).await?;
-        let endpoint = Endpoint::from_shared(format!("http://{master}")).ok()?.connect_timeout(Duration::from_secs(2));
+        let master = master_address(addresses, tls).await?;
+        let endpoint = endpoint(&master, tls).ok()?;
         if let Ok(channel) = endpoint.connect().await {
             let mut cell = CellClient::new(channel);
             let probe = api::CreateSessionRequest { client_name: "bench-probe".into() };
@@ -194,10 +206,10 @@ async fn settled_master(addresses: &[String]) -> Option<String> {
 }
 
 /// Which replica is master, by asking them.
-async fn master_address(addresses: &[String]) -> Option<String> {
+async fn master_address(addresses: &[String], tls: Option<&Tls>) -> Option<String> {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
-        let statuses = gaios_client::cell_status(addresses, None).await;
+        let statuses = gaios_client::cell_status(addresses, tls).await;
         if let Some(master) = statuses.iter().find(|s| s.role() == api::Role::Master) {
             return Some(master.members.iter().find(|m| m.id == master.id).map(|m| m.client_address.clone()).unwrap_or_default())
                 .filter(|a| !a.is_empty());

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gaios_client::{Client, LockMode, OpenOptions, Options};
+use gaios_client::{Client, LockMode, OpenOptions, Options, Tls};
+use gaios_tests::Cell;
 use gaios_tests::progress::Meter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Mutex;
@@ -23,8 +24,15 @@ pub const VALUE_BYTES: usize = 256;
 /// A system under test, by its client addresses.
 #[derive(Clone, Debug)]
 pub enum System {
-    /// Gaios replicas' client addresses.
-    Gaios(Vec<String>),
+    /// Gaios replicas' client addresses, and the client certificate for a
+    /// cell with TLS.
+    Gaios {
+        /// The replicas' client addresses.
+        addresses: Vec<String>,
+        /// The cell's CA and a client certificate (the cell's admin), if
+        /// it serves TLS.
+        tls: Option<Tls>,
+    },
     /// etcd client endpoints.
     Etcd(Vec<String>),
     /// ZooKeeper's comma-separated connect string.
@@ -32,10 +40,15 @@ pub enum System {
 }
 
 impl System {
+    /// The Gaios cell `cell`, over TLS if it serves TLS.
+    pub fn gaios(cell: &Cell) -> System {
+        System::Gaios { addresses: cell.members.iter().map(|m| m.client.to_string()).collect(), tls: cell.client_tls("admin") }
+    }
+
     /// The name used in tables.
     pub fn name(&self) -> &'static str {
         match self {
-            System::Gaios(_) => "Gaios",
+            System::Gaios { .. } => "Gaios",
             System::Etcd(_) => "etcd",
             System::ZooKeeper(_) => "ZooKeeper",
         }
@@ -50,8 +63,8 @@ impl System {
     /// up after it (and retried), so a hung (paused) member is noticed.
     pub async fn connect_with(&self, id: usize, attempt_timeout: Option<Duration>) -> anyhow::Result<Conn> {
         match self {
-            System::Gaios(addresses) => {
-                let mut options = Options::default();
+            System::Gaios { addresses, tls } => {
+                let mut options = Options { tls: tls.clone(), ..Options::default() };
                 if let Some(timeout) = attempt_timeout {
                     options.attempt_timeout = timeout;
                 }

@@ -23,7 +23,7 @@ fn the_quick_profile_produces_every_table() {
     let out = tempfile::tempdir().expect("a temporary directory");
     let report_path = out.path().join("report.md");
     let mut command = Command::new(env!("CARGO_BIN_EXE_gaios-bench"));
-    command.args(["--quick", "--workloads", "write,read,lock,failover,sessions", "--out"]).arg(&report_path);
+    command.args(["--quick", "--workloads", "write,tls,read,lock,failover,sessions", "--out"]).arg(&report_path);
     if !etcd_installed {
         command.arg("--gaios-only");
     }
@@ -31,7 +31,7 @@ fn the_quick_profile_produces_every_table() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "gaios-bench failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
     let written = std::fs::read_to_string(&report_path).expect("the report file");
-    for table in ["Write latency", "Read latency", "Lock acquire + release", "Failover", "Sessions kept alive", "Targets"] {
+    for table in ["Write latency", "The cost of TLS", "Read latency", "Lock acquire + release", "Failover", "Sessions kept alive", "Targets"] {
         assert!(written.contains(table), "no {table} table:\n{written}");
     }
     let peers = [(2, etcd_installed), (3, zookeeper_installed)];
@@ -43,6 +43,11 @@ fn the_quick_profile_produces_every_table() {
         for (column, installed) in peers {
             assert_eq!(number(cells[column]).is_some(), installed, "{label}: column {column} in {cells:?}");
         }
+    }
+    // The cost of TLS: both cells measured, and a ratio.
+    for label in ["write p50 ms, 1 client", "write throughput ops/s, 10 clients"] {
+        let cells = row(&written, label);
+        assert!(cells[1..].iter().all(|cell| number(cell).is_some()), "{label}: {cells:?}");
     }
     // Failover: a time for each fault and system present.
     for fault in ["SIGKILL", "SIGSTOP"] {
