@@ -21,7 +21,11 @@
 //!
 //! Handshakes run on tasks of their own, at most [`HANDSHAKES_MAX`] at a
 //! time and each for at most [`HANDSHAKE_TIMEOUT`], so that a client that
-//! connects and sends nothing holds up no one.
+//! connects and sends nothing holds up no one. A port keeps at most
+//! [`CONNECTIONS_MAX`] connections (handshakes included) open at once: a
+//! connection beyond them is closed at once and counted as a failed
+//! handshake, so a client with a valid certificate that opens connection
+//! after connection cannot exhaust the replica's memory or descriptors.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -35,7 +39,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,7 +48,13 @@ use crate::replica::transport::TransportStats;
 
 /// How often the certificate files are checked for a change.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-/// The longest a TLS handshake may take.
+/// The most connections a port keeps open at once, handshakes included:
+/// enough for thousands of clients (each `gaios` client holds one to the
+/// master; the benchmark's 1000 writers and 20,000 sessions in 200
+/// connections fit), few enough that their buffers stay within a few
+/// hundred MiB.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most handshakes under way at once on one listener; a connection
 /// beyond it is closed at once.
@@ -353,13 +363,20 @@ fn common_name(mut name: &[u8]) -> Option<String> {
 /// handshake succeeds (see the module docs), until the receiving side is
 /// dropped; counts the handshakes that fail (no certificate, one from
 /// another CA, not TLS at all, too slow) in `failed`.
-pub fn incoming(
+pub fn incoming(listener: TcpListener, tls: Arc<Tls>, failed: Arc<TransportStats>) -> ReceiverStream<Result<Connection, io::Error>> {
+    incoming_at_most(listener, tls, failed, CONNECTIONS_MAX)
+}
+
+/// [`incoming`] with at most `connections_max` connections open at once.
+fn incoming_at_most(
     listener: TcpListener,
     tls: Arc<Tls>,
     failed: Arc<TransportStats>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    connections_max: usize,
+) -> ReceiverStream<Result<Connection, io::Error>> {
     let (accepted, stream) = mpsc::channel(ACCEPTED_QUEUE);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let connections = Arc::new(Semaphore::new(connections_max));
     // Handshakes under way per address (entries go when they reach 0).
     let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     tokio::spawn(async move {
@@ -388,10 +405,12 @@ pub fn incoming(
                     Some(AddressSlot { counts: per_address.clone(), address: remote.ip() })
                 }
             };
-            let (Some(slot), Ok(permit)) = (from_address, handshakes.clone().try_acquire_owned()) else {
+            let (Some(slot), Ok(permit), Ok(open)) =
+                (from_address, handshakes.clone().try_acquire_owned(), connections.clone().try_acquire_owned())
+            else {
                 let refused = failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed) + 1;
                 if refused.is_power_of_two() {
-                    tracing::warn!(%remote, refused, "closing a connection: too many TLS handshakes under way (from this address, or in all)");
+                    tracing::warn!(%remote, refused, "closing a connection: too many TLS handshakes under way (from this address, or in all), or too many connections open");
                 }
                 continue;
             };
@@ -404,7 +423,7 @@ pub fn incoming(
                 drop(slot);
                 match outcome {
                     Ok(Ok(stream)) => {
-                        let _ = accepted.send(Ok(stream)).await;
+                        let _ = accepted.send(Ok(Connection { stream, _open: open })).await;
                     }
                     Ok(Err(error)) => {
                         let failed = failed.tls_handshakes_failed.fetch_add(1, Ordering::Relaxed) + 1;
@@ -421,6 +440,55 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(stream)
+}
+
+/// A connection whose handshake succeeded; it holds its place among the
+/// port's [`CONNECTIONS_MAX`] until it is closed (dropped).
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    _open: OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    /// The TLS stream's: the peer's address and certificates, which the
+    /// services read to know who calls.
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
 }
 
 /// A handshake's place in its address's count; freed when dropped.
@@ -513,6 +581,73 @@ mod tests {
         let chain = certificates(&std::fs::read(dir.path().join("replica-2.pem")).expect("pem"), dir.path()).expect("chain");
         assert_eq!(replica_of(&chain, "c"), Some(2));
         assert_eq!(replica_of(&chain, "C"), Some(2), "DNS names ignore case");
+    }
+
+    /// A client TLS connection to `address` with `stem`'s certificate of
+    /// `dir`, handshake done.
+    async fn connect(dir: &Path, stem: &str, address: std::net::SocketAddr) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let read = |name: String| std::fs::read(dir.join(name)).expect("a TLS file");
+        let mut roots = RootCertStore::empty();
+        for certificate in certificates(&read("ca.pem".into()), dir).expect("the CA") {
+            roots.add(certificate).expect("a root");
+        }
+        let chain = certificates(&read(format!("{stem}.pem")), dir).expect("a chain");
+        let key = PrivateKeyDer::from_pem_slice(&read(format!("{stem}.key"))).expect("a key");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client auth");
+        let tcp = TcpStream::connect(address).await?;
+        let name = rustls::pki_types::ServerName::try_from("replica-1.c").expect("a name").to_owned();
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        // The server may refuse after the client's side of the handshake:
+        // a round trip tells (it closes a connection it does not keep).
+        use tokio::io::AsyncWriteExt as _;
+        stream.write_all(b"x").await?;
+        stream.flush().await?;
+        Ok(stream)
+    }
+
+    /// A port keeps at most its limit of connections open; one beyond it
+    /// is closed and counted, and a closed one frees its place.
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_a_closed_one_frees_its_place() {
+        use tokio_stream::StreamExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let args = crate::ops::certs::CertsArgs {
+            dir: dir.path().to_path_buf(),
+            cell_id: "c".into(),
+            replicas: vec![1],
+            hosts: vec!["127.0.0.1".into()],
+            clients: vec!["alice".into()],
+            days: 1,
+        };
+        crate::ops::certs::make(&args).expect("certificates");
+        let files = TlsFiles { ca: dir.path().join("ca.pem"), cert: dir.path().join("replica-1.pem"), key: dir.path().join("replica-1.key") };
+        let tls = Tls::load(files, Some((1, "c".into()))).expect("TLS material");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let address = listener.local_addr().expect("address");
+        let stats = Arc::new(TransportStats::default());
+        let mut accepted = incoming_at_most(listener, tls, stats.clone(), 2);
+        let first = connect(dir.path(), "client-alice", address).await.expect("first connection");
+        let served_first = accepted.next().await.expect("accepted").expect("a connection");
+        let _second = connect(dir.path(), "client-alice", address).await.expect("second connection");
+        let _served_second = accepted.next().await.expect("accepted").expect("a connection");
+        // The third is closed at once: its handshake or first write fails.
+        let mut third = connect(dir.path(), "client-alice", address).await;
+        if let Ok(stream) = &mut third {
+            use tokio::io::AsyncReadExt as _;
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await.expect("an answer");
+            assert!(matches!(read, Ok(0) | Err(_)), "a connection beyond the limit was kept: {read:?}");
+        }
+        assert_eq!(stats.tls_handshakes_failed.load(Ordering::Relaxed), 1, "the refused connection is counted");
+        drop(served_first);
+        drop(first);
+        let _fourth = connect(dir.path(), "client-alice", address).await.expect("a place freed by a closed connection");
+        accepted.next().await.expect("accepted").expect("the fourth connection");
     }
 
     #[test]
