@@ -110,13 +110,17 @@ fn entries(name: &str, list: &[String]) -> Result<Vec<String>, wire::Failure> {
     Ok(sorted)
 }
 
-/// The groups a `CreateSession` carries, checked.
+/// The longest group name: `group:NAME` must fit in an entry.
+pub const GROUP_NAME_BYTES_MAX: usize = IDENTITY_BYTES_MAX - GROUP_PREFIX.len();
+
+/// The groups a `CreateSession` carries, checked: each a name of 1 to
+/// [`GROUP_NAME_BYTES_MAX`] bytes without control characters.
 pub fn groups(groups: &[String]) -> Result<(), wire::Failure> {
     if groups.len() > GROUPS_PER_SESSION_MAX {
         return Err(invalid(format!("{} groups, over {GROUPS_PER_SESSION_MAX}", groups.len())));
     }
-    if let Some(bad) = groups.iter().find(|group| !is_name(group)) {
-        return Err(invalid(format!("a group name must be 1 to {IDENTITY_BYTES_MAX} bytes without control characters, not {:?}", crate::namespace::excerpt(bad))));
+    if let Some(bad) = groups.iter().find(|group| !is_name(group) || group.len() > GROUP_NAME_BYTES_MAX) {
+        return Err(invalid(format!("a group name must be 1 to {GROUP_NAME_BYTES_MAX} bytes without control characters, not {:?}", crate::namespace::excerpt(bad))));
     }
     Ok(())
 }
@@ -237,6 +241,8 @@ mod tests {
             assert_eq!(refused.expect_err(bad).code, Code::InvalidArgument.number(), "{bad:?}");
         }
         assert!(super::groups(&[String::new()]).is_err());
+        assert!(super::groups(&["g".repeat(GROUP_NAME_BYTES_MAX)]).is_ok());
+        assert!(super::groups(&["g".repeat(GROUP_NAME_BYTES_MAX + 1)]).is_err(), "group:NAME would not fit in an entry");
         assert!(super::groups(&(0..=GROUPS_PER_SESSION_MAX).map(|i| i.to_string()).collect::<Vec<_>>()).is_err());
     }
 

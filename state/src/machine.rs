@@ -593,6 +593,11 @@ impl StateMachine {
         self.sessions.get(&session).map(|s| s.owner.as_str())
     }
 
+    /// The groups `session` was created with, if it is open.
+    pub fn session_groups(&self, session: SessionId) -> Option<&[String]> {
+        self.sessions.get(&session).map(|s| s.groups.as_slice())
+    }
+
     /// Who `session` is for ACL checks (an ended session is nobody: no
     /// identity, no groups).
     fn principal(&self, session: SessionId) -> Principal<'_> {
@@ -618,6 +623,25 @@ impl StateMachine {
             Code::PermissionDenied,
             format!("the ACL of {path} gives {} no {} permission", principal.describe(), names.join(" or ")),
         ))
+    }
+
+    /// `stat` as `session` may see it: whole with read permission on the
+    /// node, else only what says which node it is (instance, kind,
+    /// ephemeral owner, ACL generation), never its contents' size,
+    /// checksum, times or generations.
+    fn stat_as_permitted(&self, session: SessionId, path: &Path, stat: &Stat) -> api::Stat {
+        let full = stat_to_proto(stat);
+        let readable = self.namespace.acl(path, Some(stat.instance)).is_ok_and(|acl| acl.allows(Permission::Read, self.principal(session)));
+        if readable {
+            return full;
+        }
+        api::Stat {
+            instance: full.instance,
+            kind: full.kind,
+            ephemeral_owner: full.ephemeral_owner,
+            acl_generation: full.acl_generation,
+            ..api::Stat::default()
+        }
     }
 
     /// Whether a call presenting `secret` may act for `session` (for the
@@ -814,29 +838,50 @@ impl StateMachine {
         if self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
+        // Events about the node need read permission on it.
+        let needed: &[Permission] = if open.event_mask & EVENT_BITS_NEEDING_READ != 0 {
+            &[Permission::Read]
+        } else {
+            &[Permission::Read, Permission::Write, Permission::ChangeAcl]
+        };
         let (stat, created) = match self.namespace.stat(&path, None) {
             Ok(stat) => {
                 if open.create && open.exclusive_create {
                     return failure(Code::AlreadyExists, format!("a node already exists at {path}"));
                 }
-                let needed: &[Permission] = if open.event_mask & EVENT_BITS_NEEDING_READ != 0 {
-                    &[Permission::Read]
-                } else {
-                    &[Permission::Read, Permission::Write, Permission::ChangeAcl]
-                };
                 if let Err(denied) = self.check_acl(session_id, &path, None, needed) {
                     return denied;
+                }
+                // An ACL given for a node that turns out to exist with
+                // another one is refused, not ignored: the caller would
+                // believe the node is guarded as it asked.
+                if open.create
+                    && let Some(given) = &acl
+                    && self.namespace.acl(&path, None).is_ok_and(|existing| **existing != *given)
+                {
+                    return failure(Code::AlreadyExists, format!("a node already exists at {path}, with another ACL than the one given"));
                 }
                 (stat, false)
             }
             Err(NamespaceError::NotFound(_)) if open.create => {
                 // Creating changes the parent directory. (A missing parent
-                // is the namespace's NOT_FOUND, below.)
+                // is the namespace's NOT_FOUND, below.) A creator asking for
+                // events needs read permission on the new node's ACL too.
                 if let Some((parent, _)) = path.split()
-                    && self.namespace.stat(&parent, None).is_ok()
-                    && let Err(denied) = self.check_acl(session_id, &parent, None, &[Permission::Write])
+                    && let Ok(parent_acl) = self.namespace.acl(&parent, None)
                 {
-                    return denied;
+                    if let Err(denied) = self.check_acl(session_id, &parent, None, &[Permission::Write]) {
+                        return denied;
+                    }
+                    let principal = self.principal(session_id);
+                    let new_acl = acl.as_ref().unwrap_or(parent_acl);
+                    if !needed.iter().any(|&permission| new_acl.allows(permission, principal)) {
+                        return failure_for(
+                            api::ErrorReason::AclDenied,
+                            Code::PermissionDenied,
+                            format!("the ACL of the new {path} gives {} no read permission, which the events asked for need", principal.describe()),
+                        );
+                    }
                 }
                 let owner = open.ephemeral.then_some(session_id);
                 let contents = open.initial_contents.clone();
@@ -865,11 +910,12 @@ impl StateMachine {
         self.sessions_bytes += handle.footprint_bytes();
         session.handles.insert(id, handle);
         self.handles_total += 1;
+        let stat = self.stat_as_permitted(session_id, &path, &stat);
         self.watchers.entry(path).or_default().insert((session_id, id));
         Outcome {
             result: Some(wire::outcome::Result::Opened(api::OpenResponse {
                 handle: id,
-                stat: Some(stat_to_proto(&stat)),
+                stat: Some(stat),
                 created,
             })),
         }
@@ -1048,16 +1094,48 @@ impl StateMachine {
             Ok(handle) => handle,
             Err(outcome) => return outcome,
         };
+        // Nobody but an administrator locks themselves out: on a cell
+        // without administrators (one run `--insecure`, where every session
+        // is the same anonymous one) that would be for good.
+        let principal = self.principal(session_id);
+        if !acl.allows(Permission::ChangeAcl, principal) {
+            return failure(
+                Code::InvalidArgument,
+                format!("the new ACL would leave {} without change-ACL permission on {}; only an administrator may do that", principal.describe(), handle.path),
+            );
+        }
         let old = self.namespace.acl(&handle.path, Some(handle.instance)).map_or(0, |acl| acl.footprint_bytes());
         let growth = acl.footprint_bytes().saturating_sub(old);
         if growth > 0 && self.footprint_bytes() + growth > self.state_bytes_max {
             return failure(Code::ResourceExhausted, "the cell's state is full");
         }
         match self.namespace.set_acl(&handle.path, Some(handle.instance), acl, set.if_acl_generation) {
-            Ok(stat) => Outcome {
-                result: Some(wire::outcome::Result::AclSet(api::SetAclResponse { stat: Some(stat_to_proto(&stat)) })),
-            },
+            Ok(stat) => {
+                self.drop_waiters_without_write(&handle.path);
+                let stat = self.stat_as_permitted(session_id, &handle.path, &stat);
+                Outcome { result: Some(wire::outcome::Result::AclSet(api::SetAclResponse { stat: Some(stat) })) }
+            }
             Err(error) => namespace_failure(&error),
+        }
+    }
+
+    /// After an ACL change: the waits for the node's lock of sessions the
+    /// ACL no longer gives write permission end (their `Acquire`s fail), as
+    /// a new `Acquire` of theirs would be refused. Holders keep the lock
+    /// until they release it, as in Chubby.
+    fn drop_waiters_without_write(&mut self, path: &Path) {
+        let Ok(acl) = self.namespace.acl(path, None) else { return };
+        let acl = std::sync::Arc::clone(acl);
+        let waiting: Vec<(SessionId, u64)> = self
+            .locks
+            .participants()
+            .filter(|(lock, session, handle)| *lock == path && self.locks.is_waiting(path, *session, *handle, None))
+            .map(|(_, session, handle)| (session, handle))
+            .filter(|&(session, _)| !acl.allows(Permission::Write, self.principal(session)))
+            .collect();
+        for (session, handle) in waiting {
+            let (_, grants) = self.locks.cancel_wait(path, session, handle, None, self.lock_clock_ms);
+            self.hand_out(grants);
         }
     }
 
@@ -1237,7 +1315,7 @@ impl StateMachine {
         let handle = self.readable_handle(session, secret, handle, &[Permission::Read, Permission::ChangeAcl])?;
         let acl = self.namespace.acl(&handle.path, Some(handle.instance)).map_err(|error| into_failure(namespace_failure(&error)))?;
         let stat = self.namespace.stat(&handle.path, Some(handle.instance)).map_err(|error| into_failure(namespace_failure(&error)))?;
-        Ok((acl.to_proto(), stat_to_proto(&stat)))
+        Ok((acl.to_proto(), self.stat_as_permitted(session, &handle.path, &stat)))
     }
 
     /// For the reads: the handle, if `secret` is its session's, the handle
@@ -1294,7 +1372,11 @@ impl StateMachine {
         let valid = mode_from_proto(sequencer.mode).is_some_and(|mode| {
             stat.instance == sequencer.instance && self.locks.is_current(&path, mode, sequencer.lock_generation)
         });
-        api::CheckSequencerResponse { valid, current_lock_generation: stat.lock_generation }
+        // The node's lock generation only for the instance the sequencer
+        // names: anyone may check a sequencer, and the generation of
+        // another instance is not theirs to learn.
+        let current_lock_generation = if stat.instance == sequencer.instance { stat.lock_generation } else { 0 };
+        api::CheckSequencerResponse { valid, current_lock_generation }
     }
 
     // ---------------------------------------------------------------------
@@ -1440,7 +1522,11 @@ impl StateMachine {
             return Err(bad(format!("{} handles", state.handles_total)));
         }
         state.locks = state.restore_locks(&snapshot.locks, snapshot.last_lock_generation)?;
-        if state.footprint_bytes() > SNAPSHOT_BYTES_MAX {
+        // A version 1 snapshot's nodes each gained an ACL on restore: the
+        // bound grows by that, and the state reads as full until space is
+        // freed.
+        let acl_allowance = if before_acls { state.namespace.len().saturating_mul(Acl::open().footprint_bytes()) } else { 0 };
+        if state.footprint_bytes() > SNAPSHOT_BYTES_MAX.saturating_add(acl_allowance) {
             return Err(bad(format!("a state of {} bytes, over {SNAPSHOT_BYTES_MAX}", state.footprint_bytes())));
         }
         // What `check_invariants` asserts must be refused here first: a

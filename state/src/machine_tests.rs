@@ -1832,3 +1832,97 @@ fn a_snapshot_from_before_acls_restores_with_open_acls() {
     missing.nodes[0].acl = None;
     assert!(matches!(StateMachine::restore(&missing.encode_to_vec()), Err(SnapshotError::Inconsistent(_))));
 }
+
+/// The rules a review of the ACLs added: a stat shows a session without
+/// read permission only which node it is; a creator asking for events needs
+/// read on the new node's ACL; an ACL given for a node that exists with
+/// another one is refused; nobody but an administrator takes away their own
+/// change-ACL permission; a waiter that loses write stops waiting (a holder
+/// keeps its lock); delete needs write on the parent, not on the node; a
+/// sequencer check does not tell another instance's lock generation.
+#[test]
+fn acl_rules_for_stats_events_existing_nodes_lockout_waiters_and_deletes() {
+    let mut cell = Cell::new();
+    let admin = cell.session_as("root", &[crate::acl::ADMIN_GROUP]);
+    let alice = cell.session_as("alice", &[]);
+    let bob = cell.session_as("bob", &[]);
+    let create = |path: &str, acl: Option<api::Acl>, mask: u32| api::OpenRequest { path: path.into(), create: true, acl, event_mask: mask, ..Default::default() };
+    let stat_of = |outcome: &Outcome| match &outcome.result {
+        Some(wire::outcome::Result::Opened(opened)) => opened.stat.expect("a stat"),
+        other => panic!("not opened: {other:?}"),
+    };
+    // A stat without read permission.
+    let contents = api::OpenRequest { initial_contents: Bytes::from_static(b"hunter2"), ..create("/secret", Some(acl(&["alice"], &["alice", "bob"], &["alice"])), 0) };
+    let full = stat_of(&cell.call(alice, Call::Open(contents)));
+    assert_eq!(full.checksum, crate::namespace::checksum(b"hunter2"));
+    let bobs = cell.call(bob, Call::Open(api::OpenRequest { path: "/secret".into(), ..Default::default() }));
+    let reduced = stat_of(&bobs);
+    assert_eq!((reduced.instance, reduced.kind, reduced.acl_generation), (full.instance, full.kind, full.acl_generation));
+    assert_eq!((reduced.checksum, reduced.contents_bytes, reduced.content_generation, reduced.modified_ms), (0, 0, 0, 0), "{reduced:?}");
+
+    // Events on a created node need read on its ACL.
+    let drop_box = acl(&["alice"], &["alice", "bob"], &["alice"]);
+    handle_of(&cell.call(alice, Call::Open(api::OpenRequest { kind: api::NodeKind::Directory as i32, ..create("/drop", Some(drop_box), 0) })));
+    assert_denied(&cell.call(bob, Call::Open(create("/drop/d", None, EVENT_MASK_ALL))), "bob's events on a node he cannot read");
+    assert!(!exists(&cell, "/drop/d"), "a refused create created nothing");
+    assert_allowed(&cell.call(bob, Call::Open(create("/drop/d", None, api::EventKind::HandleInvalid as u32))), "bob creates without events");
+
+    // An ACL given for an existing node with another ACL is refused.
+    let other = cell.call(bob, Call::Open(create("/secret", Some(acl(&["bob"], &["bob"], &["bob"])), 0)));
+    assert_eq!(code_of(&other), Some(Code::AlreadyExists), "{other:?}");
+    let same = create("/secret", Some(acl(&["alice"], &["alice", "bob"], &["alice"])), 0);
+    assert_allowed(&cell.call(bob, Call::Open(same)), "the same ACL: the node is as asked");
+
+    // Nobody but an administrator takes their own change-ACL away.
+    let secret = handle_of(&cell.open(alice, "/secret", false, false, 0, 0));
+    let lockout = cell.set_acl(alice, secret, acl(&["alice"], &["alice"], &[]), None);
+    assert_eq!(code_of(&lockout), Some(Code::InvalidArgument), "{lockout:?}");
+    let admins = handle_of(&cell.open(admin, "/secret", false, false, 0, 0));
+    stat_after_acl(&cell.set_acl(admin, admins, acl(&["alice"], &["alice", "bob"], &[]), None));
+    stat_after_acl(&cell.set_acl(admin, admins, acl(&["alice"], &["alice", "bob"], &["alice"]), None));
+
+    // A waiter that loses write stops waiting; the holder keeps the lock.
+    let bob_secret = handle_of(&bobs);
+    sequencer_of(&cell.acquire(alice, secret, api::LockMode::Exclusive, false));
+    assert!(is_queued(&cell.acquire(bob, bob_secret, api::LockMode::Exclusive, true)));
+    stat_after_acl(&cell.set_acl(alice, secret, acl(&["alice"], &["alice"], &["alice"]), None));
+    assert!(!cell.state.is_waiting(bob, bob_secret), "bob still waits without write");
+    assert!(cell.state.holding(alice, secret).is_some(), "alice keeps her lock");
+    release(&mut cell, alice, secret);
+    assert!(cell.state.holding(bob, bob_secret).is_none(), "bob got the lock after losing write");
+
+    // Delete needs write on the parent, not on the node.
+    let d = handle_of(&cell.open(bob, "/drop/d", false, false, 0, 0));
+    let admins_d = handle_of(&cell.open(admin, "/drop/d", false, false, 0, 0));
+    stat_after_acl(&cell.set_acl(admin, admins_d, acl(&[], &[], &["root"]), None));
+    assert_allowed(&delete(&mut cell, bob, d), "write on /drop is enough to delete in it");
+    let root = handle_of(&cell.open(admin, "/", false, false, 0, 0));
+    stat_after_acl(&cell.set_acl(admin, root, acl(&["*"], &["alice"], &[]), None));
+    assert_denied(&delete(&mut cell, bob, bob_secret), "write on /secret is not enough: the root's write list has no bob");
+
+    // A sequencer of another instance does not learn the lock generation.
+    let sequencer = api::Sequencer { path: "/secret".into(), mode: api::LockMode::Exclusive as i32, lock_generation: 1, instance: full.instance + 1000 };
+    assert_eq!(cell.state.check_sequencer(&sequencer).current_lock_generation, 0);
+    let current = api::Sequencer { instance: full.instance, ..sequencer };
+    assert!(cell.state.check_sequencer(&current).current_lock_generation > 0);
+}
+
+/// Restore refuses what a snapshot of its version cannot hold: groups or
+/// ACLs in a version 1 snapshot.
+#[test]
+fn a_version_1_snapshot_with_groups_or_acls_is_refused() {
+    let cell = rich_cell();
+    let record = wire::StateSnapshot::decode(cell.state.snapshot().as_ref()).expect("decodes");
+    let v1 = |record: &wire::StateSnapshot| wire::StateSnapshot { format_version: STATE_SNAPSHOT_FORMAT_VERSION_BEFORE_ACLS, ..record.clone() };
+    let mut with_groups = v1(&record);
+    for node in &mut with_groups.nodes {
+        node.acl = None;
+    }
+    assert!(with_groups.sessions.iter().any(|s| !s.groups.is_empty()), "the rich cell has a session with groups");
+    assert!(matches!(StateMachine::restore(&with_groups.encode_to_vec()), Err(SnapshotError::Inconsistent(_))));
+    let mut with_acls = v1(&record);
+    for session in &mut with_acls.sessions {
+        session.groups.clear();
+    }
+    assert!(matches!(StateMachine::restore(&with_acls.encode_to_vec()), Err(SnapshotError::Inconsistent(_))));
+}

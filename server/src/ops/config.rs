@@ -211,8 +211,8 @@ impl Groups {
             }
         }
         for (name, member) in admin_members.chain(named) {
-            let checked = [name.to_string(), member.to_string()];
-            if gaios_state::acl::groups(&checked).is_err() || name.starts_with(gaios_state::acl::GROUP_PREFIX) {
+            let identity_ok = !member.is_empty() && member.len() <= gaios_state::limits::IDENTITY_BYTES_MAX && !member.chars().any(char::is_control);
+            if gaios_state::acl::groups(&[name.to_string()]).is_err() || !identity_ok || name.starts_with(gaios_state::acl::GROUP_PREFIX) {
                 return Err(ConfigError::BadGroup(format!("{name}={member}")));
             }
             map.entry(name.to_string()).or_default().insert(member.to_string());
@@ -228,6 +228,12 @@ impl Groups {
     /// records them).
     pub fn of(&self, identity: &str) -> Vec<String> {
         self.0.iter().filter(|(_, members)| members.contains(identity)).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Whether `recorded` (a session's groups) are the groups `identity`
+    /// is in now, without allocating (calls check it on every request).
+    pub fn are_those_of(&self, identity: &str, recorded: &[String]) -> bool {
+        self.0.iter().filter(|(_, members)| members.contains(identity)).map(|(name, _)| name.as_str()).eq(recorded.iter().map(String::as_str))
     }
 
     /// Whether `identity` is a cell administrator.
@@ -370,7 +376,7 @@ pub enum ConfigError {
     /// A `--group` flag that is not `NAME=IDENTITY,...` with names of 1 to
     /// 256 bytes and no control characters (or puts an identity in too
     /// many groups).
-    #[error("--group {0:?}: give NAME=IDENTITY[,IDENTITY...], names of 1 to 256 bytes without control characters, NAME not starting with group:, each identity in at most 32 groups")]
+    #[error("--group {0:?}: give NAME=IDENTITY[,IDENTITY...]: NAME of 1 to 250 bytes, not starting with group:, identities of 1 to 256 bytes, no control characters, each identity in at most 32 groups")]
     BadGroup(String),
     /// A cell id that cannot be part of the DNS name in certificates.
     #[error("with TLS, --cell-id {0:?} must be a DNS label (letters, digits, hyphens; at most 63)")]
@@ -654,6 +660,8 @@ mod tests {
         assert!(groups.is_admin("dave") && groups.is_admin("erin") && !groups.is_admin("alice"));
         assert_eq!(groups.of("erin"), vec![gaios_state::acl::ADMIN_GROUP.to_string()]);
         assert!(groups.of("nobody").is_empty());
+        assert!(groups.are_those_of("bob", &["ops".to_string()]) && groups.are_those_of("nobody", &[]));
+        assert!(!groups.are_those_of("bob", &[]) && !groups.are_those_of("erin", &["ops".to_string()]));
         for bad in ["ops", "=alice", "ops=", "ops=a,,b", "group:x=alice"] {
             assert!(matches!(Groups::from_flags(&[bad.to_string()], &[]), Err(ConfigError::BadGroup(_))), "{bad}");
         }

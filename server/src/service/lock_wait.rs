@@ -111,7 +111,7 @@ impl CellService {
                 }
                 if !state.is_waiting(session_id, handle) {
                     return Err(Status::failed_precondition(
-                        "the handle no longer waits for the lock (closed, session ended or node deleted)",
+                        "the handle no longer waits for the lock (closed, session ended, node deleted, or the node's ACL no longer gives write permission)",
                     ));
                 }
             }

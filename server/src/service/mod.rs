@@ -152,14 +152,35 @@ impl CellService {
     /// through: with TLS it waits until the replica may serve (then it has
     /// applied every session a client was told of, and the other checks
     /// refuse an unknown one).
+    ///
+    /// A session whose identity's groups in this replica's configuration
+    /// are no longer the ones it was created with (an operator changed
+    /// `--group` or `--admin`) is answered as ended (`SESSION_ENDED`): its
+    /// KeepAlives are refused too, so it expires within a lease, and the
+    /// client starts a new session judged by the new groups. So taking an
+    /// identity out of a group (or out of the administrators) reaches its
+    /// open sessions within a session lease.
     pub(super) fn check_owner(&self, caller: &Caller, session_id: u64) -> Result<(), Status> {
-        // Whether the caller is the owner; `None` if the session is unknown.
-        let owns = self.shared.state().session_owner(session_id).map(|owner| owner == caller.as_deref().unwrap_or(""));
-        match owns {
-            Some(false) => Err(with_reason(
+        // Whether the caller is the owner, and whether the session's groups
+        // are still its identity's; `None` if the session is unknown.
+        let judged = {
+            let state = self.shared.state();
+            state.session_owner(session_id).map(|owner| {
+                let owns = owner == caller.as_deref().unwrap_or("");
+                let groups_current = owner.is_empty() || state.session_groups(session_id).is_some_and(|groups| self.groups.are_those_of(owner, groups));
+                (owns, groups_current)
+            })
+        };
+        match judged {
+            Some((false, _)) => Err(with_reason(
                 tonic::Code::PermissionDenied,
                 api::ErrorReason::SessionOwnerMismatch,
                 format!("session {session_id} belongs to another identity than this client certificate's"),
+            )),
+            Some((true, false)) => Err(with_reason(
+                tonic::Code::FailedPrecondition,
+                api::ErrorReason::SessionEnded,
+                format!("session {session_id} was created with other groups than its identity has now (--group, --admin): start a new session"),
             )),
             None if self.tls => self.read_gate(),
             _ => Ok(()),
@@ -749,6 +770,30 @@ mod tests {
         let refused = service.authorize(&bob, session, &secret, Unknown::Refuse).expect_err("bob on an ownerless session");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         assert!(proposals.try_recv().is_err(), "nothing was proposed");
+    }
+
+    /// A session is judged by the groups it was created with; once the
+    /// replica's configuration gives its identity other groups (an operator
+    /// took it out of one), its calls and KeepAlives are answered as
+    /// ended, so it expires within a lease.
+    #[tokio::test]
+    async fn a_session_whose_identitys_groups_changed_is_answered_as_ended() {
+        use wire::command::Kind;
+        let mut state = StateMachine::new();
+        for (secret, groups) in [(*b"0123456789abcdef", vec![]), (*b"fedcba9876543210", vec!["ops".to_string()])] {
+            let create = wire::CreateSession { client_name: "t".into(), session_secret: bytes::Bytes::copy_from_slice(&secret), owner: "alice".into(), groups };
+            apply(&mut state, Kind::CreateSession(create));
+        }
+        let valid = Instant::now().checked_add(Duration::from_secs(60));
+        let (service, _status, _proposals) = service(state, status(Role::Master, valid));
+        let groups = Groups::from_flags(&["ops=alice".to_string()], &[]).expect("groups");
+        let service = service.with_client_identities(true).with_groups(groups);
+        let alice = Some("alice".to_string());
+        let refused = service.check_owner(&alice, 1).expect_err("a session created before alice joined ops");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        let reason = tonic_types::StatusExt::get_error_details(&refused).error_info().map(|info| info.reason.clone());
+        assert_eq!(reason.as_deref(), Some("SESSION_ENDED"));
+        service.check_owner(&alice, 2).expect("a session with alice's groups of now");
     }
 
     /// Once a session's lease ran out at the master (which proposes its

@@ -202,6 +202,7 @@ mod tests {
                 (Exit::AlreadyExists, 7),
                 (Exit::Lost, 8),
                 (Exit::AtRisk, 9),
+                (Exit::PermissionDenied, 10),
                 (Exit::CannotRun, 126),
                 (Exit::CommandNotFound, 127),
                 (Exit::Interrupted, 130),
@@ -213,6 +214,8 @@ mod tests {
     fn an_error_exits_with_its_first_named_cause() {
         let error = anyhow::Error::new(Error::SessionExpired).context("stopped watching /w");
         assert_eq!(Exit::of(&error), Exit::Lost);
+        let denied = anyhow::Error::new(Error::AclDenied("no write".into())).context("cannot write /x");
+        assert_eq!(Exit::of(&denied), Exit::PermissionDenied);
         let error = failure(Exit::NotFound, "no leader of /e").context("outer");
         assert_eq!(Exit::of(&error), Exit::NotFound);
         assert_eq!(Exit::of(&anyhow::anyhow!("plain")), Exit::Other);
