@@ -94,7 +94,8 @@ pub struct Config {
     pub command_bytes_max: usize,
     /// The most parts a promise may be split into; an acceptor holding more
     /// entries than fit refuses the prepare as `Behind` (its log is not
-    /// compacted enough to be told in bounded messages).
+    /// compacted enough to be told in bounded messages). Also the most
+    /// messages one catch-up answer is split into.
     pub promise_parts_max: u32,
     /// The most entries carried by one promise part, accept or catch-up
     /// message; also the most committed entries handed out in one `Ready`.
@@ -106,7 +107,9 @@ pub struct Config {
     pub message_bytes_max: usize,
     /// The master resends an accept that has not been acknowledged this long.
     pub accept_retry_ticks: u64,
-    /// A lagging replica repeats an unanswered catch-up request this often.
+    /// A lagging replica repeats a catch-up request this long after the
+    /// request, or after the latest message of its answer, when the answer
+    /// did not bring all it could.
     pub catch_up_retry_ticks: u64,
     /// Seeds the replica's random number generator (election jitter).
     pub seed: u64,

@@ -241,6 +241,21 @@ pub struct Replica {
     /// The highest chosen prefix a master announced to us.
     known_chosen_through: Slot,
     catch_up_sent_tick: Option<u64>,
+    /// The last slot our latest catch-up request can bring: the request
+    /// from `s` is answered with at most [`Config::accept_window_slots`]
+    /// chosen entries from `s` on, so this is `s` plus that window, less
+    /// one. We ask again at once only when our chosen prefix reaches it
+    /// (see [`Self::on_catch_up`]).
+    catch_up_until: Slot,
+    /// Chosen entries a catch-up told us past the slot after our chosen
+    /// prefix: an answer comes in many messages, which may arrive out of
+    /// order. Only slots within [`Config::accept_window_slots`] of our
+    /// chosen prefix are kept, and only entries no larger than
+    /// [`Config::entry_bytes_max`], so this holds fewer entries than that
+    /// window and no more bytes than one promise may carry
+    /// (`promise_parts_max` messages); they are learned once the slots
+    /// before them are.
+    catch_up_early: BTreeMap<Slot, Entry>,
 
     // Proposer.
     role: Role,
@@ -316,6 +331,8 @@ impl Replica {
             applied,
             known_chosen_through: chosen_through,
             catch_up_sent_tick: None,
+            catch_up_until: 0,
+            catch_up_early: BTreeMap::new(),
             role: Role::Follower,
             master_hint: None,
             master_heard_tick: None,
@@ -1133,6 +1150,8 @@ impl Replica {
             change: None,
         });
         self.master_hint = Some(self.config.id);
+        // A master learns nothing from catch-ups (see `on_catch_up`).
+        self.catch_up_early.clear();
         self.out.role_changes.push(RoleChange::BecameMaster { ballot, recovered_through });
         let mut proposals = Vec::new();
         for slot in self.chosen_through + 1..=recovered_through {
@@ -1652,9 +1671,13 @@ impl Replica {
                     self.hard_state_dirty = true;
                     self.note_chosen(next);
                 }
-                _ => break,
+                _ => {
+                    let Some(entry) = self.catch_up_early.remove(&next) else { break };
+                    self.learn_chosen(entry);
+                }
             }
         }
+        self.learn_early();
         if self.chosen_through < chosen_through {
             self.request_catch_up(ballot.replica);
         }
@@ -1668,12 +1691,23 @@ impl Replica {
             return;
         }
         self.catch_up_sent_tick = Some(self.now);
-        self.send(to, Message::CatchUpRequest { from_slot: self.chosen_through + 1 });
+        let from_slot = self.chosen_through + 1;
+        self.catch_up_until = from_slot.saturating_add(self.config.accept_window_slots().max(1) - 1);
+        self.send(to, Message::CatchUpRequest { from_slot });
     }
 
-    /// Any replica answers a catch-up request with chosen entries it holds
-    /// (bounded by count and bytes), or with its snapshot when it has
+    /// Any replica answers a catch-up request with the chosen entries it
+    /// holds from the requested slot on, or with its snapshot when it has
     /// compacted past the requested slot.
+    ///
+    /// The answer is as large as a promise may be and no larger: at most
+    /// [`Config::accept_window_slots`] entries, in at most
+    /// `promise_parts_max` messages, each bounded by count and bytes as
+    /// every message is. So a follower closes the whole accept window it
+    /// refuses past in one round trip, however few entries fit in one
+    /// message; one batch per round trip fell behind a master choosing
+    /// faster than that, and the followers refusing its new slots could not
+    /// form a majority with it (cell simulator seed 1421).
     fn on_catch_up_request(&mut self, from: ReplicaId, from_slot: Slot) {
         if from_slot <= self.log_start {
             if let Some(snapshot) = &self.snapshot {
@@ -1682,26 +1716,29 @@ impl Replica {
             }
             return;
         }
-        let mut entries = Vec::new();
-        let mut bytes: usize = 0;
-        for slot in from_slot..=self.chosen_through {
-            let Some((ballot, value)) = self.log.get(&slot) else { break };
-            let entry = Entry { slot, ballot: *ballot, value: value.clone() };
-            bytes = bytes.saturating_add(entry.encoded_bytes());
-            if !entries.is_empty()
-                && (entries.len() == self.config.entries_per_message_max || bytes > self.config.message_bytes_max)
-            {
-                break;
-            }
-            entries.push(entry);
-        }
-        if !entries.is_empty() {
+        let window = self.config.accept_window_slots().max(1);
+        let last = self.chosen_through.min(from_slot.saturating_add(window - 1));
+        let entries = (from_slot..=last).map_while(|slot| {
+            let (ballot, value) = self.log.get(&slot)?;
+            Some(Entry { slot, ballot: *ballot, value: value.clone() })
+        });
+        let batches = chunk_entries_prefix(entries, &self.config, self.config.promise_parts_max as usize);
+        for entries in batches {
             self.send(from, Message::CatchUp { entries });
         }
     }
 
     /// Learner rule: entries in a catch-up are chosen; take those that extend
-    /// our chosen prefix, and ask for more if still behind.
+    /// our chosen prefix, keep those a little ahead of it (an answer's
+    /// messages may arrive out of order), and ask for more if still behind.
+    ///
+    /// We ask again at once only when our chosen prefix reaches the last
+    /// slot our latest request can bring ([`Self::request_catch_up`]): one
+    /// request is answered with many messages, and asking again on each of
+    /// them would multiply requests and answers. An answer that stops
+    /// short (the sender knows no more, or part of it was lost) is asked
+    /// again `catch_up_retry_ticks` after its latest message, as any lost
+    /// request is.
     ///
     /// A master ignores catch-ups (and snapshots): it recovered every slot
     /// from its first unchosen one in phase 1 and never asks for them, so one
@@ -1716,19 +1753,51 @@ impl Replica {
             return;
         }
         let before = self.chosen_through;
+        let ahead_max = self.chosen_through.saturating_add(self.config.accept_window_slots());
         for entry in entries {
-            if entry.slot != self.chosen_through + 1 {
-                continue;
+            if entry.slot == self.chosen_through + 1 {
+                self.learn_chosen(entry);
+                self.learn_early();
+            } else if entry.slot > self.chosen_through
+                && entry.slot <= ahead_max
+                && entry.encoded_bytes() <= self.config.entry_bytes_max()
+            {
+                // Kept for later: fewer than a window of entries no larger
+                // than a master makes, so no more bytes than one promise
+                // may carry. A second report for a slot is the same chosen
+                // value; the first one stays.
+                self.catch_up_early.entry(entry.slot).or_insert(entry);
             }
+        }
+        self.learn_early();
+        if self.chosen_through > before {
+            if self.chosen_through >= self.catch_up_until {
+                // Ask on while it gives a whole answer: the sender may know
+                // more than any master told us (a learner asking a member
+                // it knows, before it knows the master).
+                self.catch_up_sent_tick = None;
+                self.request_catch_up(from);
+            } else if self.catch_up_sent_tick.is_some() {
+                // The answer is still coming (a window of large entries
+                // takes a while): the retry counts from its latest message,
+                // lest we ask for the same window again meanwhile.
+                self.catch_up_sent_tick = Some(self.now);
+            }
+        }
+    }
+
+    /// Learns the catch-up entries kept ahead of our chosen prefix that now
+    /// extend it, and forgets those it passed by other means.
+    fn learn_early(&mut self) {
+        if self.is_master() {
+            self.catch_up_early.clear();
+            return;
+        }
+        while let Some(entry) = self.catch_up_early.remove(&(self.chosen_through + 1)) {
             self.learn_chosen(entry);
         }
-        if self.chosen_through > before {
-            // Ask on while it gives: the sender may know more than any
-            // master told us (a learner asking a member it knows, before
-            // it knows the master), and a batch is bounded.
-            self.catch_up_sent_tick = None;
-            self.request_catch_up(from);
-        }
+        let chosen_through = self.chosen_through;
+        self.catch_up_early.retain(|&slot, _| slot > chosen_through);
     }
 
     /// Records `entry` as the chosen value of the slot after our chosen prefix.
@@ -1765,6 +1834,7 @@ impl Replica {
         self.applied = slot;
         self.hard_state_dirty = true;
         self.catch_up_sent_tick = None;
+        self.catch_up_early.retain(|&early, _| early > slot);
         self.out.snapshot = Some(snapshot.clone());
         self.out.install_snapshot = true;
         self.snapshot = Some(snapshot);
@@ -1886,25 +1956,45 @@ impl Replica {
 /// `None` as soon as more than `chunks_max` chunks would be needed, without
 /// cloning the rest.
 fn chunk_entries(entries: impl Iterator<Item = Entry>, config: &Config, chunks_max: usize) -> Option<Vec<Vec<Entry>>> {
+    let (chunks, all) = chunk_entries_while(entries, config, chunks_max);
+    all.then_some(chunks)
+}
+
+/// Like [`chunk_entries`], but keeps the chunks that fit in `chunks_max` and
+/// drops the rest.
+fn chunk_entries_prefix(entries: impl Iterator<Item = Entry>, config: &Config, chunks_max: usize) -> Vec<Vec<Entry>> {
+    chunk_entries_while(entries, config, chunks_max).0
+}
+
+/// The chunks of [`chunk_entries`], at most `chunks_max` of them, and
+/// whether every entry fitted in them.
+fn chunk_entries_while(
+    entries: impl Iterator<Item = Entry>,
+    config: &Config,
+    chunks_max: usize,
+) -> (Vec<Vec<Entry>>, bool) {
     let mut chunks: Vec<Vec<Entry>> = Vec::new();
     let mut bytes: usize = 0;
     for entry in entries {
         let size = entry.encoded_bytes();
-        let fits = chunks.last().is_some_and(|last| {
-            last.len() < config.entries_per_message_max && bytes.saturating_add(size) <= config.message_bytes_max
-        });
-        if fits {
-            bytes = bytes.saturating_add(size);
-        } else {
-            if chunks.len() == chunks_max {
-                return None;
+        match chunks.last_mut() {
+            Some(last)
+                if last.len() < config.entries_per_message_max
+                    && bytes.saturating_add(size) <= config.message_bytes_max =>
+            {
+                bytes = bytes.saturating_add(size);
+                last.push(entry);
             }
-            chunks.push(Vec::new());
-            bytes = size;
+            _ => {
+                if chunks.len() == chunks_max {
+                    return (chunks, false);
+                }
+                chunks.push(vec![entry]);
+                bytes = size;
+            }
         }
-        chunks.last_mut()?.push(entry);
     }
-    Some(chunks)
+    (chunks, true)
 }
 
 /// Checks what was read back from disk against the protocol's bounds; the

@@ -345,14 +345,129 @@ fn a_follower_accepts_no_further_past_its_chosen_prefix_than_one_promise_can_rep
     assert!(to(&ready.persisted_messages, 1).contains(&&Message::Accepted { ballot, slots: vec![5] }));
 }
 
+#[test]
+fn a_lagging_follower_catches_up_a_whole_window_per_request_and_asks_once_per_answer() {
+    // One entry per message and four promise parts: a window of four slots.
+    let ballot = Ballot::new(1, 1);
+    let entry = |slot| Entry { slot, ballot, value: batch(&["x"]) };
+    let catch_ups = |ready: &Ready, id: u64| -> Vec<Vec<u64>> {
+        to(&ready.messages, id)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::CatchUp { entries } => Some(entries.iter().map(|e| e.slot).collect()),
+                _ => None,
+            })
+            .collect()
+    };
+    let requests = |ready: &Ready, id: u64| -> Vec<u64> {
+        to(&ready.messages, id)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::CatchUpRequest { from_slot } => Some(*from_slot),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // Any replica answers with the whole window from the slot asked, one
+    // bounded message per entry here, as many as a promise may have parts,
+    // and nothing past its own chosen prefix.
+    let durable = Durable {
+        hard_state: HardState { promised: ballot, chosen_through: 12 },
+        entries: (1..=12).map(entry).collect(),
+        ..Durable::default()
+    };
+    let mut sender = replica_of_window(3, 4, durable);
+    sender.step(2, Message::CatchUpRequest { from_slot: 1 });
+    assert_eq!(catch_ups(&persist(&mut sender), 2), vec![vec![1], vec![2], vec![3], vec![4]]);
+    sender.step(2, Message::CatchUpRequest { from_slot: 11 });
+    assert_eq!(catch_ups(&persist(&mut sender), 2), vec![vec![11], vec![12]]);
+
+    // A follower refused slot 13 (past its window) and asked at once.
+    let mut r = follower_of_window(4);
+    r.step(1, Message::Accept { ballot, entries: vec![entry(13)], chosen_through: 12 });
+    let ready = persist(&mut r);
+    assert!(to(&ready.persisted_messages, 1).is_empty(), "slot 13 lies past the window");
+    assert_eq!(requests(&ready, 1), vec![1]);
+    // The answer's four messages arrive in reverse order: all are kept, and
+    // one request follows the whole answer, none each message.
+    let mut asked = Vec::new();
+    for slot in (1..=4).rev() {
+        r.step(1, Message::CatchUp { entries: vec![entry(slot)] });
+        asked.extend(requests(&persist(&mut r), 1));
+    }
+    assert_eq!(r.chosen_through(), 4);
+    assert_eq!(asked, vec![5], "one request per answer");
+    // In order, the same: one request, after the last slot asked for.
+    for slot in 5..=8 {
+        r.step(1, Message::CatchUp { entries: vec![entry(slot)] });
+        let ready = persist(&mut r);
+        assert_eq!(requests(&ready, 1), if slot == 8 { vec![9] } else { vec![] }, "after slot {slot}");
+    }
+    // A duplicate of an answer already taken asks nothing.
+    for slot in 1..=8 {
+        r.step(1, Message::CatchUp { entries: vec![entry(slot)] });
+    }
+    assert!(requests(&persist(&mut r), 1).is_empty());
+    // An answer that stops short (the sender knew no more) is asked again
+    // only after `catch_up_retry_ticks`.
+    for slot in 9..=10 {
+        r.step(1, Message::CatchUp { entries: vec![entry(slot)] });
+    }
+    assert_eq!(r.chosen_through(), 10);
+    assert!(requests(&persist(&mut r), 1).is_empty());
+    // Now within its window, it accepts the master's resend of slot 13.
+    r.step(1, Message::Accept { ballot, entries: vec![entry(13)], chosen_through: 12 });
+    assert!(to(&persist(&mut r).persisted_messages, 1).contains(&&Message::Accepted { ballot, slots: vec![13] }));
+    let retry = r.config().catch_up_retry_ticks;
+    let mut ticks = 0;
+    while requests(&persist(&mut r), 1).is_empty() {
+        r.tick();
+        ticks += 1;
+        assert!(ticks <= retry, "no retry after {ticks} ticks");
+    }
+    // While the answer keeps coming, however slowly, it is not asked again.
+    r.step(1, Message::Heartbeat { ballot, chosen_through: 30, sent_tick: 9 });
+    let mut asked = requests(&persist(&mut r), 1);
+    for slot in 11..=13 {
+        for _ in 1..retry {
+            r.tick();
+            asked.extend(requests(&persist(&mut r), 1));
+        }
+        r.step(1, Message::CatchUp { entries: vec![entry(slot)] });
+        asked.extend(requests(&persist(&mut r), 1));
+    }
+    assert!(asked.is_empty(), "asked {asked:?} while the answer came");
+    r.step(1, Message::CatchUp { entries: vec![entry(14)] });
+    assert_eq!(requests(&persist(&mut r), 1), vec![15], "the last slot asked for brings the next request");
+    // Entries further ahead than a window are not kept.
+    r.step(1, Message::CatchUp { entries: vec![entry(19)] });
+    for slot in 15..=18 {
+        r.step(1, Message::CatchUp { entries: vec![entry(slot)] });
+    }
+    assert_eq!(r.chosen_through(), 18, "slot 19 was past the window when it came");
+    // Nor entries larger than a master makes: what is kept ahead never
+    // holds more bytes than one promise may.
+    let huge = Value::Batch(vec![Bytes::from(vec![7u8; r.config().entry_bytes_max() + 1])]);
+    r.step(1, Message::CatchUp { entries: vec![Entry { slot: 20, ballot, value: huge }] });
+    r.step(1, Message::CatchUp { entries: vec![entry(19)] });
+    assert_eq!(r.chosen_through(), 19, "slot 20 was larger than any entry a master makes");
+}
+
 /// Replica 2 with an accept window of `window` slots (one entry per part).
 fn follower_of_window(window: u32) -> Replica {
-    let mut config = config(2);
+    replica_of_window(2, window, Durable::default())
+}
+
+/// Replica `id` with an accept window of `window` slots (one entry per
+/// part), started from `durable`.
+fn replica_of_window(id: u64, window: u32, durable: Durable) -> Replica {
+    let mut config = config(id);
     config.election_ticks_min = 1_000;
     config.election_ticks_max = 1_000;
     config.entries_per_message_max = 1;
     config.promise_parts_max = window;
-    let mut r = Replica::new(config, Durable::default()).expect("valid config");
+    let mut r = Replica::new(config, durable).expect("valid config");
     for _ in 0..8 {
         r.tick();
     }
@@ -535,9 +650,18 @@ fn catch_ups_promises_and_accepts_are_bounded_by_bytes_not_only_by_count() {
     r.step(4, Message::CatchUpRequest { from_slot: 1 });
     let ready = persist(&mut r);
     let answers = to(&ready.messages, 4);
-    assert_eq!(answers.len(), 1);
-    assert!(entry_bytes(answers[0]) <= limit, "a catch-up of {} bytes", entry_bytes(answers[0]));
+    // The answer is told as a promise would be: in several messages.
+    assert!(answers.len() >= 3, "{} catch-up messages", answers.len());
+    assert!(answers.iter().all(|m| entry_bytes(m) <= limit), "a catch-up over {limit} bytes");
     assert!(matches!(answers[0], Message::CatchUp { entries } if entries.len() >= 15));
+    let told: Vec<u64> = answers
+        .iter()
+        .flat_map(|m| match m {
+            Message::CatchUp { entries } => entries.iter().map(|e| e.slot).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(told, (1..=40).collect::<Vec<_>>());
 
     // The same log told in a promise goes in parts of bounded bytes.
     let mut acceptor = replica(3, Durable { hard_state: HardState { promised: Ballot::new(1, 2), chosen_through: 0 }, ..durable });
