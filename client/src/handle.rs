@@ -222,9 +222,29 @@ impl Handle {
         Ok(answer.stat.unwrap_or_default())
     }
 
-    /// A directory's children's names.
+    /// A directory's children's names, all of them, in byte order: page
+    /// after page (see [`Handle::read_dir_page`] for what a listing that
+    /// spans pages promises).
     pub async fn read_dir(&self) -> Result<Vec<String>, Error> {
-        let request = api::ReadDirRequest { handle: self.reference() };
+        let mut names = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = self.read_dir_page(0, &token).await?;
+            names.extend(page);
+            if next.is_empty() {
+                return Ok(names);
+            }
+            token = next;
+        }
+    }
+
+    /// One page of a directory's children: at most `page_size` names (0:
+    /// the cell's largest page, 10000) after `page_token` (empty for the
+    /// first page), and the token of the next page (empty after the
+    /// last). A child present throughout is listed exactly once over the
+    /// pages; one added or removed meanwhile may or may not be.
+    pub async fn read_dir_page(&self, page_size: u32, page_token: &str) -> Result<(Vec<String>, String), Error> {
+        let request = api::ReadDirRequest { handle: self.reference(), page_size, page_token: page_token.to_string() };
         let answer = self
             .inner
             .call(move |mut cell| {
@@ -232,7 +252,7 @@ impl Handle {
                 async move { cell.read_dir(request).await }
             })
             .await?;
-        Ok(answer.names)
+        Ok((answer.names, answer.next_page_token))
     }
 
     /// Writes the file whole; with `if_generation`, only if its content

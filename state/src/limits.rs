@@ -54,6 +54,10 @@ pub const ACL_ENTRIES_MAX: usize = 32;
 pub const ACL_BYTES_MAX: usize = 4096;
 /// The length of a session's secret: 128 random bits.
 pub const SESSION_SECRET_BYTES: usize = 16;
+/// The most names one `ReadDir` page holds (and the page size when none is
+/// asked for): 10000 names of at most 255 bytes stay under 4 MiB, the answer
+/// limit of a default gRPC client.
+pub const READ_DIR_PAGE_MAX: usize = 10_000;
 /// The event bits a handle may ask for.
 pub const EVENT_MASK_ALL: u32 = 0xff;
 

@@ -1301,12 +1301,20 @@ impl StateMachine {
 
     /// A directory's children and stat, through a handle (as
     /// `get_contents_and_stat`).
-    pub fn read_dir(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<(Vec<String>, api::Stat), wire::Failure> {
+    ///
+    /// A page: at most `page_size` names (1 to [`READ_DIR_PAGE_MAX`]; 0
+    /// means that many) after `page_token` (the last name of the page
+    /// before; empty for the first), and the token of the next page (empty
+    /// after the last).
+    pub fn read_dir(&self, session: SessionId, secret: &[u8], handle: u64, page_size: u32, page_token: &str) -> Result<(Vec<String>, api::Stat, String), wire::Failure> {
+        let limit = validate::read_dir_page(page_size, page_token)?;
         let handle = self.readable_handle(session, secret, handle, &[Permission::Read])?;
-        self.namespace
-            .read_dir(&handle.path, Some(handle.instance))
-            .map(|(names, stat)| (names, stat_to_proto(&stat)))
-            .map_err(|error| into_failure(namespace_failure(&error)))
+        let (names, stat, more) = self
+            .namespace
+            .read_dir_page(&handle.path, Some(handle.instance), page_token, limit)
+            .map_err(|error| into_failure(namespace_failure(&error)))?;
+        let next = if more { names.last().cloned().unwrap_or_default() } else { String::new() };
+        Ok((names, stat_to_proto(&stat), next))
     }
 
     /// A node's ACL and stat, through a handle whose session has read or

@@ -1760,7 +1760,7 @@ fn acls_allow_and_deny_each_call_by_identity_group_and_admin() {
     assert_denied(&cell.call(bob, Call::Open(plain("/private", api::EventKind::ContentsModified as u32))), "events need read");
     cell.state.get_stat(bob, &secret(&cell, bob), bob_shared).expect("anyone reads /shared");
     let bob_root = handle_of(&cell.call(bob, Call::Open(plain("/", 0))));
-    cell.state.read_dir(bob, &secret(&cell, bob), bob_root).expect("anyone lists the root");
+    cell.state.read_dir(bob, &secret(&cell, bob), bob_root, 0, "").expect("anyone lists the root");
 
     // Write: SetContents and the lock; bob has write on /private now.
     let write = |handle| Call::SetContents(api::SetContentsRequest { handle, contents: Bytes::from_static(b"x"), ..Default::default() });

@@ -621,21 +621,31 @@ impl Namespace {
 
     /// The names of a directory's children, in order, and its stat.
     pub fn read_dir(&self, path: &Path, instance: Option<u64>) -> Result<(Vec<String>, Stat), NamespaceError> {
+        self.read_dir_page(path, instance, "", usize::MAX).map(|(names, stat, _)| (names, stat))
+    }
+
+    /// A page of a directory's children: at most `limit` names, in order,
+    /// of those after `after` (all if empty); its stat; and whether more
+    /// children follow.
+    pub fn read_dir_page(&self, path: &Path, instance: Option<u64>, after: &str, limit: usize) -> Result<(Vec<String>, Stat, bool), NamespaceError> {
+        use std::ops::Bound;
         let node = self.get_node(path, instance)?;
         if node.stat.kind != NodeKind::Directory {
             return Err(NamespaceError::NotADirectory(path.clone()));
         }
         let prefix = if path.is_root() { "/".to_string() } else { format!("{path}/") };
-        let names = self
+        let start = if after.is_empty() { Bound::Included(Path(prefix.clone())) } else { Bound::Excluded(Path(format!("{prefix}{after}"))) };
+        let mut children = self
             .nodes
-            .range(Path(prefix.clone())..)
+            .range((start, Bound::Unbounded))
             .map(|(child, _)| child.as_str())
             .take_while(|child| child.starts_with(&prefix))
             .map(|child| &child[prefix.len()..])
-            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
-            .map(str::to_string)
-            .collect();
-        Ok((names, node.stat.clone()))
+            // Past `after`'s own subtree (`after/...` sorts right after it).
+            .filter(|rest| !rest.is_empty() && !rest.contains('/'));
+        let names: Vec<String> = children.by_ref().take(limit).map(str::to_string).collect();
+        let more = children.next().is_some();
+        Ok((names, node.stat.clone(), more))
     }
 
     /// Every ephemeral node `session` owns, deepest first, so that deleting
@@ -790,6 +800,62 @@ mod tests {
         assert_eq!(ns.delete(&path("/d"), None), Err(NamespaceError::NotEmpty(path("/d"))));
         assert_eq!(ns.delete(&Path::root(), None), Err(NamespaceError::Root));
         assert_eq!(ns.delete(&path("/missing"), None), Err(NamespaceError::NotFound(path("/missing"))));
+    }
+
+    /// A directory of 100,000 children (some with subtrees, and siblings
+    /// whose names sort around `/`) is listed completely, in order, once
+    /// each, a page at a time; a child added behind the pages is not
+    /// listed, one added ahead is, one removed ahead is not.
+    #[test]
+    fn a_large_directory_is_listed_completely_a_page_at_a_time() {
+        let mut ns = Namespace::new();
+        ns.create(&path("/d"), NodeKind::Directory, None, Bytes::new(), None, 1).expect("created");
+        ns.create(&path("/d-after"), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
+        let mut expected = Vec::new();
+        for i in 0..100_000u32 {
+            let name = format!("n{i:06}");
+            let kind = if i % 1000 == 0 { NodeKind::Directory } else { NodeKind::File };
+            ns.create(&path(&format!("/d/{name}")), kind, None, Bytes::new(), None, 1).expect("created");
+            if kind == NodeKind::Directory {
+                ns.create(&path(&format!("/d/{name}/inner")), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
+                // Sorts between `name` and `name/inner`.
+                ns.create(&path(&format!("/d/{name}-x")), NodeKind::File, None, Bytes::new(), None, 1).expect("created");
+                expected.push(name.clone());
+                expected.push(format!("{name}-x"));
+            } else {
+                expected.push(name);
+            }
+        }
+        expected.sort();
+        let mut listed = Vec::new();
+        let mut after = String::new();
+        let mut pages = 0;
+        loop {
+            let (names, stat, more) = ns.read_dir_page(&path("/d"), None, &after, 10_000).expect("a page");
+            assert!(names.len() <= 10_000);
+            if pages == 0 {
+                assert_eq!(stat.children as usize, expected.len());
+            }
+            pages += 1;
+            if pages == 3 {
+                // Behind the pages: not listed; ahead: listed; removed
+                // ahead: not listed.
+                ns.create(&path("/d/a-behind"), NodeKind::File, None, Bytes::new(), None, 2).expect("created");
+                ns.create(&path("/d/z-ahead"), NodeKind::File, None, Bytes::new(), None, 2).expect("created");
+                ns.delete(&path("/d/n099999"), None).expect("deleted");
+                expected.retain(|name| name != "n099999");
+                expected.push("z-ahead".into());
+            }
+            listed.extend(names.iter().cloned());
+            if !more {
+                break;
+            }
+            after = names.last().cloned().expect("a page that says more has names");
+        }
+        assert_eq!(listed, expected, "every child once, in order");
+        assert!(pages >= 10, "{pages} pages");
+        let (all, _) = ns.read_dir(&path("/d"), None).expect("all at once");
+        assert_eq!(all.len(), expected.len() + 1, "with the one added behind the pages");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use gaios_proto::state::v1 as wire;
 
 use crate::code::Code;
 use crate::limits::{
-    ACQUIRE_WAIT_MS_MAX, CLIENT_NAME_BYTES_MAX, CONTENTS_BYTES_MAX, EVENT_MASK_ALL, FAILURE_MESSAGE_BYTES_MAX, IDENTITY_BYTES_MAX,
+    ACQUIRE_WAIT_MS_MAX, COMPONENT_BYTES_MAX, READ_DIR_PAGE_MAX, CLIENT_NAME_BYTES_MAX, CONTENTS_BYTES_MAX, EVENT_MASK_ALL, FAILURE_MESSAGE_BYTES_MAX, IDENTITY_BYTES_MAX,
     LOCK_DELAY_MS_MAX, SESSION_SECRET_BYTES,
 };
 use crate::acl::Acl;
@@ -127,6 +127,19 @@ pub fn open(open: &api::OpenRequest) -> Result<(Path, NodeKind, Option<Acl>), wi
         Err(_) => return Err(invalid(format!("unknown node kind {}", open.kind))),
     };
     Ok((path, kind, acl))
+}
+
+/// A `ReadDir` page: its size (0 means [`READ_DIR_PAGE_MAX`]) and token;
+/// returns how many names the page may hold.
+pub fn read_dir_page(page_size: u32, page_token: &str) -> Result<usize, wire::Failure> {
+    let size = usize::try_from(page_size).unwrap_or(usize::MAX);
+    if size > READ_DIR_PAGE_MAX {
+        return Err(invalid(format!("page_size {page_size} over {READ_DIR_PAGE_MAX}")));
+    }
+    if page_token.len() > COMPONENT_BYTES_MAX {
+        return Err(invalid(format!("a page_token of {} bytes (at most {COMPONENT_BYTES_MAX})", page_token.len())));
+    }
+    Ok(if size == 0 { READ_DIR_PAGE_MAX } else { size })
 }
 
 /// `SetAcl`: its handle and the new ACL, which is required.

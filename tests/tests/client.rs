@@ -392,3 +392,83 @@ async fn a_client_given_one_address_learns_the_members_and_survives_its_loss() {
     let (contents, _) = handle.contents().await.expect("read");
     assert_eq!(&contents[..], b"after");
 }
+
+/// Both versions of gRPC server reflection answer on the client port (v1,
+/// and v1alpha, which Python's grpcio-reflection and older grpcurl ask
+/// for): they list the `Cell` service and describe it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha_list_and_describe_the_cell_service() {
+    let _serial = serial();
+    let cell = Cell::start();
+    ready(&cell).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cell.members[0].client))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    // The two versions' messages are alike but distinct types.
+    macro_rules! ask {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+            let list = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let describe = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::FileContainingSymbol("gaios.cell.v1.Cell".into())) };
+            let mut client = ServerReflectionClient::new(channel.clone());
+            let mut answers = client.server_reflection_info(tokio_stream::iter(vec![list, describe])).await.expect("reflection answers").into_inner();
+            let mut texts = Vec::new();
+            while let Some(answer) = answers.message().await.expect("an answer") {
+                texts.push(format!("{:?}", answer.message_response));
+            }
+            texts
+        }};
+    }
+    for (version, texts) in [("v1", ask!(v1)), ("v1alpha", ask!(v1alpha))] {
+        assert_eq!(texts.len(), 2, "{version}: {texts:?}");
+        assert!(texts[0].contains("gaios.cell.v1.Cell") && texts[0].contains("grpc.health.v1.Health"), "{version} lists: {}", texts[0]);
+        assert!(texts[1].contains("FileDescriptorResponse") && !texts[1].contains("ErrorResponse"), "{version} describes: {}", texts[1]);
+    }
+}
+
+/// A directory larger than one page is listed completely by the library
+/// (page after page), and page by page with the size asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_larger_than_a_page_is_listed_completely_through_pages() {
+    let _serial = serial();
+    let cell = Cell::start();
+    ready(&cell).await;
+    let client = Arc::new(Client::connect(&addresses(&cell), options(Duration::from_secs(5))).await.expect("connect"));
+    client.open("/big", OpenOptions::new().create().directory().event_mask(0)).await.expect("mkdir");
+    const CHILDREN: usize = 2_500;
+    let mut creating = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let client = Arc::clone(&client);
+        creating.spawn(async move {
+            for i in (worker..CHILDREN).step_by(16) {
+                let handle = client.open(&format!("/big/c{i:05}"), OpenOptions::new().create().event_mask(0)).await.expect("create");
+                handle.close().await.expect("close");
+            }
+        });
+    }
+    while let Some(done) = creating.join_next().await {
+        done.expect("a creating task");
+    }
+    let dir = client.open("/big", OpenOptions::new().event_mask(0)).await.expect("open");
+    let expected: Vec<String> = (0..CHILDREN).map(|i| format!("c{i:05}")).collect();
+    assert_eq!(dir.read_dir().await.expect("list"), expected, "the library lists every child once, in order");
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (names, next) = dir.read_dir_page(1_000, &token).await.expect("a page");
+        assert!(names.len() <= 1_000, "a page of {}", names.len());
+        pages.push(names);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1_000, 1_000, 500]);
+    assert_eq!(pages.concat(), expected);
+    match dir.read_dir_page(10_001, "").await {
+        Err(Error::InvalidArgument(_)) => {}
+        other => panic!("a page over 10000 names: {other:?}"),
+    }
+}

@@ -1,6 +1,7 @@
 //! The standard gRPC services an operator expects next to the `Cell`
 //! service on the client address: health checking (`grpc.health.v1.Health`)
-//! and server reflection (`grpc.reflection.v1.ServerReflection`), so that
+//! and server reflection (`grpc.reflection.v1.ServerReflection` and
+//! `grpc.reflection.v1alpha.ServerReflection`), so that
 //! `grpcurl` and load balancers work without the `.proto` files.
 //!
 //! [`client_router`] starts the client listener's router with both; the
@@ -15,7 +16,8 @@ use tonic_health::server::HealthReporter;
 
 /// The services reflection advertises on the client address: the ones
 /// actually served there. (The `Replica` service lives on the peer address.)
-const ADVERTISED_SERVICES: [&str; 3] = [CELL_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
+const ADVERTISED_SERVICES: [&str; 4] =
+    [CELL_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// Why the operations services cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +59,19 @@ impl ClientHealth {
 /// router (to which the caller adds the `Cell` service) and the health
 /// handle, which starts out not serving.
 pub async fn client_router(mut server: Server) -> Result<(Router, ClientHealth), OperationsError> {
-    let reflection = ADVERTISED_SERVICES
-        .iter()
-        .fold(tonic_reflection::server::Builder::configure(), |builder, name| builder.with_service_name(*name))
-        .register_encoded_file_descriptor_set(gaios_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both versions of reflection: v1, and v1alpha, which many clients
+    // still ask for (Python's grpcio-reflection, older grpcurl).
+    let reflection = || {
+        ADVERTISED_SERVICES
+            .iter()
+            .fold(tonic_reflection::server::Builder::configure(), |builder, name| builder.with_service_name(*name))
+            .register_encoded_file_descriptor_set(gaios_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (v1, v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let (reporter, health_server) = tonic_health::server::health_reporter();
     let health = ClientHealth { reporter };
     health.not_serving().await;
-    let router = server.add_service(health_server).add_service(reflection);
+    let router = server.add_service(health_server).add_service(v1).add_service(v1alpha);
     Ok((router, health))
 }

@@ -540,12 +540,17 @@ impl Cell for CellService {
 
     async fn read_dir(&self, request: Request<api::ReadDirRequest>) -> Result<Response<api::ReadDirResponse>, Status> {
         let caller = self.caller(&request)?;
-        let handle = handle_ref(request.into_inner().handle)?;
+        let request = request.into_inner();
+        let handle = handle_ref(request.handle)?;
+        validate::read_dir_page(request.page_size, &request.page_token).map_err(|invalid| failure_status(&invalid))?;
         self.check_owner(&caller, handle.session_id)?;
         self.read_gate()?;
-        let (names, stat) =
-            self.shared.state().read_dir(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(api::ReadDirResponse { names, stat: Some(stat) }))
+        let (names, stat, next_page_token) = self
+            .shared
+            .state()
+            .read_dir(handle.session_id, &handle.session_secret, handle.handle, request.page_size, &request.page_token)
+            .map_err(|f| failure_status(&f))?;
+        Ok(Response::new(api::ReadDirResponse { names, stat: Some(stat), next_page_token }))
     }
 
     async fn set_contents(
