@@ -295,7 +295,7 @@ mod tests {
 
     fn written(content_generation: u64) -> wire::Outcome {
         let stat = api::Stat { content_generation, ..Default::default() };
-        wire::Outcome { result: Some(wire::outcome::Result::Written(api::SetContentsResponse { stat: Some(stat) })) }
+        wire::Outcome { result: Some(wire::outcome::Result::Written(api::SetContentsResponse { header: None, stat: Some(stat) })) }
     }
 
     fn write_call(session: u64, request_number: u64) -> wire::Command {

@@ -271,7 +271,7 @@ impl Cell {
             let (session, handle) = (wait.cancel.session_id, wait.cancel.handle);
             if let Some(sequencer) = replica.state.holding(session, handle) {
                 let granted = wire::Outcome {
-                    result: Some(wire::outcome::Result::Acquired(api::AcquireResponse { sequencer: Some(sequencer) })),
+                    result: Some(wire::outcome::Result::Acquired(api::AcquireResponse { header: None, sequencer: Some(sequencer) })),
                 };
                 answers.push((wait.client, wait.attempt, Answer::Outcome(granted)));
                 return false;

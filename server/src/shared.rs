@@ -182,6 +182,11 @@ impl Shared {
         self.applied.send_replace(slot);
     }
 
+    /// The highest slot applied so far.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
     /// Wakes when more commands were applied.
     pub fn watch_applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()

@@ -565,6 +565,7 @@ impl StateMachine {
         self.sessions.insert(id, session);
         Outcome {
             result: Some(wire::outcome::Result::SessionCreated(api::CreateSessionResponse {
+                header: None,
                 session_id: id,
                 lease_ms: 0,
                 // The handler that drew the secret hands it to the client;
@@ -914,6 +915,7 @@ impl StateMachine {
         self.watchers.entry(path).or_default().insert((session_id, id));
         Outcome {
             result: Some(wire::outcome::Result::Opened(api::OpenResponse {
+                header: None,
                 handle: id,
                 stat: Some(stat),
                 created,
@@ -962,6 +964,7 @@ impl StateMachine {
                 self.notify(&changes);
                 Outcome {
                     result: Some(wire::outcome::Result::Written(api::SetContentsResponse {
+                header: None,
                         stat: Some(stat_to_proto(&stat)),
                     })),
                 }
@@ -1113,7 +1116,7 @@ impl StateMachine {
             Ok(stat) => {
                 self.drop_waiters_without_write(&handle.path);
                 let stat = self.stat_as_permitted(session_id, &handle.path, &stat);
-                Outcome { result: Some(wire::outcome::Result::AclSet(api::SetAclResponse { stat: Some(stat) })) }
+                Outcome { result: Some(wire::outcome::Result::AclSet(api::SetAclResponse { header: None, stat: Some(stat) })) }
             }
             Err(error) => namespace_failure(&error),
         }
@@ -1384,7 +1387,7 @@ impl StateMachine {
         // names: anyone may check a sequencer, and the generation of
         // another instance is not theirs to learn.
         let current_lock_generation = if stat.instance == sequencer.instance { stat.lock_generation } else { 0 };
-        api::CheckSequencerResponse { valid, current_lock_generation }
+        api::CheckSequencerResponse { header: None, valid, current_lock_generation }
     }
 
     // ---------------------------------------------------------------------
@@ -1696,7 +1699,7 @@ impl StateMachine {
 }
 
 fn acquired(sequencer: api::Sequencer) -> Outcome {
-    Outcome { result: Some(wire::outcome::Result::Acquired(api::AcquireResponse { sequencer: Some(sequencer) })) }
+    Outcome { result: Some(wire::outcome::Result::Acquired(api::AcquireResponse { header: None, sequencer: Some(sequencer) })) }
 }
 
 /// The failure inside an outcome that the caller knows is one (a refusal

@@ -472,3 +472,54 @@ async fn a_directory_larger_than_a_page_is_listed_completely_through_pages() {
         other => panic!("a page over 10000 names: {other:?}"),
     }
 }
+
+/// Every answer carries a header: the cell, the replica that answered, the
+/// master it follows (by ballot) and how far it had applied; a write's
+/// answer reflects a state at least as new as every answer before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_the_cell_the_replica_the_master_ballot_and_the_applied_slot() {
+    use gaios_proto::cell::v1 as api;
+    let _serial = serial();
+    let cell = Cell::start();
+    let master = ready(&cell).await;
+    let connect = |index: usize| {
+        let address = cell.members[index].client;
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("endpoint").connect().await.expect("connect");
+            api::cell_client::CellClient::new(channel)
+        }
+    };
+    let master_index = cell.index_of(master);
+    let follower_index = (master_index + 1) % cell.members.len();
+    let mut on_master = connect(master_index).await;
+    let found = on_master.find_master(api::FindMasterRequest {}).await.expect("find master").into_inner();
+    let master_ballot = found.ballot.expect("the master's ballot");
+    let mut previous = 0;
+    let mut check = |header: Option<api::ResponseHeader>, replica: u64, what: &str| {
+        let header = header.unwrap_or_else(|| panic!("{what}: no header"));
+        assert_eq!((header.cell_id.as_str(), header.replica_id), (CELL_ID, replica), "{what}: {header:?}");
+        assert_eq!(header.master_ballot, Some(master_ballot), "{what}: {header:?}");
+        assert!(header.applied_slot >= previous, "{what}: applied {} after {previous}", header.applied_slot);
+        previous = header.applied_slot;
+    };
+    check(found.header, master, "FindMaster");
+    let created = on_master.create_session(api::CreateSessionRequest { client_name: "headers".into() }).await.expect("session").into_inner();
+    check(created.header.clone(), master, "CreateSession");
+    let request_header = |number| Some(api::RequestHeader { session_id: created.session_id, request_number: number, session_secret: created.session_secret.clone() });
+    let open = api::OpenRequest { header: request_header(1), path: "/headers".into(), create: true, ..Default::default() };
+    let opened = on_master.open(open).await.expect("open").into_inner();
+    check(opened.header, master, "Open");
+    let write = api::SetContentsRequest { header: request_header(2), handle: opened.handle, contents: b"x".to_vec().into(), ..Default::default() };
+    let written = on_master.set_contents(write).await.expect("write").into_inner();
+    let applied_by_write = written.header.as_ref().map_or(0, |h| h.applied_slot);
+    check(written.header, master, "SetContents");
+    let reference = Some(api::HandleRef { session_id: created.session_id, handle: opened.handle, session_secret: created.session_secret.clone() });
+    let stat = on_master.get_stat(api::GetStatRequest { handle: reference }).await.expect("stat").into_inner();
+    check(stat.header, master, "GetStat");
+    assert!(applied_by_write > 0, "a write's answer names a slot");
+    let mut on_follower = connect(follower_index).await;
+    let status = on_follower.status(api::StatusRequest {}).await.expect("status").into_inner();
+    let follower = cell.members[follower_index].id;
+    let header = status.header.expect("a header from a follower");
+    assert_eq!((header.replica_id, header.master_ballot), (follower, Some(master_ballot)), "{header:?}");
+}

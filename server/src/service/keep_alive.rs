@@ -46,7 +46,7 @@ impl CellService {
                                 if let Some(last) = events.last() {
                                     sent_through = sent_through.max(last.number);
                                 }
-                                Ok(api::KeepAliveResponse { lease_ms, events })
+                                Ok(api::KeepAliveResponse { lease_ms, events, header: Some(self.response_header()) })
                             }
                             Err(status) => Err(status),
                         }
@@ -69,7 +69,7 @@ impl CellService {
                             // rather than wait for the next change.
                             receiver.mark_changed();
                         }
-                        Ok(api::KeepAliveResponse { lease_ms: 0, events })
+                        Ok(api::KeepAliveResponse { lease_ms: 0, events, header: Some(self.response_header()) })
                     } else if !self.shared.state().has_session(session_id) {
                         Err(session_ended(session_id, "expired or closed"))
                     } else {

@@ -82,7 +82,7 @@ impl CellService {
     ) -> Result<api::AcquireResponse, Status> {
         let outcome = self.call(caller, Some(header), wire::session_call::Call::Acquire(request)).await?;
         if let Some(sequencer) = acquired_sequencer(&outcome) {
-            return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
+            return Ok(api::AcquireResponse { header: None, sequencer: Some(sequencer) });
         }
         if !matches!(outcome.result, Some(wire::outcome::Result::Queued(_))) {
             return Err(unexpected(&outcome));
@@ -107,7 +107,7 @@ impl CellService {
             {
                 let state = self.shared.state();
                 if let Some(sequencer) = state.holding(session_id, handle) {
-                    return Ok(api::AcquireResponse { sequencer: Some(sequencer) });
+                    return Ok(api::AcquireResponse { header: None, sequencer: Some(sequencer) });
                 }
                 if !state.is_waiting(session_id, handle) {
                     return Err(Status::failed_precondition(
@@ -127,7 +127,7 @@ impl CellService {
         let outcome = self.propose(wire::command::Kind::CancelWait(wire::CancelWait { keep_granted: true, ..wait.clone() })).await?;
         match acquired_sequencer(&outcome) {
             // Granted just before the cancel was applied.
-            Some(sequencer) => Ok(api::AcquireResponse { sequencer: Some(sequencer) }),
+            Some(sequencer) => Ok(api::AcquireResponse { header: None, sequencer: Some(sequencer) }),
             None => Err(Status::deadline_exceeded("the lock was not granted within wait_ms; no longer waiting")),
         }
     }

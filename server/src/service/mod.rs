@@ -187,6 +187,28 @@ impl CellService {
         }
     }
 
+    /// Who answers, and from which state: this replica, the master it
+    /// follows (by ballot), and how far it has applied.
+    pub(super) fn response_header(&self) -> api::ResponseHeader {
+        let (id, master_ballot) = {
+            let status = self.status.borrow();
+            let ballot = match status.role {
+                Role::Master => status.own_ballot.unwrap_or(status.promised),
+                Role::Follower | Role::Candidate if status.master.is_some() => status.promised,
+                Role::Follower | Role::Candidate => Ballot::ZERO,
+            };
+            (status.id, ballot)
+        };
+        api::ResponseHeader { cell_id: self.cell_id.clone(), replica_id: id, master_ballot: ballot(master_ballot), applied_slot: self.shared.applied() }
+    }
+
+    /// `message` with its header, as tonic's answer.
+    #[allow(clippy::unnecessary_wraps)]
+    fn answer<T: Answer>(&self, mut message: T) -> Result<Response<T>, Status> {
+        message.set_header(self.response_header());
+        Ok(Response::new(message))
+    }
+
     /// Wraps the service for tonic with explicit message-size bounds (a
     /// larger request is refused with `RESOURCE_EXHAUSTED`, see
     /// [`CellEndpoint`]).
@@ -257,6 +279,46 @@ impl CellService {
     }
 }
 
+/// The answers of the `Cell` service: each carries a `ResponseHeader`.
+pub(super) trait Answer {
+    /// Sets the answer's header.
+    fn set_header(&mut self, header: api::ResponseHeader);
+}
+
+macro_rules! answers {
+    ($($answer:ty),* $(,)?) => {
+        $(impl Answer for $answer {
+            fn set_header(&mut self, header: api::ResponseHeader) {
+                self.header = Some(header);
+            }
+        })*
+    };
+}
+
+answers!(
+    api::FindMasterResponse,
+    api::StatusResponse,
+    api::ChangeMembershipResponse,
+    api::CreateSessionResponse,
+    api::KeepAliveResponse,
+    api::CloseSessionResponse,
+    api::OpenResponse,
+    api::CloseResponse,
+    api::GetContentsAndStatResponse,
+    api::GetStatResponse,
+    api::ReadDirResponse,
+    api::SetContentsResponse,
+    api::DeleteResponse,
+    api::AcquireResponse,
+    api::ReleaseResponse,
+    api::GetSequencerResponse,
+    api::CheckSequencerResponse,
+    api::SetSequencerResponse,
+    api::GetAclResponse,
+    api::SetAclResponse,
+    api::WhoAmIResponse,
+);
+
 /// The configuration in force as the API shows it.
 fn api_members(members: &[MemberView]) -> Vec<api::Member> {
     members
@@ -317,14 +379,15 @@ impl Cell for CellService {
             Role::Master => status.own_ballot.unwrap_or(status.promised),
             Role::Follower | Role::Candidate => status.promised,
         };
-        Ok(Response::new(api::FindMasterResponse {
+        self.answer(api::FindMasterResponse {
+ header: None,
             master_id: status.master.unwrap_or(0),
             master_client_address: self.client_address(status.master),
             ballot: ballot(master_ballot),
             answered_by: status.id,
             members: api_members(&status.members),
             membership_slot: status.membership_slot,
-        }))
+        })
     }
 
     async fn status(&self, _request: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
@@ -342,7 +405,8 @@ impl Cell for CellService {
             .lease_valid_until
             .map(|until| until.saturating_duration_since(Instant::now()).as_millis())
             .map_or(0, |ms| u64::try_from(ms).unwrap_or(u64::MAX));
-        Ok(Response::new(api::StatusResponse {
+        self.answer(api::StatusResponse {
+ header: None,
             id: status.id,
             role: role.into(),
             promised: ballot(status.promised),
@@ -367,7 +431,7 @@ impl Cell for CellService {
             nodes,
             locks_held,
             snapshot_slot: status.snapshot_slot,
-        }))
+        })
     }
 
     async fn change_membership(
@@ -435,7 +499,7 @@ impl Cell for CellService {
                 }
             })
             .collect();
-        Ok(Response::new(api::ChangeMembershipResponse { members, membership_slot: slot }))
+        self.answer(api::ChangeMembershipResponse { header: None, members, membership_slot: slot })
     }
 
     async fn create_session(
@@ -463,11 +527,12 @@ impl Cell for CellService {
             return Err(unexpected(&outcome));
         };
         self.shared.leases().grant(created.session_id, Instant::now());
-        Ok(Response::new(api::CreateSessionResponse {
+        self.answer(api::CreateSessionResponse {
+ header: None,
             session_id: created.session_id,
             lease_ms: duration_ms(self.shared.session_lease),
             session_secret,
-        }))
+        })
     }
 
     type KeepAliveStream = ReceiverStream<Result<api::KeepAliveResponse, Status>>;
@@ -494,7 +559,7 @@ impl Cell for CellService {
         let end = wire::EndSession { session_id, expired: false, session_secret: request.session_secret };
         expect_done(self.propose(wire::command::Kind::EndSession(end)).await?)?;
         self.shared.leases().forget(session_id);
-        Ok(Response::new(api::CloseSessionResponse {}))
+        self.answer(api::CloseSessionResponse::default())
     }
 
     async fn open(&self, request: Request<api::OpenRequest>) -> Result<Response<api::OpenResponse>, Status> {
@@ -503,7 +568,7 @@ impl Cell for CellService {
         let header = request.header.take();
         let outcome = self.call(&caller, header, wire::session_call::Call::Open(request)).await?;
         match outcome.result {
-            Some(wire::outcome::Result::Opened(opened)) => Ok(Response::new(opened)),
+            Some(wire::outcome::Result::Opened(opened)) => self.answer(opened),
             _ => Err(unexpected(&outcome)),
         }
     }
@@ -513,7 +578,7 @@ impl Cell for CellService {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(&caller, header, wire::session_call::Call::Close(request)).await?)?;
-        Ok(Response::new(api::CloseResponse {}))
+        self.answer(api::CloseResponse::default())
     }
 
     async fn get_contents_and_stat(
@@ -526,7 +591,7 @@ impl Cell for CellService {
         self.read_gate()?;
         let (contents, stat) =
             self.shared.state().get_contents_and_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(api::GetContentsAndStatResponse { contents, stat: Some(stat) }))
+        self.answer(api::GetContentsAndStatResponse { header: None, contents, stat: Some(stat) })
     }
 
     async fn get_stat(&self, request: Request<api::GetStatRequest>) -> Result<Response<api::GetStatResponse>, Status> {
@@ -535,7 +600,7 @@ impl Cell for CellService {
         self.check_owner(&caller, handle.session_id)?;
         self.read_gate()?;
         let stat = self.shared.state().get_stat(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(api::GetStatResponse { stat: Some(stat) }))
+        self.answer(api::GetStatResponse { header: None, stat: Some(stat) })
     }
 
     async fn read_dir(&self, request: Request<api::ReadDirRequest>) -> Result<Response<api::ReadDirResponse>, Status> {
@@ -550,7 +615,7 @@ impl Cell for CellService {
             .state()
             .read_dir(handle.session_id, &handle.session_secret, handle.handle, request.page_size, &request.page_token)
             .map_err(|f| failure_status(&f))?;
-        Ok(Response::new(api::ReadDirResponse { names, stat: Some(stat), next_page_token }))
+        self.answer(api::ReadDirResponse { header: None, names, stat: Some(stat), next_page_token })
     }
 
     async fn set_contents(
@@ -562,7 +627,7 @@ impl Cell for CellService {
         let header = request.header.take();
         let outcome = self.call(&caller, header, wire::session_call::Call::SetContents(request)).await?;
         match outcome.result {
-            Some(wire::outcome::Result::Written(written)) => Ok(Response::new(written)),
+            Some(wire::outcome::Result::Written(written)) => self.answer(written),
             _ => Err(unexpected(&outcome)),
         }
     }
@@ -572,12 +637,12 @@ impl Cell for CellService {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(&caller, header, wire::session_call::Call::Delete(request)).await?)?;
-        Ok(Response::new(api::DeleteResponse {}))
+        self.answer(api::DeleteResponse::default())
     }
 
     async fn acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
         let caller = self.caller(&request)?;
-        self.acquire_waiting(&caller, request.into_inner()).await.map(Response::new)
+        self.acquire_waiting(&caller, request.into_inner()).await.and_then(|answer| self.answer(answer))
     }
 
     async fn try_acquire(&self, request: Request<api::AcquireRequest>) -> Result<Response<api::AcquireResponse>, Status> {
@@ -587,7 +652,7 @@ impl Cell for CellService {
         let header = request.header.take();
         let outcome = self.call(&caller, header, wire::session_call::Call::TryAcquire(request)).await?;
         match acquired_sequencer(&outcome) {
-            Some(sequencer) => Ok(Response::new(api::AcquireResponse { sequencer: Some(sequencer) })),
+            Some(sequencer) => self.answer(api::AcquireResponse { header: None, sequencer: Some(sequencer) }),
             None => Err(unexpected(&outcome)),
         }
     }
@@ -597,7 +662,7 @@ impl Cell for CellService {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(&caller, header, wire::session_call::Call::Release(request)).await?)?;
-        Ok(Response::new(api::ReleaseResponse {}))
+        self.answer(api::ReleaseResponse::default())
     }
 
     async fn get_sequencer(
@@ -610,7 +675,7 @@ impl Cell for CellService {
         self.read_gate()?;
         let sequencer =
             self.shared.state().get_sequencer(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(api::GetSequencerResponse { sequencer: Some(sequencer) }))
+        self.answer(api::GetSequencerResponse { header: None, sequencer: Some(sequencer) })
     }
 
     async fn check_sequencer(
@@ -621,7 +686,7 @@ impl Cell for CellService {
         validate::sequencer(sequencer.as_ref()).map_err(|invalid| failure_status(&invalid))?;
         let sequencer = sequencer.unwrap_or_default();
         self.read_gate()?;
-        Ok(Response::new(self.shared.state().check_sequencer(&sequencer)))
+        self.answer(self.shared.state().check_sequencer(&sequencer))
     }
 
     async fn set_sequencer(
@@ -632,7 +697,7 @@ impl Cell for CellService {
         let mut request = request.into_inner();
         let header = request.header.take();
         expect_done(self.call(&caller, header, wire::session_call::Call::SetSequencer(request)).await?)?;
-        Ok(Response::new(api::SetSequencerResponse {}))
+        self.answer(api::SetSequencerResponse::default())
     }
 
     async fn get_acl(&self, request: Request<api::GetAclRequest>) -> Result<Response<api::GetAclResponse>, Status> {
@@ -642,7 +707,7 @@ impl Cell for CellService {
         self.read_gate()?;
         let (acl, stat) =
             self.shared.state().get_acl(handle.session_id, &handle.session_secret, handle.handle).map_err(|f| failure_status(&f))?;
-        Ok(Response::new(api::GetAclResponse { acl: Some(acl), stat: Some(stat) }))
+        self.answer(api::GetAclResponse { header: None, acl: Some(acl), stat: Some(stat) })
     }
 
     async fn set_acl(&self, request: Request<api::SetAclRequest>) -> Result<Response<api::SetAclResponse>, Status> {
@@ -651,7 +716,7 @@ impl Cell for CellService {
         let header = request.header.take();
         let outcome = self.call(&caller, header, wire::session_call::Call::SetAcl(request)).await?;
         match outcome.result {
-            Some(wire::outcome::Result::AclSet(set)) => Ok(Response::new(set)),
+            Some(wire::outcome::Result::AclSet(set)) => self.answer(set),
             _ => Err(unexpected(&outcome)),
         }
     }
@@ -659,7 +724,7 @@ impl Cell for CellService {
     async fn who_am_i(&self, request: Request<api::WhoAmIRequest>) -> Result<Response<api::WhoAmIResponse>, Status> {
         let identity = self.caller(&request)?.unwrap_or_default();
         let groups = if identity.is_empty() { Vec::new() } else { self.groups.of(&identity) };
-        Ok(Response::new(api::WhoAmIResponse { identity, groups, tls: self.tls }))
+        self.answer(api::WhoAmIResponse { header: None, identity, groups, tls: self.tls })
     }
 }
 
