@@ -267,6 +267,16 @@ impl Config {
         (self.promise_parts_max as u64).saturating_mul(self.entries_per_message_max as u64)
     }
 
+    /// The most bytes of entries one catch-up answer carries (and one
+    /// replica keeps of catch-up entries ahead of its chosen prefix): four
+    /// messages' worth, and at least 64 MiB, so an answer closes a whole
+    /// accept window unless its entries are large, and a lagging follower
+    /// never costs its peer a promise's worth (a GiB with the server's
+    /// limits) per request.
+    pub fn catch_up_answer_bytes_max(&self) -> usize {
+        self.message_bytes_max.saturating_mul(4).max(64 << 20)
+    }
+
     /// How far past its chosen prefix an acceptor accepts: an acceptor
     /// takes a slot `s` only while `s - (chosen_through + 1)` is below this,
     /// so that whatever it holds past its chosen prefix always fits in one

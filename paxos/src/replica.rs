@@ -18,6 +18,10 @@ use crate::ready::{Envelope, Ready, RoleChange};
 use crate::rng::Rng;
 use crate::types::{Ballot, Durable, Entry, HardState, Membership, ROUND_MAX, ReplicaId, SLOT_MAX, Slot, Snapshot, Value};
 
+/// The most a catch-up retry's interval grows: `catch_up_retry_ticks`
+/// times this, after retries that brought nothing.
+pub const CATCH_UP_BACKOFF_MAX: u64 = 8;
+
 /// Why a replica could not start from its durable state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -256,6 +260,15 @@ pub struct Replica {
     /// (`promise_parts_max` messages); they are learned once the slots
     /// before them are.
     catch_up_early: BTreeMap<Slot, Entry>,
+    /// The bytes of `catch_up_early`'s entries, at most
+    /// [`Config::catch_up_answer_bytes_max`].
+    catch_up_early_bytes: usize,
+    /// How many retry intervals the next catch-up retry waits: doubled (up
+    /// to [`CATCH_UP_BACKOFF_MAX`]) by each retry that follows a request
+    /// nothing came of, back to 1 when the chosen prefix moves. On a link
+    /// slower than one answer per retry interval this keeps the sender from
+    /// queueing copy after copy of the same answer.
+    catch_up_backoff: u64,
 
     // Proposer.
     role: Role,
@@ -333,6 +346,8 @@ impl Replica {
             catch_up_sent_tick: None,
             catch_up_until: 0,
             catch_up_early: BTreeMap::new(),
+            catch_up_early_bytes: 0,
+            catch_up_backoff: 1,
             role: Role::Follower,
             master_hint: None,
             master_heard_tick: None,
@@ -1151,7 +1166,7 @@ impl Replica {
         });
         self.master_hint = Some(self.config.id);
         // A master learns nothing from catch-ups (see `on_catch_up`).
-        self.catch_up_early.clear();
+        self.forget_early_through(Slot::MAX);
         self.out.role_changes.push(RoleChange::BecameMaster { ballot, recovered_through });
         let mut proposals = Vec::new();
         for slot in self.chosen_through + 1..=recovered_through {
@@ -1291,12 +1306,14 @@ impl Replica {
         if !self.follow(from, ballot) {
             return;
         }
-        // The slot is first learned chosen below (the master's prefix may
-        // cover our entries of its ballot), so the window is counted from
-        // our chosen prefix as it stands before this accept.
+        // The window counts from our chosen prefix once we learned what
+        // the master says is chosen among what we already hold (the learner
+        // rule, as after the accept), so a follower in step with a full
+        // pipeline takes the slot the master proposes as it chooses one.
         let window_end = if from == self.config.id {
             Slot::MAX
         } else {
+            self.learn_chosen_through(ballot, chosen_through);
             self.chosen_through.saturating_add(self.config.accept_window_slots())
         };
         let mut slots = Vec::with_capacity(entries.len());
@@ -1687,8 +1704,12 @@ impl Replica {
         if to == self.config.id || self.is_master() {
             return;
         }
-        if self.catch_up_sent_tick.is_some_and(|sent| self.now - sent < self.config.catch_up_retry_ticks) {
-            return;
+        if let Some(sent) = self.catch_up_sent_tick {
+            if self.now.saturating_sub(sent) < self.config.catch_up_retry_ticks.saturating_mul(self.catch_up_backoff) {
+                return;
+            }
+            // A retry: nothing came of the last request in time.
+            self.catch_up_backoff = self.catch_up_backoff.saturating_mul(2).min(CATCH_UP_BACKOFF_MAX);
         }
         self.catch_up_sent_tick = Some(self.now);
         let from_slot = self.chosen_through + 1;
@@ -1718,10 +1739,21 @@ impl Replica {
         }
         let window = self.config.accept_window_slots().max(1);
         let last = self.chosen_through.min(from_slot.saturating_add(window - 1));
-        let entries = (from_slot..=last).map_while(|slot| {
-            let (ballot, value) = self.log.get(&slot)?;
-            Some(Entry { slot, ballot: *ballot, value: value.clone() })
-        });
+        // At most `catch_up_answer_bytes_max` bytes (and at least one
+        // entry): a window of the largest entries would be a promise's worth
+        // (a GiB with the server's limits) for every request.
+        let budget = self.config.catch_up_answer_bytes_max();
+        let mut answered: usize = 0;
+        let entries = (from_slot..=last)
+            .map_while(|slot| {
+                let (ballot, value) = self.log.get(&slot)?;
+                Some(Entry { slot, ballot: *ballot, value: value.clone() })
+            })
+            .take_while(|entry| {
+                let first = answered == 0;
+                answered = answered.saturating_add(entry.encoded_bytes());
+                first || answered <= budget
+            });
         let batches = chunk_entries_prefix(entries, &self.config, self.config.promise_parts_max as usize);
         for entries in batches {
             self.send(from, Message::CatchUp { entries });
@@ -1761,16 +1793,22 @@ impl Replica {
             } else if entry.slot > self.chosen_through
                 && entry.slot <= ahead_max
                 && entry.encoded_bytes() <= self.config.entry_bytes_max()
+                && !self.catch_up_early.contains_key(&entry.slot)
+                && self.catch_up_early_bytes.saturating_add(entry.encoded_bytes()) <= self.config.catch_up_answer_bytes_max()
             {
                 // Kept for later: fewer than a window of entries no larger
-                // than a master makes, so no more bytes than one promise
-                // may carry. A second report for a slot is the same chosen
-                // value; the first one stays.
-                self.catch_up_early.entry(entry.slot).or_insert(entry);
+                // than a master makes, and no more bytes than one answer
+                // may carry (copied, so a small entry does not pin the whole
+                // message it came in). A second report for a slot is the
+                // same chosen value; the first one stays.
+                self.catch_up_early_bytes = self.catch_up_early_bytes.saturating_add(entry.encoded_bytes());
+                let value = detached(entry.value);
+                self.catch_up_early.insert(entry.slot, Entry { value, ..entry });
             }
         }
         self.learn_early();
         if self.chosen_through > before {
+            self.catch_up_backoff = 1;
             if self.chosen_through >= self.catch_up_until {
                 // Ask on while it gives a whole answer: the sender may know
                 // more than any master told us (a learner asking a member
@@ -1786,18 +1824,31 @@ impl Replica {
         }
     }
 
+    /// Forgets the catch-up entries kept ahead for slots up to `slot`.
+    fn forget_early_through(&mut self, slot: Slot) {
+        let mut freed: usize = 0;
+        self.catch_up_early.retain(|&early, entry| {
+            let keep = early > slot;
+            if !keep {
+                freed = freed.saturating_add(entry.encoded_bytes());
+            }
+            keep
+        });
+        self.catch_up_early_bytes = self.catch_up_early_bytes.saturating_sub(freed);
+    }
+
     /// Learns the catch-up entries kept ahead of our chosen prefix that now
     /// extend it, and forgets those it passed by other means.
     fn learn_early(&mut self) {
         if self.is_master() {
-            self.catch_up_early.clear();
+            self.forget_early_through(Slot::MAX);
             return;
         }
         while let Some(entry) = self.catch_up_early.remove(&(self.chosen_through + 1)) {
+            self.catch_up_early_bytes = self.catch_up_early_bytes.saturating_sub(entry.encoded_bytes());
             self.learn_chosen(entry);
         }
-        let chosen_through = self.chosen_through;
-        self.catch_up_early.retain(|&slot, _| slot > chosen_through);
+        self.forget_early_through(self.chosen_through);
     }
 
     /// Records `entry` as the chosen value of the slot after our chosen prefix.
@@ -1834,7 +1885,7 @@ impl Replica {
         self.applied = slot;
         self.hard_state_dirty = true;
         self.catch_up_sent_tick = None;
-        self.catch_up_early.retain(|&early, _| early > slot);
+        self.forget_early_through(slot);
         self.out.snapshot = Some(snapshot.clone());
         self.out.install_snapshot = true;
         self.snapshot = Some(snapshot);
@@ -1958,6 +2009,15 @@ impl Replica {
 fn chunk_entries(entries: impl Iterator<Item = Entry>, config: &Config, chunks_max: usize) -> Option<Vec<Vec<Entry>>> {
     let (chunks, all) = chunk_entries_while(entries, config, chunks_max);
     all.then_some(chunks)
+}
+
+/// `value` with its bytes copied out of the message they arrived in, so
+/// that keeping it does not keep that whole message's buffer alive.
+fn detached(value: Value) -> Value {
+    match value {
+        Value::Batch(commands) => Value::Batch(commands.iter().map(|command| Bytes::copy_from_slice(command)).collect()),
+        other => other,
+    }
 }
 
 /// Like [`chunk_entries`], but keeps the chunks that fit in `chunks_max` and

@@ -454,6 +454,72 @@ fn a_lagging_follower_catches_up_a_whole_window_per_request_and_asks_once_per_an
     assert_eq!(r.chosen_through(), 19, "slot 20 was larger than any entry a master makes");
 }
 
+/// A retry that brings nothing waits twice as long as the one before (up
+/// to `CATCH_UP_BACKOFF_MAX` intervals), so a link slower than one answer
+/// per retry interval is not sent copy after copy of the same answer; the
+/// chosen prefix moving brings the interval back. And an answer carries at
+/// most `catch_up_answer_bytes_max` bytes of entries (at least one).
+#[test]
+fn catch_up_retries_back_off_while_nothing_comes_and_answers_are_bounded_by_bytes() {
+    use crate::replica::CATCH_UP_BACKOFF_MAX;
+    let ballot = Ballot::new(1, 1);
+    let entry = |slot| Entry { slot, ballot, value: batch(&["x"]) };
+    let requests = |ready: &Ready| -> usize {
+        to(&ready.messages, 1).into_iter().filter(|m| matches!(m, Message::CatchUpRequest { .. })).count()
+    };
+    let mut r = follower_of_window(4);
+    // The master says 20 are chosen; we hold none: we ask.
+    r.step(1, Message::Heartbeat { ballot, chosen_through: 20, sent_tick: 1 });
+    assert_eq!(requests(&persist(&mut r)), 1);
+    let retry = r.config().catch_up_retry_ticks;
+    let mut gaps = Vec::new();
+    let mut since = 0;
+    for _ in 0..(retry * (1 + 2 + 4 + 8 + 8 + 8)) {
+        r.tick();
+        since += 1;
+        if requests(&persist(&mut r)) > 0 {
+            gaps.push(since);
+            since = 0;
+        }
+    }
+    let expected: Vec<u64> = [1, 2, 4, 8, 8, 8].iter().map(|m| retry * m.min(&CATCH_UP_BACKOFF_MAX)).collect();
+    assert_eq!(gaps, expected, "retries after {gaps:?} ticks");
+    // Progress brings the interval back to one retry interval.
+    r.step(1, Message::CatchUp { entries: vec![entry(1)] });
+    assert_eq!(requests(&persist(&mut r)), 0, "slot 1 is not the last the request could bring");
+    let mut ticks = 0;
+    while requests(&persist(&mut r)) == 0 {
+        r.tick();
+        ticks += 1;
+        assert!(ticks <= retry, "no retry within one interval after progress");
+    }
+
+    // The answer's bytes: entries of a quarter of the budget each, a window
+    // of eight of them, so the answer stops after four.
+    let mut config = config(3);
+    config.entries_per_message_max = 1;
+    config.promise_parts_max = 8;
+    let quarter = config.catch_up_answer_bytes_max() / 4;
+    config.command_bytes_max = config.command_bytes_max.max(quarter);
+    config.batch_bytes_max = config.batch_bytes_max.max(quarter);
+    // A message holds the largest entry; the budget is then four of them.
+    config.message_bytes_max = config.entry_bytes_max();
+    let big = |slot| Entry { slot, ballot, value: Value::Batch(vec![Bytes::from(vec![1u8; quarter - 64])]) };
+    let durable = Durable { hard_state: HardState { promised: ballot, chosen_through: 8 }, entries: (1..=8).map(big).collect(), ..Durable::default() };
+    let mut sender = Replica::new(config, durable).expect("valid config");
+    sender.step(2, Message::CatchUpRequest { from_slot: 1 });
+    let ready = persist(&mut sender);
+    let answered: Vec<u64> = to(&ready.messages, 2)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::CatchUp { entries } => Some(entries.iter().map(|e| e.slot).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(answered, vec![1, 2, 3, 4], "an answer within catch_up_answer_bytes_max");
+}
+
 /// Replica 2 with an accept window of `window` slots (one entry per part).
 fn follower_of_window(window: u32) -> Replica {
     replica_of_window(2, window, Durable::default())
