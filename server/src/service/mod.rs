@@ -842,6 +842,51 @@ mod tests {
         assert!(proposals.try_recv().is_err(), "nothing was proposed");
     }
 
+    /// The limits table of `cell.proto` says what the code enforces: each
+    /// row's number is its constant's value, and every constant has a row.
+    #[test]
+    fn the_limits_in_cell_proto_are_the_codes() {
+        use gaios_state::limits::*;
+        let constants: [(&str, u64); 21] = [
+            ("CLIENT_MESSAGE_BYTES_MAX", CLIENT_MESSAGE_BYTES_MAX as u64),
+            ("CLIENT_RESPONSE_BYTES_MAX", CLIENT_RESPONSE_BYTES_MAX as u64),
+            ("CONTENTS_BYTES_MAX", CONTENTS_BYTES_MAX as u64),
+            ("PATH_BYTES_MAX", PATH_BYTES_MAX as u64),
+            ("COMPONENT_BYTES_MAX", COMPONENT_BYTES_MAX as u64),
+            ("PATH_DEPTH_MAX", PATH_DEPTH_MAX as u64),
+            ("CLIENT_NAME_BYTES_MAX", CLIENT_NAME_BYTES_MAX as u64),
+            ("IDENTITY_BYTES_MAX", IDENTITY_BYTES_MAX as u64),
+            ("ACL_ENTRIES_MAX", ACL_ENTRIES_MAX as u64),
+            ("ACL_BYTES_MAX", ACL_BYTES_MAX as u64),
+            ("READ_DIR_PAGE_MAX", READ_DIR_PAGE_MAX as u64),
+            ("SESSIONS_MAX", SESSIONS_MAX as u64),
+            ("HANDLES_PER_SESSION_MAX", HANDLES_PER_SESSION_MAX as u64),
+            ("HANDLES_MAX", HANDLES_MAX as u64),
+            ("NODES_MAX", NODES_MAX as u64),
+            ("WAITERS_PER_LOCK_MAX", WAITERS_PER_LOCK_MAX as u64),
+            ("ANSWERS_PER_SESSION_MAX", ANSWERS_PER_SESSION_MAX as u64),
+            ("EVENTS_QUEUED_PER_SESSION_MAX", EVENTS_QUEUED_PER_SESSION_MAX as u64),
+            ("ACQUIRE_WAIT_MS_MAX", ACQUIRE_WAIT_MS_MAX),
+            ("LOCK_DELAY_MS_MAX", LOCK_DELAY_MS_MAX),
+            ("STATE_BYTES_MAX", STATE_BYTES_MAX as u64),
+        ];
+        let proto = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../proto/gaios/cell/v1/cell.proto"));
+        let mut rows = std::collections::BTreeMap::new();
+        for line in proto.lines() {
+            let cells: Vec<&str> = line.trim_start_matches("//").split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+            if let [_, limit, constant] = cells.as_slice()
+                && constant.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                && let Some(number) = limit.split_whitespace().next().and_then(|n| n.parse::<u64>().ok())
+            {
+                rows.insert(constant.to_string(), number);
+            }
+        }
+        for (name, value) in constants {
+            assert_eq!(rows.get(name), Some(&value), "cell.proto's limits table, row {name}");
+        }
+        assert_eq!(rows.len(), constants.len(), "a row names no constant this test knows: {rows:?}");
+    }
+
     /// A session is judged by the groups it was created with; once the
     /// replica's configuration gives its identity other groups (an operator
     /// took it out of one), its calls and KeepAlives are answered as
