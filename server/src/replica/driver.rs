@@ -82,10 +82,17 @@ pub const READY_TIME_PER_TURN: Duration = Duration::from_millis(20);
 /// A turn of the loop that takes this long is logged (a synced write that
 /// stalled, a large install): heartbeats wait for it.
 const SLOW_TURN: Duration = Duration::from_millis(100);
-/// In debug builds the driver rechecks the whole state after each `Ready`
+/// In debug builds the driver rechecks the whole state after the `Ready`s
 /// it applies while the state is below this footprint (above it a check
 /// costs more than the writes it checks).
 const CHECK_STATE_BYTES_MAX: usize = 8 << 20;
+/// ...and no more often than once per this many bytes of state per `Ready`:
+/// a state of up to 256 KiB is checked after every `Ready`, one of 8 MiB
+/// after every 32nd. A check walks the whole state, so checking a large
+/// one after every `Ready` made each turn of a debug build cost O(state)
+/// (200 ms at a few MiB): a directory of 100,000 children took the cell
+/// into an election storm (turns longer than the master lease).
+const CHECK_STATE_BYTES_PER_READY: usize = 256 << 10;
 
 /// Where the outcome of a configuration change goes: the configuration in
 /// force and its slot, or why it was refused.
@@ -184,6 +191,8 @@ pub struct Driver {
     members_view: Arc<Vec<MemberView>>,
     /// The current turn's costs (logged if the turn is slow).
     cost: TurnCost,
+    /// `Ready`s applied since the state was last checked (debug builds).
+    readies_since_check: usize,
 }
 
 impl Driver {
@@ -248,6 +257,7 @@ impl Driver {
             was_member,
             members_view,
             cost: TurnCost::begin(),
+            readies_since_check: 0,
         };
         Ok((driver, status_rx, shared))
     }
@@ -519,8 +529,15 @@ impl Driver {
             }
             self.applied = entry.slot;
         }
-        if cfg!(debug_assertions) && state.footprint_bytes() <= CHECK_STATE_BYTES_MAX {
-            state.check_invariants();
+        if cfg!(debug_assertions) {
+            self.readies_since_check = self.readies_since_check.saturating_add(1);
+            let footprint = state.footprint_bytes();
+            if footprint <= CHECK_STATE_BYTES_MAX
+                && self.readies_since_check.saturating_mul(CHECK_STATE_BYTES_PER_READY) >= footprint
+            {
+                state.check_invariants();
+                self.readies_since_check = 0;
+            }
         }
         self.options.metrics.chosen_slots_total.add(committed.len() as u64);
         self.options.metrics.sessions.set(i64::try_from(state.session_count()).unwrap_or(i64::MAX));
