@@ -37,6 +37,10 @@ pub enum Error {
     /// groups) the permission the call needs.
     #[error("denied by the ACL: {0}")]
     AclDenied(String),
+    /// On a TLS cell, the client's certificate names no identity (no
+    /// subject CN, or one over 256 bytes): fix the certificate.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// A limit of the cell was hit.
     #[error("limit reached: {0}")]
     ResourceExhausted(String),
@@ -80,6 +84,7 @@ impl Error {
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::PermissionDenied if reason == Some(api::ErrorReason::AclDenied) => Error::AclDenied(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
             Code::ResourceExhausted | Code::OutOfRange => Error::ResourceExhausted(message),
             Code::DeadlineExceeded => Error::Timeout(message),
             Code::Unavailable => Error::NoMaster(message),
@@ -157,6 +162,7 @@ mod tests {
         assert!(matches!(Error::from_status(&foreign), Error::FailedPrecondition(_)), "another domain's reason");
         assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
         assert!(matches!(Error::from_status(&Status::permission_denied("no secret")), Error::PermissionDenied(_)));
+        assert!(matches!(Error::from_status(&Status::unauthenticated("no CN")), Error::Unauthenticated(_)));
         let metadata = std::collections::HashMap::from([
             ("master_id".to_string(), "2".to_string()),
             ("master_address".to_string(), "127.0.0.1:7202".to_string()),

@@ -94,8 +94,8 @@ impl Exit {
                  or leadership may be lost); CMD was sent SIGTERM (8 instead if it was\n\
                  lost for sure by the time CMD ended)"
             }
-            Exit::PermissionDenied => "permission denied (a node's ACL, a session of another identity, or a\n\
-                 call that needs a cell administrator)",
+            Exit::PermissionDenied => "permission denied (a node's ACL, a session of another identity, a\n\
+                 call that needs a cell administrator, or a certificate without an identity)",
             Exit::CannotRun => "`lock`/`elect`: CMD could not be started",
             Exit::CommandNotFound => "`lock`/`elect`: CMD not found",
             Exit::Interrupted => "interrupted (ctrl-c) before CMD started",
@@ -111,7 +111,7 @@ impl Exit {
             Error::InvalidArgument(_) | Error::BadAddress(_) => Exit::InvalidArgument,
             Error::AlreadyExists(_) => Exit::AlreadyExists,
             Error::SessionExpired => Exit::Lost,
-            Error::AclDenied(_) | Error::PermissionDenied(_) => Exit::PermissionDenied,
+            Error::AclDenied(_) | Error::PermissionDenied(_) | Error::Unauthenticated(_) => Exit::PermissionDenied,
             _ => Exit::Other,
         }
     }

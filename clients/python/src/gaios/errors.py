@@ -4,13 +4,14 @@ reasons.
 Every refusal from the cell is a gRPC status whose details hold a
 `google.rpc.ErrorInfo` (domain "gaios") naming an `ErrorReason` of
 `gaios.cell.v1`. The library classifies by the code and the reason, never
-by the message (which is for people and may echo a path). The classes
-follow the Rust library's `gaios_client::Error` variants one for one
-(`NotFound`, `AlreadyExists`, `LockHeld`, `FailedPrecondition`, ...); where
-a reason says more, a subclass names it (`GenerationMismatch` is a
-`FailedPrecondition`), so `except FailedPrecondition` catches what the
-Rust library's `Error::FailedPrecondition` would. The table in the
-package's README lists every reason with both libraries' behaviour.
+by the message (which is for people and may echo a path). The direct
+subclasses of `GaiosError` are the Rust library's `gaios_client::Error`
+variants one for one (`NotFound`, `AlreadyExists`, `LockHeld`,
+`FailedPrecondition`, `SessionExpired`, `AclDenied`, ...), so `except X`
+catches exactly what the Rust library's `Error::X` holds; where a reason
+says more, a subclass of `FailedPrecondition` names it
+(`GenerationMismatch`, `HandleInvalid`, ...). The table in the package's
+README lists every code and reason with both libraries' behaviour.
 
 Transient failures (no master, a failover, a replica that hung) are
 retried inside the library until the call's deadline, keeping the call's
@@ -61,12 +62,12 @@ class FailedPrecondition(GaiosError):
     subclasses name the reason when the cell gave one."""
 
 
-class LockHeld(FailedPrecondition):
+class LockHeld(GaiosError):
     """`TryAcquire`: the lock is held in a conflicting mode (`LOCK_HELD`) or
     in its lock-delay (`LOCK_DELAY`, see `reason`)."""
 
 
-class SessionExpired(FailedPrecondition):
+class SessionExpired(GaiosError):
     """The session ended (`SESSION_ENDED`: expired or closed); nothing more
     can be done with it or its handles and locks. Connect again for a new
     session. The library also raises it, without a code, once it has
@@ -117,7 +118,7 @@ class PermissionDenied(GaiosError):
     needs a cell administrator (`NOT_AN_ADMIN`)."""
 
 
-class AclDenied(PermissionDenied):
+class AclDenied(GaiosError):
     """The node's ACL does not give this session's identity (or its groups)
     the permission the call needs (`ACL_DENIED`)."""
 
