@@ -138,11 +138,16 @@ def test_a_jump_in_the_event_numbers_is_reported_as_missed_events():
         (6, gaios.EventKind.CHILD_ADDED, 0),
     ], "a repeat is dropped, a gap of two is reported"
     # A subscriber that falls more than the buffer behind is told how much
-    # it lost.
+    # it lost, where it lost it: the newest queued entry becomes the marker.
     for number in range(7, 7 + gaios.client.EVENTS_BUFFERED_MAX + 10):
         cell._deliver(pb.Event(number=number, kind=pb.EVENT_KIND_CHILD_ADDED, handle=3, path="/d/x"))
-    first = stream.get(timeout=0)
-    assert (first.kind, first.count) == (gaios.EventKind.MISSED, 10)
+    kept = [stream.get(timeout=0) for _ in range(gaios.client.EVENTS_BUFFERED_MAX)]
+    assert [e.number for e in kept[:-1]] == list(range(7, 7 + gaios.client.EVENTS_BUFFERED_MAX - 1))
+    assert (kept[-1].kind, kept[-1].count) == (gaios.EventKind.MISSED, 11), "one queued and ten new ones dropped"
+    cell._deliver(pb.Event(number=2000, kind=pb.EVENT_KIND_CHILD_ADDED, handle=3, path="/d/x"))
+    after = [stream.get(timeout=0), stream.get(timeout=0)]
+    assert [(e.kind, e.count) for e in after] == [(gaios.EventKind.MISSED, 2000 - 1040 - 1), (gaios.EventKind.CHILD_ADDED, 0)]
+    assert stream.get(timeout=0) is None
 
 
 class FakeRpcError(grpc.RpcError, grpc.Call):
@@ -212,8 +217,15 @@ def test_a_redirect_is_read_from_the_error_info_and_checked():
     assert gaios.errors.redirect(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "no master is known")) is None
     garbage = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "x", "NOT_MASTER", {"master_id": "two", "master_address": "a:1"})
     assert gaios.errors.redirect(garbage) is None
-    no_port = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "x", "NOT_MASTER", {"master_id": "2", "master_address": "nowhere"})
-    assert gaios.errors.redirect(no_port) is None
+    for address in ["nowhere", "unix:/tmp/socket", "dns:///cell:7201", "host:0", "host:65536", "host:+80", "h st:80", ":80", "h\u00e9:80"]:
+        bad = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "x", "NOT_MASTER", {"master_id": "2", "master_address": address})
+        assert gaios.errors.redirect(bad) is None, address
+    for master_id in ["-1", "0", "\u00b2", "99999999999999999999999"]:
+        bad = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "x", "NOT_MASTER", {"master_id": master_id, "master_address": "a:1"})
+        assert gaios.errors.redirect(bad) is None, master_id
+    assert gaios.client.plausible_address("[::1]:7201") and gaios.client.plausible_address("replica-3.cell:7201")
+    with pytest.raises(gaios.BadAddress):
+        gaios.Cell.connect(["unix:/tmp/cell"])
 
 
 def test_a_master_not_ready_is_retried_for_a_while_then_left():
@@ -307,3 +319,68 @@ def test_a_tls_cell_knows_the_client_by_its_certificate_and_enforces_acls(new_ce
     finally:
         alice.close()
         admin.close()
+
+
+def _lock_without_a_cell(check_sequencer):
+    """A granted Lock on a Cell that never connected, whose lease is safe
+    for a minute and whose `check_sequencer` is `check_sequencer`."""
+    cell = gaios.Cell(["a:1"], None, grace_period=45, attempt_timeout=1, call_deadline=1,
+                      client_name="t", learn_members=False)
+    cell._lease_end_ns = time.monotonic_ns() + 60 * 10**9
+    cell.check_sequencer = check_sequencer  # type: ignore[method-assign]
+    handle = gaios.Handle(cell, 4, "/f", False, pb.Stat())
+    lock = gaios.Lock(handle, gaios.LockMode.EXCLUSIVE, None)
+    lock._listen()
+    return cell, lock
+
+
+def _wait(predicate, seconds=5.0):
+    until = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < until:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_check_answer_older_than_a_newer_gap_does_not_clear_the_risk():
+    answers: List[threading.Event] = []
+    asked: List[int] = []
+
+    def check(sequencer):
+        gate = threading.Event()
+        answers.append(gate)
+        asked.append(len(answers))
+        gate.wait(5)
+        return True
+
+    cell, lock = _lock_without_a_cell(check)
+    lock._granted(pb.Sequencer(path="/f", mode=1, lock_generation=3, instance=1))
+    missed = gaios.Event(9, 0, "", gaios.EventKind.MISSED, 2)
+    cell._deliver(pb.Event(number=1, kind=pb.EVENT_KIND_CHILD_ADDED, handle=4, path="/x"))
+    lock._on_event(missed)
+    assert _wait(lambda: len(answers) == 1) and lock.state == gaios.LockState.AT_RISK
+    lock._on_event(missed)  # a second gap while the first check is out
+    answers[0].set()  # the first answer: current, but older than the gap
+    assert _wait(lambda: len(answers) == 2), "a new check for the newer gap"
+    assert lock.state == gaios.LockState.AT_RISK, "the older answer does not clear the newer gap"
+    answers[1].set()
+    assert _wait(lambda: lock.state == gaios.LockState.HELD)
+
+
+def test_a_gap_during_the_acquire_is_checked_once_the_lock_is_granted():
+    asked: List[int] = []
+    cell, lock = _lock_without_a_cell(lambda sequencer: asked.append(1) or False)
+    lock._on_event(gaios.Event(9, 0, "", gaios.EventKind.MISSED, 1))
+    assert asked == [], "nothing to check before the grant"
+    lock._granted(pb.Sequencer(path="/f", mode=1, lock_generation=3, instance=1))
+    assert _wait(lambda: lock.state == gaios.LockState.LOST), lock.state
+    assert asked == [1], "the check ran after the grant and found the lock gone"
+
+
+def test_the_session_state_is_never_safer_than_the_lease_even_with_a_late_clock_thread():
+    cell = gaios.Cell(["a:1"], None, grace_period=45, attempt_timeout=1, call_deadline=1,
+                      client_name="t", learn_members=False)
+    cell._lease_end_ns = time.monotonic_ns() - 1  # ended; no clock thread runs
+    assert cell._state == SessionState.SAFE
+    assert cell.state == SessionState.JEOPARDY
+    cell._lease_end_ns = time.monotonic_ns() - 46 * 10**9
+    assert cell.state == SessionState.EXPIRED

@@ -45,6 +45,10 @@ BACKOFF_MAX_S = 0.1
 RESPONSE_BYTES_MAX = 32 << 20
 #: How long one `Status` or `WhoAmI` question to a replica may take.
 QUESTION_TIMEOUT_S = 1.0
+#: State-change callbacks waiting for the dispatcher thread; past this the
+#: oldest are dropped (a callback that blocks for ever only loses its own
+#: reports).
+CALLBACKS_QUEUED_MAX = 4096
 #: The local development cell of `scripts/cell`.
 LOCAL_CELL = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203,127.0.0.1:7204,127.0.0.1:7205"
 
@@ -63,8 +67,9 @@ class Tls:
     @classmethod
     def from_files(cls, ca: Union[str, os.PathLike], cert: Union[str, os.PathLike], key: Union[str, os.PathLike]) -> "Tls":
         """Reads the three PEM files."""
-        read = lambda path: open(path, "rb").read()  # noqa: E731
-        return cls(read(ca), read(cert), read(key))
+        import pathlib
+
+        return cls(*(pathlib.Path(path).read_bytes() for path in (ca, cert, key)))
 
     @classmethod
     def from_env(cls) -> Optional["Tls"]:
@@ -80,14 +85,31 @@ class Tls:
         return cls.from_files(*values)  # type: ignore[arg-type]
 
 
+def plausible_address(address: str) -> bool:
+    """Whether `address` looks like `host:port` (a name or an IPv4 address,
+    or `[IPv6]`, and a port 1-65535): what the client dials, and all it
+    accepts from the wire as a member's or a master's address (never a gRPC
+    target of another scheme, such as `unix:` or `dns:`)."""
+    if not 0 < len(address) <= ADDRESS_BYTES_MAX:
+        return False
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
+        return False
+    if host.startswith("["):
+        return host.endswith("]") and all(c in "0123456789abcdefABCDEF:." for c in host[1:-1])
+    return host.isascii() and all(c.isalnum() or c in "-." for c in host)
+
+
 def cell_from_env() -> List[str]:
     """The cell's client addresses from `GAIOS_CELL` (comma-separated), or
     the local development cell's."""
     return [a.strip() for a in os.environ.get("GAIOS_CELL", LOCAL_CELL).split(",") if a.strip()]
 
 
-class EventKind(enum.Enum):
-    """What happened, as delivered to event subscribers."""
+class EventKind(enum.IntEnum):
+    """What happened, as delivered to event subscribers. The values are the
+    bits of `Cell.open(event_mask=...)`: `EventKind.CHILD_ADDED |
+    EventKind.CHILD_REMOVED` asks for both."""
 
     CONTENTS_MODIFIED = 1
     CHILD_ADDED = 2
@@ -125,35 +147,38 @@ class EventStream:
     """A subscriber's events, oldest first, as an iterator: `next()` blocks
     until an event comes and stops when the session is over or the stream
     is closed; `get(timeout)` waits at most `timeout` seconds. At most
-    `EVENTS_BUFFERED_MAX` wait; beyond that the oldest undelivered are
-    replaced by one `MISSED` event with their count."""
+    `EVENTS_BUFFERED_MAX` wait: events that come while the subscriber is
+    that far behind are dropped, and one `MISSED` event (number 0) with
+    their count takes their place in the order."""
 
     def __init__(self, cell: "Cell", handle: Optional[int]) -> None:
         self._cell = cell
         self._handle = handle
         self._queue: Deque[Event] = collections.deque()
-        self._dropped = 0
         self._closed = False
 
     def _offer(self, event: Event) -> None:
         """Called by the delivering thread with the cell's lock held."""
         if self._handle is not None and event.handle not in (self._handle, 0):
             return
-        if len(self._queue) >= EVENTS_BUFFERED_MAX:
-            self._dropped += 1
+        if len(self._queue) < EVENTS_BUFFERED_MAX:
+            self._queue.append(event)
             return
-        self._queue.append(event)
+        # Full: the newest queued entry becomes (or already is) the marker
+        # of the dropped events, so the order stays true.
+        last = self._queue.pop()
+        if last.kind == EventKind.MISSED and last.number == 0:
+            self._queue.append(dataclasses.replace(last, count=last.count + 1))
+        else:
+            self._queue.append(Event(0, self._handle or 0, "", EventKind.MISSED, 2))
 
     def get(self, timeout: Optional[float] = None) -> Optional[Event]:
         """The next event, waiting up to `timeout` seconds (None: until one
         comes); None if none came, the session is over or the stream is
         closed."""
         with self._cell._changed:
-            ready = lambda: self._queue or self._dropped or self._closed or self._cell._state == SessionState.EXPIRED  # noqa: E731
+            ready = lambda: self._queue or self._closed or self._cell._state == SessionState.EXPIRED  # noqa: E731
             self._cell._changed.wait_for(ready, timeout)
-            if self._dropped:
-                count, self._dropped = self._dropped, 0
-                return Event(0, self._handle or 0, "", EventKind.MISSED, count)
             if self._queue:
                 return self._queue.popleft()
             return None
@@ -214,6 +239,10 @@ class Cell:
         self._changed = threading.Condition()
         self._state = SessionState.SAFE
         self._lease_end_ns = 0
+        self._grace_ns: Optional[int] = None if grace_period is None else int(grace_period * 1e9)
+        # Callbacks to run, in the order of the changes they report, on the
+        # dispatcher thread (never on the threads that keep the session).
+        self._callbacks_due: Deque[Tuple[Callable[[Any], None], Any]] = collections.deque(maxlen=CALLBACKS_QUEUED_MAX)
         self._state_callbacks: List[Callable[[SessionState], None]] = []
         self._event_listeners: List[Callable[[Event], None]] = []
         self._streams: "set[EventStream]" = set()
@@ -247,7 +276,7 @@ class Cell:
         if not addresses:
             raise errors.BadAddress("no cell address given")
         for address in addresses:
-            if ":" not in address or len(address) > ADDRESS_BYTES_MAX:
+            if not plausible_address(address):
                 raise errors.BadAddress(f"bad cell address {address!r}: want host:port")
         cell = cls(addresses, tls, grace_period=grace_period, attempt_timeout=attempt_timeout,
                    call_deadline=call_deadline, client_name=client_name, learn_members=learn_members)
@@ -258,7 +287,9 @@ class Cell:
         cell._lease_end_ns = sent + local_lease_ns(created.lease_ms)
         cell._learn_members()
         lease_s = min(max(created.lease_ms, 1), 600_000) / 1000.0
-        for target, name in ((cell._clock_loop, "gaios-lease-clock"), (lambda: cell._keepalive_loop(lease_s), "gaios-keepalive")):
+        threads = ((cell._clock_loop, "gaios-lease-clock"), (lambda: cell._keepalive_loop(lease_s), "gaios-keepalive"),
+                   (cell._dispatch_loop, "gaios-callbacks"))
+        for target, name in threads:
             thread = threading.Thread(target=target, name=f"{name}-{cell.session_id}", daemon=True)
             thread.start()
             cell._threads.append(thread)
@@ -267,8 +298,14 @@ class Cell:
     def __enter__(self) -> "Cell":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except GaiosError:
+            # The session ends by itself within a lease; an exception of the
+            # `with` body is not replaced by this one.
+            if exc_type is None:
+                raise
 
     def __repr__(self) -> str:
         return f"Cell(session_id={self.session_id}, state={self._state.value})"
@@ -277,13 +314,22 @@ class Cell:
 
     @property
     def state(self) -> SessionState:
-        """The session's state now."""
-        return self._state
+        """The session's state now: the worse of what the lease clock thread
+        last decided and what the local lease says at this instant, so a
+        late clock thread (a slow machine, a GC pause) never makes a lease
+        that has ended look safe."""
+        decided = self._state
+        if decided == SessionState.EXPIRED or self._lease_end_ns == 0:
+            return decided
+        now = state_at(time.monotonic_ns(), self._lease_end_ns, self._grace_ns)
+        order = (SessionState.SAFE, SessionState.JEOPARDY, SessionState.EXPIRED)
+        return max(decided, now, key=order.index)
 
     def on_state_change(self, callback: Callable[[SessionState], None]) -> Callable[[], None]:
         """Calls `callback(new_state)` on every change of the session's
-        state (from a library thread; keep it short). Returns a function
-        that removes the callback."""
+        state, in order, on the library's callback thread (never on the
+        threads that keep the session alive, so a slow callback delays only
+        other callbacks). Returns a function that removes the callback."""
         with self._changed:
             self._state_callbacks.append(callback)
 
@@ -347,7 +393,7 @@ class Cell:
                             ephemeral=ephemeral, contents=contents, acl=acl, event_mask=event_mask,
                             lock_delay=lock_delay)
 
-    def lock(self, path: str, mode: "LockMode" = None, wait: float = 60.0, *, create: bool = True,  # type: ignore[assignment]
+    def lock(self, path: str, mode: "Optional[LockMode]" = None, wait: float = 60.0, *, create: bool = True,
              lock_delay: float = 15.0, on_change: Optional[Callable[["LockState"], None]] = None) -> "Lock":
         """Opens `path` (created if missing, with `create`) and takes its lock
         (exclusive by default), waiting up to `wait` seconds (`Timeout`
@@ -534,8 +580,7 @@ class Cell:
         with self._lock:
             for member in status.members:
                 address = member.client_address
-                plausible = 0 < len(address) <= ADDRESS_BYTES_MAX and ":" in address
-                if plausible and len(self._addresses) < ADDRESSES_MAX and address not in self._addresses:
+                if plausible_address(address) and len(self._addresses) < ADDRESSES_MAX and address not in self._addresses:
                     self._addresses.append(address)
 
     # ------------------------------------------------- state and the lease
@@ -547,11 +592,28 @@ class Cell:
             if self._state == SessionState.EXPIRED or self._state == wanted:
                 return
             self._state = wanted
-            callbacks = list(self._state_callbacks)
+            for callback in self._state_callbacks:
+                self._callbacks_due.append((callback, wanted))
             self._changed.notify_all()
+
+    def _queue_callbacks(self, callbacks: List[Callable[[Any], None]], value: Any) -> None:
+        """Queues `callback(value)` for each, in order (caller holds
+        `_changed`)."""
         for callback in callbacks:
+            self._callbacks_due.append((callback, value))
+        self._changed.notify_all()
+
+    def _dispatch_loop(self) -> None:
+        """Runs the queued callbacks one at a time, in the order of the
+        changes, until the session is over and nothing is left."""
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._callbacks_due or self._state == SessionState.EXPIRED)
+                if not self._callbacks_due:
+                    return
+                callback, value = self._callbacks_due.popleft()
             try:
-                callback(wanted)
+                callback(value)
             except Exception:  # a callback's failure is its own
                 pass
 
@@ -560,7 +622,7 @@ class Cell:
         the grace period ends (expired), and when an answer moves the
         lease's end (safe again). A process paused through both deadlines
         goes straight to the later state."""
-        grace_ns = int(self.grace_period * 1e9) if self.grace_period is not None else None
+        grace_ns = self._grace_ns
         while True:
             with self._changed:
                 if self._state == SessionState.EXPIRED:
@@ -669,13 +731,15 @@ class Cell:
                     # have changed since the client last asked.
                     threading.Thread(target=self._learn_members, daemon=True).start()
                 self._served(address)
+                # Events first: a lock whose node this answer says was
+                # deleted must be lost before the lease makes it safe again.
+                for event in answer.events:
+                    self._deliver(event)
                 if answer.lease_ms > 0:
                     with wake:
                         at = sent.popleft() if sent else None
                     if at is not None:
                         self._extend_lease(at + local_lease_ns(answer.lease_ms))
-                for event in answer.events:
-                    self._deliver(event)
             self._forget(address, None)
             return "answered" if answered else "failed"
         except grpc.RpcError as error:

@@ -12,6 +12,7 @@ candidates and observers mix in one election.
 
 from __future__ import annotations
 
+import re
 from typing import Iterator, Optional, Tuple
 
 from . import errors
@@ -26,6 +27,7 @@ CAMPAIGN_WAIT_S = 30.0
 #: (a leader's session can end without any event on the file).
 OBSERVE_INTERVAL_S = 0.25
 _HEADER = b"gaios-leader/1"
+_DECIMAL = re.compile(rb"[0-9]{1,20}")
 
 
 class Leadership:
@@ -70,14 +72,25 @@ def campaign(cell: Cell, path: str, value: bytes, lock_delay: float = LOCK_DELAY
     this process leads, after publishing `value`. A leader whose session
     expires keeps the others waiting for `lock_delay` seconds."""
     handle = cell.open(path, create=True, lock_delay=lock_delay)
-    while True:
-        try:
-            lock = handle.acquire(LockMode.EXCLUSIVE, CAMPAIGN_WAIT_S)
-            break
-        except errors.Timeout:
-            continue
-    handle.write(_encode(lock.sequencer, bytes(value)))
+    try:
+        while True:
+            try:
+                lock = handle.acquire(LockMode.EXCLUSIVE, CAMPAIGN_WAIT_S)
+                break
+            except errors.Timeout:
+                continue
+        handle.write(_encode(lock.sequencer, bytes(value)))
+    except BaseException:
+        _close_quietly(handle)
+        raise
     return Leadership(lock, bytes(value))
+
+
+def _close_quietly(handle: Handle) -> None:
+    try:
+        handle.close()
+    except errors.GaiosError:
+        pass
 
 
 def leader(cell: Cell, path: str) -> Optional[bytes]:
@@ -89,10 +102,7 @@ def leader(cell: Cell, path: str) -> Optional[bytes]:
     try:
         return _current(cell, handle)
     finally:
-        try:
-            handle.close()
-        except errors.GaiosError:
-            pass
+        _close_quietly(handle)
 
 
 def observe(cell: Cell, path: str) -> Iterator[Optional[bytes]]:
@@ -114,6 +124,8 @@ def observe(cell: Cell, path: str) -> Iterator[Optional[bytes]]:
             events.get(OBSERVE_INTERVAL_S)
     finally:
         events.close()
+        if cell.state.value != "expired":
+            _close_quietly(handle)
 
 
 def _current(cell: Cell, handle: Handle) -> Optional[bytes]:
@@ -133,11 +145,12 @@ def _decode(path: str, contents: bytes) -> Optional[Tuple["pb.Sequencer", bytes]
     lines = contents.split(b"\n", 3)
     if len(lines) < 3 or lines[0] != _HEADER:
         return None
-    try:
-        generation, instance = int(lines[1]), int(lines[2])
-    except ValueError:
+    # Plain decimal digits only (as the Rust recipe parses them): no sign,
+    # space or underscore, and within 64 bits.
+    if not (_DECIMAL.fullmatch(lines[1]) and _DECIMAL.fullmatch(lines[2])):
         return None
-    if not (0 <= generation < 1 << 64 and 0 <= instance < 1 << 64):
+    generation, instance = int(lines[1]), int(lines[2])
+    if not (generation < 1 << 64 and instance < 1 << 64):
         return None
     value = lines[3] if len(lines) > 3 else b""
     return pb.Sequencer(path=path, mode=pb.LOCK_MODE_EXCLUSIVE, lock_generation=generation, instance=instance), value

@@ -256,12 +256,14 @@ def redirect(error: grpc.RpcError) -> Optional[Redirect]:
     info = error_info(error)
     if info is None or info.reason not in ("NOT_MASTER", "MASTER_NOT_READY"):
         return None
-    try:
-        master_id = int(info.metadata.get("master_id", ""))
-    except ValueError:
+    master_id_text = info.metadata.get("master_id", "")
+    if not (master_id_text.isascii() and master_id_text.isdigit()) or len(master_id_text) > 20:
         return None
+    master_id = int(master_id_text)
     address = info.metadata.get("master_address", "")
-    if not address or len(address) > 256 or ":" not in address:
+    from .client import plausible_address
+
+    if master_id == 0 or not plausible_address(address):
         return None
     return Redirect(reason=info.reason, master_id=master_id, master_address=address)
 

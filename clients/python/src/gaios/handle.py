@@ -167,9 +167,14 @@ class Handle:
     def __enter__(self) -> "Handle":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self._cell.state != SessionState.EXPIRED:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self._cell.state == SessionState.EXPIRED:
+            return
+        try:
             self.close()
+        except GaiosError:
+            if exc_type is None:
+                raise
 
     # ---------------------------------------------------------------- locks
 
@@ -210,8 +215,9 @@ class Handle:
     def events(self) -> "HandleEvents":
         """The events of this handle (and the session-wide ones), from now
         on, as an iterator. After a `MASTER_FAILOVER` the next read checks
-        the handle and yields `HANDLE_INVALID` if its node is gone (an
-        event lost in the failover)."""
+        the handle (a call to the cell, which may take as long as any call)
+        and yields `HANDLE_INVALID` if its node is gone (an event lost in
+        the failover)."""
         return HandleEvents(self, self._cell._subscribe(self.id))
 
 
@@ -289,6 +295,10 @@ class Lock:
         self._held = False
         self._reported = LockState.HELD
         self._checking = False
+        # Bumped by every failover or gap; a check answers only for the
+        # epoch it began in.
+        self._epoch = 0
+        self._check_pending = False
         self._remove_state_callback: Optional[Callable[[], None]] = None
         self._owns_handle = False
 
@@ -315,8 +325,8 @@ class Lock:
         return self.state == LockState.LOST
 
     def on_change(self, callback: Callable[[LockState], None]) -> None:
-        """Calls `callback(new_state)` on every change of `state` (from a
-        library thread; keep it short, never call the cell from it)."""
+        """Calls `callback(new_state)` on every change of `state`, in order,
+        on the library's callback thread."""
         with self._cell._changed:
             self._callbacks.append(callback)
 
@@ -358,13 +368,7 @@ class Lock:
             if now == self._reported:
                 return
             self._reported = now
-            callbacks = list(self._callbacks)
-            self._cell._changed.notify_all()
-        for callback in callbacks:
-            try:
-                callback(now)
-            except Exception:
-                pass
+            self._cell._queue_callbacks(self._callbacks, now)
         if now == LockState.LOST:
             self._stop()
 
@@ -378,8 +382,13 @@ class Lock:
 
     def _granted(self, sequencer: "pb.Sequencer") -> None:
         self.sequencer = sequencer
-        self._held = True
+        with self._cell._changed:
+            self._held = True
+            pending, self._check_pending = self._check_pending, False
         self._refresh()
+        if pending:
+            # A failover or a gap came while the acquire was in flight.
+            self._recheck()
 
     def _stop(self) -> None:
         self._cell._remove_listener(self._on_event)
@@ -394,10 +403,14 @@ class Lock:
             self._deleted = True
             self._refresh()
         elif event.kind == EventKind.MISSED:
-            self._unsure = True
+            with self._cell._changed:
+                self._unsure = True
+                self._epoch += 1
             self._refresh()
             self._recheck()
         elif event.kind == EventKind.MASTER_FAILOVER:
+            with self._cell._changed:
+                self._epoch += 1
             self._recheck()
 
     def _recheck(self) -> None:
@@ -405,27 +418,38 @@ class Lock:
         still current (after a failover or lost events), retrying until it
         answers or the lock is lost or released."""
         with self._cell._changed:
-            if self._checking or not self._held:
+            if not self._held:
+                self._check_pending = True
                 return
+            if self._checking:
+                return  # the running check sees the new epoch and asks again
             self._checking = True
 
         def check() -> None:
-            try:
-                while self.state != LockState.LOST:
-                    try:
-                        current = self._cell.check_sequencer(self.sequencer)
-                    except GaiosError:
-                        if self._cell.state == SessionState.EXPIRED:
-                            return
-                        threading.Event().wait(RECHECK_RETRY_S)
-                        continue
-                    self._deleted |= not current
-                    self._unsure = False
-                    self._refresh()
-                    return
-            finally:
+            while self.state != LockState.LOST:
                 with self._cell._changed:
-                    self._checking = False
+                    epoch = self._epoch
+                try:
+                    current = self._cell.check_sequencer(self.sequencer)
+                except GaiosError:
+                    if self._cell.state == SessionState.EXPIRED:
+                        break
+                    threading.Event().wait(RECHECK_RETRY_S)
+                    continue
+                with self._cell._changed:
+                    self._deleted |= not current
+                    if self._epoch == epoch:
+                        # Nothing new since the question: the answer stands.
+                        self._unsure = False
+                        self._checking = False
+                        done = True
+                    else:
+                        done = False
+                self._refresh()
+                if done:
+                    return
+            with self._cell._changed:
+                self._checking = False
 
         threading.Thread(target=check, name=f"gaios-lock-check-{self.handle.id}", daemon=True).start()
 
@@ -443,17 +467,23 @@ class Lock:
     def __enter__(self) -> "Lock":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self._stop()
-        if self.lost or self._cell.state == SessionState.EXPIRED:
+        try:
+            if self._cell.state == SessionState.EXPIRED:
+                pass  # the cell released everything with the session
+            elif self._owns_handle:
+                # Closing the handle releases its lock in the same call (and
+                # frees the handle even when the lock is already lost).
+                self.handle.close()
+            elif not self.lost:
+                self.release()
+        except GaiosError:
+            # An exception of the `with` body is not replaced by this one.
+            if exc_type is None:
+                raise
+        finally:
             self._released = True
-            return
-        if self._owns_handle:
-            # Closing the handle releases its lock in the same call.
-            self.handle.close()
-            self._released = True
-        else:
-            self.release()
 
 
 if TYPE_CHECKING:
