@@ -9,7 +9,10 @@ packages would, and checks the error contract of `gaios.cell.v1`:
   message (not the "Stream removed" a trailer over 8 KiB causes);
 - a request over the message limit is RESOURCE_EXHAUSTED;
 - a request number reused for a different call is FAILED_PRECONDITION with
-  reason REQUEST_NUMBER_REUSED.
+  reason REQUEST_NUMBER_REUSED;
+- an oversized message on the KeepAlive stream ends it with
+  RESOURCE_EXHAUSTED, and one that does not decode with INTERNAL (not a
+  silent end).
 
 Usage: python wire_contract.py PROTO_DIR FOLLOWER_ADDRESS MASTER_ID MASTER_ADDRESS
 Stubs are generated from PROTO_DIR into a temporary directory (grpcio-tools).
@@ -110,6 +113,30 @@ def main() -> None:
             error.code() == grpc.StatusCode.FAILED_PRECONDITION and info is not None and info.reason == "REQUEST_NUMBER_REUSED",
             f"the same number for another call is FAILED_PRECONDITION, REQUEST_NUMBER_REUSED (got {error.code()}, {info and info.reason})",
         )
+
+        # 5. An oversized message on the KeepAlive stream ends the stream with
+        # RESOURCE_EXHAUSTED, as a unary request over the limit is refused.
+        oversized = pb.KeepAliveRequest(session_id=session.session_id, session_secret=b"x" * (1 << 20))
+        stream = master.KeepAlive(iter([oversized]), timeout=10)
+        try:
+            answers = list(stream)
+            raise AssertionError(f"the oversized KeepAlive was answered: {answers}")
+        except grpc.RpcError as error:
+            check(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  f"an oversized KeepAlive message ends the stream with RESOURCE_EXHAUSTED (got {error.code()}: {error.details()})")
+
+        # 6. Bytes that do not decode as a KeepAliveRequest end the stream
+        # with INTERNAL, as gRPC answers an undecodable unary request.
+        channel = grpc.insecure_channel(master_address)
+        raw = channel.stream_stream("/gaios.cell.v1.Cell/KeepAlive", request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+        try:
+            answers = list(raw(iter([b"\xff\xff\xff"]), timeout=10))
+            raise AssertionError(f"an undecodable KeepAlive was answered: {answers}")
+        except grpc.RpcError as error:
+            check(error.code() == grpc.StatusCode.INTERNAL,
+                  f"an undecodable KeepAlive message ends the stream with INTERNAL (got {error.code()}: {error.details()})")
+        channel.close()
         master.CloseSession(pb.CloseSessionRequest(session_id=session.session_id, session_secret=session.session_secret), timeout=10)
 
 

@@ -41,7 +41,7 @@ async fn a_python_client_decodes_the_redirect_and_the_error_reasons_with_the_sta
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(output.status.success(), "the Python client failed:\n{stdout}\n{stderr}\n{}", cell.logs());
-    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 11, "every check ran:\n{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 13, "every check ran:\n{stdout}");
 }
 
 /// A directory of 100,000 children (more than the 16 MiB answer limit

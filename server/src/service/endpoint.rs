@@ -11,7 +11,8 @@ use super::CellService;
 /// rewritten. Such a refusal is a trailers-only answer, whose status is in
 /// the headers; the handlers never answer `OUT_OF_RANGE` themselves. Left as
 /// tonic says (in trailers, not rewritten): an answer over the response
-/// limit, and an oversized message on the KeepAlive stream.
+/// limit. An oversized message on the KeepAlive stream ends that stream
+/// with `RESOURCE_EXHAUSTED` (see `keep_alive.rs`).
 #[derive(Clone)]
 pub struct CellEndpoint(pub(super) CellServer<CellService>);
 

@@ -51,7 +51,20 @@ impl CellService {
                             Err(status) => Err(status),
                         }
                     }
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    // tonic's decoder refuses a message over the limit with
+                    // OUT_OF_RANGE: the client is told, as a unary request
+                    // over the limit is (RESOURCE_EXHAUSTED), and the stream
+                    // ends. A message that does not decode is INTERNAL, as
+                    // gRPC answers an undecodable unary request. Any other
+                    // error is the connection's: nobody to tell.
+                    Err(status) if status.code() == tonic::Code::OutOfRange => {
+                        Err(Status::resource_exhausted("a KeepAlive message over the request message limit"))
+                    }
+                    Err(status) if status.code() == tonic::Code::Internal && std::error::Error::source(&status).is_none() => {
+                        Err(Status::internal("a KeepAlive message that does not decode"))
+                    }
+                    Err(_) => break,
                 },
                 changed = session_changed(&mut watcher) => {
                     if changed.is_err() {
