@@ -166,6 +166,95 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
+/// The median, least and greatest of some values (None when there are
+/// none): how a figure measured in several rounds is reported.
+pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    Some((median, sorted[0], sorted[n - 1]))
+}
+
+/// `median [min–max]` of some values with `digits` decimals ("-" for
+/// none; the median alone for one value).
+pub fn spread_text(values: &[f64], digits: usize) -> String {
+    match spread(values) {
+        None => "-".to_string(),
+        Some((median, _, _)) if values.len() == 1 => format!("{median:.digits$}"),
+        Some((median, low, high)) => format!("{median:.digits$} [{low:.digits$}–{high:.digits$}]"),
+    }
+}
+
+/// The machine's floor for a replicated write: what one synced write to the
+/// data disk and one loopback round trip cost here, measured, so a write's
+/// latency can be compared with what the hardware allows.
+#[derive(Clone, Copy, Debug)]
+pub struct Floor {
+    /// Median latency of writing 4 KiB and `fdatasync` on the data disk.
+    pub fdatasync: Duration,
+    /// Median round trip of 64 bytes over a loopback TCP connection.
+    pub round_trip: Duration,
+}
+
+impl Floor {
+    /// The least a replicated write can take: the client's round trip to
+    /// the master, the master's round trip to a follower, and one sync
+    /// (master and follower sync in parallel).
+    pub fn write(&self) -> Duration {
+        self.fdatasync + self.round_trip * 2
+    }
+
+    /// Measures both in `dir` (on the disk the systems keep their data on)
+    /// and on 127.0.0.1, `rounds` times each.
+    pub fn measure(dir: &std::path::Path, rounds: usize) -> std::io::Result<Floor> {
+        use std::io::{Read as _, Write as _};
+        let rounds = rounds.max(1);
+        let path = dir.join(format!("gaios-bench-floor-{}", std::process::id()));
+        let mut file = std::fs::File::create(&path)?;
+        let block = [0x5a_u8; 4096];
+        let mut syncs = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let started = std::time::Instant::now();
+            file.write_all(&block)?;
+            file.sync_data()?;
+            syncs.push(started.elapsed());
+        }
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut socket, _) = listener.accept()?;
+            socket.set_nodelay(true)?;
+            let mut buffer = [0_u8; 64];
+            for _ in 0..rounds {
+                socket.read_exact(&mut buffer)?;
+                socket.write_all(&buffer)?;
+            }
+            Ok(())
+        });
+        let mut socket = std::net::TcpStream::connect(address)?;
+        socket.set_nodelay(true)?;
+        let mut buffer = [0_u8; 64];
+        let mut trips = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let started = std::time::Instant::now();
+            socket.write_all(&buffer)?;
+            socket.read_exact(&mut buffer)?;
+            trips.push(started.elapsed());
+        }
+        echo.join().map_err(|_| std::io::Error::other("the echo thread panicked"))??;
+        syncs.sort();
+        trips.sort();
+        Ok(Floor { fdatasync: syncs[syncs.len() / 2], round_trip: trips[trips.len() / 2] })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +296,25 @@ mod tests {
         // This process has used some CPU and memory.
         let me = ProcessUsage::of(&[std::process::id()]);
         assert!(me.rss_bytes > 0);
+    }
+
+    #[test]
+    fn a_figure_of_several_rounds_is_its_median_and_range() {
+        assert_eq!(spread(&[]), None);
+        assert_eq!(spread(&[2.0]), Some((2.0, 2.0, 2.0)));
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread(&[f64::NAN, 1.0]), Some((1.0, 1.0, 1.0)), "a NaN is no figure");
+        assert_eq!(spread_text(&[0.5], 2), "0.50");
+        assert_eq!(spread_text(&[0.9, 0.5, 0.7], 2), "0.70 [0.50–0.90]");
+        assert_eq!(spread_text(&[], 2), "-");
+    }
+
+    #[test]
+    fn the_floor_is_measured_on_the_disk_and_the_loopback() {
+        let dir = std::env::temp_dir();
+        let floor = Floor::measure(&dir, 20).expect("measure");
+        assert!(floor.fdatasync > Duration::ZERO && floor.round_trip > Duration::ZERO);
+        assert_eq!(floor.write(), floor.fdatasync + floor.round_trip * 2);
     }
 }

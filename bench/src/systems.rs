@@ -227,12 +227,28 @@ pub enum Op {
 /// Runs `op` on `clients` connections concurrently for `duration` (or
 /// `count` operations each, whichever first) and merges the latencies.
 pub async fn measure(system: &System, clients: usize, duration: Duration, count: usize, op: Op, meter: &Arc<Meter>) -> anyhow::Result<Samples> {
+    Ok(measure_costed(system, clients, duration, count, op, meter, &[]).await?.0)
+}
+
+/// [`measure`], and the CPU seconds the processes `pids` (the system's
+/// members) used while the operations ran: from the first operation to
+/// the last, without connecting the clients before or closing them after.
+pub async fn measure_costed(
+    system: &System,
+    clients: usize,
+    duration: Duration,
+    count: usize,
+    op: Op,
+    meter: &Arc<Meter>,
+    pids: &[u32],
+) -> anyhow::Result<(Samples, f64)> {
     let mut conns = Vec::with_capacity(clients);
     for id in 0..clients {
         conns.push(system.connect(id).await.with_context(|| format!("connect client {id} to {}", system.name()))?);
     }
     let value = Arc::new(vec![b'v'; VALUE_BYTES]);
     let merged = Arc::new(Mutex::new(Samples::default()));
+    let cpu_before = crate::ProcessUsage::of(pids);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (id, mut conn) in conns.into_iter().enumerate() {
@@ -259,15 +275,21 @@ pub async fn measure(system: &System, clients: usize, duration: Duration, count:
                 done += 1;
             }
             merged.lock().await.extend(&samples);
-            conn.close().await;
+            conn
         }));
     }
+    let mut finished = Vec::with_capacity(tasks.len());
     for task in tasks {
-        task.await?;
+        finished.push(task.await?);
+    }
+    let elapsed = started.elapsed();
+    let cpu_seconds = crate::ProcessUsage::of(pids).cpu_seconds_since(&cpu_before);
+    for conn in finished {
+        conn.close().await;
     }
     let mut samples = merged.lock().await.clone();
-    samples.elapsed = started.elapsed();
-    Ok(samples)
+    samples.elapsed = elapsed;
+    Ok((samples, cpu_seconds))
 }
 
 /// A peer cluster started by `bench/scripts/peers` in `dir`.
@@ -324,6 +346,44 @@ impl PeerCluster {
         let status = Command::new(&self.script).arg("restart").arg(&self.dir).arg((index + 1).to_string()).status()?;
         anyhow::ensure!(status.success(), "restarting member {} failed", index + 1);
         Ok(())
+    }
+
+    /// A counter that moves on with every election: etcd's raft term, or
+    /// ZooKeeper's epoch (the high 32 bits of the zxid), the highest any
+    /// member reports; `None` if no member answers.
+    pub async fn election_counter(&self) -> Option<u64> {
+        let mut highest = None;
+        for address in &self.addresses {
+            let counter = match self.kind {
+                PeerKind::Etcd => {
+                    let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_millis(500)).with_connect_timeout(Duration::from_millis(500));
+                    let status = async {
+                        let mut client = etcd_client::Client::connect([address.as_str()], Some(options)).await.ok()?;
+                        client.status().await.ok()
+                    };
+                    tokio::time::timeout(Duration::from_secs(1), status).await.ok().flatten().map(|s| s.raft_term())
+                }
+                PeerKind::ZooKeeper => {
+                    let answer = tokio::time::timeout(Duration::from_secs(1), four_letter_word(address, "srvr")).await.ok().flatten();
+                    answer.and_then(|a| {
+                        let zxid = a.lines().find_map(|line| line.strip_prefix("Zxid: "))?.trim().trim_start_matches("0x").to_string();
+                        u64::from_str_radix(&zxid, 16).ok().map(|zxid| zxid >> 32)
+                    })
+                }
+            };
+            highest = highest.max(counter);
+        }
+        highest
+    }
+
+    /// The system with only the member that leads now as its endpoint
+    /// (etcd's own benchmark setup: every request goes to the leader, none
+    /// is forwarded by a follower); all members if none leads.
+    pub async fn leader_system(&self) -> System {
+        match (self.kind, self.leader().await) {
+            (PeerKind::Etcd, Some(leader)) => System::Etcd(vec![self.addresses[leader].clone()]),
+            _ => self.system(),
+        }
     }
 
     /// The index of the member that leads now, if every member answers and

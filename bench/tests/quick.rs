@@ -12,6 +12,21 @@ fn row<'a>(report: &'a str, label: &str) -> Vec<&'a str> {
     line.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect()
 }
 
+/// The first row whose first cell is `label` in the table under `title`,
+/// as (column header, cell) pairs.
+fn row_under<'a>(report: &'a str, title: &str, label: &str) -> Vec<(&'a str, &'a str)> {
+    let section = report.split("### ").find(|section| section.starts_with(title)).unwrap_or_else(|| panic!("no table {title:?}:\n{report}"));
+    let cells = |line: &'a str| line.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect::<Vec<_>>();
+    let header = section.lines().find(|line| line.starts_with("| case |")).map(cells).unwrap_or_else(|| panic!("no header in {title:?}"));
+    let line = section.lines().find(|line| line.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no row {label:?} in {title:?}"));
+    header.into_iter().zip(cells(line)).collect()
+}
+
+/// The cell of `row` under the column `header`, if there is that column.
+fn cell<'a>(row: &[(&str, &'a str)], header: &str) -> Option<&'a str> {
+    row.iter().find(|(h, _)| *h == header).map(|(_, cell)| *cell)
+}
+
 fn number(cell: &str) -> Option<f64> {
     cell.split([' ', '/']).next().and_then(|v| v.parse::<f64>().ok())
 }
@@ -34,15 +49,31 @@ fn the_quick_profile_produces_every_table() {
     for table in ["Write latency", "The cost of TLS", "Read latency", "Lock acquire + release", "Failover", "Sessions kept alive", "Targets"] {
         assert!(written.contains(table), "no {table} table:\n{written}");
     }
+    // The failover table keeps one column per system.
     let peers = [(2, etcd_installed), (3, zookeeper_installed)];
 
-    // Latency rows: Gaios's p50, and each installed peer's.
-    for label in ["write", "1 client"] {
-        let cells = row(&written, label);
-        assert!(number(cells[1]).is_some(), "no Gaios p50 in {cells:?}");
-        for (column, installed) in peers {
-            assert_eq!(number(cells[column]).is_some(), installed, "{label}: column {column} in {cells:?}");
+    assert!(written.contains("The machine's floor"), "no floor:\n{written}");
+    // Latency rows: Gaios's p50, each installed peer's (etcd in both of its
+    // configurations), and a ratio to each.
+    let systems = [("Gaios", true), ("etcd", etcd_installed), ("etcd (all endpoints)", etcd_installed), ("ZooKeeper", zookeeper_installed)];
+    for (title, label) in [("Write latency", "write"), ("Lock acquire + release", "1 client")] {
+        let cells = row_under(&written, title, label);
+        for (system, installed) in systems {
+            let p50 = cell(&cells, &format!("{system} p50 / p99 ms")).and_then(number);
+            assert_eq!(p50.is_some(), installed, "{label}: {system} in {cells:?}");
+            if system != "Gaios" {
+                let ratio = cell(&cells, &format!("Gaios/{system} (p50)")).and_then(number);
+                assert_eq!(ratio.is_some(), installed, "{label}: Gaios/{system} in {cells:?}");
+            }
         }
+    }
+    // CPU per write and elections, for every system present.
+    let cost = row_under(&written, "Write, 1 client: CPU per operation and elections", "write");
+    for (system, installed) in systems {
+        let cpu = cell(&cost, &format!("{system} CPU ms/op")).and_then(number);
+        assert_eq!(cpu.is_some_and(|ms| ms > 0.0), installed, "{system} CPU per write in {cost:?}");
+        let elections = cell(&cost, &format!("{system} elections")).and_then(number);
+        assert_eq!(elections.is_some(), installed, "{system} elections in {cost:?}");
     }
     // The cost of TLS: both cells measured, and a ratio.
     for label in ["write p50 ms, 1 client", "write throughput ops/s, 10 clients"] {
