@@ -378,11 +378,23 @@ impl PeerCluster {
 
     /// The system with only the member that leads now as its endpoint
     /// (etcd's own benchmark setup: every request goes to the leader, none
-    /// is forwarded by a follower); all members if none leads.
-    pub async fn leader_system(&self) -> System {
-        match (self.kind, self.leader().await) {
-            (PeerKind::Etcd, Some(leader)) => System::Etcd(vec![self.addresses[leader].clone()]),
-            _ => self.system(),
+    /// is forwarded by a follower), asking until the members agree on one
+    /// for at most `deadline`; an error after that, never a silent fall
+    /// back to all members. ZooKeeper: all members (its clients keep one
+    /// connection and the leader forwards nothing).
+    pub async fn leader_system(&self, deadline: Duration) -> anyhow::Result<System> {
+        if self.kind != PeerKind::Etcd {
+            return Ok(self.system());
+        }
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(leader) = self.leader().await
+                && let Some(address) = self.addresses.get(leader)
+            {
+                return Ok(System::Etcd(vec![address.clone()]));
+            }
+            anyhow::ensure!(std::time::Instant::now() < until, "etcd's members agreed on no leader within {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -34,11 +34,13 @@ fn number(cell: &str) -> Option<f64> {
 #[test]
 fn the_quick_profile_produces_every_table() {
     let etcd_installed = Command::new("etcd").arg("--version").output().is_ok();
-    let zookeeper_installed = std::path::Path::new("/usr/share/java/zookeeper.jar").exists();
+    // Without etcd the bench runs Gaios alone (`--gaios-only`).
+    let zookeeper_installed = etcd_installed && std::path::Path::new("/usr/share/java/zookeeper.jar").exists();
     let out = tempfile::tempdir().expect("a temporary directory");
     let report_path = out.path().join("report.md");
     let mut command = Command::new(env!("CARGO_BIN_EXE_gaios-bench"));
-    command.args(["--quick", "--workloads", "write,tls,read,lock,failover,sessions", "--out"]).arg(&report_path);
+    // Two rounds, so the medians, ranges and per-round ratios are made.
+    command.args(["--quick", "--rounds", "2", "--workloads", "write,throughput,tls,read,lock,failover,sessions", "--out"]).arg(&report_path);
     if !etcd_installed {
         command.arg("--gaios-only");
     }
@@ -53,6 +55,7 @@ fn the_quick_profile_produces_every_table() {
     let peers = [(2, etcd_installed), (3, zookeeper_installed)];
 
     assert!(written.contains("The machine's floor"), "no floor:\n{written}");
+    assert!(written.contains("2 rounds, the systems in turns"), "not two rounds:\n{written}");
     // Latency rows: Gaios's p50, each installed peer's (etcd in both of its
     // configurations), and a ratio to each.
     let systems = [("Gaios", true), ("etcd", etcd_installed), ("etcd (all endpoints)", etcd_installed), ("ZooKeeper", zookeeper_installed)];
@@ -62,10 +65,22 @@ fn the_quick_profile_produces_every_table() {
             let p50 = cell(&cells, &format!("{system} p50 / p99 ms")).and_then(number);
             assert_eq!(p50.is_some(), installed, "{label}: {system} in {cells:?}");
             if system != "Gaios" {
-                let ratio = cell(&cells, &format!("Gaios/{system} (p50)")).and_then(number);
-                assert_eq!(ratio.is_some(), installed, "{label}: Gaios/{system} in {cells:?}");
+                let ratio = cell(&cells, &format!("Gaios/{system} (p50)"));
+                assert_eq!(ratio.and_then(number).is_some(), installed, "{label}: Gaios/{system} in {cells:?}");
+                // Two rounds: the median and the range of the two ratios.
+                assert_eq!(ratio.is_some_and(|r| r.contains('[') && r.contains('–')), installed, "{label}: Gaios/{system} range in {cells:?}");
             }
         }
+    }
+    // Throughput at 100 clients on every system present.
+    let throughput = row_under(&written, "Write throughput", "100 clients");
+    for (system, installed) in systems {
+        assert_eq!(cell(&throughput, &format!("{system} ops/s")).and_then(number).is_some_and(|r| r > 0.0), installed, "{system} throughput in {throughput:?}");
+    }
+    // The targets that need a peer are judged where the peers run.
+    for target in ["throughput, 100 clients, ≥ 2× etcd", "CPU per write, 100 clients, ≤ ½ the cheaper peer's"] {
+        let line = written.lines().find(|line| line.starts_with(&format!("| {target} |"))).unwrap_or_else(|| panic!("no target {target:?}"));
+        assert_eq!(!line.ends_with("| not measured |"), etcd_installed, "{line}");
     }
     // CPU per write and elections, for every system present.
     let cost = row_under(&written, "Write, 1 client: CPU per operation and elections", "write");
