@@ -86,13 +86,15 @@ const SLOW_TURN: Duration = Duration::from_millis(100);
 /// it applies while the state is below this footprint (above it a check
 /// costs more than the writes it checks).
 const CHECK_STATE_BYTES_MAX: usize = 8 << 20;
-/// ...and no more often than once per this many bytes of state per `Ready`:
-/// a state of up to 256 KiB is checked after every `Ready`, one of 8 MiB
-/// after every 32nd. A check walks the whole state, so checking a large
-/// one after every `Ready` made each turn of a debug build cost O(state)
-/// (200 ms at a few MiB): a directory of 100,000 children took the cell
-/// into an election storm (turns longer than the master lease).
-const CHECK_STATE_BYTES_PER_READY: usize = 256 << 10;
+/// ...and only once the time since the last check is this many times what
+/// that check took, so checks take at most about a tenth of a debug
+/// replica's time whatever the state's size: a small state is checked after
+/// almost every `Ready`, a large one less often. A check walks the whole
+/// state, so checking a large one after every `Ready` made each turn of a
+/// debug build cost O(state) (200 ms at a few MiB): a directory of 100,000
+/// children took the cell into an election storm (turns longer than the
+/// master lease) and expired its sessions.
+const CHECK_SPACING_FACTOR: u32 = 10;
 
 /// Where the outcome of a configuration change goes: the configuration in
 /// force and its slot, or why it was refused.
@@ -191,8 +193,9 @@ pub struct Driver {
     members_view: Arc<Vec<MemberView>>,
     /// The current turn's costs (logged if the turn is slow).
     cost: TurnCost,
-    /// `Ready`s applied since the state was last checked (debug builds).
-    readies_since_check: usize,
+    /// When the state was last checked and how long that took (debug
+    /// builds).
+    last_check: Option<(Instant, Duration)>,
 }
 
 impl Driver {
@@ -257,7 +260,7 @@ impl Driver {
             was_member,
             members_view,
             cost: TurnCost::begin(),
-            readies_since_check: 0,
+            last_check: None,
         };
         Ok((driver, status_rx, shared))
     }
@@ -529,14 +532,12 @@ impl Driver {
             }
             self.applied = entry.slot;
         }
-        if cfg!(debug_assertions) {
-            self.readies_since_check = self.readies_since_check.saturating_add(1);
-            let footprint = state.footprint_bytes();
-            if footprint <= CHECK_STATE_BYTES_MAX
-                && self.readies_since_check.saturating_mul(CHECK_STATE_BYTES_PER_READY) >= footprint
-            {
+        if cfg!(debug_assertions) && state.footprint_bytes() <= CHECK_STATE_BYTES_MAX {
+            let due = self.last_check.is_none_or(|(at, took)| at.elapsed() >= took.saturating_mul(CHECK_SPACING_FACTOR));
+            if due {
+                let began = Instant::now();
                 state.check_invariants();
-                self.readies_since_check = 0;
+                self.last_check = Some((Instant::now(), began.elapsed()));
             }
         }
         self.options.metrics.chosen_slots_total.add(committed.len() as u64);
