@@ -44,9 +44,8 @@ async fn a_python_client_decodes_the_redirect_and_the_error_reasons_with_the_sta
     assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 13, "every check ran:\n{stdout}");
 }
 
-/// A directory of 100,000 children (more than the 16 MiB answer limit
-/// would let one `ReadDir` answer carry at these name lengths, and ten
-/// pages of the largest size) is listed completely, once and in order,
+/// A directory of 100,000 children (ten pages of the largest size, 10,000
+/// names; names of 13 to 62 bytes) is listed completely, once and in order,
 /// page after page, by both clients: the Rust library's `read_dir` and the
 /// Python client's `Handle.list()` (the `gaios` package installed by
 /// `scripts/install-build-deps` in its virtual environment).
