@@ -9,7 +9,11 @@
 //!
 //! Inputs: [`Replica::tick`] at a fixed rate, [`Replica::step`] for every
 //! message that arrives, [`Replica::propose`] for commands (on the master),
-//! [`Replica::compact`] when the application has snapshotted.
+//! [`Replica::compact`] when the application has snapshotted. Ticks missed
+//! while the driver could not listen (a blocked write, a paused process) are
+//! all delivered, before any message that waited, after
+//! [`Replica::stalled`] says how many of them passed so: the election and
+//! quorum-check timers do not count those, the leases do.
 //!
 //! Whenever [`Replica::has_ready`] is true, take a [`Ready`] with
 //! [`Replica::ready`] and, in this order:

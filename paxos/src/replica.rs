@@ -390,6 +390,32 @@ impl Replica {
         self.check_invariants();
     }
 
+    /// Tells the core that the next `ticks` ticks passed while this replica
+    /// could not listen: its driver was blocked (a synced write held up by a
+    /// disk stall) or its process was paused. Call it before delivering
+    /// those ticks with [`Self::tick`].
+    ///
+    /// The liveness timers do not count those ticks: a follower's election
+    /// timeout, the window in which it refuses pre-votes because it heard a
+    /// master, and the master's quorum check (it steps down when no
+    /// majority acknowledged a heartbeat for an election timeout) run on
+    /// time this replica spent able to hear. Otherwise a stall that hits
+    /// every replica at once (the flush of a disk they share, a hiccup of
+    /// their host) ends with every timer expired before the messages that
+    /// waited in the inboxes are read, and costs an election although no
+    /// replica failed. Nothing safety rests on moves: the lease an acceptor
+    /// granted and the master's own lease run in real time, and every tick
+    /// is still delivered, so both run out during the stall as they must. A
+    /// replica that stalls alone is replaced as before by the others, whose
+    /// timers ran.
+    pub fn stalled(&mut self, ticks: u64) {
+        self.election_deadline = self.election_deadline.saturating_add(ticks);
+        self.master_heard_tick = self.master_heard_tick.map(|heard| heard.saturating_add(ticks));
+        if let Role::Master(master) = &mut self.role {
+            master.quorum_tick = master.quorum_tick.saturating_add(ticks);
+        }
+    }
+
     /// Handles a message from another replica. Messages from non-members or
     /// from ourselves, and messages that break a bound of the protocol
     /// ([`Message::validate`]), are dropped and counted
@@ -597,7 +623,7 @@ impl Replica {
         // phase 1 again); anyone else is refused while that master is heard.
         let master_live = self.is_master()
             || (self.master_hint != Some(from)
-                && self.master_heard_tick.is_some_and(|heard| self.now - heard < self.config.election_ticks_min));
+                && self.master_heard_tick.is_some_and(|heard| self.now.saturating_sub(heard) < self.config.election_ticks_min));
         let granted = ballot > self.promised && !self.lease_blocks(from) && !master_live;
         self.send(from, Message::PreVoteReply { ballot, granted, promised: self.promised });
     }

@@ -1126,3 +1126,127 @@ fn a_lease_does_not_outlive_the_configurations_it_was_counted_over() {
     assert!(n.lease_valid());
     assert!(!m.lease_valid(), "two masters hold a valid lease");
 }
+
+/// Five replicas whose messages are carried at once, every `Ready` carried
+/// out as a driver would.
+struct Cell {
+    replicas: Vec<Replica>,
+    /// Messages for a stalled replica, delivered once it listens again.
+    held: Vec<(u64, Envelope)>,
+}
+
+impl Cell {
+    fn new() -> Cell {
+        let replicas = MEMBERS
+            .iter()
+            .map(|&id| {
+                let mut config = config(id);
+                config.election_ticks_min = 10;
+                config.election_ticks_max = 20;
+                config.seed = id;
+                Replica::new(config, Durable::default()).expect("valid config")
+            })
+            .collect();
+        Cell { replicas, held: Vec::new() }
+    }
+
+    /// Carries out every `Ready` and delivers its messages until no replica
+    /// has anything to send.
+    fn pump(&mut self) {
+        self.pump_except(None);
+    }
+
+    /// As [`Cell::pump`], while the replica at `stalled` (if any) does
+    /// nothing: messages for it are held until a pump without it.
+    fn pump_except(&mut self, stalled: Option<usize>) {
+        let index_of = |id: u64| MEMBERS.iter().position(|&m| m == id).expect("a member");
+        let mut mail = if stalled.is_none() { std::mem::take(&mut self.held) } else { Vec::new() };
+        for _ in 0..1_000 {
+            for (index, replica) in self.replicas.iter_mut().enumerate() {
+                while Some(index) != stalled && replica.has_ready() {
+                    let mut ready = replica.ready();
+                    let from = replica.id();
+                    mail.extend(ready.messages.drain(..).map(|envelope| (from, envelope)));
+                    mail.extend(ready.persisted_messages.drain(..).map(|envelope| (from, envelope)));
+                    replica.advance(ready);
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for (from, envelope) in std::mem::take(&mut mail) {
+                let to = index_of(envelope.to);
+                if Some(to) == stalled {
+                    self.held.push((from, envelope));
+                } else {
+                    self.replicas[to].step(from, envelope.message);
+                }
+            }
+        }
+        panic!("the replicas never stopped sending");
+    }
+
+    /// One tick everywhere, then every message it caused.
+    fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            for replica in &mut self.replicas {
+                replica.tick();
+            }
+            self.pump();
+        }
+    }
+
+    /// The master and its ballot, if exactly one replica is master.
+    fn master(&self) -> Option<(usize, Ballot)> {
+        let masters: Vec<usize> = (0..self.replicas.len()).filter(|&i| self.replicas[i].is_master()).collect();
+        let [master] = masters.as_slice() else { return None };
+        Some((*master, self.replicas[*master].master_ballot()?))
+    }
+}
+
+#[test]
+fn a_stall_of_every_replica_at_once_costs_no_election_and_no_lease_outlives_it() {
+    let mut cell = Cell::new();
+    cell.run(100);
+    let (master, ballot) = cell.master().expect("a master after 100 ticks");
+    assert!(cell.replicas[master].lease_valid());
+
+    // Every replica stalls for five leases at once (a disk they share held
+    // up their synced writes): on resume every tick is delivered, reported
+    // as stalled, before any message that waited.
+    for replica in &mut cell.replicas {
+        replica.stalled(40);
+        for _ in 0..40 {
+            replica.tick();
+        }
+    }
+    assert!(!cell.replicas[master].lease_valid(), "the master lease runs in real time, through the stall");
+    for (index, replica) in cell.replicas.iter().enumerate() {
+        if index != master {
+            assert!(!replica.lease_valid(), "replica {} serves no lease", replica.id());
+        }
+    }
+    cell.run(50);
+    assert_eq!(cell.master(), Some((master, ballot)), "the same master, in the same ballot");
+    assert!(cell.replicas.iter().all(|r| r.hard_state().promised == ballot), "nobody promised a higher ballot");
+    assert!(cell.replicas[master].lease_valid(), "the lease is renewed by the heartbeats after the stall");
+
+    // A master that stalls alone is replaced by the others, whose timers ran.
+    for _ in 0..40 {
+        for (index, replica) in cell.replicas.iter_mut().enumerate() {
+            if index != master {
+                replica.tick();
+            }
+        }
+        cell.pump_except(Some(master));
+    }
+    let stalled = &mut cell.replicas[master];
+    stalled.stalled(40);
+    for _ in 0..40 {
+        stalled.tick();
+    }
+    cell.run(20);
+    let (new_master, new_ballot) = cell.master().expect("a master after the old one stalled alone");
+    assert_ne!(new_master, master);
+    assert!(new_ballot > ballot);
+}

@@ -25,7 +25,8 @@
 //!   restarted replicas rebuild their state from their snapshot and log
 //!   only, as the server does;
 //! - replicas pause (as under SIGSTOP: on resume they first catch up on the
-//!   ticks they missed) and each replica's clock runs at its own rate, within
+//!   ticks they missed), alone or all at once (a stall of a disk they
+//!   share), and each replica's clock runs at its own rate, within
 //!   `clock_drift_ppm` (by default the bound the lease is built for,
 //!   [`crate::config::CLOCK_DRIFT_PPM_MAX`]);
 //! - swarm testing: half the seeds use every kind of fault, the others a
@@ -1469,6 +1470,9 @@ impl<'a> Simulation<'a> {
         let node = &mut self.nodes[index];
         let missed = (self.now_us - since) / node.tick_period_us;
         if let Some(core) = &mut node.core {
+            // As the driver does: the ticks passed while the process could
+            // not listen.
+            core.stalled(missed);
             for _ in 0..missed {
                 core.tick();
             }
@@ -1515,6 +1519,25 @@ impl<'a> Simulation<'a> {
                     self.note(format!("restart replica {id}"));
                     self.start(target)?;
                 }
+            }
+            4 if self.rng.chance(1, 4) => {
+                // Pause every replica at once for the same time, as a stall
+                // of a disk they share (or of their host) holds up every
+                // synced write: on resume all timers have run out together.
+                let lease = self.nodes.iter().map(|n| n.config.lease_ticks).max().unwrap_or(1);
+                let length = self.rng.range(1, 3 * lease) * TICK_US;
+                let now = self.now_us;
+                let mut paused = 0;
+                for index in 0..n {
+                    let node = &mut self.nodes[index];
+                    if node.core.is_some() && node.paused_since.is_none() {
+                        node.paused_since = Some(now);
+                        paused += 1;
+                        self.schedule(length, Event::Resume { node: index });
+                    }
+                }
+                self.note(format!("pause {paused} replicas at once for {length}us"));
+                self.report.pauses += 1;
             }
             4 => {
                 // Pause a replica (often the master) for longer than a lease.

@@ -9,7 +9,10 @@
 //!    paused (SIGSTOP, a long GC-like stall) all missed ticks reach the core
 //!    **before** any message that arrived meanwhile. The master lease depends
 //!    on it: an acceptor that slept must first see its lease grants expire in
-//!    its own time, never act on stale time;
+//!    its own time, never act on stale time. The ticks that passed while the
+//!    loop could not listen are first reported as a stall, which the core's
+//!    election and quorum-check timers do not count (so a disk stall that
+//!    holds up every replica's synced write at once costs no election);
 //! 2. steps a bounded number of messages from the inbox;
 //! 3. proposes a bounded batch of the commands the gRPC handlers queued
 //!    (see [`crate::shared`]);
@@ -316,7 +319,15 @@ impl Driver {
 
                 // 1. Ticks first, from elapsed time, before any message.
                 // Even a pause of hours is a few hundred thousand cheap ticks.
+                // Beyond the one tick a turn may wait for, they passed while
+                // the loop could not listen (a synced write held up by the
+                // disk, a paused process): the core's liveness timers do not
+                // count them ([`Replica::stalled`]).
                 let due = ticks_due(start.elapsed(), self.tick);
+                let stalled = stalled_ticks(due, ticks_delivered);
+                if stalled > 0 {
+                    self.replica.stalled(stalled);
+                }
                 while ticks_delivered < due {
                     self.replica.tick();
                     ticks_delivered += 1;
@@ -786,6 +797,12 @@ impl Driver {
     }
 }
 
+/// Of the ticks due at the start of a turn, how many passed while the loop
+/// could not listen: all but the one an idle loop waits for.
+fn stalled_ticks(due: u64, delivered: u64) -> u64 {
+    due.saturating_sub(delivered).saturating_sub(1)
+}
+
 /// How many ticks are due after `elapsed` time at one tick per `tick`.
 fn ticks_due(elapsed: Duration, tick: Duration) -> u64 {
     let tick_nanos = tick.as_nanos().max(1);
@@ -883,5 +900,15 @@ mod tests {
         assert_eq!(ticks_due(Duration::from_millis(50), tick), 1);
         // A 10 s pause makes 200 ticks due at once.
         assert_eq!(ticks_due(Duration::from_secs(10), tick), 200);
+    }
+
+    #[test]
+    fn a_turn_stalled_for_all_ticks_but_the_one_it_waited_for() {
+        assert_eq!(stalled_ticks(5, 5), 0, "woken by a message within the tick");
+        assert_eq!(stalled_ticks(6, 5), 0, "woken by the tick");
+        assert_eq!(stalled_ticks(7, 5), 1);
+        // A 10 s pause at 50 ms ticks.
+        assert_eq!(stalled_ticks(205, 5), 199);
+        assert_eq!(stalled_ticks(3, 5), 0, "never negative");
     }
 }
