@@ -187,7 +187,8 @@ struct Master {
     last_heartbeat_tick: u64,
     lease_until: u64,
     /// The last tick a majority was known to follow us: when we became
-    /// master, then the start of each lease.
+    /// master, then the start of each lease; moved later by the ticks this
+    /// replica stalled ([`Replica::stalled`]).
     quorum_tick: u64,
     /// Per replica (learners included), the chosen prefix it last reported.
     progress: BTreeMap<ReplicaId, Slot>,
@@ -274,11 +275,16 @@ pub struct Replica {
     role: Role,
     master_hint: Option<ReplicaId>,
     /// The tick we last heard from a master (a heartbeat or an accept we
-    /// obeyed); a replica that heard one within an election timeout refuses
-    /// pre-votes.
+    /// obeyed), moved later by the ticks we stalled since; a replica that
+    /// heard one within an election timeout refuses pre-votes.
     master_heard_tick: Option<u64>,
     election_deadline: u64,
     highest_round_seen: u64,
+    /// Ticks discounted as stalled ([`Self::stalled`]) since the last
+    /// confirmation (a quorum of heartbeat acknowledgements on the master,
+    /// a master heard elsewhere); at most
+    /// [`STALL_DISCOUNT_ELECTION_TIMEOUTS`] election timeouts.
+    stall_credit: u64,
 
     // Output.
     out: Ready,
@@ -292,6 +298,14 @@ pub struct Replica {
     rejected_messages: u64,
     conflicting_chosen_reports: u64,
 }
+
+/// How many (longest) election timeouts of stalled ticks
+/// [`Replica::stalled`] discounts between two confirmations that the cell
+/// follows its master: a stall of every replica at once up to that long
+/// (1.8 s with the server's defaults) costs no election, and a replica that
+/// stalls again and again still campaigns or steps down within one election
+/// timeout more.
+pub const STALL_DISCOUNT_ELECTION_TIMEOUTS: u64 = 4;
 
 impl Replica {
     /// Starts a replica from what it kept durably (`Durable::default()` for a
@@ -351,6 +365,7 @@ impl Replica {
             role: Role::Follower,
             master_hint: None,
             master_heard_tick: None,
+            stall_credit: 0,
             election_deadline,
             highest_round_seen: durable.hard_state.promised.round,
             out: Ready::default(),
@@ -403,16 +418,38 @@ impl Replica {
     /// every replica at once (the flush of a disk they share, a hiccup of
     /// their host) ends with every timer expired before the messages that
     /// waited in the inboxes are read, and costs an election although no
-    /// replica failed. Nothing safety rests on moves: the lease an acceptor
-    /// granted and the master's own lease run in real time, and every tick
-    /// is still delivered, so both run out during the stall as they must. A
-    /// replica that stalls alone is replaced as before by the others, whose
-    /// timers ran.
+    /// replica failed. The master's unacknowledged accepts are not resent
+    /// for the stall either (their answers may be waiting).
+    ///
+    /// Nothing safety rests on moves: the lease an acceptor granted and the
+    /// master's own lease run in real time, and every tick is still
+    /// delivered, so both run out during the stall as they must. A replica
+    /// that stalls alone is replaced as before by the others, whose timers
+    /// ran. Two bounds keep a replica that is merely slow live:
+    ///
+    /// - fewer ticks than a heartbeat interval are no stall (a busy turn of
+    ///   the driver, not a blocked one) and are counted as usual;
+    /// - between two confirmations (a majority acknowledging the master's
+    ///   heartbeat, a follower hearing its master) at most
+    ///   [`STALL_DISCOUNT_ELECTION_TIMEOUTS`] election timeouts of ticks are
+    ///   discounted, so a master cut off from a majority steps down, and a
+    ///   follower of a dead master campaigns, within one more than that
+    ///   however often they stall (2.25 s with the server's defaults). A
+    ///   stall of every replica longer than that costs an election.
     pub fn stalled(&mut self, ticks: u64) {
-        self.election_deadline = self.election_deadline.saturating_add(ticks);
-        self.master_heard_tick = self.master_heard_tick.map(|heard| heard.saturating_add(ticks));
+        if ticks < self.config.heartbeat_ticks {
+            return;
+        }
+        let discount_max = self.config.election_ticks_max.saturating_mul(STALL_DISCOUNT_ELECTION_TIMEOUTS);
+        let credit = ticks.min(discount_max.saturating_sub(self.stall_credit));
+        self.stall_credit += credit;
+        self.election_deadline = self.election_deadline.saturating_add(credit);
+        self.master_heard_tick = self.master_heard_tick.map(|heard| heard.saturating_add(credit));
         if let Role::Master(master) = &mut self.role {
-            master.quorum_tick = master.quorum_tick.saturating_add(ticks);
+            master.quorum_tick = master.quorum_tick.saturating_add(credit);
+            for in_flight in master.in_flight.values_mut() {
+                in_flight.sent_tick = in_flight.sent_tick.saturating_add(credit);
+            }
         }
     }
 
@@ -1581,7 +1618,10 @@ impl Replica {
                 master.lease_until = start + lease_ticks;
                 master.lease_counted_over = newest;
             }
-            master.quorum_tick = master.quorum_tick.max(start);
+            if start > master.quorum_tick {
+                master.quorum_tick = start;
+                self.stall_credit = 0;
+            }
         }
     }
 
@@ -1657,6 +1697,7 @@ impl Replica {
             }
             self.master_hint = Some(from);
             self.master_heard_tick = Some(self.now);
+            self.stall_credit = 0;
             self.reset_election_timer();
         }
         true

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::message::{Message, NackReason};
 use crate::ready::{Envelope, Ready, RoleChange};
-use crate::replica::{ProposeError, Replica};
+use crate::replica::{ProposeError, Replica, STALL_DISCOUNT_ELECTION_TIMEOUTS};
 use crate::types::{Ballot, Durable, Entry, HardState, Membership, Snapshot, Value};
 
 const MEMBERS: [u64; 5] = [1, 2, 3, 4, 5];
@@ -71,7 +71,12 @@ fn batch(commands: &[&'static str]) -> Value {
 
 /// Makes replica 1 master of ballot (1, 1) with empty promises from 2 and 3.
 fn master() -> Replica {
-    let mut r = replica(1, Durable::default());
+    master_of(replica(1, Durable::default()))
+}
+
+/// Makes `r` (replica 1, fresh) master of ballot (1, 1) with empty
+/// promises from 2 and 3.
+fn master_of(mut r: Replica) -> Replica {
     r.campaign();
     settle(&mut r);
     let ballot = Ballot::new(1, 1);
@@ -1221,11 +1226,17 @@ fn a_stall_of_every_replica_at_once_costs_no_election_and_no_lease_outlives_it()
         }
     }
     assert!(!cell.replicas[master].lease_valid(), "the master lease runs in real time, through the stall");
-    for (index, replica) in cell.replicas.iter().enumerate() {
-        if index != master {
-            assert!(!replica.lease_valid(), "replica {} serves no lease", replica.id());
-        }
-    }
+    // The followers' grants ran out with the stall, but not their memory of
+    // the master: a pre-vote asked now is refused.
+    let (asker, asked) = ((master + 1) % 5, (master + 2) % 5);
+    let asker_id = cell.replicas[asker].id();
+    cell.replicas[asked].step(asker_id, Message::PreVote { ballot: Ballot::new(ballot.round + 1, asker_id) });
+    let ready = persist(&mut cell.replicas[asked]);
+    assert_eq!(
+        to(&ready.messages, asker_id),
+        vec![&Message::PreVoteReply { ballot: Ballot::new(ballot.round + 1, asker_id), granted: false, promised: ballot }],
+        "a follower that stalled still counts the master as heard"
+    );
     cell.run(50);
     assert_eq!(cell.master(), Some((master, ballot)), "the same master, in the same ballot");
     assert!(cell.replicas.iter().all(|r| r.hard_state().promised == ballot), "nobody promised a higher ballot");
@@ -1249,4 +1260,43 @@ fn a_stall_of_every_replica_at_once_costs_no_election_and_no_lease_outlives_it()
     let (new_master, new_ballot) = cell.master().expect("a master after the old one stalled alone");
     assert_ne!(new_master, master);
     assert!(new_ballot > ballot);
+}
+
+#[test]
+fn a_stall_is_discounted_only_past_a_heartbeat_and_only_so_much_between_acknowledgements() {
+    // The timeouts of `config`: heartbeat 2 ticks, election timeout 10.
+    let master = || {
+        let mut r = Replica::new(config(1), Durable::default()).expect("valid config");
+        for _ in 0..8 {
+            r.tick();
+        }
+        settle(&mut r);
+        master_of(r)
+    };
+    let mut r = master();
+    ack_heartbeat(&mut r, &[2, 3], 0);
+    // A gap shorter than a heartbeat is a busy turn, not a stall: counted.
+    // The acceptors stay silent from here on (a one-way partition).
+    r.stalled(1);
+    for _ in 0..11 {
+        r.tick();
+        settle(&mut r);
+    }
+    assert!(!r.is_master(), "steps down after the election timeout without acknowledgements");
+
+    // However often it stalls, a master nobody acknowledges steps down
+    // within one election timeout more than the discount allows.
+    let mut r = master();
+    ack_heartbeat(&mut r, &[2, 3], 0);
+    let mut ticks = 0;
+    while r.is_master() {
+        r.stalled(5);
+        for _ in 0..6 {
+            r.tick();
+            ticks += 1;
+        }
+        settle(&mut r);
+        assert!(ticks <= (STALL_DISCOUNT_ELECTION_TIMEOUTS + 1) * 10 + 6, "still master {ticks} ticks after its last acknowledgement");
+    }
+    assert!(ticks > 10, "the stalls were discounted ({ticks} ticks)");
 }

@@ -73,8 +73,8 @@ async fn cell_elects_fails_over_and_rejoins() {
     );
 }
 
-/// Every replica paused at once (SIGSTOP) for four times the master lease
-/// and the election timeout, as a stall of the disk they share holds up
+/// Every replica paused at once (SIGSTOP) for 1.2 s, over four times the
+/// master lease and the election timeout, as a stall of the disk they share holds up
 /// every synced write (the benchmark saw 0.5 s ones on this machine's disk):
 /// on resume every timer has run out together, yet the time a replica
 /// could not listen does not count toward an election, so the master and
@@ -91,10 +91,13 @@ async fn a_pause_of_every_replica_at_once_costs_no_election() {
     for &index in &all {
         cell.signal(index, libc::SIGSTOP);
     }
-    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    // Each process really was stopped (state `T` in /proc/PID/stat).
+    let stopped: Vec<bool> = all.iter().map(|&index| process_state(cell.pid(index)) == Some('T')).collect();
     for &index in &all {
         cell.signal(index, libc::SIGCONT);
     }
+    assert!(stopped.iter().all(|&s| s), "not every replica was stopped: {stopped:?}");
     // Long enough for an election to have happened (timeouts of 300-450 ms)
     // and for the lease to be renewed.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -106,4 +109,11 @@ async fn a_pause_of_every_replica_at_once_costs_no_election() {
     for status in &after {
         assert_eq!(status.promised, Some(ballot), "replica {} promised another ballot\n{}", status.id, cell.logs());
     }
+}
+
+/// The state letter of process `pid` from `/proc/PID/stat` (after the
+/// command name in parentheses).
+fn process_state(pid: Option<u32>) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }

@@ -322,7 +322,8 @@ impl Driver {
                 // Beyond the one tick a turn may wait for, they passed while
                 // the loop could not listen (a synced write held up by the
                 // disk, a paused process): the core's liveness timers do not
-                // count them ([`Replica::stalled`]).
+                // count them, if they are more than a heartbeat interval and
+                // within a bound ([`Replica::stalled`]).
                 let due = ticks_due(start.elapsed(), self.tick);
                 let stalled = stalled_ticks(due, ticks_delivered);
                 if stalled > 0 {
