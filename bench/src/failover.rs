@@ -54,11 +54,19 @@ impl Fault {
 pub enum Target<'a> {
     /// Gaios's five processes.
     Gaios(&'a mut Cell),
-    /// etcd or ZooKeeper.
+    /// etcd (3.4 or 3.5) or ZooKeeper.
     Peer(&'a PeerCluster),
 }
 
 impl Target<'_> {
+    /// The name in tables and messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Gaios(_) => "Gaios",
+            Target::Peer(peer) => peer.kind.name(),
+        }
+    }
+
     fn system(&self) -> System {
         match self {
             Target::Gaios(cell) => System::gaios(cell),
@@ -110,7 +118,7 @@ impl Target<'_> {
                     return Ok(leader);
                 }
             }
-            anyhow::ensure!(Instant::now() < until, "{} did not settle with a leader within {SETTLE_DEADLINE:?}", self.system().name());
+            anyhow::ensure!(Instant::now() < until, "{} did not settle with a leader within {SETTLE_DEADLINE:?}", self.name());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -128,15 +136,15 @@ pub async fn run(target: &mut Target<'_>, fault: Fault, runs: usize) -> anyhow::
         let mut conn = system
             .connect_with(1_000_000 + run, Some(ATTEMPT_TIMEOUT))
             .await
-            .with_context(|| format!("connect to {}", system.name()))?;
+            .with_context(|| format!("connect to {}", target.name()))?;
         conn.write(&value).await.context("write before the fault")?;
         target.inject(leader, fault)?;
         let faulted = Instant::now();
         let outcome = first_write(&system, 1_000_000 + run, &mut conn, &value, faulted).await;
         target.recover(leader, fault)?;
         conn.close().await;
-        let took = outcome.with_context(|| format!("{} {} run {run}", system.name(), fault.name()))?;
-        eprintln!("failover: {} {} run {run}: leader {} → first write after {:.0} ms", system.name(), fault.name(), leader + 1, took.as_secs_f64() * 1e3);
+        let took = outcome.with_context(|| format!("{} {} run {run}", target.name(), fault.name()))?;
+        eprintln!("failover: {} {} run {run}: leader {} → first write after {:.0} ms", target.name(), fault.name(), leader + 1, took.as_secs_f64() * 1e3);
         times.push(took);
     }
     Ok(times)

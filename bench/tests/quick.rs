@@ -1,5 +1,5 @@
 //! The benchmark's quick profile still runs: against Gaios alone, and
-//! against etcd and ZooKeeper too where they are installed
+//! against etcd (3.4 and 3.5) and ZooKeeper too where they are installed
 //! (`bench/scripts/peers install`).
 //! It checks that every table is produced and filled, not how fast anything
 //! is.
@@ -36,6 +36,9 @@ fn the_quick_profile_produces_every_table() {
     let etcd_installed = Command::new("etcd").arg("--version").output().is_ok();
     // Without etcd the bench runs Gaios alone (`--gaios-only`).
     let zookeeper_installed = etcd_installed && std::path::Path::new("/usr/share/java/zookeeper.jar").exists();
+    // etcd 3.5 where the peers script finds its binary.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("peers");
+    let etcd35_installed = etcd_installed && Command::new(script).args(["bin", "etcd35"]).output().is_ok_and(|o| o.status.success());
     let out = tempfile::tempdir().expect("a temporary directory");
     let report_path = out.path().join("report.md");
     let mut command = Command::new(env!("CARGO_BIN_EXE_gaios-bench"));
@@ -52,13 +55,19 @@ fn the_quick_profile_produces_every_table() {
         assert!(written.contains(table), "no {table} table:\n{written}");
     }
     // The failover table keeps one column per system.
-    let peers = [(2, etcd_installed), (3, zookeeper_installed)];
+    let peers = [(2, etcd_installed), (3, etcd35_installed), (4, zookeeper_installed)];
 
     assert!(written.contains("The machine's floor"), "no floor:\n{written}");
     assert!(written.contains("2 rounds, the systems in turns"), "not two rounds:\n{written}");
-    // Latency rows: Gaios's p50, each installed peer's (etcd in both of its
-    // configurations), and a ratio to each.
-    let systems = [("Gaios", true), ("etcd", etcd_installed), ("etcd (all endpoints)", etcd_installed), ("ZooKeeper", zookeeper_installed)];
+    // Latency rows: Gaios's p50, each installed peer's (etcd 3.4 in both of
+    // its configurations), and a ratio to each.
+    let systems = [
+        ("Gaios", true),
+        ("etcd", etcd_installed),
+        ("etcd (all endpoints)", etcd_installed),
+        ("etcd 3.5", etcd35_installed),
+        ("ZooKeeper", zookeeper_installed),
+    ];
     for (title, label) in [("Write latency", "write"), ("Lock acquire + release", "1 client")] {
         let cells = row_under(&written, title, label);
         for (system, installed) in systems {
