@@ -1551,7 +1551,7 @@ impl Replica {
         let mut per_acceptor: BTreeMap<ReplicaId, Vec<Entry>> = BTreeMap::new();
         let mut resent = Vec::new();
         for (&slot, in_flight) in &master.in_flight {
-            if in_flight.chosen || now - in_flight.sent_tick < retry {
+            if in_flight.chosen || now.saturating_sub(in_flight.sent_tick) < retry {
                 continue;
             }
             resent.push(slot);

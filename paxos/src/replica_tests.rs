@@ -1216,6 +1216,17 @@ fn a_stall_of_every_replica_at_once_costs_no_election_and_no_lease_outlives_it()
     let (master, ballot) = cell.master().expect("a master after 100 ticks");
     assert!(cell.replicas[master].lease_valid());
 
+    // A write in flight when the stall begins.
+    let chosen_before = cell.replicas[master].chosen_through();
+    let leader = &mut cell.replicas[master];
+    leader.propose(Bytes::from_static(b"in flight")).expect("the master takes it");
+    let mut ready = leader.ready();
+    let from = leader.id();
+    // Its accepts wait in the network (delivered by the first pump after).
+    cell.held.extend(ready.messages.drain(..).map(|envelope| (from, envelope)));
+    cell.held.extend(ready.persisted_messages.drain(..).map(|envelope| (from, envelope)));
+    leader.advance(ready);
+
     // Every replica stalls for five leases at once (a disk they share held
     // up their synced writes): on resume every tick is delivered, reported
     // as stalled, before any message that waited.
@@ -1241,6 +1252,7 @@ fn a_stall_of_every_replica_at_once_costs_no_election_and_no_lease_outlives_it()
     assert_eq!(cell.master(), Some((master, ballot)), "the same master, in the same ballot");
     assert!(cell.replicas.iter().all(|r| r.hard_state().promised == ballot), "nobody promised a higher ballot");
     assert!(cell.replicas[master].lease_valid(), "the lease is renewed by the heartbeats after the stall");
+    assert!(cell.replicas[master].chosen_through() > chosen_before, "the write in flight is chosen after the stall");
 
     // A master that stalls alone is replaced by the others, whose timers ran.
     for _ in 0..40 {

@@ -139,11 +139,14 @@ fn simulation_seeds_keep_paxos_safe_and_live() {
 /// seeds shows one: election timeouts, which are at least a lease long, and
 /// pre-votes add protection beyond the lease margin.) Configuration changes
 /// are off here: they move the seeds' random streams, and the lease check is
-/// what this test is about.
+/// what this test is about. Since a stall no longer counts toward
+/// elections (`Replica::stalled`), paused replicas campaign less and the
+/// first seed that shows a violation came later (394 when that changed), so
+/// up to 1,000 are tried; the test stops at the first.
 #[test]
 fn simulation_catches_lease_violations_when_clocks_drift_past_the_bound() {
     let options = Options { clock_drift_ppm: 900_000, membership_changes: false, ..Options::default() };
-    let seeds = env_u64("GAIOS_SIM_DRIFT_SEEDS").unwrap_or(200);
+    let seeds = env_u64("GAIOS_SIM_DRIFT_SEEDS").unwrap_or(1_000);
     for seed in 0..seeds {
         let outcome = std::panic::catch_unwind(|| sim::run(seed, &options));
         if let Ok(Err(violation)) = outcome {
