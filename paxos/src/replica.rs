@@ -190,6 +190,10 @@ struct Master {
     /// master, then the start of each lease; moved later by the ticks this
     /// replica stalled ([`Replica::stalled`]).
     quorum_tick: u64,
+    /// The start of the newest lease a majority confirmed (when we became
+    /// master before any): `quorum_tick` without the stall discount, so
+    /// that a confirmation is recognised as one after a stall.
+    confirmed_tick: u64,
     /// Per replica (learners included), the chosen prefix it last reported.
     progress: BTreeMap<ReplicaId, Slot>,
     /// The newest configuration (by the slot of its change) that the lease
@@ -418,8 +422,9 @@ impl Replica {
     /// every replica at once (the flush of a disk they share, a hiccup of
     /// their host) ends with every timer expired before the messages that
     /// waited in the inboxes are read, and costs an election although no
-    /// replica failed. The master's unacknowledged accepts are not resent
-    /// for the stall either (their answers may be waiting).
+    /// replica failed. (The master's accepts are resent when due, as after
+    /// any silence: a resend is never deferred, so a lost accept goes again
+    /// on time however often the master stalls.)
     ///
     /// Nothing safety rests on moves: the lease an acceptor granted and the
     /// master's own lease run in real time, and every tick is still
@@ -443,13 +448,11 @@ impl Replica {
         let discount_max = self.config.election_ticks_max.saturating_mul(STALL_DISCOUNT_ELECTION_TIMEOUTS);
         let credit = ticks.min(discount_max.saturating_sub(self.stall_credit));
         self.stall_credit += credit;
-        self.election_deadline = self.election_deadline.saturating_add(credit);
-        self.master_heard_tick = self.master_heard_tick.map(|heard| heard.saturating_add(credit));
         if let Role::Master(master) = &mut self.role {
             master.quorum_tick = master.quorum_tick.saturating_add(credit);
-            for in_flight in master.in_flight.values_mut() {
-                in_flight.sent_tick = in_flight.sent_tick.saturating_add(credit);
-            }
+        } else {
+            self.election_deadline = self.election_deadline.saturating_add(credit);
+            self.master_heard_tick = self.master_heard_tick.map(|heard| heard.saturating_add(credit));
         }
     }
 
@@ -1222,12 +1225,14 @@ impl Replica {
             last_heartbeat_tick: self.now,
             lease_until: 0,
             quorum_tick: self.now,
+            confirmed_tick: self.now,
             progress: BTreeMap::new(),
             lease_counted_over: 0,
             in_flight_configs: BTreeMap::new(),
             change: None,
         });
         self.master_hint = Some(self.config.id);
+        self.stall_credit = 0;
         // A master learns nothing from catch-ups (see `on_catch_up`).
         self.forget_early_through(Slot::MAX);
         self.out.role_changes.push(RoleChange::BecameMaster { ballot, recovered_through });
@@ -1618,8 +1623,9 @@ impl Replica {
                 master.lease_until = start + lease_ticks;
                 master.lease_counted_over = newest;
             }
-            if start > master.quorum_tick {
-                master.quorum_tick = start;
+            if start > master.confirmed_tick {
+                master.confirmed_tick = start;
+                master.quorum_tick = master.quorum_tick.max(start);
                 self.stall_credit = 0;
             }
         }

@@ -1277,14 +1277,7 @@ fn a_stall_of_every_replica_at_once_costs_no_election_and_no_lease_outlives_it()
 #[test]
 fn a_stall_is_discounted_only_past_a_heartbeat_and_only_so_much_between_acknowledgements() {
     // The timeouts of `config`: heartbeat 2 ticks, election timeout 10.
-    let master = || {
-        let mut r = Replica::new(config(1), Durable::default()).expect("valid config");
-        for _ in 0..8 {
-            r.tick();
-        }
-        settle(&mut r);
-        master_of(r)
-    };
+    let master = master_with_election_timer;
     let mut r = master();
     ack_heartbeat(&mut r, &[2, 3], 0);
     // A gap shorter than a heartbeat is a busy turn, not a stall: counted.
@@ -1311,4 +1304,43 @@ fn a_stall_is_discounted_only_past_a_heartbeat_and_only_so_much_between_acknowle
         assert!(ticks <= (STALL_DISCOUNT_ELECTION_TIMEOUTS + 1) * 10 + 6, "still master {ticks} ticks after its last acknowledgement");
     }
     assert!(ticks > 10, "the stalls were discounted ({ticks} ticks)");
+}
+
+/// Replica 1 as master with the timeouts of `config` (heartbeat 2 ticks,
+/// election timeout 10), its election timer and quorum check running.
+fn master_with_election_timer() -> Replica {
+    let mut r = Replica::new(config(1), Durable::default()).expect("valid config");
+    for _ in 0..8 {
+        r.tick();
+    }
+    settle(&mut r);
+    master_of(r)
+}
+
+#[test]
+fn a_master_that_stalls_again_and_again_resends_a_lost_accept_on_time() {
+    let mut r = master_with_election_timer();
+    let retry = r.config().accept_retry_ticks;
+    r.propose(Bytes::from_static(b"lost")).expect("the master takes it");
+    let ready = persist(&mut r);
+    assert!(to(&ready.messages, 2).iter().any(|m| matches!(m, Message::Accept { .. })), "the accept went out (and is lost)");
+    // Every turn stalls for a few heartbeats, and a majority acknowledges
+    // the heartbeats between the stalls (the cell follows its master).
+    let mut ticks = 0;
+    loop {
+        r.stalled(3);
+        let mut resent = false;
+        for _ in 0..4 {
+            r.tick();
+            ticks += 1;
+            let ready = persist(&mut r);
+            resent |= to(&ready.messages, 2).iter().any(|m| matches!(m, Message::Accept { .. }));
+        }
+        ack_heartbeat(&mut r, &[2, 3], 0);
+        if resent {
+            break;
+        }
+        assert!(ticks <= retry + 8, "no resend {ticks} ticks after the accept went out (retry after {retry})");
+    }
+    assert!(r.is_master());
 }
