@@ -16,17 +16,20 @@
 //!   grant ends every older holding; a shared one every older exclusive).
 //! - **Sessions:** no session is expired while its client's lease (which
 //!   ends no later than the master's copy) still runs; a master proposes an
-//!   expiry only once its own copy of the lease ran out.
+//!   expiry only once its own copy of the lease ran out, and only if it could
+//!   serve (it held its master lease, on its own clock, and had applied its
+//!   read barrier) through the whole lease before, so that no KeepAlive could
+//!   have gone unanswered for want of a master (a gap shorter than
+//!   [`GAP_UNSEEN_US`], between two runs of its duties, excepted).
 //! - **At most once:** every application of one (session, request number)
 //!   answers as the first did (or says the number fell out of the window,
 //!   or the session ended): a retried write or create never applies twice.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use gaios_paxos::Slot;
 use gaios_paxos::rng::Rng;
-use gaios_paxos::sim::Cluster;
+use gaios_paxos::sim::{Cluster, ReplicaView};
 use gaios_proto::cell::v1 as api;
 use gaios_proto::state::v1 as wire;
 use gaios_state::StateMachine;
@@ -40,6 +43,24 @@ use crate::replica::CellReplica;
 pub const STATE_SAMPLE_SLOTS: u64 = 8;
 /// Sequencers kept for later checks.
 const TOLD_SEQUENCERS_MAX: usize = 64;
+/// A gap in a master's serving this short may fall between two runs of its
+/// duties, which then never see it (they run every `DUTY_INTERVAL_US`).
+pub const GAP_UNSEEN_US: u64 = 2 * crate::DUTY_INTERVAL_US;
+/// Gaps in serving kept per replica, newest last.
+const SERVING_GAPS_MAX: usize = 32;
+
+/// When a replica could serve, on its own clock (µs since its incarnation
+/// started): what the checks saw of it after every event.
+#[derive(Debug, Default)]
+struct Serving {
+    incarnation: u64,
+    /// The end of the master lease seen last, if it could serve then.
+    lease_until_us: Option<u64>,
+    /// Since when it cannot serve, if it cannot now.
+    gap_since_us: Option<u64>,
+    /// Past gaps (from, to), newest last.
+    gaps: std::collections::VecDeque<(u64, u64)>,
+}
 
 /// FNV-1a, for hashes compared within one run.
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
@@ -74,6 +95,10 @@ pub struct History {
     told: std::collections::VecDeque<api::Sequencer>,
     /// The slot each replica applies now (set by `command_applied`).
     slot: Slot,
+    /// The session lease the masters grant, in µs.
+    session_lease_us: u64,
+    /// When each replica (by index) could serve.
+    serving: BTreeMap<usize, Serving>,
 }
 
 impl History {
@@ -192,17 +217,70 @@ impl History {
         Ok(())
     }
 
-    /// A master proposes to expire `session` at its time `now`, with its
-    /// copy of the lease running to `deadline`.
-    pub fn expiry_proposed(&mut self, replica: u64, session: u64, deadline: Option<Instant>, now: Instant) -> Result<(), String> {
-        match deadline {
-            Some(deadline) if deadline <= now => Ok(()),
-            Some(deadline) => Err(format!(
-                "master {replica} proposed to expire session {session} {}us before its lease ran out",
-                deadline.duration_since(now).as_micros()
-            )),
-            None => Err(format!("master {replica} proposed to expire session {session}, whose lease it does not track")),
+    /// Checks run with sessions of `session_lease_us`.
+    pub fn new(session_lease_us: u64) -> History {
+        History { session_lease_us, ..History::default() }
+    }
+
+    /// Replica `node` as it is after an event: whether it can serve now, on
+    /// its own clock, and whether the lease seen last ran out since (then
+    /// it stopped serving when it did, whether or not its core noticed).
+    pub fn observe(&mut self, node: usize, view: &ReplicaView) {
+        let serving = self.serving.entry(node).or_default();
+        if serving.incarnation != view.incarnation {
+            *serving = Serving { incarnation: view.incarnation, ..Serving::default() };
         }
+        let now = view.local_us;
+        if let Some(until) = serving.lease_until_us
+            && until <= now
+        {
+            serving.gap_since_us.get_or_insert(until);
+        }
+        let lease_until = view.lease_valid_until_us.filter(|&until| view.can_serve && now < until);
+        match lease_until {
+            None => {
+                serving.gap_since_us.get_or_insert(now);
+            }
+            Some(_) => {
+                if let Some(since) = serving.gap_since_us.take() {
+                    if serving.gaps.len() == SERVING_GAPS_MAX {
+                        serving.gaps.pop_front();
+                    }
+                    serving.gaps.push_back((since, now));
+                }
+            }
+        }
+        serving.lease_until_us = lease_until;
+    }
+
+    /// Replica `node` (id `replica`), master, proposes to expire `session` at
+    /// `clock_us` on its own clock (as its duties read it), with its copy of
+    /// the lease running to `deadline_us`.
+    pub fn expiry_proposed(&mut self, node: usize, replica: u64, session: u64, deadline_us: Option<u64>, clock_us: u64) -> Result<(), String> {
+        let Some(deadline) = deadline_us else {
+            return Err(format!("master {replica} proposed to expire session {session}, whose lease it does not track"));
+        };
+        if deadline > clock_us {
+            return Err(format!(
+                "master {replica} proposed to expire session {session} {}us before its lease ran out",
+                deadline - clock_us
+            ));
+        }
+        // It must have served from a full lease before `clock_us` until then.
+        let from = clock_us.saturating_sub(self.session_lease_us);
+        let Some(serving) = self.serving.get(&node) else { return Ok(()) };
+        let open = serving.gap_since_us.map(|since| (since, u64::MAX));
+        for (since, to) in serving.gaps.iter().copied().chain(open) {
+            let seen = to.saturating_sub(since) >= GAP_UNSEEN_US;
+            if seen && since < clock_us && to > from {
+                let to = if to == u64::MAX { "now".to_string() } else { format!("t={to}us") };
+                return Err(format!(
+                    "master {replica} proposed at t={clock_us}us (its clock) to expire session {session}, whose lease ran to \
+                     t={deadline}us, but it could not serve from t={since}us to {to}: a KeepAlive then went unanswered"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `client` was told it owns `session` and counts on it until
@@ -357,9 +435,41 @@ mod tests {
         // A creation answered after the session had already expired.
         assert!(history.session_told(2, 1, 1_001).is_err());
         // A master proposes an expiry only once its own copy ran out.
-        let now = Instant::now();
-        assert!(history.expiry_proposed(1, 1, Some(now), now).is_ok());
-        assert!(history.expiry_proposed(1, 1, Some(now + std::time::Duration::from_millis(1)), now).is_err());
-        assert!(history.expiry_proposed(1, 1, None, now).is_err());
+        assert!(history.expiry_proposed(0, 1, 1, Some(5_000), 5_000).is_ok());
+        assert!(history.expiry_proposed(0, 1, 1, Some(5_001), 5_000).is_err());
+        assert!(history.expiry_proposed(0, 1, 1, None, 5_000).is_err());
+    }
+
+    #[test]
+    fn an_expiry_needs_a_full_lease_of_serving_before_it() {
+        let view = |local_us, lease_valid_until_us| ReplicaView {
+            id: 1,
+            incarnation: 1,
+            running: true,
+            is_master: true,
+            can_serve: true,
+            applied: 0,
+            master_hint: Some(1),
+            local_us,
+            turn_local_us: local_us,
+            lease_valid_until_us,
+        };
+        let mut history = History::new(30_000);
+        history.observe(0, &view(1_000, Some(10_000)));
+        // Its core never noticed: the lease ran out at t=10ms all the same.
+        history.observe(0, &view(20_000, Some(10_000)));
+        history.observe(0, &view(21_000, Some(40_000)));
+        let expired = history.expiry_proposed(0, 1, 7, Some(40_000), 45_000);
+        assert!(expired.as_ref().is_err_and(|e| e.contains("could not serve from t=10000us to t=21000us")), "{expired:?}");
+        assert!(history.expiry_proposed(0, 1, 7, Some(40_000), 52_000).is_ok(), "a full lease served since");
+        // A gap too short for the duties to see is not held against it.
+        history.observe(0, &view(39_000, Some(59_000)));
+        history.observe(0, &view(60_000, Some(59_000)));
+        history.observe(0, &view(60_500, Some(90_000)));
+        assert!(history.expiry_proposed(0, 1, 7, Some(80_000), 80_000).is_ok());
+        // An open gap: the lease ran out during a pause it has not noticed.
+        history.observe(0, &view(95_000, Some(90_000)));
+        assert!(history.expiry_proposed(0, 1, 7, Some(89_000), 89_500).is_ok(), "decided while it still served");
+        assert!(history.expiry_proposed(0, 1, 7, Some(89_000), 95_000).is_err(), "decided after its lease ran out");
     }
 }

@@ -15,6 +15,8 @@ use gaios_proto::cell::v1 as api;
 use gaios_proto::state::v1 as wire;
 use gaios_state::StateMachine;
 use gaios_state::master::{MasterDuties, SessionLeases};
+
+use crate::DUTY_INTERVAL_US;
 use prost::Message as _;
 
 use crate::{Answer, Cell, Event, Request};
@@ -55,6 +57,8 @@ pub struct CellReplica {
     lost: bool,
     pending: BTreeMap<u64, Waiting>,
     waits: Vec<LockWait>,
+    /// When its duties last ran, on its clock (µs since it started).
+    duties_at_us: Option<u64>,
 }
 
 impl CellReplica {
@@ -70,6 +74,7 @@ impl CellReplica {
             lost: false,
             pending: BTreeMap::new(),
             waits: Vec::new(),
+            duties_at_us: None,
         }
     }
 
@@ -91,6 +96,7 @@ impl CellReplica {
         self.lost = false;
         self.pending.clear();
         self.waits.clear();
+        self.duties_at_us = None;
     }
 
     /// As the driver's `became_master` and `lost_mastership`.
@@ -125,8 +131,9 @@ impl Cell {
     /// Proposes `kind` at replica `node`; `Some(number)` if its core took it.
     fn propose_at(&mut self, cluster: &mut dyn Cluster, node: usize, kind: wire::command::Kind) -> Option<u64> {
         let now_us = cluster.now_us();
-        let local = self.local_now(cluster, node);
-        let (number, bytes) = self.replicas[node].command(kind, now_us, local);
+        // The driver stamps a command in the turn that proposes it.
+        let turn = self.base + Duration::from_micros(cluster.view(node).turn_local_us);
+        let (number, bytes) = self.replicas[node].command(kind, now_us, turn);
         debug_assert!(bytes.len() <= crate::COMMAND_BYTES_MAX, "a command of {} bytes", bytes.len());
         cluster.propose(node, bytes).ok().map(|()| number)
     }
@@ -161,7 +168,7 @@ impl Cell {
         let answer = |answer| Event::Answer { client, attempt, answer };
         // Replica ids are 1..=n in index order.
         let hint = view.master_hint.filter(|&id| id != view.id).and_then(|id| usize::try_from(id).ok()?.checked_sub(1));
-        if !view.can_serve {
+        if !view.can_serve_now() {
             self.send(now_us, answer(Answer::NotMaster(hint)));
             return Ok(());
         }
@@ -287,22 +294,32 @@ impl Cell {
         }
     }
 
-    /// Every master runs its duties on its own clock ([`MasterDuties::tick`],
-    /// as the driver does every `DUTY_INTERVAL`), and gives up the waits whose
-    /// deadline passed with a `CancelWait`.
+    /// Every master runs its duties as its driver does: at most every
+    /// `DUTY_INTERVAL`, on the clock its turn read when it began (which a
+    /// pause may have left behind: the core's lease is of that time too)
+    /// ([`MasterDuties::tick`]); its handlers give up the waits whose
+    /// deadline passed with a `CancelWait`. Before, the checks see every
+    /// replica as it is after this event ([`History::observe`]).
     pub(crate) fn duties(&mut self, cluster: &mut dyn Cluster) -> Result<(), String> {
         for node in 0..self.replicas.len() {
             let view = cluster.view(node);
+            self.history.observe(node, &view);
             if !view.running || !view.is_master {
                 continue;
             }
-            let local = self.local_now(cluster, node);
+            let clock_us = view.turn_local_us;
+            if self.replicas[node].duties_at_us.is_some_and(|at| clock_us < at.saturating_add(DUTY_INTERVAL_US)) {
+                continue;
+            }
+            self.replicas[node].duties_at_us = Some(clock_us);
+            let clock = self.base + Duration::from_micros(clock_us);
             let replica = &mut self.replicas[node];
-            let due = replica.duties.tick(view.can_serve, &replica.state, &mut replica.leases, local);
+            let due = replica.duties.tick(view.can_serve, &replica.state, &mut replica.leases, clock);
             for kind in due {
                 if let wire::command::Kind::EndSession(end) = &kind {
                     let deadline = self.replicas[node].leases.deadline(end.session_id);
-                    self.history.expiry_proposed(view.id, end.session_id, deadline, local)?;
+                    let deadline_us = deadline.map(|deadline| u64::try_from(deadline.duration_since(self.base).as_micros()).unwrap_or(u64::MAX));
+                    self.history.expiry_proposed(node, view.id, end.session_id, deadline_us, clock_us)?;
                     cluster.note(format!("master {} proposes to expire session {}", view.id, end.session_id));
                 }
                 if self.propose_at(cluster, node, kind.clone()).is_some() {
@@ -310,12 +327,13 @@ impl Cell {
                     replica.duties.proposed(&kind, &replica.state, &mut replica.leases);
                 }
             }
-            if !view.can_serve {
+            if !view.can_serve_now() {
                 continue;
             }
             // A wait whose deadline passed gives up its place with a
             // `CancelWait` and is answered by its outcome (a wait whose
             // cancel the core refused tries again at the next duties).
+            let local = self.local_now(cluster, node);
             let waits = std::mem::take(&mut self.replicas[node].waits);
             for wait in waits {
                 if wait.deadline > local {

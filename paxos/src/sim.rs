@@ -265,6 +265,24 @@ pub struct ReplicaView {
     /// microseconds: simulated time at this replica's clock rate (it runs
     /// on while the process is paused, as `CLOCK_MONOTONIC` does).
     pub local_us: u64,
+    /// Its clock when its current turn began, as its driver read it then:
+    /// `local_us`, except in a turn a pause cut in two, where the core's
+    /// ticks (and so `can_serve`) are still those of before the pause.
+    pub turn_local_us: u64,
+    /// On its own clock, when its master lease runs out unless a majority
+    /// acknowledges a newer heartbeat (`None`: no lease held): the time its
+    /// driver publishes for the handlers, which check it against the clock.
+    pub lease_valid_until_us: Option<u64>,
+}
+
+impl ReplicaView {
+    /// Whether its request handlers may serve from its applied state now:
+    /// `can_serve`, with the master lease checked against the clock (as the
+    /// server's `ReplicaStatus::can_serve_reads` does), so that a turn cut
+    /// in two by a pause does not serve on a lease that ran out meanwhile.
+    pub fn can_serve_now(&self) -> bool {
+        self.can_serve && self.lease_valid_until_us.is_some_and(|until| self.local_us < until)
+    }
 }
 
 /// The cluster as an [`Application`] sees it between events.
@@ -486,6 +504,12 @@ struct Node {
     tick_period_us: u64,
     /// When this incarnation started (simulated µs), for its local clock.
     started_us: u64,
+    /// When its core's ticks last caught up with its clock (a tick, a
+    /// start, a resume), in simulated µs.
+    ticked_us: u64,
+    /// While the application acts in the second half of a turn a pause cut
+    /// in two: when that turn began, in simulated µs.
+    turn_began_us: Option<u64>,
     paused_since: Option<u64>,
     deferred: Vec<Event>,
     last_compacted: Slot,
@@ -505,6 +529,8 @@ impl Node {
             outstanding: None,
             tick_period_us: TICK_US,
             started_us: 0,
+            ticked_us: 0,
+            turn_began_us: None,
             paused_since: None,
             deferred: Vec::new(),
             last_compacted: 0,
@@ -896,6 +922,7 @@ impl<'a> Simulation<'a> {
                 if let Some(core) = &mut self.nodes[node].core {
                     core.tick();
                 }
+                self.nodes[node].ticked_us = self.now_us;
                 let period = self.nodes[node].tick_period_us;
                 self.schedule(period, Event::Tick { node, incarnation });
                 self.drive(node)
@@ -1411,6 +1438,8 @@ impl<'a> Simulation<'a> {
         };
         node.app = app;
         node.started_us = self.now_us;
+        node.ticked_us = self.now_us;
+        node.turn_began_us = None;
         node.last_compacted = disk.snapshot.as_ref().map_or(0, |s| s.slot);
         let data = disk.snapshot.as_ref().map(|snapshot| snapshot.data.slice(16.min(snapshot.data.len())..));
         if let Err(message) = self.with_application(|application, sim| application.restore(sim, index, data.as_deref())) {
@@ -1467,6 +1496,20 @@ impl<'a> Simulation<'a> {
 
     fn resume(&mut self, index: usize) -> Result<(), Violation> {
         let Some(since) = self.nodes[index].paused_since.take() else { return Ok(()) };
+        if self.nodes[index].core.is_some() && self.rng.chance(1, 2) {
+            // The pause cut a turn in two: its driver had read the clock
+            // and delivered the ticks, and now finishes the turn (the
+            // master's duties, the core's output) before it reads the clock
+            // again. Its core still holds the lease of before the pause.
+            let node = &mut self.nodes[index];
+            let turn_began = since.min(node.ticked_us + node.tick_period_us - 1).max(node.ticked_us);
+            node.turn_began_us = Some(turn_began);
+            let id = node.id;
+            self.note(format!("replica {id} resumes in the middle of a turn begun at t={turn_began}"));
+            let finished = self.step_application();
+            self.nodes[index].turn_began_us = None;
+            finished?;
+        }
         let node = &mut self.nodes[index];
         let missed = (self.now_us - since) / node.tick_period_us;
         if let Some(core) = &mut node.core {
@@ -1477,6 +1520,7 @@ impl<'a> Simulation<'a> {
                 core.tick();
             }
         }
+        node.ticked_us = self.now_us;
         let id = node.id;
         let incarnation = node.incarnation;
         let deferred = std::mem::take(&mut node.deferred);
@@ -1930,7 +1974,13 @@ impl Cluster for Simulation<'_> {
         let is_master = core.is_some_and(Replica::is_master);
         let can_serve = is_master
             && core.is_some_and(|core| core.lease_valid() && core.read_barrier().is_some_and(|barrier| n.app.applied >= barrier));
-        let elapsed_us = self.now_us.saturating_sub(n.started_us);
+        let local = |at_us: u64| at_us.saturating_sub(n.started_us).saturating_mul(TICK_US) / n.tick_period_us.max(1);
+        // The lease runs out when the core's tick reaches `until`: ticks
+        // come one period apart from the last one delivered.
+        let lease_valid_until_us = core.filter(|_| is_master).and_then(|core| {
+            let ticks_left = core.lease_until()?.saturating_sub(core.now_tick());
+            Some(local(n.ticked_us.saturating_add(ticks_left.saturating_mul(n.tick_period_us))))
+        });
         ReplicaView {
             id: n.id,
             incarnation: n.incarnation,
@@ -1939,7 +1989,9 @@ impl Cluster for Simulation<'_> {
             can_serve,
             applied: n.app.applied,
             master_hint: core.and_then(Replica::master_hint),
-            local_us: elapsed_us.saturating_mul(TICK_US) / n.tick_period_us.max(1),
+            local_us: local(self.now_us),
+            turn_local_us: local(n.turn_began_us.unwrap_or(self.now_us)),
+            lease_valid_until_us,
         }
     }
 

@@ -2,7 +2,8 @@
 //! when the master is paused, expiry after the grace period, a leader cut
 //! off from the cell told to stop before another candidate leads, the
 //! default lock-delay, fencing with sequencers, the election recipe and
-//! handle events.
+//! handle events; and a master paused in the middle of its work, with no
+//! quorum left, expires no session for the time it could not serve.
 //!
 //! The cells here run with `--session-lease-ms 2000` so leases, jeopardy
 //! and expiry play out in seconds; tests run one at a time.
@@ -112,6 +113,62 @@ async fn a_short_pause_brings_jeopardy_then_safe_and_the_lock_is_kept() {
     assert_eq!(lock.state(), LockState::Held);
     assert!(!lock.is_lost());
     assert!(client.check_sequencer(lock.sequencer()).await.expect("check"), "the lock is still held");
+    lock.release().await.expect("release");
+}
+
+/// The master paused in the middle of a turn, with two followers, for longer
+/// than the session lease. Writers keep it busy, so a SIGSTOP mostly lands
+/// while its driver persists or applies, after it read the clock and before
+/// its master's duties ran. No master could answer a KeepAlive meanwhile,
+/// so once resumed it must not expire the sessions whose lease ran out in
+/// the pause (with its lease of before the pause, on the clock of after it):
+/// they get a fresh lease, and the lock holder keeps its lock. Three pauses
+/// of 3 s each (the session lease is 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
+    let _serial = serial();
+    let cell = Cell::start_with(&["--session-lease-ms", "2000"]);
+    ready(&cell).await;
+    let holder = Client::connect(&addresses(&cell), options(Duration::from_secs(20))).await.expect("connect");
+    let file = holder.open("/kept", OpenOptions::new().create()).await.expect("open");
+    let lock = file.acquire(LockMode::Exclusive, Duration::from_secs(5)).await.expect("lock");
+
+    let writer = Arc::new(Client::connect(&addresses(&cell), options(Duration::from_secs(20))).await.expect("connect"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (writer, stop) = (writer.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let Ok(busy) = writer.open(&format!("/busy-{w}"), OpenOptions::new().create()).await else { return 0 };
+            let mut written = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match busy.set_contents(written.to_be_bytes().to_vec(), None).await {
+                    Ok(_) => written += 1,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            written
+        }));
+    }
+
+    for round in 0..3 {
+        let master = ready(&cell).await;
+        tokio::time::sleep(Duration::from_millis(500)).await; // the writers are at work
+        let paused = pause_majority(&cell, master);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for &index in &paused {
+            cell.signal(index, libc::SIGCONT);
+        }
+        let recovered = tokio::time::timeout(Duration::from_secs(15), lock.recovered()).await;
+        assert_eq!(recovered, Ok(true), "round {round}: the session was expired for a pause of its master\n{}", cell.logs());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for task in writers {
+        written += task.await.expect("writer");
+    }
+    assert!(written > 0, "the writers wrote nothing: the master was never busy");
+    assert!(holder.check_sequencer(lock.sequencer()).await.expect("check"), "the lock is still held");
     lock.release().await.expect("release");
 }
 

@@ -173,6 +173,12 @@ pub struct Driver {
     /// `Shared`, for the KeepAlive handler), and when they last ran.
     duties: MasterDuties,
     duties_at: Instant,
+    /// When this turn began: the clock its ticks were counted from. The
+    /// rest of the turn (the master's duties, the stamps on its commands)
+    /// keeps to it, so that a pause in the middle of a turn (a SIGSTOP, a
+    /// stalled disk) cannot let them act on a lease of before the pause at
+    /// a time after it: the core learns of the missed ticks next turn.
+    turn_began: Instant,
     /// A peer's snapshot checked (restored into a state by the transport)
     /// before the core saw it, waiting for the core to hand it back for
     /// installing: its slot and the state.
@@ -254,6 +260,7 @@ impl Driver {
             pending: BTreeMap::new(),
             duties: MasterDuties::new(),
             duties_at: Instant::now(),
+            turn_began: Instant::now(),
             checked_snapshot: None,
             snapshotter,
             rejected_seen: 0,
@@ -324,7 +331,8 @@ impl Driver {
                 // disk, a paused process): the core's liveness timers do not
                 // count them, if they are more than a heartbeat interval and
                 // within a bound ([`Replica::stalled`]).
-                let due = ticks_due(start.elapsed(), self.tick);
+                self.turn_began = Instant::now();
+                let due = ticks_due(self.turn_began.saturating_duration_since(start), self.tick);
                 let stalled = stalled_ticks(due, ticks_delivered);
                 if stalled > 0 {
                     self.replica.stalled(stalled);
@@ -371,8 +379,8 @@ impl Driver {
 
                 // 5. The master's duties (even with `Ready`s left over: a
                 // loaded master may always have some).
-                if self.duties_at.elapsed() >= DUTY_INTERVAL {
-                    self.duties_at = Instant::now();
+                if self.turn_began.saturating_duration_since(self.duties_at) >= DUTY_INTERVAL {
+                    self.duties_at = self.turn_began;
                     self.master_duties();
                     more_ready |= self.process_ready()?;
                 }
@@ -642,7 +650,7 @@ impl Driver {
             proposer_incarnation: self.incarnation,
             proposal_number: number,
             now_ms,
-            lock_clock_ms: self.duties.lock_clock_ms(Instant::now()),
+            lock_clock_ms: self.duties.lock_clock_ms(self.turn_began),
             kind: Some(kind),
         };
         self.options.metrics.proposals_total.inc();
@@ -696,7 +704,8 @@ impl Driver {
             self.members_view = Arc::new(members_view(&self.replica, &self.options.flag_members));
         }
         let can_serve = may_serve(self.replica.is_master(), self.replica.lease_valid(), self.replica.read_barrier(), self.applied);
-        let now = Instant::now();
+        // The clock of the turn, which the core's lease is of.
+        let now = self.turn_began;
         let due = {
             let state = self.shared.state();
             self.duties.tick(can_serve, &state, &mut self.shared.leases(), now)
