@@ -115,8 +115,11 @@ pub struct Event {
 /// Session events kept for slow receivers; beyond this a receiver sees a
 /// lag and is told with a `Missed` event.
 const EVENTS_BUFFERED_MAX: usize = 1024;
-/// The longest the library waits between two connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// The longest the library waits between two connection attempts. A
+/// dead master's successor is elected about a master lease (250 ms) after
+/// its last heartbeat; retries this close together reach it within 50 ms
+/// (20 a second per client while no master answers).
+const BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// How long connecting to one replica may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -456,6 +456,32 @@ impl Replica {
         }
     }
 
+    /// Tells the core that the connection `peer` sent on closed: its
+    /// process exited (a crash, a SIGKILL, a shutdown) or it dropped the
+    /// connection. If `peer` is the master this follower follows, that
+    /// master is probably gone, so the follower does not wait out a whole
+    /// election timeout of silence: it campaigns as soon as the lease it
+    /// granted that master runs out, plus a little jitter (one tick up to a
+    /// heartbeat interval) against duels between followers that all saw the
+    /// close, and it stops refusing others' pre-votes on that master's
+    /// account.
+    ///
+    /// Safety does not rest on it: the lease still runs out in full before
+    /// any acceptor promises another ballot. A close of a master that is in
+    /// fact alive (a reset connection, a restarted transport) costs nothing:
+    /// its next heartbeat renews the lease and the timer, the pre-vote of a
+    /// follower that campaigns anyway is refused by the replicas that still
+    /// hear that master, and a master's own campaign is never hastened.
+    pub fn peer_lost(&mut self, peer: ReplicaId) {
+        if !matches!(self.role, Role::Follower) || self.master_hint != Some(peer) || !self.is_voter() {
+            return;
+        }
+        self.master_heard_tick = None;
+        let jitter = self.rng.range(1, self.config.heartbeat_ticks.max(1));
+        let campaign_at = self.lease_grant.until.max(self.now).saturating_add(jitter);
+        self.election_deadline = self.election_deadline.min(campaign_at);
+    }
+
     /// Handles a message from another replica. Messages from non-members or
     /// from ourselves, and messages that break a bound of the protocol
     /// ([`Message::validate`]), are dropped and counted

@@ -1142,12 +1142,17 @@ struct Cell {
 
 impl Cell {
     fn new() -> Cell {
+        Cell::with_election_ticks(10, 20)
+    }
+
+    /// Five replicas whose election timeout is `min..=max` ticks.
+    fn with_election_ticks(min: u64, max: u64) -> Cell {
         let replicas = MEMBERS
             .iter()
             .map(|&id| {
                 let mut config = config(id);
-                config.election_ticks_min = 10;
-                config.election_ticks_max = 20;
+                config.election_ticks_min = min;
+                config.election_ticks_max = max;
                 config.seed = id;
                 Replica::new(config, Durable::default()).expect("valid config")
             })
@@ -1207,6 +1212,71 @@ impl Cell {
         let [master] = masters.as_slice() else { return None };
         Some((*master, self.replicas[*master].master_ballot()?))
     }
+}
+
+/// The master's process dies at once after a heartbeat round; the four
+/// others tick on without it for `ticks`, and those in `see_it_close` are
+/// told its connection closed. Returns the new master, if one was elected.
+fn master_dies(cell: &mut Cell, master: usize, see_it_close: bool, ticks: u64) -> Option<(usize, Ballot)> {
+    let master_id = cell.replicas[master].id();
+    if see_it_close {
+        for (index, replica) in cell.replicas.iter_mut().enumerate() {
+            if index != master {
+                replica.peer_lost(master_id);
+            }
+        }
+    }
+    for _ in 0..ticks {
+        for (index, replica) in cell.replicas.iter_mut().enumerate() {
+            if index != master {
+                replica.tick();
+            }
+        }
+        cell.pump_except(Some(master));
+        let masters: Vec<usize> = (0..5).filter(|&i| i != master && cell.replicas[i].is_master()).collect();
+        if let [new] = masters.as_slice() {
+            return Some((*new, cell.replicas[*new].master_ballot()?));
+        }
+    }
+    None
+}
+
+/// A cell with an election timeout (30-40 ticks) far longer than the lease
+/// (8) and the heartbeat interval (2), whose live master's connections
+/// closed once (a proxy reset them) after it was elected; the same on
+/// every call (seeded).
+fn cell_after_a_reset() -> (Cell, usize, Ballot) {
+    let mut cell = Cell::with_election_ticks(30, 40);
+    cell.run(200);
+    let (master, ballot) = cell.master().expect("a master after 200 ticks");
+    let master_id = cell.replicas[master].id();
+    for (index, replica) in cell.replicas.iter_mut().enumerate() {
+        if index != master {
+            replica.peer_lost(master_id);
+        }
+    }
+    cell.run(100);
+    (cell, master, ballot)
+}
+
+#[test]
+fn a_closed_connection_of_a_dead_master_brings_the_election_forward_and_of_a_live_one_costs_nothing() {
+    let (mut cell, master, ballot) = cell_after_a_reset();
+    assert_eq!(cell.master(), Some((master, ballot)), "a live master whose connections closed stays, in its ballot");
+    assert!(cell.replicas.iter().all(|r| r.hard_state().promised == ballot), "nobody promised a higher ballot");
+
+    // The master dies and its connections close: a follower campaigns once
+    // the lease it granted ran out (8 ticks after the last heartbeat) and a
+    // jitter of at most a heartbeat interval, long before 30 ticks.
+    let (new_master, new_ballot) = master_dies(&mut cell, master, true, 14).expect("a new master within 14 ticks of the close");
+    assert_ne!(new_master, master);
+    assert!(new_ballot > ballot);
+
+    // Without the close, the followers wait out their election timeout.
+    let (mut control, same_master, _) = cell_after_a_reset();
+    assert_eq!(same_master, master);
+    assert_eq!(master_dies(&mut control, master, false, 14), None, "no new master within 14 ticks without the close");
+    assert!(master_dies(&mut control, master, false, 40).is_some(), "a new master after the election timeout");
 }
 
 #[test]

@@ -235,6 +235,9 @@ enum Event {
     ReleaseLink { from: ReplicaId, to: ReplicaId },
     DiskDone { node: usize, incarnation: u64 },
     Resume { node: usize },
+    /// The connection replica `from` sent on to replica `to` closed, as the
+    /// transport sees when a peer's process dies or a proxy resets it.
+    ConnectionClosed { from: ReplicaId, to: usize, incarnation: u64 },
     Propose,
     Nemesis,
     /// The next change of a burst of configuration changes, `left` more
@@ -969,6 +972,19 @@ impl<'a> Simulation<'a> {
                 Ok(())
             }
             Event::Resume { node } => self.resume(node),
+            Event::ConnectionClosed { from, to, incarnation } => {
+                if self.nodes[to].incarnation != incarnation || self.nodes[to].core.is_none() {
+                    return Ok(());
+                }
+                if self.nodes[to].paused_since.is_some() {
+                    self.nodes[to].deferred.push(Event::ConnectionClosed { from, to, incarnation });
+                    return Ok(());
+                }
+                if let Some(core) = &mut self.nodes[to].core {
+                    core.peer_lost(from);
+                }
+                self.drive(to)
+            }
             Event::ReleaseLink { from, to } => {
                 self.release_link(from, to);
                 Ok(())
@@ -1489,9 +1505,25 @@ impl<'a> Simulation<'a> {
             self.report.power_losses += 1;
             self.note(format!("power loss at replica {id}: {lost} unsynced writes lost"));
         } else {
+            // The process died on a machine that lives on: its kernel
+            // closes its connections, and the peers see them close.
             self.note(format!("crash replica {id}"));
+            for to in (0..self.nodes.len()).filter(|&to| to != index) {
+                self.close_connection(id, to);
+            }
         }
         self.with_application(|application, _| application.crashed(index));
+    }
+
+    /// The connection `from` sends on to replica `to` closes, seen after a
+    /// network delay (a running replica of the current incarnation only).
+    fn close_connection(&mut self, from: ReplicaId, to: usize) {
+        if self.nodes[to].core.is_none() {
+            return;
+        }
+        let incarnation = self.nodes[to].incarnation;
+        let delay = self.rng.range(20, self.delay_us_max);
+        self.schedule(delay, Event::ConnectionClosed { from, to, incarnation });
     }
 
     fn resume(&mut self, index: usize) -> Result<(), Violation> {
@@ -1811,6 +1843,17 @@ impl<'a> Simulation<'a> {
             15 => self.partition_gray(&ids, master),
             14 => self.partition_directed(&ids),
             _ => self.partition_one_way(&ids, master),
+        }
+        // A third of the time a proxy resets what it cuts: the receivers see
+        // connections of live replicas (the master's too) close.
+        if self.rng.chance(1, 3) {
+            let cut: Vec<(ReplicaId, ReplicaId)> = self.blocked.iter().copied().collect();
+            for (from, to) in cut {
+                if let Some(to) = self.nodes.iter().position(|n| n.id == to) {
+                    self.close_connection(from, to);
+                }
+            }
+            self.note("partition: the cut connections are reset".to_string());
         }
     }
 

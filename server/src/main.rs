@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use gaios_server::service::CellService;
 use gaios_server::ops::config::{Cli, Command, InitArgs, ReplicaConfig};
-use gaios_server::replica::driver::{Driver, DriverOptions};
+use gaios_server::replica::driver::{CLOSED_CONNECTIONS_MAX, Driver, DriverOptions};
 use gaios_server::ops::metrics::{Metrics, serve_metrics};
 use gaios_server::ops::health;
 use gaios_server::ops::tls::{self, Tls};
@@ -152,14 +152,17 @@ async fn run(mut config: ReplicaConfig) -> anyhow::Result<()> {
         flag_members: config.members.clone(),
     };
     let snapshot_store = storage.snapshot_store();
+    let (closed_tx, closed_rx) = mpsc::channel(CLOSED_CONNECTIONS_MAX);
     let (driver, status, shared) = Driver::new(paxos_config, storage, inbox_rx, outbound, config.tick, options)
         .context("cannot start the replica")?;
+    let driver = driver.with_closed_connections(closed_rx);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let peer_service = PeerService::new(config.id, &config.cell_id, peers, inbox_tx, stats.clone())
         .with_status(status.clone())
         .with_snapshot_store(snapshot_store)
-        .with_peer_certificates_required(tls.is_some());
+        .with_peer_certificates_required(tls.is_some())
+        .with_closed_connections(closed_tx);
     let cell_service =
         CellService::new(config.cell_id.clone(), incarnation, config.members.clone(), status, stats.clone(), shared)
             .with_client_identities(tls.is_some())

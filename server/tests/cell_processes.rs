@@ -5,7 +5,8 @@
 //! The test polls every replica's `Cell.Status` over gRPC. It waits until
 //! exactly one replica reports itself master and every other agrees; kills
 //! that process with SIGKILL; waits until a different replica is master (the
-//! only wall-clock assertion: a liveness deadline); restarts the killed
+//! only wall-clock assertion: a liveness deadline), and checks that a
+//! survivor was told the killed master's connection closed; restarts the killed
 //! replica on its data directory and waits until it follows the new master
 //! and its chosen prefix reaches the master's.
 //!
@@ -41,6 +42,14 @@ async fn cell_elects_fails_over_and_rejoins() {
         panic!("no new master within {FAILOVER_DEADLINE:?} after killing replica {first_master}\n{}", cell.logs());
     };
     assert_ne!(second_master, first_master, "a killed replica cannot be master");
+    // The survivors' transport saw the killed master's connection close and
+    // told their core (which then campaigns once its lease runs out rather
+    // than after an election timeout of silence).
+    let told = survivors.iter().filter(|&&i| {
+        let log = std::fs::read_to_string(cell.log_path(cell.members[i].id)).unwrap_or_default();
+        log.contains(&format!("connection from peer closed peer={first_master}"))
+    });
+    assert!(told.count() >= 1, "no survivor was told the master's connection closed\n{}", cell.logs());
 
     // Restart the killed replica on its data; it must follow the master the
     // others follow and catch up with its chosen prefix.

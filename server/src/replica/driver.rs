@@ -13,7 +13,9 @@
 //!    loop could not listen are first reported as a stall, which the core's
 //!    election and quorum-check timers do not count (so a disk stall that
 //!    holds up every replica's synced write at once costs no election);
-//! 2. steps a bounded number of messages from the inbox;
+//! 2. steps a bounded number of messages from the inbox, then tells the
+//!    core which peers' connections closed (a dead master's followers then
+//!    campaign once its lease runs out, see `Replica::peer_lost`);
 //! 3. proposes a bounded batch of the commands the gRPC handlers queued
 //!    (see [`crate::shared`]);
 //! 4. while the core has a `Ready`: sends its `messages`, makes it durable
@@ -71,6 +73,12 @@ pub const PROPOSALS_PER_TURN_MAX: usize = 1024;
 /// The most commands this master has proposed and not yet seen applied;
 /// beyond it handlers are told the master is overloaded.
 pub const PENDING_MAX: usize = 16_384;
+/// The most closed connections told to the core in one turn (a handful of
+/// peers; the channel holds [`CLOSED_CONNECTIONS_MAX`]).
+const CLOSED_PER_TURN_MAX: usize = 64;
+/// Closed connections waiting for the driver; more are dropped (they only
+/// hasten an election).
+pub const CLOSED_CONNECTIONS_MAX: usize = 64;
 /// How often the master looks for expired sessions and ended lock-delays.
 pub const DUTY_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -154,6 +162,9 @@ pub struct Driver {
     replica: Replica,
     storage: Storage,
     inbox: mpsc::Receiver<Inbound>,
+    /// The peers whose connection to this replica closed, as the transport
+    /// saw them ([`Driver::with_closed_connections`]).
+    closed: Option<mpsc::Receiver<ReplicaId>>,
     outbound: Outbound,
     tick: Duration,
     status: watch::Sender<ReplicaStatus>,
@@ -246,6 +257,7 @@ impl Driver {
             replica,
             storage,
             inbox,
+            closed: None,
             outbound,
             tick,
             status,
@@ -297,6 +309,7 @@ impl Driver {
                 let mut first_proposal = None;
                 let mut change = None;
                 let mut taken = None;
+                let mut closed = None;
                 tokio::select! {
                     biased;
                     changed = shutdown.changed() => {
@@ -310,6 +323,7 @@ impl Driver {
                         None => break,
                     },
                     Some(proposal) = self.proposals.recv() => first_proposal = Some(proposal),
+                    Some(peer) = next_closed(&mut self.closed) => closed = Some(peer),
                     Some(request) = self.changes.recv() => change = Some(request),
                     result = self.snapshotter.next_taken(), if self.snapshotter.taking() => taken = Some(result),
                     // `Ready`s left over from the last turn go on at once.
@@ -352,6 +366,12 @@ impl Driver {
                     let Ok(message) = self.inbox.try_recv() else { break };
                     self.step(message);
                     stepped += 1;
+                }
+                // Closed connections after the messages that came on them.
+                let more_closed = std::iter::from_fn(|| self.closed.as_mut()?.try_recv().ok());
+                for peer in closed.into_iter().chain(more_closed).take(CLOSED_PER_TURN_MAX) {
+                    tracing::info!(peer, "connection from peer closed");
+                    self.replica.peer_lost(peer);
                 }
 
                 // 3. Commands from the handlers.
@@ -789,6 +809,13 @@ impl Driver {
         self.members_view = Arc::new(members_view(&self.replica, &self.options.flag_members));
     }
 
+    /// Hears from the transport which peers' connections closed.
+    #[must_use]
+    pub fn with_closed_connections(mut self, closed: mpsc::Receiver<ReplicaId>) -> Self {
+        self.closed = Some(closed);
+        self
+    }
+
     /// Publishes the status if it changed; `last_tick_at` is when the core's
     /// current tick began, from which the lease's end is placed in time.
     fn publish(&self, last_tick_at: Instant) {
@@ -811,6 +838,15 @@ impl Driver {
 /// could not listen: all but the one an idle loop waits for.
 fn stalled_ticks(due: u64, delivered: u64) -> u64 {
     due.saturating_sub(delivered).saturating_sub(1)
+}
+
+/// The next peer whose connection closed; never, without a transport that
+/// tells.
+async fn next_closed(closed: &mut Option<mpsc::Receiver<ReplicaId>>) -> Option<ReplicaId> {
+    match closed {
+        Some(closed) => closed.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How many ticks are due after `elapsed` time at one tick per `tick`.

@@ -268,6 +268,8 @@ pub struct PeerService {
     /// Whether every stream must come over TLS with a certificate naming
     /// the member that sends on it (see `ops::tls`).
     certificates_required: bool,
+    /// Where to tell the driver that a member's `Exchange` stream ended.
+    closed: Option<mpsc::Sender<ReplicaId>>,
 }
 
 /// Which snapshot an offer names: a new offer of the same one resumes.
@@ -326,7 +328,18 @@ impl PeerService {
             restoring: Arc::new(tokio::sync::Semaphore::new(1)),
             store: None,
             certificates_required: false,
+            closed: None,
         }
+    }
+
+    /// Tells the driver, through `closed` (never waiting; dropped when
+    /// full), the member whose `Exchange` stream ended: the connection of a
+    /// process that died closes at once, long before its silence would
+    /// time out.
+    #[must_use]
+    pub fn with_closed_connections(mut self, closed: mpsc::Sender<ReplicaId>) -> Self {
+        self.closed = Some(closed);
+        self
     }
 
     /// Makes every stream need a TLS certificate that names the member
@@ -404,10 +417,11 @@ impl PeerService {
     }
 
     /// Checks and decodes one message and offers it to the inbox; never
-    /// blocks and never panics on bad input.
-    fn deliver(&self, remote: Option<SocketAddr>, certified: Option<ReplicaId>, message: peer::PaxosMessage) {
+    /// blocks and never panics on bad input. Returns the sender when it is
+    /// a member admitted in its incarnation.
+    fn deliver(&self, remote: Option<SocketAddr>, certified: Option<ReplicaId>, message: peer::PaxosMessage) -> Option<ReplicaId> {
         if !self.same_cell(remote, &message.cell_id, message.from) {
-            return;
+            return None;
         }
         let incarnation = message.incarnation;
         let decoded = match codec::decode_message(message) {
@@ -415,13 +429,13 @@ impl PeerService {
             Err(error) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?remote, %error, "dropping malformed peer message");
-                return;
+                return None;
             }
         };
         if !self.sender_certified(remote, certified, decoded.from)
             || !self.admit_sender(remote, decoded.from, decoded.to, incarnation)
         {
-            return;
+            return None;
         }
         if matches!(decoded.message, Message::Heartbeat { .. }) {
             self.drop_stale_partial();
@@ -429,9 +443,11 @@ impl PeerService {
         if matches!(decoded.message, Message::InstallSnapshot { .. }) {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(?remote, from = decoded.from, "dropping a snapshot sent on Exchange; snapshots travel on InstallSnapshot");
-            return;
+            return Some(decoded.from);
         }
-        self.offer_to_driver(Inbound { from: decoded.from, message: decoded.message, checked: None });
+        let from = decoded.from;
+        self.offer_to_driver(Inbound { from, message: decoded.message, checked: None });
+        Some(from)
     }
 
     /// Whether a message naming `cell_id` comes from this cell; one from
@@ -798,11 +814,14 @@ impl ReplicaRpc for PeerService {
         let (keep_open, response) = mpsc::channel(1);
         let service = self.clone();
         tokio::spawn(async move {
+            // The member whose messages this stream brought (the last one
+            // admitted: a stream carries one sender's).
+            let mut sender = None;
             loop {
                 match stream.message().await {
                     Ok(Some(batch)) => {
                         for message in batch.messages {
-                            service.deliver(remote, certified, message);
+                            sender = service.deliver(remote, certified, message).or(sender);
                         }
                     }
                     Ok(None) => break,
@@ -811,6 +830,9 @@ impl ReplicaRpc for PeerService {
                         break;
                     }
                 }
+            }
+            if let (Some(from), Some(closed)) = (sender, &service.closed) {
+                let _ = closed.try_send(from);
             }
             drop(keep_open);
         });

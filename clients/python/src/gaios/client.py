@@ -38,8 +38,9 @@ EVENTS_BUFFERED_MAX = 1024
 ADDRESSES_MAX = 64
 #: The longest address learned from the cell.
 ADDRESS_BYTES_MAX = 256
-#: The longest pause between two attempts of a call.
-BACKOFF_MAX_S = 0.1
+#: The longest pause between two attempts of a call (as the Rust library:
+#: a dead master's successor is reached within 50 ms of its election).
+BACKOFF_MAX_S = 0.05
 #: The largest answer the client accepts (the cell's answers stay under
 #: 16 MiB: `ReadDir` pages).
 RESPONSE_BYTES_MAX = 32 << 20
