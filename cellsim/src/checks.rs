@@ -58,7 +58,7 @@ struct Serving {
     lease_until_us: Option<u64>,
     /// Since when it cannot serve, if it cannot now.
     gap_since_us: Option<u64>,
-    /// Past gaps (from, to), newest last.
+    /// Past gaps (from, to) of at least [`GAP_UNSEEN_US`], newest last.
     gaps: std::collections::VecDeque<(u64, u64)>,
 }
 
@@ -242,7 +242,12 @@ impl History {
                 serving.gap_since_us.get_or_insert(now);
             }
             Some(_) => {
-                if let Some(since) = serving.gap_since_us.take() {
+                // Only gaps the duties must have seen are kept (and held
+                // against an expiry), so that short ones never push a long
+                // one out.
+                if let Some(since) = serving.gap_since_us.take()
+                    && now.saturating_sub(since) >= GAP_UNSEEN_US
+                {
                     if serving.gaps.len() == SERVING_GAPS_MAX {
                         serving.gaps.pop_front();
                     }

@@ -299,7 +299,6 @@ impl Application for Cell {
         }
         // The masters whose duties are due run them (each on its own clock).
         self.duties(cluster)
-
     }
 
     fn finish(&mut self, cluster: &dyn Cluster) -> Result<(), String> {

@@ -115,10 +115,11 @@ pub struct Event {
 /// Session events kept for slow receivers; beyond this a receiver sees a
 /// lag and is told with a `Missed` event.
 const EVENTS_BUFFERED_MAX: usize = 1024;
-/// The longest the library waits between two connection attempts. A
-/// dead master's successor is elected about a master lease (250 ms) after
-/// its last heartbeat; retries this close together reach it within 50 ms
-/// (20 a second per client while no master answers).
+/// The longest the library waits between two connection attempts (less up
+/// to half of it at random, see [`back_off`]). A dead master's successor is
+/// elected about a master lease (250 ms) after its last heartbeat; retries
+/// this close together reach it within 50 ms (20 to 40 a second per client
+/// while no master answers).
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// How long connecting to one replica may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -462,8 +463,7 @@ impl Inner {
             if Instant::now() >= deadline {
                 return Err(Error::NoMaster(last));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            back_off(&mut backoff).await;
         }
     }
 
@@ -500,8 +500,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
     let mut backoff = Duration::from_millis(20);
     'streams: loop {
         let Some((address, mut cell)) = inner.master().await else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            back_off(&mut backoff).await;
             continue;
         };
         let (requests, receiver) = mpsc::channel(4);
@@ -531,8 +530,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                     return;
                 }
                 let _ = inner.forget(&address, redirect(&status)).await;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                back_off(&mut backoff).await;
                 continue;
             }
             Err(_) => {
@@ -583,8 +581,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                         // To the master a redirect names at once; the
                         // same replica or the next after the backoff.
                         if !matches!(inner.forget(&address, redirect(&status)).await, Next::To(_)) {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            back_off(&mut backoff).await;
                         }
                         continue 'streams;
                     }
@@ -593,6 +590,19 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
         }
         let _ = inner.forget(&address, None).await;
     }
+}
+
+/// Waits `backoff`, less up to half of it at random (so that the clients of
+/// a cell do not retry in step after a failover), then doubles it up to
+/// [`BACKOFF_MAX`].
+async fn back_off(backoff: &mut Duration) {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // Every `RandomState` has new keys: a random number without a crate.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let half = *backoff / 2;
+    let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).saturating_add(1);
+    tokio::time::sleep(half + Duration::from_nanos(random % spread)).await;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
 fn ends_session(status: &Status) -> bool {

@@ -1169,6 +1169,12 @@ impl Cell {
     /// As [`Cell::pump`], while the replica at `stalled` (if any) does
     /// nothing: messages for it are held until a pump without it.
     fn pump_except(&mut self, stalled: Option<usize>) {
+        self.pump_cut(stalled, None);
+    }
+
+    /// As [`Cell::pump_except`], and what replica `cut.0` sends replica
+    /// `cut.1` (ids) is lost.
+    fn pump_cut(&mut self, stalled: Option<usize>, cut: Option<(u64, u64)>) {
         let index_of = |id: u64| MEMBERS.iter().position(|&m| m == id).expect("a member");
         let mut mail = if stalled.is_none() { std::mem::take(&mut self.held) } else { Vec::new() };
         for _ in 0..1_000 {
@@ -1186,6 +1192,9 @@ impl Cell {
             }
             for (from, envelope) in std::mem::take(&mut mail) {
                 let to = index_of(envelope.to);
+                if cut == Some((from, envelope.to)) {
+                    continue;
+                }
                 if Some(to) == stalled {
                     self.held.push((from, envelope));
                 } else {
@@ -1215,14 +1224,13 @@ impl Cell {
 }
 
 /// The master's process dies at once after a heartbeat round; the four
-/// others tick on without it for `ticks`, and those in `see_it_close` are
-/// told its connection closed. Returns the new master, if one was elected.
-fn master_dies(cell: &mut Cell, master: usize, see_it_close: bool, ticks: u64) -> Option<(usize, Ballot)> {
-    let master_id = cell.replicas[master].id();
-    if see_it_close {
+/// others tick on without it for `ticks`, told first that the connection of
+/// `closed` (if any) closed. Returns the new master, if one was elected.
+fn master_dies(cell: &mut Cell, master: usize, closed: Option<u64>, ticks: u64) -> Option<(usize, Ballot)> {
+    if let Some(closed) = closed {
         for (index, replica) in cell.replicas.iter_mut().enumerate() {
             if index != master {
-                replica.peer_lost(master_id);
+                replica.peer_lost(closed);
             }
         }
     }
@@ -1265,18 +1273,41 @@ fn a_closed_connection_of_a_dead_master_brings_the_election_forward_and_of_a_liv
     assert_eq!(cell.master(), Some((master, ballot)), "a live master whose connections closed stays, in its ballot");
     assert!(cell.replicas.iter().all(|r| r.hard_state().promised == ballot), "nobody promised a higher ballot");
 
+    // A follower that saw the close and then stops hearing the live master
+    // (its link cut for 40 ticks) campaigns: the others, who hear the
+    // master, refuse its pre-vote, and the master keeps its ballot.
+    let master_id = cell.replicas[master].id();
+    let lonely = (master + 1) % 5;
+    let lonely_id = cell.replicas[lonely].id();
+    cell.replicas[lonely].peer_lost(master_id);
+    let mut asked = false;
+    for _ in 0..40 {
+        for replica in &mut cell.replicas {
+            replica.tick();
+        }
+        cell.pump_cut(None, Some((master_id, lonely_id)));
+        asked |= cell.replicas[lonely].status().role == "pre-candidate";
+    }
+    assert!(asked, "the cut-off follower ran a pre-vote");
+    assert_eq!(cell.master(), Some((master, ballot)), "a follower that lost the master alone deposes nobody");
+    assert!(cell.replicas.iter().all(|r| r.hard_state().promised == ballot), "nobody promised a higher ballot");
+    cell.run(20);
+
     // The master dies and its connections close: a follower campaigns once
     // the lease it granted ran out (8 ticks after the last heartbeat) and a
     // jitter of at most a heartbeat interval, long before 30 ticks.
-    let (new_master, new_ballot) = master_dies(&mut cell, master, true, 14).expect("a new master within 14 ticks of the close");
+    let (new_master, new_ballot) = master_dies(&mut cell, master, Some(master_id), 14).expect("a new master within 14 ticks of the close");
     assert_ne!(new_master, master);
     assert!(new_ballot > ballot);
 
-    // Without the close, the followers wait out their election timeout.
-    let (mut control, same_master, _) = cell_after_a_reset();
-    assert_eq!(same_master, master);
-    assert_eq!(master_dies(&mut control, master, false, 14), None, "no new master within 14 ticks without the close");
-    assert!(master_dies(&mut control, master, false, 40).is_some(), "a new master after the election timeout");
+    // Without the close (or with another replica's), the followers wait out
+    // their election timeout.
+    for closed in [None, Some(cell.replicas[(master + 2) % 5].id())] {
+        let (mut control, same_master, _) = cell_after_a_reset();
+        assert_eq!(same_master, master);
+        assert_eq!(master_dies(&mut control, master, closed, 14), None, "no new master within 14 ticks, {closed:?} closed");
+        assert!(master_dies(&mut control, master, None, 40).is_some(), "a new master after the election timeout");
+    }
 }
 
 #[test]

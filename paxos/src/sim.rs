@@ -1530,15 +1530,24 @@ impl<'a> Simulation<'a> {
         let Some(since) = self.nodes[index].paused_since.take() else { return Ok(()) };
         if self.nodes[index].core.is_some() && self.rng.chance(1, 2) {
             // The pause cut a turn in two: its driver had read the clock
-            // and delivered the ticks, and now finishes the turn (the
-            // master's duties, the core's output) before it reads the clock
-            // again. Its core still holds the lease of before the pause.
+            // and delivered the ticks, and now finishes the turn (the write
+            // the pause held up, what it applies, the master's duties, the
+            // core's output) before it reads the clock again. Its core still
+            // holds the lease of before the pause; messages wait for the
+            // next turn.
             let node = &mut self.nodes[index];
             let turn_began = since.min(node.ticked_us + node.tick_period_us - 1).max(node.ticked_us);
             node.turn_began_us = Some(turn_began);
+            let (writes, rest): (Vec<Event>, Vec<Event>) =
+                std::mem::take(&mut node.deferred).into_iter().partition(|event| matches!(event, Event::DiskDone { .. }));
+            node.deferred = rest;
             let id = node.id;
             self.note(format!("replica {id} resumes in the middle of a turn begun at t={turn_began}"));
-            let finished = self.step_application();
+            let mut finished = Ok(());
+            for write in writes {
+                finished = finished.and_then(|()| self.dispatch(write));
+            }
+            let finished = finished.and_then(|()| self.step_application());
             self.nodes[index].turn_began_us = None;
             finished?;
         }

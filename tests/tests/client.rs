@@ -124,6 +124,16 @@ async fn a_short_pause_brings_jeopardy_then_safe_and_the_lock_is_kept() {
 /// the pause (with its lease of before the pause, on the clock of after it):
 /// they get a fresh lease, and the lock holder keeps its lock. Three pauses
 /// of 3 s each (the session lease is 2 s).
+/// How many driver turns of replica `id` its log reports as slow with at
+/// least `ms` milliseconds (`slow driver turn turn_ms=...`).
+fn turns_of_at_least(cell: &Cell, id: u64, ms: u64) -> usize {
+    let log = std::fs::read_to_string(cell.log_path(id)).unwrap_or_default();
+    log.lines()
+        .filter_map(|line| line.split_once("slow driver turn turn_ms=")?.1.split_whitespace().next()?.parse::<u64>().ok())
+        .filter(|&turn_ms| turn_ms >= ms)
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
     let _serial = serial();
@@ -151,8 +161,10 @@ async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
         }));
     }
 
+    let mut masters = std::collections::BTreeSet::new();
     for round in 0..3 {
         let master = ready(&cell).await;
+        masters.insert(master);
         tokio::time::sleep(Duration::from_millis(500)).await; // the writers are at work
         let paused = pause_majority(&cell, master);
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -168,6 +180,11 @@ async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
         written += task.await.expect("writer");
     }
     assert!(written > 0, "the writers wrote nothing: the master was never busy");
+    // At least one pause landed in the middle of a turn: the paused master
+    // logged a turn of about the pause's length (else the test proved
+    // nothing; the writers make it the common case).
+    let cut_turns: usize = masters.iter().map(|&id| turns_of_at_least(&cell, id, 2_500)).sum();
+    assert!(cut_turns >= 1, "no pause landed in the middle of a master's turn\n{}", cell.logs());
     assert!(holder.check_sequencer(lock.sequencer()).await.expect("check"), "the lock is still held");
     lock.release().await.expect("release");
 }

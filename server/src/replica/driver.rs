@@ -367,7 +367,10 @@ impl Driver {
                     self.step(message);
                     stepped += 1;
                 }
-                // Closed connections after the messages that came on them.
+                // Closed connections after the messages stepped this turn
+                // (a heartbeat still waiting in a full inbox may yet reset
+                // the election timer: the election then comes a little
+                // later, no harm done).
                 let more_closed = std::iter::from_fn(|| self.closed.as_mut()?.try_recv().ok());
                 for peer in closed.into_iter().chain(more_closed).take(CLOSED_PER_TURN_MAX) {
                     tracing::info!(peer, "connection from peer closed");

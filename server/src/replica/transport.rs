@@ -443,6 +443,7 @@ impl PeerService {
         if matches!(decoded.message, Message::InstallSnapshot { .. }) {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(?remote, from = decoded.from, "dropping a snapshot sent on Exchange; snapshots travel on InstallSnapshot");
+            // Dropped, but from an admitted member.
             return Some(decoded.from);
         }
         let from = decoded.from;
@@ -814,14 +815,16 @@ impl ReplicaRpc for PeerService {
         let (keep_open, response) = mpsc::channel(1);
         let service = self.clone();
         tokio::spawn(async move {
-            // The member whose messages this stream brought (the last one
-            // admitted: a stream carries one sender's).
+            // The member whose messages this stream brought: the first one
+            // admitted (a member's stream carries its own; without TLS,
+            // nothing but the envelope says who sends).
             let mut sender = None;
             loop {
                 match stream.message().await {
                     Ok(Some(batch)) => {
                         for message in batch.messages {
-                            sender = service.deliver(remote, certified, message).or(sender);
+                            let delivered = service.deliver(remote, certified, message);
+                            sender = sender.or(delivered);
                         }
                     }
                     Ok(None) => break,

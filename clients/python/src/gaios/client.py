@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import itertools
 import os
+import random
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -39,7 +40,8 @@ ADDRESSES_MAX = 64
 #: The longest address learned from the cell.
 ADDRESS_BYTES_MAX = 256
 #: The longest pause between two attempts of a call (as the Rust library:
-#: a dead master's successor is reached within 50 ms of its election).
+#: a dead master's successor is reached within 50 ms of its election); each
+#: pause is shortened by up to half at random, so clients do not retry in step.
 BACKOFF_MAX_S = 0.05
 #: The largest answer the client accepts (the cell's answers stay under
 #: 16 MiB: `ReadDir` pages).
@@ -561,7 +563,7 @@ class Cell:
                         raise failure from None
             if time.monotonic() >= deadline:
                 raise NoMaster(last)
-            time.sleep(backoff)
+            time.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _learn_members(self) -> None:
@@ -659,7 +661,7 @@ class Cell:
         while not self._closing and self._state != SessionState.EXPIRED:
             current = self._current()
             if current is None:
-                time.sleep(backoff)
+                time.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             address, stub = current
@@ -669,7 +671,7 @@ class Cell:
             if outcome == "answered":
                 backoff = 0.02
             if outcome != "redirected":
-                time.sleep(backoff)
+                time.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _one_stream(self, address: str, stub: Any, interval: float, answer_within: float) -> str:
