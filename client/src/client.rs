@@ -350,8 +350,19 @@ impl Inner {
         }
         let address = {
             let addresses = self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let index = self.next_address.fetch_add(1, Ordering::Relaxed) % addresses.len().max(1);
-            addresses.get(index).cloned()?
+            let router = self.router();
+            let now = Instant::now();
+            // The next address in turn, passing over one that just let an
+            // attempt time out (unless it is the only one).
+            let mut address = None;
+            for _ in 0..addresses.len().max(1) {
+                let index = self.next_address.fetch_add(1, Ordering::Relaxed) % addresses.len().max(1);
+                address = addresses.get(index).cloned();
+                if address.as_ref().is_some_and(|address| !router.passed_over(address, now)) {
+                    break;
+                }
+            }
+            address?
         };
         let cell = connect(&address, self.options.tls.as_ref()).await?;
         *master = Some((address.clone(), cell.clone()));
@@ -456,6 +467,7 @@ impl Inner {
                     }
                     Err(_) => {
                         last = format!("{address} did not answer within {attempt_timeout:?}");
+                        self.router().silent(&address, Instant::now());
                         let _ = self.forget(&address, None).await;
                     }
                 }
@@ -534,6 +546,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                 continue;
             }
             Err(_) => {
+                inner.router().silent(&address, Instant::now());
                 let _ = inner.forget(&address, None).await;
                 continue;
             }
@@ -544,7 +557,9 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
             tokio::select! {
                 _ = ticker.tick() => {
                     if sent.front().is_some_and(|at| at.elapsed() > answer_within) {
-                        break; // the master hung; find another
+                        // The master hung; find another.
+                        inner.router().silent(&address, Instant::now());
+                        break;
                     }
                     let sending = Instant::now();
                     if requests.try_send(request(last_event)).is_ok() {

@@ -15,6 +15,14 @@ use crate::error::Redirect;
 /// cut off from the cell.
 pub(crate) const MASTER_NOT_READY_PATIENCE: Duration = Duration::from_secs(2);
 
+/// How long a replica that let an attempt time out is passed over: neither
+/// picked in turn nor followed when a redirect names it. A master that
+/// stops answering (SIGSTOP, a hung machine) is still named by followers
+/// that have not yet seen its successor, elected within about half a second
+/// of its silence; without this the library waited out a second timeout on
+/// it. A master that was only slow is tried again after this.
+pub(crate) const SILENT_PASSED_OVER: Duration = Duration::from_secs(1);
+
 /// Where to send the next attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -36,6 +44,8 @@ pub(crate) enum Next {
 pub(crate) struct Router {
     /// The unready replica, since when, and its latest such answer.
     not_ready: Option<(String, Instant, Instant)>,
+    /// The replica that last let an attempt time out, and when.
+    silent: Option<(String, Instant)>,
 }
 
 impl Router {
@@ -53,9 +63,22 @@ impl Router {
                 self.not_ready = Some((address.to_string(), since, now));
                 if now.saturating_duration_since(since) < MASTER_NOT_READY_PATIENCE { Next::Same } else { Next::Elsewhere }
             }
-            Some(redirect) if redirect.master_address != address => Next::To(redirect.master_address.clone()),
+            Some(redirect) if redirect.master_address != address && !self.passed_over(&redirect.master_address, now) => {
+                Next::To(redirect.master_address.clone())
+            }
             _ => Next::Elsewhere,
         }
+    }
+
+    /// `address` let an attempt time out at `now` (see [`SILENT_PASSED_OVER`]).
+    pub(crate) fn silent(&mut self, address: &str, now: Instant) {
+        self.silent = Some((address.to_string(), now));
+    }
+
+    /// Whether `address` is passed over at `now`: it let an attempt time out
+    /// less than [`SILENT_PASSED_OVER`] ago.
+    pub(crate) fn passed_over(&self, address: &str, now: Instant) -> bool {
+        self.silent.as_ref().is_some_and(|(silent, at)| silent == address && now.saturating_duration_since(*at) < SILENT_PASSED_OVER)
     }
 
     /// `address` answered a call: a later `MASTER_NOT_READY` from it starts
@@ -63,6 +86,9 @@ impl Router {
     pub(crate) fn served(&mut self, address: &str) {
         if self.not_ready.as_ref().is_some_and(|(unready, _, _)| unready == address) {
             self.not_ready = None;
+        }
+        if self.silent.as_ref().is_some_and(|(silent, _)| silent == address) {
+            self.silent = None;
         }
     }
 }
@@ -97,6 +123,26 @@ mod tests {
         assert_eq!(router.next("m:1", Some(&not_ready), at(5_100)), Next::Elsewhere);
         // Silence for the patience ends it too.
         assert_eq!(router.next("m:1", Some(&not_ready), at(9_000)), Next::Same);
+    }
+
+    #[test]
+    fn a_replica_that_let_an_attempt_time_out_is_passed_over_for_a_while() {
+        let mut router = Router::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        router.silent("m:1", at(0));
+        assert!(router.passed_over("m:1", at(500)));
+        assert!(!router.passed_over("f:2", at(500)), "only the silent one");
+        // A follower that has not seen the successor yet still names it.
+        let not_master = redirect(api::ErrorReason::NotMaster, "m:1");
+        assert_eq!(router.next("f:2", Some(&not_master), at(600)), Next::Elsewhere);
+        // Later it is followed again (it may only have been slow).
+        assert!(!router.passed_over("m:1", at(1_000)));
+        assert_eq!(router.next("f:2", Some(&not_master), at(1_000)), Next::To("m:1".into()));
+        // An answer from it ends the passing over at once.
+        router.silent("m:1", at(2_000));
+        router.served("m:1");
+        assert_eq!(router.next("f:2", Some(&not_master), at(2_100)), Next::To("m:1".into()));
     }
 
     #[test]

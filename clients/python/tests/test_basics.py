@@ -240,6 +240,20 @@ def test_a_master_not_ready_is_retried_for_a_while_then_left():
     assert router.next("m:1", not_ready, 3.0) == (Next.SAME, "m:1")
 
 
+def test_a_replica_that_let_an_attempt_time_out_is_passed_over_for_a_while():
+    router = Router()
+    router.silent("m:1", 0.0)
+    assert router.passed_over("m:1", 0.5)
+    assert not router.passed_over("f:2", 0.5), "only the silent one"
+    not_master = Redirect("NOT_MASTER", 3, "m:1")
+    assert router.next("f:2", not_master, 0.6) == (Next.ELSEWHERE, ""), "a follower still names the hung master"
+    assert not router.passed_over("m:1", 1.0)
+    assert router.next("f:2", not_master, 1.0) == (Next.TO, "m:1"), "later it is followed again"
+    router.silent("m:1", 2.0)
+    router.served("m:1")
+    assert router.next("f:2", not_master, 2.1) == (Next.TO, "m:1"), "an answer from it ends the passing over"
+
+
 def test_the_local_lease_ends_before_the_masters_at_the_drift_bound():
     # lease × 0.98 / 1.02, rounded down, as the Rust library counts it.
     assert local_lease_ns(12_000) == 11_529_411_764

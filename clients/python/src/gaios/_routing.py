@@ -14,6 +14,11 @@ from .errors import Redirect
 #: replicas are tried: one that stays unready this long may be cut off.
 MASTER_NOT_READY_PATIENCE_S = 2.0
 
+#: How long a replica that let an attempt time out is passed over: neither
+#: picked in turn nor followed when a redirect names it (followers that have
+#: not yet seen a hung master's successor still name it).
+SILENT_PASSED_OVER_S = 1.0
+
 
 class Next(enum.Enum):
     """Where to send the next attempt (`To` carries the address apart)."""
@@ -32,6 +37,8 @@ class Router:
     def __init__(self) -> None:
         # (address, since, latest) of the unready replica.
         self._not_ready: Optional[Tuple[str, float, float]] = None
+        # (address, when) of the replica that last let an attempt time out.
+        self._silent: Optional[Tuple[str, float]] = None
 
     def next(self, address: str, redirect: Optional[Redirect], now: float) -> Tuple[Next, str]:
         """Where to go after `address` failed an attempt at `now` (seconds,
@@ -46,12 +53,23 @@ class Router:
             if now - since < MASTER_NOT_READY_PATIENCE_S:
                 return Next.SAME, address
             return Next.ELSEWHERE, ""
-        if redirect is not None and redirect.master_address != address:
+        if redirect is not None and redirect.master_address != address and not self.passed_over(redirect.master_address, now):
             return Next.TO, redirect.master_address
         return Next.ELSEWHERE, ""
+
+    def silent(self, address: str, now: float) -> None:
+        """`address` let an attempt time out at `now`."""
+        self._silent = (address, now)
+
+    def passed_over(self, address: str, now: float) -> bool:
+        """Whether `address` let an attempt time out less than
+        `SILENT_PASSED_OVER_S` before `now`."""
+        return self._silent is not None and self._silent[0] == address and now - self._silent[1] < SILENT_PASSED_OVER_S
 
     def served(self, address: str) -> None:
         """`address` answered a call: a later `MASTER_NOT_READY` from it
         starts a new episode."""
         if self._not_ready is not None and self._not_ready[0] == address:
             self._not_ready = None
+        if self._silent is not None and self._silent[0] == address:
+            self._silent = None

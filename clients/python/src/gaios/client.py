@@ -506,8 +506,14 @@ class Cell:
             if address is None:
                 if not self._addresses:
                     return None
-                address = self._addresses[self._next_address % len(self._addresses)]
-                self._next_address += 1
+                # The next address in turn, passing over one that just let
+                # an attempt time out (unless it is the only one).
+                now = time.monotonic()
+                for _ in range(len(self._addresses)):
+                    address = self._addresses[self._next_address % len(self._addresses)]
+                    self._next_address += 1
+                    if not self._router.passed_over(address, now):
+                        break
                 self._master = address
         return address, self._stub(address)
 
@@ -522,6 +528,10 @@ class Cell:
             if where == Next.TO:
                 self._master = to
             return where
+
+    def _silent(self, address: str) -> None:
+        with self._lock:
+            self._router.silent(address, time.monotonic())
 
     def _served(self, address: str) -> None:
         with self._lock:
@@ -555,6 +565,7 @@ class Cell:
                     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started >= attempt_timeout * 0.99:
                         # Our own attempt timeout, not the cell's answer.
                         last = f"{address} did not answer within {attempt_timeout} s"
+                        self._silent(address)
                         self._forget(address, None)
                     else:
                         failure = errors.from_rpc_error(error)
@@ -752,6 +763,7 @@ class Cell:
             if self._closing:
                 return "ended"
             if hung.is_set():
+                self._silent(address)
                 self._forget(address, None)
                 return "failed"
             where = self._forget(address, errors.redirect(error))
