@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
 use crate::error::{Error, Redirect, is_retryable, redirect};
-use crate::routing::{Next, Router};
+use crate::routing::{Next, Router, SILENT_PASSED_OVER};
 use crate::handle::{Handle, OpenOptions};
 use crate::lease;
 use crate::tls::Tls;
@@ -364,7 +364,10 @@ impl Inner {
             }
             address?
         };
-        let cell = connect(&address, self.options.tls.as_ref()).await?;
+        let Some(cell) = connect(&address, self.options.tls.as_ref()).await else {
+            self.router().silent(&address, Instant::now(), SILENT_PASSED_OVER);
+            return None;
+        };
         *master = Some((address.clone(), cell.clone()));
         Some((address, cell))
     }
@@ -412,8 +415,9 @@ impl Inner {
                 if master.as_ref().is_some_and(|(current, _)| current == address) {
                     *master = None;
                 }
-                if let Some(cell) = connect(hint, self.options.tls.as_ref()).await {
-                    *master = Some((hint.clone(), cell));
+                match connect(hint, self.options.tls.as_ref()).await {
+                    Some(cell) => *master = Some((hint.clone(), cell)),
+                    None => self.router().silent(hint, Instant::now(), SILENT_PASSED_OVER),
                 }
             }
         }
@@ -467,7 +471,7 @@ impl Inner {
                     }
                     Err(_) => {
                         last = format!("{address} did not answer within {attempt_timeout:?}");
-                        self.router().silent(&address, Instant::now());
+                        self.router().silent(&address, Instant::now(), SILENT_PASSED_OVER);
                         let _ = self.forget(&address, None).await;
                     }
                 }
@@ -508,6 +512,10 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
     let interval = (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(3));
     // An answer later than this means the replica hung.
     let answer_within = (lease / 2).max(Duration::from_millis(500));
+    // A replica that hung is passed over for a quarter of the lease at most,
+    // so that a master that was only slow is back before the session's
+    // lease runs out.
+    let pass_over = lease / 4;
     let mut last_event = 0u64;
     let mut backoff = Duration::from_millis(20);
     'streams: loop {
@@ -546,7 +554,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                 continue;
             }
             Err(_) => {
-                inner.router().silent(&address, Instant::now());
+                inner.router().silent(&address, Instant::now(), pass_over);
                 let _ = inner.forget(&address, None).await;
                 continue;
             }
@@ -558,7 +566,7 @@ async fn keep_alive_streams(inner: Arc<Inner>, lease_end: watch::Sender<Instant>
                 _ = ticker.tick() => {
                     if sent.front().is_some_and(|at| at.elapsed() > answer_within) {
                         // The master hung; find another.
-                        inner.router().silent(&address, Instant::now());
+                        inner.router().silent(&address, Instant::now(), pass_over);
                         break;
                     }
                     let sending = Instant::now();

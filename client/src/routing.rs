@@ -15,12 +15,14 @@ use crate::error::Redirect;
 /// cut off from the cell.
 pub(crate) const MASTER_NOT_READY_PATIENCE: Duration = Duration::from_secs(2);
 
-/// How long a replica that let an attempt time out is passed over: neither
-/// picked in turn nor followed when a redirect names it. A master that
-/// stops answering (SIGSTOP, a hung machine) is still named by followers
-/// that have not yet seen its successor, elected within about half a second
-/// of its silence; without this the library waited out a second timeout on
-/// it. A master that was only slow is tried again after this.
+/// The longest a replica that let an attempt time out (or could not be
+/// connected to) is passed over: neither picked in turn nor followed when a
+/// redirect names it. A master that stops answering (SIGSTOP, a hung
+/// machine) is still named by followers that have not yet seen its
+/// successor, elected within about half a second of its silence; without
+/// this the library waited out a second timeout on it. A master that was
+/// only slow is tried again after this (sooner after a KeepAlive that hung,
+/// see `keep_alive_streams`), or at once when it answers.
 pub(crate) const SILENT_PASSED_OVER: Duration = Duration::from_secs(1);
 
 /// Where to send the next attempt.
@@ -44,7 +46,8 @@ pub(crate) enum Next {
 pub(crate) struct Router {
     /// The unready replica, since when, and its latest such answer.
     not_ready: Option<(String, Instant, Instant)>,
-    /// The replica that last let an attempt time out, and when.
+    /// The replica that last let an attempt time out, and until when it
+    /// is passed over.
     silent: Option<(String, Instant)>,
 }
 
@@ -70,15 +73,15 @@ impl Router {
         }
     }
 
-    /// `address` let an attempt time out at `now` (see [`SILENT_PASSED_OVER`]).
-    pub(crate) fn silent(&mut self, address: &str, now: Instant) {
-        self.silent = Some((address.to_string(), now));
+    /// `address` let an attempt time out (or could not be connected to) at
+    /// `now`: it is passed over for `period`, at most [`SILENT_PASSED_OVER`].
+    pub(crate) fn silent(&mut self, address: &str, now: Instant, period: Duration) {
+        self.silent = Some((address.to_string(), now + period.min(SILENT_PASSED_OVER)));
     }
 
-    /// Whether `address` is passed over at `now`: it let an attempt time out
-    /// less than [`SILENT_PASSED_OVER`] ago.
+    /// Whether `address` is passed over at `now`.
     pub(crate) fn passed_over(&self, address: &str, now: Instant) -> bool {
-        self.silent.as_ref().is_some_and(|(silent, at)| silent == address && now.saturating_duration_since(*at) < SILENT_PASSED_OVER)
+        self.silent.as_ref().is_some_and(|(silent, until)| silent == address && now < *until)
     }
 
     /// `address` answered a call: a later `MASTER_NOT_READY` from it starts
@@ -130,7 +133,7 @@ mod tests {
         let mut router = Router::default();
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        router.silent("m:1", at(0));
+        router.silent("m:1", at(0), Duration::from_secs(60));
         assert!(router.passed_over("m:1", at(500)));
         assert!(!router.passed_over("f:2", at(500)), "only the silent one");
         // A follower that has not seen the successor yet still names it.
@@ -139,8 +142,12 @@ mod tests {
         // Later it is followed again (it may only have been slow).
         assert!(!router.passed_over("m:1", at(1_000)));
         assert_eq!(router.next("f:2", Some(&not_master), at(1_000)), Next::To("m:1".into()));
+        // A shorter period (after a KeepAlive that hung) ends sooner.
+        router.silent("m:1", at(1_500), Duration::from_millis(300));
+        assert!(router.passed_over("m:1", at(1_700)));
+        assert!(!router.passed_over("m:1", at(1_800)));
         // An answer from it ends the passing over at once.
-        router.silent("m:1", at(2_000));
+        router.silent("m:1", at(2_000), SILENT_PASSED_OVER);
         router.served("m:1");
         assert_eq!(router.next("f:2", Some(&not_master), at(2_100)), Next::To("m:1".into()));
     }

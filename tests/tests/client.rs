@@ -116,14 +116,6 @@ async fn a_short_pause_brings_jeopardy_then_safe_and_the_lock_is_kept() {
     lock.release().await.expect("release");
 }
 
-/// The master paused in the middle of a turn, with two followers, for longer
-/// than the session lease. Writers keep it busy, so a SIGSTOP mostly lands
-/// while its driver persists or applies, after it read the clock and before
-/// its master's duties ran. No master could answer a KeepAlive meanwhile,
-/// so once resumed it must not expire the sessions whose lease ran out in
-/// the pause (with its lease of before the pause, on the clock of after it):
-/// they get a fresh lease, and the lock holder keeps its lock. Three pauses
-/// of 3 s each (the session lease is 2 s).
 /// How many driver turns of replica `id` its log reports as slow with at
 /// least `ms` milliseconds (`slow driver turn turn_ms=...`).
 fn turns_of_at_least(cell: &Cell, id: u64, ms: u64) -> usize {
@@ -134,6 +126,14 @@ fn turns_of_at_least(cell: &Cell, id: u64, ms: u64) -> usize {
         .count()
 }
 
+/// The master paused in the middle of a turn, with two followers, for longer
+/// than the session lease. Writers keep it busy, so a SIGSTOP mostly lands
+/// while its driver persists or applies, after it read the clock and before
+/// its master's duties ran. No master could answer a KeepAlive meanwhile,
+/// so once resumed it must not expire the sessions whose lease ran out in
+/// the pause (with its lease of before the pause, on the clock of after it):
+/// they get a fresh lease, and the lock holder keeps its lock. Three pauses
+/// of 3 s each (the session lease is 2 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
     let _serial = serial();

@@ -249,6 +249,8 @@ def test_a_replica_that_let_an_attempt_time_out_is_passed_over_for_a_while():
     assert router.next("f:2", not_master, 0.6) == (Next.ELSEWHERE, ""), "a follower still names the hung master"
     assert not router.passed_over("m:1", 1.0)
     assert router.next("f:2", not_master, 1.0) == (Next.TO, "m:1"), "later it is followed again"
+    router.silent("m:1", 1.5, 0.3)
+    assert router.passed_over("m:1", 1.7) and not router.passed_over("m:1", 1.8), "a shorter period ends sooner"
     router.silent("m:1", 2.0)
     router.served("m:1")
     assert router.next("f:2", not_master, 2.1) == (Next.TO, "m:1"), "an answer from it ends the passing over"

@@ -14,9 +14,10 @@ from .errors import Redirect
 #: replicas are tried: one that stays unready this long may be cut off.
 MASTER_NOT_READY_PATIENCE_S = 2.0
 
-#: How long a replica that let an attempt time out is passed over: neither
+#: The longest a replica that let an attempt time out is passed over: neither
 #: picked in turn nor followed when a redirect names it (followers that have
-#: not yet seen a hung master's successor still name it).
+#: not yet seen a hung master's successor still name it); sooner after a
+#: KeepAlive that hung, and at once when it answers.
 SILENT_PASSED_OVER_S = 1.0
 
 
@@ -37,7 +38,7 @@ class Router:
     def __init__(self) -> None:
         # (address, since, latest) of the unready replica.
         self._not_ready: Optional[Tuple[str, float, float]] = None
-        # (address, when) of the replica that last let an attempt time out.
+        # (address, until) of the replica that last let an attempt time out.
         self._silent: Optional[Tuple[str, float]] = None
 
     def next(self, address: str, redirect: Optional[Redirect], now: float) -> Tuple[Next, str]:
@@ -57,14 +58,14 @@ class Router:
             return Next.TO, redirect.master_address
         return Next.ELSEWHERE, ""
 
-    def silent(self, address: str, now: float) -> None:
-        """`address` let an attempt time out at `now`."""
-        self._silent = (address, now)
+    def silent(self, address: str, now: float, period: float = SILENT_PASSED_OVER_S) -> None:
+        """`address` let an attempt time out at `now`: it is passed over for
+        `period` seconds, at most `SILENT_PASSED_OVER_S`."""
+        self._silent = (address, now + min(period, SILENT_PASSED_OVER_S))
 
     def passed_over(self, address: str, now: float) -> bool:
-        """Whether `address` let an attempt time out less than
-        `SILENT_PASSED_OVER_S` before `now`."""
-        return self._silent is not None and self._silent[0] == address and now - self._silent[1] < SILENT_PASSED_OVER_S
+        """Whether `address` is passed over at `now`."""
+        return self._silent is not None and self._silent[0] == address and now < self._silent[1]
 
     def served(self, address: str) -> None:
         """`address` answered a call: a later `MASTER_NOT_READY` from it

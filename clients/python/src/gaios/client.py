@@ -28,7 +28,7 @@ import grpc
 
 from . import errors
 from ._lease import SessionState, local_lease_ns, state_at
-from ._routing import Next, Router
+from ._routing import SILENT_PASSED_OVER_S, Next, Router
 from .errors import GaiosError, NoMaster, SessionExpired
 from ._pb import pb, pb_grpc
 
@@ -529,9 +529,9 @@ class Cell:
                 self._master = to
             return where
 
-    def _silent(self, address: str) -> None:
+    def _silent(self, address: str, period: float = SILENT_PASSED_OVER_S) -> None:
         with self._lock:
-            self._router.silent(address, time.monotonic())
+            self._router.silent(address, time.monotonic(), period)
 
     def _served(self, address: str) -> None:
         with self._lock:
@@ -676,7 +676,7 @@ class Cell:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             address, stub = current
-            outcome = self._one_stream(address, stub, interval, answer_within)
+            outcome = self._one_stream(address, stub, interval, answer_within, lease_s / 4)
             if outcome == "ended":
                 return
             if outcome == "answered":
@@ -685,7 +685,7 @@ class Cell:
                 time.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    def _one_stream(self, address: str, stub: Any, interval: float, answer_within: float) -> str:
+    def _one_stream(self, address: str, stub: Any, interval: float, answer_within: float, pass_over: float) -> str:
         """One KeepAlive stream to `address`, until it fails or hangs.
         Returns "ended" (the session is over), "redirected" (go at once to
         the master named), "answered" (it served for a while) or "failed"."""
@@ -763,7 +763,9 @@ class Cell:
             if self._closing:
                 return "ended"
             if hung.is_set():
-                self._silent(address)
+                # Passed over for a quarter of the lease at most, so that a
+                # master that was only slow is back before the lease runs out.
+                self._silent(address, pass_over)
                 self._forget(address, None)
                 return "failed"
             where = self._forget(address, errors.redirect(error))
