@@ -59,7 +59,8 @@ use crate::replica::CellReplica;
 
 /// The largest command a simulated master proposes, in bytes.
 pub const COMMAND_BYTES_MAX: usize = 512;
-/// How often a master runs its duties, in microseconds of simulated time.
+/// How often a master runs its duties, in microseconds of its own clock (as
+/// its turns read it; see `CellReplica::duties_at_us`).
 pub const DUTY_INTERVAL_US: u64 = 1_000;
 
 /// What a whole-cell run did, beside the Paxos simulator's report.
