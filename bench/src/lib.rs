@@ -114,6 +114,12 @@ pub struct ProcessUsage {
     pub cpu_ticks: u64,
     /// Resident memory, summed, in bytes.
     pub rss_bytes: u64,
+    /// Context switches (voluntary and not) of the processes' threads that
+    /// live now, summed: a thread that ended took its count with it (a
+    /// runtime's idle blocking threads end after a while), so a difference
+    /// over a run may undercount, never overcount by more than such a
+    /// thread's count.
+    pub context_switches: u64,
 }
 
 impl ProcessUsage {
@@ -126,6 +132,12 @@ impl ProcessUsage {
             }
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 usage.rss_bytes += rss_bytes_of_status(&status).unwrap_or(0);
+            }
+            let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+            for thread in threads.flatten() {
+                if let Ok(status) = std::fs::read_to_string(thread.path().join("status")) {
+                    usage.context_switches += context_switches_of_status(&status);
+                }
             }
         }
         usage
@@ -144,6 +156,16 @@ pub fn cpu_ticks_of_stat(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // after ")": field 3 (state) is index 0, so field 14 is index 11.
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches` from a
+/// thread's `/proc/PID/task/TID/status` (0 for lines that are missing).
+pub fn context_switches_of_status(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|line| line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:"))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .fold(0, u64::saturating_add)
 }
 
 /// `VmRSS` from `/proc/PID/status`, in bytes.
@@ -199,7 +221,29 @@ pub struct Floor {
     pub fdatasync: Duration,
     /// Median round trip of 64 bytes over a loopback TCP connection.
     pub round_trip: Duration,
+    /// Five writers at once, each writing 4 KiB and `fdatasync`ing its own
+    /// file on the data disk, as a cell's five replicas do for every write
+    /// when they share one disk: the median time until the third is done
+    /// (a majority is durable), and until the fifth. On a disk that carries
+    /// out one flush at a time these are about three and five times
+    /// [`Floor::fdatasync`]; not part of [`Floor::write`], which follows
+    /// the floor as the benchmark's targets define it.
+    pub cell_sync: CellSync,
 }
+
+/// See [`Floor::cell_sync`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CellSync {
+    /// Until three of the five writers are done.
+    pub majority: Duration,
+    /// Until all five are.
+    pub all: Duration,
+}
+
+/// How many writers [`CellSync`] runs at once, and how many of them make a
+/// majority.
+const CELL_WRITERS: usize = 5;
+const CELL_MAJORITY: usize = 3;
 
 impl Floor {
     /// The least a replicated write can take: the client's round trip to
@@ -251,7 +295,65 @@ impl Floor {
         echo.join().map_err(|_| std::io::Error::other("the echo thread panicked"))??;
         syncs.sort();
         trips.sort();
-        Ok(Floor { fdatasync: syncs[syncs.len() / 2], round_trip: trips[trips.len() / 2] })
+        let cell_sync = CellSync::measure(dir, rounds.div_ceil(4))?;
+        Ok(Floor { fdatasync: syncs[syncs.len() / 2], round_trip: trips[trips.len() / 2], cell_sync })
+    }
+}
+
+impl CellSync {
+    /// Runs [`CELL_WRITERS`] threads, each on a file of its own in `dir`,
+    /// `rounds` times: in each round all start together (a barrier), each
+    /// writes 4 KiB and syncs it, and the round ends when all are done.
+    pub fn measure(dir: &std::path::Path, rounds: usize) -> std::io::Result<CellSync> {
+        use std::io::Write as _;
+        let rounds = rounds.max(1);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(CELL_WRITERS));
+        let writers: Vec<_> = (0..CELL_WRITERS)
+            .map(|writer| {
+                let path = dir.join(format!("gaios-bench-cell-sync-{}-{writer}", std::process::id()));
+                let start = start.clone();
+                std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
+                    let block = [0x5a_u8; 4096];
+                    let mut times = Vec::with_capacity(rounds);
+                    let mut file = std::fs::File::create(&path);
+                    let mut failed = None;
+                    for _ in 0..rounds {
+                        // A writer that failed still meets the others at the
+                        // barrier every round, so that none waits forever.
+                        start.wait();
+                        let Ok(open) = file.as_mut() else { continue };
+                        if failed.is_some() {
+                            continue;
+                        }
+                        let started = std::time::Instant::now();
+                        match open.write_all(&block).and_then(|()| open.sync_data()) {
+                            Ok(()) => times.push(started.elapsed()),
+                            Err(error) => failed = Some(error),
+                        }
+                    }
+                    let _ = std::fs::remove_file(&path);
+                    file?;
+                    failed.map_or(Ok(times), Err)
+                })
+            })
+            .collect();
+        let mut per_writer = Vec::with_capacity(CELL_WRITERS);
+        for writer in writers {
+            per_writer.push(writer.join().map_err(|_| std::io::Error::other("a sync writer panicked"))??);
+        }
+        let (mut majority, mut all) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+        for round in 0..rounds {
+            let mut times: Vec<Duration> = per_writer.iter().filter_map(|times| times.get(round).copied()).collect();
+            times.sort();
+            if let (Some(third), Some(last)) = (times.get(CELL_MAJORITY - 1), times.last()) {
+                majority.push(*third);
+                all.push(*last);
+            }
+        }
+        majority.sort();
+        all.sort();
+        let median = |sorted: &[Duration]| sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+        Ok(CellSync { majority: median(&majority), all: median(&all) })
     }
 }
 
@@ -293,9 +395,15 @@ mod tests {
         assert_eq!(cpu_ticks_of_stat(stat), Some(300));
         let status = "Name:\tetcd\nVmPeak:\t  9000 kB\nVmRSS:\t   2048 kB\nThreads: 4\n";
         assert_eq!(rss_bytes_of_status(status), Some(2048 * 1024));
-        // This process has used some CPU and memory.
+        let thread = "Name:\tetcd\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(context_switches_of_status(thread), 127);
+        assert_eq!(context_switches_of_status("Name:\tx\n"), 0);
+        // This process has used some CPU and memory, and its threads have
+        // slept (this test's thread, at least while the runtime started).
+        std::thread::sleep(Duration::from_millis(2));
         let me = ProcessUsage::of(&[std::process::id()]);
         assert!(me.rss_bytes > 0);
+        assert!(me.context_switches > 0);
     }
 
     #[test]
@@ -316,5 +424,13 @@ mod tests {
         let floor = Floor::measure(&dir, 20).expect("measure");
         assert!(floor.fdatasync > Duration::ZERO && floor.round_trip > Duration::ZERO);
         assert_eq!(floor.write(), floor.fdatasync + floor.round_trip * 2);
+        // A majority of five concurrent syncs is durable no later than all
+        // five, and was measured (a sync takes some time).
+        assert!(floor.cell_sync.majority > Duration::ZERO);
+        assert!(floor.cell_sync.majority <= floor.cell_sync.all);
+        // Files are removed after.
+        let prefix = format!("gaios-bench-cell-sync-{}-", std::process::id());
+        let left = std::fs::read_dir(&dir).expect("list").flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count();
+        assert_eq!(left, 0, "the sync writers left files behind");
     }
 }

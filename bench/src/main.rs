@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gaios_bench::failover::{self, Fault, Target};
 use gaios_bench::sessions::{self, SessionsResult};
-use gaios_bench::systems::{self, Op, PeerCluster, PeerKind, System, measure, measure_costed};
+use gaios_bench::systems::{self, Cost, Op, PeerCluster, PeerKind, System, measure, measure_costed};
 use gaios_bench::{Floor, Samples, median_ms, plots, ratio, spread, spread_text};
 use gaios_tests::progress::{Meter, Progress};
 
@@ -129,8 +129,9 @@ impl Column {
 #[derive(Clone, Debug)]
 struct Measured {
     samples: Samples,
-    /// CPU seconds of the system's five processes while the operations ran.
-    cpu_seconds: f64,
+    /// CPU seconds and context switches of the system's five processes
+    /// while the operations ran.
+    cost: Cost,
     /// Elections while it ran (the counter's moves); `None` when the
     /// counter could not be read.
     elections: Option<u64>,
@@ -141,7 +142,15 @@ impl Measured {
     /// system's processes.
     fn cpu_ms_per_op(&self) -> Option<f64> {
         let ops = self.samples.ops();
-        (ops > 0).then(|| self.cpu_seconds * 1e3 / ops as f64)
+        (ops > 0).then(|| self.cost.cpu_seconds * 1e3 / ops as f64)
+    }
+
+    /// Context switches per acknowledged operation, summed over the
+    /// system's threads: each is a thread that slept or was preempted, so
+    /// it counts the wake-ups a write takes across the processes.
+    fn switches_per_op(&self) -> Option<f64> {
+        let ops = self.samples.ops();
+        (ops > 0).then(|| self.cost.context_switches as f64 / ops as f64)
     }
 }
 
@@ -263,20 +272,26 @@ fn table(title: &str, rows: &[Row], throughput: bool) -> String {
 /// rule: an election under load is a fault of its timeouts).
 fn cost_table(title: &str, rows: &[Row]) -> String {
     let columns: Vec<Column> = Column::ALL.into_iter().filter(|c| rows.iter().any(|r| r.has(*c))).collect();
-    let mut out = format!("### {title}: CPU per operation and elections\n\nCPU: user + system time of the system's five processes while the operations ran, over the operations acknowledged (ms; median [least–greatest] over the rounds). Elections: Gaios's ballots begun, etcd's raft term, ZooKeeper's epoch, moved during the measurements (all rounds).\n\n| case |");
+    let mut out = format!("### {title}: CPU and context switches per operation, elections\n\nCPU: user + system time of the system's five processes while the operations ran, over the operations acknowledged (ms; median [least–greatest] over the rounds). Switches: context switches of their threads (voluntary and not) over the operations acknowledged, the same way: the wake-ups an operation takes. Elections: Gaios's ballots begun, etcd's raft term, ZooKeeper's epoch, moved during the measurements (all rounds).\n\n| case |");
     for column in &columns {
         let _ = write!(out, " {} CPU ms/op |", column.name());
+    }
+    for column in &columns {
+        let _ = write!(out, " {} switches/op |", column.name());
     }
     for column in &columns {
         let _ = write!(out, " {} elections |", column.name());
     }
     out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(columns.len() * 2));
+    out.push_str(&"---|".repeat(columns.len() * 3));
     out.push('\n');
     for row in rows {
         let _ = write!(out, "| {} |", row.label);
         for &column in &columns {
             let _ = write!(out, " {} |", spread_text(&row.values(column, Measured::cpu_ms_per_op), 3));
+        }
+        for &column in &columns {
+            let _ = write!(out, " {} |", spread_text(&row.values(column, Measured::switches_per_op), 1));
         }
         for &column in &columns {
             let _ = write!(out, " {} |", row.elections(column).map_or("-".to_string(), |e| e.to_string()));
@@ -448,13 +463,13 @@ impl Systems {
         };
         let pids = self.pids(cell, column.which());
         let before = self.election_counter(cell, column.which()).await;
-        let (samples, cpu_seconds) = measure_costed(&system, clients, duration, count, op, &self.meter, &pids).await?;
+        let (samples, cost) = measure_costed(&system, clients, duration, count, op, &self.meter, &pids).await?;
         // An election under way at the end finishes before the count is
         // read again, so it is not missed.
         self.wait_led(cell, column.which()).await?;
         let after = self.election_counter(cell, column.which()).await;
         let elections = before.zip(after).map(|(before, after)| after.saturating_sub(before));
-        Ok(Measured { samples, cpu_seconds, elections })
+        Ok(Measured { samples, cost, elections })
     }
 
     /// A counter that moves with every election of `which`: for Gaios the
@@ -1168,6 +1183,12 @@ fn header(args: &Args, script: &Path, peers: &[PeerCluster], rounds: usize, floo
             floor.fdatasync.as_secs_f64() * 1e3,
             floor.round_trip.as_secs_f64() * 1e3,
             floor.write().as_secs_f64() * 1e3
+        );
+        let _ = writeln!(
+            out,
+            "- Five replicas on one disk: five writers each syncing 4 KiB at once are a majority (three) durable after {:.3} ms and all durable after {:.3} ms (medians); every system here syncs on all five members for every write, so this, not one sync, is what a write waits for on this machine",
+            floor.cell_sync.majority.as_secs_f64() * 1e3,
+            floor.cell_sync.all.as_secs_f64() * 1e3
         );
     }
     out.push_str("- Every system: five members on 127.0.0.1, data on the same disk, default settings (Gaios: heartbeat 50 ms, master lease 250 ms, election timeout 300–450 ms; etcd 3.4 and 3.5: heartbeat 100 ms, election timeout 1000 ms; ZooKeeper: tickTime 2000 ms, syncLimit 5, initLimit 10); every client in one process; 256-byte values. While one system is measured, the others are paused (SIGSTOP), so that each has the machine to itself.\n\n");

@@ -230,8 +230,8 @@ pub async fn measure(system: &System, clients: usize, duration: Duration, count:
     Ok(measure_costed(system, clients, duration, count, op, meter, &[]).await?.0)
 }
 
-/// [`measure`], and the CPU seconds the processes `pids` (the system's
-/// members) used while the operations ran: from the first operation to
+/// [`measure`], and what the processes `pids` (the system's members) spent
+/// while the operations ran (CPU, context switches): from the first operation to
 /// the last, without connecting the clients before or closing them after.
 pub async fn measure_costed(
     system: &System,
@@ -241,7 +241,7 @@ pub async fn measure_costed(
     op: Op,
     meter: &Arc<Meter>,
     pids: &[u32],
-) -> anyhow::Result<(Samples, f64)> {
+) -> anyhow::Result<(Samples, Cost)> {
     let mut conns = Vec::with_capacity(clients);
     for id in 0..clients {
         conns.push(system.connect(id).await.with_context(|| format!("connect client {id} to {}", system.name()))?);
@@ -283,13 +283,27 @@ pub async fn measure_costed(
         finished.push(task.await?);
     }
     let elapsed = started.elapsed();
-    let cpu_seconds = crate::ProcessUsage::of(pids).cpu_seconds_since(&cpu_before);
+    let after = crate::ProcessUsage::of(pids);
+    let cost = Cost {
+        cpu_seconds: after.cpu_seconds_since(&cpu_before),
+        context_switches: after.context_switches.saturating_sub(cpu_before.context_switches),
+    };
     for conn in finished {
         conn.close().await;
     }
     let mut samples = merged.lock().await.clone();
     samples.elapsed = elapsed;
-    Ok((samples, cpu_seconds))
+    Ok((samples, cost))
+}
+
+/// What a measurement cost the system's processes (see
+/// [`crate::ProcessUsage`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cost {
+    /// User plus system CPU time, summed.
+    pub cpu_seconds: f64,
+    /// Context switches of their threads, summed.
+    pub context_switches: u64,
 }
 
 /// A peer cluster started by `bench/scripts/peers` in `dir`.

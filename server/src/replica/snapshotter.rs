@@ -23,6 +23,11 @@
 //! which would make the shadow wrong. Its entries are the core's own
 //! (reference-counted), which the core keeps until a snapshot covers them,
 //! so the feed holds no memory of its own beyond the queue.
+//!
+//! The driver hands entries over [`FEED_BATCH`] at a time, and all it holds
+//! before a reset or a request for a snapshot: waking the thread for every
+//! `Ready` cost each replica a context switch per write when writes come
+//! one at a time (five per write over the cell).
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
@@ -40,6 +45,9 @@ use crate::replica::storage::{SnapshotStore, StorageError};
 /// shadow: generous, since they hold only references to entries the core
 /// keeps anyway.
 pub const FEED_MAX: usize = 65_536;
+/// The entries the driver holds before it hands them to the shadow (see the
+/// module docs).
+pub const FEED_BATCH: usize = 256;
 
 /// What the driver tells the shadow, in the order it applies.
 #[derive(Debug)]
@@ -100,6 +108,9 @@ pub struct Snapshotter {
     taken: mpsc::Receiver<Result<Taken, SnapshotterError>>,
     /// The slot of the snapshot asked for and not yet handed back.
     in_flight: Option<Slot>,
+    /// Entries applied by the driver and not yet handed to the shadow (at
+    /// most [`FEED_BATCH`] once [`Snapshotter::applied`] returns).
+    held: Vec<Entry>,
 }
 
 impl Snapshotter {
@@ -111,20 +122,32 @@ impl Snapshotter {
         std::thread::Builder::new()
             .name("gaios-snapshot".into())
             .spawn(move || run(state, slot, &feed_rx, &taken_tx, &store))?;
-        Ok(Snapshotter { feed, taken, in_flight: None })
+        Ok(Snapshotter { feed, taken, in_flight: None, held: Vec::new() })
     }
 
     /// Feeds the entries the driver applied (those past the shadow's slot
-    /// are applied, the rest skipped). Waits for room when the feed is full.
-    pub fn applied(&self, entries: &[Entry]) -> Result<(), SnapshotterError> {
-        if entries.is_empty() {
+    /// are applied, the rest skipped), once [`FEED_BATCH`] of them are held.
+    /// Waits for room when the feed is full.
+    pub fn applied(&mut self, entries: &[Entry]) -> Result<(), SnapshotterError> {
+        self.held.extend_from_slice(entries);
+        if self.held.len() >= FEED_BATCH {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the held entries to the shadow.
+    fn hand_over(&mut self) -> Result<(), SnapshotterError> {
+        if self.held.is_empty() {
             return Ok(());
         }
-        self.send(Feed::Apply(entries.to_vec()))
+        let entries = std::mem::take(&mut self.held);
+        self.send(Feed::Apply(entries))
     }
 
     /// The driver installed another replica's snapshot at `slot`.
-    pub fn installed(&self, slot: Slot, data: Bytes) -> Result<(), SnapshotterError> {
+    pub fn installed(&mut self, slot: Slot, data: Bytes) -> Result<(), SnapshotterError> {
+        self.hand_over()?;
         self.send(Feed::Reset { slot, data })
     }
 
@@ -134,6 +157,7 @@ impl Snapshotter {
         if self.in_flight.is_some() {
             return Ok(());
         }
+        self.hand_over()?;
         self.send(Feed::Take { slot })?;
         self.in_flight = Some(slot);
         Ok(())
