@@ -269,7 +269,10 @@ fn namespace_failure(error: &NamespaceError) -> Outcome {
         NamespaceError::NotEmpty(_) => (Code::FailedPrecondition, Reason::NotEmpty),
         NamespaceError::GenerationMismatch { .. } => (Code::FailedPrecondition, Reason::GenerationMismatch),
         NamespaceError::AclGenerationMismatch { .. } => (Code::FailedPrecondition, Reason::AclGenerationMismatch),
-        _ => (Code::FailedPrecondition, Reason::Unspecified),
+        NamespaceError::NotADirectory(_) => (Code::FailedPrecondition, Reason::NotADirectory),
+        NamespaceError::IsADirectory(_) => (Code::FailedPrecondition, Reason::IsADirectory),
+        // The handle's node was deleted and another made at its path.
+        NamespaceError::InstanceMismatch { .. } => (Code::FailedPrecondition, Reason::HandleInvalid),
     };
     failure_for(reason, code, error.to_string())
 }
@@ -281,7 +284,8 @@ fn lock_failure(error: &LockError) -> Outcome {
         LockError::LockDelayTooLong(_) => (Code::InvalidArgument, Reason::Unspecified),
         LockError::Held(_) => (Code::FailedPrecondition, Reason::LockHeld),
         LockError::LockDelay { .. } => (Code::FailedPrecondition, Reason::LockDelay),
-        _ => (Code::FailedPrecondition, Reason::Unspecified),
+        LockError::NotHeld(_) => (Code::FailedPrecondition, Reason::LockNotHeld),
+        LockError::AlreadyRequested(_) => (Code::FailedPrecondition, Reason::LockAlreadyRequested),
     };
     failure_for(reason, code, error.to_string())
 }
@@ -1352,7 +1356,7 @@ impl StateMachine {
         self.holding(session, handle).ok_or_else(|| wire::Failure {
             code: Code::FailedPrecondition as i32,
             message: format!("handle {handle} holds no lock"),
-            reason: api::ErrorReason::Unspecified as i32,
+            reason: api::ErrorReason::LockNotHeld as i32,
         })
     }
 

@@ -1926,3 +1926,37 @@ fn a_version_1_snapshot_with_groups_or_acls_is_refused() {
     }
     assert!(matches!(StateMachine::restore(&with_acls.encode_to_vec()), Err(SnapshotError::Inconsistent(_))));
 }
+
+/// Every `FAILED_PRECONDITION` the state machine gives carries a reason a
+/// program can match on: a file where a directory is needed and the other
+/// way round, a release or a sequencer of a lock the handle does not hold,
+/// and a second request for a lock the handle holds.
+#[test]
+fn failed_preconditions_say_why() {
+    let mut cell = Cell::new();
+    let a = cell.session();
+    let file = cell.handle(a, "/f");
+    let dir_open = api::OpenRequest { path: "/d".into(), create: true, kind: api::NodeKind::Directory as i32, ..Default::default() };
+    let dir = handle_of(&cell.call(a, Call::Open(dir_open)));
+
+    let under_file = cell.open(a, "/f/child", true, false, 0, 0);
+    assert_eq!(code_of(&under_file), Some(Code::FailedPrecondition), "{under_file:?}");
+    assert_eq!(reason_of(&under_file), api::ErrorReason::NotADirectory, "{under_file:?}");
+    let listed = cell.state.read_dir(a, &cell.secret(a), file, 0, "").expect_err("a file has no children");
+    assert_eq!(api::ErrorReason::try_from(listed.reason), Ok(api::ErrorReason::NotADirectory), "{listed:?}");
+
+    let written = cell.call(a, Call::SetContents(api::SetContentsRequest { handle: dir, contents: Bytes::from_static(b"x"), ..Default::default() }));
+    assert_eq!(code_of(&written), Some(Code::FailedPrecondition), "{written:?}");
+    assert_eq!(reason_of(&written), api::ErrorReason::IsADirectory, "{written:?}");
+
+    let released = release(&mut cell, a, file);
+    assert_eq!(code_of(&released), Some(Code::FailedPrecondition), "{released:?}");
+    assert_eq!(reason_of(&released), api::ErrorReason::LockNotHeld, "{released:?}");
+    let no_sequencer = cell.state.get_sequencer(a, &cell.secret(a), file).expect_err("no lock, no sequencer");
+    assert_eq!(api::ErrorReason::try_from(no_sequencer.reason), Ok(api::ErrorReason::LockNotHeld), "{no_sequencer:?}");
+
+    sequencer_of(&cell.acquire(a, file, api::LockMode::Exclusive, false));
+    let again = cell.acquire(a, file, api::LockMode::Exclusive, false);
+    assert_eq!(code_of(&again), Some(Code::FailedPrecondition), "{again:?}");
+    assert_eq!(reason_of(&again), api::ErrorReason::LockAlreadyRequested, "{again:?}");
+}
