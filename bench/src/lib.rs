@@ -115,10 +115,10 @@ pub struct ProcessUsage {
     /// Resident memory, summed, in bytes.
     pub rss_bytes: u64,
     /// Context switches (voluntary and not) of the processes' threads that
-    /// live now, summed: a thread that ended took its count with it (a
+    /// live now, summed. A thread that ended took its count with it (a
     /// runtime's idle blocking threads end after a while), so a difference
-    /// over a run may undercount, never overcount by more than such a
-    /// thread's count.
+    /// over a run can only undercount: by the whole count of a thread that
+    /// ended meanwhile (the difference saturates at 0).
     pub context_switches: u64,
 }
 
@@ -227,8 +227,9 @@ pub struct Floor {
     /// (a majority is durable), and until the fifth. On a disk that carries
     /// out one flush at a time these are about three and five times
     /// [`Floor::fdatasync`]; not part of [`Floor::write`], which follows
-    /// the floor as the benchmark's targets define it.
-    pub cell_sync: CellSync,
+    /// the floor as the benchmark's targets define it. `None` if it could
+    /// not be measured (the other figures stand).
+    pub cell_sync: Option<CellSync>,
 }
 
 /// See [`Floor::cell_sync`].
@@ -295,7 +296,7 @@ impl Floor {
         echo.join().map_err(|_| std::io::Error::other("the echo thread panicked"))??;
         syncs.sort();
         trips.sort();
-        let cell_sync = CellSync::measure(dir, rounds.div_ceil(4))?;
+        let cell_sync = CellSync::measure(dir, rounds.div_ceil(4)).ok();
         Ok(Floor { fdatasync: syncs[syncs.len() / 2], round_trip: trips[trips.len() / 2], cell_sync })
     }
 }
@@ -303,49 +304,78 @@ impl Floor {
 impl CellSync {
     /// Runs [`CELL_WRITERS`] threads, each on a file of its own in `dir`,
     /// `rounds` times: in each round all start together (a barrier), each
-    /// writes 4 KiB and syncs it, and the round ends when all are done.
+    /// writes 4 KiB and syncs it, and the round ends when all are done. A
+    /// round's times are counted from the first writer's start, so a writer
+    /// the scheduler let start late counts as late.
     pub fn measure(dir: &std::path::Path, rounds: usize) -> std::io::Result<CellSync> {
         use std::io::Write as _;
+        use std::time::Instant;
         let rounds = rounds.max(1);
         let start = std::sync::Arc::new(std::sync::Barrier::new(CELL_WRITERS));
-        let writers: Vec<_> = (0..CELL_WRITERS)
-            .map(|writer| {
-                let path = dir.join(format!("gaios-bench-cell-sync-{}-{writer}", std::process::id()));
-                let start = start.clone();
-                std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
-                    let block = [0x5a_u8; 4096];
-                    let mut times = Vec::with_capacity(rounds);
-                    let mut file = std::fs::File::create(&path);
-                    let mut failed = None;
-                    for _ in 0..rounds {
-                        // A writer that failed still meets the others at the
-                        // barrier every round, so that none waits forever.
-                        start.wait();
-                        let Ok(open) = file.as_mut() else { continue };
-                        if failed.is_some() {
-                            continue;
-                        }
-                        let started = std::time::Instant::now();
-                        match open.write_all(&block).and_then(|()| open.sync_data()) {
-                            Ok(()) => times.push(started.elapsed()),
-                            Err(error) => failed = Some(error),
-                        }
+        // Every writer first waits for the go; if one cannot be started,
+        // those that were are told to end without meeting at the barrier.
+        let mut gos = Vec::with_capacity(CELL_WRITERS);
+        let mut writers = Vec::with_capacity(CELL_WRITERS);
+        for writer in 0..CELL_WRITERS {
+            let path = dir.join(format!("gaios-bench-cell-sync-{}-{writer}", std::process::id()));
+            let start = start.clone();
+            let (go, going) = std::sync::mpsc::channel::<bool>();
+            let spawned = std::thread::Builder::new().name(format!("cell-sync-{writer}")).spawn(move || -> std::io::Result<Vec<(Instant, Instant)>> {
+                if going.recv() != Ok(true) {
+                    return Ok(Vec::new());
+                }
+                let block = [0x5a_u8; 4096];
+                let mut times = Vec::with_capacity(rounds);
+                let mut file = std::fs::File::create(&path);
+                let mut failed = None;
+                for _ in 0..rounds {
+                    // A writer that failed still meets the others at the
+                    // barrier every round, so that none waits forever.
+                    start.wait();
+                    let Ok(open) = file.as_mut() else { continue };
+                    if failed.is_some() {
+                        continue;
                     }
-                    let _ = std::fs::remove_file(&path);
-                    file?;
-                    failed.map_or(Ok(times), Err)
-                })
-            })
-            .collect();
+                    let started = Instant::now();
+                    match open.write_all(&block).and_then(|()| open.sync_data()) {
+                        Ok(()) => times.push((started, Instant::now())),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+                file?;
+                failed.map_or(Ok(times), Err)
+            });
+            match spawned {
+                Ok(handle) => {
+                    gos.push(go);
+                    writers.push(handle);
+                }
+                Err(error) => {
+                    for go in gos {
+                        let _ = go.send(false);
+                    }
+                    for writer in writers {
+                        let _ = writer.join();
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        for go in gos {
+            let _ = go.send(true);
+        }
         let mut per_writer = Vec::with_capacity(CELL_WRITERS);
         for writer in writers {
             per_writer.push(writer.join().map_err(|_| std::io::Error::other("a sync writer panicked"))??);
         }
         let (mut majority, mut all) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
         for round in 0..rounds {
-            let mut times: Vec<Duration> = per_writer.iter().filter_map(|times| times.get(round).copied()).collect();
-            times.sort();
-            if let (Some(third), Some(last)) = (times.get(CELL_MAJORITY - 1), times.last()) {
+            let times: Vec<(Instant, Instant)> = per_writer.iter().filter_map(|times| times.get(round).copied()).collect();
+            let Some(first) = times.iter().map(|(started, _)| *started).min() else { continue };
+            let mut done: Vec<Duration> = times.iter().map(|(_, ended)| ended.saturating_duration_since(first)).collect();
+            done.sort();
+            if let (Some(third), Some(last)) = (done.get(CELL_MAJORITY - 1), done.last()) {
                 majority.push(*third);
                 all.push(*last);
             }
@@ -426,8 +456,9 @@ mod tests {
         assert_eq!(floor.write(), floor.fdatasync + floor.round_trip * 2);
         // A majority of five concurrent syncs is durable no later than all
         // five, and was measured (a sync takes some time).
-        assert!(floor.cell_sync.majority > Duration::ZERO);
-        assert!(floor.cell_sync.majority <= floor.cell_sync.all);
+        let cell_sync = floor.cell_sync.expect("five writers measured");
+        assert!(cell_sync.majority > Duration::ZERO);
+        assert!(cell_sync.majority <= cell_sync.all);
         // Files are removed after.
         let prefix = format!("gaios-bench-cell-sync-{}-", std::process::id());
         let left = std::fs::read_dir(&dir).expect("list").flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count();

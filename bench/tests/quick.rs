@@ -58,6 +58,7 @@ fn the_quick_profile_produces_every_table() {
     let peers = [(2, etcd_installed), (3, etcd35_installed), (4, zookeeper_installed)];
 
     assert!(written.contains("The machine's floor"), "no floor:\n{written}");
+    assert!(written.contains("Five replicas on one disk"), "no sync floor of five writers:\n{written}");
     assert!(written.contains("2 rounds, the systems in turns"), "not two rounds:\n{written}");
     // Latency rows: Gaios's p50, each installed peer's (etcd 3.4 in both of
     // its configurations), and a ratio to each.
@@ -91,11 +92,14 @@ fn the_quick_profile_produces_every_table() {
         let line = written.lines().find(|line| line.starts_with(&format!("| {target} |"))).unwrap_or_else(|| panic!("no target {target:?}"));
         assert_eq!(!line.ends_with("| not measured |"), etcd_installed, "{line}");
     }
-    // CPU per write and elections, for every system present.
-    let cost = row_under(&written, "Write, 1 client: CPU per operation and elections", "write");
+    // CPU and context switches per write and elections, for every system
+    // present (a write wakes threads in several processes).
+    let cost = row_under(&written, "Write, 1 client: CPU and context switches per operation, elections", "write");
     for (system, installed) in systems {
         let cpu = cell(&cost, &format!("{system} CPU ms/op")).and_then(number);
         assert_eq!(cpu.is_some_and(|ms| ms > 0.0), installed, "{system} CPU per write in {cost:?}");
+        let switches = cell(&cost, &format!("{system} switches/op")).and_then(number);
+        assert_eq!(switches.is_some_and(|n| n > 0.0), installed, "{system} context switches per write in {cost:?}");
         let elections = cell(&cost, &format!("{system} elections")).and_then(number);
         assert_eq!(elections.is_some(), installed, "{system} elections in {cost:?}");
     }

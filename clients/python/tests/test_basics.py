@@ -191,6 +191,7 @@ class FakeRpcError(grpc.RpcError, grpc.Call):
     (grpc.StatusCode.FAILED_PRECONDITION, "IS_A_DIRECTORY", gaios.FailedPrecondition),
     (grpc.StatusCode.FAILED_PRECONDITION, "LOCK_NOT_HELD", gaios.FailedPrecondition),
     (grpc.StatusCode.FAILED_PRECONDITION, "LOCK_ALREADY_REQUESTED", gaios.FailedPrecondition),
+    (grpc.StatusCode.FAILED_PRECONDITION, "WAIT_ENDED", gaios.FailedPrecondition),
     (grpc.StatusCode.FAILED_PRECONDITION, "", gaios.FailedPrecondition),
     (grpc.StatusCode.PERMISSION_DENIED, "ACL_DENIED", gaios.AclDenied),
     (grpc.StatusCode.PERMISSION_DENIED, "SESSION_SECRET_MISMATCH", gaios.PermissionDenied),

@@ -22,7 +22,8 @@
 //! write load), the driver waits for room rather than dropping a command,
 //! which would make the shadow wrong. Its entries are the core's own
 //! (reference-counted), which the core keeps until a snapshot covers them,
-//! so the feed holds no memory of its own beyond the queue.
+//! so the feed holds no memory of its own beyond the queue and the fewer
+//! than [`FEED_BATCH`] entries the driver holds.
 //!
 //! The driver hands entries over [`FEED_BATCH`] at a time, and all it holds
 //! before a reset or a request for a snapshot: waking the thread for every
@@ -41,9 +42,10 @@ use tokio::sync::mpsc;
 
 use crate::replica::storage::{SnapshotStore, StorageError};
 
-/// The most feed messages (each the commands of one `Ready`) queued for the
-/// shadow: generous, since they hold only references to entries the core
-/// keeps anyway.
+/// The most feed messages (each at least [`FEED_BATCH`] entries, or what
+/// the driver held before a reset or a snapshot) queued for the shadow:
+/// generous, since they hold only references to entries the core keeps
+/// anyway.
 pub const FEED_MAX: usize = 65_536;
 /// The entries the driver holds before it hands them to the shadow (see the
 /// module docs).
@@ -337,6 +339,58 @@ mod tests {
 
         snapshotter.take(25)?;
         assert!(matches!(snapshotter.next_taken().await, Err(SnapshotterError::Diverged { wanted: 25, at: 20 })));
+        Ok(())
+    }
+
+    /// Entries fed one `Ready` at a time reach the shadow in batches (the
+    /// driver holds fewer than `FEED_BATCH`), all that are held before a
+    /// request for a snapshot, and a reset past held entries supersedes
+    /// them: the snapshots are the driver's state at each step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_entries_reach_the_shadow_before_a_reset_or_a_snapshot() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let identity = Identity { cell_id: "c".into(), replica_id: 1 };
+        let record = InitRecord { identity: identity.clone(), incarnation: NonZeroU64::new(7).ok_or("zero")?, members: vec![], joining: false };
+        Storage::init(dir.path(), &record)?;
+        let storage = Storage::open(dir.path(), &identity)?;
+        let mut driver_state = StateMachine::new();
+        let mut snapshotter = Snapshotter::start(driver_state.clone(), 0, storage.snapshot_store())?;
+        let mut slot = 0u64;
+        let feed = |slot: &mut u64, driver_state: &mut StateMachine, snapshotter: &mut Snapshotter, count: u64| -> Result<(), Box<dyn std::error::Error>> {
+            for _ in 0..count {
+                *slot += 1;
+                let slot = *slot;
+                let kind = wire::command::Kind::CreateSession(wire::CreateSession {
+                    client_name: format!("client-{slot}"),
+                    session_secret: Bytes::from(slot.to_le_bytes().repeat(2)),
+                    ..Default::default()
+                });
+                let bytes = command(slot, kind);
+                driver_state.apply(&wire::Command::decode(bytes.as_ref())?);
+                snapshotter.applied(&[Entry { slot, ballot: gaios_paxos::Ballot::new(1, 1), value: Value::Batch(vec![bytes]) }])?;
+            }
+            Ok(())
+        };
+        // More than one batch, and some held.
+        let first = u64::try_from(FEED_BATCH)? + 44;
+        feed(&mut slot, &mut driver_state, &mut snapshotter, first)?;
+        snapshotter.take(first)?;
+        assert_eq!(snapshotter.next_taken().await?.data, driver_state.snapshot(), "held entries were not handed over before the snapshot");
+        // Some held, then another replica's snapshot further on is installed:
+        // the shadow restores it after the held ones, then follows on.
+        feed(&mut slot, &mut driver_state, &mut snapshotter, 10)?;
+        let mut ahead = driver_state.clone();
+        let installed_at = first + 20;
+        for extra in 11..=20u64 {
+            let kind = wire::command::Kind::CreateSession(wire::CreateSession { client_name: format!("elsewhere-{extra}"), session_secret: Bytes::from(vec![9; 16]), ..Default::default() });
+            ahead.apply(&wire::Command::decode(command(first + extra, kind).as_ref())?);
+        }
+        snapshotter.installed(installed_at, ahead.snapshot())?;
+        driver_state = ahead;
+        slot = installed_at;
+        feed(&mut slot, &mut driver_state, &mut snapshotter, 3)?;
+        snapshotter.take(installed_at + 3)?;
+        assert_eq!(snapshotter.next_taken().await?.data, driver_state.snapshot(), "the shadow is not the driver's state after a reset");
         Ok(())
     }
 }

@@ -5,8 +5,9 @@
 //! every batch, drops (with a warning) what is malformed, misrouted or from a
 //! non-member, and hands the rest to the driver's inbox with `try_send`.
 //! Outbound, [`Outbound`] keeps one task per peer with a bounded queue; the
-//! task connects when it has something to send, streams the queue as
-//! batches, and reconnects with backoff when the stream breaks.
+//! task connects when it has something to send and reconnects with backoff
+//! when the stream breaks, while the connection's own body task takes the
+//! queue as batches (no hop through the peer's task per message).
 //!
 //! Who the peers are is the [`PeerDirectory`]: the `--peer` flags at start,
 //! then every member of a configuration the core knows (the driver updates
@@ -133,9 +134,6 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a ping may go unanswered before the connection is dropped and
 /// re-made.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Batches waiting in a connection's request stream; the rest wait in the
-/// peer's queue.
-const STREAM_BATCHES_MAX: usize = 16;
 
 /// One decoded message for the driver.
 #[derive(Debug)]
@@ -989,30 +987,41 @@ impl Outbound {
     }
 }
 
+/// A peer's queue of messages, shared by its sending task (which waits on it
+/// for something to send while no connection is open) and the request
+/// stream of the open connection (which takes batches from it when the
+/// connection's body task asks for more; see [`Batches`]).
+type PeerQueue = Arc<Mutex<mpsc::Receiver<peer::PaxosMessage>>>;
+
 /// Sends everything queued for `peer`, connecting when there is something to
 /// send and reconnecting with backoff after a failure.
 async fn peer_task(
     id: ReplicaId,
     peer: ReplicaId,
     address: String,
-    mut queue: mpsc::Receiver<peer::PaxosMessage>,
+    queue: mpsc::Receiver<peer::PaxosMessage>,
     stats: Arc<TransportStats>,
     dialer: Dialer,
 ) {
+    let queue: PeerQueue = Arc::new(Mutex::new(queue));
     let mut backoff = BACKOFF_MIN;
     // Wait for something to send before connecting (lazy connection).
-    while let Some(first) = queue.recv().await {
+    while let Some(first) = next_queued(&queue).await {
         // An endpoint that cannot be built now (unusable certificates
         // after a reload, say) may be buildable later.
         let connected = match dialer.endpoint(peer, &address) {
-            Some(endpoint) => connect(&endpoint).await,
+            Some(endpoint) => connect(&endpoint, Batches::new(first, queue.clone())).await,
             None => Err(ConnectError::NoEndpoint),
         };
         match connected {
-            Ok((client, batches, responses)) => {
+            Ok((_client, mut responses)) => {
                 tracing::info!(id, peer, %address, "connected to peer");
                 backoff = BACKOFF_MIN;
-                stream_to_peer(first, &mut queue, client, batches, responses).await;
+                // The connection's body task streams the queue; the peer
+                // never sends on this stream, so anything but a pending read
+                // means the connection is gone (or the queue closed, which
+                // ends the request stream and so the exchange).
+                let _ = responses.message().await;
                 tracing::info!(id, peer, %address, "connection to peer lost; reconnecting");
             }
             Err(error) => {
@@ -1020,14 +1029,77 @@ async fn peer_task(
                 // What queued for an unreachable peer is stale by the time it
                 // could go; the core resends what still matters.
                 let mut dropped = 1;
-                while queue.try_recv().is_ok() {
-                    dropped += 1;
+                if let Ok(mut queue) = queue.lock() {
+                    while queue.try_recv().is_ok() {
+                        dropped += 1;
+                    }
                 }
                 stats.outbound_dropped.fetch_add(dropped, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// The next message of a peer's queue; `None` once the queue closed (the
+/// peer left) or its lock was poisoned.
+async fn next_queued(queue: &PeerQueue) -> Option<peer::PaxosMessage> {
+    std::future::poll_fn(|cx| match queue.lock() {
+        Ok(mut queue) => queue.poll_recv(cx),
+        Err(_) => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// The request stream of one `Exchange` connection: batches cut from the
+/// peer's queue when the connection's body task polls for the next one, so
+/// a message the driver queues reaches the connection with one wake-up (of
+/// that task), not two (of a sending task, then of it). A batch never
+/// passes [`BATCH_BYTES_MAX`] unless one message alone does (a snapshot),
+/// which then goes alone: a batch is never a large message plus others, so
+/// it stays under [`MESSAGE_BYTES_MAX`]. Ends when the queue closes.
+struct Batches {
+    queue: PeerQueue,
+    /// A message taken from the queue that did not fit the last batch (or
+    /// the one that made the sending task connect): it leads the next.
+    next: Option<peer::PaxosMessage>,
+}
+
+impl Batches {
+    fn new(first: peer::PaxosMessage, queue: PeerQueue) -> Batches {
+        Batches { queue, next: Some(first) }
+    }
+}
+
+impl tokio_stream::Stream for Batches {
+    type Item = peer::PaxosBatch;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<peer::PaxosBatch>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let Ok(mut queue) = this.queue.lock() else { return Poll::Ready(None) };
+        let first = match this.next.take() {
+            Some(message) => message,
+            None => match queue.poll_recv(cx) {
+                Poll::Ready(Some(message)) => message,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        let mut bytes = first.encoded_len();
+        let mut batch = peer::PaxosBatch { messages: vec![first] };
+        while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            let Ok(message) = queue.try_recv() else { break };
+            let size = message.encoded_len();
+            if bytes.saturating_add(size) > BATCH_BYTES_MAX {
+                this.next = Some(message);
+                break;
+            }
+            bytes += size;
+            batch.messages.push(message);
+        }
+        Poll::Ready(Some(batch))
     }
 }
 
@@ -1201,59 +1273,16 @@ pub enum ConnectError {
 /// (`connect_timeout` bounds only the TCP connect).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Connection = (ReplicaClient<Channel>, mpsc::Sender<peer::PaxosBatch>, Streaming<peer::PaxosBatch>);
+type Connection = (ReplicaClient<Channel>, Streaming<peer::PaxosBatch>);
 
-async fn connect(endpoint: &Endpoint) -> Result<Connection, ConnectError> {
+/// Opens a connection and its `Exchange` stream, which sends `batches`.
+async fn connect(endpoint: &Endpoint, batches: Batches) -> Result<Connection, ConnectError> {
     let channel = tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await.map_err(|_| ConnectError::TimedOut)??;
     let mut client = ReplicaClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let (batches, rx) = mpsc::channel(STREAM_BATCHES_MAX);
-    let responses = client.exchange(ReceiverStream::new(rx)).await?.into_inner();
-    Ok((client, batches, responses))
-}
-
-/// Streams batches on one connection until it fails or the queue closes.
-async fn stream_to_peer(
-    first: peer::PaxosMessage,
-    queue: &mut mpsc::Receiver<peer::PaxosMessage>,
-    _client: ReplicaClient<Channel>,
-    batches: mpsc::Sender<peer::PaxosBatch>,
-    mut responses: Streaming<peer::PaxosBatch>,
-) {
-    let mut next = Some(first);
-    loop {
-        let first = match next.take() {
-            Some(message) => message,
-            None => tokio::select! {
-                message = queue.recv() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-                // The peer never sends on this stream; anything but a pending
-                // read means the connection is gone.
-                _ = responses.message() => return,
-            },
-        };
-        // A batch never passes BATCH_BYTES_MAX unless one message alone
-        // does (a snapshot), which then goes alone: a batch is never a large
-        // message plus others, so it stays under MESSAGE_BYTES_MAX.
-        let mut bytes = first.encoded_len();
-        let mut batch = peer::PaxosBatch { messages: vec![first] };
-        while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
-            let Ok(message) = queue.try_recv() else { break };
-            let size = message.encoded_len();
-            if bytes.saturating_add(size) > BATCH_BYTES_MAX {
-                next = Some(message);
-                break;
-            }
-            bytes += size;
-            batch.messages.push(message);
-        }
-        if batches.send(batch).await.is_err() {
-            return;
-        }
-    }
+    let responses = client.exchange(batches).await?.into_inner();
+    Ok((client, responses))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use gaios_proto::state::v1 as wire;
 use gaios_state::namespace::SessionId;
 use tonic::Status;
 
-use super::{Caller, CellService, Unknown, acquired_sequencer, unexpected, validate_acquire};
+use super::{Caller, CellService, Unknown, acquired_sequencer, unexpected, validate_acquire, with_reason};
 use crate::shared::Shared;
 
 /// How long an `Acquire` with `wait_ms` 0 waits.
@@ -110,8 +110,10 @@ impl CellService {
                     return Ok(api::AcquireResponse { header: None, sequencer: Some(sequencer) });
                 }
                 if !state.is_waiting(session_id, handle) {
-                    return Err(Status::failed_precondition(
-                        "the handle no longer waits for the lock (closed, session ended, node deleted, or the node's ACL no longer gives write permission)",
+                    return Err(with_reason(
+                        tonic::Code::FailedPrecondition,
+                        api::ErrorReason::WaitEnded,
+                        "the handle no longer waits for the lock (closed, session ended, node deleted, or the node's ACL no longer gives write permission)".into(),
                     ));
                 }
             }

@@ -911,6 +911,24 @@ mod tests {
         service.check_owner(&alice, 2).expect("a session with alice's groups of now");
     }
 
+    /// A waiting `Acquire` whose handle no longer waits (and holds nothing)
+    /// is told so with a reason a program can match on, `WAIT_ENDED`; a
+    /// handle that holds the lock gets its sequencer.
+    #[tokio::test]
+    async fn an_acquire_whose_wait_ended_is_told_why() {
+        let (state, session, secret, handle) = state_with_a_holding();
+        let valid = Instant::now().checked_add(Duration::from_secs(60));
+        let (service, _status, _proposals) = service(state, status(Role::Master, valid));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let wait = |handle| wire::CancelWait { session_id: session, handle, session_secret: secret.clone(), ..Default::default() };
+        let held = service.wait_for_lock(&wait(handle), deadline).await.expect("the holder gets its sequencer");
+        assert!(held.sequencer.is_some());
+        let ended = service.wait_for_lock(&wait(handle + 1), deadline).await.expect_err("a handle that does not wait");
+        assert_eq!(ended.code(), tonic::Code::FailedPrecondition, "{ended:?}");
+        let reason = tonic_types::StatusExt::get_error_details(&ended).error_info().map(|info| info.reason.clone());
+        assert_eq!(reason.as_deref(), Some("WAIT_ENDED"), "{ended:?}");
+    }
+
     /// Once a session's lease ran out at the master (which proposes its
     /// expiry), a late KeepAlive must not renew it: the client would be told
     /// it is safe while the expiry commits and its lock goes to another.
