@@ -5,9 +5,10 @@
 //! every batch, drops (with a warning) what is malformed, misrouted or from a
 //! non-member, and hands the rest to the driver's inbox with `try_send`.
 //! Outbound, [`Outbound`] keeps one task per peer with a bounded queue; the
-//! task connects when it has something to send and reconnects with backoff
-//! when the stream breaks, while the connection's own body task takes the
-//! queue as batches (no hop through the peer's task per message).
+//! task connects when it has something to send and again after the stream
+//! breaks (with backoff after a failed attempt), while the connection's own
+//! body task takes the queue as batches (no hop through the peer's task per
+//! message; one reader at a time, see `Queue::connection`).
 //!
 //! Who the peers are is the [`PeerDirectory`]: the `--peer` flags at start,
 //! then every member of a configuration the core knows (the driver updates
@@ -73,7 +74,7 @@ use gaios_proto::replica::v1 as peer;
 use gaios_proto::replica::v1::replica_client::ReplicaClient;
 use gaios_proto::replica::v1::replica_server::{Replica as ReplicaRpc, ReplicaServer};
 use prost::Message as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
@@ -904,6 +905,9 @@ struct PeerTasks {
     snapshots: watch::Sender<Option<Snapshot>>,
     /// The slot of the snapshot the snapshot task is sending; 0 when idle.
     sending: Arc<AtomicU64>,
+    /// Dropped with the peer: its message task ends at once, connected or
+    /// not (its queue closing ends it only once the queue is drained).
+    _stop: oneshot::Sender<()>,
 }
 
 impl Outbound {
@@ -943,7 +947,8 @@ impl Outbound {
                 continue;
             }
             let (messages, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(peer_task(self.id, peer, entry.address.clone(), rx, self.stats.clone(), self.dialer.clone()));
+            let (stop, stopped) = oneshot::channel();
+            tokio::spawn(peer_task(self.id, peer, entry.address.clone(), rx, stopped, self.stats.clone(), self.dialer.clone()));
             let (snapshots, offers) = watch::channel(None);
             let sending = Arc::new(AtomicU64::new(0));
             let sender = SnapshotSender {
@@ -957,7 +962,7 @@ impl Outbound {
                 dialer: self.dialer.clone(),
             };
             tokio::spawn(sender.run(offers));
-            self.peers.insert(peer, PeerTasks { address: entry.address, messages, snapshots, sending });
+            self.peers.insert(peer, PeerTasks { address: entry.address, messages, snapshots, sending, _stop: stop });
         }
     }
 
@@ -991,26 +996,51 @@ impl Outbound {
 /// for something to send while no connection is open) and the request
 /// stream of the open connection (which takes batches from it when the
 /// connection's body task asks for more; see [`Batches`]).
-type PeerQueue = Arc<Mutex<mpsc::Receiver<peer::PaxosMessage>>>;
+type PeerQueue = Arc<Mutex<Queue>>;
+
+#[derive(Debug)]
+struct Queue {
+    messages: mpsc::Receiver<peer::PaxosMessage>,
+    /// The one connection whose request stream may take from `messages`;
+    /// the sending task moves it on before it waits itself, so that a
+    /// stream of an earlier connection (its body task may still poll it for
+    /// a while) ends at its next poll without touching the receiver, which
+    /// keeps a single waker: two readers could lose each other's wake-up.
+    connection: u64,
+}
+
+fn lock(queue: &PeerQueue) -> std::sync::MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Sends everything queued for `peer`, connecting when there is something to
-/// send and reconnecting with backoff after a failure.
+/// send, reconnecting after the connection breaks (with backoff after a
+/// failed attempt); ends when the peer leaves (`stop` fires or the queue
+/// closes).
 async fn peer_task(
     id: ReplicaId,
     peer: ReplicaId,
     address: String,
-    queue: mpsc::Receiver<peer::PaxosMessage>,
+    messages: mpsc::Receiver<peer::PaxosMessage>,
+    mut stop: oneshot::Receiver<()>,
     stats: Arc<TransportStats>,
     dialer: Dialer,
 ) {
-    let queue: PeerQueue = Arc::new(Mutex::new(queue));
+    let queue: PeerQueue = Arc::new(Mutex::new(Queue { messages, connection: 0 }));
     let mut backoff = BACKOFF_MIN;
-    // Wait for something to send before connecting (lazy connection).
-    while let Some(first) = next_queued(&queue).await {
+    loop {
+        // From here on no connection takes from the queue.
+        let connection = {
+            let mut queue = lock(&queue);
+            queue.connection += 1;
+            queue.connection
+        };
+        // Wait for something to send before connecting (lazy connection).
+        let Some(first) = next_queued(&queue).await else { break };
         // An endpoint that cannot be built now (unusable certificates
         // after a reload, say) may be buildable later.
         let connected = match dialer.endpoint(peer, &address) {
-            Some(endpoint) => connect(&endpoint, Batches::new(first, queue.clone())).await,
+            Some(endpoint) => connect(&endpoint, Batches { queue: queue.clone(), connection, next: Some(first) }).await,
             None => Err(ConnectError::NoEndpoint),
         };
         match connected {
@@ -1019,9 +1049,11 @@ async fn peer_task(
                 backoff = BACKOFF_MIN;
                 // The connection's body task streams the queue; the peer
                 // never sends on this stream, so anything but a pending read
-                // means the connection is gone (or the queue closed, which
-                // ends the request stream and so the exchange).
-                let _ = responses.message().await;
+                // means the connection is gone.
+                tokio::select! {
+                    _ = responses.message() => {}
+                    _ = &mut stop => break,
+                }
                 tracing::info!(id, peer, %address, "connection to peer lost; reconnecting");
             }
             Err(error) => {
@@ -1029,47 +1061,48 @@ async fn peer_task(
                 // What queued for an unreachable peer is stale by the time it
                 // could go; the core resends what still matters.
                 let mut dropped = 1;
-                if let Ok(mut queue) = queue.lock() {
-                    while queue.try_recv().is_ok() {
+                {
+                    let mut queue = lock(&queue);
+                    queue.connection += 1;
+                    while queue.messages.try_recv().is_ok() {
                         dropped += 1;
                     }
                 }
                 stats.outbound_dropped.fetch_add(dropped, Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => break,
+                }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
+    // The last connection's stream ends at its next poll.
+    lock(&queue).connection += 1;
 }
 
 /// The next message of a peer's queue; `None` once the queue closed (the
-/// peer left) or its lock was poisoned.
+/// peer left).
 async fn next_queued(queue: &PeerQueue) -> Option<peer::PaxosMessage> {
-    std::future::poll_fn(|cx| match queue.lock() {
-        Ok(mut queue) => queue.poll_recv(cx),
-        Err(_) => std::task::Poll::Ready(None),
-    })
-    .await
+    std::future::poll_fn(|cx| lock(queue).messages.poll_recv(cx)).await
 }
 
 /// The request stream of one `Exchange` connection: batches cut from the
 /// peer's queue when the connection's body task polls for the next one, so
 /// a message the driver queues reaches the connection with one wake-up (of
 /// that task), not two (of a sending task, then of it). A batch never
-/// passes [`BATCH_BYTES_MAX`] unless one message alone does (a snapshot),
-/// which then goes alone: a batch is never a large message plus others, so
-/// it stays under [`MESSAGE_BYTES_MAX`]. Ends when the queue closes.
+/// passes [`BATCH_BYTES_MAX`] unless one message alone does (a core message
+/// of up to [`CORE_MESSAGE_BYTES_MAX`]), which then goes alone: a batch is
+/// never a large message plus others, so it stays under
+/// [`MESSAGE_BYTES_MAX`]. Ends when the queue closes or the sending task
+/// has moved on from this connection.
 struct Batches {
     queue: PeerQueue,
+    /// Which connection this stream belongs to (see [`Queue::connection`]).
+    connection: u64,
     /// A message taken from the queue that did not fit the last batch (or
     /// the one that made the sending task connect): it leads the next.
     next: Option<peer::PaxosMessage>,
-}
-
-impl Batches {
-    fn new(first: peer::PaxosMessage, queue: PeerQueue) -> Batches {
-        Batches { queue, next: Some(first) }
-    }
 }
 
 impl tokio_stream::Stream for Batches {
@@ -1078,10 +1111,13 @@ impl tokio_stream::Stream for Batches {
     fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<peer::PaxosBatch>> {
         use std::task::Poll;
         let this = &mut *self;
-        let Ok(mut queue) = this.queue.lock() else { return Poll::Ready(None) };
+        let mut queue = lock(&this.queue);
+        if queue.connection != this.connection {
+            return Poll::Ready(None);
+        }
         let first = match this.next.take() {
             Some(message) => message,
-            None => match queue.poll_recv(cx) {
+            None => match queue.messages.poll_recv(cx) {
                 Poll::Ready(Some(message)) => message,
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -1090,7 +1126,7 @@ impl tokio_stream::Stream for Batches {
         let mut bytes = first.encoded_len();
         let mut batch = peer::PaxosBatch { messages: vec![first] };
         while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
-            let Ok(message) = queue.try_recv() else { break };
+            let Ok(message) = queue.messages.try_recv() else { break };
             let size = message.encoded_len();
             if bytes.saturating_add(size) > BATCH_BYTES_MAX {
                 this.next = Some(message);
@@ -1297,6 +1333,34 @@ mod tests {
         let (tx, rx) = mpsc::channel(capacity);
         let peers = [2, 3].map(|id| (id, PeerEntry { address: format!("127.0.0.1:{}", 7100 + id), incarnation: 0 }));
         (PeerService::new(1, CELL, PeerDirectory::new(peers.into_iter().collect()), tx, stats.clone()), rx, stats)
+    }
+
+    /// A connection's request stream cuts batches of at most
+    /// `BATCH_MESSAGES_MAX` from the queue, the message that made the task
+    /// connect first; once the sending task has moved on from the
+    /// connection, its stream ends without taking anything.
+    #[tokio::test]
+    async fn a_connections_stream_cuts_batches_and_ends_once_retired() {
+        use tokio_stream::StreamExt as _;
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        let message = |n| codec::encode_message(1, 2, &Message::Heartbeat { ballot: Ballot::new(1, 1), chosen_through: n, sent_tick: n });
+        for n in 0..300 {
+            tx.try_send(message(n)).expect("room");
+        }
+        let queue: PeerQueue = Arc::new(Mutex::new(Queue { messages: rx, connection: 1 }));
+        let mut stream = Batches { queue: queue.clone(), connection: 1, next: Some(message(1000)) };
+        let first = stream.next().await.expect("a batch");
+        assert_eq!(first.messages.len(), BATCH_MESSAGES_MAX);
+        assert_eq!(first.messages[0], message(1000), "the message that made the task connect goes first");
+        assert_eq!(first.messages[1], message(0));
+        let second = stream.next().await.expect("a batch");
+        assert_eq!(second.messages.len(), 300 + 1 - BATCH_MESSAGES_MAX);
+        tx.try_send(message(2000)).expect("room");
+        lock(&queue).connection += 1;
+        assert!(stream.next().await.is_none(), "a retired connection's stream goes on");
+        assert_eq!(next_queued(&queue).await, Some(message(2000)), "a retired connection's stream took a message");
+        drop(tx);
+        assert_eq!(next_queued(&queue).await, None, "a closed queue ends the task");
     }
 
     /// A member that joined through a configuration change has its
