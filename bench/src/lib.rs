@@ -225,7 +225,7 @@ pub struct Floor {
     /// file on the data disk, as a cell's five replicas do for every write
     /// when they share one disk: the median time until the third is done
     /// (a majority is durable), and until the fifth. On a disk that carries
-    /// out one flush at a time these are about three and five times
+    /// out one flush at a time these are several times
     /// [`Floor::fdatasync`]; not part of [`Floor::write`], which follows
     /// the floor as the benchmark's targets define it. `None` if it could
     /// not be measured (the other figures stand).
