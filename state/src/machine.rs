@@ -1353,11 +1353,8 @@ impl StateMachine {
     pub fn get_sequencer(&self, session: SessionId, secret: &[u8], handle: u64) -> Result<api::Sequencer, wire::Failure> {
         self.authorize_session(session, secret)?;
         self.usable_handle(session, handle, true).map_err(into_failure)?;
-        self.holding(session, handle).ok_or_else(|| wire::Failure {
-            code: Code::FailedPrecondition as i32,
-            message: format!("handle {handle} holds no lock"),
-            reason: api::ErrorReason::LockNotHeld as i32,
-        })
+        self.holding(session, handle)
+            .ok_or_else(|| validate::failure(Code::FailedPrecondition, api::ErrorReason::LockNotHeld, format!("handle {handle} holds no lock")))
     }
 
     /// The sequencer of the handle's holding, if it holds the lock: the

@@ -347,7 +347,7 @@ mod tests {
     /// request for a snapshot, and a reset past held entries supersedes
     /// them: the snapshots are the driver's state at each step.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn held_entries_reach_the_shadow_before_a_reset_or_a_snapshot() -> Result<(), Box<dyn std::error::Error>> {
+    async fn held_entries_reach_the_shadow_before_a_snapshot_and_a_reset_supersedes_them() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let identity = Identity { cell_id: "c".into(), replica_id: 1 };
         let record = InitRecord { identity: identity.clone(), incarnation: NonZeroU64::new(7).ok_or("zero")?, members: vec![], joining: false };
