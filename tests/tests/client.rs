@@ -132,8 +132,9 @@ fn turns_of_at_least(cell: &Cell, id: u64, ms: u64) -> usize {
 /// its master's duties ran. No master could answer a KeepAlive meanwhile,
 /// so once resumed it must not expire the sessions whose lease ran out in
 /// the pause (with its lease of before the pause, on the clock of after it):
-/// they get a fresh lease, and the lock holder keeps its lock. Three pauses
-/// of 3 s each (the session lease is 2 s).
+/// they get a fresh lease, and the lock holder keeps its lock. At least
+/// three pauses of 3 s each (the session lease is 2 s), more until one cut
+/// a turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
     let _serial = serial();
@@ -162,7 +163,16 @@ async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
     }
 
     let mut masters = std::collections::BTreeSet::new();
-    for round in 0..3 {
+    // A pause lands in the middle of a turn by chance (the driver also
+    // waits between turns): after the third round, go on pausing (up to
+    // PAUSES_MAX) until one did, so that the test cannot pass without
+    // having tried what it names.
+    const PAUSES_MAX: usize = 8;
+    let cut_turns = |masters: &std::collections::BTreeSet<u64>| -> usize { masters.iter().map(|&id| turns_of_at_least(&cell, id, 2_500)).sum() };
+    for round in 0..PAUSES_MAX {
+        if round >= 3 && cut_turns(&masters) >= 1 {
+            break;
+        }
         let master = ready(&cell).await;
         masters.insert(master);
         tokio::time::sleep(Duration::from_millis(500)).await; // the writers are at work
@@ -183,8 +193,7 @@ async fn a_master_paused_in_the_middle_of_its_work_expires_no_session_for_it() {
     // At least one pause landed in the middle of a turn: the paused master
     // logged a turn of about the pause's length (else the test proved
     // nothing; the writers make it the common case).
-    let cut_turns: usize = masters.iter().map(|&id| turns_of_at_least(&cell, id, 2_500)).sum();
-    assert!(cut_turns >= 1, "no pause landed in the middle of a master's turn\n{}", cell.logs());
+    assert!(cut_turns(&masters) >= 1, "no pause landed in the middle of a master's turn in {PAUSES_MAX} pauses\n{}", cell.logs());
     assert!(holder.check_sequencer(lock.sequencer()).await.expect("check"), "the lock is still held");
     lock.release().await.expect("release");
 }
