@@ -145,6 +145,13 @@ impl Measured {
         (ops > 0).then(|| self.cost.cpu_seconds * 1e3 / ops as f64)
     }
 
+    /// The clients' CPU milliseconds per acknowledged operation (the
+    /// benchmark's own process).
+    fn client_cpu_ms_per_op(&self) -> Option<f64> {
+        let ops = self.samples.ops();
+        (ops > 0).then(|| self.cost.client_cpu_seconds * 1e3 / ops as f64)
+    }
+
     /// Context switches per acknowledged operation, summed over the
     /// system's threads: each is a thread that slept or was preempted, so
     /// it counts the wake-ups a write takes across the processes.
@@ -272,7 +279,7 @@ fn table(title: &str, rows: &[Row], throughput: bool) -> String {
 /// rule: an election under load is a fault of its timeouts).
 fn cost_table(title: &str, rows: &[Row]) -> String {
     let columns: Vec<Column> = Column::ALL.into_iter().filter(|c| rows.iter().any(|r| r.has(*c))).collect();
-    let mut out = format!("### {title}: CPU and context switches per operation, elections\n\nCPU: user + system time of the system's five processes while the operations ran, over the operations acknowledged (ms; median [least–greatest] over the rounds). Switches: context switches of their threads (voluntary and not) over the operations acknowledged, the same way: the wake-ups an operation takes. Elections: Gaios's ballots begun, etcd's raft term, ZooKeeper's epoch, moved during the measurements (all rounds).\n\n| case |");
+    let mut out = format!("### {title}: CPU and context switches per operation, the clients' CPU, elections\n\nCPU: user + system time of the system's five processes while the operations ran, over the operations acknowledged (ms; median [least–greatest] over the rounds). Switches: context switches of their threads (voluntary and not) over the operations acknowledged, the same way: the wake-ups an operation takes. Client CPU: the benchmark process's own user + system time over the same span and operations (the client library, its protocol stack and TLS where used), which shares the two cores with the cell. Elections: Gaios's ballots begun, etcd's raft term, ZooKeeper's epoch, moved during the measurements (all rounds).\n\n| case |");
     for column in &columns {
         let _ = write!(out, " {} CPU ms/op |", column.name());
     }
@@ -280,10 +287,13 @@ fn cost_table(title: &str, rows: &[Row]) -> String {
         let _ = write!(out, " {} switches/op |", column.name());
     }
     for column in &columns {
+        let _ = write!(out, " {} client CPU ms/op |", column.name());
+    }
+    for column in &columns {
         let _ = write!(out, " {} elections |", column.name());
     }
     out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(columns.len() * 3));
+    out.push_str(&"---|".repeat(columns.len() * 4));
     out.push('\n');
     for row in rows {
         let _ = write!(out, "| {} |", row.label);
@@ -292,6 +302,9 @@ fn cost_table(title: &str, rows: &[Row]) -> String {
         }
         for &column in &columns {
             let _ = write!(out, " {} |", spread_text(&row.values(column, Measured::switches_per_op), 1));
+        }
+        for &column in &columns {
+            let _ = write!(out, " {} |", spread_text(&row.values(column, Measured::client_cpu_ms_per_op), 3));
         }
         for &column in &columns {
             let _ = write!(out, " {} |", row.elections(column).map_or("-".to_string(), |e| e.to_string()));

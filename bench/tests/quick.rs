@@ -92,14 +92,16 @@ fn the_quick_profile_produces_every_table() {
         let line = written.lines().find(|line| line.starts_with(&format!("| {target} |"))).unwrap_or_else(|| panic!("no target {target:?}"));
         assert_eq!(!line.ends_with("| not measured |"), etcd_installed, "{line}");
     }
-    // CPU and context switches per write and elections, for every system
-    // present (a write wakes threads in several processes).
-    let cost = row_under(&written, "Write, 1 client: CPU and context switches per operation, elections", "write");
+    // CPU and context switches per write, the clients' CPU and elections,
+    // for every system present (a write wakes threads in several processes).
+    let cost = row_under(&written, "Write, 1 client: CPU and context switches per operation, the clients' CPU, elections", "write");
     for (system, installed) in systems {
         let cpu = cell(&cost, &format!("{system} CPU ms/op")).and_then(number);
         assert_eq!(cpu.is_some_and(|ms| ms > 0.0), installed, "{system} CPU per write in {cost:?}");
         let switches = cell(&cost, &format!("{system} switches/op")).and_then(number);
         assert_eq!(switches.is_some_and(|n| n > 0.0), installed, "{system} context switches per write in {cost:?}");
+        let client = cell(&cost, &format!("{system} client CPU ms/op")).and_then(number);
+        assert_eq!(client.is_some_and(|ms| ms > 0.0), installed, "{system} client CPU per write in {cost:?}");
         let elections = cell(&cost, &format!("{system} elections")).and_then(number);
         assert_eq!(elections.is_some(), installed, "{system} elections in {cost:?}");
     }

@@ -1241,19 +1241,23 @@ impl StateMachine {
     /// `path` that asked for it; `subject` is the node named in the event
     /// (the child, for child events).
     fn notify_path(&mut self, path: &Path, kind: api::EventKind, subject: Option<&Path>) {
-        let Ok(stat) = self.namespace.stat(path, None) else { return };
+        // Most writes reach nobody (handles rarely ask for every event):
+        // the watchers and their masks are looked at before the node is.
         let Some(watchers) = self.watchers.get(path) else { return };
         let bit = kind as u32;
-        let targets: Vec<(SessionId, u64)> = watchers
+        let asking: Vec<(SessionId, u64, u64)> = watchers
             .iter()
-            .copied()
-            .filter(|(session, handle)| {
-                self.sessions
-                    .get(session)
-                    .and_then(|s| s.handles.get(handle))
-                    .is_some_and(|h| h.instance == stat.instance && h.event_mask & bit != 0)
+            .filter_map(|&(session, handle)| {
+                let h = self.sessions.get(&session)?.handles.get(&handle)?;
+                (h.event_mask & bit != 0).then_some((session, handle, h.instance))
             })
             .collect();
+        if asking.is_empty() {
+            return;
+        }
+        let Ok(stat) = self.namespace.stat(path, None) else { return };
+        let targets: Vec<(SessionId, u64)> =
+            asking.into_iter().filter(|&(_, _, instance)| instance == stat.instance).map(|(s, h, _)| (s, h)).collect();
         let named = subject.unwrap_or(path).as_str().to_string();
         for (session, handle) in targets {
             self.push_event(session, kind, handle, &named);

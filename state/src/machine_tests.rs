@@ -413,6 +413,12 @@ fn events_are_numbered_per_session_and_follow_the_masks() {
     assert_eq!(code_of(&cell.call(b, delete)), None);
     assert!(cell.events(b).contains(&(api::EventKind::HandleInvalid, "/d/f".into())));
     assert_eq!(code_of(&cell.call(b, Call::SetContents(api::SetContentsRequest { handle: file, ..Default::default() }))), Some(Code::FailedPrecondition));
+    // A new node at the path is another instance: b's old handle, which
+    // asked for its contents' changes, hears nothing of the new one's.
+    let heard = cell.events(b).len();
+    let new = cell.handle(a, "/d/f");
+    cell.call(a, Call::SetContents(api::SetContentsRequest { handle: new, contents: Bytes::from_static(b"w"), ..Default::default() }));
+    assert_eq!(cell.events(b).len(), heard, "{:?}", cell.events(b));
 }
 
 #[test]
