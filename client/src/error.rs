@@ -19,11 +19,24 @@ pub enum Error {
     /// The lock is held by someone else, or in its lock-delay.
     #[error("lock held: {0}")]
     LockHeld(String),
-    /// The call's precondition failed: a compare-and-set found another
-    /// generation, a handle is invalid, a sequencer is stale, a directory is
-    /// not empty.
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
+    /// The call's precondition failed; `reason` says which (the cell's
+    /// typed reason, `ErrorReason::Unspecified` when it gave none): a
+    /// compare-and-set found another generation (`GenerationMismatch`,
+    /// `AclGenerationMismatch`), a handle is invalid (`HandleInvalid`), a
+    /// sequencer is stale (`SequencerStale`), a directory is not empty
+    /// (`NotEmpty`), a file is not a directory or the other way round
+    /// (`NotADirectory`, `IsADirectory`), no lock is held or one is already
+    /// asked for (`LockNotHeld`, `LockAlreadyRequested`), a waiting acquire
+    /// ended without the lock (`WaitEnded`), a membership change cannot be
+    /// made now (`ChangeInFlight`, `WouldLoseQuorum`, ...). Programs match
+    /// on `reason`, never on `message`.
+    #[error("failed precondition ({}): {message}", reason.as_str_name())]
+    FailedPrecondition {
+        /// Why, as the cell typed it.
+        reason: api::ErrorReason,
+        /// The cell's words (may name a path).
+        message: String,
+    },
     /// A bad path or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -80,7 +93,7 @@ impl Error {
                 Error::LockHeld(message)
             }
             Code::FailedPrecondition if reason == Some(api::ErrorReason::SessionEnded) => Error::SessionExpired,
-            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::FailedPrecondition => Error::FailedPrecondition { reason: reason.unwrap_or(api::ErrorReason::Unspecified), message },
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::PermissionDenied if reason == Some(api::ErrorReason::AclDenied) => Error::AclDenied(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
@@ -155,11 +168,28 @@ mod tests {
         assert!(matches!(Error::from_status(&with("LOCK_HELD", "/a")), Error::LockHeld(_)));
         assert!(matches!(Error::from_status(&with("LOCK_DELAY", "/a")), Error::LockHeld(_)));
         assert_eq!(Error::from_status(&with("SESSION_ENDED", "session 4")), Error::SessionExpired);
-        assert!(matches!(Error::from_status(&with("NOT_EMPTY", "/has ended is locked")), Error::FailedPrecondition(_)));
-        assert!(matches!(Error::from_status(&Status::failed_precondition("session 4 has ended")), Error::FailedPrecondition(_)));
+        assert_eq!(
+            Error::from_status(&with("NOT_EMPTY", "/has ended is locked")),
+            Error::FailedPrecondition { reason: api::ErrorReason::NotEmpty, message: "/has ended is locked".into() }
+        );
+        assert!(matches!(
+            Error::from_status(&with("WAIT_ENDED", "/a")),
+            Error::FailedPrecondition { reason: api::ErrorReason::WaitEnded, .. }
+        ));
+        assert_eq!(
+            Error::from_status(&Status::failed_precondition("session 4 has ended")),
+            Error::FailedPrecondition { reason: api::ErrorReason::Unspecified, message: "session 4 has ended".into() }
+        );
+        assert_eq!(
+            Error::from_status(&with("NOT_A_DIRECTORY", "/f")).to_string(),
+            "failed precondition (NOT_A_DIRECTORY): /f"
+        );
         let foreign = tonic_types::ErrorDetails::with_error_info("SESSION_ENDED", "example.com", std::collections::HashMap::new());
         let foreign = <Status as tonic_types::StatusExt>::with_error_details(Code::FailedPrecondition, "x", foreign);
-        assert!(matches!(Error::from_status(&foreign), Error::FailedPrecondition(_)), "another domain's reason");
+        assert!(
+            matches!(Error::from_status(&foreign), Error::FailedPrecondition { reason: api::ErrorReason::Unspecified, .. }),
+            "another domain's reason"
+        );
         assert!(matches!(Error::from_status(&Status::invalid_argument("bad")), Error::InvalidArgument(_)));
         assert!(matches!(Error::from_status(&Status::permission_denied("no secret")), Error::PermissionDenied(_)));
         assert!(matches!(Error::from_status(&Status::unauthenticated("no CN")), Error::Unauthenticated(_)));

@@ -57,7 +57,7 @@ mod routing;
 pub use client::{Client, Event, EventKind, Options, SessionState, cell_status, who_am_i};
 pub use error::{Error, Redirect, redirect};
 pub use fence::{FENCE_LOCKS_MAX, Fence, FenceError};
-pub use gaios_proto::cell::v1::{Acl, Sequencer, Stat, StatusResponse, WhoAmIResponse};
+pub use gaios_proto::cell::v1::{Acl, ErrorReason, Sequencer, Stat, StatusResponse, WhoAmIResponse};
 pub use handle::{Handle, LOCK_DELAY_DEFAULT, Lock, LockMode, LockState, OpenOptions};
 pub use lease::CLOCK_DRIFT_PPM;
 pub use tls::Tls;

@@ -394,7 +394,7 @@ async fn replace_wiped(cell: &mut Cell, victim: usize, addresses: &[String]) -> 
 pub fn definite(error: &Error) -> bool {
     matches!(
         error,
-        Error::NotFound(_) | Error::AlreadyExists(_) | Error::LockHeld(_) | Error::FailedPrecondition(_) | Error::InvalidArgument(_)
+        Error::NotFound(_) | Error::AlreadyExists(_) | Error::LockHeld(_) | Error::FailedPrecondition { .. } | Error::InvalidArgument(_)
     )
 }
 

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gaios_client::{Client, Error, EventKind, Fence, FenceError, LockMode, LockState, OpenOptions, Options, SessionState, election};
+use gaios_client::{Client, Error, ErrorReason, EventKind, Fence, FenceError, LockMode, LockState, OpenOptions, Options, SessionState, election};
 use gaios_tests::proxy::{Link, LinkMode};
 use gaios_tests::*;
 use tokio_stream::StreamExt as _;
@@ -434,7 +434,7 @@ async fn errors_are_told_apart_by_their_reason_not_by_paths_in_their_message() {
     let directory = client.open("/has ended", OpenOptions::new().create().directory()).await.expect("a directory");
     client.open("/has ended/child", OpenOptions::new().create()).await.expect("a child");
     match directory.delete().await {
-        Err(Error::FailedPrecondition(message)) => assert!(message.contains("not empty"), "{message}"),
+        Err(Error::FailedPrecondition { reason, message }) => assert_eq!(reason, ErrorReason::NotEmpty, "{message}"),
         other => panic!("deleting a directory with a child: {other:?}"),
     }
     assert_eq!(*client.session_state().borrow(), SessionState::Safe, "the session was taken for ended");
@@ -450,7 +450,7 @@ async fn errors_are_told_apart_by_their_reason_not_by_paths_in_their_message() {
     let file = client.open("/a lock-delay is locked", OpenOptions::new().create()).await.expect("open");
     file.set_contents("x", None).await.expect("a write");
     match file.set_contents("y", Some(999)).await {
-        Err(Error::FailedPrecondition(_)) => {}
+        Err(Error::FailedPrecondition { reason: ErrorReason::GenerationMismatch, .. }) => {}
         other => panic!("a failed compare-and-set: {other:?}"),
     }
 }

@@ -414,7 +414,7 @@ fn node_acls_allow_and_deny_by_identity_group_and_admin_with_inheritance_and_gen
         let moved = secret.set_acl(read_for_ops.clone(), Some(stat.acl_generation)).await.expect("alice lets ops read");
         assert_eq!(moved.acl_generation, stat.acl_generation + 1, "the ACL generation moves on by one");
         match secret.set_acl(secret_acl.clone(), Some(stat.acl_generation)).await {
-            Err(gaios_client::Error::FailedPrecondition(_)) => {}
+            Err(gaios_client::Error::FailedPrecondition { reason: gaios_client::ErrorReason::AclGenerationMismatch, .. }) => {}
             other => panic!("a SetAcl with a stale ACL generation: {other:?}"),
         }
         assert_eq!(secret.acl().await.expect("ACL").0, read_for_ops, "the stale SetAcl changed the ACL");

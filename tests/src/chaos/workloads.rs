@@ -93,7 +93,7 @@ pub(super) async fn registers(worker: usize, addresses: Vec<String>, recorder: A
                         recorder.write_ok(invoke, done);
                         (OpKind::Cas { expected_generation: expected, value }, OpResult::CasOk, Some(done))
                     }
-                    Err(Error::FailedPrecondition(_)) => {
+                    Err(Error::FailedPrecondition { .. }) => {
                         recorder.count("registers", Outcome::Fail);
                         (OpKind::Cas { expected_generation: expected, value }, OpResult::CasFailed, Some(recorder.now()))
                     }

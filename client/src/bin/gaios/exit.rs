@@ -106,7 +106,7 @@ impl Exit {
     pub fn of_error(error: &Error) -> Exit {
         match error {
             Error::NotFound(_) => Exit::NotFound,
-            Error::LockHeld(_) | Error::FailedPrecondition(_) | Error::Timeout(_) => Exit::FailedPrecondition,
+            Error::LockHeld(_) | Error::FailedPrecondition { .. } | Error::Timeout(_) => Exit::FailedPrecondition,
             Error::NoMaster(_) => Exit::Unavailable,
             Error::InvalidArgument(_) | Error::BadAddress(_) => Exit::InvalidArgument,
             Error::AlreadyExists(_) => Exit::AlreadyExists,
