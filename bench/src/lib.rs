@@ -149,6 +149,25 @@ impl ProcessUsage {
     }
 }
 
+/// CPU time of the process `pid`'s live threads, summed, in nanoseconds:
+/// the first field of each `/proc/PID/task/TID/schedstat` (time on a CPU,
+/// counted by the scheduler to the nanosecond, where `/proc/PID/stat`
+/// counts 10 ms ticks). A thread that ended took its time with it, so a
+/// difference can only undercount.
+pub fn threads_cpu_ns(pid: u32) -> u64 {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    threads
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("schedstat")).ok())
+        .filter_map(|schedstat| cpu_ns_of_schedstat(&schedstat))
+        .fold(0, u64::saturating_add)
+}
+
+/// The time on a CPU (ns) from a `schedstat` line: "on-CPU wait slices".
+pub fn cpu_ns_of_schedstat(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
 /// utime + stime from a `/proc/PID/stat` line (fields 14 and 15; the
 /// command name in parentheses may hold spaces).
 pub fn cpu_ticks_of_stat(stat: &str) -> Option<u64> {
@@ -428,12 +447,15 @@ mod tests {
         let thread = "Name:\tetcd\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
         assert_eq!(context_switches_of_status(thread), 127);
         assert_eq!(context_switches_of_status("Name:\tx\n"), 0);
+        assert_eq!(cpu_ns_of_schedstat("340153756 359744 20\n"), Some(340_153_756));
+        assert_eq!(cpu_ns_of_schedstat(""), None);
         // This process has used some CPU and memory, and its threads have
         // slept (this test's thread, at least while the runtime started).
         std::thread::sleep(Duration::from_millis(2));
         let me = ProcessUsage::of(&[std::process::id()]);
         assert!(me.rss_bytes > 0);
         assert!(me.context_switches > 0);
+        assert!(threads_cpu_ns(std::process::id()) > 0, "this process has run");
     }
 
     #[test]

@@ -249,7 +249,7 @@ pub async fn measure_costed(
     let value = Arc::new(vec![b'v'; VALUE_BYTES]);
     let merged = Arc::new(Mutex::new(Samples::default()));
     let cpu_before = crate::ProcessUsage::of(pids);
-    let client_before = crate::ProcessUsage::of(&[std::process::id()]);
+    let client_before = crate::threads_cpu_ns(std::process::id());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (id, mut conn) in conns.into_iter().enumerate() {
@@ -285,11 +285,11 @@ pub async fn measure_costed(
     }
     let elapsed = started.elapsed();
     let after = crate::ProcessUsage::of(pids);
-    let client_after = crate::ProcessUsage::of(&[std::process::id()]);
+    let client_after = crate::threads_cpu_ns(std::process::id());
     let cost = Cost {
         cpu_seconds: after.cpu_seconds_since(&cpu_before),
         context_switches: after.context_switches.saturating_sub(cpu_before.context_switches),
-        client_cpu_seconds: client_after.cpu_seconds_since(&client_before),
+        client_cpu_seconds: client_after.saturating_sub(client_before) as f64 / 1e9,
     };
     for conn in finished {
         conn.close().await;
@@ -307,8 +307,8 @@ pub struct Cost {
     pub cpu_seconds: f64,
     /// Context switches of their threads, summed.
     pub context_switches: u64,
-    /// User plus system CPU time of the benchmark's own process over the
-    /// same span: the clients' side of the operations (the client library,
+    /// CPU time of the benchmark's own process over the same span (its
+    /// threads' scheduler time, [`crate::threads_cpu_ns`]): the clients' side of the operations (the client library,
     /// its gRPC or protocol stack, TLS for Gaios), which shares the
     /// machine's two cores with the cell.
     pub client_cpu_seconds: f64,

@@ -20,7 +20,8 @@ pub enum Error {
     #[error("lock held: {0}")]
     LockHeld(String),
     /// The call's precondition failed; `reason` says which (the cell's
-    /// typed reason, `ErrorReason::Unspecified` when it gave none): a
+    /// typed reason; `ErrorReason::Unspecified` when it gave none this
+    /// library knows): a
     /// compare-and-set found another generation (`GenerationMismatch`,
     /// `AclGenerationMismatch`), a handle is invalid (`HandleInvalid`), a
     /// sequencer is stale (`SequencerStale`), a directory is not empty
@@ -30,7 +31,7 @@ pub enum Error {
     /// ended without the lock (`WaitEnded`), a membership change cannot be
     /// made now (`ChangeInFlight`, `WouldLoseQuorum`, ...). Programs match
     /// on `reason`, never on `message`.
-    #[error("failed precondition ({}): {message}", reason.as_str_name())]
+    #[error("failed precondition{}: {message}", reason_text(*reason))]
     FailedPrecondition {
         /// Why, as the cell typed it.
         reason: api::ErrorReason,
@@ -103,6 +104,14 @@ impl Error {
             Code::Unavailable => Error::NoMaster(message),
             _ => Error::Unexpected(format!("{:?}: {message}", status.code())),
         }
+    }
+}
+
+/// ` (NAME)` of a reason for [`Error`]'s text; nothing for none.
+fn reason_text(reason: api::ErrorReason) -> String {
+    match reason {
+        api::ErrorReason::Unspecified => String::new(),
+        reason => format!(" ({})", reason.as_str_name()),
     }
 }
 
@@ -184,6 +193,7 @@ mod tests {
             Error::from_status(&with("NOT_A_DIRECTORY", "/f")).to_string(),
             "failed precondition (NOT_A_DIRECTORY): /f"
         );
+        assert_eq!(Error::from_status(&Status::failed_precondition("x")).to_string(), "failed precondition: x");
         let foreign = tonic_types::ErrorDetails::with_error_info("SESSION_ENDED", "example.com", std::collections::HashMap::new());
         let foreign = <Status as tonic_types::StatusExt>::with_error_details(Code::FailedPrecondition, "x", foreign);
         assert!(

@@ -393,7 +393,7 @@ impl Handle {
                                 return;
                             }
                             if failover
-                                && let Err(Error::FailedPrecondition { .. } | Error::NotFound(_)) = this.stat().await {
+                                && let Err(Error::FailedPrecondition { reason: api::ErrorReason::HandleInvalid, .. } | Error::NotFound(_)) = this.stat().await {
                                     let path = this.path.clone();
                                     let invalid = Event { number, handle: id, path, kind: EventKind::HandleInvalid };
                                     if tx.send(invalid).await.is_err() {

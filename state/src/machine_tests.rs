@@ -417,7 +417,8 @@ fn events_are_numbered_per_session_and_follow_the_masks() {
     // asked for its contents' changes, hears nothing of the new one's.
     let heard = cell.events(b).len();
     let new = cell.handle(a, "/d/f");
-    cell.call(a, Call::SetContents(api::SetContentsRequest { handle: new, contents: Bytes::from_static(b"w"), ..Default::default() }));
+    let write = Call::SetContents(api::SetContentsRequest { handle: new, contents: Bytes::from_static(b"w"), ..Default::default() });
+    assert_eq!(code_of(&cell.call(a, write)), None, "the new node was written");
     assert_eq!(cell.events(b).len(), heard, "{:?}", cell.events(b));
 }
 
