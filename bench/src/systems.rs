@@ -308,9 +308,10 @@ pub struct Cost {
     /// Context switches of their threads, summed.
     pub context_switches: u64,
     /// CPU time of the benchmark's own process over the same span (its
-    /// threads' scheduler time, [`crate::threads_cpu_ns`]): the clients' side of the operations (the client library,
-    /// its gRPC or protocol stack, TLS for Gaios), which shares the
-    /// machine's two cores with the cell.
+    /// threads' scheduler time, [`crate::threads_cpu_ns`]): the clients'
+    /// side of the operations (the client library, its gRPC or protocol
+    /// stack, TLS where used), which shares the machine's two cores with
+    /// the cell.
     pub client_cpu_seconds: f64,
 }
 

@@ -21,8 +21,7 @@ pub enum Error {
     LockHeld(String),
     /// The call's precondition failed; `reason` says which (the cell's
     /// typed reason; `ErrorReason::Unspecified` when it gave none this
-    /// library knows): a
-    /// compare-and-set found another generation (`GenerationMismatch`,
+    /// library knows): a compare-and-set found another generation (`GenerationMismatch`,
     /// `AclGenerationMismatch`), a handle is invalid (`HandleInvalid`), a
     /// sequencer is stale (`SequencerStale`), a directory is not empty
     /// (`NotEmpty`), a file is not a directory or the other way round
